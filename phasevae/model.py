@@ -1,0 +1,103 @@
+"""The paper's deep Gaussian VAE and its loss, for ONE example (batch with ``jax.vmap``).
+
+    encoder q(z|x) = N(mu(x), diag(s^2(x)))   MLP with ReLU, outputs (mu, log s^2)
+    decoder p(x|z) = N(f(z), sigma^2 I)       MLP with ReLU, sigma^2 fixed
+    prior   p(z)   = N(0, I)
+
+All terms are in nats for one example. The objective minimised in training is
+``recon + beta * kl`` with
+
+    recon = ||x - f(z)||^2 / (2 sigma^2) + (N/2) ln(2 pi sigma^2)
+    kl    = sum_j kl_j,   kl_j = 1/2 (mu_j^2 + s_j^2 - 1 - ln s_j^2)
+
+and z = mu + s * eps, one reparameterised sample per example. With no hidden layers the
+encoder and decoder are linear (the Lucas et al. linear VAE, the test oracle).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import Array
+
+
+class MLP(nn.Module):
+    """Dense layers with ReLU between them; the last layer is linear."""
+
+    widths: Sequence[int]
+    out: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for w in self.widths:
+            x = nn.relu(nn.Dense(w)(x))
+        return nn.Dense(self.out)(x)
+
+
+class VAE(nn.Module):
+    """Gaussian VAE for one example x of shape (N,).
+
+    Attributes:
+      data_dim: N.
+      latent_dim: k.
+      encoder: hidden widths of the encoder MLP.
+      decoder: hidden widths of the decoder MLP.
+    """
+
+    data_dim: int
+    latent_dim: int
+    encoder: Sequence[int]
+    decoder: Sequence[int]
+
+    def setup(self):
+        self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim)
+        self.dec = MLP(tuple(self.decoder), self.data_dim)
+
+    def encode(self, x: Array) -> tuple[Array, Array]:
+        """(N,) -> mu (k,), log s^2 (k,)."""
+        h = self.enc(x)
+        return h[: self.latent_dim], h[self.latent_dim :]
+
+    def decode(self, z: Array) -> Array:
+        """(k,) -> f(z) (N,)."""
+        return self.dec(z)
+
+    def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
+        """x (N,), eps (k,) standard normal -> (mu, logvar, f(mu + s * eps))."""
+        mu, logvar = self.encode(x)
+        return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps)
+
+
+class Terms(NamedTuple):
+    """Loss terms of one example (nats, except ``sq_err``)."""
+
+    recon: Array  # ()  ||x - f(z)||^2 / (2 sigma^2) + (N/2) ln(2 pi sigma^2)
+    sq_err: Array  # ()  ||x - f(z)||^2
+    kl_dim: Array  # (k,) KL of each latent dim to the prior
+    var_dim: Array  # (k,) encoder variance s_j^2
+
+
+def kl_per_dim(mu: Array, logvar: Array) -> Array:
+    """Analytic KL(N(mu, e^logvar) || N(0, 1)) per dimension, nats."""
+    return 0.5 * (mu**2 + jnp.exp(logvar) - 1.0 - logvar)
+
+
+def example_terms(
+    model: VAE, params, x: Array, eps: Array, sigma2: Array
+) -> Terms:
+    """Loss terms for one example x (N,) with noise eps (k,) and decoder variance
+    sigma2 ()."""
+    mu, logvar, xhat = model.apply(params, x, eps)
+    sq_err = jnp.sum((x - xhat) ** 2)
+    n = x.shape[-1]
+    recon = sq_err / (2.0 * sigma2) + 0.5 * n * jnp.log(2.0 * math.pi * sigma2)
+    return Terms(recon, sq_err, kl_per_dim(mu, logvar), jnp.exp(logvar))
+
+
+def objective(terms: Terms, beta: Array) -> Array:
+    """The minimised loss, recon + beta * KL (= -ELBO when beta = 1)."""
+    return terms.recon + beta * jnp.sum(terms.kl_dim, axis=-1)

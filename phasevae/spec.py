@@ -1,0 +1,388 @@
+"""Sweep specifications: TOML files loaded into frozen, validated dataclasses.
+
+A spec has four sections, ``[data]``, ``[model]``, ``[train]`` and ``[grid]``. Every key
+has a default, so the resolved spec (written next to the results as ``spec.toml``) is
+complete. Unknown keys and impossible values raise :class:`SpecError`, whose message
+names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+from phasevae.errors import BadInput
+
+
+class SpecError(BadInput):
+    """A sweep spec that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """An axis given as ``{min, max, num, scale}``: ``num`` points from min to max."""
+
+    min: float
+    max: float
+    num: int
+    scale: str = "log"
+
+    def values(self) -> tuple[float, ...]:
+        if self.num == 1:
+            return (float(self.min),)
+        if self.scale == "log":
+            v = np.geomspace(self.min, self.max, self.num)
+        else:
+            v = np.linspace(self.min, self.max, self.num)
+        return tuple(float(x) for x in v)
+
+
+Axis = tuple[float, ...] | Range
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the training data comes from and how it is normalised.
+
+    ``synthetic``: zero-mean Gaussian with covariance eigenvalues ``eigenvalues`` in a
+    random rotation drawn from ``seed``. ``array``: a user file (``.npy``, ``.npz``
+    with array ``key``, ``.csv``) of shape (n, N).
+    """
+
+    source: str = "synthetic"
+    eigenvalues: tuple[float, ...] = (8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01)
+    samples: int = 20000
+    seed: int = 0
+    path: str = ""
+    key: str = ""
+    normalize: str = "none"
+    eval_samples: int = 2048
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The MLP VAE: hidden widths of encoder and decoder (empty = linear)."""
+
+    latent_dim: int = 3
+    encoder: tuple[int, ...] = (64, 32)
+    decoder: tuple[int, ...] = (32, 64)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimisation. ``learning_rate`` is the default of the ``grid.learning_rate`` axis.
+
+    ``shared_batches``: every grid point sees the same minibatch sequence (common random
+    numbers); otherwise each grid seed draws its own.
+    """
+
+    steps: int = 3000
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 2e-3
+    eval_every: int = 250
+    seed: int = 0
+    shared_batches: bool = True
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The traced axes; the grid is their Cartesian product.
+
+    ``learning_rate`` absent means ``[train.learning_rate]``.
+    """
+
+    sigma2: Axis = Range(0.05, 50.0, 16, "log")
+    beta: Axis = (1.0,)
+    seeds: tuple[int, ...] = (0,)
+    learning_rate: Axis | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    grid: GridSpec = field(default_factory=GridSpec)
+
+    def axes(self) -> dict[str, tuple[float, ...]]:
+        """Value lists of every grid axis, in grid (row-major) order."""
+        lr = self.grid.learning_rate
+        return {
+            "sigma2": axis_values(self.grid.sigma2),
+            "beta": axis_values(self.grid.beta),
+            "learning_rate": (
+                (self.train.learning_rate,) if lr is None else axis_values(lr)
+            ),
+            "seed": tuple(float(s) for s in self.grid.seeds),
+        }
+
+
+def axis_values(axis: Axis) -> tuple[float, ...]:
+    return axis.values() if isinstance(axis, Range) else tuple(axis)
+
+
+_SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
+_CHOICES = {
+    ("data", "source"): ("synthetic", "array"),
+    ("data", "normalize"): ("none", "center", "standardize"),
+    ("train", "optimizer"): ("adam", "sgd"),
+}
+# (lower bound, inclusive?) for every number that has one.
+_BOUNDS = {
+    ("data", "eigenvalues"): (0.0, True),
+    ("data", "samples"): (2, True),
+    ("data", "eval_samples"): (1, True),
+    ("model", "latent_dim"): (1, True),
+    ("model", "encoder"): (1, True),
+    ("model", "decoder"): (1, True),
+    ("train", "steps"): (1, True),
+    ("train", "batch_size"): (1, True),
+    ("train", "learning_rate"): (0.0, False),
+    ("train", "eval_every"): (1, True),
+    ("grid", "sigma2"): (0.0, False),
+    ("grid", "beta"): (0.0, True),
+    ("grid", "learning_rate"): (0.0, False),
+    ("grid", "seeds"): (0, True),
+}
+
+
+def default_spec_path() -> Path:
+    """The built-in default sweep (``sweeps/default.toml``, shipped in the package)."""
+    return Path(str(resources.files("phasevae.sweeps") / "default.toml"))
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> Spec:
+    """Read a spec file, apply ``KEY=VALUE`` overrides, fill defaults and validate.
+
+    Args:
+      path: a TOML file; None means the built-in default sweep.
+      overrides: ``--set`` strings: a dotted key and a TOML value
+        (``grid.beta=[0.5, 1.0]``); a value that is not TOML is taken as a string.
+
+    Raises:
+      SpecError: unreadable file, unknown key or impossible value.
+    """
+    path = Path(path) if path is not None else default_spec_path()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read spec file ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    for item in overrides:
+        _apply_override(raw, item, path)
+    return spec_from_dict(raw, str(path))
+
+
+def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
+    """Build and validate a :class:`Spec` from a nested dict (as TOML gives)."""
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise SpecError(
+            f"{where}: unknown section [{sorted(unknown)[0]}]; "
+            f"allowed: {', '.join(f'[{s}]' for s in _SECTIONS)}"
+        )
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise SpecError(f"{where}: [{name}] must be a table")
+        sections[name] = _build_section(name, cls, table, where)
+    spec = Spec(**sections)
+    _check_spec(spec, where)
+    return spec
+
+
+def spec_to_dict(spec: Spec) -> dict[str, Any]:
+    """The resolved spec as a TOML-ready dict (every default filled in)."""
+    out: dict[str, Any] = {}
+    for name in _SECTIONS:
+        section = {}
+        for f in dataclasses.fields(getattr(spec, name)):
+            v = getattr(getattr(spec, name), f.name)
+            if v is None:
+                continue
+            section[f.name] = (
+                dataclasses.asdict(v) if isinstance(v, Range) else _plain(v)
+            )
+        out[name] = section
+    return out
+
+
+def spec_to_toml(spec: Spec) -> str:
+    return tomli_w.dumps(spec_to_dict(spec))
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _apply_override(raw: dict, item: str, where: Path) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. grid.beta=[0.5,1.0]")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare string such as data.path=x.npy (the shell ate the quotes)
+    parts = key.split(".")
+    if parts[0] not in _SECTIONS or len(parts) < 2:
+        raise SpecError(
+            f"--set {key}: unknown key; keys look like SECTION.NAME with SECTION one "
+            f"of {', '.join(_SECTIONS)}"
+        )
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None and i == 1:
+            # e.g. grid.sigma2.num on an axis left at its default range
+            default = getattr(_SECTIONS[parts[0]](), p, None)
+            child = dataclasses.asdict(default) if isinstance(default, Range) else {}
+        elif child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise SpecError(
+                f"--set {key}: {'.'.join(parts[: i + 1])} is not a table "
+                f"(it is {child!r}); set it whole instead"
+            )
+        node[p] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _build_section(name: str, cls: type, table: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise SpecError(
+                f"{where}: unknown key {name}.{key}; allowed in [{name}]: "
+                f"{', '.join(fields)}"
+            )
+        default = getattr(cls(), key)
+        kwargs[key] = _coerce(name, key, value, default, where)
+    return cls(**kwargs)
+
+
+def _coerce(section: str, key: str, value: Any, default: Any, where: str):
+    """Check one value's type against its default's and convert lists to tuples."""
+    full = f"{section}.{key}"
+    bad = f"{where}: {full} = {value!r}:"
+    if section == "grid":
+        return _coerce_axis(full, value, bad, integer=key == "seeds")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SpecError(f"{bad} must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{bad} must be an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(f"{bad} must be a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise SpecError(f"{bad} must be a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise SpecError(f"{bad} must be a list")
+        is_int = key in ("encoder", "decoder")
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int if is_int else int | float):
+                kind = "integers" if is_int else "numbers"
+                raise SpecError(f"{bad} must be a list of {kind}")
+        return tuple(v if is_int else float(v) for v in value)
+    raise AssertionError(f"no coercion for {full}")
+
+
+def _coerce_axis(full: str, value: Any, bad: str, integer: bool) -> Axis:
+    allowed = "a list of numbers or a table {min, max, num, scale = 'log'|'linear'}"
+    if integer:
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise SpecError(f"{bad} must be a list of integers")
+        if not value:
+            raise SpecError(f"{bad} must not be empty")
+        return tuple(value)
+    if isinstance(value, list):
+        if not value:
+            raise SpecError(f"{bad} must not be empty")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise SpecError(f"{bad} must be {allowed}")
+        return tuple(float(v) for v in value)
+    if isinstance(value, dict):
+        keys = {"min", "max", "num", "scale"}
+        if set(value) - keys:
+            extra = sorted(set(value) - keys)[0]
+            raise SpecError(f"{bad} unknown key {full}.{extra}; allowed: {sorted(keys)}")
+        if not {"min", "max", "num"} <= set(value):
+            raise SpecError(f"{bad} a range needs min, max and num")
+        num, lo, hi = value["num"], value["min"], value["max"]
+        scale = value.get("scale", "log")
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise SpecError(f"{bad} {full}.num must be an integer >= 1")
+        for k, v in (("min", lo), ("max", hi)):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise SpecError(f"{bad} {full}.{k} must be a number")
+        if scale not in ("log", "linear"):
+            raise SpecError(f"{bad} {full}.scale must be 'log' or 'linear'")
+        if hi < lo:
+            raise SpecError(f"{bad} {full}.max must be >= {full}.min")
+        if scale == "log" and lo <= 0:
+            raise SpecError(f"{bad} a log-scale range needs min > 0")
+        return Range(float(lo), float(hi), num, scale)
+    raise SpecError(f"{bad} must be {allowed}")
+
+
+def _check_spec(spec: Spec, where: str) -> None:
+    for (section, key), choices in _CHOICES.items():
+        v = getattr(getattr(spec, section), key)
+        if v not in choices:
+            raise SpecError(
+                f"{where}: {section}.{key} = {v!r} is not allowed; "
+                f"choose one of {', '.join(repr(c) for c in choices)}"
+            )
+    for (section, key), (lo, inclusive) in _BOUNDS.items():
+        v = getattr(getattr(spec, section), key)
+        if v is None:
+            continue
+        values = axis_values(v) if section == "grid" else v
+        for x in values if isinstance(values, tuple) else (values,):
+            ok = math.isfinite(x) and (x >= lo if inclusive else x > lo)
+            if not ok:
+                rel = ">=" if inclusive else ">"
+                raise SpecError(
+                    f"{where}: {section}.{key} = {x!r} is impossible; "
+                    f"it must be finite and {rel} {lo}"
+                )
+    d, t = spec.data, spec.train
+    if d.source == "synthetic" and len(d.eigenvalues) < 1:
+        raise SpecError(f"{where}: data.eigenvalues must list at least one eigenvalue")
+    if d.source == "synthetic" and spec.model.latent_dim > len(d.eigenvalues):
+        raise SpecError(
+            f"{where}: model.latent_dim = {spec.model.latent_dim} exceeds the data "
+            f"dimension {len(d.eigenvalues)} (len(data.eigenvalues))"
+        )
+    if d.source == "array" and not d.path:
+        raise SpecError(f"{where}: data.source = 'array' needs data.path (a file)")
+    if t.steps % t.eval_every:
+        raise SpecError(
+            f"{where}: train.steps = {t.steps} must be a multiple of train.eval_every "
+            f"= {t.eval_every} (training runs in chunks of eval_every steps)"
+        )

@@ -1,0 +1,249 @@
+"""Grid expansion and the chunk loop: spec + data -> run directory.
+
+The grid (Cartesian product of the traced axes) becomes the models axis of one
+:class:`~phasevae.train.Trainer`. Training runs in chunks of ``eval_every`` steps; after
+each chunk the metrics come back to the host (the only sync point), and every
+``CHECKPOINT_SECONDS`` (and at the end) metrics, checkpoint and meta are written
+atomically. Rerunning on the same directory resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from phasevae import theory
+from phasevae.data import DataError, Dataset, load_dataset
+from phasevae.spec import Spec, SpecError, spec_to_dict
+from phasevae.store import RunDir, RunDirError
+from phasevae.train import Metrics, Point, Static, Trainer
+
+CHECKPOINT_SECONDS = 30.0
+KL_COLLAPSED = 0.01  # nats: "KL ~ 0" in the summary
+
+# called after each chunk with (chunks done, chunks in all, seconds since start)
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass
+class SweepResult:
+    run: RunDir
+    metrics: pd.DataFrame  # the full table, as in metrics.parquet
+    meta: dict
+    diverged: list[str]  # point ids flagged diverged
+
+
+def point_id(values: dict) -> str:
+    """Stable 12-hex-digit id of a grid point from its axis values."""
+    canonical = json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def grid_table(spec: Spec) -> pd.DataFrame:
+    """One row per grid point: ``point_id`` and one column per axis, in grid order.
+
+    Raises:
+      SpecError: an axis lists the same value twice.
+    """
+    axes = spec.axes()
+    for name, values in axes.items():
+        if len(set(values)) != len(values):
+            raise SpecError(f"grid.{name} lists a value twice: {list(values)}")
+    df = pd.DataFrame(list(itertools.product(*axes.values())), columns=list(axes))
+    df["seed"] = df["seed"].astype(np.int64)
+    ids = [point_id(r) for r in df.to_dict("records")]
+    df.insert(0, "point_id", ids)
+    return df
+
+
+def static_config(spec: Spec, data_dim: int) -> Static:
+    m, t = spec.model, spec.train
+    return Static(
+        data_dim=data_dim,
+        latent_dim=m.latent_dim,
+        encoder=m.encoder,
+        decoder=m.decoder,
+        batch_size=t.batch_size,
+        chunk_steps=t.eval_every,
+        optimizer=t.optimizer,
+        seed=t.seed,
+        shared_batches=t.shared_batches,
+    )
+
+
+def run_sweep(spec: Spec, out: str | Path, progress: ProgressFn | None = None) -> SweepResult:
+    """Train the whole grid of ``spec`` into run directory ``out`` (or continue it).
+
+    Raises:
+      BadInput (SpecError, DataError, RunDirError): before anything is written to
+        ``out`` when the spec or the data is bad.
+    """
+    data = load_dataset(spec.data)
+    if spec.model.latent_dim > data.x.shape[1]:
+        raise DataError(
+            f"model.latent_dim = {spec.model.latent_dim} exceeds the data dimension "
+            f"{data.x.shape[1]}"
+        )
+    grid = grid_table(spec)
+    run = RunDir(out)
+    run.claim(spec)
+
+    trainer = Trainer(static_config(spec, data.x.shape[1]))
+    points = Point(
+        sigma2=jnp.asarray(grid["sigma2"].to_numpy(), jnp.float32),
+        beta=jnp.asarray(grid["beta"].to_numpy(), jnp.float32),
+        learning_rate=jnp.asarray(grid["learning_rate"].to_numpy(), jnp.float32),
+        seed=jnp.asarray(grid["seed"].to_numpy(), jnp.uint32),
+    )
+    x, eval_x = jnp.asarray(data.x), jnp.asarray(data.eval_x)
+    state = trainer.init(points)
+    treedef = jax.tree.structure(state)
+    every, total = spec.train.eval_every, spec.train.steps
+    done, frames = 0, []
+
+    checkpoint = run.load_checkpoint()
+    if checkpoint is not None:
+        leaves, done, ids = checkpoint
+        if ids != list(grid["point_id"]):
+            raise RunDirError(f"{run.path}: checkpoint does not match the spec's grid")
+        state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves])
+        old = run.metrics()
+        frames.append(old[old["step"] <= done])
+
+    meta = _base_meta(spec, data, grid, run.meta())
+    if done == total:
+        return _result(run, frames, meta)
+
+    t0 = time.perf_counter()
+    start = np.int32(0)
+    compiled = trainer.chunk.lower(state, points, x, eval_x, start).compile()
+    meta["wall_times"]["compile_s"] = time.perf_counter() - t0
+    meta["compiles"] = trainer.traces
+    meta["status"] = "running"
+
+    trained_before = meta["wall_times"]["train_s"]
+    t_train, last_save = time.perf_counter(), time.perf_counter()
+    n_chunks = total // every
+    for c in range(done // every, n_chunks):
+        state, metrics = compiled(state, points, x, eval_x, np.int32(c * every))
+        done = (c + 1) * every
+        diverged = np.asarray(state.diverged)
+        frames.append(metrics_frame(grid, jax.device_get(metrics), diverged, done, data))
+        elapsed = time.perf_counter() - t_train
+        if progress is not None:
+            progress(c + 1, n_chunks, elapsed)
+        if done == total or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
+            meta["wall_times"]["train_s"] = trained_before + elapsed
+            _save(run, frames, state, done, grid, meta, diverged)
+            last_save = time.perf_counter()
+    meta["status"] = "complete"
+    run.write_meta(meta)
+    return _result(run, frames, meta)
+
+
+def metrics_frame(
+    grid: pd.DataFrame, m: Metrics, diverged: np.ndarray, step: int, data: Dataset
+) -> pd.DataFrame:
+    """The long-format rows of one evaluation: one per grid point."""
+    df = grid.copy()
+    df["step"] = np.int64(step)
+    df["loss"] = np.asarray(m.loss, np.float64)
+    df["elbo"] = -df["loss"]
+    df["recon"] = np.asarray(m.recon, np.float64)
+    df["mse"] = np.asarray(m.mse, np.float64)
+    df["kl"] = np.asarray(m.kl, np.float64)
+    for j in range(m.kl_dim.shape[1]):
+        df[f"kl_dim_{j}"] = np.asarray(m.kl_dim[:, j], np.float64)
+    for j in range(m.var_dim.shape[1]):
+        df[f"var_dim_{j}"] = np.asarray(m.var_dim[:, j], np.float64)
+    trace, dim = float(np.sum(data.eigenvalues)), data.x.shape[1]
+    df["collapse_elbo"] = -theory.collapse_loss(trace, dim, df["sigma2"].to_numpy())
+    df["diverged"] = diverged.astype(bool)
+    return df
+
+
+def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
+    """Per combination of non-sigma2 axes (seeds averaged): KL at the smallest and
+    largest sigma^2 and the first sigma^2 where KL < KL_COLLAPSED, at the last step."""
+    last = metrics[metrics["step"] == metrics["step"].max()]
+    keys = [k for k in ("beta", "learning_rate") if last[k].nunique() > 1 or k == "beta"]
+    rows = []
+    for key, g in last.groupby(keys):
+        curve = g[~g["diverged"]].groupby("sigma2")["kl"].mean().sort_index()
+        below = curve[curve < KL_COLLAPSED]
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row.update(
+            kl_at_min_sigma2=curve.iloc[0] if len(curve) else np.nan,
+            kl_at_max_sigma2=curve.iloc[-1] if len(curve) else np.nan,
+            first_sigma2_collapsed=below.index[0] if len(below) else np.nan,
+            predicted_sigma2_c=lambda_max / row["beta"] if row["beta"] > 0 else np.inf,
+            diverged=int(g["diverged"].sum()),
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _save(run, frames, state, done, grid, meta, diverged) -> None:
+    run.write_metrics(pd.concat(frames, ignore_index=True))
+    leaves = [np.asarray(a) for a in jax.tree.leaves(state)]
+    run.save_checkpoint(leaves, done, list(grid["point_id"]))
+    meta["steps_done"] = done
+    meta["points"] = {
+        pid: ("diverged" if d else "ok") for pid, d in zip(grid["point_id"], diverged)
+    }
+    run.write_meta(meta)
+
+
+def _result(run: RunDir, frames: list[pd.DataFrame], meta: dict) -> SweepResult:
+    df = pd.concat(frames, ignore_index=True)
+    diverged = [pid for pid, s in meta.get("points", {}).items() if s == "diverged"]
+    return SweepResult(run, df, meta, diverged)
+
+
+def _base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
+    versions = {"python": platform.python_version()}
+    for pkg in ("phasevae", "jax", "jaxlib", "flax", "optax", "numpy", "pandas"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    wall = old.get("wall_times", {})
+    return {
+        **old,
+        "spec": spec_to_dict(spec),
+        "versions": versions,
+        "git_revision": _git_revision(),
+        "devices": [str(d) for d in jax.devices()],
+        "platform": jax.default_backend(),
+        "spectrum": data.spectrum(),
+        "grid_size": len(grid),
+        "steps": spec.train.steps,
+        "steps_done": old.get("steps_done", 0),
+        "wall_times": {"compile_s": wall.get("compile_s"), "train_s": wall.get("train_s", 0.0)},
+        "status": old.get("status", "running"),
+    }
+
+
+def _git_revision() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

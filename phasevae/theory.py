@@ -1,0 +1,80 @@
+"""Linear-VAE closed forms and the collapse criterion (SCIENCE.md). NumPy only.
+
+With theta = beta * sigma^2 and eigenvalues lambda_1 >= ... >= lambda_N of the data
+covariance, latent dim i (i < latent_dim) is active iff lambda_i > theta. At the global
+optimum of the linear VAE (Lucas et al. 2019):
+
+    KL_i      = 1/2 max(0, ln(lambda_i / theta))
+    s_i^2     = theta / lambda_i if active else 1
+    MSE       = sum_active theta + sum_inactive lambda_j
+    -loss*    = -(N/2) ln(2 pi sigma^2) - tr / (2 sigma^2)
+                + sum_active 1/2 [lambda_i / sigma^2 - beta - beta ln(lambda_i / theta)]
+
+where loss = recon + beta * KL (the objective, = -ELBO at beta = 1). Everything
+broadcasts over array-valued ``sigma2`` and ``beta``; per-dim results carry the latent
+dim on the last axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def thresholds(eigenvalues, beta, latent_dim: int) -> np.ndarray:
+    """sigma^2 at which each of the top ``latent_dim`` dims collapses: lambda_i / beta.
+
+    Returns:
+      (..., latent_dim), descending; the first is the collapse transition sigma_c^2.
+    """
+    lam = _top(eigenvalues, latent_dim)
+    return lam / np.asarray(beta, np.float64)[..., None]
+
+
+def kl_per_dim(eigenvalues, sigma2, beta, latent_dim: int) -> np.ndarray:
+    """Optimal KL of each latent dim, nats: (..., latent_dim)."""
+    ratio = _top(eigenvalues, latent_dim) / _theta(sigma2, beta)[..., None]
+    return 0.5 * np.log(np.maximum(ratio, 1.0))
+
+
+def encoder_variance(eigenvalues, sigma2, beta, latent_dim: int) -> np.ndarray:
+    """Optimal encoder variance s_i^2 of each latent dim: (..., latent_dim)."""
+    ratio = _theta(sigma2, beta)[..., None] / _top(eigenvalues, latent_dim)
+    return np.minimum(ratio, 1.0)
+
+
+def mse(eigenvalues, sigma2, beta, latent_dim: int) -> np.ndarray:
+    """Optimal expected ||x - f(z)||^2."""
+    lam = np.asarray(eigenvalues, np.float64)
+    theta = _theta(sigma2, beta)[..., None]
+    top = np.minimum(_top(lam, latent_dim), theta)
+    return top.sum(-1) + np.sort(lam)[::-1][latent_dim:].sum()
+
+
+def collapse_loss(trace: float, dim: int, sigma2) -> np.ndarray:
+    """Loss of the fully collapsed model, recon at f = E[x]:
+    (N/2) ln(2 pi sigma^2) + tr / (2 sigma^2). Minus this is the paper's collapse line."""
+    s2 = np.asarray(sigma2, np.float64)
+    return 0.5 * dim * np.log(2 * np.pi * s2) + trace / (2 * s2)
+
+
+def optimal_loss(eigenvalues, sigma2, beta, latent_dim: int) -> np.ndarray:
+    """Loss (recon + beta * KL) at the linear-VAE optimum; minus it is ELBO*."""
+    lam = np.asarray(eigenvalues, np.float64)
+    s2 = np.asarray(sigma2, np.float64)
+    b = np.asarray(beta, np.float64)
+    theta = _theta(s2, b)[..., None]
+    top = _top(lam, latent_dim)
+    gain = np.where(
+        top > theta,
+        0.5 * (top / s2[..., None] - b[..., None] - b[..., None] * np.log(top / theta)),
+        0.0,
+    )
+    return collapse_loss(lam.sum(), lam.size, s2) - gain.sum(-1)
+
+
+def _top(eigenvalues, latent_dim: int) -> np.ndarray:
+    return np.sort(np.asarray(eigenvalues, np.float64))[::-1][:latent_dim]
+
+
+def _theta(sigma2, beta) -> np.ndarray:
+    return np.asarray(sigma2, np.float64) * np.asarray(beta, np.float64)

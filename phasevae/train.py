@@ -1,0 +1,179 @@
+"""The training program: a chunk of steps for a whole stack of models, one ``jit``.
+
+What fixes array shapes or code (widths, latent dim, batch size, optimizer, chunk length)
+is the frozen :class:`Static` closed over at build time; the swept numbers (sigma^2,
+beta, learning rate, seed) arrive as a traced :class:`Point` whose leaves carry the
+models axis first. A grid of any size therefore compiles once per static configuration.
+
+Randomness (all from ``Static.seed``, never from a model's slot in the stack):
+  * each model's initialisation and reparameterisation noise come from its grid
+    ``seed`` value alone, so points that differ only in sigma^2 or beta share them
+    (common random numbers: smoother KL(sigma^2) curves);
+  * minibatches (drawn with replacement) depend only on the step and are shared by every
+    model when ``shared_batches`` is set, else they also depend on the grid seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax import Array
+
+from phasevae.model import VAE, Terms, example_terms, objective
+
+
+class Point(NamedTuple):
+    """Traced hyper-parameters of one grid point (or, stacked, of many: shape (M,))."""
+
+    sigma2: Array  # float32, decoder variance
+    beta: Array  # float32, KL weight
+    learning_rate: Array  # float32
+    seed: Array  # uint32, the grid seed: chooses initialisation and noise
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training, for one model (or a stack)."""
+
+    params: Any
+    opt_state: Any
+    diverged: Array  # bool: a NaN/inf appeared; the model is frozen since
+
+
+class Metrics(NamedTuple):
+    """Evaluation of one model on the fixed evaluation set (means over examples)."""
+
+    loss: Array  # ()  recon + beta * kl, nats (= -ELBO at beta = 1)
+    recon: Array  # () nats
+    mse: Array  # ()  ||x - f(z)||^2 summed over features
+    kl: Array  # ()   nats, summed over latent dims
+    kl_dim: Array  # (k,) nats per latent dim
+    var_dim: Array  # (k,) mean encoder variance per latent dim
+
+
+@dataclass(frozen=True)
+class Static:
+    """What fixes shapes and code; one compilation per distinct value."""
+
+    data_dim: int
+    latent_dim: int
+    encoder: tuple[int, ...]
+    decoder: tuple[int, ...]
+    batch_size: int
+    chunk_steps: int
+    optimizer: str = "adam"
+    seed: int = 0
+    shared_batches: bool = True
+
+
+_INIT, _NOISE, _EVAL, _BATCH = range(4)
+
+
+class Trainer:
+    """Builds the jitted programs for one static configuration.
+
+    ``init(points)`` makes a stacked state; ``chunk(state, points, data, eval_x,
+    start)`` runs ``chunk_steps`` steps from global step ``start`` and evaluates, all
+    vmapped over the models axis. ``traces`` counts how often ``chunk`` was traced.
+    """
+
+    def __init__(self, static: Static):
+        self.static = static
+        self.model = VAE(static.data_dim, static.latent_dim, static.encoder, static.decoder)
+        self.tx = optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
+        root = jax.random.key(static.seed)
+        self._point_root, self._data_root = jax.random.split(root)
+        self.traces = 0
+        self.init = jax.jit(jax.vmap(self._init_one))
+        self.chunk = jax.jit(self._chunk, donate_argnums=0)
+
+    def _point_key(self, point: Point, tag: int) -> Array:
+        return jax.random.fold_in(jax.random.fold_in(self._point_root, point.seed), tag)
+
+    def _init_one(self, point: Point) -> TrainState:
+        s = self.static
+        params = self.model.init(
+            self._point_key(point, _INIT),
+            jnp.zeros((s.data_dim,)),
+            jnp.zeros((s.latent_dim,)),
+        )
+        return TrainState(params, self.tx.init(params), jnp.zeros((), bool))
+
+    def _batch_loss(self, params, point: Point, xb: Array, eps: Array) -> Array:
+        terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
+            self.model, params, xb, eps, point.sigma2
+        )
+        return jnp.mean(objective(terms, point.beta))
+
+    def _batch_indices(self, key: Array, step: Array, n: int) -> Array:
+        return jax.random.randint(
+            jax.random.fold_in(key, step), (self.static.batch_size,), 0, n
+        )
+
+    def _step_one(
+        self, state: TrainState, point: Point, data: Array, shared_idx: Array, step: Array
+    ) -> TrainState:
+        s = self.static
+        if s.shared_batches:
+            idx = shared_idx
+        else:
+            idx = self._batch_indices(self._point_key(point, _BATCH), step, data.shape[0])
+        xb = data[idx]
+        noise_key = jax.random.fold_in(self._point_key(point, _NOISE), step)
+        eps = jax.random.normal(noise_key, (s.batch_size, s.latent_dim))
+        loss, grads = jax.value_and_grad(self._batch_loss)(state.params, point, xb, eps)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(
+            lambda p, u: p - point.learning_rate * u, state.params, updates
+        )
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+        )
+        ok = finite & ~state.diverged
+
+        def keep(new, old):
+            return jnp.where(ok, new, old)
+
+        return TrainState(
+            jax.tree.map(keep, params, state.params),
+            jax.tree.map(keep, opt_state, state.opt_state),
+            state.diverged | ~finite,
+        )
+
+    def _evaluate_one(self, params, point: Point, eval_x: Array) -> Metrics:
+        n, k = eval_x.shape[0], self.static.latent_dim
+        eps = jax.random.normal(self._point_key(point, _EVAL), (n, k))
+        t: Terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
+            self.model, params, eval_x, eps, point.sigma2
+        )
+        kl = jnp.sum(t.kl_dim, axis=-1)
+        return Metrics(
+            loss=jnp.mean(t.recon + point.beta * kl),
+            recon=jnp.mean(t.recon),
+            mse=jnp.mean(t.sq_err),
+            kl=jnp.mean(kl),
+            kl_dim=jnp.mean(t.kl_dim, axis=0),
+            var_dim=jnp.mean(t.var_dim, axis=0),
+        )
+
+    def _chunk(
+        self, state: TrainState, points: Point, data: Array, eval_x: Array, start: Array
+    ) -> tuple[TrainState, Metrics]:
+        """Args: state and points stacked (M, ...); data (n, N); eval_x (n_eval, N);
+        start () int32, the global step of the chunk's first step."""
+        self.traces += 1  # Python side effect: runs once per trace, never per call
+        step_all = jax.vmap(self._step_one, (0, 0, None, None, None))
+
+        def body(state, step):
+            shared_idx = self._batch_indices(self._data_root, step, data.shape[0])
+            return step_all(state, points, data, shared_idx, step), None
+
+        steps = start + jnp.arange(self.static.chunk_steps, dtype=jnp.int32)
+        state, _ = jax.lax.scan(body, state, steps)
+        metrics = jax.vmap(self._evaluate_one, (0, 0, None))(state.params, points, eval_x)
+        return state, metrics

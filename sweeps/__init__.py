@@ -1,0 +1,1 @@
+"""Sweep specs, shipped in the package as ``phasevae.sweeps`` (default.toml)."""
