@@ -51,7 +51,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     wall = meta["wall_times"]
     print(f"run directory: {out}")
     print(f"data: {spectrum['description']}")
-    top = ", ".join(f"{v:.4g}" for v in spectrum["eigenvalues"][: spec.model.latent_dim])
+    top = ", ".join(
+        f"{v:.4g}" for v in spectrum["eigenvalues"][: spec.model.latent_dim]
+    )
     print(f"lambda_max = {spectrum['lambda_max']:.4g}; top eigenvalues {top}")
     print(
         f"{meta['grid_size']} grid points x {meta['steps']} steps; compile "
@@ -59,13 +61,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - t0:.1f} s this call"
     )
     table = summary_table(result.metrics, spectrum["lambda_max"])
-    print("final KL (nats, mean over seeds) per beta; predicted sigma2_c = lambda_max/beta")
+    print("final KL (nats, mean over seeds); predicted sigma2_c = lambda_max / beta")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.diverged:
         print(
             f"phasevae: error: {len(result.diverged)} of {meta['grid_size']} models "
             f"diverged (NaN or inf) and were frozen at their last finite state: "
-            f"{', '.join(result.diverged[:8])}{' ...' if len(result.diverged) > 8 else ''}."
+            f"{', '.join(result.diverged[:8])}"
+            f"{' ...' if len(result.diverged) > 8 else ''}."
             f" They are flagged in the 'diverged' column of {result.run.metrics_file}; "
             f"the other models trained normally. Lower the learning rate or remove "
             f"those grid points.",
@@ -87,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sweep", help="train a grid of VAEs and write a run directory")
-    p.add_argument("spec", nargs="?", help="sweep spec (TOML); default: built-in default")
+    p.add_argument(
+        "spec", nargs="?", help="sweep spec (TOML); default: built-in default"
+    )
     p.add_argument("--out", help="run directory (default: runs/<spec name>)")
     p.add_argument(
         "--set",

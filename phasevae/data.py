@@ -73,7 +73,9 @@ def load_dataset(spec: DataSpec) -> Dataset:
         what += f", normalize={spec.normalize}"
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
-    return Dataset(x=x, eval_x=eval_x, eigenvalues=covariance_spectrum(x), description=what)
+    return Dataset(
+        x=x, eval_x=eval_x, eigenvalues=covariance_spectrum(x), description=what
+    )
 
 
 def synthetic_gaussian(eigenvalues, samples: int, seed: int) -> np.ndarray:

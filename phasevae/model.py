@@ -1,4 +1,4 @@
-"""The paper's deep Gaussian VAE and its loss, for ONE example (batch with ``jax.vmap``).
+"""The paper's deep Gaussian VAE and its loss, for ONE example (batch with jax.vmap).
 
     encoder q(z|x) = N(mu(x), diag(s^2(x)))   MLP with ReLU, outputs (mu, log s^2)
     decoder p(x|z) = N(f(z), sigma^2 I)       MLP with ReLU, sigma^2 fixed
@@ -86,9 +86,7 @@ def kl_per_dim(mu: Array, logvar: Array) -> Array:
     return 0.5 * (mu**2 + jnp.exp(logvar) - 1.0 - logvar)
 
 
-def example_terms(
-    model: VAE, params, x: Array, eps: Array, sigma2: Array
-) -> Terms:
+def example_terms(model: VAE, params, x: Array, eps: Array, sigma2: Array) -> Terms:
     """Loss terms for one example x (N,) with noise eps (k,) and decoder variance
     sigma2 ()."""
     mu, logvar, xhat = model.apply(params, x, eps)

@@ -78,7 +78,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Optimisation. ``learning_rate`` is the default of the ``grid.learning_rate`` axis.
+    """Optimisation; ``learning_rate`` is the default of the grid.learning_rate axis.
 
     ``shared_batches``: every grid point sees the same minibatch sequence (common random
     numbers); otherwise each grid seed draws its own.
@@ -323,14 +323,18 @@ def _coerce_axis(full: str, value: Any, bad: str, integer: bool) -> Axis:
     if isinstance(value, list):
         if not value:
             raise SpecError(f"{bad} must not be empty")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
             raise SpecError(f"{bad} must be {allowed}")
         return tuple(float(v) for v in value)
     if isinstance(value, dict):
         keys = {"min", "max", "num", "scale"}
         if set(value) - keys:
             extra = sorted(set(value) - keys)[0]
-            raise SpecError(f"{bad} unknown key {full}.{extra}; allowed: {sorted(keys)}")
+            raise SpecError(
+                f"{bad} unknown key {full}.{extra}; allowed: {sorted(keys)}"
+            )
         if not {"min", "max", "num"} <= set(value):
             raise SpecError(f"{bad} a range needs min, max and num")
         num, lo, hi = value["num"], value["min"], value["max"]

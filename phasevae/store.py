@@ -1,7 +1,7 @@
 """The run directory: atomic, idempotent writes and reading results back.
 
     RUN_DIR/spec.toml               the resolved spec
-    RUN_DIR/meta.json               versions, devices, spectrum, wall times, point status
+    RUN_DIR/meta.json               versions, devices, spectrum, times, point status
     RUN_DIR/metrics.parquet         one row per (grid point, eval step)
     RUN_DIR/checkpoints/state.npz   the stacked training state at the last checkpoint
 
@@ -69,7 +69,9 @@ class RunDir:
             try:
                 stored = load_spec(self.spec_file)
             except SpecError as e:
-                raise RunDirError(f"{self.path} holds an unreadable spec: {e}") from None
+                raise RunDirError(
+                    f"{self.path} holds an unreadable spec: {e}"
+                ) from None
             if stored != spec:
                 raise RunDirError(
                     f"{self.path} already holds a run of a different spec "
@@ -105,7 +107,9 @@ class RunDir:
     def write_metrics(self, df: pd.DataFrame) -> None:
         atomic_write(self.metrics_file, lambda tmp: df.to_parquet(tmp, index=False))
 
-    def save_checkpoint(self, leaves: list[np.ndarray], step: int, ids: list[str]) -> None:
+    def save_checkpoint(
+        self, leaves: list[np.ndarray], step: int, ids: list[str]
+    ) -> None:
         """Store the flattened stacked state after global step ``step``."""
         arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
 
@@ -116,7 +120,7 @@ class RunDir:
         atomic_write(self.checkpoint_file, write)
 
     def load_checkpoint(self) -> tuple[list[np.ndarray], int, list[str]] | None:
-        """(leaves, step, point ids) of the last checkpoint, or None if there is none."""
+        """(leaves, step, point ids) of the last checkpoint, or None if none."""
         if not self.checkpoint_file.exists():
             return None
         with np.load(self.checkpoint_file, allow_pickle=False) as z:

@@ -84,7 +84,9 @@ def static_config(spec: Spec, data_dim: int) -> Static:
     )
 
 
-def run_sweep(spec: Spec, out: str | Path, progress: ProgressFn | None = None) -> SweepResult:
+def run_sweep(
+    spec: Spec, out: str | Path, progress: ProgressFn | None = None
+) -> SweepResult:
     """Train the whole grid of ``spec`` into run directory ``out`` (or continue it).
 
     Raises:
@@ -141,7 +143,9 @@ def run_sweep(spec: Spec, out: str | Path, progress: ProgressFn | None = None) -
         state, metrics = compiled(state, points, x, eval_x, np.int32(c * every))
         done = (c + 1) * every
         diverged = np.asarray(state.diverged)
-        frames.append(metrics_frame(grid, jax.device_get(metrics), diverged, done, data))
+        frames.append(
+            metrics_frame(grid, jax.device_get(metrics), diverged, done, data)
+        )
         elapsed = time.perf_counter() - t_train
         if progress is not None:
             progress(c + 1, n_chunks, elapsed)
@@ -179,12 +183,14 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
     """Per combination of non-sigma2 axes (seeds averaged): KL at the smallest and
     largest sigma^2 and the first sigma^2 where KL < KL_COLLAPSED, at the last step."""
     last = metrics[metrics["step"] == metrics["step"].max()]
-    keys = [k for k in ("beta", "learning_rate") if last[k].nunique() > 1 or k == "beta"]
+    keys = [
+        k for k in ("beta", "learning_rate") if last[k].nunique() > 1 or k == "beta"
+    ]
     rows = []
     for key, g in last.groupby(keys):
         curve = g[~g["diverged"]].groupby("sigma2")["kl"].mean().sort_index()
         below = curve[curve < KL_COLLAPSED]
-        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         row.update(
             kl_at_min_sigma2=curve.iloc[0] if len(curve) else np.nan,
             kl_at_max_sigma2=curve.iloc[-1] if len(curve) else np.nan,
@@ -202,7 +208,8 @@ def _save(run, frames, state, done, grid, meta, diverged) -> None:
     run.save_checkpoint(leaves, done, list(grid["point_id"]))
     meta["steps_done"] = done
     meta["points"] = {
-        pid: ("diverged" if d else "ok") for pid, d in zip(grid["point_id"], diverged)
+        pid: ("diverged" if d else "ok")
+        for pid, d in zip(grid["point_id"], diverged, strict=True)
     }
     run.write_meta(meta)
 
@@ -232,7 +239,10 @@ def _base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict
         "grid_size": len(grid),
         "steps": spec.train.steps,
         "steps_done": old.get("steps_done", 0),
-        "wall_times": {"compile_s": wall.get("compile_s"), "train_s": wall.get("train_s", 0.0)},
+        "wall_times": {
+            "compile_s": wall.get("compile_s"),
+            "train_s": wall.get("train_s", 0.0),
+        },
         "status": old.get("status", "running"),
     }
 
@@ -242,7 +252,10 @@ def _git_revision() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None

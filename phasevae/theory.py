@@ -51,8 +51,8 @@ def mse(eigenvalues, sigma2, beta, latent_dim: int) -> np.ndarray:
 
 
 def collapse_loss(trace: float, dim: int, sigma2) -> np.ndarray:
-    """Loss of the fully collapsed model, recon at f = E[x]:
-    (N/2) ln(2 pi sigma^2) + tr / (2 sigma^2). Minus this is the paper's collapse line."""
+    """Loss of the fully collapsed model (f = E[x], KL = 0):
+    (N/2) ln(2 pi sigma^2) + tr / (2 sigma^2). Minus it is the paper's collapse line."""
     s2 = np.asarray(sigma2, np.float64)
     return 0.5 * dim * np.log(2 * np.pi * s2) + trace / (2 * s2)
 

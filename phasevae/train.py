@@ -1,9 +1,9 @@
 """The training program: a chunk of steps for a whole stack of models, one ``jit``.
 
-What fixes array shapes or code (widths, latent dim, batch size, optimizer, chunk length)
-is the frozen :class:`Static` closed over at build time; the swept numbers (sigma^2,
-beta, learning rate, seed) arrive as a traced :class:`Point` whose leaves carry the
-models axis first. A grid of any size therefore compiles once per static configuration.
+What fixes array shapes or code (widths, latent dim, batch size, optimizer, chunk
+length) is the frozen :class:`Static`, closed over at build time; the swept numbers
+(sigma^2, beta, learning rate, seed) arrive as a traced :class:`Point` whose leaves
+carry the models axis first. A grid of any size compiles once per static configuration.
 
 Randomness (all from ``Static.seed``, never from a model's slot in the stack):
   * each model's initialisation and reparameterisation noise come from its grid
@@ -84,8 +84,12 @@ class Trainer:
 
     def __init__(self, static: Static):
         self.static = static
-        self.model = VAE(static.data_dim, static.latent_dim, static.encoder, static.decoder)
-        self.tx = optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
+        self.model = VAE(
+            static.data_dim, static.latent_dim, static.encoder, static.decoder
+        )
+        self.tx = (
+            optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
+        )
         root = jax.random.key(static.seed)
         self._point_root, self._data_root = jax.random.split(root)
         self.traces = 0
@@ -116,13 +120,20 @@ class Trainer:
         )
 
     def _step_one(
-        self, state: TrainState, point: Point, data: Array, shared_idx: Array, step: Array
+        self,
+        state: TrainState,
+        point: Point,
+        data: Array,
+        shared_idx: Array,
+        step: Array,
     ) -> TrainState:
         s = self.static
         if s.shared_batches:
             idx = shared_idx
         else:
-            idx = self._batch_indices(self._point_key(point, _BATCH), step, data.shape[0])
+            idx = self._batch_indices(
+                self._point_key(point, _BATCH), step, data.shape[0]
+            )
         xb = data[idx]
         noise_key = jax.random.fold_in(self._point_key(point, _NOISE), step)
         eps = jax.random.normal(noise_key, (s.batch_size, s.latent_dim))
@@ -175,5 +186,7 @@ class Trainer:
 
         steps = start + jnp.arange(self.static.chunk_steps, dtype=jnp.int32)
         state, _ = jax.lax.scan(body, state, steps)
-        metrics = jax.vmap(self._evaluate_one, (0, 0, None))(state.params, points, eval_x)
+        metrics = jax.vmap(self._evaluate_one, (0, 0, None))(
+            state.params, points, eval_x
+        )
         return state, metrics
