@@ -66,7 +66,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if result.diverged:
         print(
             f"phasevae: error: {len(result.diverged)} of {meta['grid_size']} models "
-            f"diverged (NaN or inf) and were frozen at their last finite state: "
+            f"diverged (a NaN or inf appeared) and were frozen there: "
             f"{', '.join(result.diverged[:8])}"
             f"{' ...' if len(result.diverged) > 8 else ''}."
             f" They are flagged in the 'diverged' column of {result.run.metrics_file}; "

@@ -133,7 +133,6 @@ def run_sweep(
     start = np.int32(0)
     compiled = trainer.chunk.lower(state, points, x, eval_x, start).compile()
     meta["wall_times"]["compile_s"] = time.perf_counter() - t0
-    meta["compiles"] = trainer.traces
     meta["status"] = "running"
 
     trained_before = meta["wall_times"]["train_s"]
@@ -147,12 +146,13 @@ def run_sweep(
             metrics_frame(grid, jax.device_get(metrics), diverged, done, data)
         )
         elapsed = time.perf_counter() - t_train
-        if progress is not None:
-            progress(c + 1, n_chunks, elapsed)
         if done == total or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
             meta["wall_times"]["train_s"] = trained_before + elapsed
+            meta["compiles"] = trainer.traces  # traces of the chunk program: 1
             _save(run, frames, state, done, grid, meta, diverged)
             last_save = time.perf_counter()
+        if progress is not None:
+            progress(c + 1, n_chunks, elapsed)
     meta["status"] = "complete"
     run.write_meta(meta)
     return _result(run, frames, meta)

@@ -1,0 +1,147 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tomli_w
+
+from phasevae import sweep as sweep_mod
+from phasevae.cli import main
+from phasevae.spec import load_spec
+from tests.conftest import tiny_dict
+
+
+def write_spec(tmp_path, **sections):
+    p = tmp_path / "tiny.toml"
+    p.write_text(tomli_w.dumps(tiny_dict(**sections)))
+    return p
+
+
+def test_sweep_end_to_end_writes_a_well_formed_run_directory(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "phasevae.cli", "sweep", str(spec), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2/2 chunks" in proc.stderr  # progress
+    assert "lambda_max" in proc.stdout and "kl_at_max_sigma2" in proc.stdout
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "meta.json",
+        "metrics.parquet",
+        "spec.toml",
+    ]
+    assert load_spec(out / "spec.toml") == load_spec(spec)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["steps_done"] == 20
+    assert meta["grid_size"] == 4 and meta["compiles"] == 1
+    assert meta["spectrum"]["lambda_max"] == meta["spectrum"]["eigenvalues"][0]
+    assert len(meta["spectrum"]["eigenvalues"]) == 4
+    assert meta["wall_times"]["compile_s"] > 0 and meta["wall_times"]["train_s"] > 0
+    assert meta["versions"]["jax"] and meta["devices"]
+    assert set(meta["points"].values()) == {"ok"}
+
+    df = pd.read_parquet(out / "metrics.parquet")
+    assert len(df) == 4 * 2  # grid points x evaluations
+    need = {"point_id", "sigma2", "beta", "learning_rate", "seed", "step", "elbo"}
+    need |= {"recon", "kl", "kl_dim_0", "kl_dim_1", "var_dim_0", "var_dim_1"}
+    need |= {"collapse_elbo", "diverged"}
+    assert need <= set(df.columns)
+    steps = df.groupby("point_id")["step"].apply(sorted)
+    assert all(s == [10, 20] for s in steps) and len(steps) == 4
+    assert np.isfinite(df[["elbo", "kl", "recon"]].to_numpy()).all()
+    np.testing.assert_allclose(df["kl"], df["kl_dim_0"] + df["kl_dim_1"], rtol=1e-5)
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--set", "grid.sigma2=[-1.0]"], ["grid.sigma2", "> 0"]),
+        (["--set", "data.source='array'", "--set", "data.path=nope.npy"], ["nope.npy"]),
+        (["--set", "model.latent_dimm=2"], ["unknown key model.latent_dimm"]),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(
+    tmp_path, capsys, args, words
+):
+    out = tmp_path / "run"
+    code = main(["sweep", str(write_spec(tmp_path)), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("phasevae: error:") and "Traceback" not in err
+    for w in words:
+        assert w in err
+    assert not out.exists()
+
+
+def test_nan_in_data_file_exits_2(tmp_path, capsys):
+    a = np.ones((10, 3))
+    a[3, 2] = np.nan
+    np.save(tmp_path / "d.npy", a)
+    spec = write_spec(
+        tmp_path, data={"source": "array", "path": str(tmp_path / "d.npy")}
+    )
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 2
+    assert "NaN" in capsys.readouterr().err
+
+
+def test_a_diverged_model_exits_2_after_finishing_the_others(tmp_path, capsys):
+    spec = write_spec(tmp_path, grid={"learning_rate": [1e-2, 1e6]})
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "4 of 8 models diverged" in err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete"
+    assert list(meta["points"].values()).count("diverged") == 4
+
+
+def test_a_different_spec_in_an_existing_run_directory_is_refused(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    code = main(["sweep", str(spec), "--out", str(out), "--set", "grid.beta=[2.0]"])
+    assert code == 2
+    assert "different spec" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("mine")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "other")]) == 2
+
+
+def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(
+    tmp_path, tiny_spec, monkeypatch
+):
+    spec = tiny_spec(train={"steps": 40, "eval_every": 10})
+    full = sweep_mod.run_sweep(spec, tmp_path / "full").metrics
+
+    monkeypatch.setattr(sweep_mod, "CHECKPOINT_SECONDS", 0.0)
+
+    def stop_after_two(done, total, elapsed):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_mod.run_sweep(spec, tmp_path / "cut", progress=stop_after_two)
+    partial = pd.read_parquet(tmp_path / "cut" / "metrics.parquet")
+    assert sorted(partial["step"].unique()) == [10, 20]
+
+    resumed = sweep_mod.run_sweep(spec, tmp_path / "cut")
+    assert resumed.meta["status"] == "complete"
+    on_disk = pd.read_parquet(tmp_path / "cut" / "metrics.parquet")
+    assert len(on_disk) == len(full)  # no duplicated or missing rows
+    key = ["point_id", "step"]
+    pd.testing.assert_frame_equal(
+        on_disk.sort_values(key).reset_index(drop=True),
+        full.sort_values(key).reset_index(drop=True),
+    )
+    # a finished run is not trained again
+    again = sweep_mod.run_sweep(spec, tmp_path / "cut")
+    assert len(again.metrics) == len(full)

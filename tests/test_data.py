@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from phasevae.data import (
+    DataError,
+    covariance_spectrum,
+    load_array,
+    load_dataset,
+    synthetic_gaussian,
+)
+from phasevae.spec import DataSpec
+
+
+def test_synthetic_spectrum_matches_the_requested_eigenvalues():
+    lam = [8.0, 2.0, 0.5, 0.1]
+    x = synthetic_gaussian(lam, 40000, seed=3)
+    assert x.dtype == np.float32 and x.shape == (40000, 4)
+    # sampling error of an eigenvalue is ~ lambda * sqrt(2/n) = 0.7 %
+    np.testing.assert_allclose(covariance_spectrum(x), lam, rtol=0.03)
+    # a random rotation: the data is not axis-aligned
+    assert np.abs(np.cov(x.T) - np.diag(np.diag(np.cov(x.T)))).max() > 0.1
+
+
+def test_dataset_spectrum_is_of_the_data_as_the_model_sees_it():
+    ds = load_dataset(
+        DataSpec(eigenvalues=(3.0, 1.0), samples=1000, normalize="standardize")
+    )
+    assert np.allclose(ds.x.std(axis=0), 1.0, atol=1e-5)
+    direct = np.linalg.eigvalsh(np.cov(ds.x.T.astype(np.float64), bias=True))[::-1]
+    np.testing.assert_allclose(ds.eigenvalues, direct, rtol=1e-6)
+    assert ds.spectrum()["lambda_max"] == pytest.approx(direct[0])
+    assert ds.eval_x.shape == (1000, 2)  # eval_samples capped at n
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv"])
+def test_array_files_load(tmp_path, suffix):
+    a = np.arange(12, dtype=np.float64).reshape(6, 2) ** 1.5
+    p = tmp_path / f"d{suffix}"
+    if suffix == ".npy":
+        np.save(p, a)
+    elif suffix == ".npz":
+        np.savez(p, train=a)
+    else:
+        np.savetxt(p, a, delimiter=",", header="a,b", comments="")
+    ds = load_dataset(DataSpec(source="array", path=str(p), normalize="center"))
+    np.testing.assert_allclose(ds.x, a - a.mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_npz_with_several_arrays_needs_a_key(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, a=np.ones((3, 2)), b=np.zeros((4, 2)))
+    with pytest.raises(DataError, match="data.key .* a, b"):
+        load_array(p)
+    assert load_array(p, "b").shape == (4, 2)
+
+
+def bad_file(tmp_path, kind):
+    p = tmp_path / f"bad_{kind}"
+    if kind == "missing":
+        return tmp_path / "nope.npy"
+    if kind == "3d":
+        np.save(p.with_suffix(".npy"), np.ones((4, 2, 2)))
+    elif kind == "one_sample":
+        np.save(p.with_suffix(".npy"), np.ones((1, 3)))
+    elif kind == "nan":
+        a = np.ones((5, 3))
+        a[2, 1] = np.nan
+        np.save(p.with_suffix(".npy"), a)
+    elif kind == "inf":
+        a = np.ones((5, 3))
+        a[4, 0] = np.inf
+        np.save(p.with_suffix(".npy"), a)
+    elif kind == "pickle":
+        np.save(p.with_suffix(".npy"), np.array([{"a": 1}, None], dtype=object))
+    elif kind == "text_csv":
+        p.with_suffix(".csv").write_text("a,b\n1,2\nx,4\n")
+        return p.with_suffix(".csv")
+    elif kind == "garbage_npy":
+        p.with_suffix(".npy").write_bytes(b"not an npy file at all")
+    elif kind == "strings":
+        np.save(p.with_suffix(".npy"), np.array([["a", "b"], ["c", "d"]]))
+    elif kind == "txt":
+        p.with_suffix(".txt").write_text("1 2\n3 4\n")
+        return p.with_suffix(".txt")
+    return p.with_suffix(".npy")
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "does not exist"),
+        ("3d", "must be 2-D"),
+        ("one_sample", "at least 2 samples"),
+        ("nan", "NaN or inf .* row 2, column 1"),
+        ("inf", "NaN or inf .* row 4, column 0"),
+        ("pickle", "cannot read"),
+        ("text_csv", "non-numeric"),
+        ("garbage_npy", "cannot read"),
+        ("strings", "must be numeric"),
+        ("txt", "unsupported file type"),
+    ],
+)
+def test_bad_data_is_a_clear_error(tmp_path, kind, message):
+    path = bad_file(tmp_path, kind)
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataSpec(source="array", path=str(path)))

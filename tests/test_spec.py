@@ -1,0 +1,114 @@
+import pytest
+
+from phasevae.spec import (
+    Range,
+    SpecError,
+    default_spec_path,
+    load_spec,
+    spec_from_dict,
+    spec_to_toml,
+)
+from tests.conftest import tiny_dict
+
+
+def write(tmp_path, text):
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    return p
+
+
+def test_default_spec_loads_and_fills_every_default():
+    spec = load_spec()
+    assert default_spec_path().name == "default.toml"
+    assert spec.data.source == "synthetic"
+    assert spec.model.latent_dim >= 2
+    assert spec.train.shared_batches is True  # filled from the dataclass default
+    axes = spec.axes()
+    assert len(axes["beta"]) > 1
+    assert axes["learning_rate"] == (spec.train.learning_rate,)
+
+
+def test_resolved_spec_round_trips_through_toml(tmp_path):
+    spec = load_spec(None, ["grid.sigma2.num=5", "grid.seeds=[0, 1]"])
+    again = load_spec(write(tmp_path, spec_to_toml(spec)))
+    assert again == spec
+
+
+def test_range_values():
+    assert Range(1.0, 100.0, 3, "log").values() == pytest.approx((1.0, 10.0, 100.0))
+    assert Range(0.0, 1.0, 3, "linear").values() == pytest.approx((0.0, 0.5, 1.0))
+    assert Range(2.0, 2.0, 1).values() == (2.0,)
+
+
+def test_overrides(tmp_path):
+    spec = load_spec(
+        None,
+        [
+            "grid.beta=[0.5, 1.0]",
+            "grid.sigma2.num=32",
+            "data.path=x.npy",  # bare string: the shell ate the quotes
+            "train.steps=500",
+            "train.eval_every=100",
+        ],
+    )
+    assert spec.grid.beta == (0.5, 1.0)
+    assert spec.grid.sigma2.num == 32
+    assert spec.data.path == "x.npy"
+    assert spec.train.steps == 500
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("grid.sigma2=[1.0, -2.0]", ["grid.sigma2", "-2.0", "> 0"]),
+        ("grid.sigma2=[0.0]", ["grid.sigma2", "> 0"]),
+        ("grid.beta=[-0.5]", ["grid.beta", ">= 0"]),
+        ("grid.sigma2.num=0", ["grid.sigma2.num", ">= 1"]),
+        ("model.latent_dim=0", ["model.latent_dim", ">= 1"]),
+        ("train.steps=0", ["train.steps", ">= 1"]),
+        ("train.learning_rate=0.0", ["train.learning_rate", "> 0"]),
+        ("train.steps=1001", ["multiple of train.eval_every"]),
+        ("train.optimizer='rmsprop'", ["train.optimizer", "'adam'"]),
+        ("data.source='mnist'", ["data.source", "'synthetic'"]),
+        ("data.normalize='whiten'", ["data.normalize", "'standardize'"]),
+        ("train.steps=1.5", ["train.steps", "integer"]),
+        ("train.batch_size=true", ["train.batch_size", "integer"]),
+        ("model.encoder=[8, 0]", ["model.encoder", ">= 1"]),
+        ("model.latent_dim=9", ["latent_dim", "exceeds"]),
+        ("grid.sigma2={min=-1, max=2, num=3}", ["log-scale", "min > 0"]),
+        ("grid.sigma2={min=3, max=2, num=3}", ["max must be >="]),
+        ("grid.sigma2={min=1, max=2}", ["min, max and num"]),
+        ("grid.beta=[]", ["grid.beta", "empty"]),
+        ("grid.seeds=[0.5]", ["grid.seeds", "integers"]),
+        ("grid.beta=[nan]", ["grid.beta", "finite"]),
+        ("train.stepz=10", ["unknown key train.stepz", "allowed in [train]", "steps"]),
+        ("optim.lr=1", ["unknown key", "SECTION.NAME"]),
+        ("data.source.x=1", ["not a table"]),
+        ("grid.beta", ["KEY=VALUE"]),
+    ],
+)
+def test_impossible_values_are_rejected_with_key_and_rule(override, words):
+    with pytest.raises(SpecError) as err:
+        load_spec(None, [override])
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    p = write(tmp_path, "[model]\nlatent_dimm = 3\n")
+    with pytest.raises(SpecError, match=r"s\.toml: unknown key model\.latent_dimm"):
+        load_spec(p)
+
+
+def test_unknown_section_and_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(SpecError, match=r"unknown section \[optim\]"):
+        load_spec(write(tmp_path, "[optim]\nlr = 1\n"))
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(write(tmp_path, "[model\n"))
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_array_source_needs_a_path():
+    with pytest.raises(SpecError, match="needs data.path"):
+        spec_from_dict(tiny_dict(data={"source": "array"}))
