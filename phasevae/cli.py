@@ -7,6 +7,7 @@ one-paragraph message and no traceback; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,120 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from phasevae.analysis import analyze
+    from phasevae.store import RunDir, RunDirError, atomic_write_text
+
+    run = RunDir(args.run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory {run.path} does not exist")
+    spec, meta = run.spec(), run.meta()
+    if meta.get("status") != "complete":
+        raise RunDirError(
+            f"{run.path} is unfinished ({meta.get('steps_done', 0)} of "
+            f"{spec.train.steps} steps); run `phasevae sweep` on it again to finish it"
+        )
+    try:
+        result = analyze(run.metrics(), meta["spectrum"], spec.model.latent_dim)
+    except ValueError as e:
+        raise RunDirError(f"{run.path}: cannot fit: {e}") from None
+    atomic_write_text(run.path / "analysis.json", json.dumps(result, indent=1))
+    print(f"wrote {run.path / 'analysis.json'}")
+    print(f"lambda_max = {result['spectrum']['lambda_max']:.4g}")
+    print(_transition_table(result))
+    b = result["boundary"]
+    if b["theta_c"] is not None:
+        lo, hi = b["ci"]
+        print(
+            f"theta_c = beta * sigma_c^2 = {b['theta_c']:.4g} [{lo:.4g}, {hi:.4g}]"
+            f" (theory lambda_max = {b['theory_theta_c']:.4g},"
+            f" {100 * b['rel_error']:+.1f} %)"
+        )
+    if result["scaling"] and result["scaling"].get("rms_spread") is not None:
+        s = result["scaling"]
+        print(
+            f"beta*sigma^2 scaling: KL curves of all beta differ by "
+            f"{s['rms_spread']:.3g} nats RMS ({100 * s['relative_spread']:.1f} % of KL)"
+        )
+    return 0
+
+
+def _transition_table(result: dict) -> str:
+    import pandas as pd
+
+    rows = []
+    for t in result["transitions"]:
+        axes = {k: t[k] for k in ("beta", "learning_rate") if k in t}
+        ci = t["ci"] or [float("nan")] * 2
+        rows.append(
+            {
+                **axes,
+                "sigma2_c": t["sigma2_c"],
+                "ci_low": ci[0],
+                "ci_high": ci[1],
+                "predicted": t["theory_sigma2_c"],
+                "rel_err_%": None if t["rel_error"] is None else 100 * t["rel_error"],
+                "converged": t["converged"],
+                "dims_c": " ".join(
+                    "-" if d["sigma2_c"] is None else f"{d['sigma2_c']:.3g}"
+                    for d in sorted(t["per_dim"], key=lambda d: d["rank"])
+                ),
+                "dims_theory": " ".join(
+                    f"{d['theory']:.3g}"
+                    for d in sorted(t["per_dim"], key=lambda d: d["rank"])
+                ),
+            }
+        )
+    return pd.DataFrame(rows).to_string(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"
+    )
+
+
+def cmd_theory(args: argparse.Namespace) -> int:
+    from phasevae import theory
+    from phasevae.data import load_dataset
+    from phasevae.spec import load_spec
+    from phasevae.store import RunDir
+
+    target = Path(args.target)
+    if target.is_dir():
+        run = RunDir(target)
+        spec = run.spec()
+        if args.set:
+            raise BadInput("--set applies to a spec file, not to a run directory")
+        spectrum = run.meta().get("spectrum") or load_dataset(spec.data).spectrum()
+    else:
+        spec = load_spec(target, args.set)
+        spectrum = load_dataset(spec.data).spectrum()
+    k = spec.model.latent_dim
+    ev = spectrum["eigenvalues"]
+    predictions = [
+        {
+            "beta": beta,
+            "sigma2_c": float(ev[0] / beta) if beta > 0 else None,
+            "thresholds": [float(t) for t in theory.thresholds(ev, beta, k)]
+            if beta > 0
+            else None,
+        }
+        for beta in spec.axes()["beta"]
+    ]
+    doc = {**spectrum, "latent_dim": k, "predictions": predictions}
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"data: {spectrum['description']}")
+    n, dim, trace = spectrum["samples"], spectrum["dim"], spectrum["trace"]
+    print(f"N = {dim}, n = {n}, trace = {trace:.4g}")
+    top = ", ".join(f"{v:.4g}" for v in ev[: max(k, 8)])
+    print(f"eigenvalues (descending): {top}{' ...' if len(ev) > max(k, 8) else ''}")
+    print(f"lambda_max = {ev[0]:.4g}: collapse when beta * sigma^2 > lambda_max")
+    for p in predictions:
+        dims = ", ".join(f"{t:.4g}" for t in p["thresholds"] or [])
+        s2c = "never (beta = 0)" if p["sigma2_c"] is None else f"{p['sigma2_c']:.4g}"
+        print(f"  beta = {p['beta']:g}: sigma2_c = {s2c}; latent dims die at {dims}")
+    return 0
+
+
 def _fmt_s(seconds: float | None) -> str:
     return "n/a (already done)" if seconds is None else f"{seconds:.1f} s"
 
@@ -102,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec key with a TOML value, e.g. --set grid.beta=[0.5,1.0]",
     )
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("analyze", help="locate the transitions of a finished sweep")
+    p.add_argument("run_dir", help="a run directory written by phasevae sweep")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("theory", help="spectrum and predicted transitions, no training")
+    p.add_argument("target", metavar="SPEC|RUN_DIR")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_theory)
     return parser
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from phasevae import theory
+from phasevae.analysis import ACTIVE_KL
 from phasevae.data import DataError, Dataset, load_dataset
 from phasevae.spec import Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
@@ -173,6 +174,8 @@ def metrics_frame(
         df[f"kl_dim_{j}"] = np.asarray(m.kl_dim[:, j], np.float64)
     for j in range(m.var_dim.shape[1]):
         df[f"var_dim_{j}"] = np.asarray(m.var_dim[:, j], np.float64)
+    df["mi"] = np.asarray(m.mi, np.float64)
+    df["active_units"] = (m.kl_dim > ACTIVE_KL).sum(axis=1).astype(np.int64)
     trace, dim = float(np.sum(data.eigenvalues)), data.x.shape[1]
     df["collapse_elbo"] = -theory.collapse_loss(trace, dim, df["sigma2"].to_numpy())
     df["diverged"] = diverged.astype(bool)

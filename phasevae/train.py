@@ -24,7 +24,7 @@ import optax
 from flax import struct
 from jax import Array
 
-from phasevae.model import VAE, Terms, example_terms, objective
+from phasevae.model import VAE, Terms, example_terms, mutual_information, objective
 
 
 class Point(NamedTuple):
@@ -54,6 +54,7 @@ class Metrics(NamedTuple):
     kl: Array  # ()   nats, summed over latent dims
     kl_dim: Array  # (k,) nats per latent dim
     var_dim: Array  # (k,) mean encoder variance per latent dim
+    mi: Array  # ()   estimate of I(x; z), nats, on the first MI_SAMPLES examples
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Static:
 
 
 _INIT, _NOISE, _EVAL, _BATCH = range(4)
+MI_SAMPLES = 512  # the I(x; z) estimate costs n^2 per model: a subset of eval_x
 
 
 class Trainer:
@@ -158,6 +160,7 @@ class Trainer:
 
     def _evaluate_one(self, params, point: Point, eval_x: Array) -> Metrics:
         n, k = eval_x.shape[0], self.static.latent_dim
+        m = min(n, MI_SAMPLES)
         eps = jax.random.normal(self._point_key(point, _EVAL), (n, k))
         t: Terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
             self.model, params, eval_x, eps, point.sigma2
@@ -170,6 +173,7 @@ class Trainer:
             kl=jnp.mean(kl),
             kl_dim=jnp.mean(t.kl_dim, axis=0),
             var_dim=jnp.mean(t.var_dim, axis=0),
+            mi=mutual_information(t.mu[:m], t.var_dim[:m], eps[:m]),
         )
 
     def _chunk(

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasevae.model import VAE, example_terms, kl_per_dim, objective
+from phasevae.model import VAE, example_terms, kl_per_dim, mutual_information, objective
 
 
 def numpy_mlp(layers, x):
@@ -63,3 +63,20 @@ def test_no_hidden_layers_is_linear():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_mutual_information_estimate():
+    rng = np.random.default_rng(0)
+    n, k = 400, 2
+    eps = jnp.asarray(rng.standard_normal((n, k)), jnp.float32)
+    # q(z|x) = prior for every x: z says nothing about x
+    zero = mutual_information(jnp.zeros((n, k)), jnp.ones((n, k)), eps)
+    assert abs(float(zero)) < 0.02
+    # q(z|x) = N(x, v), x ~ N(0, 1): z = x + noise, I = k/2 ln(1 + 1/v)
+    v = 0.25
+    mu = jnp.asarray(rng.standard_normal((n, k)), jnp.float32)
+    est = mutual_information(mu, jnp.full((n, k), v), eps)
+    assert float(est) == pytest.approx(k / 2 * math.log(1 + 1 / v), rel=0.1)
+    # never above its ceiling ln n
+    sharp = mutual_information(mu, jnp.full((n, k), 1e-6), eps)
+    assert float(sharp) <= math.log(n) + 1e-4

@@ -1,0 +1,502 @@
+"""Locate collapse transitions in a sweep and hold them against the theory. No JAX.
+
+The fitted model follows the structure the linear VAE predicts (SCIENCE.md): KL is
+piecewise linear in u = ln sigma^2, falling with slope -1/2 per active latent dim, with
+a breakpoint where each dim collapses and a plateau (~0) beyond the last one,
+
+    KL(u) = c + s0 (u_max - u) + sum_i a_i max(0, b_i - u),   s0, a_i >= 0.
+
+The data decide the number of breakpoints (BIC, then breakpoints whose slope change is
+below ``min_increment`` are dropped as not a dimension collapsing), their positions and
+the slopes. The last breakpoint is the collapse transition sigma_c^2 = exp(b_max); a
+significant s0 means KL still falls at the largest sigma^2: no transition in the grid.
+For fixed breakpoints the coefficients solve a non-negative least-squares problem
+(scipy.optimize.nnls), so only the breakpoints are searched: exhaustively on a grid for
+one or two, greedily beyond, then refined with Nelder-Mead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from phasevae import theory
+
+MIN_INCREMENT = 0.1  # nats per unit ln sigma^2: a fifth of the theory's 1/2 per dim
+LEVEL = 0.95
+ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
+TRACED_AXES = ("sigma2", "beta", "learning_rate", "seed")
+
+
+@dataclass(frozen=True)
+class PiecewiseFit:
+    """A fitted KL(u), u = ln sigma^2. Breakpoints ascending."""
+
+    u_min: float
+    u_max: float
+    c: float
+    s0: float
+    breakpoints: np.ndarray  # (m,) in u
+    increments: np.ndarray  # (m,) slope change a_i at each breakpoint
+    rss: float
+    n: int
+
+    def __call__(self, u) -> np.ndarray:
+        u = np.asarray(u, np.float64)
+        hinge = np.maximum(0.0, self.breakpoints - u[..., None])
+        return self.c + self.s0 * (self.u_max - u) + hinge @ self.increments
+
+    def slope(self, u, side: str = "left") -> np.ndarray:
+        """dKL/du just left (or right) of u."""
+        u = np.asarray(u, np.float64)[..., None]
+        active = self.breakpoints > u if side == "right" else self.breakpoints >= u
+        return -(self.s0 + active @ self.increments)
+
+    @property
+    def transition(self) -> float | None:
+        """u of the collapse transition, or None without a plateau inside the grid."""
+        if len(self.breakpoints) == 0 or self.s0 >= MIN_INCREMENT:
+            return None
+        return float(self.breakpoints[-1])
+
+    def segment_slopes(self) -> list[float]:
+        """dKL/du on each linear piece, left to right."""
+        return [float(self.slope(b, "left")) for b in self.breakpoints] + [-self.s0]
+
+
+class _Problem:
+    """Weighted least squares of the hinge model; for fixed breakpoints it is a
+    non-negative least-squares problem in (c+, c-, s0, a_1..a_m)."""
+
+    def __init__(self, u, y, sd=None):
+        self.u, self.y = np.asarray(u, np.float64), np.asarray(y, np.float64)
+        self.w = 1.0 / (np.ones_like(self.u) if sd is None else np.asarray(sd))
+        self.n, self.u_max = len(self.u), float(self.u.max())
+        one = np.ones_like(self.u)
+        self.base = np.stack([one, -one, self.u_max - self.u], 1) * self.w[:, None]
+        self.yw = self.y * self.w
+        us = np.unique(self.u)
+        self.lo, self.hi = float(us[0]), float(us[-1])
+        # breakpoint candidates strictly inside the grid, ~3 per grid interval
+        self.cand = np.linspace(self.lo, self.hi, min(3 * len(us), 90) + 2)[1:-1]
+
+    def solve(self, breaks) -> tuple[float, np.ndarray]:
+        """(weighted rss, [c, s0, a_1..a_m]) for fixed breakpoints."""
+        hinge = np.maximum(
+            0.0, np.asarray(breaks, np.float64)[None, :] - self.u[:, None]
+        )
+        design = np.concatenate([self.base, hinge * self.w[:, None]], axis=1)
+        coef, resid = optimize.nnls(design, self.yw)
+        return resid**2, np.concatenate([[coef[0] - coef[1]], coef[2:]])
+
+    def rss(self, breaks) -> float:
+        return self.solve(breaks)[0]
+
+    def search(self, m: int, start=()) -> tuple[float, tuple]:
+        """Best m breakpoints: exhaustive on the candidates for m <= 2; beyond,
+        ``start`` (extended greedily if it has m - 1) improved by coordinate passes;
+        then refined continuously with Nelder-Mead."""
+        if m <= 2:
+            combos = itertools.combinations(self.cand, m)
+            best = min(((self.rss(bs), bs) for bs in combos), key=lambda t: t[0])
+        else:
+            if len(start) < m:
+                trials = ((*start, b) for b in self.cand)
+                best = min(((self.rss(bs), bs) for bs in trials), key=lambda t: t[0])
+            else:
+                best = (self.rss(start), tuple(start))
+            for _ in range(3):
+                improved = False
+                for i in range(m):
+                    for b in self.cand:
+                        bs = tuple(sorted((*best[1][:i], b, *best[1][i + 1 :])))
+                        r = self.rss(bs)
+                        if r < best[0] - 1e-15:
+                            best, improved = (r, bs), True
+                if not improved:
+                    break
+        if m == 0:
+            return best
+
+        def objective(bs):
+            if np.any(bs <= self.lo) or np.any(bs >= self.hi):
+                return np.inf
+            return self.rss(np.sort(bs))
+
+        res = optimize.minimize(
+            objective, np.array(best[1]), method="Nelder-Mead", options={"xatol": 1e-5}
+        )
+        if res.fun < best[0]:
+            best = (float(res.fun), tuple(np.sort(res.x)))
+        return best
+
+    def build(self, breaks) -> PiecewiseFit:
+        rss, coef = self.solve(breaks)
+        order = np.argsort(breaks)
+        return PiecewiseFit(
+            u_min=self.lo,
+            u_max=self.u_max,
+            c=float(coef[0]),
+            s0=float(coef[1]),
+            breakpoints=np.asarray(breaks, np.float64)[order],
+            increments=np.asarray(coef[2:], np.float64)[order],
+            rss=float(rss),
+            n=self.n,
+        )
+
+
+def fit_piecewise(
+    u, y, sd=None, max_breaks: int = 4, min_increment: float = MIN_INCREMENT
+) -> PiecewiseFit:
+    """Fit KL(u) with the number of breakpoints chosen by BIC.
+
+    Args:
+      u: (n,) ln sigma^2 (repeats allowed, e.g. several seeds).
+      y: (n,) KL in nats.
+      sd: (n,) uncertainty of each y (weights 1/sd^2); None: equal weights.
+      max_breaks: most breakpoints tried (capped by the number of points).
+      min_increment: breakpoints with a smaller slope change are dropped.
+    """
+    prob = _Problem(u, y, sd)
+    floor = prob.n * 1e-14  # exact data would give ln(0) in the BIC
+    m_max = max(0, min(max_breaks, (len(np.unique(prob.u)) - 2) // 2))
+    best_bic, best_breaks, breaks = np.inf, (), ()
+    for m in range(m_max + 1):
+        rss, breaks = prob.search(m, breaks)
+        bic = prob.n * math.log(max(rss, floor) / prob.n) + (2 + 2 * m) * math.log(
+            prob.n
+        )
+        if bic < best_bic:
+            best_bic, best_breaks = bic, breaks
+    fit = prob.build(best_breaks)
+    while len(fit.breakpoints) and fit.increments.min() < min_increment:
+        keep = tuple(np.delete(fit.breakpoints, np.argmin(fit.increments)))
+        fit = prob.build(prob.search(len(keep), keep)[1] if keep else ())
+    return fit
+
+
+def profile_interval(u, y, fit: PiecewiseFit, index: int, sd=None, level=LEVEL):
+    """Profile interval of breakpoint ``index`` (in u), the other breakpoints held:
+    the b with (RSS(b) - RSS) / (RSS / (n - p)) <= F(1, n - p; level), the
+    finite-sample form for nonlinear least squares (Bates & Watts 1988), p = 2 + 2m."""
+    prob = _Problem(u, y, sd)
+    bs = list(fit.breakpoints)
+    b = bs[index]
+    lo = bs[index - 1] if index > 0 else fit.u_min
+    hi = bs[index + 1] if index + 1 < len(bs) else fit.u_max
+    dof = max(fit.n - 2 - 2 * len(bs), 1)
+    scale = max(fit.rss, fit.n * 1e-14) / dof
+    cut = stats.f.ppf(level, 1, dof)
+
+    def excess(x: float) -> float:
+        return (prob.rss([*bs[:index], x, *bs[index + 1 :]]) - fit.rss) / scale - cut
+
+    def edge(limit: float) -> float:
+        # walk out from b in small steps, then bisect the step that crosses the cut
+        for inner, outer in itertools.pairwise(np.linspace(b, limit, 401)):
+            if excess(outer) > 0:
+                return optimize.brentq(excess, inner, outer, xtol=1e-9)
+        return float(limit)
+
+    return float(edge(lo)), float(edge(hi))
+
+
+def derivative_jumps(fit: PiecewiseFit) -> list[dict]:
+    """For each breakpoint: first derivative left/right/jump in ln sigma^2, and first
+    and second derivatives left/right/jump in sigma^2 (jump = right - left).
+
+    With KL linear in u between breakpoints, dKL/dsigma^2 = KL'(u) / sigma^2 and
+    d2KL/d(sigma^2)^2 = -KL'(u) / sigma^4.
+    """
+    out = []
+    for b in fit.breakpoints:
+        left, right = float(fit.slope(b, "left")), float(fit.slope(b, "right"))
+        s2 = math.exp(b)
+        out.append(
+            {
+                "sigma2": s2,
+                "ln_sigma2": float(b),
+                "d1_left_ln": left,
+                "d1_right_ln": right,
+                "d1_jump_ln": right - left,
+                "d1_left": left / s2,
+                "d1_right": right / s2,
+                "d1_jump": (right - left) / s2,
+                "d2_left": -left / s2**2,
+                "d2_right": -right / s2**2,
+                "d2_jump": -(right - left) / s2**2,
+            }
+        )
+    return out
+
+
+def settle(
+    metrics: pd.DataFrame,
+    columns: list[str],
+    window: int = 3,
+    atol: float = 2e-3,
+    rtol: float = 0.02,
+) -> pd.DataFrame:
+    """Per grid point: each column averaged over the last ``w`` evaluations, its
+    standard error, and whether the KL had settled.
+
+    Constant-step training makes KL jitter from one evaluation to the next, so
+    settling is judged by trend against that scatter: the mean of the last w
+    evaluations and the mean of the w before differ by at most
+    atol + rtol * KL + 2 * (standard error of the difference). Points near the
+    transition relax slowly (critical slowing down) and fail this first. With a single
+    evaluation nothing can be judged and a point counts as unsettled.
+
+    Returns:
+      one row per point_id with the axis values, ``<col>`` and ``<col>_se`` for each
+      column, ``kl_drift`` and ``settled``.
+    """
+    rows = []
+    evals = metrics["step"].nunique()
+    w = max(1, min(window, evals // 2))
+    for _, g in metrics.sort_values("step").groupby("point_id", sort=False):
+        row = g.iloc[-1].to_dict()
+        tail = g.iloc[-w:]
+        for c in columns:
+            row[c] = float(tail[c].mean())
+            row[f"{c}_se"] = float(tail[c].std(ddof=1) / math.sqrt(w)) if w > 1 else 0.0
+        if evals >= 2:
+            prev = g["kl"].iloc[-2 * w : -w]
+            drift = row["kl"] - float(prev.mean())
+            se = math.hypot(
+                row["kl_se"], float(prev.std(ddof=1)) / math.sqrt(w) if w > 1 else 0.0
+            )
+            settled = abs(drift) <= atol + rtol * abs(row["kl"]) + 2 * se
+        else:
+            drift, settled = float("nan"), False
+        row.update(kl_drift=drift, settled=bool(settled))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
+    """Fit one curve from a :func:`settle` table (one row per point).
+
+    The seed-averaged curve gives the estimate. The interval comes from the spread
+    of per-seed estimates when at least 3 seeds show a transition, else from the
+    profile of the seed-averaged fit.
+
+    Returns:
+      (fit, sigma2_c or None, [low, high] or None, interval method, per-seed sigma2_c)
+    """
+    floor = 2e-3  # nats: no point is trusted to better than this
+    per_seed = []
+    for _, g in points.groupby("seed"):
+        sd = np.hypot(g[f"{column}_se"].to_numpy(), floor)
+        f = fit_piecewise(np.log(g["sigma2"]), g[column], sd, max_breaks)
+        per_seed.append(None if f.transition is None else math.exp(f.transition))
+    by = points.groupby("sigma2")
+    y = by[column].mean()
+    n_seeds = by[column].count()
+    spread = by[column].std(ddof=1).fillna(0.0) ** 2 / n_seeds
+    noise = (by[f"{column}_se"].apply(lambda v: np.mean(v**2))) / n_seeds
+    sd = np.sqrt(spread + noise + floor**2).to_numpy()
+    u = np.log(y.index.to_numpy())
+    fit = fit_piecewise(u, y.to_numpy(), sd, max_breaks)
+    b = fit.transition
+    if b is None:
+        return fit, None, None, "none", per_seed
+    found = np.log([v for v in per_seed if v is not None])
+    if len(found) >= 3:
+        half = stats.t.ppf(0.5 + LEVEL / 2, len(found) - 1) * found.std(ddof=1)
+        half /= math.sqrt(len(found))
+        return (
+            fit,
+            math.exp(b),
+            [math.exp(b - half), math.exp(b + half)],
+            "seeds",
+            per_seed,
+        )
+    lo, hi = profile_interval(u, y.to_numpy(), fit, len(fit.breakpoints) - 1, sd)
+    return fit, math.exp(b), [math.exp(lo), math.exp(hi)], "profile", per_seed
+
+
+def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
+    """The analysis.json document for a finished sweep's metrics table.
+
+    Raises:
+      ValueError: fewer than 4 sigma^2 values on a curve.
+    """
+    columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
+    columns += [f"var_dim_{j}" for j in range(latent_dim)]
+    table = settle(metrics, columns)
+    axes = [a for a in TRACED_AXES if a in table and a not in ("sigma2", "seed")]
+    ev = np.asarray(spectrum["eigenvalues"], np.float64)
+    transitions = []
+    for key, group in table.groupby(axes, sort=True):
+        values = dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))
+        transitions.append(_transition(group, values, ev, latent_dim))
+    return {
+        "spectrum": {
+            "eigenvalues": [float(v) for v in ev],
+            "lambda_max": float(ev[0]),
+        },
+        "latent_dim": latent_dim,
+        "settings": {
+            "min_increment": MIN_INCREMENT,
+            "level": LEVEL,
+            "active_kl": ACTIVE_KL,
+        },
+        "transitions": transitions,
+        "boundary": boundary(transitions, float(ev[0])),
+        "scaling": scaling_collapse(table),
+        "points": _points(table),
+    }
+
+
+def _transition(group: pd.DataFrame, values: dict, ev: np.ndarray, k: int) -> dict:
+    beta = values.get("beta", 1.0)
+    usable = group[~group["diverged"]]
+    if usable["sigma2"].nunique() < 4:
+        raise ValueError(
+            f"{values}: only {usable['sigma2'].nunique()} usable sigma2 values; "
+            "a fit needs at least 4"
+        )
+    settled = usable[usable["settled"]]
+    trusted = settled["sigma2"].nunique() >= 4
+    data = settled if trusted else usable
+    fit, s2c, ci, method, seeds = fit_curve(data)
+    predicted = theory.thresholds(ev, beta, k)
+    jumps = derivative_jumps(fit)
+    for j in jumps:
+        # the theory's jump at a threshold: slope -1/2 -> 0 in u for one dim
+        j["theory_d1_jump_ln"] = 0.5
+        j["theory_d1_jump"] = 0.5 / j["sigma2"]
+        j["theory_d2_jump"] = -0.5 / j["sigma2"] ** 2
+    theory_s2c = float(predicted[0]) if beta > 0 else None
+    return {
+        **{k_: _num(v) for k_, v in values.items()},
+        "sigma2_c": s2c,
+        "ci": ci,
+        "ci_method": method,
+        "theory_sigma2_c": theory_s2c,
+        "rel_error": None if s2c is None or not theory_s2c else s2c / theory_s2c - 1,
+        "theta_c": None if s2c is None else s2c * beta,
+        "converged": bool(usable["settled"].all()),
+        "unsettled_sigma2": sorted(
+            float(s) for s in usable.loc[~usable["settled"], "sigma2"].unique()
+        ),
+        "fit_used_unsettled": not trusted,
+        "diverged_points": int(group["diverged"].sum()),
+        "seeds_sigma2_c": seeds,
+        "plateau": fit.c,
+        "slope_at_max_sigma2": -fit.s0,
+        "slopes_ln": fit.segment_slopes(),
+        "breakpoints": jumps,
+        "theory_thresholds": [float(t) for t in predicted],
+        "per_dim": _per_dim(data, k, predicted),
+    }
+
+
+def _per_dim(points: pd.DataFrame, k: int, predicted: np.ndarray) -> list[dict]:
+    """Each latent dim's KL_j curve fitted for its own threshold (the collapse
+    cascade). Latent dims are exchangeable labels, so they are matched to eigenvalues
+    by the order in which they die: the last to collapse carries lambda_1 (a dim still
+    active at the largest sigma^2 ranks first, one never active ranks last)."""
+    fits = [fit_curve(points, f"kl_dim_{j}", max_breaks=1) for j in range(k)]
+
+    def order(f) -> float:
+        fit, s2c = f[0], f[1]
+        if s2c is not None:
+            return math.log(s2c)
+        return math.inf if fit.s0 >= MIN_INCREMENT else -math.inf
+
+    rank = sorted(range(k), key=lambda j: -order(fits[j]))
+    out = []
+    for r, j in enumerate(rank):
+        fit, s2c, ci, method, _ = fits[j]
+        out.append(
+            {
+                "dim": j,
+                "rank": r,
+                "sigma2_c": s2c,
+                "ci": ci,
+                "ci_method": method,
+                "theory": float(predicted[r]),
+                "slope_ln": -float(fit.increments.sum() + fit.s0),
+            }
+        )
+    return sorted(out, key=lambda d: d["dim"])
+
+
+def boundary(transitions: list[dict], lambda_max: float) -> dict:
+    """theta_c = beta * sigma_c^2 pooled over the curves (inverse-variance weights on
+    ln theta_c from each interval), and the exponent of sigma_c^2 ~ beta^p (theory:
+    p = -1) when there are at least 3 beta values."""
+    found = [t for t in transitions if t["sigma2_c"] is not None and t["ci"]]
+    out = {"theory_theta_c": lambda_max, "theta_c": None, "ci": None}
+    if not found:
+        return out
+    ln_t = np.log([t["theta_c"] for t in found])
+    z = stats.norm.ppf(0.5 + LEVEL / 2)
+    se = np.array(
+        [(math.log(t["ci"][1]) - math.log(t["ci"][0])) / (2 * z) for t in found]
+    )
+    w = 1.0 / np.maximum(se, 1e-6) ** 2
+    mean = float(np.sum(w * ln_t) / np.sum(w))
+    half = z / math.sqrt(np.sum(w))
+    out.update(
+        theta_c=math.exp(mean),
+        ci=[math.exp(mean - half), math.exp(mean + half)],
+        rel_error=math.exp(mean) / lambda_max - 1,
+    )
+    betas = np.array([t.get("beta", 1.0) for t in found])
+    if len(np.unique(betas)) >= 3 and np.all(betas > 0):
+        res = stats.linregress(np.log(betas), np.log([t["sigma2_c"] for t in found]))
+        out.update(beta_exponent=float(res.slope), beta_exponent_se=float(res.stderr))
+    return out
+
+
+def scaling_collapse(table: pd.DataFrame, grid_points: int = 100) -> dict | None:
+    """How well KL curves of different beta fall onto one curve of theta = beta sigma^2.
+
+    Each curve (seeds averaged) is interpolated in ln theta on the range all curves
+    share; ``rms_spread`` is the RMS over that range of the standard deviation across
+    curves (nats), ``relative_spread`` the same divided by the RMS of the mean curve.
+    """
+    ok = table[~table["diverged"] & (table["beta"] > 0)]
+    curves = [
+        g.groupby("sigma2")["kl"].mean() for _, g in ok.groupby("beta") if len(g) > 1
+    ]
+    betas = sorted(ok["beta"].unique())
+    if len(curves) < 2:
+        return None
+    lt = [np.log(c.index.to_numpy() * b) for c, b in zip(curves, betas, strict=True)]
+    lo, hi = max(x.min() for x in lt), min(x.max() for x in lt)
+    if hi <= lo:
+        return {"overlap": None, "rms_spread": None, "relative_spread": None}
+    grid = np.linspace(lo, hi, grid_points)
+    ys = np.stack(
+        [np.interp(grid, x, c.to_numpy()) for x, c in zip(lt, curves, strict=True)]
+    )
+    rms = float(np.sqrt(np.mean(ys.std(axis=0) ** 2)))
+    scale = float(np.sqrt(np.mean(ys.mean(axis=0) ** 2)))
+    return {
+        "overlap_theta": [math.exp(lo), math.exp(hi)],
+        "rms_spread": rms,
+        "relative_spread": rms / scale if scale > 0 else None,
+    }
+
+
+def _points(table: pd.DataFrame) -> list[dict]:
+    """Per grid point: KL and I(x;z) (means over the last evaluations), active units
+    at the last evaluation, and the convergence verdict."""
+    cols = [c for c in ("point_id", *TRACED_AXES) if c in table]
+    cols += ["kl", "kl_se", "kl_drift", "settled", "active_units", "mi", "diverged"]
+    return [{k: _num(v) for k, v in r.items()} for r in table[cols].to_dict("records")]
+
+
+def _num(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
