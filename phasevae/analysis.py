@@ -241,42 +241,57 @@ def settle(
     window: int = 3,
     atol: float = 2e-3,
     rtol: float = 0.02,
+    significance: float = 0.999,
 ) -> pd.DataFrame:
-    """Per grid point: each column averaged over the last ``w`` evaluations, its
-    standard error, and whether the KL had settled.
+    """Per grid point: each column averaged over the last ``window`` evaluations,
+    its standard error, and whether the KL had settled.
 
-    Constant-step training makes KL jitter from one evaluation to the next, so
-    settling is judged by trend against that scatter: the mean of the last w
-    evaluations and the mean of the w before differ by at most
-    atol + rtol * KL + 2 * (standard error of the difference). Points near the
-    transition relax slowly (critical slowing down) and fail this first. With a single
-    evaluation nothing can be judged and a point counts as unsettled.
+    Constant-step training makes KL jitter between evaluations, so settling is a
+    trend test: a line is fitted to KL over the last 2 * window evaluations, and the
+    point is unsettled when the slope is significant (t-test at ``significance``) and
+    the change it implies over those evaluations exceeds atol + rtol * KL. A slow
+    relaxation (critical slowing down, near the transition) has a smooth, highly
+    significant trend and is flagged; jitter alone is not. With two evaluations the
+    change alone decides; with one, nothing can be judged and the point is unsettled.
 
     Returns:
-      one row per point_id with the axis values, ``<col>`` and ``<col>_se`` for each
-      column, ``kl_drift`` and ``settled``.
+      one row per point_id with the last row's values, ``<col>`` (the mean) and
+      ``<col>_se`` for each column, ``kl_drift`` (the trend's change) and ``settled``.
     """
     rows = []
-    evals = metrics["step"].nunique()
-    w = max(1, min(window, evals // 2))
     for _, g in metrics.sort_values("step").groupby("point_id", sort=False):
         row = g.iloc[-1].to_dict()
+        w = min(window, len(g))
         tail = g.iloc[-w:]
         for c in columns:
             row[c] = float(tail[c].mean())
-            row[f"{c}_se"] = float(tail[c].std(ddof=1) / math.sqrt(w)) if w > 1 else 0.0
-        if evals >= 2:
-            prev = g["kl"].iloc[-2 * w : -w]
-            drift = row["kl"] - float(prev.mean())
-            se = math.hypot(
-                row["kl_se"], float(prev.std(ddof=1)) / math.sqrt(w) if w > 1 else 0.0
-            )
-            settled = abs(drift) <= atol + rtol * abs(row["kl"]) + 2 * se
-        else:
-            drift, settled = float("nan"), False
+            sd = float(tail[c].std(ddof=1)) if w > 1 else 0.0
+            row[f"{c}_se"] = sd / math.sqrt(w)
+        trend = g.iloc[-2 * window :]
+        drift, significant = _trend(
+            trend["step"].to_numpy(), trend["kl"].to_numpy(), significance
+        )
+        settled = not (significant and abs(drift) > atol + rtol * abs(row["kl"]))
         row.update(kl_drift=drift, settled=bool(settled))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _trend(x: np.ndarray, y: np.ndarray, significance: float) -> tuple[float, bool]:
+    """(change of the least-squares line over x, whether its slope is significant)."""
+    n = len(x)
+    if n < 2:
+        return float("nan"), True
+    if n == 2:
+        return float(y[1] - y[0]), True
+    x = x.astype(np.float64)
+    dx = x - x.mean()
+    slope = float(dx @ (y - y.mean()) / (dx @ dx))
+    resid = y - y.mean() - slope * dx
+    se = math.sqrt(float(resid @ resid) / (n - 2) / float(dx @ dx))
+    t_crit = stats.t.ppf(0.5 + significance / 2, n - 2)
+    significant = abs(slope) > t_crit * se
+    return slope * float(x[-1] - x[0]), bool(significant)
 
 
 def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
