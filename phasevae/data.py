@@ -58,11 +58,14 @@ def load_dataset(spec: DataSpec) -> Dataset:
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf.
     """
     if spec.source == "synthetic":
-        x = synthetic_gaussian(spec.eigenvalues, spec.samples, spec.seed)
+        x = synthetic(spec.eigenvalues, spec.samples, spec.seed, spec.distribution)
         what = (
-            f"synthetic Gaussian, N={len(spec.eigenvalues)}, n={spec.samples}, "
-            f"eigenvalues {list(spec.eigenvalues)}, seed {spec.seed}"
+            f"synthetic {spec.distribution}, N={len(spec.eigenvalues)}, "
+            f"n={spec.samples}, eigenvalues {list(spec.eigenvalues)}, seed {spec.seed}"
         )
+    elif spec.source == "digits":
+        x = digits()
+        what = "scikit-learn digits (8x8, pixels / 16)"
     elif spec.source == "array":
         x = load_array(Path(spec.path), spec.key)
         what = f"array file {spec.path}" + (f" [{spec.key}]" if spec.key else "")
@@ -78,11 +81,16 @@ def load_dataset(spec: DataSpec) -> Dataset:
     )
 
 
-def synthetic_gaussian(eigenvalues, samples: int, seed: int) -> np.ndarray:
-    """Zero-mean Gaussian samples whose covariance has the given eigenvalues.
+def synthetic(
+    eigenvalues, samples: int, seed: int, distribution: str = "gaussian"
+) -> np.ndarray:
+    """Zero-mean samples whose covariance has the given eigenvalues.
 
-    The eigenvectors are a random rotation (Haar, from ``seed``), so no axis of the data
-    is special.
+    x = Q (sqrt(lambda) * s): s has independent zero-mean, unit-variance components
+    (``gaussian``; ``laplace``, heavy-tailed; ``uniform`` on [-sqrt 3, sqrt 3];
+    ``bimodal``, +-0.95 plus Gaussian noise of sd sqrt(1 - 0.95^2), two clusters per
+    axis), and Q is a random rotation (Haar, from ``seed``), so no axis is special.
+    Only the covariance enters the collapse criterion; the others test that claim.
 
     Returns:
       (samples, N) float32.
@@ -91,8 +99,26 @@ def synthetic_gaussian(eigenvalues, samples: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     q, r = np.linalg.qr(rng.standard_normal((lam.size, lam.size)))
     q *= np.sign(np.diag(r))  # makes the rotation Haar-distributed
-    z = rng.standard_normal((samples, lam.size))
-    return ((z * np.sqrt(lam)) @ q.T).astype(np.float32)
+    shape = (samples, lam.size)
+    if distribution == "gaussian":
+        s = rng.standard_normal(shape)
+    elif distribution == "laplace":
+        s = rng.laplace(0.0, 1.0 / np.sqrt(2.0), shape)
+    elif distribution == "uniform":
+        s = rng.uniform(-np.sqrt(3.0), np.sqrt(3.0), shape)
+    elif distribution == "bimodal":
+        m = 0.95
+        s = rng.choice([-m, m], shape) + np.sqrt(1 - m**2) * rng.standard_normal(shape)
+    else:  # spec validation keeps this unreachable
+        raise DataError(f"unknown data.distribution {distribution!r}")
+    return ((s * np.sqrt(lam)) @ q.T).astype(np.float32)
+
+
+def digits() -> np.ndarray:
+    """scikit-learn's 8x8 handwritten digits (shipped in its wheel), pixels / 16."""
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data / 16.0).astype(np.float32)
 
 
 def load_array(path: Path, key: str = "") -> np.ndarray:

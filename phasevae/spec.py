@@ -52,13 +52,16 @@ Axis = tuple[float, ...] | Range
 class DataSpec:
     """Where the training data comes from and how it is normalised.
 
-    ``synthetic``: zero-mean Gaussian with covariance eigenvalues ``eigenvalues`` in a
-    random rotation drawn from ``seed``. ``array``: a user file (``.npy``, ``.npz``
-    with array ``key``, ``.csv``) of shape (n, N).
+    ``synthetic``: zero-mean data with covariance eigenvalues ``eigenvalues`` in a
+    random rotation drawn from ``seed``; its independent unit-variance components
+    follow ``distribution``. ``digits``: scikit-learn's 8x8 digits, pixels scaled to
+    [0, 1] (N = 64, n = 1797). ``array``: a user file (``.npy``, ``.npz`` with array
+    ``key``, ``.csv``) of shape (n, N).
     """
 
     source: str = "synthetic"
     eigenvalues: tuple[float, ...] = (8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01)
+    distribution: str = "gaussian"
     samples: int = 20000
     seed: int = 0
     path: str = ""
@@ -132,7 +135,8 @@ def axis_values(axis: Axis) -> tuple[float, ...]:
 
 _SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
 _CHOICES = {
-    ("data", "source"): ("synthetic", "array"),
+    ("data", "source"): ("synthetic", "digits", "array"),
+    ("data", "distribution"): ("gaussian", "laplace", "uniform", "bimodal"),
     ("data", "normalize"): ("none", "center", "standardize"),
     ("train", "optimizer"): ("adam", "sgd"),
 }
