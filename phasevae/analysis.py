@@ -18,6 +18,7 @@ one or two, greedily beyond, then refined with Nelder-Mead.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass
 
@@ -26,8 +27,9 @@ import pandas as pd
 from scipy import optimize, stats
 
 from phasevae import theory
+from phasevae.store import RunDir, RunDirError, atomic_write_text
 
-MIN_INCREMENT = 0.1  # nats per unit ln sigma^2: a fifth of the theory's 1/2 per dim
+MIN_INCREMENT = 0.25  # nats per unit ln sigma^2: halfway between no dim and one (1/2)
 LEVEL = 0.95
 ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
 TRACED_AXES = ("sigma2", "beta", "learning_rate", "seed")
@@ -91,7 +93,10 @@ class _Problem:
             0.0, np.asarray(breaks, np.float64)[None, :] - self.u[:, None]
         )
         design = np.concatenate([self.base, hinge * self.w[:, None]], axis=1)
-        coef, resid = optimize.nnls(design, self.yw)
+        try:
+            coef, resid = optimize.nnls(design, self.yw, maxiter=50 * design.shape[1])
+        except RuntimeError:  # degenerate, e.g. two breakpoints on top of each other
+            return math.inf, np.full(design.shape[1] - 1, np.nan)
         return resid**2, np.concatenate([[coef[0] - coef[1]], coef[2:]])
 
     def rss(self, breaks) -> float:
@@ -336,6 +341,29 @@ def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
     return fit, math.exp(b), [math.exp(lo), math.exp(hi)], "profile", per_seed
 
 
+def analyze_run(path) -> dict:
+    """Analyse a finished run directory and write its analysis.json (atomically).
+
+    Raises:
+      RunDirError: the directory is missing, unfinished, or has too few points.
+    """
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory {run.path} does not exist")
+    spec, meta = run.spec(), run.meta()
+    if meta.get("status") != "complete":
+        raise RunDirError(
+            f"{run.path} is unfinished ({meta.get('steps_done', 0)} of "
+            f"{spec.train.steps} steps); run `phasevae sweep` on it again to finish it"
+        )
+    try:
+        result = analyze(run.metrics(), meta["spectrum"], spec.model.latent_dim)
+    except ValueError as e:
+        raise RunDirError(f"{run.path}: cannot fit: {e}") from None
+    atomic_write_text(run.path / "analysis.json", json.dumps(result, indent=1))
+    return result
+
+
 def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
     """The analysis.json document for a finished sweep's metrics table.
 
@@ -344,7 +372,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
     """
     columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
     columns += [f"var_dim_{j}" for j in range(latent_dim)]
-    table = settle(metrics, columns)
+    table = rank_dims(settle(metrics, columns), latent_dim)
     axes = [a for a in TRACED_AXES if a in table and a not in ("sigma2", "seed")]
     ev = np.asarray(spectrum["eigenvalues"], np.float64)
     transitions = []
@@ -413,27 +441,35 @@ def _transition(group: pd.DataFrame, values: dict, ev: np.ndarray, k: int) -> di
     }
 
 
+def rank_dims(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Add ``kl_rank_<r>`` (and ``_se``): the r-th largest per-dim KL of each point.
+
+    Latent dims are exchangeable: which label carries which direction differs from
+    model to model (and seed to seed), so per-label curves cannot be averaged. The
+    order statistics can: at the linear-VAE optimum the r-th largest KL is
+    1/2 ln(lambda_r / theta), whatever the labels.
+    """
+    kl = table[[f"kl_dim_{j}" for j in range(k)]].to_numpy()
+    se = table[[f"kl_dim_{j}_se" for j in range(k)]].to_numpy()
+    order = np.argsort(-kl, axis=1)
+    ranked = np.take_along_axis(kl, order, axis=1)
+    ranked_se = np.take_along_axis(se, order, axis=1)
+    out = table.copy()
+    for r in range(k):
+        out[f"kl_rank_{r}"] = ranked[:, r]
+        out[f"kl_rank_{r}_se"] = ranked_se[:, r]
+    return out
+
+
 def _per_dim(points: pd.DataFrame, k: int, predicted: np.ndarray) -> list[dict]:
-    """Each latent dim's KL_j curve fitted for its own threshold (the collapse
-    cascade). Latent dims are exchangeable labels, so they are matched to eigenvalues
-    by the order in which they die: the last to collapse carries lambda_1 (a dim still
-    active at the largest sigma^2 ranks first, one never active ranks last)."""
-    fits = [fit_curve(points, f"kl_dim_{j}", max_breaks=1) for j in range(k)]
-
-    def order(f) -> float:
-        fit, s2c = f[0], f[1]
-        if s2c is not None:
-            return math.log(s2c)
-        return math.inf if fit.s0 >= MIN_INCREMENT else -math.inf
-
-    rank = sorted(range(k), key=lambda j: -order(fits[j]))
+    """The collapse cascade: the r-th most informative latent dim's KL (see
+    :func:`rank_dims`) fitted for its single threshold, against lambda_r / beta."""
     out = []
-    for r, j in enumerate(rank):
-        fit, s2c, ci, method, _ = fits[j]
+    for r in range(k):
+        fit, s2c, ci, method, _ = fit_curve(points, f"kl_rank_{r}", max_breaks=1)
         out.append(
             {
-                "dim": j,
-                "rank": r,
+                "dim": r,
                 "sigma2_c": s2c,
                 "ci": ci,
                 "ci_method": method,
@@ -441,7 +477,7 @@ def _per_dim(points: pd.DataFrame, k: int, predicted: np.ndarray) -> list[dict]:
                 "slope_ln": -float(fit.increments.sum() + fit.s0),
             }
         )
-    return sorted(out, key=lambda d: d["dim"])
+    return out
 
 
 def boundary(transitions: list[dict], lambda_max: float) -> dict:

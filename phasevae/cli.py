@@ -80,24 +80,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from phasevae.analysis import analyze
-    from phasevae.store import RunDir, RunDirError, atomic_write_text
+    from phasevae.analysis import analyze_run
 
-    run = RunDir(args.run_dir)
-    if not run.path.is_dir():
-        raise RunDirError(f"run directory {run.path} does not exist")
-    spec, meta = run.spec(), run.meta()
-    if meta.get("status") != "complete":
-        raise RunDirError(
-            f"{run.path} is unfinished ({meta.get('steps_done', 0)} of "
-            f"{spec.train.steps} steps); run `phasevae sweep` on it again to finish it"
-        )
-    try:
-        result = analyze(run.metrics(), meta["spectrum"], spec.model.latent_dim)
-    except ValueError as e:
-        raise RunDirError(f"{run.path}: cannot fit: {e}") from None
-    atomic_write_text(run.path / "analysis.json", json.dumps(result, indent=1))
-    print(f"wrote {run.path / 'analysis.json'}")
+    result = analyze_run(args.run_dir)
+    print(f"wrote {Path(args.run_dir) / 'analysis.json'}")
     print(f"lambda_max = {result['spectrum']['lambda_max']:.4g}")
     print(_transition_table(result))
     b = result["boundary"]
@@ -135,12 +121,9 @@ def _transition_table(result: dict) -> str:
                 "converged": t["converged"],
                 "dims_c": " ".join(
                     "-" if d["sigma2_c"] is None else f"{d['sigma2_c']:.3g}"
-                    for d in sorted(t["per_dim"], key=lambda d: d["rank"])
+                    for d in t["per_dim"]
                 ),
-                "dims_theory": " ".join(
-                    f"{d['theory']:.3g}"
-                    for d in sorted(t["per_dim"], key=lambda d: d["rank"])
-                ),
+                "dims_theory": " ".join(f"{d['theory']:.3g}" for d in t["per_dim"]),
             }
         )
     return pd.DataFrame(rows).to_string(

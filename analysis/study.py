@@ -1,0 +1,78 @@
+"""Shared by the study scripts: run one sweep variant into results/ and summarise it.
+
+Each study script reproduces one result in results/: it runs its sweeps (resuming any
+that are unfinished), analyses them, and writes results/<study>/summary.json, whose
+rows go into results/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from phasevae.analysis import analyze_run
+from phasevae.spec import load_spec
+from phasevae.store import atomic_write_text
+from phasevae.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+
+def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> dict:
+    """Sweep ``sweeps/<spec>`` with ``overrides`` into results/<study>/<name>, analyse
+    it, and return one summary row per transition."""
+    out = RESULTS / study / name
+    result = run_sweep(load_spec(ROOT / "sweeps" / spec, list(overrides)), out)
+    doc = analyze_run(out)
+    command = f"phasevae sweep sweeps/{spec}" + "".join(
+        f" --set {o}" for o in overrides
+    )
+    rows = []
+    for t in doc["transitions"]:
+        rows.append(
+            {
+                "study": study,
+                "variant": name,
+                "command": f"{command} --out results/{study}/{name}",
+                "beta": t["beta"],
+                "sigma2_c": t["sigma2_c"],
+                "ci": t["ci"],
+                "ci_method": t["ci_method"],
+                "predicted": t["theory_sigma2_c"],
+                "rel_error": t["rel_error"],
+                "converged": t["converged"],
+                "per_dim": [(d["sigma2_c"], d["theory"]) for d in t["per_dim"]],
+                "theta_c": doc["boundary"]["theta_c"],
+                "theta_c_ci": doc["boundary"]["ci"],
+                "lambda_max": doc["spectrum"]["lambda_max"],
+                "train_s": result.meta["wall_times"]["train_s"],
+                "compile_s": result.meta["wall_times"]["compile_s"],
+                "models": result.meta["grid_size"],
+                "machine": f"{platform.machine()}, {_cores()} cores, "
+                f"{result.meta['platform']}",
+            }
+        )
+    return rows
+
+
+def write_summary(study: str, rows: list[dict]) -> None:
+    path = RESULTS / study / "summary.json"
+    atomic_write_text(path, json.dumps(rows, indent=1))
+    for r in rows:
+        lo, hi = r["ci"] or (float("nan"), float("nan"))
+        err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f} %"
+        s2c = "none" if r["sigma2_c"] is None else f"{r['sigma2_c']:.4g}"
+        print(
+            f"{r['variant']:>10} beta={r['beta']:<4} sigma2_c={s2c}"
+            f" [{lo:.4g}, {hi:.4g}] predicted {r['predicted']:.4g} ({err})"
+            f" converged={r['converged']}"
+        )
+    print(f"wrote {path}")
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
