@@ -246,15 +246,16 @@ def settle(
     window: int = 3,
     atol: float = 2e-3,
     rtol: float = 0.02,
-    significance: float = 0.999,
+    significance: float = 0.99,
 ) -> pd.DataFrame:
     """Per grid point: each column averaged over the last ``window`` evaluations,
     its standard error, and whether the KL had settled.
 
     Constant-step training makes KL jitter between evaluations, so settling is a
-    trend test: a line is fitted to KL over the last 2 * window evaluations, and the
-    point is unsettled when the slope is significant (t-test at ``significance``) and
-    the change it implies over those evaluations exceeds atol + rtol * KL. A slow
+    trend test: a line is fitted to KL over the last half of the evaluations (at least
+    2 * window), and the point is unsettled when the slope is significant (t-test at
+    ``significance``) and the change it implies over those evaluations exceeds
+    atol + rtol * KL. A slow
     relaxation (critical slowing down, near the transition) has a smooth, highly
     significant trend and is flagged; jitter alone is not. With two evaluations the
     change alone decides; with one, nothing can be judged and the point is unsettled.
@@ -272,7 +273,7 @@ def settle(
             row[c] = float(tail[c].mean())
             sd = float(tail[c].std(ddof=1)) if w > 1 else 0.0
             row[f"{c}_se"] = sd / math.sqrt(w)
-        trend = g.iloc[-2 * window :]
+        trend = g.iloc[-max(2 * window, len(g) // 2) :]
         drift, significant = _trend(
             trend["step"].to_numpy(), trend["kl"].to_numpy(), significance
         )

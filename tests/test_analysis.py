@@ -86,7 +86,8 @@ def test_transitions_and_thresholds_recovered_within_1_percent(relative):
         assert dims_covered / (3 * fits) >= 0.8, f"per-dim {dims_covered}/{3 * fits}"
     else:
         assert abs(np.mean(dim_errors)) < 0.005
-    # pure jitter, no trend: the settling test (99.9 % per point) rarely cries wolf
+    # pure jitter, no trend: the settling test (99 % per point) rarely cries wolf
+    # (measured: 12 false flags in 1920 points)
     assert flagged <= 0.01 * fits * 40
 
 
