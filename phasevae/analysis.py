@@ -66,6 +66,11 @@ class PiecewiseFit:
             return None
         return float(self.breakpoints[-1])
 
+    def knots(self) -> dict:
+        """The fitted function exactly: it is linear in ln sigma^2 between these."""
+        u = np.array([self.u_min, *self.breakpoints, self.u_max])
+        return {"ln_sigma2": [float(v) for v in u], "kl": [float(v) for v in self(u)]}
+
     def segment_slopes(self) -> list[float]:
         """dKL/du on each linear piece, left to right."""
         return [float(self.slope(b, "left")) for b in self.breakpoints] + [-self.s0]
@@ -436,6 +441,7 @@ def _transition(group: pd.DataFrame, values: dict, ev: np.ndarray, k: int) -> di
         "plateau": fit.c,
         "slope_at_max_sigma2": -fit.s0,
         "slopes_ln": fit.segment_slopes(),
+        "fit": fit.knots(),
         "breakpoints": jumps,
         "theory_thresholds": [float(t) for t in predicted],
         "per_dim": _per_dim(data, k, predicted),

@@ -131,6 +131,14 @@ def _transition_table(result: dict) -> str:
     )
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from phasevae.plots import plot_run
+
+    for path in plot_run(args.run_dir, args.format, args.x, args.y):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_theory(args: argparse.Namespace) -> int:
     from phasevae import theory
     from phasevae.data import load_dataset
@@ -204,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="locate the transitions of a finished sweep")
     p.add_argument("run_dir", help="a run directory written by phasevae sweep")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("plot", help="draw the figures of an analysed run")
+    p.add_argument("run_dir", help="a run directory with analysis.json")
+    p.add_argument("--format", default="png", help="png (default), pdf or svg")
+    p.add_argument("--x", default="sigma2", help="phase diagram x axis (a grid axis)")
+    p.add_argument("--y", default="beta", help="phase diagram y axis (a grid axis)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("theory", help="spectrum and predicted transitions, no training")
     p.add_argument("target", metavar="SPEC|RUN_DIR")

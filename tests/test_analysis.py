@@ -39,6 +39,7 @@ def synthetic_metrics(
                     row = {"point_id": pid, "sigma2": s, "beta": beta}
                     row.update(learning_rate=1e-3, seed=seed, step=100 * (e + 1))
                     row.update(kl=dims.sum(), mi=0.0, active_units=0, diverged=False)
+                    row["elbo"] = -float(theory.optimal_loss(ev, s, beta, K))
                     row.update({f"kl_dim_{j}": dims[j] for j in range(K)})
                     row.update({f"var_dim_{j}": 1.0 for j in range(K)})
                     rows.append(row)
@@ -184,7 +185,8 @@ def run_dir(tmp_path, status="complete", **grid):
     run = RunDir(tmp_path / "run")
     spec = spec_from_dict(tiny_dict(model={"latent_dim": K}, grid=grid or {}))
     run.claim(spec)
-    run.write_meta({"status": status, "steps_done": 0, "spectrum": {"eigenvalues": EV}})
+    spectrum = {"eigenvalues": EV, "lambda_max": EV[0], "description": "test curves"}
+    run.write_meta({"status": status, "steps_done": 0, "spectrum": spectrum})
     return run
 
 

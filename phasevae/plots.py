@@ -1,0 +1,494 @@
+"""Figures from a run directory's stored tables and analysis.json. No JAX, no training.
+
+Points are the per-point values the analysis fitted (means of the last evaluations,
+latent dims ranked by KL, see :mod:`phasevae.analysis`); fitted curves and boundaries
+are read from analysis.json, never refitted here. Sizes suit a paper: 3.4 in per panel
+column; colour maps are perceptually uniform (viridis, cividis) and stay readable in
+greyscale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator,
+    FormatStrFormatter,
+    NullLocator,
+)
+
+from phasevae import theory  # noqa: E402
+from phasevae.analysis import TRACED_AXES, rank_dims, settle  # noqa: E402
+from phasevae.errors import BadInput  # noqa: E402
+from phasevae.spec import Range, Spec  # noqa: E402
+from phasevae.store import RunDir, RunDirError  # noqa: E402
+
+COLUMN_IN = 3.4  # width of one paper column, inches
+MAX_PANELS = 4  # transitions drawn side by side; more are subsampled evenly
+KL_FLOOR = 1e-4  # nats: where log axes bottom out
+
+
+class PlotError(BadInput):
+    """A plot request that cannot be drawn from the run directory as it is."""
+
+
+@dataclass
+class RunData:
+    """What the figures read: the run's tables, per-point values and analysis."""
+
+    name: str
+    spec: Spec
+    meta: dict
+    metrics: pd.DataFrame
+    points: pd.DataFrame  # one row per point: the values the analysis fitted
+    analysis: dict
+
+    @property
+    def title(self) -> str:
+        text = f"{self.name}: {self.meta['spectrum']['description']}"
+        return "\n".join(textwrap.wrap(text, 70))
+
+    @property
+    def k(self) -> int:
+        return self.spec.model.latent_dim
+
+    def group_axes(self) -> list[str]:
+        return [
+            a for a in TRACED_AXES if a in self.points and a not in ("sigma2", "seed")
+        ]
+
+    def curve(self, transition: dict) -> pd.DataFrame:
+        """Points (all seeds) of one transition's curve, diverged ones left out."""
+        mask = ~self.points["diverged"]
+        for a in self.group_axes():
+            mask &= np.isclose(self.points[a], transition[a])
+        return self.points[mask].sort_values("sigma2")
+
+
+def load(run_dir: str | Path) -> RunData:
+    """Read a finished, analysed run directory.
+
+    Raises:
+      PlotError / RunDirError: missing directory, no metrics or no analysis.json.
+    """
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory {run.path} does not exist")
+    path = run.path / "analysis.json"
+    if not path.exists():
+        raise PlotError(
+            f"{run.path} has no analysis.json; run `phasevae analyze {run.path}` first"
+        )
+    spec, meta, metrics = run.spec(), run.meta(), run.metrics()
+    analysis = json.loads(path.read_text())
+    k = spec.model.latent_dim
+    columns = ["kl", *(f"kl_dim_{j}" for j in range(k)), "mi", "elbo"]
+    columns += [f"var_dim_{j}" for j in range(k)]
+    points = rank_dims(settle(metrics, columns), k)
+    kl = points[[f"kl_dim_{j}" for j in range(k)]].to_numpy()
+    var = points[[f"var_dim_{j}" for j in range(k)]].to_numpy()
+    ranked = np.take_along_axis(var, np.argsort(-kl, axis=1), axis=1)
+    for r in range(k):
+        points[f"var_rank_{r}"] = ranked[:, r]
+    return RunData(run.path.name, spec, meta, metrics, points, analysis)
+
+
+def _panels(transitions: list[dict]) -> list[dict]:
+    if len(transitions) <= MAX_PANELS:
+        return transitions
+    idx = np.linspace(0, len(transitions) - 1, MAX_PANELS).round().astype(int)
+    return [transitions[i] for i in idx]
+
+
+def _label(t: dict, axes: list[str]) -> str:
+    return ", ".join(f"{_AXIS_LABEL.get(a, a)} = {t[a]:g}" for a in axes)
+
+
+_AXIS_LABEL = {
+    "sigma2": r"$\sigma^2$",
+    "beta": r"$\beta$",
+    "learning_rate": "learning rate",
+    "seed": "seed",
+}
+
+
+def kl_figure(rd: RunData) -> Figure:
+    """KL vs sigma^2 with the fitted piecewise function, the transition and its
+    interval, the prediction, and the fit's first and second derivatives in sigma^2
+    (paper Fig. 2c / eqs 28-29)."""
+    ts = _panels(rd.analysis["transitions"])
+    fig, axs = plt.subplots(
+        3,
+        len(ts),
+        figsize=(COLUMN_IN * len(ts), 6.2),
+        squeeze=False,
+        sharex="col",
+        layout="constrained",
+    )
+    for col, t in enumerate(ts):
+        ax, d1, d2 = axs[:, col]
+        pts = rd.curve(t)
+        by = pts.groupby("sigma2")["kl"]
+        spread = by.std(ddof=1).fillna(0.0) if pts["seed"].nunique() > 1 else None
+        ax.errorbar(
+            by.mean().index,
+            by.mean(),
+            yerr=spread,
+            fmt="o",
+            ms=3,
+            color="0.3",
+            label="measured"
+            + (" (mean ± sd over seeds)" if spread is not None else ""),
+        )
+        u, kl = np.array(t["fit"]["ln_sigma2"]), np.array(t["fit"]["kl"])
+        s2 = np.exp(np.linspace(u[0], u[-1], 400))
+        fitted = np.interp(np.log(s2), u, kl)
+        s2c = t["sigma2_c"]
+        below = s2 <= s2c if s2c else np.ones_like(s2, bool)
+        ax.plot(s2[below], fitted[below], color="C0", label="fit, active")
+        if s2c:
+            ax.plot(s2[~below], fitted[~below], color="C1", label="fit, collapsed")
+            ax.axvline(s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$")
+            ax.axvspan(*t["ci"], color="C3", alpha=0.2, lw=0, label="95 % interval")
+        if t["theory_sigma2_c"]:
+            ax.axvline(
+                t["theory_sigma2_c"],
+                color="k",
+                ls="--",
+                lw=1,
+                label=r"predicted $\lambda_{max}/\beta$",
+            )
+        ax.set_xscale("log")
+        ax.set_ylabel("KL (nats)")
+        title = _label(t, rd.group_axes())
+        if s2c:
+            lo, hi = t["ci"]
+            title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
+            title += f", predicted {t['theory_sigma2_c']:.4g}"
+        ax.set_title(title, fontsize=8)
+        # derivatives in sigma^2 of the fit: slope_ln / s2 and -slope_ln / s2^2
+        edges = np.exp(u)
+        slopes = np.array(t["slopes_ln"])
+        for k_, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            seg = np.geomspace(lo, hi, 50)
+            color = "C1" if s2c and lo >= s2c * (1 - 1e-9) else "C0"
+            d1.plot(seg, slopes[k_] / seg, color=color)
+            d2.plot(seg, -slopes[k_] / seg**2, color=color)
+        for a in (d1, d2):
+            if s2c:
+                a.axvline(s2c, color="C3", lw=1)
+            a.axhline(0.0, color="0.6", lw=0.5)
+        d1.set_ylabel(r"$dKL/d\sigma^2$")
+        d2.set_ylabel(r"$d^2KL/d(\sigma^2)^2$")
+        d2.set_yscale("symlog", linthresh=1e-3)
+        d2.set_ylim(bottom=-1e-3)
+        d2.set_xlabel(r"decoder variance $\sigma^2$")
+    fig.legend(
+        *axs[0, 0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=3,
+        fontsize=7,
+        frameon=False,
+    )
+    fig.suptitle(rd.title, fontsize=9)
+    return fig
+
+
+def elbo_figure(rd: RunData) -> Figure:
+    """The trained objective's ELBO vs sigma^2 against the collapse line and the
+    linear-VAE optimum, and for Gaussian synthetic data the exact E[log p(x)]
+    (paper Fig. 2a)."""
+    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.4, 3.0), layout="constrained")
+    ev = np.array(rd.meta["spectrum"]["eigenvalues"])
+    pts = rd.points[~rd.points["diverged"]]
+    s2 = np.geomspace(pts["sigma2"].min(), pts["sigma2"].max(), 300)
+    betas = sorted(pts["beta"].unique())
+    for i, beta in enumerate(betas):
+        g = pts[pts["beta"] == beta].groupby("sigma2")["elbo"].mean()
+        ax.plot(
+            g.index, g, "o", ms=3, color=f"C{i}", label=rf"trained, $\beta$={beta:g}"
+        )
+        opt = -theory.optimal_loss(ev, s2, beta, rd.k)
+        ax.plot(
+            s2, opt, color=f"C{i}", lw=1, label=rf"linear-VAE optimum, $\beta$={beta:g}"
+        )
+    collapse = -theory.collapse_loss(ev.sum(), ev.size, s2)
+    ax.plot(s2, collapse, "k--", lw=1, label="collapse line (eq. 24)")
+    d = rd.spec.data
+    if d.source == "synthetic" and d.distribution == "gaussian":
+        loglik = (
+            -0.5 * ev.size * math.log(2 * math.pi * math.e) - 0.5 * np.log(ev).sum()
+        )
+        ax.axhline(loglik, color="0.4", ls=":", label=r"exact $E[\log p(x)]$")
+    ax.set_xscale("log")
+    ax.set_xlabel(r"decoder variance $\sigma^2$")
+    ax.set_ylabel(r"ELBO $= -(\mathrm{recon} + \beta\,\mathrm{KL})$ (nats)")
+    ax.legend(fontsize=6, frameon=False, loc="lower left")
+    ax.set_title(rd.title, fontsize=8)
+    return fig
+
+
+def variance_figure(rd: RunData) -> Figure:
+    """Mean encoder variance of each latent dim (ranked by KL) vs sigma^2: each
+    reaches 1 at its own threshold, marked (paper Fig. 2b)."""
+    ts = _panels(rd.analysis["transitions"])
+    fig, axs = plt.subplots(
+        1,
+        len(ts),
+        figsize=(COLUMN_IN * len(ts), 2.8),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, t in zip(axs[0], ts, strict=True):
+        pts = rd.curve(t)
+        for r in range(rd.k):
+            g = pts.groupby("sigma2")[f"var_rank_{r}"].mean()
+            ax.plot(g.index, g, "o-", ms=3, lw=1, color=f"C{r}", label=f"dim {r + 1}")
+            ax.axvline(t["theory_thresholds"][r], color=f"C{r}", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.1)
+        ax.set_xlabel(r"decoder variance $\sigma^2$ (dashed: $\lambda_i/\beta$)")
+        ax.set_ylabel(r"mean encoder variance $s_j^2$")
+        ax.set_title(_label(t, rd.group_axes()), fontsize=9)
+    axs[0, 0].legend(fontsize=7, frameon=False, title="by KL rank", title_fontsize=7)
+    fig.suptitle(rd.title, fontsize=9)
+    return fig
+
+
+def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
+    """Heat map of KL over two grid axes (others averaged), unsettled points marked;
+    over (sigma^2, beta) also the measured boundary with its interval, the predicted
+    beta sigma^2 = lambda_max and the per-dim lines beta sigma^2 = lambda_i."""
+    grid_axes = [a for a in TRACED_AXES if a in rd.points]
+    for a in (x, y):
+        if a not in grid_axes:
+            raise PlotError(
+                f"--x/--y: {a!r} is not a grid axis; choose from {grid_axes}"
+            )
+        if rd.points[a].nunique() < 2:
+            raise PlotError(f"--x/--y: the grid has a single {a} value; nothing to map")
+    if x == y:
+        raise PlotError("--x and --y must be different axes")
+    pts = rd.points[~rd.points["diverged"]]
+    table = pts.pivot_table(index=y, columns=x, values="kl", aggfunc="mean")
+    xs, ys = table.columns.to_numpy(float), table.index.to_numpy(float)
+    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.3, 3.3), layout="constrained")
+    x_edges, y_edges = _edges(xs, _is_log(rd, x)), _edges(ys, _is_log(rd, y))
+    mesh = ax.pcolormesh(
+        x_edges,
+        y_edges,
+        np.maximum(table.to_numpy(), KL_FLOOR),
+        cmap="viridis",
+        norm=LogNorm(vmin=KL_FLOOR, vmax=max(table.to_numpy().max(), 10 * KL_FLOOR)),
+    )
+    fig.colorbar(mesh, ax=ax, label="KL (nats)")
+    unsettled = pts[~pts["settled"]]
+    if len(unsettled):
+        ax.plot(unsettled[x], unsettled[y], "x", color="w", ms=4, label="not settled")
+    if {x, y} == {"sigma2", "beta"}:
+        _boundaries(ax, rd, swap=x == "beta", ys=ys if x == "sigma2" else xs)
+    for a, setter in ((x, ax.set_xscale), (y, ax.set_yscale)):
+        if _is_log(rd, a):
+            setter("log")
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    ax.set_xlabel(_AXIS_LABEL.get(x, x))
+    ax.set_ylabel(_AXIS_LABEL.get(y, y))
+    for a, axis in ((x, ax.xaxis), (y, ax.yaxis)):
+        if not isinstance(getattr(rd.spec.grid, a, None), Range) and _is_log(rd, a):
+            values = table.columns if axis is ax.xaxis else table.index
+            axis.set_major_locator(FixedLocator(np.asarray(values, float)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_locator(NullLocator())
+    fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
+    ax.set_title(rd.title, fontsize=7)
+    return fig
+
+
+def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
+    """Draw on a (sigma2, beta) map; ``swap`` when beta is on the x axis."""
+    ev = rd.analysis["spectrum"]["eigenvalues"]
+    betas = np.geomspace(ys.min(), ys.max(), 100)
+    found = [t for t in rd.analysis["transitions"] if t["sigma2_c"] is not None]
+    outline = [patheffects.withStroke(linewidth=2.4, foreground="k")]
+
+    def xy(s2, b):
+        return (b, s2) if swap else (s2, b)
+
+    ax.plot(
+        *xy(ev[0] / betas, betas),
+        "w--",
+        lw=1.2,
+        path_effects=outline,
+        label=r"predicted $\beta\sigma^2=\lambda_{max}$",
+    )
+    for i, lam in enumerate(ev[1 : rd.k]):
+        ax.plot(
+            *xy(lam / betas, betas),
+            "w:",
+            lw=1,
+            path_effects=outline,
+            label=r"$\beta\sigma^2=\lambda_i$, $i > 1$" if i == 0 else None,
+        )
+    if found:
+        s2c = np.array([t["sigma2_c"] for t in found])
+        b = np.array([t["beta"] for t in found])
+        err = np.array(
+            [[s - t["ci"][0], t["ci"][1] - s] for s, t in zip(s2c, found, strict=True)]
+        ).T
+        kw = {"yerr": err} if swap else {"xerr": err}
+        ax.errorbar(
+            *xy(s2c, b),
+            **kw,
+            fmt="o",
+            color="C3",
+            ms=4,
+            mec="w",
+            label="measured boundary",
+            gid="measured-boundary",
+        )
+
+
+def scaling_figure(rd: RunData) -> Figure:
+    """KL against theta = beta sigma^2 for every beta: one curve if scaling holds."""
+    fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.8), layout="constrained")
+    pts = rd.points[~rd.points["diverged"]]
+    ev = rd.analysis["spectrum"]["eigenvalues"]
+    for i, (beta, g) in enumerate(pts.groupby("beta")):
+        m = g.groupby("sigma2")["kl"].mean()
+        ax.plot(m.index * beta, m, "o", ms=3, color=f"C{i}", label=rf"$\beta$={beta:g}")
+    theta = np.geomspace(
+        (pts["sigma2"] * pts["beta"]).min(), (pts["sigma2"] * pts["beta"]).max(), 300
+    )
+    ax.plot(
+        theta,
+        theory.kl_per_dim(ev, theta, 1.0, rd.k).sum(-1),
+        "k-",
+        lw=1,
+        label="linear-VAE optimum",
+    )
+    ax.axvline(ev[0], color="k", ls="--", lw=1, label=r"$\lambda_{max}$")
+    s = rd.analysis.get("scaling")
+    if s and s.get("rms_spread") is not None:
+        ax.text(
+            0.97,
+            0.42,
+            f"RMS spread {s['rms_spread']:.3g} nats",
+            transform=ax.transAxes,
+            ha="right",
+            fontsize=7,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(r"$\theta = \beta\sigma^2$")
+    ax.set_ylabel("KL (nats)")
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    ax.set_title(rd.title, fontsize=7)
+    return fig
+
+
+def training_figure(rd: RunData, per_side: int = 3) -> Figure:
+    """KL against training step for grid points on both sides of the transition of
+    the middle curve: near it, KL relaxes slowest (critical slowing down)."""
+    found = [t for t in rd.analysis["transitions"] if t["sigma2_c"] is not None]
+    t = (found or rd.analysis["transitions"])[
+        len(found or rd.analysis["transitions"]) // 2
+    ]
+    center = t["sigma2_c"] or t["theory_sigma2_c"]
+    pts = rd.curve(t)
+    values = np.sort(pts["sigma2"].unique())
+    below = values[values < center][-per_side:]
+    above = values[values >= center][:per_side]
+    chosen = np.concatenate([below, above])
+    seed = pts["seed"].min()
+    ids = pts[(pts["seed"] == seed) & pts["sigma2"].isin(chosen)].set_index("sigma2")[
+        "point_id"
+    ]
+    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.3, 2.8), layout="constrained")
+    cmap = plt.get_cmap("cividis")
+    for i, s2 in enumerate(chosen):
+        h = rd.metrics[rd.metrics["point_id"] == ids[s2]].sort_values("step")
+        side = "below" if s2 < center else "above"
+        ax.plot(
+            h["step"],
+            np.maximum(h["kl"], KL_FLOOR),
+            "o-",
+            ms=2,
+            lw=1,
+            color=cmap(i / max(len(chosen) - 1, 1)),
+            label=rf"$\sigma^2$={s2:.3g} ({side})",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("KL (nats)")
+    ax.legend(fontsize=6, frameon=False, ncol=2)
+    ax.set_title(
+        f"{rd.name}: {_label(t, rd.group_axes())}, seed {seed}; "
+        rf"$\sigma_c^2$ = {center:.3g}",
+        fontsize=7,
+    )
+    return fig
+
+
+def plot_run(
+    run_dir: str | Path, fmt: str = "png", x: str = "sigma2", y: str = "beta"
+) -> list[Path]:
+    """Write every figure of a run to RUN_DIR/figures/; returns the paths."""
+    if fmt not in ("png", "pdf", "svg"):
+        raise PlotError(f"--format {fmt!r}: choose png, pdf or svg")
+    rd = load(run_dir)
+    figures = {
+        "kl_vs_sigma2": lambda: kl_figure(rd),
+        "elbo_vs_sigma2": lambda: elbo_figure(rd),
+        "latent_variance": lambda: variance_figure(rd),
+        "scaling": lambda: scaling_figure(rd),
+        "training_curves": lambda: training_figure(rd),
+    }
+    if rd.points["beta"].nunique() > 1 or (x, y) != ("sigma2", "beta"):
+        figures["phase_diagram"] = lambda: phase_diagram(rd, x, y)
+    out = Path(run_dir) / "figures"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for name, make in figures.items():
+        fig = make()
+        path = out / f"{name}.{fmt}"
+        tmp = path.with_name(f".{path.name}.tmp.{fmt}")
+        fig.savefig(tmp, dpi=200)
+        plt.close(fig)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def _is_log(rd: RunData, axis: str) -> bool:
+    """A range axis uses its own scale; a list is log when positive and spanning at
+    least a factor 3."""
+    spec_axis = getattr(rd.spec.grid, axis, None)
+    if isinstance(spec_axis, Range):
+        return spec_axis.scale == "log"
+    values = rd.points[axis].to_numpy(float)
+    return axis != "seed" and values.min() > 0 and values.max() >= 3 * values.min()
+
+
+def _edges(centers: np.ndarray, log: bool) -> np.ndarray:
+    """Cell edges around sorted centres (geometric midpoints on a log axis)."""
+    c = np.log(centers) if log else centers.astype(float)
+    if len(c) == 1:
+        e = np.array([c[0] - 0.5, c[0] + 0.5])
+    else:
+        mid = (c[1:] + c[:-1]) / 2
+        e = np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+    return np.exp(e) if log else e

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+
+from phasevae import plots
+from phasevae.analysis import analyze_run
+from phasevae.cli import main
+from phasevae.sweep import run_sweep
+from tests.test_analysis import run_dir, synthetic_metrics
+
+NAMES = [
+    "kl_vs_sigma2",
+    "elbo_vs_sigma2",
+    "latent_variance",
+    "scaling",
+    "training_curves",
+    "phase_diagram",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real (tiny) sweep, analysed: 5 sigma^2 x 2 beta, 4 evaluations."""
+    from phasevae.spec import spec_from_dict
+    from tests.conftest import tiny_dict
+
+    grid = {"sigma2": {"min": 0.3, "max": 30.0, "num": 5}, "beta": [0.5, 2.0]}
+    spec = spec_from_dict(tiny_dict(grid=grid, train={"steps": 40, "eval_every": 10}))
+    out = tmp_path_factory.mktemp("plots") / "run"
+    run_sweep(spec, out)
+    analyze_run(out)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_every_figure_is_drawn_from_a_stored_run(tiny_run, capsys, fmt):
+    assert main(["plot", str(tiny_run), "--format", fmt]) == 0
+    printed = capsys.readouterr().out.split()
+    for name in NAMES:
+        path = tiny_run / "figures" / f"{name}.{fmt}"
+        assert path.stat().st_size > 1000, name
+        assert str(path) in printed
+    assert not list((tiny_run / "figures").glob(".*tmp*"))
+
+
+def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
+    run = run_dir(tmp_path, beta=[0.5, 1.0, 2.0])
+    run.write_metrics(synthetic_metrics([0.5, 1.0, 2.0]))
+    doc = analyze_run(run.path)
+    fig = plots.phase_diagram(plots.load(run.path))
+    (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
+    want = [(t["sigma2_c"], t["beta"]) for t in doc["transitions"]]
+    np.testing.assert_allclose(np.c_[line.get_xdata(), line.get_ydata()], want)
+    # swapped axes draw the same boundary transposed
+    fig = plots.phase_diagram(plots.load(run.path), x="beta", y="sigma2")
+    (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
+    np.testing.assert_allclose(np.c_[line.get_ydata(), line.get_xdata()], want)
+    # the KL figure's fitted curve is the stored fit, exactly
+    fig = plots.kl_figure(plots.load(run.path))
+    fitted = [a for a in fig.axes[0].lines if a.get_label() == "fit, active"][0]
+    t = doc["transitions"][0]
+    u = np.log(fitted.get_xdata())
+    np.testing.assert_allclose(
+        fitted.get_ydata(), np.interp(u, t["fit"]["ln_sigma2"], t["fit"]["kl"])
+    )
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--x", "width"], "not a grid axis"),
+        (["--y", "seed"], "single seed value"),
+        (["--x", "beta", "--y", "beta"], "must be different"),
+        (["--format", "gif"], "choose png, pdf or svg"),
+    ],
+)
+def test_bad_plot_arguments_exit_2(tiny_run, capsys, args, words):
+    assert main(["plot", str(tiny_run), *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_a_run_without_analysis_is_refused(tmp_path, capsys):
+    run = run_dir(tmp_path)
+    run.write_metrics(synthetic_metrics([1.0]))
+    assert main(["plot", str(run.path)]) == 2
+    assert "phasevae analyze" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nope")]) == 2
+    json.loads((run.path / "meta.json").read_text())  # untouched
