@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 
 from phasevae.analysis import analyze_run
+from phasevae.plots import plot_run
 from phasevae.spec import load_spec
 from phasevae.store import atomic_write_text
 from phasevae.sweep import run_sweep
@@ -22,10 +23,11 @@ RESULTS = ROOT / "results"
 
 def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> dict:
     """Sweep ``sweeps/<spec>`` with ``overrides`` into results/<study>/<name>, analyse
-    it, and return one summary row per transition."""
+    and plot it, and return one summary row per transition."""
     out = RESULTS / study / name
     result = run_sweep(load_spec(ROOT / "sweeps" / spec, list(overrides)), out)
     doc = analyze_run(out)
+    plot_run(out)
     command = f"phasevae sweep sweeps/{spec}" + "".join(
         f" --set {o}" for o in overrides
     )

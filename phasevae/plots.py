@@ -107,11 +107,21 @@ def load(run_dir: str | Path) -> RunData:
     return RunData(run.path.name, spec, meta, metrics, points, analysis)
 
 
-def _panels(transitions: list[dict]) -> list[dict]:
-    if len(transitions) <= MAX_PANELS:
-        return transitions
-    idx = np.linspace(0, len(transitions) - 1, MAX_PANELS).round().astype(int)
-    return [transitions[i] for i in idx]
+def _transition_panels(rd: RunData, rows: int, height: float):
+    """One column per transition (at most MAX_PANELS, evenly chosen)."""
+    ts = rd.analysis["transitions"]
+    if len(ts) > MAX_PANELS:
+        idx = np.linspace(0, len(ts) - 1, MAX_PANELS).round().astype(int)
+        ts = [ts[i] for i in idx]
+    fig, axs = plt.subplots(
+        rows,
+        len(ts),
+        figsize=(COLUMN_IN * len(ts), height),
+        squeeze=False,
+        sharex="col",
+        layout="constrained",
+    )
+    return ts, fig, axs
 
 
 def _label(t: dict, axes: list[str]) -> str:
@@ -130,15 +140,7 @@ def kl_figure(rd: RunData) -> Figure:
     """KL vs sigma^2 with the fitted piecewise function, the transition and its
     interval, the prediction, and the fit's first and second derivatives in sigma^2
     (paper Fig. 2c / eqs 28-29)."""
-    ts = _panels(rd.analysis["transitions"])
-    fig, axs = plt.subplots(
-        3,
-        len(ts),
-        figsize=(COLUMN_IN * len(ts), 6.2),
-        squeeze=False,
-        sharex="col",
-        layout="constrained",
-    )
+    ts, fig, axs = _transition_panels(rd, rows=3, height=6.2)
     for col, t in enumerate(ts):
         ax, d1, d2 = axs[:, col]
         pts = rd.curve(t)
@@ -245,14 +247,7 @@ def elbo_figure(rd: RunData) -> Figure:
 def variance_figure(rd: RunData) -> Figure:
     """Mean encoder variance of each latent dim (ranked by KL) vs sigma^2: each
     reaches 1 at its own threshold, marked (paper Fig. 2b)."""
-    ts = _panels(rd.analysis["transitions"])
-    fig, axs = plt.subplots(
-        1,
-        len(ts),
-        figsize=(COLUMN_IN * len(ts), 2.8),
-        squeeze=False,
-        layout="constrained",
-    )
+    ts, fig, axs = _transition_panels(rd, rows=1, height=2.8)
     for ax, t in zip(axs[0], ts, strict=True):
         pts = rd.curve(t)
         for r in range(rd.k):
