@@ -4,17 +4,39 @@ Every source returns a :class:`Dataset`: a float32 array of shape (n, N) exactly
 model sees it (after normalisation), a fixed evaluation subset, and the eigenvalues of
 its covariance, which the theory needs (SCIENCE.md: the collapse criterion is
 beta * sigma^2 > lambda_max of the data *as the model sees it*).
+
+Sources: ``synthetic`` (a given spectrum, Gaussian or not), ``digits`` (scikit-learn's
+8x8 digits), ``patches`` (16x16 grayscale patches of the photographs shipped inside
+scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.cifar`) and
+``array`` (the user's .npy, .npz, .csv or .parquet).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from phasevae.errors import BadInput
 from phasevae.spec import DataSpec
+
+# scikit-image's sample photographs that ship inside its wheel (no download), all
+# natural scenes or textures; colour ones are converted with the ITU-R 601 luma
+PATCH_IMAGES = (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "grass",
+    "gravel",
+    "brick",
+    "moon",
+)
+PATCH, PATCH_STRIDE = 16, 8
+COMPONENTS_STORED = 8  # principal components kept in meta.json for image data
+MEMORY_FRACTION = 0.5  # refuse data whose float32 copies need more of the free RAM
 
 
 class DataError(BadInput):
@@ -31,17 +53,21 @@ class Dataset:
       eigenvalues: (N,) float64, descending eigenvalues of the covariance of ``x``
         (population covariance, divisor n: the model fits the empirical distribution).
       description: one line saying what the data is.
+      components: (N, c) leading eigenvectors, kept for image data (else None).
+      image_shape: (h, w) when each row is an image, else None.
     """
 
     x: np.ndarray
     eval_x: np.ndarray
     eigenvalues: np.ndarray
     description: str
+    components: np.ndarray | None = None
+    image_shape: tuple[int, ...] | None = field(default=None)
 
     def spectrum(self) -> dict:
         """JSON-ready summary stored in the run's meta.json."""
         ev = [float(v) for v in self.eigenvalues]
-        return {
+        out = {
             "eigenvalues": ev,
             "lambda_max": ev[0],
             "trace": float(np.sum(self.eigenvalues)),
@@ -49,14 +75,20 @@ class Dataset:
             "dim": int(self.x.shape[1]),
             "description": self.description,
         }
+        if self.image_shape is not None and self.components is not None:
+            out["image_shape"] = list(self.image_shape)
+            out["components"] = self.components.T.round(6).tolist()
+        return out
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
     """Build the dataset a spec describes.
 
     Raises:
-      DataError: missing or malformed file, wrong shape, too few samples, NaN or inf.
+      DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
+        more data than memory allows.
     """
+    pixel_range, image_shape = None, None
     if spec.source == "synthetic":
         x = synthetic(spec.eigenvalues, spec.samples, spec.seed, spec.distribution)
         what = (
@@ -64,20 +96,45 @@ def load_dataset(spec: DataSpec) -> Dataset:
             f"n={spec.samples}, eigenvalues {list(spec.eigenvalues)}, seed {spec.seed}"
         )
     elif spec.source == "digits":
-        x = digits()
+        x, pixel_range, image_shape = digits(), (0.0, 1.0), (8, 8)
         what = "scikit-learn digits (8x8, pixels / 16)"
+    elif spec.source == "patches":
+        x, pixel_range = patches(spec.samples, spec.seed), (0.0, 255.0)
+        image_shape = (PATCH, PATCH)
+        what = (
+            f"{x.shape[0]} grayscale {PATCH}x{PATCH} patches (stride {PATCH_STRIDE}) "
+            f"of scikit-image's {', '.join(PATCH_IMAGES)}"
+        )
+    elif spec.source == "cifar10":
+        from phasevae.cifar import load_cifar10
+
+        images, _ = load_cifar10(spec.path, spec.split)
+        x, pixel_range, image_shape = gray16(images), (0.0, 255.0), (16, 16)
+        what = f"CIFAR-10 {spec.split} ({spec.path}), grayscale 16x16 (N=256)"
     elif spec.source == "array":
-        x = load_array(Path(spec.path), spec.key)
+        raw = load_array(Path(spec.path), spec.key)
+        if raw.ndim in (3, 4):
+            image_shape = raw.shape[1:3]
+            raw = raw.reshape(raw.shape[0], -1)
+        if raw.dtype == np.uint8:
+            pixel_range = (0.0, 255.0)
+        x = raw
         what = f"array file {spec.path}" + (f" [{spec.key}]" if spec.key else "")
     else:  # spec validation keeps this unreachable
         raise DataError(f"unknown data.source {spec.source!r}")
-    x = normalize(check_array(x, what), spec.normalize)
+    x = normalize(check_array(x, what), spec.normalize, pixel_range)
     if spec.normalize != "none":
         what += f", normalize={spec.normalize}"
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
+    values, vectors = covariance_eig(x)
     return Dataset(
-        x=x, eval_x=eval_x, eigenvalues=covariance_spectrum(x), description=what
+        x=x,
+        eval_x=eval_x,
+        eigenvalues=values,
+        description=what,
+        components=vectors[:, :COMPONENTS_STORED] if image_shape else None,
+        image_shape=tuple(int(v) for v in image_shape) if image_shape else None,
     )
 
 
@@ -115,22 +172,62 @@ def synthetic(
 
 
 def digits() -> np.ndarray:
-    """scikit-learn's 8x8 handwritten digits (shipped in its wheel), pixels / 16."""
+    """scikit-learn's 8x8 handwritten digits (shipped in its wheel), pixels / 16 so
+    they lie in [0, 1]: (1797, 64)."""
     from sklearn.datasets import load_digits
 
     return (load_digits().data / 16.0).astype(np.float32)
 
 
-def load_array(path: Path, key: str = "") -> np.ndarray:
-    """Read a 2-D numeric array from ``.npy``, ``.npz`` (array ``key``) or ``.csv``.
+def patches(samples: int, seed: int) -> np.ndarray:
+    """16x16 grayscale patches cut on a stride-8 grid from every image in
+    PATCH_IMAGES, then ``samples`` of them drawn without replacement (all if fewer).
 
-    Pickled objects are never loaded. A CSV may have one header line.
+    Returns:
+      (n, 256) float32 in pixel units (0 .. 255).
     """
+    import skimage.data
+
+    cut = []
+    for name in PATCH_IMAGES:
+        img = np.asarray(getattr(skimage.data, name)(), np.float32)
+        if img.ndim == 3:
+            img = luma(img[..., :3])
+        windows = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH))
+        cut.append(windows[::PATCH_STRIDE, ::PATCH_STRIDE].reshape(-1, PATCH * PATCH))
+    allp = np.concatenate(cut)
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(allp), min(samples, len(allp)), replace=False))
+    return allp[take]
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of RGB pixels on the last axis: 0.299 R + 0.587 G + 0.114 B."""
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def gray16(images: np.ndarray) -> np.ndarray:
+    """The paper's CIFAR-10 preprocessing: luma, then 2x2 mean pooling 32 -> 16.
+
+    Args:
+      images: (n, 32, 32, 3) uint8 RGB.
+    Returns:
+      (n, 256) float32 in pixel units (0 .. 255).
+    """
+    n = images.shape[0]
+    return luma(images).reshape(n, 16, 2, 16, 2).mean(axis=(2, 4)).reshape(n, 256)
+
+
+def load_array(path: Path, key: str = "") -> np.ndarray:
+    """Read a numeric array from ``.npy``, ``.npz`` (array ``key``), ``.csv`` or
+    ``.parquet``. Pickled objects are never loaded. A CSV may have one header line.
+    Arrays larger than memory allows are refused before they are read."""
     if not path.is_file():
         raise DataError(f"data file {path} does not exist (data.path)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            _check_memory(_npy_size(path), path)
             return np.load(path, allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -142,14 +239,59 @@ def load_array(path: Path, key: str = "") -> np.ndarray:
                         f"{path}: set data.key to one of the arrays in the archive: "
                         f"{', '.join(names) or '(none)'}"
                     )
+                with archive.zip.open(f"{key}.npy") as f:
+                    _check_memory(_npy_header_size(f), path)
                 return archive[key]
         if suffix == ".csv":
+            _check_memory(path.stat().st_size // 2, path)  # >= 2 characters per value
             return _load_csv(path)
+        if suffix == ".parquet":
+            return _load_parquet(path)
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, KeyError) as e:
         raise DataError(f"{path}: cannot read as {suffix} ({e})") from None
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz or .csv")
+    raise DataError(
+        f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .csv or .parquet"
+    )
+
+
+def _npy_size(path: Path) -> int:
+    with open(path, "rb") as f:
+        return _npy_header_size(f)
+
+
+def _npy_header_size(f) -> int:
+    """Number of values in an .npy stream, from its header alone."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, _ = read(f)
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _check_memory(values: int, path: Path) -> None:
+    """Refuse data whose float32 copies (raw, converted, normalised) would not fit in
+    MEMORY_FRACTION of the available RAM: better a message than swapping."""
+    need = 3 * 4 * values
+    avail = _available_memory()
+    if avail is not None and need > MEMORY_FRACTION * avail:
+        raise DataError(
+            f"{path}: {values:,} values need about {need / 2**30:.1f} GiB as float32 "
+            f"copies, more than half of the {avail / 2**30:.1f} GiB of free memory; "
+            "subsample the data first"
+        )
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _load_csv(path: Path) -> np.ndarray:
@@ -161,13 +303,26 @@ def _load_csv(path: Path) -> np.ndarray:
     raise DataError(f"{path}: the CSV holds a non-numeric value ({err})")
 
 
+def _load_parquet(path: Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    _check_memory(meta.num_rows * meta.num_columns, path)
+    table = pq.read_table(path).to_pandas()
+    bad = [c for c in table.columns if table[c].dtype.kind not in "fiub"]
+    if bad:
+        raise DataError(f"{path}: non-numeric columns {bad}; keep only numeric columns")
+    return table.to_numpy()
+
+
 def check_array(x: np.ndarray, what: str) -> np.ndarray:
     """Reject arrays that cannot be training data; return float32."""
     if x.dtype.kind not in "fiub":
         raise DataError(f"{what}: data must be numeric, got dtype {x.dtype}")
     if x.ndim != 2:
         raise DataError(
-            f"{what}: data must be 2-D (samples, features), got shape {x.shape}"
+            f"{what}: data must be 2-D (samples, features) or images (n, h, w[, c]), "
+            f"got shape {x.shape}"
         )
     if x.shape[0] < 2:
         raise DataError(f"{what}: need at least 2 samples, got {x.shape[0]}")
@@ -184,11 +339,21 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def normalize(x: np.ndarray, how: str) -> np.ndarray:
-    """``none``, ``center`` (subtract the mean) or ``standardize`` (also unit variance;
-    constant features are only centred)."""
+def normalize(x: np.ndarray, how: str, pixel_range=None) -> np.ndarray:
+    """``none``; ``center`` (subtract each feature's mean); ``standardize`` (also unit
+    variance per feature; constant features are only centred); ``global`` (one mean
+    and one standard deviation for all features); ``unit`` (the pixel range, or the
+    data's min..max when it has none, mapped to [-1, 1])."""
     if how == "none":
         return x
+    if how == "unit":
+        lo, hi = pixel_range if pixel_range else (float(x.min()), float(x.max()))
+        if hi <= lo:
+            raise DataError("normalize = 'unit' needs data with more than one value")
+        return (2.0 * (x - lo) / (hi - lo) - 1.0).astype(np.float32)
+    if how == "global":
+        std = float(x.std())
+        return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
     x = x - x.mean(axis=0)
     if how == "standardize":
         std = x.std(axis=0)
@@ -196,8 +361,14 @@ def normalize(x: np.ndarray, how: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def covariance_eig(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Descending eigenvalues (N,) and eigenvectors (N, N), as columns, of the
+    population covariance of ``x`` (n, N)."""
+    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    values, vectors = np.linalg.eigh(xc.T @ xc / x.shape[0])
+    return values[::-1].clip(min=0.0), vectors[:, ::-1]
+
+
 def covariance_spectrum(x: np.ndarray) -> np.ndarray:
     """Descending eigenvalues of the population covariance of ``x`` (n, N)."""
-    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
-    cov = xc.T @ xc / x.shape[0]
-    return np.linalg.eigvalsh(cov)[::-1].clip(min=0.0)
+    return covariance_eig(x)[0]

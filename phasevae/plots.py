@@ -438,6 +438,33 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     return fig
 
 
+def components_figure(rd: RunData, count: int = 8) -> Figure:
+    """The leading principal components of image data as images, with their
+    eigenvalues and the collapse threshold each sets (paper Fig. 3)."""
+    spectrum = rd.meta["spectrum"]
+    comps = np.array(spectrum["components"])[:count]
+    h, w = spectrum["image_shape"]
+    ev = spectrum["eigenvalues"]
+    cols = min(4, len(comps))
+    rows = math.ceil(len(comps) / cols)
+    fig, axs = plt.subplots(
+        rows,
+        cols,
+        figsize=(COLUMN_IN * 1.4, 1.1 * rows + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, ax in enumerate(axs.flat):
+        ax.set_axis_off()
+        if i < len(comps):
+            img = comps[i][: h * w].reshape(h, w)  # colour data: the first channel
+            lim = np.abs(img).max()
+            ax.imshow(img, cmap="gray", vmin=-lim, vmax=lim)
+            ax.set_title(rf"$\lambda_{{{i + 1}}}$ = {ev[i]:.3g}", fontsize=7)
+    fig.suptitle(f"{rd.title}\nleading principal components", fontsize=7)
+    return fig
+
+
 def plot_run(
     run_dir: str | Path, fmt: str = "png", x: str = "sigma2", y: str = "beta"
 ) -> list[Path]:
@@ -454,6 +481,8 @@ def plot_run(
     }
     if rd.points["beta"].nunique() > 1 or (x, y) != ("sigma2", "beta"):
         figures["phase_diagram"] = lambda: phase_diagram(rd, x, y)
+    if "components" in rd.meta["spectrum"]:
+        figures["components"] = lambda: components_figure(rd)
     out = Path(run_dir) / "figures"
     out.mkdir(exist_ok=True)
     paths = []

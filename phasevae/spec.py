@@ -55,8 +55,12 @@ class DataSpec:
     ``synthetic``: zero-mean data with covariance eigenvalues ``eigenvalues`` in a
     random rotation drawn from ``seed``; its independent unit-variance components
     follow ``distribution``. ``digits``: scikit-learn's 8x8 digits, pixels scaled to
-    [0, 1] (N = 64, n = 1797). ``array``: a user file (``.npy``, ``.npz`` with array
-    ``key``, ``.csv``) of shape (n, N).
+    [0, 1] (N = 64, n = 1797). ``patches``: ``samples`` 16x16 grayscale patches of
+    scikit-image's photographs (N = 256). ``cifar10``: the official archive at
+    ``path``, ``split`` of it, grayscale 16x16 (N = 256). ``array``: a user file
+    (``.npy``, ``.npz`` with array ``key``, ``.csv``, ``.parquet``) of shape (n, N),
+    or images (n, h, w) or (n, h, w, c), flattened. ``normalize`` defaults to
+    ``unit`` (pixels to [-1, 1]) for cifar10 and patches, else ``none``.
     """
 
     source: str = "synthetic"
@@ -66,6 +70,7 @@ class DataSpec:
     seed: int = 0
     path: str = ""
     key: str = ""
+    split: str = "train"
     normalize: str = "none"
     eval_samples: int = 2048
 
@@ -133,11 +138,13 @@ def axis_values(axis: Axis) -> tuple[float, ...]:
     return axis.values() if isinstance(axis, Range) else tuple(axis)
 
 
+IMAGES = ("cifar10", "patches")  # sources whose normalize defaults to "unit"
 _SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
 _CHOICES = {
-    ("data", "source"): ("synthetic", "digits", "array"),
+    ("data", "source"): ("synthetic", "digits", "patches", "cifar10", "array"),
+    ("data", "split"): ("train", "test", "all"),
     ("data", "distribution"): ("gaussian", "laplace", "uniform", "bimodal"),
-    ("data", "normalize"): ("none", "center", "standardize"),
+    ("data", "normalize"): ("none", "center", "standardize", "global", "unit"),
     ("train", "optimizer"): ("adam", "sgd"),
 }
 # (lower bound, inclusive?) for every number that has one.
@@ -203,6 +210,8 @@ def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
         if not isinstance(table, dict):
             raise SpecError(f"{where}: [{name}] must be a table")
         sections[name] = _build_section(name, cls, table, where)
+    if "normalize" not in raw.get("data", {}) and sections["data"].source in IMAGES:
+        sections["data"] = dataclasses.replace(sections["data"], normalize="unit")
     spec = Spec(**sections)
     _check_spec(spec, where)
     return spec
@@ -387,8 +396,8 @@ def _check_spec(spec: Spec, where: str) -> None:
             f"{where}: model.latent_dim = {spec.model.latent_dim} exceeds the data "
             f"dimension {len(d.eigenvalues)} (len(data.eigenvalues))"
         )
-    if d.source == "array" and not d.path:
-        raise SpecError(f"{where}: data.source = 'array' needs data.path (a file)")
+    if d.source in ("array", "cifar10") and not d.path:
+        raise SpecError(f"{where}: data.source = {d.source!r} needs data.path (a file)")
     if t.steps % t.eval_every:
         raise SpecError(
             f"{where}: train.steps = {t.steps} must be a multiple of train.eval_every "
