@@ -41,13 +41,17 @@ class ProgressBar:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from phasevae.spec import load_spec
-    from phasevae.sweep import run_sweep, summary_table
+    from phasevae.sweep import Preempted, run_sweep, summary_table
 
     spec = load_spec(args.spec, args.set)
     name = Path(args.spec).stem if args.spec else "default"
     out = Path(args.out) if args.out else Path("runs") / name
     t0 = time.perf_counter()
-    result = run_sweep(spec, out, progress=ProgressBar())
+    try:
+        result = run_sweep(spec, out, ProgressBar(), args.checkpoint_every)
+    except Preempted as e:
+        print(f"phasevae: {e}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
     meta, spectrum = result.meta, result.meta["spectrum"]
     wall = meta["wall_times"]
     print(f"run directory: {out}")
@@ -206,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a spec key with a TOML value, e.g. --set grid.beta=[0.5,1.0]",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="least time between checkpoints (default 30; 0: after every chunk)",
     )
     p.set_defaults(func=cmd_sweep)
 

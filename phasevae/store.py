@@ -13,6 +13,8 @@ are dropped and recomputed, so re-running a chunk never duplicates rows.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
@@ -79,12 +81,40 @@ class RunDir:
                     f"or rerun with the same spec to continue it"
                 )
             return
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir()):
             raise RunDirError(
                 f"{self.path} exists, is not empty and is not a phasevae run; "
                 f"choose another --out"
             )
         atomic_write_text(self.spec_file, spec_to_toml(spec))
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold an exclusive lock on the run directory for the block. The kernel drops
+        it when the process dies, so a killed run never leaves a stale lock.
+
+        Raises:
+          RunDirError: another process holds it.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                pid = f.read().strip() or "?"
+                raise RunDirError(
+                    f"{self.path} is in use by another phasevae process (pid {pid}); "
+                    "wait for it or choose another --out"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def spec(self) -> Spec:
         if not self.spec_file.exists():

@@ -9,11 +9,14 @@ atomically. Rerunning on the same directory resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import platform
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +24,10 @@ from importlib import metadata
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from phasevae import theory
 from phasevae.analysis import ACTIVE_KL
@@ -37,6 +41,39 @@ KL_COLLAPSED = 0.01  # nats: "KL ~ 0" in the summary
 
 # called after each chunk with (chunks done, chunks in all, seconds since start)
 ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the models axis lives: sharded over every local device, the grid padded
+    to a multiple of the device count (copies of the last point, dropped from all
+    results); data and evaluation set replicated."""
+
+    size: int  # padded number of models
+    shard: NamedSharding
+    replicate: NamedSharding
+
+    @staticmethod
+    def local(n: int) -> Placement:
+        devices = jax.local_devices()
+        mesh = Mesh(np.array(devices), ("models",))
+        size = -(-n // len(devices)) * len(devices)
+        return Placement(
+            size, NamedSharding(mesh, P("models")), NamedSharding(mesh, P())
+        )
+
+    def models(self, tree):
+        """Pad every leaf's leading (models) axis to ``size`` and shard it."""
+
+        def put(a):
+            a = np.asarray(a)
+            pad = [(0, self.size - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
+            return jax.device_put(np.pad(a, pad, mode="edge"), self.shard)
+
+        return jax.tree.map(put, tree)
+
+    def replicated(self, a):
+        return jax.device_put(a, self.replicate)
 
 
 @dataclass
@@ -85,14 +122,34 @@ def static_config(spec: Spec, data_dim: int) -> Static:
     )
 
 
+class Preempted(Exception):
+    """SIGTERM arrived: the current chunk was finished and checkpointed."""
+
+    def __init__(self, run: RunDir, step: int):
+        super().__init__(
+            f"stopped by SIGTERM after step {step}; everything up to it is saved in "
+            f"{run.path}. Rerun the same command to resume."
+        )
+
+
 def run_sweep(
-    spec: Spec, out: str | Path, progress: ProgressFn | None = None
+    spec: Spec,
+    out: str | Path,
+    progress: ProgressFn | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> SweepResult:
     """Train the whole grid of ``spec`` into run directory ``out`` (or continue it).
 
+    Holds a lock on ``out`` while it runs. On SIGTERM it finishes the current chunk,
+    checkpoints and raises :class:`Preempted`.
+
+    Args:
+      checkpoint_seconds: least time between checkpoints (default CHECKPOINT_SECONDS);
+        0 checkpoints after every chunk.
+
     Raises:
       BadInput (SpecError, DataError, RunDirError): before anything is written to
-        ``out`` when the spec or the data is bad.
+        ``out`` when the spec or the data is bad, or when ``out`` is in use.
     """
     data = load_dataset(spec.data)
     if spec.model.latent_dim > data.x.shape[1]:
@@ -102,16 +159,40 @@ def run_sweep(
         )
     grid = grid_table(spec)
     run = RunDir(out)
-    run.claim(spec)
+    if checkpoint_seconds is None:
+        checkpoint_seconds = CHECKPOINT_SECONDS
+    with run.lock(), _sigterm_flag() as stop:
+        run.claim(spec)
+        return _train(spec, data, grid, run, progress, checkpoint_seconds, stop)
 
-    trainer = Trainer(static_config(spec, data.x.shape[1]))
-    points = Point(
-        sigma2=jnp.asarray(grid["sigma2"].to_numpy(), jnp.float32),
-        beta=jnp.asarray(grid["beta"].to_numpy(), jnp.float32),
-        learning_rate=jnp.asarray(grid["learning_rate"].to_numpy(), jnp.float32),
-        seed=jnp.asarray(grid["seed"].to_numpy(), jnp.uint32),
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """A flag that SIGTERM sets, instead of killing the process, for the block."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _train(spec, data, grid, run, progress, checkpoint_seconds, stop) -> SweepResult:
+    n = len(grid)
+    place = Placement.local(n)
+    trainer = Trainer(static_config(spec, data.x.shape[1]), place.shard)
+    points = place.models(
+        Point(
+            sigma2=grid["sigma2"].to_numpy(np.float32),
+            beta=grid["beta"].to_numpy(np.float32),
+            learning_rate=grid["learning_rate"].to_numpy(np.float32),
+            seed=grid["seed"].to_numpy(np.uint32),
+        )
     )
-    x, eval_x = jnp.asarray(data.x), jnp.asarray(data.eval_x)
+    x, eval_x = place.replicated(data.x), place.replicated(data.eval_x)
     state = trainer.init(points)
     treedef = jax.tree.structure(state)
     every, total = spec.train.eval_every, spec.train.steps
@@ -122,7 +203,7 @@ def run_sweep(
         leaves, done, ids = checkpoint
         if ids != list(grid["point_id"]):
             raise RunDirError(f"{run.path}: checkpoint does not match the spec's grid")
-        state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves])
+        state = place.models(jax.tree.unflatten(treedef, leaves))
         old = run.metrics()
         frames.append(old[old["step"] <= done])
 
@@ -142,18 +223,20 @@ def run_sweep(
     for c in range(done // every, n_chunks):
         state, metrics = compiled(state, points, x, eval_x, np.int32(c * every))
         done = (c + 1) * every
-        diverged = np.asarray(state.diverged)
-        frames.append(
-            metrics_frame(grid, jax.device_get(metrics), diverged, done, data)
-        )
+        diverged = np.asarray(state.diverged)[:n]
+        metrics = jax.tree.map(lambda a: np.asarray(a)[:n], metrics)
+        frames.append(metrics_frame(grid, metrics, diverged, done, data))
         elapsed = time.perf_counter() - t_train
-        if done == total or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
+        due = time.perf_counter() - last_save >= checkpoint_seconds
+        if done == total or due or stop.is_set():
             meta["wall_times"]["train_s"] = trained_before + elapsed
             meta["compiles"] = trainer.traces  # traces of the chunk program: 1
             _save(run, frames, state, done, grid, meta, diverged)
             last_save = time.perf_counter()
         if progress is not None:
             progress(c + 1, n_chunks, elapsed)
+        if stop.is_set() and done < total:
+            raise Preempted(run, done)
     meta["status"] = "complete"
     run.write_meta(meta)
     return _result(run, frames, meta)
@@ -207,7 +290,8 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
 
 def _save(run, frames, state, done, grid, meta, diverged) -> None:
     run.write_metrics(pd.concat(frames, ignore_index=True))
-    leaves = [np.asarray(a) for a in jax.tree.leaves(state)]
+    n = len(grid)
+    leaves = [np.asarray(a)[:n] for a in jax.tree.leaves(state)]  # padding dropped
     run.save_checkpoint(leaves, done, list(grid["point_id"]))
     meta["steps_done"] = done
     meta["points"] = {
@@ -236,7 +320,7 @@ def _base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict
         "spec": spec_to_dict(spec),
         "versions": versions,
         "git_revision": _git_revision(),
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in jax.local_devices()],
         "platform": jax.default_backend(),
         "spectrum": data.spectrum(),
         "grid_size": len(grid),

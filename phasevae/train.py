@@ -82,9 +82,11 @@ class Trainer:
     ``init(points)`` makes a stacked state; ``chunk(state, points, data, eval_x,
     start)`` runs ``chunk_steps`` steps from global step ``start`` and evaluates, all
     vmapped over the models axis. ``traces`` counts how often ``chunk`` was traced.
+    ``models_sharding`` (a sharding of the leading axis), when given, is where every
+    output is placed.
     """
 
-    def __init__(self, static: Static):
+    def __init__(self, static: Static, models_sharding=None):
         self.static = static
         self.model = VAE(
             static.data_dim, static.latent_dim, static.encoder, static.decoder
@@ -95,8 +97,12 @@ class Trainer:
         root = jax.random.key(static.seed)
         self._point_root, self._data_root = jax.random.split(root)
         self.traces = 0
-        self.init = jax.jit(jax.vmap(self._init_one))
-        self.chunk = jax.jit(self._chunk, donate_argnums=0)
+        # every output carries the models axis first: pin it to the models sharding so
+        # that a chunk's outputs are laid out as its next call's inputs
+        self.init = jax.jit(jax.vmap(self._init_one), out_shardings=models_sharding)
+        self.chunk = jax.jit(
+            self._chunk, donate_argnums=0, out_shardings=models_sharding
+        )
 
     def _point_key(self, point: Point, tag: int) -> Array:
         return jax.random.fold_in(jax.random.fold_in(self._point_root, point.seed), tag)

@@ -33,6 +33,7 @@ def test_sweep_end_to_end_writes_a_well_formed_run_directory(tmp_path):
     assert "lambda_max" in proc.stdout and "kl_at_max_sigma2" in proc.stdout
 
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",  # the run-directory lock (flock), released when the process ends
         "checkpoints",
         "meta.json",
         "metrics.parquet",
@@ -145,3 +146,68 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(
     # a finished run is not trained again
     again = sweep_mod.run_sweep(spec, tmp_path / "cut")
     assert len(again.metrics) == len(full)
+
+
+def _sweep_cmd(spec, out):
+    return [sys.executable, "-m", "phasevae.cli", "sweep", str(spec), "--out", str(out)]
+
+
+def _wait_for_rows(out, proc, timeout=120.0):
+    """Until the run has written some metrics (a checkpoint follows them)."""
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        ckpt = out / "checkpoints" / "state.npz"
+        if ckpt.exists() and (out / "metrics.parquet").exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the sweep wrote no checkpoint in time")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, how):
+    import signal
+
+    spec = write_spec(tmp_path, train={"steps": 400, "eval_every": 10})
+    full = tmp_path / "full"
+    assert subprocess.run(_sweep_cmd(spec, full), capture_output=True).returncode == 0
+
+    cut = tmp_path / "cut"
+    cmd = _sweep_cmd(spec, cut) + ["--checkpoint-every", "0"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_rows(cut, proc)
+    proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=120)
+    if how == "SIGTERM":
+        assert proc.returncode == 143 and "stopped by SIGTERM after step" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    meta = json.loads((cut / "meta.json").read_text())
+    assert meta["status"] == "running" and 0 < meta["steps_done"] < 400
+
+    again = subprocess.run(_sweep_cmd(spec, cut), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    key = ["point_id", "step"]
+    a = (
+        pd.read_parquet(full / "metrics.parquet")
+        .sort_values(key)
+        .reset_index(drop=True)
+    )
+    b = pd.read_parquet(cut / "metrics.parquet").sort_values(key).reset_index(drop=True)
+    assert len(b) == len(a) == 4 * 40  # no duplicated or missing rows
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
+    from phasevae.store import RunDir
+
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    with RunDir(out).lock():  # as if another sweep were running
+        proc = subprocess.run(_sweep_cmd(spec, out), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "in use by another phasevae process" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,37 @@
+"""The models axis sharded over several (simulated CPU) devices."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from phasevae.sweep import run_sweep
+
+GRID = {"sigma2": [0.5, 2.0, 8.0], "beta": [0.5, 1.0]}  # 6 points: padded to 8
+
+
+def test_four_devices_give_the_metrics_of_one(tmp_path, tiny_spec):
+    one = run_sweep(tiny_spec(grid=GRID), tmp_path / "one").metrics
+    script = (
+        "import sys, jax; from phasevae.spec import spec_from_dict;"
+        "from phasevae.sweep import run_sweep; from tests.conftest import tiny_dict;"
+        "assert len(jax.local_devices()) == 4;"
+        f"r = run_sweep(spec_from_dict(tiny_dict(grid={GRID!r})), sys.argv[1]);"
+        "assert r.meta['grid_size'] == 6 and len(r.meta['devices']) == 4"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "four")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    four = pd.read_parquet(tmp_path / "four" / "metrics.parquet")
+    assert len(four) == len(one) == 6 * 2  # the padding never reaches the results
+    key = ["point_id", "step"]
+    a = one.sort_values(key).reset_index(drop=True)
+    b = four.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
