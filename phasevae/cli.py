@@ -48,7 +48,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / name
     t0 = time.perf_counter()
     try:
-        result = run_sweep(spec, out, ProgressBar(), args.checkpoint_every)
+        result = run_sweep(
+            spec, out, ProgressBar(), args.checkpoint_every, _shard(args.shard)
+        )
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM, as if the signal had ended the process
@@ -188,6 +190,29 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise BadInput(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return i, n
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from phasevae.sweep import merge_runs
+
+    report = merge_runs(args.run_dirs, args.out)
+    print(f"merged {report['points']} grid points into {args.out}")
+    if report["duplicated"]:
+        dup = report["duplicated"]
+        print(f"{len(dup)} points were in several shards (equal results, kept once)")
+    return 0
+
+
 def _fmt_s(seconds: float | None) -> str:
     return "n/a (already done)" if seconds is None else f"{seconds:.1f} s"
 
@@ -218,7 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="least time between checkpoints (default 30; 0: after every chunk)",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="train only shard I of N of the grid (by point id), e.g. for array jobs",
+    )
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("merge", help="combine the run directories of a sharded sweep")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="the merged run directory")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("analyze", help="locate the transitions of a finished sweep")
     p.add_argument("run_dir", help="a run directory written by phasevae sweep")

@@ -107,6 +107,17 @@ def grid_table(spec: Spec) -> pd.DataFrame:
     return df
 
 
+def select_shard(grid: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
+    """The points of shard i of n: with the points sorted by stable id, every n-th
+    from the i-th. The split depends on the grid alone, so every machine computes
+    the same one, and shard sizes differ by at most one."""
+    if shard is None:
+        return grid
+    i, n = shard
+    rank = np.argsort(np.argsort(grid["point_id"].to_numpy()))
+    return grid[rank % n == i].reset_index(drop=True)
+
+
 def static_config(spec: Spec, data_dim: int) -> Static:
     m, t = spec.model, spec.train
     return Static(
@@ -137,6 +148,7 @@ def run_sweep(
     out: str | Path,
     progress: ProgressFn | None = None,
     checkpoint_seconds: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> SweepResult:
     """Train the whole grid of ``spec`` into run directory ``out`` (or continue it).
 
@@ -146,6 +158,8 @@ def run_sweep(
     Args:
       checkpoint_seconds: least time between checkpoints (default CHECKPOINT_SECONDS);
         0 checkpoints after every chunk.
+      shard: (i, n) trains only shard i of n (:func:`select_shard`), for array jobs
+        whose run directories ``phasevae merge`` combines.
 
     Raises:
       BadInput (SpecError, DataError, RunDirError): before anything is written to
@@ -157,13 +171,21 @@ def run_sweep(
             f"model.latent_dim = {spec.model.latent_dim} exceeds the data dimension "
             f"{data.x.shape[1]}"
         )
-    grid = grid_table(spec)
+    grid = select_shard(grid_table(spec), shard)
+    if grid.empty:
+        raise SpecError(f"shard {shard[0]}/{shard[1]} holds no grid points")
     run = RunDir(out)
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
     with run.lock(), _sigterm_flag() as stop:
         run.claim(spec)
-        return _train(spec, data, grid, run, progress, checkpoint_seconds, stop)
+        old = run.meta().get("shard")
+        if run.meta() and old != (list(shard) if shard else None):
+            raise RunDirError(
+                f"{run.path} holds shard {old} of this spec, not {shard}; "
+                "choose another --out"
+            )
+        return _train(spec, data, grid, run, progress, checkpoint_seconds, stop, shard)
 
 
 @contextlib.contextmanager
@@ -180,7 +202,9 @@ def _sigterm_flag():
         signal.signal(signal.SIGTERM, old)
 
 
-def _train(spec, data, grid, run, progress, checkpoint_seconds, stop) -> SweepResult:
+def _train(
+    spec, data, grid, run, progress, checkpoint_seconds, stop, shard
+) -> SweepResult:
     n = len(grid)
     place = Placement.local(n)
     trainer = Trainer(static_config(spec, data.x.shape[1]), place.shard)
@@ -208,6 +232,7 @@ def _train(spec, data, grid, run, progress, checkpoint_seconds, stop) -> SweepRe
         frames.append(old[old["step"] <= done])
 
     meta = _base_meta(spec, data, grid, run.meta())
+    meta["shard"] = list(shard) if shard else None
     if done == total:
         return _result(run, frames, meta)
 
@@ -240,6 +265,88 @@ def _train(spec, data, grid, run, progress, checkpoint_seconds, stop) -> SweepRe
     meta["status"] = "complete"
     run.write_meta(meta)
     return _result(run, frames, meta)
+
+
+def merge_runs(run_dirs: list[str | Path], out: str | Path) -> dict:
+    """Combine the run directories of one spec's shards into ``out``.
+
+    Refuses (RunDirError, nothing written) shards of different specs, unfinished
+    shards, points missing from the grid, and a point run twice with different
+    results; a point run twice with equal results is kept once and reported.
+
+    Returns:
+      report: ``points``, ``duplicated`` (ids found in several shards).
+    """
+    runs = [RunDir(p) for p in run_dirs]
+    for r in runs:
+        if not r.spec_file.exists():
+            raise RunDirError(f"{r.path} is not a phasevae run (no spec.toml)")
+    spec = runs[0].spec()
+    for r in runs[1:]:
+        if r.spec() != spec:
+            raise RunDirError(f"{r.path} holds a different spec than {runs[0].path}")
+    metas = [r.meta() for r in runs]
+    unfinished = [
+        str(r.path)
+        for r, m in zip(runs, metas, strict=True)
+        if m.get("status") != "complete"
+    ]
+    if unfinished:
+        raise RunDirError(
+            f"unfinished shards (resume them first): {', '.join(unfinished)}"
+        )
+    tables = [r.metrics() for r in runs]
+    full = grid_table(spec)
+    seen: dict[str, int] = {}
+    duplicated, keep = [], []
+    for i, t in enumerate(tables):
+        for pid, rows in t.groupby("point_id", sort=False):
+            if pid in seen:
+                first = tables[seen[pid]]
+                first = first[first["point_id"] == pid].reset_index(drop=True)
+                if not _same_rows(first, rows.reset_index(drop=True)):
+                    where = f"{runs[seen[pid]].path} and {runs[i].path}"
+                    raise RunDirError(
+                        f"point {pid} was run in {where} with different results"
+                    )
+                duplicated.append(pid)
+                continue
+            seen[pid] = i
+            keep.append(rows)
+    missing = sorted(set(full["point_id"]) - set(seen))
+    if missing:
+        raise RunDirError(
+            f"{len(missing)} of {len(full)} grid points are in none of the shards "
+            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
+        )
+    dest = RunDir(out)
+    with dest.lock():
+        dest.claim(spec)
+        merged = pd.concat(keep, ignore_index=True)
+        dest.write_metrics(merged.sort_values(["step", "point_id"], ignore_index=True))
+        meta = dict(metas[0])
+        meta.update(
+            grid_size=len(full),
+            shard=None,
+            merged_from=[str(r.path) for r in runs],
+            points={k: v for m in metas for k, v in m.get("points", {}).items()},
+            wall_times={
+                "compile_s": max(m["wall_times"]["compile_s"] or 0 for m in metas),
+                "train_s": sum(m["wall_times"]["train_s"] for m in metas),
+            },
+            status="complete",
+        )
+        dest.write_meta(meta)
+    return {"points": len(seen), "duplicated": sorted(set(duplicated))}
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Equal up to float32 drift: shards batch points differently."""
+    try:
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-6)
+    except AssertionError:
+        return False
+    return True
 
 
 def metrics_frame(
