@@ -213,6 +213,34 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from phasevae.store import RunDir, RunDirError
+
+    run = RunDir(args.run_dir)
+    if not run.spec_file.exists():
+        raise RunDirError(f"{run.path} is not a phasevae run (no spec.toml)")
+    meta = run.meta()
+    steps, done = run.spec().train.steps, meta.get("steps_done", 0)
+    points = meta.get("points", {})
+    diverged = sum(1 for s in points.values() if s == "diverged")
+    size = meta.get("grid_size", len(points))
+    finished = size if meta.get("status") == "complete" else 0
+    print(f"run directory: {run.path} ({meta.get('status', 'not started')})")
+    if meta.get("shard"):
+        print(f"shard {meta['shard'][0]}/{meta['shard'][1]} of the grid")
+    print(
+        f"grid points: {size}; done {finished}, pending {size - finished}, "
+        f"diverged {diverged}; steps {done} of {steps} (all points advance together)"
+    )
+    if run.checkpoint_file.exists():
+        age = time.time() - run.checkpoint_file.stat().st_mtime
+        print(f"last checkpoint: step {done}, {age:.0f} s ago")
+    train_s = meta.get("wall_times", {}).get("train_s") or 0.0
+    if 0 < done < steps and train_s > 0:
+        print(f"ETA: {train_s / done * (steps - done):.0f} s of training left")
+    return 0
+
+
 def _fmt_s(seconds: float | None) -> str:
     return "n/a (already done)" if seconds is None else f"{seconds:.1f} s"
 
@@ -249,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train only shard I of N of the grid (by point id), e.g. for array jobs",
     )
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="progress of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("merge", help="combine the run directories of a sharded sweep")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

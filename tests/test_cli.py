@@ -211,3 +211,14 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     assert proc.returncode == 2
     assert "in use by another phasevae process" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_status_reports_progress(tmp_path, capsys, tiny_spec):
+    from phasevae.sweep import run_sweep
+
+    run_sweep(tiny_spec(), tmp_path / "run")
+    assert main(["status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "(complete)" in out and "done 4, pending 0, diverged 0" in out
+    assert "steps 20 of 20" in out
+    assert main(["status", str(tmp_path / "nope")]) == 2
