@@ -213,6 +213,37 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from phasevae import bench
+
+    models = args.models or [1, 8, 64, 256]
+    if any(m < 1 for m in models):
+        raise BadInput("--models: every model count must be >= 1")
+    results = bench.run(models)
+    if args.json:
+        print(json.dumps(bench.as_dicts(results), indent=1))
+        return 0
+    peak = results[0].matmul_peak_flops_per_s
+    print(f"device: {results[0].device}; {bench.flops_per_model_step():.3g} FLOP/step")
+    print(f"matmul peak (float32, 2048^3 product): {peak:.3g} FLOP/s")
+    rows = [
+        f"{r.models:>6} {r.model_steps_per_s:>14.4g} {r.flops_per_s:>12.3g} "
+        f"{100 * r.fraction_of_peak:>7.1f} % {r.compile_s:>9.2f} "
+        f"{r.state_bytes_per_model:>12,} {r.speedup_over_baseline:>9.1f}x"
+        for r in results
+    ]
+    print(
+        f"{'models':>6} {'model-steps/s':>14} {'FLOP/s':>12} {'of peak':>9} "
+        f"{'compile s':>9} {'state B/model':>12} {'vs loop':>10}"
+    )
+    print("\n".join(rows))
+    print(
+        f"baseline (Python loop over models, jitted step): "
+        f"{results[0].baseline_model_steps_per_s:.4g} model-steps/s"
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from phasevae.store import RunDir, RunDirError
 
@@ -277,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train only shard I of N of the grid (by point id), e.g. for array jobs",
     )
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("bench", help="training throughput against the hardware")
+    p.add_argument(
+        "--models", type=int, nargs="+", help="model counts M (default 1 8 64 256)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON, one object per M")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("status", help="progress of a run directory")
     p.add_argument("run_dir")

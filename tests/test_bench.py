@@ -1,0 +1,30 @@
+import json
+
+from phasevae import bench
+from phasevae.cli import main
+
+
+def test_flop_count_of_the_paper_architecture():
+    # encoder 8-256-128-4, decoder 2-128-256-8, by hand
+    macs = 8 * 256 + 256 * 128 + 128 * 4 + 2 * 128 + 128 * 256 + 256 * 8
+    params = macs + (256 + 128 + 4) + (128 + 256 + 8)
+    assert bench.flops_per_model_step() == 3 * 2 * 256 * macs + 12 * params
+
+
+def test_bench_json_interface(capsys):
+    assert main(["bench", "--models", "2", "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    for key in (
+        "models",
+        "model_steps_per_s",
+        "flops_per_s",
+        "matmul_peak_flops_per_s",
+        "fraction_of_peak",
+        "compile_s",
+        "baseline_model_steps_per_s",
+    ):
+        assert key in r
+    assert r["models"] == 2 and r["model_steps_per_s"] > 0 and r["compile_s"] > 0
+    assert r["flops_per_s"] == r["model_steps_per_s"] * bench.flops_per_model_step()
+    assert 0 < r["fraction_of_peak"] == r["flops_per_s"] / r["matmul_peak_flops_per_s"]
+    assert main(["bench", "--models", "0"]) == 2
