@@ -47,6 +47,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     name = Path(args.spec).stem if args.spec else "default"
     out = Path(args.out) if args.out else Path("runs") / name
     t0 = time.perf_counter()
+    if args.dry_run:
+        plan = run_sweep(spec, out, shard=_shard(args.shard), dry_run=True)
+        need, have = plan["bytes_per_device"], plan["device_memory"]
+        print(
+            f"grid: {plan['grid_size']} points in {plan['static_groups']} static "
+            f"group(s), on {plan['devices']} device(s) "
+            f"(padded to {plan['padded_size']})"
+        )
+        if need is not None:
+            avail = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
+            print(f"memory per device: {need / 2**30:.3f} GiB (available: {avail})")
+        print(
+            f"compile {plan['compile_s']:.1f} s; one chunk ({spec.train.eval_every} "
+            f"steps) took {plan['chunk_s']:.2f} s, so training should take about "
+            f"{plan['estimated_train_s']:.0f} s. Nothing was written."
+        )
+        return 0
     try:
         result = run_sweep(
             spec, out, ProgressBar(), args.checkpoint_every, _shard(args.shard)
@@ -306,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard",
         metavar="I/N",
         help="train only shard I of N of the grid (by point id), e.g. for array jobs",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print grid size, memory per device and a timed estimate; train nothing",
     )
     p.set_defaults(func=cmd_sweep)
 

@@ -274,7 +274,7 @@ def _check_memory(values: int, path: Path) -> None:
     """Refuse data whose float32 copies (raw, converted, normalised) would not fit in
     MEMORY_FRACTION of the available RAM: better a message than swapping."""
     need = 3 * 4 * values
-    avail = _available_memory()
+    avail = available_memory()
     if avail is not None and need > MEMORY_FRACTION * avail:
         raise DataError(
             f"{path}: {values:,} values need about {need / 2**30:.1f} GiB as float32 "
@@ -283,7 +283,7 @@ def _check_memory(values: int, path: Path) -> None:
         )
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import platform
 import signal
 import subprocess
@@ -31,7 +32,8 @@ from jax.sharding import PartitionSpec as P
 
 from phasevae import theory
 from phasevae.analysis import ACTIVE_KL
-from phasevae.data import DataError, Dataset, load_dataset
+from phasevae.data import DataError, Dataset, available_memory, load_dataset
+from phasevae.errors import BadInput
 from phasevae.spec import Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 from phasevae.train import Metrics, Point, Static, Trainer
@@ -149,7 +151,8 @@ def run_sweep(
     progress: ProgressFn | None = None,
     checkpoint_seconds: float | None = None,
     shard: tuple[int, int] | None = None,
-) -> SweepResult:
+    dry_run: bool = False,
+) -> SweepResult | dict:
     """Train the whole grid of ``spec`` into run directory ``out`` (or continue it).
 
     Holds a lock on ``out`` while it runs. On SIGTERM it finishes the current chunk,
@@ -160,10 +163,13 @@ def run_sweep(
         0 checkpoints after every chunk.
       shard: (i, n) trains only shard i of n (:func:`select_shard`), for array jobs
         whose run directories ``phasevae merge`` combines.
+      dry_run: compile, time one chunk and return the plan (:meth:`_Program.plan`)
+        without writing anything.
 
     Raises:
-      BadInput (SpecError, DataError, RunDirError): before anything is written to
-        ``out`` when the spec or the data is bad, or when ``out`` is in use.
+      BadInput (SpecError, DataError, RunDirError, TooLarge): before anything is
+        written to ``out`` when the spec or the data is bad, when the sweep would not
+        fit in device memory, or when ``out`` is in use.
     """
     data = load_dataset(spec.data)
     if spec.model.latent_dim > data.x.shape[1]:
@@ -177,6 +183,9 @@ def run_sweep(
     run = RunDir(out)
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
+    program = _Program(spec, data, grid)
+    if dry_run:
+        return program.plan(spec)
     with run.lock(), _sigterm_flag() as stop:
         run.claim(spec)
         old = run.meta().get("shard")
@@ -185,7 +194,9 @@ def run_sweep(
                 f"{run.path} holds shard {old} of this spec, not {shard}; "
                 "choose another --out"
             )
-        return _train(spec, data, grid, run, progress, checkpoint_seconds, stop, shard)
+        return _train(
+            program, spec, data, run, progress, checkpoint_seconds, stop, shard
+        )
 
 
 @contextlib.contextmanager
@@ -202,22 +213,93 @@ def _sigterm_flag():
         signal.signal(signal.SIGTERM, old)
 
 
-def _train(
-    spec, data, grid, run, progress, checkpoint_seconds, stop, shard
-) -> SweepResult:
-    n = len(grid)
-    place = Placement.local(n)
-    trainer = Trainer(static_config(spec, data.x.shape[1]), place.shard)
-    points = place.models(
-        Point(
-            sigma2=grid["sigma2"].to_numpy(np.float32),
-            beta=grid["beta"].to_numpy(np.float32),
-            learning_rate=grid["learning_rate"].to_numpy(np.float32),
-            seed=grid["seed"].to_numpy(np.uint32),
+class TooLarge(BadInput):
+    """A sweep whose compiled program needs more memory than a device has."""
+
+
+class _Program:
+    """The compiled chunk program of a sweep, its inputs placed on the devices, and
+    its memory checked against the devices' before anything runs."""
+
+    def __init__(self, spec: Spec, data: Dataset, grid: pd.DataFrame):
+        self.grid, self.n = grid, len(grid)
+        self.place = Placement.local(self.n)
+        self.trainer = Trainer(static_config(spec, data.x.shape[1]), self.place.shard)
+        self.points = self.place.models(
+            Point(
+                sigma2=grid["sigma2"].to_numpy(np.float32),
+                beta=grid["beta"].to_numpy(np.float32),
+                learning_rate=grid["learning_rate"].to_numpy(np.float32),
+                seed=grid["seed"].to_numpy(np.uint32),
+            )
         )
-    )
-    x, eval_x = place.replicated(data.x), place.replicated(data.eval_x)
-    state = trainer.init(points)
+        self.x = self.place.replicated(data.x)
+        self.eval_x = self.place.replicated(data.eval_x)
+        self.state = self.trainer.init(self.points)
+        t0 = time.perf_counter()
+        self.compiled = self.trainer.chunk.lower(
+            self.state, self.points, self.x, self.eval_x, np.int32(0)
+        ).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.bytes_per_device = _bytes_needed(self.compiled)
+        limit = _device_memory()
+        if self.bytes_per_device and limit and self.bytes_per_device > 0.9 * limit:
+            parts = math.ceil(self.bytes_per_device / (0.9 * limit))
+            raise TooLarge(
+                f"the sweep needs about {self.bytes_per_device / 2**30:.2f} GiB per "
+                f"device for {self.n} models, more than the {limit / 2**30:.2f} GiB "
+                f"available; split it into at least {parts} shards (--shard I/{parts}) "
+                "or shrink eval_samples / batch_size"
+            )
+
+    def run(self, state, start: int):
+        return self.compiled(state, self.points, self.x, self.eval_x, np.int32(start))
+
+    def plan(self, spec: Spec) -> dict:
+        """Grid size, groups, memory per device and a timed one-chunk probe."""
+        t0 = time.perf_counter()
+        jax.block_until_ready(self.run(self.state, 0))
+        chunk_s = time.perf_counter() - t0
+        chunks = spec.train.steps // spec.train.eval_every
+        return {
+            "grid_size": self.n,
+            "static_groups": 1,
+            "devices": len(jax.local_devices()),
+            "padded_size": self.place.size,
+            "bytes_per_device": self.bytes_per_device,
+            "device_memory": _device_memory(),
+            "compile_s": self.compile_s,
+            "chunk_s": chunk_s,
+            "estimated_train_s": chunk_s * chunks,
+        }
+
+
+def _bytes_needed(compiled) -> int | None:
+    """Bytes one device holds while the chunk runs (arguments, outputs, temporaries;
+    donated buffers counted once), from XLA's memory analysis."""
+    try:
+        m = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        return None
+    if m is None:
+        return None
+    size = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    return int(size - m.alias_size_in_bytes)
+
+
+def _device_memory() -> int | None:
+    """Memory of one device: its allocator's limit, or on the CPU the free RAM."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return available_memory()
+
+
+def _train(
+    program, spec, data, run, progress, checkpoint_seconds, stop, shard
+) -> SweepResult:
+    grid, n, place, trainer = program.grid, program.n, program.place, program.trainer
+    state = program.state
     treedef = jax.tree.structure(state)
     every, total = spec.train.eval_every, spec.train.steps
     done, frames = 0, []
@@ -236,17 +318,14 @@ def _train(
     if done == total:
         return _result(run, frames, meta)
 
-    t0 = time.perf_counter()
-    start = np.int32(0)
-    compiled = trainer.chunk.lower(state, points, x, eval_x, start).compile()
-    meta["wall_times"]["compile_s"] = time.perf_counter() - t0
+    meta["wall_times"]["compile_s"] = program.compile_s
     meta["status"] = "running"
 
     trained_before = meta["wall_times"]["train_s"]
     t_train, last_save = time.perf_counter(), time.perf_counter()
     n_chunks = total // every
     for c in range(done // every, n_chunks):
-        state, metrics = compiled(state, points, x, eval_x, np.int32(c * every))
+        state, metrics = program.run(state, c * every)
         done = (c + 1) * every
         diverged = np.asarray(state.diverged)[:n]
         metrics = jax.tree.map(lambda a: np.asarray(a)[:n], metrics)

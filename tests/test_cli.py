@@ -222,3 +222,25 @@ def test_status_reports_progress(tmp_path, capsys, tiny_spec):
     assert "(complete)" in out and "done 4, pending 0, diverged 0" in out
     assert "steps 20 of 20" in out
     assert main(["status", str(tmp_path / "nope")]) == 2
+
+
+def test_dry_run_plans_without_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(["sweep", str(write_spec(tmp_path)), "--out", str(out), "--dry-run"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "grid: 4 points in 1 static group(s)" in text
+    assert "memory per device" in text and "Nothing was written" in text
+    assert not out.exists()
+
+
+def test_a_sweep_too_large_for_the_device_is_refused_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(sweep_mod, "_device_memory", lambda: 1000)  # bytes
+    out = tmp_path / "run"
+    assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "GiB per device" in err and "--shard I/" in err
+    assert not out.exists()

@@ -162,10 +162,10 @@ def test_data_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch
     import phasevae.data as data
 
     np.save(tmp_path / "big.npy", np.zeros((1000, 100), np.float32))
-    monkeypatch.setattr(data, "_available_memory", lambda: 2 * 3 * 4 * 1000 * 100 - 1)
+    monkeypatch.setattr(data, "available_memory", lambda: 2 * 3 * 4 * 1000 * 100 - 1)
     with pytest.raises(DataError, match="free memory; subsample"):
         load_dataset(DataSpec(source="array", path=str(tmp_path / "big.npy")))
-    monkeypatch.setattr(data, "_available_memory", lambda: 2 * 3 * 4 * 1000 * 100 + 8)
+    monkeypatch.setattr(data, "available_memory", lambda: 2 * 3 * 4 * 1000 * 100 + 8)
     assert load_dataset(
         DataSpec(source="array", path=str(tmp_path / "big.npy"))
     ).x.shape == (1000, 100)
