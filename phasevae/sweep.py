@@ -183,6 +183,8 @@ def run_sweep(
     run = RunDir(out)
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
+    if not dry_run and _finished(run, spec, shard):
+        return _result(run, [run.metrics()], run.meta())
     program = _Program(spec, data, grid)
     if dry_run:
         return program.plan(spec)
@@ -211,6 +213,14 @@ def _sigterm_flag():
         yield stop
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _finished(run: RunDir, spec: Spec, shard) -> bool:
+    """A complete run of this very spec and shard: nothing to compile or train."""
+    if not run.spec_file.exists() or run.meta().get("status") != "complete":
+        return False
+    same_shard = run.meta().get("shard") == (list(shard) if shard else None)
+    return same_shard and run.spec() == spec
 
 
 class TooLarge(BadInput):
