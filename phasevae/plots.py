@@ -59,8 +59,11 @@ class RunData:
 
     @property
     def title(self) -> str:
+        return self.wrapped_title(70)
+
+    def wrapped_title(self, width: int) -> str:
         text = f"{self.name}: {self.meta['spectrum']['description']}"
-        return "\n".join(textwrap.wrap(text, 70))
+        return "\n".join(textwrap.wrap(text, width))
 
     @property
     def k(self) -> int:
@@ -202,11 +205,11 @@ def kl_figure(rd: RunData) -> Figure:
     fig.legend(
         *axs[0, 0].get_legend_handles_labels(),
         loc="outside lower center",
-        ncol=3,
+        ncol=2 if len(ts) == 1 else 3,
         fontsize=7,
         frameon=False,
     )
-    fig.suptitle(rd.title, fontsize=9)
+    fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
     return fig
 
 
