@@ -493,7 +493,7 @@ def plot_run(
         fig = make()
         path = out / f"{name}.{fmt}"
         tmp = path.with_name(f".{path.name}.tmp.{fmt}")
-        fig.savefig(tmp, dpi=200)
+        fig.savefig(tmp, dpi=150)
         plt.close(fig)
         tmp.replace(path)
         paths.append(path)
