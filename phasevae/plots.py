@@ -263,7 +263,7 @@ def variance_figure(rd: RunData) -> Figure:
         ax.set_ylabel(r"mean encoder variance $s_j^2$")
         ax.set_title(_label(t, rd.group_axes()), fontsize=9)
     axs[0, 0].legend(fontsize=7, frameon=False, title="by KL rank", title_fontsize=7)
-    fig.suptitle(rd.title, fontsize=9)
+    fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
     return fig
 
 
@@ -394,7 +394,7 @@ def scaling_figure(rd: RunData) -> Figure:
     ax.set_xlabel(r"$\theta = \beta\sigma^2$")
     ax.set_ylabel("KL (nats)")
     ax.legend(fontsize=7, frameon=False, loc="upper right")
-    ax.set_title(rd.title, fontsize=7)
+    ax.set_title(rd.wrapped_title(55), fontsize=7)
     return fig
 
 
