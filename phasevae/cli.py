@@ -44,6 +44,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from phasevae.sweep import Preempted, run_sweep, summary_table
 
     spec = load_spec(args.spec, args.set)
+    primary = _init_distributed(args)
     name = Path(args.spec).stem if args.spec else "default"
     out = Path(args.out) if args.out else Path("runs") / name
     t0 = time.perf_counter()
@@ -71,6 +72,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM, as if the signal had ended the process
+    if not primary:
+        return 2 if result.diverged else 0
     meta, spectrum = result.meta, result.meta["spectrum"]
     wall = meta["wall_times"]
     print(f"run directory: {out}")
@@ -207,6 +210,29 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_distributed(args: argparse.Namespace) -> bool:
+    """Join a multi-process JAX job if asked to; True for the process that writes."""
+    if args.num_processes is None and not args.distributed:
+        return True
+    import jax
+
+    # CPU processes talk through gloo; accelerators use their own collectives
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.num_processes is None:  # auto-detect (TPU pods, SLURM, ...)
+        jax.distributed.initialize()
+    else:
+        if args.coordinator is None or args.process_id is None:
+            raise BadInput("--num-processes needs --coordinator and --process-id too")
+        if not 0 <= args.process_id < args.num_processes:
+            raise BadInput("--process-id must be in 0 .. --num-processes - 1")
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    return jax.process_index() == 0
+
+
 def _shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -324,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="I/N",
         help="train only shard I of N of the grid (by point id), e.g. for array jobs",
     )
+    g = p.add_argument_group("multi-process JAX (TPU pods, multi-GPU hosts)")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process job, its settings detected (TPU, SLURM, ...)",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", type=int, metavar="N")
+    g.add_argument("--process-id", type=int, metavar="I")
     p.add_argument(
         "--dry-run",
         action="store_true",

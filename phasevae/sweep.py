@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,17 +48,18 @@ ProgressFn = Callable[[int, int, float], None]
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the models axis lives: sharded over every local device, the grid padded
-    to a multiple of the device count (copies of the last point, dropped from all
-    results); data and evaluation set replicated."""
+    """Where the models axis lives: sharded over every device of every process, the
+    grid padded to a multiple of the device count (copies of the last point, dropped
+    from all results); data and evaluation set replicated. Every process builds the
+    same arrays from the same host data and keeps the pieces its devices hold."""
 
     size: int  # padded number of models
     shard: NamedSharding
     replicate: NamedSharding
 
     @staticmethod
-    def local(n: int) -> Placement:
-        devices = jax.local_devices()
+    def create(n: int) -> Placement:
+        devices = jax.devices()
         mesh = Mesh(np.array(devices), ("models",))
         size = -(-n // len(devices)) * len(devices)
         return Placement(
@@ -70,12 +72,30 @@ class Placement:
         def put(a):
             a = np.asarray(a)
             pad = [(0, self.size - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
-            return jax.device_put(np.pad(a, pad, mode="edge"), self.shard)
+            a = np.pad(a, pad, mode="edge")
+            return jax.make_array_from_callback(a.shape, self.shard, lambda i: a[i])
 
         return jax.tree.map(put, tree)
 
-    def replicated(self, a):
-        return jax.device_put(a, self.replicate)
+    def replicated(self, a: np.ndarray):
+        return jax.make_array_from_callback(a.shape, self.replicate, lambda i: a[i])
+
+
+def to_host(tree):
+    """Every leaf as a whole numpy array, on every process (a collective when there
+    are several processes: all must call it, in the same order)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    return jax.tree.map(
+        lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), tree
+    )
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if it is true on any (a collective, like to_host)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
 @dataclass
@@ -188,14 +208,22 @@ def run_sweep(
     program = _Program(spec, data, grid)
     if dry_run:
         return program.plan(spec)
-    with run.lock(), _sigterm_flag() as stop:
-        run.claim(spec)
-        old = run.meta().get("shard")
-        if run.meta() and old != (list(shard) if shard else None):
-            raise RunDirError(
-                f"{run.path} holds shard {old} of this spec, not {shard}; "
-                "choose another --out"
-            )
+    primary = jax.process_index() == 0  # the one process that writes
+    with run.lock() if primary else contextlib.nullcontext(), _sigterm_flag() as stop:
+        error = None
+        if primary:
+            try:
+                run.claim(spec)
+                old = run.meta().get("shard")
+                if run.meta() and old != (list(shard) if shard else None):
+                    raise RunDirError(
+                        f"{run.path} holds shard {old} of this spec, not {shard}; "
+                        "choose another --out"
+                    )
+            except BadInput as e:
+                error = e
+        if any_process(error is not None):  # the others must not train alone
+            raise error or RunDirError(f"process 0 refused {run.path}; see its message")
         return _train(
             program, spec, data, run, progress, checkpoint_seconds, stop, shard
         )
@@ -233,7 +261,7 @@ class _Program:
 
     def __init__(self, spec: Spec, data: Dataset, grid: pd.DataFrame):
         self.grid, self.n = grid, len(grid)
-        self.place = Placement.local(self.n)
+        self.place = Placement.create(self.n)
         self.trainer = Trainer(static_config(spec, data.x.shape[1]), self.place.shard)
         self.points = self.place.models(
             Point(
@@ -274,7 +302,7 @@ class _Program:
         return {
             "grid_size": self.n,
             "static_groups": 1,
-            "devices": len(jax.local_devices()),
+            "devices": len(jax.devices()),
             "padded_size": self.place.size,
             "bytes_per_device": self.bytes_per_device,
             "device_memory": _device_memory(),
@@ -337,22 +365,24 @@ def _train(
     for c in range(done // every, n_chunks):
         state, metrics = program.run(state, c * every)
         done = (c + 1) * every
-        diverged = np.asarray(state.diverged)[:n]
-        metrics = jax.tree.map(lambda a: np.asarray(a)[:n], metrics)
+        diverged, metrics = to_host((state.diverged, metrics))
+        diverged, metrics = diverged[:n], jax.tree.map(lambda a: a[:n], metrics)
         frames.append(metrics_frame(grid, metrics, diverged, done, data))
         elapsed = time.perf_counter() - t_train
-        due = time.perf_counter() - last_save >= checkpoint_seconds
-        if done == total or due or stop.is_set():
+        stopping = any_process(stop.is_set())
+        due = any_process(time.perf_counter() - last_save >= checkpoint_seconds)
+        if done == total or due or stopping:
             meta["wall_times"]["train_s"] = trained_before + elapsed
             meta["compiles"] = trainer.traces  # traces of the chunk program: 1
             _save(run, frames, state, done, grid, meta, diverged)
             last_save = time.perf_counter()
-        if progress is not None:
+        if progress is not None and jax.process_index() == 0:
             progress(c + 1, n_chunks, elapsed)
-        if stop.is_set() and done < total:
+        if stopping and done < total:
             raise Preempted(run, done)
     meta["status"] = "complete"
-    run.write_meta(meta)
+    if jax.process_index() == 0:
+        run.write_meta(meta)
     return _result(run, frames, meta)
 
 
@@ -485,15 +515,19 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
 
 
 def _save(run, frames, state, done, grid, meta, diverged) -> None:
-    run.write_metrics(pd.concat(frames, ignore_index=True))
+    """Metrics, then the checkpoint they belong to, then meta; written by process 0
+    (every process takes part in gathering the state)."""
     n = len(grid)
-    leaves = [np.asarray(a)[:n] for a in jax.tree.leaves(state)]  # padding dropped
-    run.save_checkpoint(leaves, done, list(grid["point_id"]))
+    leaves = [a[:n] for a in to_host(jax.tree.leaves(state))]  # padding dropped
     meta["steps_done"] = done
     meta["points"] = {
         pid: ("diverged" if d else "ok")
         for pid, d in zip(grid["point_id"], diverged, strict=True)
     }
+    if jax.process_index() != 0:
+        return
+    run.write_metrics(pd.concat(frames, ignore_index=True))
+    run.save_checkpoint(leaves, done, list(grid["point_id"]))
     run.write_meta(meta)
 
 
@@ -516,7 +550,8 @@ def _base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict
         "spec": spec_to_dict(spec),
         "versions": versions,
         "git_revision": _git_revision(),
-        "devices": [str(d) for d in jax.local_devices()],
+        "devices": [str(d) for d in jax.devices()],
+        "processes": jax.process_count(),
         "platform": jax.default_backend(),
         "spectrum": data.spectrum(),
         "grid_size": len(grid),

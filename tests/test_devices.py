@@ -1,5 +1,6 @@
 """The models axis sharded over several (simulated CPU) devices."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,3 +36,41 @@ def test_four_devices_give_the_metrics_of_one(tmp_path, tiny_spec):
     a = one.sort_values(key).reset_index(drop=True)
     b = four.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_spec):
+    """Multi-process JAX on the CPU: gloo collectives on a free loopback port."""
+    import socket
+
+    import tomli_w
+
+    from tests.conftest import tiny_dict
+
+    spec = tmp_path / "s.toml"
+    spec.write_text(tomli_w.dumps(tiny_dict(grid=GRID)))
+    one = run_sweep(tiny_spec(grid=GRID), tmp_path / "one").metrics
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    base = [sys.executable, "-m", "phasevae.cli", "sweep", str(spec), "--out", str(out)]
+    base += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen(
+            [*base, "--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (1, 0)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    two = pd.read_parquet(out / "metrics.parquet")
+    key = ["point_id", "step"]
+    a = one.sort_values(key).reset_index(drop=True)
+    b = two.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["processes"] == 2 and len(meta["devices"]) == 2
