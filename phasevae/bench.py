@@ -168,5 +168,32 @@ def run(models: list[int], baseline_models: int = 4) -> list[BenchResult]:
     return out
 
 
+def checkpoint_time(models: int, directory) -> dict:
+    """Seconds to write and to read back the full training state of ``models``
+    models of the bench architecture, through the run directory's atomic
+    checkpoint (gathered to the host, one .npz, fsync, rename)."""
+    from phasevae.store import RunDir
+
+    trainer, points, _, _ = _setup(models)
+    state = jax.block_until_ready(trainer.init(points))
+    run = RunDir(directory)
+    ids = [str(i) for i in range(models)]
+    t0 = time.perf_counter()
+    leaves = [np.asarray(a) for a in jax.tree.leaves(state)]
+    run.save_checkpoint(leaves, 0, ids)
+    save_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loaded, _, _ = run.load_checkpoint()
+    restored = jax.tree.unflatten(jax.tree.structure(state), loaded)
+    jax.block_until_ready(jax.device_put(restored))
+    load_s = time.perf_counter() - t0
+    return {
+        "models": models,
+        "bytes": int(run.checkpoint_file.stat().st_size),
+        "save_s": save_s,
+        "restore_s": load_s,
+    }
+
+
 def as_dicts(results: list[BenchResult]) -> list[dict]:
     return [asdict(r) for r in results]

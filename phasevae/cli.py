@@ -262,6 +262,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = args.models or [1, 8, 64, 256]
     if any(m < 1 for m in models):
         raise BadInput("--models: every model count must be >= 1")
+    if args.checkpoint:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            r = bench.checkpoint_time(models[-1], tmp)
+        if args.json:
+            print(json.dumps(r, indent=1))
+        else:
+            print(
+                f"checkpoint of {r['models']} models ({r['bytes'] / 2**20:.0f} MiB): "
+                f"save {r['save_s']:.2f} s, restore {r['restore_s']:.2f} s"
+            )
+        return 0
     results = bench.run(models)
     if args.json:
         print(json.dumps(bench.as_dicts(results), indent=1))
@@ -371,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", type=int, nargs="+", help="model counts M (default 1 8 64 256)"
     )
     p.add_argument("--json", action="store_true", help="print JSON, one object per M")
+    p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="time saving and restoring the state of the last --models M instead",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("status", help="progress of a run directory")

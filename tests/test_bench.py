@@ -28,3 +28,11 @@ def test_bench_json_interface(capsys):
     assert r["flops_per_s"] == r["model_steps_per_s"] * bench.flops_per_model_step()
     assert 0 < r["fraction_of_peak"] == r["flops_per_s"] / r["matmul_peak_flops_per_s"]
     assert main(["bench", "--models", "0"]) == 2
+
+
+def test_checkpoint_timing_interface(capsys):
+    assert main(["bench", "--models", "3", "--checkpoint", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["models"] == 3 and r["save_s"] > 0 and r["restore_s"] > 0
+    # three models' parameters and Adam moments: 3 x 71,180 float32 each, plus small
+    assert r["bytes"] > 3 * 3 * 71180 * 4
