@@ -1,10 +1,13 @@
 """Grid expansion and the chunk loop: spec + data -> run directory.
 
 The grid (Cartesian product of the traced axes) becomes the models axis of one
-:class:`~phasevae.train.Trainer`. Training runs in chunks of ``eval_every`` steps; after
-each chunk the metrics come back to the host (the only sync point), and every
-``CHECKPOINT_SECONDS`` (and at the end) metrics, checkpoint and meta are written
-atomically. Rerunning on the same directory resumes from the last checkpoint.
+:class:`~phasevae.train.Trainer`, sharded over every device of every process
+(:class:`Placement`). Training runs in chunks of ``eval_every`` steps; after each chunk
+the metrics come back to the host (the only sync point), and every
+``CHECKPOINT_SECONDS`` (and at the end, and on SIGTERM) metrics, checkpoint and meta are
+written atomically by process 0, which holds the run directory's lock. Rerunning on
+the same directory resumes from the last checkpoint. ``--shard I/N`` trains a share of
+the grid; :func:`merge_runs` puts the shares back together.
 """
 
 from __future__ import annotations
