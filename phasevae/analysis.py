@@ -32,7 +32,14 @@ from phasevae.store import RunDir, RunDirError, atomic_write_text
 MIN_INCREMENT = 0.25  # nats per unit ln sigma^2: halfway between no dim and one (1/2)
 LEVEL = 0.95
 ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
-TRACED_AXES = ("sigma2", "beta", "learning_rate", "seed")
+TRACED_AXES = (
+    "sigma2",
+    "beta",
+    "learning_rate",
+    "seed",
+    "kl_warmup_steps",
+    "decoder_init_scale",
+)
 
 
 @dataclass(frozen=True)

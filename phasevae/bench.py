@@ -84,6 +84,8 @@ def _setup(m: int):
         jnp.ones(m, jnp.float32),
         jnp.full(m, 1e-3, jnp.float32),
         jnp.arange(m, dtype=jnp.uint32),
+        jnp.zeros(m, jnp.float32),
+        jnp.ones(m, jnp.float32),
     )
     x = jnp.asarray(synthetic([8.0, 2.0, 0.5, 0.1, 0.05, 0.04, 0.02, 0.01], 20000, 0))
     return trainer, points, x, x[:EVAL]

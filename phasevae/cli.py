@@ -135,6 +135,8 @@ def _transition_table(result: dict) -> str:
     rows = []
     for t in result["transitions"]:
         axes = {k: t[k] for k in ("beta", "learning_rate") if k in t}
+        later = {"kl_warmup_steps": 0.0, "decoder_init_scale": 1.0}
+        axes.update({k: t[k] for k, d in later.items() if t.get(k, d) != d})
         ci = t["ci"] or [float("nan")] * 2
         rows.append(
             {

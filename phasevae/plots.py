@@ -136,6 +136,8 @@ _AXIS_LABEL = {
     "beta": r"$\beta$",
     "learning_rate": "learning rate",
     "seed": "seed",
+    "kl_warmup_steps": "KL warm-up steps",
+    "decoder_init_scale": "decoder init scale",
 }
 
 

@@ -105,13 +105,17 @@ class TrainSpec:
 class GridSpec:
     """The traced axes; the grid is their Cartesian product.
 
-    ``learning_rate`` absent means ``[train.learning_rate]``.
+    ``learning_rate`` absent means ``[train.learning_rate]``. ``kl_warmup_steps``: beta
+    ramps linearly from 0 to its value over that many steps (0: no warm-up).
+    ``decoder_init_scale``: the decoder's last layer starts scaled by it.
     """
 
     sigma2: Axis = Range(0.05, 50.0, 16, "log")
     beta: Axis = (1.0,)
     seeds: tuple[int, ...] = (0,)
     learning_rate: Axis | None = None
+    kl_warmup_steps: Axis = (0.0,)
+    decoder_init_scale: Axis = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ class Spec:
                 (self.train.learning_rate,) if lr is None else axis_values(lr)
             ),
             "seed": tuple(float(s) for s in self.grid.seeds),
+            "kl_warmup_steps": axis_values(self.grid.kl_warmup_steps),
+            "decoder_init_scale": axis_values(self.grid.decoder_init_scale),
         }
 
 
@@ -163,6 +169,8 @@ _BOUNDS = {
     ("grid", "beta"): (0.0, True),
     ("grid", "learning_rate"): (0.0, False),
     ("grid", "seeds"): (0, True),
+    ("grid", "kl_warmup_steps"): (0.0, True),
+    ("grid", "decoder_init_scale"): (0.0, True),
 }
 
 

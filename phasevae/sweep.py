@@ -109,9 +109,15 @@ class SweepResult:
     diverged: list[str]  # point ids flagged diverged
 
 
+# axes added after the first runs: hashed only when off their default, so that the ids
+# of points that do not use them (and the runs that hold those points) stay the same
+LATER_AXES = {"kl_warmup_steps": 0.0, "decoder_init_scale": 1.0}
+
+
 def point_id(values: dict) -> str:
     """Stable 12-hex-digit id of a grid point from its axis values."""
-    canonical = json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
+    kept = {k: v for k, v in values.items() if LATER_AXES.get(k, object()) != v}
+    canonical = json.dumps({k: kept[k] for k in sorted(kept)}, sort_keys=True)
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
@@ -272,6 +278,8 @@ class _Program:
                 beta=grid["beta"].to_numpy(np.float32),
                 learning_rate=grid["learning_rate"].to_numpy(np.float32),
                 seed=grid["seed"].to_numpy(np.uint32),
+                kl_warmup_steps=grid["kl_warmup_steps"].to_numpy(np.float32),
+                decoder_init_scale=grid["decoder_init_scale"].to_numpy(np.float32),
             )
         )
         self.x = self.place.replicated(data.x)
@@ -498,8 +506,8 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
     """Per combination of non-sigma2 axes (seeds averaged): KL at the smallest and
     largest sigma^2 and the first sigma^2 where KL < KL_COLLAPSED, at the last step."""
     last = metrics[metrics["step"] == metrics["step"].max()]
-    keys = [
-        k for k in ("beta", "learning_rate") if last[k].nunique() > 1 or k == "beta"
+    keys = ["beta"] + [
+        k for k in ("learning_rate", *LATER_AXES) if k in last and last[k].nunique() > 1
     ]
     rows = []
     for key, g in last.groupby(keys):

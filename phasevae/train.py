@@ -34,6 +34,8 @@ class Point(NamedTuple):
     beta: Array  # float32, KL weight
     learning_rate: Array  # float32
     seed: Array  # uint32, the grid seed: chooses initialisation and noise
+    kl_warmup_steps: Array  # float32, beta ramps from 0 over this many steps (0: none)
+    decoder_init_scale: Array  # float32, scale of the decoder's last layer at init
 
 
 @struct.dataclass
@@ -73,6 +75,15 @@ class Static:
 
 
 _INIT, _NOISE, _EVAL, _BATCH = range(4)
+
+
+def warmup(point: Point, step: Array) -> Array:
+    """KL warm-up factor at ``step``: min(1, step / kl_warmup_steps), 1 without one.
+    Evaluation always uses the full beta: the metrics are of the final objective."""
+    ramp = step / jnp.maximum(point.kl_warmup_steps, 1.0)
+    return jnp.where(point.kl_warmup_steps > 0, jnp.minimum(ramp, 1.0), 1.0)
+
+
 MI_SAMPLES = 512  # the I(x; z) estimate costs n^2 per model: a subset of eval_x
 
 
@@ -114,13 +125,19 @@ class Trainer:
             jnp.zeros((s.data_dim,)),
             jnp.zeros((s.latent_dim,)),
         )
+        dec = params["params"]["dec"]
+        last = f"Dense_{len(s.decoder)}"
+        scaled = {**dec[last], "kernel": dec[last]["kernel"] * point.decoder_init_scale}
+        params = {"params": {**params["params"], "dec": {**dec, last: scaled}}}
         return TrainState(params, self.tx.init(params), jnp.zeros((), bool))
 
-    def _batch_loss(self, params, point: Point, xb: Array, eps: Array) -> Array:
+    def _batch_loss(
+        self, params, point: Point, xb: Array, eps: Array, step: Array
+    ) -> Array:
         terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
             self.model, params, xb, eps, point.sigma2
         )
-        return jnp.mean(objective(terms, point.beta))
+        return jnp.mean(objective(terms, point.beta * warmup(point, step)))
 
     def _batch_indices(self, key: Array, step: Array, n: int) -> Array:
         return jax.random.randint(
@@ -145,7 +162,9 @@ class Trainer:
         xb = data[idx]
         noise_key = jax.random.fold_in(self._point_key(point, _NOISE), step)
         eps = jax.random.normal(noise_key, (s.batch_size, s.latent_dim))
-        loss, grads = jax.value_and_grad(self._batch_loss)(state.params, point, xb, eps)
+        loss, grads = jax.value_and_grad(self._batch_loss)(
+            state.params, point, xb, eps, step
+        )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(
             lambda p, u: p - point.learning_rate * u, state.params, updates

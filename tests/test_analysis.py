@@ -238,3 +238,19 @@ def test_theory_command(tmp_path, capsys):
     assert p["beta"] == 2.0 and p["sigma2_c"] == pytest.approx(doc["lambda_max"] / 2)
     assert main(["theory", "sweeps/default.toml"]) == 0
     assert "lambda_max" in capsys.readouterr().out
+
+
+def test_every_non_sigma2_axis_names_its_transitions():
+    a = synthetic_metrics([1.0]).assign(kl_warmup_steps=0.0, decoder_init_scale=1.0)
+    b = synthetic_metrics([1.0], rng_seed=1).assign(
+        kl_warmup_steps=600.0, decoder_init_scale=1.0
+    )
+    b["point_id"] = b["point_id"] + "w"
+    doc = analysis.analyze(pd.concat([a, b]), {"eigenvalues": EV}, K)
+    got = [
+        (t["beta"], t["kl_warmup_steps"], t["decoder_init_scale"])
+        for t in doc["transitions"]
+    ]
+    assert got == [(1.0, 0.0, 1.0), (1.0, 600.0, 1.0)]
+    for t in doc["transitions"]:
+        assert t["sigma2_c"] == pytest.approx(EV[0], rel=0.01)

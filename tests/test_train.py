@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from phasevae.data import load_dataset
 from phasevae.sweep import grid_table, run_sweep, static_config
@@ -15,6 +16,8 @@ def make(spec):
         jnp.asarray(grid["beta"].to_numpy(), jnp.float32),
         jnp.asarray(grid["learning_rate"].to_numpy(), jnp.float32),
         jnp.asarray(grid["seed"].to_numpy(), jnp.uint32),
+        jnp.asarray(grid["kl_warmup_steps"].to_numpy(), jnp.float32),
+        jnp.asarray(grid["decoder_init_scale"].to_numpy(), jnp.float32),
     )
     return Trainer(static_config(spec, data.x.shape[1])), points, data
 
@@ -73,3 +76,56 @@ def test_a_diverging_model_is_flagged_and_does_not_disturb_the_others(
     assert np.isfinite(healthy[cols].to_numpy()).all()
     np.testing.assert_allclose(healthy[cols], alone[cols], rtol=1e-5, atol=1e-6)
     assert set(mixed.meta["points"].values()) == {"ok", "diverged"}
+
+
+def test_remedy_axes_reach_the_computation_in_one_compile(tiny_spec, tmp_path):
+    grid = {
+        "sigma2": [0.5, 8.0],
+        "beta": [1.0],
+        "kl_warmup_steps": [0.0, 15.0],
+        "decoder_init_scale": [1.0, 0.1],
+    }
+    result = run_sweep(tiny_spec(grid=grid), tmp_path / "remedies")
+    m = result.metrics
+    assert result.meta["grid_size"] == 8 and result.meta["compiles"] == 1
+    last = m[m["step"] == 20].set_index(
+        ["sigma2", "kl_warmup_steps", "decoder_init_scale"]
+    )
+    base = last.loc[(0.5, 0.0, 1.0), "loss"]
+    assert last.loc[(0.5, 15.0, 1.0), "loss"] != base  # warm-up changes the trajectory
+    assert last.loc[(0.5, 0.0, 0.1), "loss"] != base  # so does the init scale
+
+    # no warm-up and scale 1 are exactly the run without those axes (same ids too)
+    plain = run_sweep(
+        tiny_spec(grid={"sigma2": [0.5, 8.0], "beta": [1.0]}), tmp_path / "p"
+    )
+    same = m[(m["kl_warmup_steps"] == 0.0) & (m["decoder_init_scale"] == 1.0)]
+    cols = ["point_id", "step", "loss", "kl", "mse"]
+    pd.testing.assert_frame_equal(
+        same[cols].sort_values(cols[:2]).reset_index(drop=True),
+        plain.metrics[cols].sort_values(cols[:2]).reset_index(drop=True),
+    )
+
+
+def test_warmup_factor_and_init_scale():
+    from phasevae.train import warmup
+
+    p = Point(*(jnp.zeros(()) for _ in range(4)), jnp.float32(100.0), jnp.float32(1.0))
+    assert float(warmup(p, jnp.float32(0.0))) == 0.0
+    assert float(warmup(p, jnp.float32(50.0))) == 0.5
+    assert float(warmup(p, jnp.float32(500.0))) == 1.0
+    none = p._replace(kl_warmup_steps=jnp.float32(0.0))
+    assert float(warmup(none, jnp.float32(0.0))) == 1.0
+    from phasevae.train import Static, Trainer
+
+    trainer = Trainer(Static(3, 1, (4,), (5,), 8, 1))
+    one = Point(
+        jnp.ones(2),
+        jnp.ones(2),
+        jnp.ones(2),
+        jnp.zeros(2, jnp.uint32),
+        jnp.zeros(2),
+        jnp.array([1.0, 0.25]),
+    )
+    k = trainer.init(one).params["params"]["dec"]["Dense_1"]["kernel"]
+    np.testing.assert_allclose(k[1], 0.25 * k[0], rtol=1e-6)  # same seed, scaled
