@@ -259,6 +259,7 @@ def settle(
     atol: float = 2e-3,
     rtol: float = 0.02,
     significance: float = 0.99,
+    bounded: bool = False,
 ) -> pd.DataFrame:
     """Per grid point: each column averaged over the last ``window`` evaluations,
     its standard error, and whether the KL had settled.
@@ -271,6 +272,11 @@ def settle(
     relaxation (critical slowing down, near the transition) has a smooth, highly
     significant trend and is flagged; jitter alone is not. With two evaluations the
     change alone decides; with one, nothing can be judged and the point is unsettled.
+
+    ``bounded`` asks for positive evidence instead, as a scheduler deciding to stop
+    training must (few evaluations make any trend insignificant): settled only when
+    the whole two-sided ``significance`` interval of the change lies within
+    atol + rtol * KL.
 
     Returns:
       one row per point_id with the last row's values, ``<col>`` (the mean) and
@@ -286,30 +292,38 @@ def settle(
             sd = float(tail[c].std(ddof=1)) if w > 1 else 0.0
             row[f"{c}_se"] = sd / math.sqrt(w)
         trend = g.iloc[-max(2 * window, len(g) // 2) :]
-        drift, significant = _trend(
+        drift, half = _trend(
             trend["step"].to_numpy(), trend["kl"].to_numpy(), significance
         )
-        settled = not (significant and abs(drift) > atol + rtol * abs(row["kl"]))
+        allowed = atol + rtol * abs(row["kl"])
+        if math.isnan(drift):
+            settled = False
+        elif bounded:
+            settled = len(trend) > 2 and abs(drift) + half <= allowed
+        else:
+            settled = not (abs(drift) > half and abs(drift) > allowed)
         row.update(kl_drift=drift, settled=bool(settled))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _trend(x: np.ndarray, y: np.ndarray, significance: float) -> tuple[float, bool]:
-    """(change of the least-squares line over x, whether its slope is significant)."""
+def _trend(x: np.ndarray, y: np.ndarray, significance: float) -> tuple[float, float]:
+    """The change of the least-squares line over x, and the half-width of its
+    two-sided ``significance`` interval (the change is significant when it exceeds
+    it). Two points: their difference, taken as significant (width 0); one: nan."""
     n = len(x)
     if n < 2:
-        return float("nan"), True
+        return float("nan"), 0.0
     if n == 2:
-        return float(y[1] - y[0]), True
+        return float(y[1] - y[0]), 0.0
     x = x.astype(np.float64)
     dx = x - x.mean()
     slope = float(dx @ (y - y.mean()) / (dx @ dx))
     resid = y - y.mean() - slope * dx
     se = math.sqrt(float(resid @ resid) / (n - 2) / float(dx @ dx))
     t_crit = stats.t.ppf(0.5 + significance / 2, n - 2)
-    significant = abs(slope) > t_crit * se
-    return slope * float(x[-1] - x[0]), bool(significant)
+    span = float(x[-1] - x[0])
+    return slope * span, t_crit * se * span
 
 
 def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
@@ -328,14 +342,8 @@ def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
         sd = np.hypot(g[f"{column}_se"].to_numpy(), floor)
         f = fit_piecewise(np.log(g["sigma2"]), g[column], sd, max_breaks)
         per_seed.append(None if f.transition is None else math.exp(f.transition))
-    by = points.groupby("sigma2")
-    y = by[column].mean()
-    n_seeds = by[column].count()
-    spread = by[column].std(ddof=1).fillna(0.0) ** 2 / n_seeds
-    noise = (by[f"{column}_se"].apply(lambda v: np.mean(v**2))) / n_seeds
-    sd = np.sqrt(spread + noise + floor**2).to_numpy()
-    u = np.log(y.index.to_numpy())
-    fit = fit_piecewise(u, y.to_numpy(), sd, max_breaks)
+    u, y, sd = _seed_average(points, column, floor)
+    fit = fit_piecewise(u, y, sd, max_breaks)
     b = fit.transition
     if b is None:
         return fit, None, None, "none", per_seed
@@ -350,8 +358,58 @@ def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
             "seeds",
             per_seed,
         )
-    lo, hi = profile_interval(u, y.to_numpy(), fit, len(fit.breakpoints) - 1, sd)
+    lo, hi = profile_interval(u, y, fit, len(fit.breakpoints) - 1, sd)
     return fit, math.exp(b), [math.exp(lo), math.exp(hi)], "profile", per_seed
+
+
+def _seed_average(points: pd.DataFrame, column: str, floor: float):
+    """(u = ln sigma^2, the seed-averaged column, its standard deviation) per sigma^2
+    of a :func:`settle` table: seed spread, evaluation noise and ``floor`` combined."""
+    by = points.groupby("sigma2")
+    y = by[column].mean()
+    n_seeds = by[column].count()
+    spread = by[column].std(ddof=1).fillna(0.0) ** 2 / n_seeds
+    noise = (by[f"{column}_se"].apply(lambda v: np.mean(v**2))) / n_seeds
+    sd = np.sqrt(spread + noise + floor**2).to_numpy()
+    return np.log(y.index.to_numpy()), y.to_numpy(), sd
+
+
+def refinement(metrics: pd.DataFrame, points: int, max_breaks: int = 4) -> list[dict]:
+    """Where to add sigma^2 points: for every group of the non-sigma^2 axes (seeds
+    pooled), the seed-averaged KL curve is fitted and ``points`` values are spread
+    evenly in ln sigma^2 around each breakpoint, over the union of its profile
+    interval and the grid cell it lies in (halfway to the sampled neighbours), less
+    values already sampled.
+
+    Returns:
+      one dict per group: its axis values (without sigma2 and seed), ``breakpoints``
+      (sigma^2) and ``sigma2``, the new values (sorted; may be empty).
+    """
+    table = settle(metrics, ["kl"])
+    axes = [
+        a for a in TRACED_AXES if a in table.columns and a not in ("sigma2", "seed")
+    ]
+    out = []
+    for key, g in table.groupby(axes, sort=True):
+        u, y, sd = _seed_average(g, "kl", floor=2e-3)
+        fit = fit_piecewise(u, y, sd, max_breaks)
+        new: set[float] = set()
+        for i, b in enumerate(fit.breakpoints):
+            lo, hi = profile_interval(u, y, fit, i, sd)
+            left, right = u[u < b], u[u > b]
+            cell_lo = (left.max() + b) / 2 if left.size else b
+            cell_hi = (right.min() + b) / 2 if right.size else b
+            for v in np.linspace(min(lo, cell_lo), max(hi, cell_hi), points):
+                if np.min(np.abs(u - v)) > 1e-6:
+                    new.add(round(math.exp(v), 12))
+        out.append(
+            {
+                **dict(zip(axes, key, strict=True)),
+                "breakpoints": [math.exp(b) for b in fit.breakpoints],
+                "sigma2": sorted(new),
+            }
+        )
+    return out
 
 
 def analyze_run(path) -> dict:

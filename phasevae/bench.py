@@ -17,6 +17,7 @@ not O(B * width^2), and the peak it is compared with is a matmul peak.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -42,7 +43,8 @@ class BenchResult:
     matmul_peak_flops_per_s: float
     fraction_of_peak: float
     compile_s: float
-    state_bytes_per_model: int
+    state_bytes_per_model: int  # parameters + optimizer state
+    program_bytes_per_model: int  # the compiled step's memory, shared data excluded
     baseline_model_steps_per_s: float
     speedup_over_baseline: float
     device: str
@@ -77,22 +79,36 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
 
 
 def _setup(m: int):
+    """The trainer and placed inputs for M models, laid out as a sweep lays them out
+    (models axis sharded over every device, data replicated)."""
+    from phasevae.sweep import Placement
+
+    place = Placement.create(m)
     static = Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK)
-    trainer = Trainer(static)
+    trainer = Trainer(static, place.shard)
     points = Point(
-        jnp.asarray(np.geomspace(0.5, 20.0, m), jnp.float32),
-        jnp.ones(m, jnp.float32),
-        jnp.full(m, 1e-3, jnp.float32),
-        jnp.arange(m, dtype=jnp.uint32),
-        jnp.zeros(m, jnp.float32),
-        jnp.ones(m, jnp.float32),
+        np.geomspace(0.5, 20.0, m).astype(np.float32),
+        np.ones(m, np.float32),
+        np.full(m, 1e-3, np.float32),
+        np.arange(m, dtype=np.uint32),
+        np.zeros(m, np.float32),
+        np.ones(m, np.float32),
     )
-    x = jnp.asarray(synthetic([8.0, 2.0, 0.5, 0.1, 0.05, 0.04, 0.02, 0.01], 20000, 0))
-    return trainer, points, x, x[:EVAL]
+    x = synthetic([8.0, 2.0, 0.5, 0.1, 0.05, 0.04, 0.02, 0.01], 20000, 0)
+    x = x.astype(np.float32)
+    return (
+        trainer,
+        place.models(points),
+        place.replicated(x),
+        place.replicated(x[:EVAL]),
+    )
 
 
-def time_grid(m: int, repeats: int = 3) -> tuple[float, float, int]:
-    """(model-steps/s, compile seconds, state bytes per model) of the vmapped chunk."""
+def time_grid(m: int, repeats: int = 3) -> tuple[float, float, int, int, int]:
+    """Model-steps/s, compile seconds, state bytes per model, the compiled
+    program's bytes per model (arguments + outputs + temporaries, less the shared
+    data) of the vmapped chunk, and the number of devices it ran on. Padding models
+    (to a multiple of the device count) are counted as work, not as models."""
     trainer, points, x, ex = _setup(m)
     state = trainer.init(points)
     t0 = time.perf_counter()
@@ -107,7 +123,18 @@ def time_grid(m: int, repeats: int = 3) -> tuple[float, float, int]:
         jax.block_until_ready((state, metrics))
         best = min(best, time.perf_counter() - t0)
     nbytes = sum(a.nbytes for a in jax.tree.leaves(state)) // m
-    return m * CHUNK / best, compile_s, nbytes
+    mem = compiled.memory_analysis()
+    program = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        + mem.temp_size_in_bytes
+        - mem.alias_size_in_bytes
+        - x.nbytes // len(x.sharding.device_set)
+        - ex.nbytes // len(ex.sharding.device_set)
+    )
+    devices = len(x.sharding.device_set)
+    per_device = -(-m // devices)
+    return m * CHUNK / best, compile_s, nbytes, program // per_device, devices
 
 
 def time_baseline(m: int, steps: int = 30) -> float:
@@ -152,7 +179,7 @@ def run(models: list[int], baseline_models: int = 4) -> list[BenchResult]:
     flops = flops_per_model_step()
     out = []
     for m in models:
-        rate, compile_s, nbytes = time_grid(m)
+        rate, compile_s, nbytes, program, devices = time_grid(m)
         out.append(
             BenchResult(
                 models=m,
@@ -162,9 +189,10 @@ def run(models: list[int], baseline_models: int = 4) -> list[BenchResult]:
                 fraction_of_peak=rate * flops / peak,
                 compile_s=compile_s,
                 state_bytes_per_model=nbytes,
+                program_bytes_per_model=program,
                 baseline_model_steps_per_s=baseline,
                 speedup_over_baseline=rate / baseline,
-                device=str(jax.devices()[0]),
+                device=f"{devices} x {jax.devices()[0].device_kind}",
             )
         )
     return out
@@ -199,3 +227,79 @@ def checkpoint_time(models: int, directory) -> dict:
 
 def as_dicts(results: list[BenchResult]) -> list[dict]:
     return [asdict(r) for r in results]
+
+
+def locate(spec_path=None, max_uniform: int = 128) -> dict:
+    """Time ``sweeps/locate.toml`` (coarse grid, refinement, retirement) from a cold
+    start, and find how many model-steps a uniform sigma^2 grid of the same range,
+    seeds and steps needs to reach an interval as narrow: uniform grids of 8, 16, 32
+    ... points (up to ``max_uniform``) are trained in full until one does.
+
+    Returns:
+      locate_wall_s (compile included), locate_rel_error (sigma_c^2 against
+      lambda_max / beta), locate_ci, locate_model_steps, and for the first uniform
+      grid whose interval is as narrow (or the largest tried, with
+      ``uniform_reached`` false): uniform_points, uniform_model_steps,
+      uniform_rel_error, uniform_ci and model_steps_ratio_vs_uniform.
+    """
+    import dataclasses
+    import tempfile
+
+    from phasevae.analysis import analyze
+    from phasevae.spec import Range, load_spec
+    from phasevae.sweep import run_sweep
+
+    spec = load_spec(spec_path or _locate_spec_path())
+    s2 = spec.grid.sigma2
+
+    def sweep(s, tmp):
+        t0 = time.perf_counter()
+        result = run_sweep(s, tmp)
+        wall = time.perf_counter() - t0
+        a = analyze(result.metrics, result.meta["spectrum"], s.model.latent_dim)
+        (tr,) = a["transitions"]
+        steps = result.meta.get("model_steps") or (
+            result.meta["grid_size"] * s.train.steps
+        )
+        if tr["sigma2_c"] is None or not tr["ci"]:
+            return wall, steps, None, None, math.inf
+        width = math.log(tr["ci"][1] / tr["ci"][0])
+        err = tr["sigma2_c"] / tr["theory_sigma2_c"] - 1.0
+        return wall, steps, err, tr["ci"], width
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, steps, err, ci, width = sweep(spec, f"{tmp}/locate")
+    out = {
+        "locate_wall_s": wall,
+        "locate_rel_error": err,
+        "locate_ci": ci,
+        "locate_model_steps": steps,
+    }
+    plain = dataclasses.replace(spec.train, slots=0, retire=False, min_steps=0)
+    num = 8
+    while True:
+        grid = dataclasses.replace(
+            spec.grid, sigma2=Range(s2.min, s2.max, num, s2.scale)
+        )
+        uniform = dataclasses.replace(spec, train=plain, grid=grid)
+        with tempfile.TemporaryDirectory() as tmp:
+            _, u_steps, u_err, u_ci, u_width = sweep(uniform, f"{tmp}/uniform")
+        reached = u_width <= width
+        if reached or 2 * num > max_uniform:
+            break
+        num *= 2
+    out.update(
+        uniform_points=num,
+        uniform_reached=reached,
+        uniform_model_steps=u_steps,
+        uniform_rel_error=u_err,
+        uniform_ci=u_ci,
+        model_steps_ratio_vs_uniform=u_steps / steps,
+    )
+    return out
+
+
+def _locate_spec_path():
+    from importlib import resources
+
+    return str(resources.files("phasevae.sweeps") / "locate.toml")

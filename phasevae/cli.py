@@ -18,8 +18,8 @@ from phasevae.errors import BadInput
 class ProgressBar:
     """One line per chunk on a terminal (redrawn in place), ~20 lines otherwise."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
+    def __init__(self, stream=sys.stderr, width: int = 30, unit: str = "chunks"):
+        self.stream, self.width, self.unit = stream, width, unit
         self.tty = stream.isatty()
         self.last_shown = -1.0
 
@@ -29,10 +29,10 @@ class ProgressBar:
             return
         self.last_shown = frac
         fill = round(self.width * frac)
-        eta = elapsed / done * (total - done)
+        eta = f"{elapsed / done * (total - done):6.1f} s" if done else "     ?"
         line = (
-            f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} chunks  "
-            f"{elapsed:6.1f} s elapsed  ETA {eta:6.1f} s"
+            f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} {self.unit}  "
+            f"{elapsed:6.1f} s elapsed  ETA {eta}"
         )
         end = "\n" if done == total or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line + end)
@@ -40,10 +40,17 @@ class ProgressBar:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from phasevae.schedule import adaptive
     from phasevae.spec import load_spec
-    from phasevae.sweep import Preempted, run_sweep, summary_table
+    from phasevae.sweep import (
+        Preempted,
+        run_sweep,
+        split_cpu_into_devices,
+        summary_table,
+    )
 
     spec = load_spec(args.spec, args.set)
+    split_cpu_into_devices()
     primary = _init_distributed(args)
     name = Path(args.spec).stem if args.spec else "default"
     out = Path(args.out) if args.out else Path("runs") / name
@@ -66,8 +73,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 0
     try:
+        unit = "points finished" if adaptive(spec) else "chunks"
         result = run_sweep(
-            spec, out, ProgressBar(), args.checkpoint_every, _shard(args.shard)
+            spec, out, ProgressBar(unit=unit), args.checkpoint_every, _shard(args.shard)
         )
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
@@ -258,9 +266,40 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_locate(r: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(r, indent=1))
+        return 0
+
+    def found(err, ci):
+        if err is None:
+            return "no transition found"
+        interval = f"95 % interval {ci[0]:.4g} .. {ci[1]:.4g}"
+        return f"sigma2_c {100 * err:+.2f} % off ({interval})"
+
+    print(
+        f"locate (sweeps/locate.toml, cold start): {r['locate_wall_s']:.1f} s wall "
+        f"with compilation, {r['locate_model_steps']:,} model-steps, "
+        + found(r["locate_rel_error"], r["locate_ci"])
+    )
+    reach = "reaches that interval" if r["uniform_reached"] else "does NOT reach it"
+    print(
+        f"uniform grid of {r['uniform_points']} sigma^2 points {reach}: "
+        f"{r['uniform_model_steps']:,} model-steps, "
+        + found(r["uniform_rel_error"], r["uniform_ci"])
+    )
+    ratio = r["model_steps_ratio_vs_uniform"]
+    print(f"model-steps, uniform / locate: {ratio:.1f}x")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from phasevae import bench
+    from phasevae.sweep import split_cpu_into_devices
 
+    split_cpu_into_devices()
+    if args.locate:
+        return _print_locate(bench.locate(), args.json)
     models = args.models or [1, 8, 64, 256]
     if any(m < 1 for m in models):
         raise BadInput("--models: every model count must be >= 1")
@@ -282,17 +321,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(bench.as_dicts(results), indent=1))
         return 0
     peak = results[0].matmul_peak_flops_per_s
-    print(f"device: {results[0].device}; {bench.flops_per_model_step():.3g} FLOP/step")
+    print(
+        f"devices: {results[0].device}; "
+        f"{bench.flops_per_model_step():.3g} FLOP per model-step"
+    )
     print(f"matmul peak (float32, 2048^3 product): {peak:.3g} FLOP/s")
     rows = [
         f"{r.models:>6} {r.model_steps_per_s:>14.4g} {r.flops_per_s:>12.3g} "
         f"{100 * r.fraction_of_peak:>7.1f} % {r.compile_s:>9.2f} "
-        f"{r.state_bytes_per_model:>12,} {r.speedup_over_baseline:>9.1f}x"
+        f"{r.state_bytes_per_model:>12,} {r.program_bytes_per_model:>12,} "
+        f"{r.speedup_over_baseline:>9.1f}x"
         for r in results
     ]
     print(
         f"{'models':>6} {'model-steps/s':>14} {'FLOP/s':>12} {'of peak':>9} "
-        f"{'compile s':>9} {'state B/model':>12} {'vs loop':>10}"
+        f"{'compile s':>9} {'state B/model':>12} {'step B/model':>12} "
+        f"{'vs loop':>10}"
     )
     print("\n".join(rows))
     print(
@@ -390,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         action="store_true",
         help="time saving and restoring the state of the last --models M instead",
+    )
+    p.add_argument(
+        "--locate",
+        action="store_true",
+        help="time locating sigma_c^2 (sweeps/locate.toml) against uniform grids",
     )
     p.set_defaults(func=cmd_bench)
 

@@ -26,6 +26,27 @@ import jax.numpy as jnp
 from jax import Array
 
 
+class Dense(nn.Module):
+    """y = x K^T + b with the kernel stored (out, in), as in torch.
+
+    Under the models and examples vmaps the weight gradient is then the batched
+    product d^T x laid out (models, out, in): XLA's CPU backend runs that form about
+    3x faster than flax's (models, in, out) for the thin layers (out = 2k or N), and
+    no slower for the wide ones (measured in results/README.md, speed section)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(in_axis=-1, out_axis=-2),
+            (self.features, x.shape[-1]),
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return x @ kernel.T + bias
+
+
 class MLP(nn.Module):
     """Dense layers with ReLU between them; the last layer is linear."""
 
@@ -35,8 +56,8 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         for w in self.widths:
-            x = nn.relu(nn.Dense(w)(x))
-        return nn.Dense(self.out)(x)
+            x = nn.relu(Dense(w)(x))
+        return Dense(self.out)(x)
 
 
 class VAE(nn.Module):

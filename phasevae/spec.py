@@ -27,13 +27,26 @@ class SpecError(BadInput):
 
 
 @dataclass(frozen=True)
+class Refine:
+    """Adaptive refinement of the sigma^2 axis: after the grid has trained, the KL
+    curve of every (beta, ...) group is fitted and ``points`` new sigma^2 values are
+    placed around each breakpoint (over its interval, and at least the grid cell it
+    lies in); repeated ``rounds`` times, all in one run directory."""
+
+    rounds: int = 2
+    points: int = 4
+
+
+@dataclass(frozen=True)
 class Range:
-    """An axis given as ``{min, max, num, scale}``: ``num`` points from min to max."""
+    """An axis given as ``{min, max, num, scale}``: ``num`` points from min to max
+    (``refine``, on sigma^2 only: see :class:`Refine`)."""
 
     min: float
     max: float
     num: int
     scale: str = "log"
+    refine: Refine | None = None
 
     def values(self) -> tuple[float, ...]:
         if self.num == 1:
@@ -90,6 +103,15 @@ class TrainSpec:
 
     ``shared_batches``: every grid point sees the same minibatch sequence (common random
     numbers); otherwise each grid seed draws its own.
+
+    Scheduling (phasevae.schedule): ``slots`` > 0 trains the grid through that many
+    vmapped slots, a finished point's slot refilled with the next pending one at a
+    chunk boundary (0: every point at once). ``retire``: a point stops once its KL has
+    settled (the analysis's trend test), after at least ``min_steps``; ``steps`` is
+    then the most any point trains. ``warm_start``: a refilled point starts from the
+    parameters of the finished point nearest in sigma^2 with the same other axes
+    (cheaper near a smooth curve; can carry one side's state across the transition,
+    i.e. show hysteresis that a cold start would not).
     """
 
     steps: int = 3000
@@ -99,6 +121,10 @@ class TrainSpec:
     eval_every: int = 250
     seed: int = 0
     shared_batches: bool = True
+    slots: int = 0
+    retire: bool = False
+    min_steps: int = 0
+    warm_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,6 +191,8 @@ _BOUNDS = {
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),
     ("train", "eval_every"): (1, True),
+    ("train", "slots"): (0, True),
+    ("train", "min_steps"): (0, True),
     ("grid", "sigma2"): (0.0, False),
     ("grid", "beta"): (0.0, True),
     ("grid", "learning_rate"): (0.0, False),
@@ -234,15 +262,18 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
             v = getattr(getattr(spec, name), f.name)
             if v is None:
                 continue
-            section[f.name] = (
-                dataclasses.asdict(v) if isinstance(v, Range) else _plain(v)
-            )
+            section[f.name] = _range_dict(v) if isinstance(v, Range) else _plain(v)
         out[name] = section
     return out
 
 
 def spec_to_toml(spec: Spec) -> str:
     return tomli_w.dumps(spec_to_dict(spec))
+
+
+def _range_dict(r: Range) -> dict:
+    d = dataclasses.asdict(r)
+    return d if r.refine is not None else {k: v for k, v in d.items() if v is not None}
 
 
 def _plain(v: Any) -> Any:
@@ -302,7 +333,9 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     full = f"{section}.{key}"
     bad = f"{where}: {full} = {value!r}:"
     if section == "grid":
-        return _coerce_axis(full, value, bad, integer=key == "seeds")
+        return _coerce_axis(
+            full, value, bad, integer=key == "seeds", refinable=key == "sigma2"
+        )
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise SpecError(f"{bad} must be true or false")
@@ -331,7 +364,9 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     raise AssertionError(f"no coercion for {full}")
 
 
-def _coerce_axis(full: str, value: Any, bad: str, integer: bool) -> Axis:
+def _coerce_axis(
+    full: str, value: Any, bad: str, integer: bool, refinable: bool
+) -> Axis:
     allowed = "a list of numbers or a table {min, max, num, scale = 'log'|'linear'}"
     if integer:
         if not isinstance(value, list) or not all(
@@ -350,7 +385,7 @@ def _coerce_axis(full: str, value: Any, bad: str, integer: bool) -> Axis:
             raise SpecError(f"{bad} must be {allowed}")
         return tuple(float(v) for v in value)
     if isinstance(value, dict):
-        keys = {"min", "max", "num", "scale"}
+        keys = {"min", "max", "num", "scale"} | ({"refine"} if refinable else set())
         if set(value) - keys:
             extra = sorted(set(value) - keys)[0]
             raise SpecError(
@@ -371,8 +406,26 @@ def _coerce_axis(full: str, value: Any, bad: str, integer: bool) -> Axis:
             raise SpecError(f"{bad} {full}.max must be >= {full}.min")
         if scale == "log" and lo <= 0:
             raise SpecError(f"{bad} a log-scale range needs min > 0")
-        return Range(float(lo), float(hi), num, scale)
+        refine = _coerce_refine(full, value.get("refine"), bad)
+        return Range(float(lo), float(hi), num, scale, refine)
     raise SpecError(f"{bad} must be {allowed}")
+
+
+def _coerce_refine(full: str, value: Any, bad: str) -> Refine | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SpecError(f"{bad} {full}.refine must be a table {{rounds, points}}")
+    keys = {f.name for f in dataclasses.fields(Refine)}
+    if set(value) - keys:
+        extra = sorted(set(value) - keys)[0]
+        raise SpecError(
+            f"{bad} unknown key {full}.refine.{extra}; allowed: {sorted(keys)}"
+        )
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SpecError(f"{bad} {full}.refine.{k} must be an integer >= 1")
+    return Refine(**value)
 
 
 def _check_spec(spec: Spec, where: str) -> None:
@@ -406,6 +459,10 @@ def _check_spec(spec: Spec, where: str) -> None:
         )
     if d.source in ("array", "cifar10") and not d.path:
         raise SpecError(f"{where}: data.source = {d.source!r} needs data.path (a file)")
+    if t.min_steps > t.steps:
+        raise SpecError(
+            f"{where}: train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"
+        )
     if t.steps % t.eval_every:
         raise SpecError(
             f"{where}: train.steps = {t.steps} must be a multiple of train.eval_every "

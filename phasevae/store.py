@@ -138,10 +138,16 @@ class RunDir:
         atomic_write(self.metrics_file, lambda tmp: df.to_parquet(tmp, index=False))
 
     def save_checkpoint(
-        self, leaves: list[np.ndarray], step: int, ids: list[str]
+        self,
+        leaves: list[np.ndarray],
+        step: int,
+        ids: list[str],
+        extra: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Store the flattened stacked state after global step ``step``."""
+        """Store the flattened stacked state after global step ``step``, and
+        ``extra`` arrays (bookkeeping that must change together with the state)."""
         arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
+        arrays.update({f"extra_{k}": v for k, v in (extra or {}).items()})
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -157,6 +163,13 @@ class RunDir:
             n = sum(1 for k in z.files if k.startswith("leaf_"))
             leaves = [z[f"leaf_{i}"] for i in range(n)]
             return leaves, int(z["step"]), [str(s) for s in z["point_ids"]]
+
+    def checkpoint_extra(self) -> dict[str, np.ndarray]:
+        """The ``extra`` arrays of the last checkpoint ({} if none)."""
+        if not self.checkpoint_file.exists():
+            return {}
+        with np.load(self.checkpoint_file, allow_pickle=False) as z:
+            return {k[6:]: z[k] for k in z.files if k.startswith("extra_")}
 
 
 def _describe_difference(a: Spec, b: Spec) -> str:

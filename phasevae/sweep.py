@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import platform
 import signal
 import subprocess
@@ -49,6 +50,32 @@ KL_COLLAPSED = 0.01  # nats: "KL ~ 0" in the summary
 ProgressFn = Callable[[int, int, float], None]
 
 
+CPU_DEVICES_PER_CORE = 4
+
+
+def split_cpu_into_devices() -> None:
+    """Expose the CPU as ``CPU_DEVICES_PER_CORE`` XLA devices per core, unless the user
+    chose a count (XLA_FLAGS or JAX_NUM_CPU_DEVICES).
+
+    The models axis is sharded over devices, so on a CPU each device trains its own
+    share of the models on one thread, instead of every small (256 x 256) product
+    being split across all cores and synchronised; with more devices than cores the
+    OS fills one device's stalls with another's work. Measured on 2 cores at M = 64
+    (results/README.md): 1 device 32 %, 2 devices 43-47 %, 8 devices 51-58 % of the
+    matmul peak. Accelerator hosts are unaffected (their CPU backend trains nothing).
+    Must run before JAX starts a backend; a no-op afterwards.
+    """
+    from jax._src import xla_bridge
+
+    chosen = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if chosen or "JAX_NUM_CPU_DEVICES" in os.environ:
+        return
+    if xla_bridge.backends_are_initialized():
+        return
+    cores = len(os.sched_getaffinity(0))
+    jax.config.update("jax_num_cpu_devices", CPU_DEVICES_PER_CORE * cores)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the models axis lives: sharded over every device of every process, the
@@ -62,7 +89,11 @@ class Placement:
 
     @staticmethod
     def create(n: int) -> Placement:
+        """Over every device; in a single process over at most ``n`` of them, so a
+        small grid is not padded up to the device count."""
         devices = jax.devices()
+        if jax.process_count() == 1:
+            devices = devices[: max(n, 1)]
         mesh = Mesh(np.array(devices), ("models",))
         size = -(-n // len(devices)) * len(devices)
         return Placement(
@@ -200,6 +231,8 @@ def run_sweep(
         written to ``out`` when the spec or the data is bad, when the sweep would not
         fit in device memory, or when ``out`` is in use.
     """
+    from phasevae.schedule import adaptive, train_adaptive  # it builds on this module
+
     data = load_dataset(spec.data)
     if spec.model.latent_dim > data.x.shape[1]:
         raise DataError(
@@ -214,7 +247,17 @@ def run_sweep(
         checkpoint_seconds = CHECKPOINT_SECONDS
     if not dry_run and _finished(run, spec, shard):
         return _result(run, [run.metrics()], run.meta())
-    program = _Program(spec, data, grid)
+    if adaptive(spec):
+        if shard is not None:
+            raise SpecError(
+                "--shard splits a fixed grid; an adaptive sweep (train.slots, "
+                "train.retire, grid.sigma2.refine) decides its points as it runs"
+            )
+        slots = spec.train.slots or len(grid)
+        rows = grid.iloc[np.arange(slots) % len(grid)].reset_index(drop=True)
+        program = _Program(spec, data, rows, step_per_model=True)
+    else:
+        program = _Program(spec, data, grid)
     if dry_run:
         return program.plan(spec)
     primary = jax.process_index() == 0  # the one process that writes
@@ -233,6 +276,10 @@ def run_sweep(
                 error = e
         if any_process(error is not None):  # the others must not train alone
             raise error or RunDirError(f"process 0 refused {run.path}; see its message")
+        if adaptive(spec):
+            return train_adaptive(
+                program, spec, data, grid, run, progress, checkpoint_seconds, stop
+            )
         return _train(
             program, spec, data, run, progress, checkpoint_seconds, stop, shard
         )
@@ -268,30 +315,28 @@ class _Program:
     """The compiled chunk program of a sweep, its inputs placed on the devices, and
     its memory checked against the devices' before anything runs."""
 
-    def __init__(self, spec: Spec, data: Dataset, grid: pd.DataFrame):
+    def __init__(
+        self, spec: Spec, data: Dataset, grid: pd.DataFrame, step_per_model=False
+    ):
+        """``grid``: one row per model slot. ``step_per_model``: compile the chunk
+        for a start step per model (slots refilled at different times) rather than
+        one shared by all."""
         self.grid, self.n = grid, len(grid)
         self.place = Placement.create(self.n)
         self.trainer = Trainer(static_config(spec, data.x.shape[1]), self.place.shard)
-        self.points = self.place.models(
-            Point(
-                sigma2=grid["sigma2"].to_numpy(np.float32),
-                beta=grid["beta"].to_numpy(np.float32),
-                learning_rate=grid["learning_rate"].to_numpy(np.float32),
-                seed=grid["seed"].to_numpy(np.uint32),
-                kl_warmup_steps=grid["kl_warmup_steps"].to_numpy(np.float32),
-                decoder_init_scale=grid["decoder_init_scale"].to_numpy(np.float32),
-            )
-        )
+        self.points = self.points_for(grid)
         self.x = self.place.replicated(data.x)
         self.eval_x = self.place.replicated(data.eval_x)
         self.state = self.trainer.init(self.points)
+        start = np.zeros(self.n, np.int32) if step_per_model else np.int32(0)
+        start = self.place.models(start) if step_per_model else start
         t0 = time.perf_counter()
         self.compiled = self.trainer.chunk.lower(
-            self.state, self.points, self.x, self.eval_x, np.int32(0)
+            self.state, self.points, self.x, self.eval_x, start
         ).compile()
         self.compile_s = time.perf_counter() - t0
         self.bytes_per_device = _bytes_needed(self.compiled)
-        limit = _device_memory()
+        limit = _device_memory(self.place)
         if self.bytes_per_device and limit and self.bytes_per_device > 0.9 * limit:
             parts = math.ceil(self.bytes_per_device / (0.9 * limit))
             raise TooLarge(
@@ -301,8 +346,25 @@ class _Program:
                 "or shrink eval_samples / batch_size"
             )
 
-    def run(self, state, start: int):
-        return self.compiled(state, self.points, self.x, self.eval_x, np.int32(start))
+    def points_for(self, grid: pd.DataFrame) -> Point:
+        """The traced values of ``grid``'s rows, placed on the models axis."""
+        return self.place.models(
+            Point(
+                sigma2=grid["sigma2"].to_numpy(np.float32),
+                beta=grid["beta"].to_numpy(np.float32),
+                learning_rate=grid["learning_rate"].to_numpy(np.float32),
+                seed=grid["seed"].to_numpy(np.uint32),
+                kl_warmup_steps=grid["kl_warmup_steps"].to_numpy(np.float32),
+                decoder_init_scale=grid["decoder_init_scale"].to_numpy(np.float32),
+            )
+        )
+
+    def run(self, state, start, points=None):
+        """One chunk from ``start`` (an int, or per model a placed int32 array)."""
+        points = self.points if points is None else points
+        if np.ndim(start) == 0:
+            start = np.int32(start)
+        return self.compiled(state, points, self.x, self.eval_x, start)
 
     def plan(self, spec: Spec) -> dict:
         """Grid size, groups, memory per device and a timed one-chunk probe."""
@@ -313,10 +375,10 @@ class _Program:
         return {
             "grid_size": self.n,
             "static_groups": 1,
-            "devices": len(jax.devices()),
+            "devices": self.place.shard.mesh.size,
             "padded_size": self.place.size,
             "bytes_per_device": self.bytes_per_device,
-            "device_memory": _device_memory(),
+            "device_memory": _device_memory(self.place),
             "compile_s": self.compile_s,
             "chunk_s": chunk_s,
             "estimated_train_s": chunk_s * chunks,
@@ -336,12 +398,15 @@ def _bytes_needed(compiled) -> int | None:
     return int(size - m.alias_size_in_bytes)
 
 
-def _device_memory() -> int | None:
-    """Memory of one device: its allocator's limit, or on the CPU the free RAM."""
+def _device_memory(place: Placement) -> int | None:
+    """Memory of one device: its allocator's limit, or on the CPU the free RAM
+    shared by the CPU devices this process uses."""
     stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
-    return available_memory()
+    free = available_memory()
+    local = len(place.shard.addressable_devices)
+    return None if free is None else free // local
 
 
 def _train(
@@ -480,11 +545,12 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 
 def metrics_frame(
-    grid: pd.DataFrame, m: Metrics, diverged: np.ndarray, step: int, data: Dataset
+    grid: pd.DataFrame, m: Metrics, diverged: np.ndarray, step, data: Dataset
 ) -> pd.DataFrame:
-    """The long-format rows of one evaluation: one per grid point."""
+    """The long-format rows of one evaluation: one per grid point; ``step`` one for
+    all or one per row."""
     df = grid.copy()
-    df["step"] = np.int64(step)
+    df["step"] = np.asarray(step, np.int64)
     df["loss"] = np.asarray(m.loss, np.float64)
     df["elbo"] = -df["loss"]
     df["recon"] = np.asarray(m.recon, np.float64)
@@ -504,8 +570,9 @@ def metrics_frame(
 
 def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
     """Per combination of non-sigma2 axes (seeds averaged): KL at the smallest and
-    largest sigma^2 and the first sigma^2 where KL < KL_COLLAPSED, at the last step."""
-    last = metrics[metrics["step"] == metrics["step"].max()]
+    largest sigma^2 and the first sigma^2 where KL < KL_COLLAPSED, at each point's
+    last evaluation."""
+    last = metrics.sort_values("step").groupby("point_id").tail(1)
     keys = ["beta"] + [
         k for k in ("learning_rate", *LATER_AXES) if k in last and last[k].nunique() > 1
     ]

@@ -145,40 +145,36 @@ class Trainer:
         )
 
     def _step_one(
-        self,
-        state: TrainState,
-        point: Point,
-        data: Array,
-        shared_idx: Array,
-        step: Array,
+        self, state: TrainState, point: Point, data: Array, step: Array
     ) -> TrainState:
         s = self.static
-        if s.shared_batches:
-            idx = shared_idx
-        else:
-            idx = self._batch_indices(
-                self._point_key(point, _BATCH), step, data.shape[0]
-            )
+        # with a step shared by every model (the usual case) and shared batches the
+        # indices do not depend on the model: vmap leaves them, and the batch, unbatched
+        root = self._data_root if s.shared_batches else self._point_key(point, _BATCH)
+        idx = self._batch_indices(root, step, data.shape[0])
         xb = data[idx]
         noise_key = jax.random.fold_in(self._point_key(point, _NOISE), step)
         eps = jax.random.normal(noise_key, (s.batch_size, s.latent_dim))
         loss, grads = jax.value_and_grad(self._batch_loss)(
             state.params, point, xb, eps, step
         )
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = jax.tree.map(
-            lambda p, u: p - point.learning_rate * u, state.params, updates
-        )
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+        # finite loss and gradients make a finite Adam step; deciding before the update
+        # lets the keep-or-freeze select fuse into the update's element-wise pass
+        finite = jnp.isfinite(loss) & jnp.isfinite(
+            sum(jnp.sum(g) for g in jax.tree.leaves(grads))
         )
         ok = finite & ~state.diverged
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
 
         def keep(new, old):
             return jnp.where(ok, new, old)
 
         return TrainState(
-            jax.tree.map(keep, params, state.params),
+            jax.tree.map(
+                lambda p, u: keep(p - point.learning_rate * u, p),
+                state.params,
+                updates,
+            ),
             jax.tree.map(keep, opt_state, state.opt_state),
             state.diverged | ~finite,
         )
@@ -205,15 +201,16 @@ class Trainer:
         self, state: TrainState, points: Point, data: Array, eval_x: Array, start: Array
     ) -> tuple[TrainState, Metrics]:
         """Args: state and points stacked (M, ...); data (n, N); eval_x (n_eval, N);
-        start () int32, the global step of the chunk's first step."""
+        start: int32, the global step of the chunk's first step, () for every model or
+        (M,) per model (a slot refilled with a new point starts again from 0)."""
         self.traces += 1  # Python side effect: runs once per trace, never per call
-        step_all = jax.vmap(self._step_one, (0, 0, None, None, None))
+        per_model = jnp.ndim(start) == 1
+        step_all = jax.vmap(self._step_one, (0, 0, None, 0 if per_model else None))
 
-        def body(state, step):
-            shared_idx = self._batch_indices(self._data_root, step, data.shape[0])
-            return step_all(state, points, data, shared_idx, step), None
+        def body(state, i):
+            return step_all(state, points, data, start + i), None
 
-        steps = start + jnp.arange(self.static.chunk_steps, dtype=jnp.int32)
+        steps = jnp.arange(self.static.chunk_steps, dtype=jnp.int32)
         state, _ = jax.lax.scan(body, state, steps)
         metrics = jax.vmap(self._evaluate_one, (0, 0, None))(
             state.params, points, eval_x

@@ -9,9 +9,9 @@ from phasevae.model import VAE, example_terms, kl_per_dim, mutual_information, o
 
 
 def numpy_mlp(layers, x):
-    """Dense layers as flax stores them (kernel (in, out), bias), ReLU between."""
+    """Dense layers as the model stores them (kernel (out, in), bias), ReLU between."""
     for i, layer in enumerate(layers):
-        x = x @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"])
+        x = x @ np.asarray(layer["kernel"], np.float64).T + np.asarray(layer["bias"])
         if i < len(layers) - 1:
             x = np.maximum(x, 0.0)
     return x

@@ -1,0 +1,348 @@
+"""Adaptive training: a fixed number of vmapped slots, points retired and refilled,
+and sigma^2 refinement rounds; the sweep's chunk loop when ``train.slots``,
+``train.retire`` or ``grid.sigma2.refine`` is set.
+
+Every slot holds one grid point and its own step count. After each chunk (one
+compiled program, the step passed per model) a point leaves its slot when it has
+trained ``train.steps`` steps or, with ``retire``, when its KL has settled
+(:func:`phasevae.analysis.settle`, bounded form, after ``min_steps``); the slot is
+re-initialised with the next pending point, which starts again from step 0. A point's
+initialisation, noise and minibatches depend on its own step and values only, so it
+ends as it would have trained alone. When no point is pending or training, a
+refinement round (:func:`phasevae.analysis.refinement`) adds sigma^2 values around
+each breakpoint of the fitted KL curve, and those train next, until ``rounds`` are
+done. Everything (slot states, the schedule, the grid with its refined rows) is in
+the run directory's checkpoint: a rerun resumes where the last one saved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+import pandas as pd
+
+from phasevae.analysis import TRACED_AXES, refinement, settle
+from phasevae.spec import Range, Spec
+from phasevae.store import RunDirError
+from phasevae.sweep import (
+    Preempted,
+    SweepResult,
+    _base_meta,
+    _result,
+    any_process,
+    metrics_frame,
+    point_id,
+    to_host,
+)
+
+EMPTY = -1
+# a point retires when the 90 % interval of its KL's trend over the last half of its
+# evaluations lies within the analysis's tolerance (settle(..., bounded=True))
+RETIRE_SIGNIFICANCE = 0.90
+
+
+def adaptive(spec: Spec) -> bool:
+    """Whether ``spec`` asks for this scheduler rather than all points at once."""
+    t, s2 = spec.train, spec.grid.sigma2
+    refine = isinstance(s2, Range) and s2.refine is not None
+    return t.slots > 0 or t.retire or refine
+
+
+class Schedule:
+    """Host-side bookkeeping: the grid so far, which point each slot trains and for
+    how many steps, which points are pending or finished, the refinement round."""
+
+    def __init__(self, grid: pd.DataFrame, slots: int):
+        self.grid = grid.assign(round=0).reset_index(drop=True)
+        self.slot_point = np.full(slots, EMPTY, np.int64)  # row of grid, or EMPTY
+        self.slot_step = np.zeros(slots, np.int64)
+        self.pending = list(range(len(self.grid)))
+        self.finished: list[int] = []
+        self.round = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "grid": self.grid.to_dict("list"),
+                "slot_point": self.slot_point.tolist(),
+                "slot_step": self.slot_step.tolist(),
+                "pending": self.pending,
+                "finished": self.finished,
+                "round": self.round,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        d = json.loads(text)
+        s = cls.__new__(cls)
+        s.grid = pd.DataFrame(d["grid"])
+        s.grid["seed"] = s.grid["seed"].astype(np.int64)
+        s.slot_point = np.array(d["slot_point"], np.int64)
+        s.slot_step = np.array(d["slot_step"], np.int64)
+        s.pending, s.finished, s.round = d["pending"], d["finished"], d["round"]
+        return s
+
+    @property
+    def busy(self) -> np.ndarray:
+        return self.slot_point != EMPTY
+
+    def done(self) -> bool:
+        return not self.pending and not self.busy.any()
+
+    def slot_rows(self) -> pd.DataFrame:
+        """The grid rows the slots hold (an empty slot shows the first point: it
+        trains a throw-away copy whose results are dropped)."""
+        rows = np.where(self.busy, self.slot_point, self.slot_point.max(initial=0))
+        return self.grid.iloc[np.maximum(rows, 0)].reset_index(drop=True)
+
+    def fill(self) -> np.ndarray:
+        """Put pending points into empty slots; the mask of refilled slots."""
+        refilled = np.zeros(len(self.slot_point), bool)
+        for slot in np.flatnonzero(~self.busy):
+            if not self.pending:
+                break
+            self.slot_point[slot] = self.pending.pop(0)
+            self.slot_step[slot] = 0
+            refilled[slot] = True
+        return refilled
+
+    def add_round(self, new: pd.DataFrame) -> None:
+        self.round += 1
+        start = len(self.grid)
+        self.grid = pd.concat(
+            [self.grid, new.assign(round=self.round)], ignore_index=True
+        )
+        self.pending.extend(range(start, len(self.grid)))
+
+
+def train_adaptive(
+    program, spec, data, grid, run, progress, checkpoint_seconds, stop
+) -> SweepResult:
+    """The adaptive chunk loop over ``program``, compiled for the slots with a start
+    step per model, from the checkpoint in ``run`` if there is one."""
+    t = spec.train
+    frames: list[pd.DataFrame] = []
+    slots = program.n
+    checkpoint = run.load_checkpoint()
+    if checkpoint is not None:
+        leaves, _, _ = checkpoint
+        extra = run.checkpoint_extra()
+        if "schedule" not in extra:
+            raise RunDirError(f"{run.path}: checkpoint is not of an adaptive sweep")
+        sched = Schedule.from_json(str(extra["schedule"]))
+        if len(sched.slot_point) != slots:
+            raise RunDirError(f"{run.path}: checkpoint has a different slot count")
+        warm = _unpack_warm(extra)
+        frames.append(_rows_up_to(run.metrics(), sched))
+        treedef = jax.tree.structure(program.state)
+        state = program.place.models(jax.tree.unflatten(treedef, leaves))
+    else:
+        sched, warm = Schedule(grid, slots), {}
+        refilled = sched.fill()
+        state = _refill(program, program.state, sched, refilled, warm, spec)
+    place, trainer = program.place, program.trainer
+    meta = _base_meta(spec, data, sched.grid, run.meta())
+    meta["shard"] = None
+    if meta.get("status") == "complete":
+        return _result(run, frames, meta)
+    meta["wall_times"]["compile_s"] = program.compile_s
+    meta["status"] = "running"
+    trained_before = meta["wall_times"]["train_s"]
+    t_train, last_save = time.perf_counter(), time.perf_counter()
+    every, chunks = t.eval_every, 0
+    refine = spec.grid.sigma2.refine if isinstance(spec.grid.sigma2, Range) else None
+    model_steps = meta.get("model_steps", 0)
+    while not sched.done():
+        rows = sched.slot_rows()
+        start = place.models(sched.slot_step.astype(np.int32))
+        state, metrics = program.run(state, start, program.points_for(rows))
+        diverged, metrics = to_host((state.diverged, metrics))
+        diverged, metrics = jax.tree.map(lambda a: a[:slots], (diverged, metrics))
+        busy = sched.busy
+        sched.slot_step[busy] += every
+        model_steps += int(busy.sum()) * every
+        frame = metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
+        frames.append(frame)
+        _retire(sched, frames, frame, diverged, spec, warm, state, busy)
+        if not sched.pending and not sched.busy.any() and refine:
+            if sched.round < refine.rounds:
+                _refine(sched, pd.concat(frames, ignore_index=True), refine.points)
+        refilled = sched.fill()
+        if refilled.any():
+            state = _refill(program, state, sched, refilled, warm, spec)
+        chunks += 1
+        elapsed = time.perf_counter() - t_train
+        stopping = any_process(stop.is_set())
+        due = any_process(time.perf_counter() - last_save >= checkpoint_seconds)
+        if sched.done() or due or stopping:
+            meta["wall_times"]["train_s"] = trained_before + elapsed
+            meta["compiles"] = trainer.traces
+            meta["model_steps"] = model_steps
+            meta["grid_size"] = len(sched.grid)
+            meta["rounds"] = sched.round
+            _save_adaptive(run, frames, state, sched, warm, meta)
+            last_save = time.perf_counter()
+        if progress is not None and jax.process_index() == 0:
+            total = len(sched.grid)
+            progress(len(sched.finished), max(total, 1), elapsed)
+        if stopping and not sched.done():
+            raise Preempted(run, int(sched.slot_step.max()))
+    meta["status"] = "complete"
+    if jax.process_index() == 0:
+        run.write_meta(meta)
+    return _result(run, frames, meta)
+
+
+def _retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
+    """Free the slots whose point has trained its steps, has settled (with
+    ``retire``) or diverged; keep its parameters for warm starts."""
+    t = spec.train
+    history = pd.concat(frames, ignore_index=True)
+    ids = set(frame["point_id"])
+    settled = {}
+    if t.retire:
+        table = settle(
+            history[history["point_id"].isin(ids)],
+            ["kl"],
+            significance=RETIRE_SIGNIFICANCE,
+            bounded=True,
+        )
+        settled = dict(zip(table["point_id"], table["settled"], strict=True))
+    leaving = []
+    for slot in np.flatnonzero(busy):
+        pid = sched.grid.at[sched.slot_point[slot], "point_id"]
+        steps = sched.slot_step[slot]
+        ripe = t.retire and steps >= max(t.min_steps, 1) and settled.get(pid, False)
+        if steps >= t.steps or ripe or diverged[slot]:
+            leaving.append(slot)
+    if t.warm_start and leaving:
+        params = to_host(jax.tree.leaves(state.params))
+        for slot in leaving:
+            if not diverged[slot]:
+                pid = sched.grid.at[sched.slot_point[slot], "point_id"]
+                warm[pid] = [a[slot] for a in params]
+    for slot in leaving:
+        sched.finished.append(int(sched.slot_point[slot]))
+        sched.slot_point[slot] = EMPTY
+
+
+def _refine(sched: Schedule, history: pd.DataFrame, points: int) -> None:
+    """Add the sigma^2 values :func:`refinement` proposes, for every seed."""
+    seeds = sorted(sched.grid["seed"].unique())
+    rows = []
+    for group in refinement(history, points):
+        for s2 in group["sigma2"]:
+            for seed in seeds:
+                values = {
+                    **{a: group[a] for a in TRACED_AXES if a in group},
+                    "sigma2": s2,
+                    "seed": int(seed),
+                }
+                rows.append({"point_id": point_id(values), **values})
+    if not rows:
+        sched.round += 1  # nothing to add: the round is done
+        return
+    new = pd.DataFrame(rows)[list(sched.grid.columns[:-1])]
+    new = new[~new["point_id"].isin(sched.grid["point_id"])]
+    sched.add_round(new)
+
+
+def _refill(program, state, sched, refilled, warm, spec):
+    """Re-initialise the refilled slots for their new points (from a finished
+    neighbour's parameters with ``warm_start``)."""
+    fresh = to_host(program.trainer.init(program.points_for(sched.slot_rows())))
+    old = to_host(state)
+    n = len(sched.slot_point)
+
+    def pick(new, cur):
+        out = np.array(cur)
+        out[:n][refilled] = np.asarray(new)[:n][refilled]
+        return out
+
+    merged = jax.tree.map(pick, fresh, old)
+    if spec.train.warm_start:
+        params = jax.tree.leaves(merged.params)
+        for slot in np.flatnonzero(refilled):
+            source = _nearest_finished(sched, sched.slot_point[slot], warm)
+            if source is not None:
+                for a, w in zip(params, warm[source], strict=True):
+                    a[slot] = w
+        merged = merged.replace(
+            params=jax.tree.unflatten(jax.tree.structure(merged.params), params)
+        )
+    return program.place.models(merged)
+
+
+def _nearest_finished(sched: Schedule, row: int, warm: dict) -> str | None:
+    """The finished point with the same non-sigma^2 axes (seed included) nearest in
+    ln sigma^2 whose parameters were kept; None if there is none."""
+    g = sched.grid
+    axes = [a for a in TRACED_AXES if a != "sigma2" and a in g.columns]
+    target = g.iloc[row]
+    same = np.ones(len(g), bool)
+    for a in axes:
+        same &= g[a].to_numpy() == target[a]
+    candidates = [i for i in sched.finished if same[i] and g.at[i, "point_id"] in warm]
+    if not candidates:
+        return None
+    u = np.log(g["sigma2"].to_numpy())
+    best = min(candidates, key=lambda i: abs(u[i] - u[row]))
+    return g.at[best, "point_id"]
+
+
+def _rows_up_to(metrics: pd.DataFrame, sched: Schedule) -> pd.DataFrame:
+    """The metrics rows the checkpoint covers: all of a finished point's, a training
+    point's up to its slot's step, none of a pending point's."""
+    limit = {sched.grid.at[i, "point_id"]: np.inf for i in sched.finished}
+    for slot in np.flatnonzero(sched.busy):
+        pid = sched.grid.at[sched.slot_point[slot], "point_id"]
+        limit[pid] = sched.slot_step[slot]
+    cap = metrics["point_id"].map(limit).fillna(-1)
+    return metrics[metrics["step"] <= cap].reset_index(drop=True)
+
+
+def _pack_warm(warm: dict) -> dict:
+    out = {"warm_ids": np.array(list(warm), dtype=str)}
+    for i, pid in enumerate(warm):
+        for j, leaf in enumerate(warm[pid]):
+            out[f"warm_{i}_{j}"] = leaf
+    return out
+
+
+def _unpack_warm(extra: dict) -> dict:
+    if "warm_ids" not in extra:
+        return {}
+    warm = {}
+    for i, pid in enumerate(extra["warm_ids"]):
+        j, leaves = 0, []
+        while f"warm_{i}_{j}" in extra:
+            leaves.append(extra[f"warm_{i}_{j}"])
+            j += 1
+        warm[str(pid)] = leaves
+    return warm
+
+
+def _save_adaptive(run, frames, state, sched, warm, meta) -> None:
+    n = len(sched.slot_point)
+    leaves = [a[:n] for a in to_host(jax.tree.leaves(state))]
+    diverged = {
+        pid: bool(d)
+        for pid, d in pd.concat(frames).groupby("point_id")["diverged"].any().items()
+    }
+    meta["points"] = {
+        pid: ("diverged" if diverged.get(pid) else "ok")
+        for pid in sched.grid["point_id"]
+        if pid in diverged
+    }
+    meta["steps_done"] = int(meta["model_steps"])
+    if jax.process_index() != 0:
+        return
+    run.write_metrics(pd.concat(frames, ignore_index=True))
+    ids = [str(sched.grid.at[max(i, 0), "point_id"]) for i in sched.slot_point]
+    extra = {"schedule": np.array(sched.to_json()), **_pack_warm(warm)}
+    run.save_checkpoint(leaves, int(sched.slot_step.max()), ids, extra)
+    run.write_meta(meta)
