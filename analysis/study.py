@@ -11,7 +11,7 @@ import json
 import platform
 from pathlib import Path
 
-from phasevae.analysis import analyze_run
+from phasevae.analysis import GRID_AXES, analyze_run
 from phasevae.plots import plot_run
 from phasevae.spec import load_spec
 from phasevae.store import atomic_write_text
@@ -31,12 +31,19 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
     command = f"phasevae sweep sweeps/{spec}" + "".join(
         f" --set {o}" for o in overrides
     )
+    varying = [
+        a
+        for a in GRID_AXES
+        if a not in ("beta", "sigma2", "seed")
+        and len({t.get(a) for t in doc["transitions"]}) > 1
+    ]
     rows = []
     for t in doc["transitions"]:
+        setting = ", ".join(f"{a} = {t[a]:g}" for a in varying)
         rows.append(
             {
                 "study": study,
-                "variant": name,
+                "variant": f"{name} ({setting})" if setting else name,
                 "command": f"{command} --out results/{study}/{name}",
                 "beta": t["beta"],
                 "sigma2_c": t["sigma2_c"],

@@ -32,13 +32,14 @@ from phasevae.store import RunDir, RunDirError, atomic_write_text
 MIN_INCREMENT = 0.25  # nats per unit ln sigma^2: halfway between no dim and one (1/2)
 LEVEL = 0.95
 ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
-TRACED_AXES = (
+GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "sigma2",
     "beta",
     "learning_rate",
     "seed",
     "kl_warmup_steps",
     "decoder_init_scale",
+    "direction",  # a hysteresis sweep's +1 (sigma^2 up) or -1 (down); not traced
 )
 
 
@@ -386,9 +387,7 @@ def refinement(metrics: pd.DataFrame, points: int, max_breaks: int = 4) -> list[
       (sigma^2) and ``sigma2``, the new values (sorted; may be empty).
     """
     table = settle(metrics, ["kl"])
-    axes = [
-        a for a in TRACED_AXES if a in table.columns and a not in ("sigma2", "seed")
-    ]
+    axes = [a for a in GRID_AXES if a in table.columns and a not in ("sigma2", "seed")]
     out = []
     for key, g in table.groupby(axes, sort=True):
         u, y, sd = _seed_average(g, "kl", floor=2e-3)
@@ -444,7 +443,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
     columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
     columns += [f"var_dim_{j}" for j in range(latent_dim)]
     table = rank_dims(settle(metrics, columns), latent_dim)
-    axes = [a for a in TRACED_AXES if a in table and a not in ("sigma2", "seed")]
+    axes = [a for a in GRID_AXES if a in table and a not in ("sigma2", "seed")]
     ev = np.asarray(spectrum["eigenvalues"], np.float64)
     transitions = []
     for key, group in table.groupby(axes, sort=True):
@@ -462,6 +461,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
             "active_kl": ACTIVE_KL,
         },
         "transitions": transitions,
+        "hysteresis": hysteresis(table) if "direction" in table else [],
         "boundary": boundary(transitions, float(ev[0])),
         "scaling": scaling_collapse(table),
         "points": _points(table),
@@ -511,6 +511,45 @@ def _transition(group: pd.DataFrame, values: dict, ev: np.ndarray, k: int) -> di
         "theory_thresholds": [float(t) for t in predicted],
         "per_dim": _per_dim(data, k, predicted),
     }
+
+
+def hysteresis(table: pd.DataFrame, tolerance: float = 0.01) -> list[dict]:
+    """Up- against down-sweep KL curves of a hysteresis sweep (:func:`settle` table,
+    column ``direction``), per group of the other axes, seeds averaged.
+
+    ``area``: the integral of |KL_up - KL_down| over ln sigma^2 (nats; trapezoids on
+    the shared sigma^2 values). The curves part where they differ by more than
+    3 standard errors + ``tolerance`` nats: ``parted`` = [first, last] such sigma^2
+    (None when they never do), ``max_gap`` the largest difference.
+    """
+    axes = [a for a in GRID_AXES if a in table and a not in ("sigma2", "seed")]
+    axes.remove("direction")
+    usable = table[~table["diverged"]]
+    out = []
+    for key, g in usable.groupby(axes, sort=True) if axes else [((), usable)]:
+        by = g.groupby(["direction", "sigma2"])["kl"]
+        mean, se = by.mean(), by.std(ddof=1).fillna(0.0) / np.sqrt(by.count())
+        up, down = mean.loc[1.0], mean.loc[-1.0]
+        shared = up.index.intersection(down.index)
+        gap = (up[shared] - down[shared]).to_numpy()
+        noise = np.hypot(se.loc[1.0][shared], se.loc[-1.0][shared]).to_numpy()
+        u = np.log(shared.to_numpy())
+        apart = shared[np.abs(gap) > 3 * noise + tolerance]
+        values = dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))
+        out.append(
+            {
+                **{k: _num(v) for k, v in values.items()},
+                "sigma2": [float(v) for v in shared],
+                "kl_up": [float(v) for v in up[shared]],
+                "kl_down": [float(v) for v in down[shared]],
+                "area": float(np.trapezoid(np.abs(gap), u)) if len(u) > 1 else 0.0,
+                "max_gap": float(np.max(np.abs(gap))) if len(gap) else 0.0,
+                "parted": [float(apart.min()), float(apart.max())]
+                if len(apart)
+                else None,
+            }
+        )
+    return out
 
 
 def rank_dims(table: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -614,7 +653,7 @@ def scaling_collapse(table: pd.DataFrame, grid_points: int = 100) -> dict | None
 def _points(table: pd.DataFrame) -> list[dict]:
     """Per grid point: KL and I(x;z) (means over the last evaluations), active units
     at the last evaluation, and the convergence verdict."""
-    cols = [c for c in ("point_id", *TRACED_AXES) if c in table]
+    cols = [c for c in ("point_id", *GRID_AXES) if c in table]
     cols += ["kl", "kl_se", "kl_drift", "settled", "active_units", "mi", "diverged"]
     return [{k: _num(v) for k, v in r.items()} for r in table[cols].to_dict("records")]
 

@@ -32,7 +32,7 @@ from matplotlib.ticker import (  # noqa: E402
 )
 
 from phasevae import theory  # noqa: E402
-from phasevae.analysis import TRACED_AXES, rank_dims, settle  # noqa: E402
+from phasevae.analysis import GRID_AXES, rank_dims, settle  # noqa: E402
 from phasevae.errors import BadInput  # noqa: E402
 from phasevae.spec import Range, Spec  # noqa: E402
 from phasevae.store import RunDir, RunDirError  # noqa: E402
@@ -71,7 +71,7 @@ class RunData:
 
     def group_axes(self) -> list[str]:
         return [
-            a for a in TRACED_AXES if a in self.points and a not in ("sigma2", "seed")
+            a for a in GRID_AXES if a in self.points and a not in ("sigma2", "seed")
         ]
 
     def curve(self, transition: dict) -> pd.DataFrame:
@@ -273,7 +273,7 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
     """Heat map of KL over two grid axes (others averaged), unsettled points marked;
     over (sigma^2, beta) also the measured boundary with its interval, the predicted
     beta sigma^2 = lambda_max and the per-dim lines beta sigma^2 = lambda_i."""
-    grid_axes = [a for a in TRACED_AXES if a in rd.points]
+    grid_axes = [a for a in GRID_AXES if a in rd.points]
     for a in (x, y):
         if a not in grid_axes:
             raise PlotError(
@@ -470,6 +470,129 @@ def components_figure(rd: RunData, count: int = 8) -> Figure:
     return fig
 
 
+REMEDY_AXES = ("learning_rate", "kl_warmup_steps", "decoder_init_scale")
+
+
+def remedy_figure(rd: RunData, axis: str) -> Figure:
+    """theta_c = beta sigma_c^2 with its 95 % interval against a remedy's strength,
+    one line per value of the other axes, and the prediction lambda_max: does the
+    remedy move the boundary? Strengths without a transition in the grid are marked
+    at the top."""
+    lam = rd.analysis["spectrum"]["lambda_max"]
+    ts = pd.DataFrame(rd.analysis["transitions"])
+    others = [a for a in rd.group_axes() if a != axis and rd.points[a].nunique() > 1]
+    fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.9), layout="constrained")
+    groups = ts.groupby(others) if others else [((), ts)]
+    for i, (key, g) in enumerate(groups):
+        g = g.sort_values(axis)
+        found = g[g["sigma2_c"].notna()]
+        theta = found["sigma2_c"] * found["beta"]
+        pairs = zip(found["ci"], found["sigma2_c"], strict=True)
+        ci = [c if c else [s, s] for c, s in pairs]
+        lo = np.array([c[0] for c in ci]) * found["beta"]
+        hi = np.array([c[1] for c in ci]) * found["beta"]
+        key = key if isinstance(key, tuple) else (key,)
+        values = dict(zip(others, key, strict=True))
+        ax.errorbar(
+            found[axis],
+            theta,
+            yerr=[theta - lo, hi - theta],
+            fmt="o-",
+            ms=3,
+            color=f"C{i}",
+            label=_label(values, others) or "measured",
+        )
+        missing = g[g["sigma2_c"].isna()]
+        if len(missing):
+            top = lam * 1.5
+            ax.plot(missing[axis], [top] * len(missing), "^", color=f"C{i}")
+    ax.axhline(lam, color="k", ls="--", lw=1, label=r"predicted $\lambda_{max}$")
+    if _is_log(rd, axis):
+        ax.set_xscale("log")
+    ax.set_xlabel(_AXIS_LABEL.get(axis, axis))
+    ax.set_ylabel(r"$\theta_c = \beta\sigma_c^2$")
+    fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
+    ax.set_title(rd.title, fontsize=7)
+    return fig
+
+
+def hysteresis_figure(rd: RunData) -> Figure:
+    """KL of the sweep up sigma^2 and of the sweep down (each point warm-started from
+    the one before it), the area between them and where they part."""
+    hs = rd.analysis["hysteresis"]
+    fig, axs = plt.subplots(
+        1,
+        len(hs),
+        figsize=(COLUMN_IN * max(1, len(hs)), 2.9),
+        squeeze=False,
+        layout="constrained",
+    )
+    axes = [
+        a for a in rd.group_axes() if a != "direction" and rd.points[a].nunique() > 1
+    ]
+    for ax, h in zip(axs[0], hs, strict=True):
+        s2 = np.array(h["sigma2"])
+        ax.plot(s2, h["kl_up"], ">-", ms=3, color="C0", label=r"up $\sigma^2$")
+        ax.plot(s2, h["kl_down"], "<-", ms=3, color="C1", label=r"down $\sigma^2$")
+        ax.fill_between(s2, h["kl_up"], h["kl_down"], color="0.7", alpha=0.5, lw=0)
+        if h["parted"]:
+            ax.axvspan(*h["parted"], color="C3", alpha=0.12, lw=0, label="parted")
+        ax.set_xscale("log")
+        ax.set_xlabel(_AXIS_LABEL["sigma2"])
+        ax.set_ylabel("KL (nats)")
+        ax.set_title(
+            f"{_label(h, axes)}\narea {h['area']:.3g} nats, "
+            f"largest gap {h['max_gap']:.3g}",
+            fontsize=7,
+        )
+    fig.legend(
+        *axs[0, 0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=3,
+        fontsize=6,
+        frameon=False,
+    )
+    return fig
+
+
+def learned_variance_figure(rd: RunData, beta: float | None = None) -> Figure:
+    """Training curves of the learned decoder variance and of the KL, one colour per
+    starting sigma^2 (first seed, one beta): the self-deafening loop is sigma^2
+    growing while KL falls."""
+    m = rd.metrics[~rd.metrics["diverged"]]
+    beta = m["beta"].min() if beta is None else beta
+    m = m[(m["beta"] == beta) & (m["seed"] == m["seed"].min())]
+    starts = np.sort(m["sigma2"].unique())
+    colours = plt.cm.viridis(np.linspace(0, 1, len(starts)))
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(COLUMN_IN * 2, 2.9), layout="constrained"
+    )
+    for s2, c in zip(starts, colours, strict=True):
+        h = m[m["sigma2"] == s2].sort_values("step")
+        left.plot(h["step"], h["decoder_sigma2"], color=c, lw=1)
+        right.plot(h["step"], np.maximum(h["kl"], KL_FLOOR), color=c, lw=1)
+    left.axhline(
+        rd.analysis["spectrum"]["lambda_max"] / beta,
+        color="k",
+        ls="--",
+        lw=1,
+        label=r"$\lambda_{max}/\beta$",
+    )
+    left.set_yscale("log")
+    right.set_yscale("log")
+    for ax in (left, right):
+        ax.set_xlabel("training step")
+    left.set_ylabel(r"learned decoder $\sigma^2$")
+    right.set_ylabel("KL (nats)")
+    left.legend(fontsize=6, frameon=False)
+    sm = plt.cm.ScalarMappable(
+        cmap="viridis", norm=LogNorm(vmin=starts.min(), vmax=starts.max())
+    )
+    fig.colorbar(sm, ax=right, label=r"starting $\sigma^2$")
+    fig.suptitle(f"{rd.title} (beta = {beta:g})", fontsize=7)
+    return fig
+
+
 def plot_run(
     run_dir: str | Path, fmt: str = "png", x: str = "sigma2", y: str = "beta"
 ) -> list[Path]:
@@ -488,6 +611,16 @@ def plot_run(
         figures["phase_diagram"] = lambda: phase_diagram(rd, x, y)
     if "components" in rd.meta["spectrum"]:
         figures["components"] = lambda: components_figure(rd)
+    for axis in REMEDY_AXES:
+        if rd.points[axis].nunique() > 1:
+            figures[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
+            figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
+                rd, "sigma2", a
+            )
+    if rd.analysis.get("hysteresis"):
+        figures["hysteresis"] = lambda: hysteresis_figure(rd)
+    if "decoder_sigma2" in rd.metrics and rd.spec.model.sigma2 == "learned":
+        figures["learned_variance"] = lambda: learned_variance_figure(rd)
     out = Path(run_dir) / "figures"
     out.mkdir(exist_ok=True)
     paths = []

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from phasevae.analysis import TRACED_AXES, refinement, settle
+from phasevae.analysis import GRID_AXES, refinement, settle
 from phasevae.spec import Range, Spec
 from phasevae.store import RunDirError
 from phasevae.sweep import (
@@ -48,7 +48,23 @@ def adaptive(spec: Spec) -> bool:
     """Whether ``spec`` asks for this scheduler rather than all points at once."""
     t, s2 = spec.train, spec.grid.sigma2
     refine = isinstance(s2, Range) and s2.refine is not None
-    return t.slots > 0 or t.retire or refine
+    return t.slots > 0 or t.retire or t.hysteresis or refine
+
+
+def warm_starts(spec: Spec) -> bool:
+    return spec.train.warm_start or spec.train.hysteresis
+
+
+def chains(grid: pd.DataFrame) -> list[list[int]]:
+    """A hysteresis sweep's chains: rows with equal axes but sigma^2 (direction and
+    seed included), in the order they train: sigma^2 ascending for direction +1,
+    descending for -1."""
+    axes = [a for a in GRID_AXES if a in grid.columns and a != "sigma2"]
+    out = []
+    for _, g in grid.groupby(axes, sort=True):
+        rows = g.sort_values("sigma2").index.tolist()
+        out.append(rows if g["direction"].iloc[0] > 0 else rows[::-1])
+    return out
 
 
 class Schedule:
@@ -62,6 +78,21 @@ class Schedule:
         self.pending = list(range(len(self.grid)))
         self.finished: list[int] = []
         self.round = 0
+        self._link_chains()
+
+    def _link_chains(self) -> None:
+        """In a hysteresis sweep a point waits for the one before it in its chain;
+        the pending list runs through the chains position by position."""
+        self.after: dict[int, int] = {}
+        if "direction" not in self.grid.columns:
+            return
+        links = chains(self.grid)
+        for chain in links:
+            self.after.update(zip(chain[1:], chain[:-1], strict=True))
+        order = {
+            r: (i, c) for c, chain in enumerate(links) for i, r in enumerate(chain)
+        }
+        self.pending.sort(key=order.__getitem__)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -83,7 +114,11 @@ class Schedule:
         s.grid["seed"] = s.grid["seed"].astype(np.int64)
         s.slot_point = np.array(d["slot_point"], np.int64)
         s.slot_step = np.array(d["slot_step"], np.int64)
-        s.pending, s.finished, s.round = d["pending"], d["finished"], d["round"]
+        s.finished, s.round = d["finished"], d["round"]
+        s.pending = d["pending"]
+        pending = list(s.pending)
+        s._link_chains()
+        s.pending = pending  # keep the saved order
         return s
 
     @property
@@ -102,10 +137,13 @@ class Schedule:
     def fill(self) -> np.ndarray:
         """Put pending points into empty slots; the mask of refilled slots."""
         refilled = np.zeros(len(self.slot_point), bool)
+        done = set(self.finished)
         for slot in np.flatnonzero(~self.busy):
-            if not self.pending:
+            ready = [r for r in self.pending if self.after.get(r, r) in done | {r}]
+            if not ready:
                 break
-            self.slot_point[slot] = self.pending.pop(0)
+            self.pending.remove(ready[0])
+            self.slot_point[slot] = ready[0]
             self.slot_step[slot] = 0
             refilled[slot] = True
         return refilled
@@ -219,7 +257,7 @@ def _retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
         ripe = t.retire and steps >= max(t.min_steps, 1) and settled.get(pid, False)
         if steps >= t.steps or ripe or diverged[slot]:
             leaving.append(slot)
-    if t.warm_start and leaving:
+    if warm_starts(spec) and leaving:
         params = to_host(jax.tree.leaves(state.params))
         for slot in leaving:
             if not diverged[slot]:
@@ -238,7 +276,7 @@ def _refine(sched: Schedule, history: pd.DataFrame, points: int) -> None:
         for s2 in group["sigma2"]:
             for seed in seeds:
                 values = {
-                    **{a: group[a] for a in TRACED_AXES if a in group},
+                    **{a: group[a] for a in GRID_AXES if a in group},
                     "sigma2": s2,
                     "seed": int(seed),
                 }
@@ -264,7 +302,7 @@ def _refill(program, state, sched, refilled, warm, spec):
         return out
 
     merged = jax.tree.map(pick, fresh, old)
-    if spec.train.warm_start:
+    if warm_starts(spec):
         params = jax.tree.leaves(merged.params)
         for slot in np.flatnonzero(refilled):
             source = _nearest_finished(sched, sched.slot_point[slot], warm)
@@ -281,7 +319,7 @@ def _nearest_finished(sched: Schedule, row: int, warm: dict) -> str | None:
     """The finished point with the same non-sigma^2 axes (seed included) nearest in
     ln sigma^2 whose parameters were kept; None if there is none."""
     g = sched.grid
-    axes = [a for a in TRACED_AXES if a != "sigma2" and a in g.columns]
+    axes = [a for a in GRID_AXES if a != "sigma2" and a in g.columns]
     target = g.iloc[row]
     same = np.ones(len(g), bool)
     for a in axes:

@@ -90,11 +90,17 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The MLP VAE: hidden widths of encoder and decoder (empty = linear)."""
+    """The MLP VAE: hidden widths of encoder and decoder (empty = linear).
+
+    ``sigma2``: "fixed" keeps the decoder variance at the grid's sigma^2; "learned"
+    starts it there and trains it with the rest (its value is recorded at every
+    evaluation as ``decoder_sigma2``).
+    """
 
     latent_dim: int = 3
     encoder: tuple[int, ...] = (64, 32)
     decoder: tuple[int, ...] = (32, 64)
+    sigma2: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,10 @@ class TrainSpec:
     then the most any point trains. ``warm_start``: a refilled point starts from the
     parameters of the finished point nearest in sigma^2 with the same other axes
     (cheaper near a smooth curve; can carry one side's state across the transition,
-    i.e. show hysteresis that a cold start would not).
+    i.e. show hysteresis that a cold start would not). ``hysteresis``: every point is
+    trained twice, in a chain up sigma^2 and in a chain down (column ``direction``
+    +1 / -1), each point warm-started from the one before it in its chain; the
+    analysis compares the two KL curves.
     """
 
     steps: int = 3000
@@ -125,6 +134,7 @@ class TrainSpec:
     retire: bool = False
     min_steps: int = 0
     warm_start: bool = False
+    hysteresis: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,7 @@ _CHOICES = {
     ("data", "distribution"): ("gaussian", "laplace", "uniform", "bimodal"),
     ("data", "normalize"): ("none", "center", "standardize", "global", "unit"),
     ("train", "optimizer"): ("adam", "sgd"),
+    ("model", "sigma2"): ("fixed", "learned"),
 }
 # (lower bound, inclusive?) for every number that has one.
 _BOUNDS = {
@@ -459,6 +470,12 @@ def _check_spec(spec: Spec, where: str) -> None:
         )
     if d.source in ("array", "cifar10") and not d.path:
         raise SpecError(f"{where}: data.source = {d.source!r} needs data.path (a file)")
+    refine = isinstance(spec.grid.sigma2, Range) and spec.grid.sigma2.refine
+    if t.hysteresis and refine:
+        raise SpecError(
+            f"{where}: train.hysteresis and grid.sigma2.refine cannot be combined (a "
+            "chain up and down sigma^2 needs its points fixed in advance)"
+        )
     if t.min_steps > t.steps:
         raise SpecError(
             f"{where}: train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"

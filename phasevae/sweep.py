@@ -153,7 +153,8 @@ def point_id(values: dict) -> str:
 
 
 def grid_table(spec: Spec) -> pd.DataFrame:
-    """One row per grid point: ``point_id`` and one column per axis, in grid order.
+    """One row per grid point: ``point_id`` and one column per axis, in grid order
+    (and ``direction``, +1 or -1, in a hysteresis sweep: each point twice).
 
     Raises:
       SpecError: an axis lists the same value twice.
@@ -162,6 +163,8 @@ def grid_table(spec: Spec) -> pd.DataFrame:
     for name, values in axes.items():
         if len(set(values)) != len(values):
             raise SpecError(f"grid.{name} lists a value twice: {list(values)}")
+    if spec.train.hysteresis:
+        axes["direction"] = (1.0, -1.0)
     df = pd.DataFrame(list(itertools.product(*axes.values())), columns=list(axes))
     df["seed"] = df["seed"].astype(np.int64)
     ids = [point_id(r) for r in df.to_dict("records")]
@@ -192,6 +195,7 @@ def static_config(spec: Spec, data_dim: int) -> Static:
         optimizer=t.optimizer,
         seed=t.seed,
         shared_batches=t.shared_batches,
+        learned_sigma2=m.sigma2 == "learned",
     )
 
 
@@ -231,7 +235,8 @@ def run_sweep(
         written to ``out`` when the spec or the data is bad, when the sweep would not
         fit in device memory, or when ``out`` is in use.
     """
-    from phasevae.schedule import adaptive, train_adaptive  # it builds on this module
+    # the scheduler builds on this module
+    from phasevae.schedule import adaptive, chains, train_adaptive
 
     data = load_dataset(spec.data)
     if spec.model.latent_dim > data.x.shape[1]:
@@ -253,7 +258,7 @@ def run_sweep(
                 "--shard splits a fixed grid; an adaptive sweep (train.slots, "
                 "train.retire, grid.sigma2.refine) decides its points as it runs"
             )
-        slots = spec.train.slots or len(grid)
+        slots = spec.train.slots or len(chains(grid) if spec.train.hysteresis else grid)
         rows = grid.iloc[np.arange(slots) % len(grid)].reset_index(drop=True)
         program = _Program(spec, data, rows, step_per_model=True)
     else:
@@ -561,9 +566,11 @@ def metrics_frame(
     for j in range(m.var_dim.shape[1]):
         df[f"var_dim_{j}"] = np.asarray(m.var_dim[:, j], np.float64)
     df["mi"] = np.asarray(m.mi, np.float64)
+    df["decoder_sigma2"] = np.asarray(m.decoder_sigma2, np.float64)
     df["active_units"] = (m.kl_dim > ACTIVE_KL).sum(axis=1).astype(np.int64)
     trace, dim = float(np.sum(data.eigenvalues)), data.x.shape[1]
-    df["collapse_elbo"] = -theory.collapse_loss(trace, dim, df["sigma2"].to_numpy())
+    sigma2 = df["decoder_sigma2"].to_numpy()
+    df["collapse_elbo"] = -theory.collapse_loss(trace, dim, sigma2)
     df["diverged"] = diverged.astype(bool)
     return df
 

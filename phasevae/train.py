@@ -57,6 +57,7 @@ class Metrics(NamedTuple):
     kl_dim: Array  # (k,) nats per latent dim
     var_dim: Array  # (k,) mean encoder variance per latent dim
     mi: Array  # ()   estimate of I(x; z), nats, on the first MI_SAMPLES examples
+    decoder_sigma2: Array  # () the decoder variance used (learned: its current value)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Static:
     optimizer: str = "adam"
     seed: int = 0
     shared_batches: bool = True
+    learned_sigma2: bool = False
 
 
 _INIT, _NOISE, _EVAL, _BATCH = range(4)
@@ -129,14 +131,30 @@ class Trainer:
         last = f"Dense_{len(s.decoder)}"
         scaled = {**dec[last], "kernel": dec[last]["kernel"] * point.decoder_init_scale}
         params = {"params": {**params["params"], "dec": {**dec, last: scaled}}}
+        if s.learned_sigma2:  # trained like any parameter, from the grid's value
+            params["log_sigma2"] = jnp.log(point.sigma2)
         return TrainState(params, self.tx.init(params), jnp.zeros((), bool))
+
+    def _sigma2(self, params, point: Point) -> Array:
+        """The decoder variance: the grid's, or the learned one."""
+        if self.static.learned_sigma2:
+            return jnp.exp(params["log_sigma2"])
+        return point.sigma2
+
+    def _terms(self, params, point: Point, x: Array, eps: Array) -> Terms:
+        """Loss terms of a batch x (n, N) with noise eps (n, k)."""
+        return jax.vmap(example_terms, (None, None, 0, 0, None))(
+            self.model,
+            {"params": params["params"]},
+            x,
+            eps,
+            self._sigma2(params, point),
+        )
 
     def _batch_loss(
         self, params, point: Point, xb: Array, eps: Array, step: Array
     ) -> Array:
-        terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
-            self.model, params, xb, eps, point.sigma2
-        )
+        terms = self._terms(params, point, xb, eps)
         return jnp.mean(objective(terms, point.beta * warmup(point, step)))
 
     def _batch_indices(self, key: Array, step: Array, n: int) -> Array:
@@ -183,9 +201,7 @@ class Trainer:
         n, k = eval_x.shape[0], self.static.latent_dim
         m = min(n, MI_SAMPLES)
         eps = jax.random.normal(self._point_key(point, _EVAL), (n, k))
-        t: Terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
-            self.model, params, eval_x, eps, point.sigma2
-        )
+        t = self._terms(params, point, eval_x, eps)
         kl = jnp.sum(t.kl_dim, axis=-1)
         return Metrics(
             loss=jnp.mean(t.recon + point.beta * kl),
@@ -195,6 +211,7 @@ class Trainer:
             kl_dim=jnp.mean(t.kl_dim, axis=0),
             var_dim=jnp.mean(t.var_dim, axis=0),
             mi=mutual_information(t.mu[:m], t.var_dim[:m], eps[:m]),
+            decoder_sigma2=self._sigma2(params, point),
         )
 
     def _chunk(

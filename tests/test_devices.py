@@ -58,6 +58,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_spec):
     procs = [
         subprocess.Popen(
             [*base, "--process-id", str(i)],
+            env=dict(os.environ, JAX_NUM_CPU_DEVICES="1"),  # one device per process
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -82,24 +82,30 @@ def test_remedy_axes_reach_the_computation_in_one_compile(tiny_spec, tmp_path):
     grid = {
         "sigma2": [0.5, 8.0],
         "beta": [1.0],
+        "learning_rate": [0.01, 0.003],
         "kl_warmup_steps": [0.0, 15.0],
         "decoder_init_scale": [1.0, 0.1],
     }
     result = run_sweep(tiny_spec(grid=grid), tmp_path / "remedies")
     m = result.metrics
-    assert result.meta["grid_size"] == 8 and result.meta["compiles"] == 1
+    assert result.meta["grid_size"] == 16 and result.meta["compiles"] == 1
     last = m[m["step"] == 20].set_index(
-        ["sigma2", "kl_warmup_steps", "decoder_init_scale"]
+        ["sigma2", "learning_rate", "kl_warmup_steps", "decoder_init_scale"]
     )
-    base = last.loc[(0.5, 0.0, 1.0), "loss"]
-    assert last.loc[(0.5, 15.0, 1.0), "loss"] != base  # warm-up changes the trajectory
-    assert last.loc[(0.5, 0.0, 0.1), "loss"] != base  # so does the init scale
+    base = last.loc[(0.5, 0.01, 0.0, 1.0), "loss"]
+    assert last.loc[(0.5, 0.01, 15.0, 1.0), "loss"] != base  # warm-up changes it
+    assert last.loc[(0.5, 0.01, 0.0, 0.1), "loss"] != base  # so does the init scale
+    assert last.loc[(0.5, 0.003, 0.0, 1.0), "loss"] != base  # and the learning rate
 
     # no warm-up and scale 1 are exactly the run without those axes (same ids too)
     plain = run_sweep(
         tiny_spec(grid={"sigma2": [0.5, 8.0], "beta": [1.0]}), tmp_path / "p"
     )
-    same = m[(m["kl_warmup_steps"] == 0.0) & (m["decoder_init_scale"] == 1.0)]
+    same = m[
+        (m["kl_warmup_steps"] == 0.0)
+        & (m["decoder_init_scale"] == 1.0)
+        & (m["learning_rate"] == 0.01)
+    ]
     cols = ["point_id", "step", "loss", "kl", "mse"]
     pd.testing.assert_frame_equal(
         same[cols].sort_values(cols[:2]).reset_index(drop=True),
