@@ -18,6 +18,9 @@ not O(B * width^2), and the peak it is compared with is a matmul peak.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -171,11 +174,28 @@ def time_baseline(m: int, steps: int = 30) -> float:
     return m * steps / (time.perf_counter() - t0)
 
 
+def baseline_as_a_user_runs_it(m: int) -> float:
+    """:func:`time_baseline` in a fresh process with JAX's defaults (one CPU device
+    using every core), not the device split this process may run with."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    flags = [f for f in flags if "force_host_platform_device_count" not in f]
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", XLA_FLAGS=" ".join(flags))
+    code = f"from phasevae.bench import time_baseline; print(time_baseline({m}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.split()[-1])
+
+
 def run(models: list[int], baseline_models: int = 4) -> list[BenchResult]:
     """Time every M in ``models``; the baseline's rate (per model, it does not
     depend on M) is measured once on ``baseline_models`` models."""
     peak = matmul_peak()
-    baseline = time_baseline(baseline_models)
+    baseline = baseline_as_a_user_runs_it(baseline_models)
     flops = flops_per_model_step()
     out = []
     for m in models:

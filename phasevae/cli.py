@@ -322,21 +322,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     peak = results[0].matmul_peak_flops_per_s
     print(
-        f"devices: {results[0].device}; "
-        f"{bench.flops_per_model_step():.3g} FLOP per model-step"
+        f"{bench.flops_per_model_step():.3g} FLOP per model-step; "
+        "the models axis is sharded over the devices listed per row"
     )
     print(f"matmul peak (float32, 2048^3 product): {peak:.3g} FLOP/s")
     rows = [
         f"{r.models:>6} {r.model_steps_per_s:>14.4g} {r.flops_per_s:>12.3g} "
         f"{100 * r.fraction_of_peak:>7.1f} % {r.compile_s:>9.2f} "
         f"{r.state_bytes_per_model:>12,} {r.program_bytes_per_model:>12,} "
-        f"{r.speedup_over_baseline:>9.1f}x"
+        f"{r.speedup_over_baseline:>9.1f}x  {r.device}"
         for r in results
     ]
     print(
         f"{'models':>6} {'model-steps/s':>14} {'FLOP/s':>12} {'of peak':>9} "
         f"{'compile s':>9} {'state B/model':>12} {'step B/model':>12} "
-        f"{'vs loop':>10}"
+        f"{'vs loop':>10}  devices"
     )
     print("\n".join(rows))
     print(

@@ -314,7 +314,8 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
             axis.set_major_locator(FixedLocator(np.asarray(values, float)))
             axis.set_major_formatter(FormatStrFormatter("%g"))
             axis.set_minor_locator(NullLocator())
-    fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # nothing unsettled and no boundary: none
+        fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
     ax.set_title(rd.title, fontsize=7)
     return fig
 

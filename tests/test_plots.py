@@ -88,3 +88,47 @@ def test_a_run_without_analysis_is_refused(tmp_path, capsys):
     assert "phasevae analyze" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nope")]) == 2
     json.loads((run.path / "meta.json").read_text())  # untouched
+
+
+def test_remedy_hysteresis_and_learned_variance_figures(tmp_path):
+    """A learned-variance hysteresis sweep over a remedy axis draws the remedy's
+    theta_c figure and phase diagram, the up/down curves and the sigma^2 curves, and
+    the remedy figure plots analysis.json's theta_c."""
+    from phasevae.spec import spec_from_dict
+    from tests.conftest import tiny_dict
+
+    grid = {
+        "sigma2": {"min": 0.3, "max": 30.0, "num": 5},
+        "beta": [1.0],
+        "decoder_init_scale": [0.1, 1.0],
+    }
+    spec = spec_from_dict(
+        tiny_dict(
+            grid=grid,
+            model={"sigma2": "learned"},
+            train={"steps": 40, "eval_every": 10, "hysteresis": True},
+        )
+    )
+    out = tmp_path / "run"
+    run_sweep(spec, out)
+    doc = analyze_run(out)
+    assert main(["plot", str(out)]) == 0
+    for name in (
+        "remedy_decoder_init_scale",
+        "phase_diagram_decoder_init_scale",
+        "hysteresis",
+        "learned_variance",
+    ):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+    rd = plots.load(out)
+    fig = plots.remedy_figure(rd, "decoder_init_scale")
+    drawn = sorted(
+        float(y)
+        for line in fig.axes[0].get_lines()
+        if line.get_marker() == "o"
+        for y in line.get_ydata()
+    )
+    expect = sorted(
+        t["sigma2_c"] * t["beta"] for t in doc["transitions"] if t["sigma2_c"]
+    )
+    np.testing.assert_allclose(drawn, expect)
