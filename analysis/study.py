@@ -15,7 +15,9 @@ from phasevae.analysis import GRID_AXES, analyze_run
 from phasevae.plots import plot_run
 from phasevae.spec import load_spec
 from phasevae.store import atomic_write_text
-from phasevae.sweep import run_sweep
+from phasevae.sweep import run_sweep, split_cpu_into_devices
+
+split_cpu_into_devices()  # as `phasevae sweep` does, before JAX starts its backend
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

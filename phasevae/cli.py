@@ -90,10 +90,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"{v:.4g}" for v in spectrum["eigenvalues"][: spec.model.latent_dim]
     )
     print(f"lambda_max = {spectrum['lambda_max']:.4g}; top eigenvalues {top}")
+    if "model_steps" in meta:  # adaptive: points trained for different lengths
+        work = (
+            f"{meta['grid_size']} grid points ({meta['rounds']} refinement rounds), "
+            f"{meta['model_steps']:,} model-steps (at most {meta['steps']} each)"
+        )
+    else:
+        work = f"{meta['grid_size']} grid points x {meta['steps']} steps"
     print(
-        f"{meta['grid_size']} grid points x {meta['steps']} steps; compile "
-        f"{_fmt_s(wall['compile_s'])}, training {_fmt_s(wall['train_s'])} in all, "
-        f"{time.perf_counter() - t0:.1f} s this call"
+        f"{work}; compile {_fmt_s(wall['compile_s'])}, training "
+        f"{_fmt_s(wall['train_s'])} in all, {time.perf_counter() - t0:.1f} s this call"
     )
     table = summary_table(result.metrics, spectrum["lambda_max"])
     print("final KL (nats, mean over seeds); predicted sigma2_c = lambda_max / beta")

@@ -613,7 +613,7 @@ def plot_run(
     if "components" in rd.meta["spectrum"]:
         figures["components"] = lambda: components_figure(rd)
     for axis in REMEDY_AXES:
-        if rd.points[axis].nunique() > 1:
+        if axis in rd.points and rd.points[axis].nunique() > 1:
             figures[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
             figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
                 rd, "sigma2", a
