@@ -367,6 +367,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"run directory: {run.path} ({meta.get('status', 'not started')})")
     if meta.get("shard"):
         print(f"shard {meta['shard'][0]}/{meta['shard'][1]} of the grid")
+    if "schedule" in meta:  # adaptive: points train for different lengths
+        n = meta["schedule"]
+        print(
+            f"grid points so far: {size} ({meta.get('rounds', 0)} refinement rounds); "
+            f"finished {n['finished']}, training {n['training']}, pending "
+            f"{n['pending']}, diverged {diverged}; {done:,} model-steps trained"
+        )
+        return 0
     print(
         f"grid points: {size}; done {finished}, pending {size - finished}, "
         f"diverged {diverged}; steps {done} of {steps} (all points advance together)"

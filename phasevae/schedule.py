@@ -377,6 +377,11 @@ def _save_adaptive(run, frames, state, sched, warm, meta) -> None:
         if pid in diverged
     }
     meta["steps_done"] = int(meta["model_steps"])
+    meta["schedule"] = {
+        "finished": len(sched.finished),
+        "training": int(sched.busy.sum()),
+        "pending": len(sched.pending),
+    }
     if jax.process_index() != 0:
         return
     run.write_metrics(pd.concat(frames, ignore_index=True))

@@ -223,9 +223,13 @@ def test_min_steps_beyond_steps_is_refused(tiny_spec):
         tiny_spec(train={"min_steps": 100})
 
 
-def test_meta_records_the_schedule(tmp_path, tiny_spec):
+def test_meta_and_status_report_the_schedule(tmp_path, tiny_spec, capsys):
     spec = tiny_spec(train={"slots": 1}, grid={"sigma2": [0.5, 8.0], "beta": [1.0]})
     sweep_mod.run_sweep(spec, tmp_path / "run")
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["model_steps"] == 40 and meta["grid_size"] == 2
     assert meta["rounds"] == 0 and meta["status"] == "complete"
+    assert meta["schedule"] == {"finished": 2, "training": 0, "pending": 0}
+    assert main(["status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "finished 2, training 0, pending 0" in out and "40 model-steps" in out
