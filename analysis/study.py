@@ -41,7 +41,10 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
     ]
     rows = []
     for t in doc["transitions"]:
-        setting = ", ".join(f"{a} = {t[a]:g}" for a in varying)
+        setting = ", ".join(
+            f"{a} = {t[a] if isinstance(t[a], str) else format(t[a], 'g')}"
+            for a in varying
+        )
         rows.append(
             {
                 "study": study,

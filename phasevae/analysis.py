@@ -40,6 +40,7 @@ GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "kl_warmup_steps",
     "decoder_init_scale",
     "direction",  # a hysteresis sweep's +1 (sigma^2 up) or -1 (down); not traced
+    "decoder",  # static: the decoder's hidden widths, "32-64" or "linear"
 )
 
 

@@ -78,7 +78,10 @@ class RunData:
         """Points (all seeds) of one transition's curve, diverged ones left out."""
         mask = ~self.points["diverged"]
         for a in self.group_axes():
-            mask &= np.isclose(self.points[a], transition[a])
+            if isinstance(transition[a], str):
+                mask &= self.points[a] == transition[a]
+            else:
+                mask &= np.isclose(self.points[a], transition[a])
         return self.points[mask].sort_values("sigma2")
 
 
@@ -128,7 +131,11 @@ def _transition_panels(rd: RunData, rows: int, height: float):
 
 
 def _label(t: dict, axes: list[str]) -> str:
-    return ", ".join(f"{_AXIS_LABEL.get(a, a)} = {t[a]:g}" for a in axes)
+    return ", ".join(f"{_AXIS_LABEL.get(a, a)} = {_value(t[a])}" for a in axes)
+
+
+def _value(v) -> str:
+    return v if isinstance(v, str) else f"{v:g}"
 
 
 _AXIS_LABEL = {
@@ -138,6 +145,7 @@ _AXIS_LABEL = {
     "seed": "seed",
     "kl_warmup_steps": "KL warm-up steps",
     "decoder_init_scale": "decoder init scale",
+    "decoder": "decoder hidden widths",
 }
 
 
@@ -471,7 +479,7 @@ def components_figure(rd: RunData, count: int = 8) -> Figure:
     return fig
 
 
-REMEDY_AXES = ("learning_rate", "kl_warmup_steps", "decoder_init_scale")
+REMEDY_AXES = ("learning_rate", "kl_warmup_steps", "decoder_init_scale", "decoder")
 
 
 def remedy_figure(rd: RunData, axis: str) -> Figure:
@@ -483,9 +491,14 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
     ts = pd.DataFrame(rd.analysis["transitions"])
     others = [a for a in rd.group_axes() if a != axis and rd.points[a].nunique() > 1]
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.9), layout="constrained")
+    categorical = isinstance(ts[axis].iloc[0], str)  # a static axis: "decoder"
+    names = list(dict.fromkeys(ts[axis])) if categorical else []
+    positions = {n: i for i, n in enumerate(names)}
     groups = ts.groupby(others) if others else [((), ts)]
     for i, (key, g) in enumerate(groups):
         g = g.sort_values(axis)
+        if categorical:
+            g = g.assign(**{axis: g[axis].map(positions)})
         found = g[g["sigma2_c"].notna()]
         theta = found["sigma2_c"] * found["beta"]
         pairs = zip(found["ci"], found["sigma2_c"], strict=True)
@@ -508,7 +521,9 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
             top = lam * 1.5
             ax.plot(missing[axis], [top] * len(missing), "^", color=f"C{i}")
     ax.axhline(lam, color="k", ls="--", lw=1, label=r"predicted $\lambda_{max}$")
-    if _is_log(rd, axis):
+    if categorical:
+        ax.set_xticks(range(len(names)), names)
+    elif _is_log(rd, axis):
         ax.set_xscale("log")
     ax.set_xlabel(_AXIS_LABEL.get(axis, axis))
     ax.set_ylabel(r"$\theta_c = \beta\sigma_c^2$")
@@ -615,9 +630,10 @@ def plot_run(
     for axis in REMEDY_AXES:
         if axis in rd.points and rd.points[axis].nunique() > 1:
             figures[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
-            figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
-                rd, "sigma2", a
-            )
+            if axis != "decoder":  # a map needs a numeric axis
+                figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
+                    rd, "sigma2", a
+                )
     if rd.analysis.get("hysteresis"):
         figures["hysteresis"] = lambda: hysteresis_figure(rd)
     if "decoder_sigma2" in rd.metrics and rd.spec.model.sigma2 == "learned":

@@ -144,6 +144,10 @@ class GridSpec:
     ``learning_rate`` absent means ``[train.learning_rate]``. ``kl_warmup_steps``: beta
     ramps linearly from 0 to its value over that many steps (0: no warm-up).
     ``decoder_init_scale``: the decoder's last layer starts scaled by it.
+
+    ``decoder`` is a static axis: a list of decoder hidden-width lists (``[]`` is a
+    linear decoder) replacing ``model.decoder``. Each option compiles once and trains
+    as its own group (:meth:`Spec.static_groups`).
     """
 
     sigma2: Axis = Range(0.05, 50.0, 16, "log")
@@ -152,6 +156,7 @@ class GridSpec:
     learning_rate: Axis | None = None
     kl_warmup_steps: Axis = (0.0,)
     decoder_init_scale: Axis = (1.0,)
+    decoder: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,23 @@ class Spec:
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     grid: GridSpec = field(default_factory=GridSpec)
+
+    def static_groups(self) -> list[tuple[str, Spec]]:
+        """(label, spec of one group) per option of the static axes; [] without any.
+        A group's spec has the option in ``model`` and no static axis left."""
+        if self.grid.decoder is None:
+            return []
+        return [
+            (
+                decoder_label(d),
+                dataclasses.replace(
+                    self,
+                    model=dataclasses.replace(self.model, decoder=d),
+                    grid=dataclasses.replace(self.grid, decoder=None),
+                ),
+            )
+            for d in self.grid.decoder
+        ]
 
     def axes(self) -> dict[str, tuple[float, ...]]:
         """Value lists of every grid axis, in grid (row-major) order."""
@@ -174,6 +196,11 @@ class Spec:
             "kl_warmup_steps": axis_values(self.grid.kl_warmup_steps),
             "decoder_init_scale": axis_values(self.grid.decoder_init_scale),
         }
+
+
+def decoder_label(widths: tuple[int, ...]) -> str:
+    """How a decoder option is named in tables: "32-64", or "linear"."""
+    return "-".join(str(w) for w in widths) or "linear"
 
 
 def axis_values(axis: Axis) -> tuple[float, ...]:
@@ -288,7 +315,7 @@ def _range_dict(r: Range) -> dict:
 
 
 def _plain(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+    return [_plain(x) for x in v] if isinstance(v, tuple) else v
 
 
 def _apply_override(raw: dict, item: str, where: Path) -> None:
@@ -343,6 +370,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     """Check one value's type against its default's and convert lists to tuples."""
     full = f"{section}.{key}"
     bad = f"{where}: {full} = {value!r}:"
+    if (section, key) == ("grid", "decoder"):
+        return _coerce_widths_axis(full, value, bad)
     if section == "grid":
         return _coerce_axis(
             full, value, bad, integer=key == "seeds", refinable=key == "sigma2"
@@ -420,6 +449,23 @@ def _coerce_axis(
         refine = _coerce_refine(full, value.get("refine"), bad)
         return Range(float(lo), float(hi), num, scale, refine)
     raise SpecError(f"{bad} must be {allowed}")
+
+
+def _coerce_widths_axis(full: str, value: Any, bad: str) -> tuple[tuple[int, ...], ...]:
+    rule = "must be a non-empty list of width lists, e.g. [[32, 64], [128, 256], []]"
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"{bad} {rule}")
+    options = []
+    for option in value:
+        ok = isinstance(option, list) and all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in option
+        )
+        if not ok:
+            raise SpecError(f"{bad} {rule} (widths are integers >= 1)")
+        options.append(tuple(option))
+    if len(set(options)) != len(options):
+        raise SpecError(f"{bad} lists an option twice")
+    return tuple(options)
 
 
 def _coerce_refine(full: str, value: Any, bad: str) -> Refine | None:

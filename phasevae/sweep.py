@@ -238,6 +238,10 @@ def run_sweep(
     # the scheduler builds on this module
     from phasevae.schedule import adaptive, chains, train_adaptive
 
+    if spec.static_groups():
+        return _run_static_groups(
+            spec, out, progress, checkpoint_seconds, shard, dry_run
+        )
     data = load_dataset(spec.data)
     if spec.model.latent_dim > data.x.shape[1]:
         raise DataError(
@@ -288,6 +292,73 @@ def run_sweep(
         return _train(
             program, spec, data, run, progress, checkpoint_seconds, stop, shard
         )
+
+
+def _run_static_groups(spec, out, progress, checkpoint_seconds, shard, dry_run):
+    """One sweep per option of the static axes, each compiled once, in sequence, into
+    ``out/groups/<label>`` (each resumable on its own); then their tables are joined
+    into ``out`` with a column per static axis and ids that include it."""
+    groups = spec.static_groups()
+    run = RunDir(out)
+    if dry_run:
+        plans = [
+            run_sweep(g, run.path / "groups" / label, dry_run=True, shard=shard)
+            for label, g in groups
+        ]
+        return {
+            **plans[0],
+            "grid_size": sum(p["grid_size"] for p in plans),
+            "static_groups": len(plans),
+            "compile_s": sum(p["compile_s"] for p in plans),
+            "estimated_train_s": sum(p["estimated_train_s"] for p in plans),
+        }
+    if _finished(run, spec, shard):
+        return _result(run, [run.metrics()], run.meta())
+    primary = jax.process_index() == 0
+    with run.lock() if primary else contextlib.nullcontext():
+        if primary:
+            run.claim(spec)
+        results = [
+            (
+                label,
+                run_sweep(
+                    g,
+                    run.path / "groups" / label,
+                    progress,
+                    checkpoint_seconds,
+                    shard,
+                ),
+            )
+            for label, g in groups
+        ]
+        frames, points = [], {}
+        for label, r in results:
+            df = r.metrics.assign(decoder=label)
+            ids = {p: point_id({"point": p, "decoder": label}) for p in df["point_id"]}
+            df["point_id"] = df["point_id"].map(ids)
+            frames.append(df)
+            points.update({ids[p]: v for p, v in r.meta.get("points", {}).items()})
+        metas = [r.meta for _, r in results]
+        meta = {
+            **metas[0],
+            "spec": spec_to_dict(spec),
+            "grid_size": sum(m["grid_size"] for m in metas),
+            "static_groups": [label for label, _ in results],
+            "compiles": sum(m.get("compiles", 0) for m in metas),
+            "points": points,
+            "wall_times": {
+                "compile_s": sum(m["wall_times"]["compile_s"] or 0 for m in metas),
+                "train_s": sum(m["wall_times"]["train_s"] for m in metas),
+            },
+            "shard": list(shard) if shard else None,
+            "status": "complete",
+        }
+        if "model_steps" in metas[0]:
+            meta["model_steps"] = sum(m["model_steps"] for m in metas)
+        if primary:
+            run.write_metrics(pd.concat(frames, ignore_index=True))
+            run.write_meta(meta)
+    return _result(run, frames, meta)
 
 
 @contextlib.contextmanager
@@ -581,7 +652,9 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
     last evaluation."""
     last = metrics.sort_values("step").groupby("point_id").tail(1)
     keys = ["beta"] + [
-        k for k in ("learning_rate", *LATER_AXES) if k in last and last[k].nunique() > 1
+        k
+        for k in ("learning_rate", *LATER_AXES, "decoder")
+        if k in last and last[k].nunique() > 1
     ]
     rows = []
     for key, g in last.groupby(keys):

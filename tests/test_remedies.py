@@ -120,3 +120,41 @@ def test_a_hysteresis_sweep_reports_both_curves(tiny_spec, tmp_path):
     (h,) = a["hysteresis"]
     assert h["sigma2"] == [0.2, 0.5, 1.2, 3.0, 8.0]
     assert h["area"] >= 0 and len(h["kl_up"]) == len(h["kl_down"]) == 5
+
+
+def test_static_decoder_groups_compile_once_each(tiny_spec, tmp_path):
+    grid = {"sigma2": [0.5, 2.0, 8.0], "beta": [1.0]}
+    spec = tiny_spec(grid={**grid, "decoder": [[8], [16, 16], []]})
+    result = run_sweep(spec, tmp_path / "run")
+    assert result.meta["static_groups"] == ["8", "16-16", "linear"]
+    assert result.meta["compiles"] == 3 and result.meta["grid_size"] == 9
+    m = result.metrics
+    assert m["point_id"].nunique() == 9 and set(m["decoder"]) == {
+        "8",
+        "16-16",
+        "linear",
+    }
+    # a group is the sweep of that decoder on its own
+    alone = run_sweep(
+        tiny_spec(model={"decoder": [16, 16]}, grid=grid), tmp_path / "alone"
+    ).metrics
+    cols = ["sigma2", "step", "loss", "kl", "mse"]
+    pd.testing.assert_frame_equal(
+        m[m["decoder"] == "16-16"][cols].sort_values(cols[:2]).reset_index(drop=True),
+        alone[cols].sort_values(cols[:2]).reset_index(drop=True),
+    )
+    last = m[m["step"] == 20].groupby("decoder")["loss"].mean()
+    assert last.nunique() == 3  # the decoder reaches the computation
+    again = run_sweep(spec, tmp_path / "run")  # finished: nothing retrained
+    assert len(again.metrics) == len(m)
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [([[8], [8]], "twice"), ([[0]], "integers >= 1"), (["8"], "width lists")],
+)
+def test_bad_decoder_axes_are_refused(tiny_spec, value, words):
+    from phasevae.spec import SpecError
+
+    with pytest.raises(SpecError, match=words):
+        tiny_spec(grid={"decoder": value})
