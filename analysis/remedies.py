@@ -4,10 +4,11 @@ beta * sigma^2 = lambda_max, or only the path training takes to it?
     python analysis/remedies.py
 
 Runs sweeps/remedy_warmup.toml, remedy_init_scale.toml, remedy_learned_variance.toml,
-remedy_decoder.toml and hysteresis.toml into results/remedies/, analyses and plots
-each, and writes results/remedies/summary.json (one row per transition, as the other
-studies) and results/remedies/findings.json (the learned variance's end points per
-start and beta, and the hysteresis sweep's area and parting).
+remedy_decoder.toml, remedy_skip.toml and hysteresis.toml into results/remedies/,
+analyses and plots each, and writes results/remedies/summary.json (one row per
+transition, as the other studies) and results/remedies/findings.json (the learned
+variance's end points per start and beta, and the hysteresis sweep's area and
+parting).
 """
 
 import json
@@ -55,6 +56,7 @@ if __name__ == "__main__":
     rows += run_variant(STUDY, "init_scale", "remedy_init_scale.toml")
     rows += run_variant(STUDY, "learned_variance", "remedy_learned_variance.toml")
     rows += run_variant(STUDY, "decoder", "remedy_decoder.toml")
+    rows += run_variant(STUDY, "skip", "remedy_skip.toml")
     rows += run_variant(STUDY, "hysteresis", "hysteresis.toml")
     write_summary(STUDY, rows)
     findings = {

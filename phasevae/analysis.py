@@ -41,6 +41,7 @@ GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "decoder_init_scale",
     "direction",  # a hysteresis sweep's +1 (sigma^2 up) or -1 (down); not traced
     "decoder",  # static: the decoder's hidden widths, "32-64" or "linear"
+    "skip",  # static: the skip path from x into the decoder
 )
 
 

@@ -151,7 +151,7 @@ def _transition_table(result: dict) -> str:
         axes = {k: t[k] for k in ("beta", "learning_rate") if k in t}
         later = {"kl_warmup_steps": 0.0, "decoder_init_scale": 1.0}
         axes.update({k: t[k] for k, d in later.items() if t.get(k, d) != d})
-        axes.update({k: t[k] for k in ("direction", "decoder") if k in t})
+        axes.update({k: t[k] for k in ("direction", "decoder", "skip") if k in t})
         ci = t["ci"] or [float("nan")] * 2
         rows.append(
             {

@@ -68,30 +68,40 @@ class VAE(nn.Module):
       latent_dim: k.
       encoder: hidden widths of the encoder MLP.
       decoder: hidden widths of the decoder MLP.
+      skip: a path from x into the decoder, which then sees [z, shortcut]:
+        "none"; "plain", shortcut = x (the decoder can reconstruct without z);
+        "gated", shortcut = sigmoid(G z) * x, a gate computed from z alone (no bias,
+        so it cannot be held open without z).
     """
 
     data_dim: int
     latent_dim: int
     encoder: Sequence[int]
     decoder: Sequence[int]
+    skip: str = "none"
 
     def setup(self):
         self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim)
         self.dec = MLP(tuple(self.decoder), self.data_dim)
+        if self.skip == "gated":
+            self.gate = nn.Dense(self.data_dim, use_bias=False)
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         """(N,) -> mu (k,), log s^2 (k,)."""
         h = self.enc(x)
         return h[: self.latent_dim], h[self.latent_dim :]
 
-    def decode(self, z: Array) -> Array:
-        """(k,) -> f(z) (N,)."""
-        return self.dec(z)
+    def decode(self, z: Array, x: Array) -> Array:
+        """(k,), and x (N,) for the skip path -> f(z) (N,)."""
+        if self.skip == "none":
+            return self.dec(z)
+        shortcut = x if self.skip == "plain" else nn.sigmoid(self.gate(z)) * x
+        return self.dec(jnp.concatenate([z, shortcut]))
 
     def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
         """x (N,), eps (k,) standard normal -> (mu, logvar, f(mu + s * eps))."""
         mu, logvar = self.encode(x)
-        return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps)
+        return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps, x)
 
 
 class Terms(NamedTuple):

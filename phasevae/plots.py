@@ -146,6 +146,7 @@ _AXIS_LABEL = {
     "kl_warmup_steps": "KL warm-up steps",
     "decoder_init_scale": "decoder init scale",
     "decoder": "decoder hidden widths",
+    "skip": "skip path",
 }
 
 
@@ -479,7 +480,8 @@ def components_figure(rd: RunData, count: int = 8) -> Figure:
     return fig
 
 
-REMEDY_AXES = ("learning_rate", "kl_warmup_steps", "decoder_init_scale", "decoder")
+STATIC_AXES = ("decoder", "skip")  # categorical: a remedy figure, no phase diagram
+REMEDY_AXES = ("learning_rate", "kl_warmup_steps", "decoder_init_scale", *STATIC_AXES)
 
 
 def remedy_figure(rd: RunData, axis: str) -> Figure:
@@ -630,7 +632,7 @@ def plot_run(
     for axis in REMEDY_AXES:
         if axis in rd.points and rd.points[axis].nunique() > 1:
             figures[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
-            if axis != "decoder":  # a map needs a numeric axis
+            if axis not in STATIC_AXES:  # a map needs a numeric axis
                 figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
                     rd, "sigma2", a
                 )

@@ -9,6 +9,7 @@ names the file, the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -94,13 +95,15 @@ class ModelSpec:
 
     ``sigma2``: "fixed" keeps the decoder variance at the grid's sigma^2; "learned"
     starts it there and trains it with the rest (its value is recorded at every
-    evaluation as ``decoder_sigma2``).
+    evaluation as ``decoder_sigma2``). ``skip``: a path from x into the decoder,
+    "none", "plain" (x itself) or "gated" (x times a sigmoid gate computed from z).
     """
 
     latent_dim: int = 3
     encoder: tuple[int, ...] = (64, 32)
     decoder: tuple[int, ...] = (32, 64)
     sigma2: str = "fixed"
+    skip: str = "none"
 
 
 @dataclass(frozen=True)
@@ -145,9 +148,10 @@ class GridSpec:
     ramps linearly from 0 to its value over that many steps (0: no warm-up).
     ``decoder_init_scale``: the decoder's last layer starts scaled by it.
 
-    ``decoder`` is a static axis: a list of decoder hidden-width lists (``[]`` is a
-    linear decoder) replacing ``model.decoder``. Each option compiles once and trains
-    as its own group (:meth:`Spec.static_groups`).
+    ``decoder`` and ``skip`` are static axes: a list of decoder hidden-width lists
+    (``[]`` is a linear decoder) replacing ``model.decoder``, and a list of skip paths
+    replacing ``model.skip``. Each combination compiles once and trains as its own
+    group (:meth:`Spec.static_groups`).
     """
 
     sigma2: Axis = Range(0.05, 50.0, 16, "log")
@@ -157,6 +161,7 @@ class GridSpec:
     kl_warmup_steps: Axis = (0.0,)
     decoder_init_scale: Axis = (1.0,)
     decoder: tuple[tuple[int, ...], ...] | None = None
+    skip: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,22 +171,27 @@ class Spec:
     train: TrainSpec = field(default_factory=TrainSpec)
     grid: GridSpec = field(default_factory=GridSpec)
 
-    def static_groups(self) -> list[tuple[str, Spec]]:
-        """(label, spec of one group) per option of the static axes; [] without any.
-        A group's spec has the option in ``model`` and no static axis left."""
-        if self.grid.decoder is None:
+    def static_groups(self) -> list[tuple[dict[str, str], Spec]]:
+        """({static axis: value label}, spec of that group) per combination of the
+        static axes' options; [] without any. A group's spec has its options in
+        ``model`` and no static axis left."""
+        g = self.grid
+        axes = {}
+        if g.decoder is not None:
+            axes["decoder"] = [(decoder_label(d), {"decoder": d}) for d in g.decoder]
+        if g.skip is not None:
+            axes["skip"] = [(k, {"skip": k}) for k in g.skip]
+        if not axes:
             return []
-        return [
-            (
-                decoder_label(d),
-                dataclasses.replace(
-                    self,
-                    model=dataclasses.replace(self.model, decoder=d),
-                    grid=dataclasses.replace(self.grid, decoder=None),
-                ),
-            )
-            for d in self.grid.decoder
-        ]
+        bare = dataclasses.replace(g, decoder=None, skip=None)
+        groups = []
+        for combo in itertools.product(*axes.values()):
+            model = self.model
+            for _, change in combo:
+                model = dataclasses.replace(model, **change)
+            labels = dict(zip(axes, (label for label, _ in combo), strict=True))
+            groups.append((labels, dataclasses.replace(self, model=model, grid=bare)))
+        return groups
 
     def axes(self) -> dict[str, tuple[float, ...]]:
         """Value lists of every grid axis, in grid (row-major) order."""
@@ -216,6 +226,7 @@ _CHOICES = {
     ("data", "normalize"): ("none", "center", "standardize", "global", "unit"),
     ("train", "optimizer"): ("adam", "sgd"),
     ("model", "sigma2"): ("fixed", "learned"),
+    ("model", "skip"): ("none", "plain", "gated"),
 }
 # (lower bound, inclusive?) for every number that has one.
 _BOUNDS = {
@@ -372,6 +383,19 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     bad = f"{where}: {full} = {value!r}:"
     if (section, key) == ("grid", "decoder"):
         return _coerce_widths_axis(full, value, bad)
+    if (section, key) == ("grid", "skip"):
+        choices = _CHOICES[("model", "skip")]
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(v not in choices for v in value)
+            or len(set(value)) != len(value)
+        ):
+            raise SpecError(
+                f"{bad} must be a list of distinct skip paths from "
+                f"{', '.join(repr(c) for c in choices)}"
+            )
+        return tuple(value)
     if section == "grid":
         return _coerce_axis(
             full, value, bad, integer=key == "seeds", refinable=key == "sigma2"

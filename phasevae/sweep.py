@@ -196,6 +196,7 @@ def static_config(spec: Spec, data_dim: int) -> Static:
         seed=t.seed,
         shared_batches=t.shared_batches,
         learned_sigma2=m.sigma2 == "learned",
+        skip=m.skip,
     )
 
 
@@ -298,12 +299,14 @@ def _run_static_groups(spec, out, progress, checkpoint_seconds, shard, dry_run):
     """One sweep per option of the static axes, each compiled once, in sequence, into
     ``out/groups/<label>`` (each resumable on its own); then their tables are joined
     into ``out`` with a column per static axis and ids that include it."""
-    groups = spec.static_groups()
+    groups = [
+        ("__".join(labels.values()), labels, g) for labels, g in spec.static_groups()
+    ]
     run = RunDir(out)
     if dry_run:
         plans = [
-            run_sweep(g, run.path / "groups" / label, dry_run=True, shard=shard)
-            for label, g in groups
+            run_sweep(g, run.path / "groups" / name, dry_run=True, shard=shard)
+            for name, _, g in groups
         ]
         return {
             **plans[0],
@@ -320,30 +323,31 @@ def _run_static_groups(spec, out, progress, checkpoint_seconds, shard, dry_run):
             run.claim(spec)
         results = [
             (
-                label,
+                name,
+                labels,
                 run_sweep(
                     g,
-                    run.path / "groups" / label,
+                    run.path / "groups" / name,
                     progress,
                     checkpoint_seconds,
                     shard,
                 ),
             )
-            for label, g in groups
+            for name, labels, g in groups
         ]
         frames, points = [], {}
-        for label, r in results:
-            df = r.metrics.assign(decoder=label)
-            ids = {p: point_id({"point": p, "decoder": label}) for p in df["point_id"]}
+        for _, labels, r in results:
+            df = r.metrics.assign(**labels)
+            ids = {p: point_id({"point": p, **labels}) for p in df["point_id"]}
             df["point_id"] = df["point_id"].map(ids)
             frames.append(df)
             points.update({ids[p]: v for p, v in r.meta.get("points", {}).items()})
-        metas = [r.meta for _, r in results]
+        metas = [r.meta for _, _, r in results]
         meta = {
             **metas[0],
             "spec": spec_to_dict(spec),
             "grid_size": sum(m["grid_size"] for m in metas),
-            "static_groups": [label for label, _ in results],
+            "static_groups": [name for name, _, _ in results],
             "compiles": sum(m.get("compiles", 0) for m in metas),
             "points": points,
             "wall_times": {
@@ -653,7 +657,7 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
     last = metrics.sort_values("step").groupby("point_id").tail(1)
     keys = ["beta"] + [
         k
-        for k in ("learning_rate", *LATER_AXES, "decoder")
+        for k in ("learning_rate", *LATER_AXES, "decoder", "skip")
         if k in last and last[k].nunique() > 1
     ]
     rows = []

@@ -74,6 +74,7 @@ class Static:
     seed: int = 0
     shared_batches: bool = True
     learned_sigma2: bool = False
+    skip: str = "none"
 
 
 _INIT, _NOISE, _EVAL, _BATCH = range(4)
@@ -102,7 +103,11 @@ class Trainer:
     def __init__(self, static: Static, models_sharding=None):
         self.static = static
         self.model = VAE(
-            static.data_dim, static.latent_dim, static.encoder, static.decoder
+            static.data_dim,
+            static.latent_dim,
+            static.encoder,
+            static.decoder,
+            static.skip,
         )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()

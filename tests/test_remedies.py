@@ -150,11 +150,37 @@ def test_static_decoder_groups_compile_once_each(tiny_spec, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "value, words",
-    [([[8], [8]], "twice"), ([[0]], "integers >= 1"), (["8"], "width lists")],
+    "axis, value, words",
+    [
+        ("decoder", [[8], [8]], "twice"),
+        ("decoder", [[0]], "integers >= 1"),
+        ("decoder", ["8"], "width lists"),
+        ("skip", ["plain", "plain"], "distinct skip paths"),
+        ("skip", ["unet"], "distinct skip paths"),
+    ],
 )
-def test_bad_decoder_axes_are_refused(tiny_spec, value, words):
+def test_bad_static_axes_are_refused(tiny_spec, axis, value, words):
     from phasevae.spec import SpecError
 
     with pytest.raises(SpecError, match=words):
-        tiny_spec(grid={"decoder": value})
+        tiny_spec(grid={axis: value})
+
+
+def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path):
+    """Decoder x skip: 2 x 3 groups, one compile each. The plain skip hands the
+    decoder x itself, the gated one x times a gate of z; both change the loss."""
+    grid = {"sigma2": [0.5, 8.0], "beta": [1.0], "decoder": [[8], []]}
+    spec = tiny_spec(grid={**grid, "skip": ["none", "plain", "gated"]})
+    result = run_sweep(spec, tmp_path / "run")
+    assert result.meta["compiles"] == 6 and result.meta["grid_size"] == 12
+    assert result.meta["static_groups"][:2] == ["8__none", "8__plain"]
+    m = result.metrics
+    last = m[m["step"] == 20].groupby(["decoder", "skip"])["loss"].mean()
+    assert last.nunique() == 6
+    # the gate is a parameter of the gated group only, computed from z alone
+    from phasevae.model import VAE
+
+    model = VAE(4, 2, (8,), (8,), "gated")
+    params = model.init(jax.random.key(0), jnp.zeros(4), jnp.zeros(2))
+    assert params["params"]["gate"]["kernel"].shape == (2, 4)
+    assert "bias" not in params["params"]["gate"]
