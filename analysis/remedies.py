@@ -42,6 +42,12 @@ def learned_variance_ends(run: str) -> list[dict]:
     return out
 
 
+def scaling(run: str) -> list[dict]:
+    """beta sigma^2 scaling per remedy setting (RMS spread of the KL curves)."""
+    doc = json.loads((RESULTS / STUDY / run / "analysis.json").read_text())
+    return doc["scaling_by"] or ([doc["scaling"]] if doc["scaling"] else [])
+
+
 def hysteresis_summary(run: str) -> list[dict]:
     doc = json.loads((RESULTS / STUDY / run / "analysis.json").read_text())
     return [
@@ -62,6 +68,9 @@ if __name__ == "__main__":
     findings = {
         "learned_variance": learned_variance_ends("learned_variance"),
         "hysteresis": hysteresis_summary("hysteresis"),
+        "scaling": {
+            r: scaling(r) for r in ("warmup", "init_scale", "learned_variance")
+        },
     }
     path = RESULTS / STUDY / "findings.json"
     atomic_write_text(path, json.dumps(findings, indent=1, default=float))
@@ -76,4 +85,8 @@ if __name__ == "__main__":
             f"hysteresis beta = {h['beta']:g}: area {h['area']:.3g} nats, "
             f"largest gap {h['max_gap']:.3g}, parted {h['parted']}"
         )
+    for run, rows_ in findings["scaling"].items():
+        for r in rows_:
+            setting = {k: v for k, v in r.items() if k not in ("overlap_theta",)}
+            print(f"beta sigma^2 scaling, {run}: {setting}")
     print(f"wrote {path}")

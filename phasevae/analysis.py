@@ -466,6 +466,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
         "hysteresis": hysteresis(table) if "direction" in table else [],
         "boundary": boundary(transitions, float(ev[0])),
         "scaling": scaling_collapse(table),
+        "scaling_by": scaling_by_group(table),
         "points": _points(table),
     }
 
@@ -629,12 +630,14 @@ def scaling_collapse(table: pd.DataFrame, grid_points: int = 100) -> dict | None
     curves (nats), ``relative_spread`` the same divided by the RMS of the mean curve.
     """
     ok = table[~table["diverged"] & (table["beta"] > 0)]
-    curves = [
-        g.groupby("sigma2")["kl"].mean() for _, g in ok.groupby("beta") if len(g) > 1
+    pairs = [
+        (b, g.groupby("sigma2")["kl"].mean())
+        for b, g in ok.groupby("beta")
+        if g["sigma2"].nunique() > 1
     ]
-    betas = sorted(ok["beta"].unique())
-    if len(curves) < 2:
+    if len(pairs) < 2:
         return None
+    betas, curves = zip(*pairs, strict=True)
     lt = [np.log(c.index.to_numpy() * b) for c, b in zip(curves, betas, strict=True)]
     lo, hi = max(x.min() for x in lt), min(x.max() for x in lt)
     if hi <= lo:
@@ -650,6 +653,27 @@ def scaling_collapse(table: pd.DataFrame, grid_points: int = 100) -> dict | None
         "rms_spread": rms,
         "relative_spread": rms / scale if scale > 0 else None,
     }
+
+
+def scaling_by_group(table: pd.DataFrame) -> list[dict]:
+    """:func:`scaling_collapse` separately for each value of the axes other than
+    sigma^2, beta and seed (a remedy's strength, a decoder, ...): which settings keep
+    the beta sigma^2 symmetry and which break it. [] when no such axis varies."""
+    axes = [
+        a
+        for a in GRID_AXES
+        if a in table and a not in ("sigma2", "beta", "seed") and table[a].nunique() > 1
+    ]
+    if not axes:
+        return []
+    out = []
+    for key, g in table.groupby(axes, sort=True):
+        s = scaling_collapse(g)
+        if s is not None:
+            key = key if isinstance(key, tuple) else (key,)
+            values = {a: _num(v) for a, v in zip(axes, key, strict=True)}
+            out.append({**values, **s})
+    return out
 
 
 def _points(table: pd.DataFrame) -> list[dict]:

@@ -91,8 +91,8 @@ class VAE(nn.Module):
         h = self.enc(x)
         return h[: self.latent_dim], h[self.latent_dim :]
 
-    def decode(self, z: Array, x: Array) -> Array:
-        """(k,), and x (N,) for the skip path -> f(z) (N,)."""
+    def decode(self, z: Array, x: Array | None = None) -> Array:
+        """(k,), and x (N,) when there is a skip path -> f(z) (N,)."""
         if self.skip == "none":
             return self.dec(z)
         shortcut = x if self.skip == "plain" else nn.sigmoid(self.gate(z)) * x

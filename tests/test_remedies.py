@@ -184,3 +184,20 @@ def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path
     params = model.init(jax.random.key(0), jnp.zeros(4), jnp.zeros(2))
     assert params["params"]["gate"]["kernel"].shape == (2, 4)
     assert "bias" not in params["params"]["gate"]
+
+
+def test_scaling_per_remedy_setting_tells_which_breaks_the_symmetry():
+    """Closed-form KL(beta sigma^2) for three betas under two settings of a remedy
+    axis; in the second the beta = 2 curve is moved (the symmetry broken)."""
+    from tests.test_analysis import synthetic_metrics
+
+    kept = synthetic_metrics([0.5, 1.0, 2.0], noise=0.0).assign(kl_warmup_steps=0.0)
+    broken = synthetic_metrics([0.5, 1.0, 2.0], noise=0.0).assign(kl_warmup_steps=9.0)
+    broken["point_id"] += "w"
+    broken.loc[broken["beta"] == 2.0, "kl"] += 0.3
+    table = analysis.settle(pd.concat([kept, broken]), ["kl"])
+    by = {r["kl_warmup_steps"]: r for r in analysis.scaling_by_group(table)}
+    # (linear interpolation between samples rounds the kinks: not exactly zero)
+    assert by[0.0]["rms_spread"] < 0.01
+    assert by[9.0]["rms_spread"] == pytest.approx(0.3 * np.sqrt(2) / 3, abs=0.01)
+    assert analysis.scaling_by_group(kept.pipe(analysis.settle, ["kl"])) == []
