@@ -293,6 +293,11 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
     if x == y:
         raise PlotError("--x and --y must be different axes")
     pts = rd.points[~rd.points["diverged"]]
+    names = {}  # a static axis ("decoder", "skip") is drawn at positions 0, 1, ...
+    for a in (x, y):
+        if isinstance(pts[a].iloc[0], str):
+            names[a] = list(dict.fromkeys(rd.points[a]))
+            pts = pts.assign(**{a: pts[a].map({n: i for i, n in enumerate(names[a])})})
     table = pts.pivot_table(index=y, columns=x, values="kl", aggfunc="mean")
     xs, ys = table.columns.to_numpy(float), table.index.to_numpy(float)
     fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.3, 3.3), layout="constrained")
@@ -318,7 +323,11 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
     ax.set_xlabel(_AXIS_LABEL.get(x, x))
     ax.set_ylabel(_AXIS_LABEL.get(y, y))
     for a, axis in ((x, ax.xaxis), (y, ax.yaxis)):
-        if not isinstance(getattr(rd.spec.grid, a, None), Range) and _is_log(rd, a):
+        if a in names:
+            axis.set_major_locator(FixedLocator(range(len(names[a]))))
+            axis.set_ticklabels(names[a])
+            axis.set_minor_locator(NullLocator())
+        elif not isinstance(getattr(rd.spec.grid, a, None), Range) and _is_log(rd, a):
             values = table.columns if axis is ax.xaxis else table.index
             axis.set_major_locator(FixedLocator(np.asarray(values, float)))
             axis.set_major_formatter(FormatStrFormatter("%g"))
@@ -480,8 +489,13 @@ def components_figure(rd: RunData, count: int = 8) -> Figure:
     return fig
 
 
-STATIC_AXES = ("decoder", "skip")  # categorical: a remedy figure, no phase diagram
-REMEDY_AXES = ("learning_rate", "kl_warmup_steps", "decoder_init_scale", *STATIC_AXES)
+REMEDY_AXES = (
+    "learning_rate",
+    "kl_warmup_steps",
+    "decoder_init_scale",
+    "decoder",  # static axes: categorical, drawn at positions 0, 1, ...
+    "skip",
+)
 
 
 def remedy_figure(rd: RunData, axis: str) -> Figure:
@@ -632,10 +646,9 @@ def plot_run(
     for axis in REMEDY_AXES:
         if axis in rd.points and rd.points[axis].nunique() > 1:
             figures[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
-            if axis not in STATIC_AXES:  # a map needs a numeric axis
-                figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
-                    rd, "sigma2", a
-                )
+            figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
+                rd, "sigma2", a
+            )
     if rd.analysis.get("hysteresis"):
         figures["hysteresis"] = lambda: hysteresis_figure(rd)
     if "decoder_sigma2" in rd.metrics and rd.spec.model.sigma2 == "learned":
@@ -660,6 +673,8 @@ def _is_log(rd: RunData, axis: str) -> bool:
     spec_axis = getattr(rd.spec.grid, axis, None)
     if isinstance(spec_axis, Range):
         return spec_axis.scale == "log"
+    if isinstance(rd.points[axis].iloc[0], str):
+        return False
     values = rd.points[axis].to_numpy(float)
     return axis != "seed" and values.min() > 0 and values.max() >= 3 * values.min()
 

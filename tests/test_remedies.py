@@ -169,14 +169,22 @@ def test_bad_static_axes_are_refused(tiny_spec, axis, value, words):
 def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path):
     """Decoder x skip: 2 x 3 groups, one compile each. The plain skip hands the
     decoder x itself, the gated one x times a gate of z; both change the loss."""
-    grid = {"sigma2": [0.5, 8.0], "beta": [1.0], "decoder": [[8], []]}
+    grid = {"sigma2": [0.3, 1.0, 3.0, 10.0], "beta": [1.0], "decoder": [[8], []]}
     spec = tiny_spec(grid={**grid, "skip": ["none", "plain", "gated"]})
     result = run_sweep(spec, tmp_path / "run")
-    assert result.meta["compiles"] == 6 and result.meta["grid_size"] == 12
+    assert result.meta["compiles"] == 6 and result.meta["grid_size"] == 24
     assert result.meta["static_groups"][:2] == ["8__none", "8__plain"]
     m = result.metrics
     last = m[m["step"] == 20].groupby(["decoder", "skip"])["loss"].mean()
     assert last.nunique() == 6
+    # analysed per group; a static axis gets its remedy figure and phase diagram
+    from phasevae.analysis import analyze_run
+    from phasevae.plots import plot_run
+
+    doc = analyze_run(tmp_path / "run")
+    assert {(t["decoder"], t["skip"]) for t in doc["transitions"]} == set(last.index)
+    names = {p.stem for p in plot_run(tmp_path / "run")}
+    assert {"remedy_skip", "phase_diagram_skip", "remedy_decoder"} <= names
     # the gate is a parameter of the gated group only, computed from z alone
     from phasevae.model import VAE
 
