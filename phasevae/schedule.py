@@ -21,6 +21,7 @@ import json
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -239,10 +240,10 @@ def _retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
     """Free the slots whose point has trained its steps, has settled (with
     ``retire``) or diverged; keep its parameters for warm starts."""
     t = spec.train
-    history = pd.concat(frames, ignore_index=True)
-    ids = set(frame["point_id"])
     settled = {}
     if t.retire:
+        history = pd.concat(frames, ignore_index=True)
+        ids = set(frame["point_id"])
         table = settle(
             history[history["point_id"].isin(ids)],
             ["kl"],
@@ -289,29 +290,33 @@ def _refine(sched: Schedule, history: pd.DataFrame, points: int) -> None:
     sched.add_round(new)
 
 
+@jax.jit
+def _merge(mask, new, old):
+    """Per model, ``new`` where ``mask`` else ``old`` (on the devices)."""
+
+    def pick(a, b):
+        return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, new, old)
+
+
 def _refill(program, state, sched, refilled, warm, spec):
     """Re-initialise the refilled slots for their new points (from a finished
     neighbour's parameters with ``warm_start``)."""
-    fresh = to_host(program.trainer.init(program.points_for(sched.slot_rows())))
-    old = to_host(state)
-    n = len(sched.slot_point)
-
-    def pick(new, cur):
-        out = np.array(cur)
-        out[:n][refilled] = np.asarray(new)[:n][refilled]
-        return out
-
-    merged = jax.tree.map(pick, fresh, old)
-    if warm_starts(spec):
-        params = jax.tree.leaves(merged.params)
-        for slot in np.flatnonzero(refilled):
-            source = _nearest_finished(sched, sched.slot_point[slot], warm)
-            if source is not None:
-                for a, w in zip(params, warm[source], strict=True):
-                    a[slot] = w
-        merged = merged.replace(
-            params=jax.tree.unflatten(jax.tree.structure(merged.params), params)
-        )
+    fresh = program.trainer.init(program.points_for(sched.slot_rows()))
+    merged = _merge(program.place.models(refilled), fresh, state)
+    if not warm_starts(spec):
+        return merged
+    merged = jax.tree.map(np.array, to_host(merged))  # writable copies
+    params = jax.tree.leaves(merged.params)
+    for slot in np.flatnonzero(refilled):
+        source = _nearest_finished(sched, sched.slot_point[slot], warm)
+        if source is not None:
+            for a, w in zip(params, warm[source], strict=True):
+                a[slot] = w
+    merged = merged.replace(
+        params=jax.tree.unflatten(jax.tree.structure(merged.params), params)
+    )
     return program.place.models(merged)
 
 
