@@ -227,6 +227,21 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from phasevae.sweep import split_cpu_into_devices
+    from phasevae.validate import run_suite
+
+    split_cpu_into_devices()
+
+    def progress(case):
+        print(f"case {case.name}: {case.description}", file=sys.stderr, flush=True)
+
+    run_suite(args.out, args.quick, args.case, progress)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"wrote {Path(args.out) / 'validation.json'}")
+    return 0
+
+
 def _init_distributed(args: argparse.Namespace) -> bool:
     """Join a multi-process JAX job if asked to; True for the process that writes."""
     if args.num_processes is None and not args.distributed:
@@ -482,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_theory)
+
+    p = sub.add_parser(
+        "validate",
+        help="the transition estimate against long training on the validation suite",
+    )
+    p.add_argument(
+        "--out", default="results/validation", help="where runs and tables go"
+    )
+    p.add_argument("--quick", action="store_true", help="the two test-sized cases")
+    p.add_argument("--case", action="append", default=[], help="only this case")
+    p.set_defaults(func=cmd_validate)
     return parser
 
 

@@ -1,0 +1,166 @@
+"""The collapse transition of one curve from its training trajectories: an estimate
+with the finite-training bias removed, an interval reported as its two parts
+(statistical, finite-training), and a verdict. No JAX.
+
+Why trajectories: near the kink the relaxation time grows like 1 / |lambda_max - theta|
+(critical slowing down, SCIENCE.md), so a point just below sigma_c^2 escapes the
+collapsed state slowly and a point just above it decays slowly. A run of T steps rounds
+the kink over the zone that has not relaxed, and a fit of the final KL is biased by an
+amount that falls as T grows, in a direction that depends on the data and the start.
+The metrics table holds every evaluation of every point, which is enough to measure
+how fast that happens:
+
+1. The curve is the top latent dim's KL (``kl_rank_0``, :func:`phasevae.fit.rank_dims`):
+   the collapse transition is where the last active dim dies, and that dim's own curve
+   has a single kink, so a second dim collapsing close by (a flat top,
+   lambda_1 ~ lambda_2) cannot merge with it in the fit. Each point's value is the mean
+   of its last quarter of evaluations (at least 3): SGD noise is large near the kink.
+2. It is fitted (:func:`phasevae.fit.fit_curve`, at most 2 breakpoints, the last is the
+   transition) on the evaluations up to the final step T and up to T/2. With a bias
+   falling like 1/t, the Richardson step u = u_T + (u_T - u_{T/2}) removes it to first
+   order: that is the estimate.
+3. The finite-training part of the interval is the larger of
+   * ``SLOW_DECAY`` * |u_T - u_{T/2}|: for a bias falling like t^-p the Richardson step
+     leaves (1 / (2^p - 1) - 1) |u_T - u_{T/2}|, which is 1.41 times it at p = 1/2
+     and 0 at p = 1, so 1.5 covers any decay at least as fast as t^-1/2; and
+   * tau_0 / T, the half-width (in ln sigma^2) of the zone that cannot have relaxed by
+     T: each point relaxes in t_r ~ tau_0 / |u - u_c|, and tau_0 is the median of
+     t_r |u - u_c| over the points whose relaxation was resolved by the evaluations.
+     This catches what the Richardson step cannot: a bias that has not started to move
+     yet (points trapped near the collapsed saddle look settled).
+4. The interval is the estimate -/+ (statistical half-width + finite-training part),
+   the statistical half-widths being those of the profile (or over-seed) interval at T.
+5. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE`` and the
+   kink lies inside the grid with sampled values on both sides; ``train longer``
+   otherwise, with the sigma^2 range to train (the interval) and the step count at
+   which the finite-training part, falling like 1/t, would be within the tolerance;
+   ``no transition in grid`` when the top dim's KL still falls at the largest sigma^2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from phasevae.fit import fit_curve, rank_dims, settle
+
+TOLERANCE = 0.01  # finite-training part (ln sigma^2, ~ relative) a trusted estimate has
+SLOW_DECAY = 1.5  # see the module docstring, step 3
+MAX_BREAKS = 2
+TRUSTED, LONGER, NONE = "trusted", "train longer", "no transition in grid"
+
+
+def top_dim_table(metrics: pd.DataFrame, latent_dim: int) -> pd.DataFrame:
+    """Per point: ``kl_rank_0`` (and ``_se``), the top dim's KL averaged over the last
+    quarter (at least 3) of the evaluations in ``metrics``, with the point's axes."""
+    evals = metrics.groupby("point_id")["step"].nunique().min()
+    columns = [f"kl_dim_{j}" for j in range(latent_dim)]
+    table = settle(metrics, columns, window=max(3, int(evals) // 4))
+    return rank_dims(table, latent_dim)
+
+
+def relaxation_scale(
+    metrics: pd.DataFrame, latent_dim: int, u_c: float
+) -> float | None:
+    """tau_0 (steps x ln sigma^2): the median of t_r |u - u_c| over the points (seeds
+    averaged) within one unit of ln sigma^2 of ``u_c`` whose relaxation time t_r the
+    evaluations resolve. t_r is the first evaluation from which the top dim's KL stays
+    within 3 standard deviations of its last quarter (+10 % of it + 2e-3 nats) of that
+    quarter's mean; it is resolved when it is later than the first evaluation and at
+    most half the run. None when no point is resolved."""
+    kl = metrics[[f"kl_dim_{j}" for j in range(latent_dim)]].max(axis=1)
+    curves = kl.groupby([metrics["sigma2"], metrics["step"]]).mean().unstack("step")
+    steps = curves.columns.to_numpy(np.float64)
+    if len(steps) < 4:
+        return None
+    q = max(3, len(steps) // 4)
+    found = []
+    for sigma2, row in curves.iterrows():
+        du = abs(math.log(sigma2) - u_c)
+        y = row.to_numpy(np.float64)
+        if not 0 < du <= 1.0 or not np.all(np.isfinite(y)):
+            continue
+        tail = y[-q:]
+        band = 3 * tail.std(ddof=1) + 0.1 * abs(tail.mean()) + 2e-3
+        outside = np.nonzero(np.abs(y - tail.mean()) > band)[0]
+        if len(outside) == 0 or outside[-1] + 1 >= len(steps):
+            continue
+        t_r = steps[outside[-1] + 1]
+        if t_r <= steps[-1] / 2:
+            found.append(t_r * du)
+    return float(np.median(found)) if found else None
+
+
+def _fit_top(metrics: pd.DataFrame, latent_dim: int):
+    """(u_c or None, statistical half-widths (below, above) in u, interval method,
+    the fit) of the top dim's curve from ``metrics``."""
+    table = top_dim_table(metrics, latent_dim)
+    fit, s2c, ci, method, _ = fit_curve(table, "kl_rank_0", MAX_BREAKS)
+    if s2c is None:
+        return None, None, method, fit
+    u = math.log(s2c)
+    return u, (u - math.log(ci[0]), math.log(ci[1]) - u), method, fit
+
+
+def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
+    """The transition of one curve (one value of every axis but sigma^2 and seed) from
+    the metrics rows of its usable (not diverged) points, every evaluation included.
+
+    Returns:
+      a dict: ``sigma2_c`` (bias-corrected), ``ci`` [low, high], ``ci_statistical``
+      and ``ci_finite_training`` (the two half-widths, in ln sigma^2, below and above
+      for the first), ``sigma2_c_final`` and ``sigma2_c_half`` (the fits at T and
+      T/2), ``relaxation_scale`` (tau_0), ``ci_method``, ``verdict``, and for
+      ``train longer`` ``train_longer`` = {sigma2: [low, high], steps}.
+    """
+    steps = np.sort(metrics["step"].unique())
+    final = int(steps[-1])
+    u_t, stat, method, fit = _fit_top(metrics, latent_dim)
+    out = {
+        "sigma2_c": None,
+        "ci": None,
+        "ci_statistical": None,
+        "ci_finite_training": None,
+        "sigma2_c_final": None,
+        "sigma2_c_half": None,
+        "relaxation_scale": None,
+        "ci_method": method,
+        "verdict": NONE,
+        "train_longer": None,
+        "steps": final,
+    }
+    if u_t is None:
+        return out
+    half = metrics[metrics["step"] <= final / 2]
+    u_h = _fit_top(half, latent_dim)[0] if half["step"].nunique() >= 2 else None
+    tau0 = relaxation_scale(metrics, latent_dim, u_t)
+    delta = None if u_h is None else u_t - u_h
+    parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
+    parts += [tau0 / final] if tau0 is not None else []
+    finite = max(parts) if parts else math.nan
+    u = u_t + (delta or 0.0)
+    lo, hi = u - stat[0] - finite, u + stat[1] + finite
+    us = np.log(np.sort(metrics["sigma2"].unique()))
+    inside = (us < lo).sum() >= 2 and (us > hi).sum() >= 2
+    trusted = delta is not None and finite <= TOLERANCE and inside
+    out.update(
+        sigma2_c=math.exp(u),
+        ci=None if math.isnan(finite) else [math.exp(lo), math.exp(hi)],
+        ci_statistical=list(stat),
+        ci_finite_training=None if math.isnan(finite) else finite,
+        sigma2_c_final=math.exp(u_t),
+        sigma2_c_half=None if u_h is None else math.exp(u_h),
+        relaxation_scale=tau0,
+        verdict=TRUSTED if trusted else LONGER,
+    )
+    if not trusted:
+        width = finite if not math.isnan(finite) else 2 * TOLERANCE
+        lo_u, hi_u = u - stat[0] - width, u + stat[1] + width
+        need = final * max(2.0, width / TOLERANCE)
+        out["train_longer"] = {
+            "sigma2": [math.exp(lo_u), math.exp(hi_u)],
+            "steps": int(math.ceil(need / 100.0) * 100),
+        }
+    return out
