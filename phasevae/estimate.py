@@ -18,20 +18,26 @@ how fast that happens:
 2. It is fitted (:func:`phasevae.fit.fit_curve`, at most 2 breakpoints, the last is the
    transition) on the evaluations up to the final step T and up to T/2. With a bias
    falling like 1/t, the Richardson step u = u_T + (u_T - u_{T/2}) removes it to first
-   order: that is the estimate.
+   order: that is the estimate when the drift u_T - u_{T/2} exceeds the two fits'
+   combined statistical error (a smaller one is indistinguishable from noise, which
+   the step would double); its statistical error is then propagated from the two
+   fits' (taken as independent: their windows of evaluations do not overlap).
 3. The finite-training part of the interval is the larger of
    * ``SLOW_DECAY`` * |u_T - u_{T/2}|: for a bias falling like t^-p the Richardson step
      leaves (1 / (2^p - 1) - 1) |u_T - u_{T/2}|, which is 1.41 times it at p = 1/2
      and 0 at p = 1, so 1.5 covers any decay at least as fast as t^-1/2; and
    * tau_0 / T, the half-width (in ln sigma^2) of the zone that cannot have relaxed by
      T: each point relaxes in t_r ~ tau_0 / |u - u_c|, and tau_0 is the median of
-     t_r |u - u_c| over the points whose relaxation was resolved by the evaluations.
+     t_r |u - u_c| over the points that moved (:func:`relaxation_scale`).
      This catches what the Richardson step cannot: a bias that has not started to move
      yet (points trapped near the collapsed saddle look settled).
 4. The interval is the estimate -/+ (statistical half-width + finite-training part),
-   the statistical half-widths being those of the profile (or over-seed) interval at T.
-5. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE`` and the
-   kink lies inside the grid with sampled values on both sides; ``train longer``
+   the statistical half-widths being those of the profile (or over-seed) intervals
+   at T and T/2 combined as the Richardson step combines the two estimates.
+5. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
+   point within ``NEAR`` of the kink still trends (the per-point trend test of
+   :func:`phasevae.fit.settle` on the KL over the last half of the evaluations) and
+   the kink lies inside the grid with sampled values on both sides; ``train longer``
    otherwise, with the sigma^2 range to train (the interval) and the step count at
    which the finite-training part, falling like 1/t, would be within the tolerance;
    ``no transition in grid`` when the top dim's KL still falls at the largest sigma^2.
@@ -49,6 +55,7 @@ from phasevae.fit import fit_curve, rank_dims, settle
 TOLERANCE = 0.01  # finite-training part (ln sigma^2, ~ relative) a trusted estimate has
 SLOW_DECAY = 1.5  # see the module docstring, step 3
 MAX_BREAKS = 2
+NEAR = 0.25  # ln sigma^2: a point this close to the kink still trending vetoes trust
 TRUSTED, LONGER, NONE = "trusted", "train longer", "no transition in grid"
 
 
@@ -65,15 +72,21 @@ def relaxation_scale(
     metrics: pd.DataFrame, latent_dim: int, u_c: float
 ) -> float | None:
     """tau_0 (steps x ln sigma^2): the median of t_r |u - u_c| over the points (seeds
-    averaged) within one unit of ln sigma^2 of ``u_c`` whose relaxation time t_r the
-    evaluations resolve. t_r is the first evaluation from which the top dim's KL stays
-    within 3 standard deviations of its last quarter (+10 % of it + 2e-3 nats) of that
-    quarter's mean; it is resolved when it is later than the first evaluation and at
-    most half the run. None when no point is resolved."""
+    averaged) within one unit of ln sigma^2 of ``u_c`` that relaxed, or are relaxing,
+    towards their final value.
+
+    A point's band is the last quarter's mean +- (3 jitters, from successive
+    differences so that a trend is not taken for noise, + 10 % of the mean + 2e-3
+    nats). A point moved when its first evaluation lies outside the band; points that
+    never did (stationary from the start) say nothing and are left out. t_r is the
+    first evaluation from which the KL stays inside the band; a point still moving at
+    the end (the quarter before the last outside the band) counts with t_r = T, a lower
+    bound. None when no point moved.
+    """
     kl = metrics[[f"kl_dim_{j}" for j in range(latent_dim)]].max(axis=1)
     curves = kl.groupby([metrics["sigma2"], metrics["step"]]).mean().unstack("step")
     steps = curves.columns.to_numpy(np.float64)
-    if len(steps) < 4:
+    if len(steps) < 8:
         return None
     q = max(3, len(steps) // 4)
     found = []
@@ -82,26 +95,28 @@ def relaxation_scale(
         y = row.to_numpy(np.float64)
         if not 0 < du <= 1.0 or not np.all(np.isfinite(y)):
             continue
-        tail = y[-q:]
-        band = 3 * tail.std(ddof=1) + 0.1 * abs(tail.mean()) + 2e-3
+        tail, before = y[-q:], y[-2 * q : -q]
+        jitter = np.std(np.diff(tail), ddof=1) / math.sqrt(2)
+        band = 3 * jitter + 0.1 * abs(tail.mean()) + 2e-3
         outside = np.nonzero(np.abs(y - tail.mean()) > band)[0]
-        if len(outside) == 0 or outside[-1] + 1 >= len(steps):
-            continue
-        t_r = steps[outside[-1] + 1]
-        if t_r <= steps[-1] / 2:
-            found.append(t_r * du)
+        if len(outside) == 0 or outside[0] != 0:
+            continue  # never moved: nothing to learn about its relaxation
+        moving = abs(before.mean() - tail.mean()) > band
+        last = outside[-1] + 1
+        t_r = steps[-1] if moving or last >= len(steps) else steps[last]
+        found.append(t_r * du)
     return float(np.median(found)) if found else None
 
 
 def _fit_top(metrics: pd.DataFrame, latent_dim: int):
     """(u_c or None, statistical half-widths (below, above) in u, interval method,
-    the fit) of the top dim's curve from ``metrics``."""
+    the per-point table) of the top dim's curve from ``metrics``."""
     table = top_dim_table(metrics, latent_dim)
-    fit, s2c, ci, method, _ = fit_curve(table, "kl_rank_0", MAX_BREAKS)
+    _, s2c, ci, method, _ = fit_curve(table, "kl_rank_0", MAX_BREAKS)
     if s2c is None:
-        return None, None, method, fit
+        return None, None, method, table
     u = math.log(s2c)
-    return u, (u - math.log(ci[0]), math.log(ci[1]) - u), method, fit
+    return u, (u - math.log(ci[0]), math.log(ci[1]) - u), method, table
 
 
 def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
@@ -117,7 +132,7 @@ def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
     """
     steps = np.sort(metrics["step"].unique())
     final = int(steps[-1])
-    u_t, stat, method, fit = _fit_top(metrics, latent_dim)
+    u_t, stat, method, table = _fit_top(metrics, latent_dim)
     out = {
         "sigma2_c": None,
         "ci": None,
@@ -134,17 +149,32 @@ def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
     if u_t is None:
         return out
     half = metrics[metrics["step"] <= final / 2]
-    u_h = _fit_top(half, latent_dim)[0] if half["step"].nunique() >= 2 else None
+    u_h, stat_h = None, None
+    if half["step"].nunique() >= 2:
+        u_h, stat_h, _, _ = _fit_top(half, latent_dim)
     tau0 = relaxation_scale(metrics, latent_dim, u_t)
     delta = None if u_h is None else u_t - u_h
     parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
     parts += [tau0 / final] if tau0 is not None else []
     finite = max(parts) if parts else math.nan
-    u = u_t + (delta or 0.0)
+    # correct only a drift the data show: beyond the two fits' combined statistical
+    # error; a drift within it is noise, which the step would only amplify
+    noise = None if delta is None else math.hypot(max(stat), max(stat_h))
+    if delta is None or abs(delta) <= noise:
+        u = u_t
+    else:  # u = 2 u_T - u_{T/2}: its statistical error propagated per side
+        u = u_t + delta
+        stat = (
+            math.hypot(2 * stat[0], stat_h[1]),
+            math.hypot(2 * stat[1], stat_h[0]),
+        )
     lo, hi = u - stat[0] - finite, u + stat[1] + finite
     us = np.log(np.sort(metrics["sigma2"].unique()))
     inside = (us < lo).sum() >= 2 and (us > hi).sum() >= 2
-    trusted = delta is not None and finite <= TOLERANCE and inside
+    # a point near the kink whose KL still trends (settle's test) is still moving it
+    du = np.abs(np.log(table["sigma2"].to_numpy()) - u_t)
+    moving = bool(np.any(~table["settled"].to_numpy() & (du <= NEAR)))
+    trusted = delta is not None and finite <= TOLERANCE and inside and not moving
     out.update(
         sigma2_c=math.exp(u),
         ci=None if math.isnan(finite) else [math.exp(lo), math.exp(hi)],

@@ -64,7 +64,12 @@ def test_transitions_and_thresholds_recovered_within_1_percent(relative):
         for t in doc["transitions"]:
             truth = EV[0] / t["beta"]
             assert t["theory_sigma2_c"] == pytest.approx(truth)
-            assert t["sigma2_c"] == pytest.approx(truth, rel=0.01)
+            # the plain fit of the top dim at the last step, and the bias-corrected
+            # estimate wherever the analysis trusts it (stationary noise can look
+            # like a drift between T/2 and T; the verdict then says so)
+            assert t["sigma2_c_final"] == pytest.approx(truth, rel=0.01)
+            if t["verdict"] == "trusted":
+                assert t["sigma2_c"] == pytest.approx(truth, rel=0.01)
             assert t["ci"][0] < t["sigma2_c"] < t["ci"][1]
             covered += t["ci"][0] <= truth <= t["ci"][1]
             fits += 1
@@ -111,7 +116,11 @@ def test_seed_intervals_cover_the_truth():
     m = synthetic_metrics([1.0], seeds=(0, 1, 2, 3), noise=0.01)
     (t,) = analysis.analyze(m, {"eigenvalues": EV}, K)["transitions"]
     assert t["ci_method"] == "seeds" and len(t["seeds_sigma2_c"]) == 4
-    assert t["ci"][0] <= EV[0] <= t["ci"][1]
+    assert t["ci_method_total_kl"] == "seeds"
+    assert t["ci_total_kl"][0] <= EV[0] <= t["ci_total_kl"][1]
+    # the top dim's curve: ranking 0.01-nat additive noise on collapsed dims lifts
+    # the plateau's maximum, which biases its threshold low by about 1 % here
+    assert t["ci"][0] < t["sigma2_c"] < t["ci"][1]
     assert t["sigma2_c"] == pytest.approx(EV[0], rel=0.02)
 
 
@@ -149,14 +158,21 @@ def test_settling_flags_a_drifting_point_and_not_a_noisy_stationary_one():
 
 
 def test_unsettled_points_are_not_trusted_silently():
-    m = synthetic_metrics([1.0])
-    near = m["sigma2"].between(6.0, 8.0)
+    """KL near the kink still falling at the end (critical slowing down above the
+    transition): the curve is not called converged, the verdict says where and about
+    how long to train, and the interval still holds the truth."""
+    m = synthetic_metrics([1.0], evals=12)
+    near = m["sigma2"].between(6.0, 9.0)
     ramp = m["step"] / m["step"].max()
-    m.loc[near, "kl"] += 0.3 * (1 - ramp[near])  # still falling at the end
+    for column in ("kl", "kl_dim_0"):
+        m.loc[near, column] += 0.3 * (1 - ramp[near])  # still falling at the end
     (t,) = analysis.analyze(m, {"eigenvalues": EV}, K)["transitions"]
-    assert not t["converged"] and t["unsettled_sigma2"]
-    assert all(6.0 <= s <= 8.0 for s in t["unsettled_sigma2"])
-    assert t["sigma2_c"] == pytest.approx(EV[0], rel=0.02)  # fitted without them
+    assert not t["converged"] and t["verdict"] == "train longer"
+    assert t["unsettled_sigma2"]
+    assert all(6.0 <= s <= 9.0 for s in t["unsettled_sigma2"])
+    low, high = t["train_longer"]["sigma2"]
+    assert low < EV[0] < high and t["train_longer"]["steps"] >= 2 * t["steps"]
+    assert t["ci"][0] <= EV[0] <= t["ci"][1]
 
 
 def test_closed_forms_are_consistent():
