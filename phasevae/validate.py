@@ -355,6 +355,9 @@ def table(rows: list[dict], summary: dict) -> str:
     def pct(v):
         return "-" if v is None else f"{100 * v:+.1f} %"
 
+    def absolute(v):
+        return "-" if v is None else f"{100 * v:.1f} %"
+
     def ci(s):
         return "-" if s["ci"] is None else f"[{s['ci'][0]:.4g}, {s['ci'][1]:.4g}]"
 
@@ -390,7 +393,8 @@ def table(rows: list[dict], summary: dict) -> str:
     ]
     for name, s in summary.items():
         lines.append(
-            f"| {name} | {pct(s['median_abs_error'])} | {pct(s['worst_abs_error'])} | "
+            f"| {name} | {absolute(s['median_abs_error'])} | "
+            f"{absolute(s['worst_abs_error'])} | "
             f"{s['coverage']:.0%} ({round(s['coverage'] * s['cases'])}/{s['cases']}) |"
         )
     est = summary["estimate"]
