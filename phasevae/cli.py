@@ -161,7 +161,7 @@ def _transition_table(result: dict) -> str:
                 "ci_high": ci[1],
                 "predicted": t["theory_sigma2_c"],
                 "rel_err_%": None if t["rel_error"] is None else 100 * t["rel_error"],
-                "converged": t["converged"],
+                "verdict": t["verdict"],
                 "dims_c": " ".join(
                     "-" if d["sigma2_c"] is None else f"{d['sigma2_c']:.3g}"
                     for d in t["per_dim"]
@@ -169,9 +169,26 @@ def _transition_table(result: dict) -> str:
                 "dims_theory": " ".join(f"{d['theory']:.3g}" for d in t["per_dim"]),
             }
         )
-    return pd.DataFrame(rows).to_string(
+    table = pd.DataFrame(rows).to_string(
         index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"
     )
+    notes = [
+        f"  {t.get('beta', 1.0):g}: train longer over sigma^2 in "
+        f"[{t['train_longer']['sigma2'][0]:.4g}, {t['train_longer']['sigma2'][1]:.4g}]"
+        f", to about {t['train_longer']['steps']} steps"
+        for t in result["transitions"]
+        if t["train_longer"]
+    ]
+    parts = [
+        f"  {t.get('beta', 1.0):g}: interval = statistical "
+        f"-{t['ci_statistical'][0]:.3f} / +{t['ci_statistical'][1]:.3f} and "
+        f"finite-training +-{t['ci_finite_training']:.3f} (in ln sigma^2)"
+        for t in result["transitions"]
+        if t["ci_statistical"] and t["ci_finite_training"] is not None
+    ]
+    extra = ["interval parts, per beta:", *parts] if parts else []
+    extra += ["verdict 'train longer', per beta:", *notes] if notes else []
+    return "\n".join([table, *extra])
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
