@@ -155,8 +155,7 @@ def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
     parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
     parts += [tau0 / final] if tau0 is not None else []
     finite = max(parts) if parts else math.nan
-    u = u_t
-    lo, hi = u - stat[0] - finite, u + stat[1] + finite
+    lo, hi = u_t - stat[0] - finite, u_t + stat[1] + finite
     us = np.log(np.sort(metrics["sigma2"].unique()))
     inside = (us < lo).sum() >= 2 and (us > hi).sum() >= 2
     # a point near the kink whose KL still trends (settle's test) is still moving it
@@ -164,7 +163,7 @@ def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
     moving = bool(np.any(~table["settled"].to_numpy() & (du <= NEAR)))
     trusted = delta is not None and finite <= TOLERANCE and inside and not moving
     out.update(
-        sigma2_c=math.exp(u),
+        sigma2_c=math.exp(u_t),
         ci=None if math.isnan(finite) else [math.exp(lo), math.exp(hi)],
         ci_statistical=list(stat),
         ci_finite_training=None if math.isnan(finite) else finite,
@@ -175,7 +174,7 @@ def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
     )
     if not trusted:
         width = finite if not math.isnan(finite) else 2 * TOLERANCE
-        lo_u, hi_u = u - stat[0] - width, u + stat[1] + width
+        lo_u, hi_u = u_t - stat[0] - width, u_t + stat[1] + width
         need = final * max(2.0, width / TOLERANCE)
         out["train_longer"] = {
             "sigma2": [math.exp(lo_u), math.exp(hi_u)],
