@@ -115,11 +115,12 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
     table = rank_dims(settle(metrics, columns), latent_dim)
     axes = [a for a in GRID_AXES if a in table and a not in ("sigma2", "seed")]
     ev = np.asarray(spectrum["eigenvalues"], np.float64)
+    lam_eval = spectrum.get("lambda_max_eval")  # absent in runs made before it
     transitions = []
     for key, group in table.groupby(axes, sort=True):
         values = dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))
         rows = metrics[metrics["point_id"].isin(group["point_id"])]
-        transitions.append(_transition(group, rows, values, ev, latent_dim))
+        transitions.append(_transition(group, rows, values, ev, latent_dim, lam_eval))
     return {
         "spectrum": {
             "eigenvalues": [float(v) for v in ev],
@@ -141,9 +142,15 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
 
 
 def _transition(
-    group: pd.DataFrame, rows: pd.DataFrame, values: dict, ev: np.ndarray, k: int
+    group: pd.DataFrame,
+    rows: pd.DataFrame,
+    values: dict,
+    ev: np.ndarray,
+    k: int,
+    lam_eval: float | None,
 ) -> dict:
-    """One curve: ``group`` its per-point table, ``rows`` its metrics rows."""
+    """One curve: ``group`` its per-point table, ``rows`` its metrics rows;
+    ``lam_eval`` the top eigenvalue of the evaluation subset."""
     beta = values.get("beta", 1.0)
     usable = group[~group["diverged"]]
     if usable["sigma2"].nunique() < 4:
@@ -155,7 +162,9 @@ def _transition(
     trusted = settled["sigma2"].nunique() >= 4
     data = settled if trusted else usable
     fit, s2c, ci, method, seeds = fit_curve(data)
-    est = estimate.estimate_transition(rows[~rows["diverged"]], k)
+    est = estimate.estimate_transition(
+        rows[~rows["diverged"]], k, float(ev[0]), lam_eval
+    )
     predicted = theory.thresholds(ev, beta, k)
     jumps = derivative_jumps(fit)
     for j in jumps:
@@ -196,16 +205,43 @@ def _transition(
 
 
 def _off_theory(est: dict, theory_s2c: float | None) -> dict | None:
-    """A finding, not an error: a trusted transition whose interval excludes the
-    theory's lambda_max / beta, with the shift (relative) and its interval."""
-    if est["verdict"] != estimate.TRUSTED or not theory_s2c or est["ci"] is None:
+    """A finding, not an error: the transition sits off the theory's lambda_max / beta,
+    with the shift (relative), its interval and the evidence:
+
+    * ``"probe"``: collapsed models that are equilibria (stability probe) at sigma^2
+      below lambda_max / beta: collapse there is stable, however long the training,
+      so the transition is below the theory's (``stable_sigma2``: those points; their
+      ``lambda_c_ratio``, lambda_c / lambda_max, says how much of the top direction
+      the collapsed network can still reach: 0 when its units have died);
+    * ``"trusted interval"``: a trusted interval that excludes lambda_max / beta.
+    """
+    if not theory_s2c or est["sigma2_c"] is None or est["ci"] is None:
         return None
     lo, hi = est["ci"]
-    if lo <= theory_s2c <= hi:
+    probe = est["probe"]
+    if probe is not None:
+        pts = probe["points"]
+        stable = sorted(
+            {
+                s
+                for s, bad in zip(pts["sigma2"], pts["unstable"], strict=True)
+                if not bad and s < theory_s2c * math.exp(-estimate.PROBE_TOL)
+            }
+        )
+        if stable:
+            return {
+                "shift": est["sigma2_c"] / theory_s2c - 1,
+                "ci": [lo / theory_s2c - 1, min(hi, stable[0]) / theory_s2c - 1],
+                "evidence": "probe",
+                "stable_sigma2": stable,
+                "lambda_c_ratio": probe["lambda_c_ratio"],
+            }
+    if est["verdict"] != estimate.TRUSTED or lo <= theory_s2c <= hi:
         return None
     return {
         "shift": est["sigma2_c"] / theory_s2c - 1,
         "ci": [lo / theory_s2c - 1, hi / theory_s2c - 1],
+        "evidence": "trusted interval",
     }
 
 

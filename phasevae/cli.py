@@ -182,13 +182,35 @@ def _transition_table(result: dict) -> str:
     parts = [
         f"  {t.get('beta', 1.0):g}: interval = statistical "
         f"-{t['ci_statistical'][0]:.3f} / +{t['ci_statistical'][1]:.3f} and "
-        f"finite-training +-{t['ci_finite_training']:.3f} (in ln sigma^2)"
+        f"finite-training -{t['ci_finite_training'][0]:.3f} / "
+        f"+{t['ci_finite_training'][1]:.3f} (in ln sigma^2)"
         for t in result["transitions"]
         if t["ci_statistical"] and t["ci_finite_training"] is not None
     ]
+    probes = [_probe_line(t) for t in result["transitions"] if t["probe"]]
     extra = ["interval parts, per beta:", *parts] if parts else []
+    extra += ["stability probe of the collapsed points, per beta:", *probes]
     extra += ["verdict 'train longer', per beta:", *notes] if notes else []
     return "\n".join([table, *extra])
+
+
+def _probe_line(t: dict) -> str:
+    p, beta = t["probe"], t.get("beta", 1.0)
+    line = (
+        f"  {beta:g}: {p['collapsed']} collapsed, {len(p['unstable_sigma2'])} "
+        f"unstable (trapped), {len(p['dead_sigma2'])} dead; lambda_c / lambda_max "
+        f"= {p['lambda_c_ratio']:.3f} near the kink"
+    )
+    off = t["off_theory"]
+    if off and off["evidence"] == "probe":
+        line += (
+            f"; collapse is stable below lambda_max/beta (from sigma^2 = "
+            f"{off['stable_sigma2'][0]:.4g}): the transition is off the theory by "
+            f"{100 * off['shift']:+.1f} %"
+        )
+    if t["trapped"]:
+        line += "; the estimate moved to the probe's threshold"
+    return line
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 
 from phasevae.errors import BadInput
 from phasevae.spec import DataSpec
@@ -70,6 +71,8 @@ class Dataset:
         out = {
             "eigenvalues": ev,
             "lambda_max": ev[0],
+            # of the evaluation subset, on which collapse_eigenvalue is measured
+            "lambda_max_eval": top_eigenvalue(self.eval_x),
             "trace": float(np.sum(self.eigenvalues)),
             "samples": int(self.x.shape[0]),
             "dim": int(self.x.shape[1]),
@@ -367,6 +370,16 @@ def covariance_eig(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
     values, vectors = np.linalg.eigh(xc.T @ xc / x.shape[0])
     return values[::-1].clip(min=0.0), vectors[:, ::-1]
+
+
+def top_eigenvalue(x: np.ndarray) -> float:
+    """The largest eigenvalue of the population covariance of ``x`` (n, N)."""
+    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    n_dim = x.shape[1]
+    cov = xc.T @ xc / x.shape[0]
+    return float(
+        scipy.linalg.eigh(cov, eigvals_only=True, subset_by_index=[n_dim - 1] * 2)[0]
+    )
 
 
 def covariance_spectrum(x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,15 @@ how large that bias can still be:
 4. The interval is the estimate -/+ (statistical half-width + finite-training part),
    the statistical half-widths being those of the profile (or over-seed) interval at
    T.
-5. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
+5. The stability probe (:func:`stability_probe`): every model logs its collapse
+   eigenvalue lambda_c (:func:`phasevae.model.collapse_eigenvalue`), and a collapsed
+   point is an equilibrium exactly when beta sigma^2 > lambda_c. So the collapsed side
+   of the kink needs no waiting: a collapsed point whose lambda_c exceeds
+   beta sigma^2 is trapped on the saddle, the equilibrium transition lies above it,
+   and the estimate moves to the probe's threshold lambda_c / beta (verdict
+   ``train longer``); when every collapsed point is stable, the fit cannot be biased
+   low by trapping, and the finite-training part applies below the kink only.
+6. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
    point within ``NEAR`` of the kink still trends (the per-point trend test of
    :func:`phasevae.fit.settle` on the KL over the last half of the evaluations) and
    the kink lies inside the grid with sampled values on both sides; ``train longer``
@@ -51,6 +59,13 @@ import numpy as np
 import pandas as pd
 
 from phasevae.fit import fit_curve, rank_dims, settle
+
+COLLAPSED = 0.01  # nats: a point whose top dim has less KL than this is collapsed
+PROBE_TOL = 0.03  # ln: lambda_c this far above beta sigma^2 makes a collapsed point
+# unstable (lambda_c is measured on the evaluation subset: a few % of sampling noise,
+# mostly removed by scaling with lambda_max / lambda_max_eval)
+DEAD = 0.1  # lambda_c below this fraction of lambda_max: the escape direction is gone
+NEAREST = 3  # the probe's threshold is the median over this many collapsed sigma^2
 
 TOLERANCE = 0.01  # finite-training part (ln sigma^2, ~ relative) a trusted estimate has
 SLOW_DECAY = 1.5  # see the module docstring, step 3
@@ -108,6 +123,59 @@ def relaxation_scale(
     return float(np.median(found)) if found else None
 
 
+def stability_probe(
+    table: pd.DataFrame, lambda_max: float, lambda_max_eval: float | None = None
+) -> dict | None:
+    """Which collapsed points are equilibria, from their collapse eigenvalues.
+
+    ``table`` is :func:`top_dim_table` (its ``collapse_eigenvalue`` column is each
+    point's last evaluation). A point is collapsed when its top dim's KL is below
+    ``COLLAPSED``. Its threshold is lambda_c / beta, lambda_c scaled by
+    lambda_max / lambda_max_eval (lambda_c is measured on the evaluation subset, so the
+    ratio lambda_c / lambda_max_eval is its sampling-robust part); it is unstable when
+    the threshold exceeds its sigma^2 (the learned one, for a learned variance) by more
+    than ``PROBE_TOL``, and dead when lambda_c < ``DEAD`` lambda_max.
+
+    Returns:
+      None when the run has no collapse eigenvalues (a skip path) or no collapsed
+      point; else ``collapsed`` (count), ``unstable_sigma2`` and ``dead_sigma2``
+      (sorted grid sigma^2 of such points), ``threshold`` (median threshold over the
+      ``NEAREST`` smallest collapsed sigma^2, the ones nearest the kink),
+      ``lambda_c_ratio`` (their median lambda_c / lambda_max),
+      ``first_stable_sigma2`` (the smallest sigma^2 of a stable collapsed point) and
+      ``points``: per collapsed point its sigma2, threshold and unstable flag.
+    """
+    if "collapse_eigenvalue" not in table:
+        return None
+    c = table[(table["kl_rank_0"] < COLLAPSED) & table["collapse_eigenvalue"].notna()]
+    if c.empty:
+        return None
+    scale = lambda_max / (lambda_max_eval or lambda_max)
+    lam_c = c["collapse_eigenvalue"].to_numpy(np.float64) * scale
+    sigma2 = c["sigma2"].to_numpy(np.float64)
+    used = c["decoder_sigma2"].to_numpy(np.float64) if "decoder_sigma2" in c else sigma2
+    beta = c["beta"].to_numpy(np.float64) if "beta" in c else np.ones_like(sigma2)
+    threshold = lam_c / np.maximum(beta, 1e-300)
+    unstable = threshold > used * math.exp(PROBE_TOL)
+    near = np.isin(sigma2, np.sort(np.unique(sigma2))[:NEAREST])
+    stable = sigma2[~unstable]
+    return {
+        "collapsed": int(len(c)),
+        "unstable_sigma2": sorted(float(v) for v in np.unique(sigma2[unstable])),
+        "dead_sigma2": sorted(
+            float(v) for v in np.unique(sigma2[lam_c < DEAD * lambda_max])
+        ),
+        "threshold": float(np.median(threshold[near])),
+        "lambda_c_ratio": float(np.median(lam_c[near]) / lambda_max),
+        "first_stable_sigma2": float(stable.min()) if len(stable) else None,
+        "points": {
+            "sigma2": sigma2.tolist(),
+            "threshold": threshold.tolist(),
+            "unstable": unstable.tolist(),
+        },
+    }
+
+
 def _fit_top(metrics: pd.DataFrame, latent_dim: int):
     """(u_c or None, statistical half-widths (below, above) in u, interval method,
     the per-point table) of the top dim's curve from ``metrics``."""
@@ -119,20 +187,32 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
     return u, (u - math.log(ci[0]), math.log(ci[1]) - u), method, table
 
 
-def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
+def estimate_transition(
+    metrics: pd.DataFrame,
+    latent_dim: int,
+    lambda_max: float | None = None,
+    lambda_max_eval: float | None = None,
+) -> dict:
     """The transition of one curve (one value of every axis but sigma^2 and seed) from
     the metrics rows of its usable (not diverged) points, every evaluation included.
+    ``lambda_max`` (of the training data) and ``lambda_max_eval`` (of the evaluation
+    subset) enable the stability probe.
 
     Returns:
-      a dict: ``sigma2_c`` (bias-corrected), ``ci`` [low, high], ``ci_statistical``
-      and ``ci_finite_training`` (the two half-widths, in ln sigma^2, below and above
-      for the first), ``sigma2_c_final`` and ``sigma2_c_half`` (the fits at T and
-      T/2), ``relaxation_scale`` (tau_0), ``ci_method``, ``verdict``, and for
-      ``train longer`` ``train_longer`` = {sigma2: [low, high], steps}.
+      a dict: ``sigma2_c``, ``ci`` [low, high], ``ci_statistical`` and
+      ``ci_finite_training`` (half-widths in ln sigma^2, [below, above]),
+      ``sigma2_c_final`` and ``sigma2_c_half`` (the fits at T and T/2),
+      ``relaxation_scale`` (tau_0), ``probe`` (:func:`stability_probe`), ``trapped``
+      (collapsed points that are not equilibria moved the estimate), ``ci_method``,
+      ``verdict``, and for ``train longer`` ``train_longer`` = {sigma2: [low, high],
+      steps}.
     """
     steps = np.sort(metrics["step"].unique())
     final = int(steps[-1])
     u_t, stat, method, table = _fit_top(metrics, latent_dim)
+    probe = None
+    if lambda_max is not None:
+        probe = stability_probe(table, lambda_max, lambda_max_eval)
     out = {
         "sigma2_c": None,
         "ci": None,
@@ -141,6 +221,8 @@ def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
         "sigma2_c_final": None,
         "sigma2_c_half": None,
         "relaxation_scale": None,
+        "probe": probe,
+        "trapped": False,
         "ci_method": method,
         "verdict": NONE,
         "train_longer": None,
@@ -155,26 +237,50 @@ def estimate_transition(metrics: pd.DataFrame, latent_dim: int) -> dict:
     parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
     parts += [tau0 / final] if tau0 is not None else []
     finite = max(parts) if parts else math.nan
-    lo, hi = u_t - stat[0] - finite, u_t + stat[1] + finite
+    # collapsed points that are equilibria cannot hide a transition above the kink
+    verified = probe is not None and not probe["unstable_sigma2"]
+    finite_ci = [finite, 0.0 if verified else finite]
+    u_c, lo, hi = u_t, u_t - stat[0] - finite_ci[0], u_t + stat[1] + finite_ci[1]
+    trapped = probe is not None and bool(probe["unstable_sigma2"])
+    if trapped:
+        # the equilibrium transition lies above every unstable collapsed point and
+        # below the first stable one above them: there, at the probe's threshold
+        pts = pd.DataFrame(probe["points"])
+        top = pts.loc[pts["unstable"], "sigma2"].max()
+        stable_above = pts.loc[~pts["unstable"] & (pts["sigma2"] > top), "sigma2"]
+        u_c = math.log(pts.loc[pts["unstable"], "threshold"].median())
+        lo = math.log(top)
+        hi = math.log(stable_above.min()) if len(stable_above) else u_c + PROBE_TOL
+        u_c = min(max(u_c, lo), hi)
+        finite_ci = [max(u_c - lo, finite), max(hi - u_c, finite)]
+        lo, hi = u_c - stat[0] - finite_ci[0], u_c + stat[1] + finite_ci[1]
     us = np.log(np.sort(metrics["sigma2"].unique()))
     inside = (us < lo).sum() >= 2 and (us > hi).sum() >= 2
     # a point near the kink whose KL still trends (settle's test) is still moving it
     du = np.abs(np.log(table["sigma2"].to_numpy()) - u_t)
     moving = bool(np.any(~table["settled"].to_numpy() & (du <= NEAR)))
-    trusted = delta is not None and finite <= TOLERANCE and inside and not moving
+    trusted = (
+        delta is not None
+        and finite <= TOLERANCE
+        and inside
+        and not moving
+        and not trapped
+    )
     out.update(
-        sigma2_c=math.exp(u_t),
-        ci=None if math.isnan(finite) else [math.exp(lo), math.exp(hi)],
+        sigma2_c=math.exp(u_c),
+        ci=None if math.isnan(lo + hi) else [math.exp(lo), math.exp(hi)],
         ci_statistical=list(stat),
-        ci_finite_training=None if math.isnan(finite) else finite,
+        ci_finite_training=None if math.isnan(finite) else finite_ci,
         sigma2_c_final=math.exp(u_t),
         sigma2_c_half=None if u_h is None else math.exp(u_h),
         relaxation_scale=tau0,
+        trapped=trapped,
         verdict=TRUSTED if trusted else LONGER,
     )
     if not trusted:
         width = finite if not math.isnan(finite) else 2 * TOLERANCE
-        lo_u, hi_u = u_t - stat[0] - width, u_t + stat[1] + width
+        lo_u = min(lo, u_c - stat[0] - width) if not math.isnan(lo) else u_c - width
+        hi_u = max(hi, u_c + stat[1] + width) if not math.isnan(hi) else u_c + width
         need = final * max(2.0, width / TOLERANCE)
         out["train_longer"] = {
             "sigma2": [math.exp(lo_u), math.exp(hi_u)],

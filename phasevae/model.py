@@ -23,6 +23,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 
@@ -54,10 +55,12 @@ class MLP(nn.Module):
     out: int
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, hidden: bool = False) -> Array:
+        """The output, or with ``hidden`` the last hidden layer's activations (x
+        itself when there is none)."""
         for w in self.widths:
             x = nn.relu(Dense(w)(x))
-        return Dense(self.out)(x)
+        return x if hidden else Dense(self.out)(x)
 
 
 class VAE(nn.Module):
@@ -90,6 +93,11 @@ class VAE(nn.Module):
         """(N,) -> mu (k,), log s^2 (k,)."""
         h = self.enc(x)
         return h[: self.latent_dim], h[self.latent_dim :]
+
+    def features(self, x: Array) -> Array:
+        """(N,) -> the encoder's last hidden activations h, from which (mu, log s^2)
+        are affine."""
+        return self.enc(x, hidden=True)
 
     def decode(self, z: Array, x: Array | None = None) -> Array:
         """(k,), and x (N,) when there is a skip path -> f(z) (N,)."""
@@ -148,6 +156,81 @@ def mutual_information(mu: Array, var: Array, eps: Array) -> Array:
     n = mu.shape[0]
     log_aggregate = jax.nn.logsumexp(log_q, axis=1) - jnp.log(n)
     return jnp.mean(jnp.diagonal(log_q) - log_aggregate)
+
+
+def collapse_grams(model: VAE, params, x: Array) -> tuple[Array, Array, Array]:
+    """The three small matrices that :func:`collapse_eigenvalue` needs, measured on
+    the data ``x`` (n, N): S = G^T G (d_1, d_1), K = G^T C_xh (d_1, d_h) and
+    C_hh (d_h, d_h), where h = model.features(x), C are covariances over x and
+    G = d f / d a (N, d_1) at z = 0, a being the decoder's first pre-activation
+    (obtained as the Jacobian with respect to the first layer's bias). No skip path.
+
+    Only matrix products run here, inside the compiled training program; the
+    eigen-decompositions run on the host (XLA's CPU LAPACK calls, sharded over many
+    CPU devices, deadlocked the program)."""
+    p = params["params"]
+    h = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.features))(x)
+    h = h - jnp.mean(h, axis=0, keepdims=True)
+    xc = x - jnp.mean(x, axis=0, keepdims=True)
+    n = x.shape[0]
+
+    def f_of_bias(b):
+        dec0 = {**p["dec"]["Dense_0"], "bias": b}
+        q = {"params": {**p, "dec": {**p["dec"], "Dense_0": dec0}}}
+        return model.apply(q, jnp.zeros((model.latent_dim,)), method=VAE.decode)
+
+    g = jax.jacfwd(f_of_bias)(p["dec"]["Dense_0"]["bias"])  # (N, d_1)
+    return g.T @ g, g.T @ (xc.T @ h) / n, h.T @ h / n
+
+
+EIG_RTOL = 1e-6  # eigenvalues of a Gram matrix below this fraction of its top are 0
+
+
+def collapse_eigenvalue(s, k, c_hh) -> np.ndarray:
+    """The eigenvalue lambda_c whose comparison with beta * sigma^2 decides whether the
+    collapsed state of a network is stable: collapse is a local minimum of the loss
+    when beta sigma^2 > lambda_c and a saddle that the encoder and decoder escape
+    together when beta sigma^2 < lambda_c. For the linear VAE lambda_c = lambda_max, the
+    top eigenvalue of the data covariance (SCIENCE.md); for a deep one it is
+    lambda_max of the part of the data that the encoder's features h can encode and
+    the decoder can output along its z-Jacobian:
+
+        lambda_c = lambda_max( P_G C_xh C_hh^+ C_hx P_G )
+                 = lambda_max( S^{+1/2} K C_hh^+ K^T S^{+1/2} ),
+
+    with P_G the projection onto the range of G and S, K, C_hh from
+    :func:`collapse_grams` (the second form needs only small matrices).
+
+    Derivation: at collapse the mean head's weights W and the decoder's z-weights A
+    are 0 and the decoder outputs f(0) for every x. To second order in a
+    perturbation (w, a) of one latent dim (w a row of W, a a column of A) the loss
+    changes by
+
+        [ a^T G^T G a - 2 a^T G^T C_xh w + beta sigma^2 w^T C_hh w ] / (2 sigma^2),
+
+    the other parameters decoupling because E[eps] = 0 and the mean head's gradient
+    vanishes there; this form has a negative direction iff lambda_c > beta sigma^2.
+    Every latent dim gives the same form, so lambda_c belongs to the model. It is
+    computed at the model's current encoder features and decoder Jacobian, whatever
+    the state: it describes the collapsed state only where the model is collapsed or
+    nearly so (KL ~ 0).
+
+    Args:
+      s, k, c_hh: the grams, with any leading (models) axes; float64 numpy on the host.
+    Returns:
+      lambda_c with the leading axes.
+    """
+    s, k, c_hh = (np.asarray(a, np.float64) for a in (s, k, c_hh))
+    b = _inv_sqrt(s) @ k @ _inv_sqrt(c_hh)
+    return np.linalg.eigvalsh(b @ np.swapaxes(b, -1, -2))[..., -1]
+
+
+def _inv_sqrt(a: np.ndarray) -> np.ndarray:
+    """The pseudo-inverse square root of symmetric PSD matrices (..., d, d)."""
+    e, v = np.linalg.eigh(a)
+    keep = e > EIG_RTOL * e[..., -1:]
+    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, e, 1.0)), 0.0)
+    return (v * scale[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 
 def objective(terms: Terms, beta: Array) -> Array:

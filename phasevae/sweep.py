@@ -39,6 +39,7 @@ from phasevae import theory
 from phasevae.analysis import ACTIVE_KL
 from phasevae.data import DataError, Dataset, available_memory, load_dataset
 from phasevae.errors import BadInput
+from phasevae.model import collapse_eigenvalue
 from phasevae.spec import Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 from phasevae.train import Metrics, Point, Static, Trainer
@@ -642,12 +643,25 @@ def metrics_frame(
         df[f"var_dim_{j}"] = np.asarray(m.var_dim[:, j], np.float64)
     df["mi"] = np.asarray(m.mi, np.float64)
     df["decoder_sigma2"] = np.asarray(m.decoder_sigma2, np.float64)
+    df["collapse_eigenvalue"] = _collapse_eigenvalues(m.collapse_grams, len(df))
     df["active_units"] = (m.kl_dim > ACTIVE_KL).sum(axis=1).astype(np.int64)
     trace, dim = float(np.sum(data.eigenvalues)), data.x.shape[1]
     sigma2 = df["decoder_sigma2"].to_numpy()
     df["collapse_elbo"] = -theory.collapse_loss(trace, dim, sigma2)
     df["diverged"] = diverged.astype(bool)
     return df
+
+
+def _collapse_eigenvalues(grams, n: int) -> np.ndarray:
+    """lambda_c per model from its grams (NaN without them or where not finite)."""
+    out = np.full(n, np.nan)
+    if grams is None:
+        return out
+    grams = [np.asarray(g, np.float64) for g in grams]
+    ok = np.all([np.isfinite(g).all(axis=(1, 2)) for g in grams], axis=0)
+    if ok.any():
+        out[ok] = collapse_eigenvalue(*(g[ok] for g in grams))
+    return out
 
 
 def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:

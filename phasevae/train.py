@@ -24,7 +24,14 @@ import optax
 from flax import struct
 from jax import Array
 
-from phasevae.model import VAE, Terms, example_terms, mutual_information, objective
+from phasevae.model import (
+    VAE,
+    Terms,
+    collapse_grams,
+    example_terms,
+    mutual_information,
+    objective,
+)
 
 
 class Point(NamedTuple):
@@ -58,6 +65,9 @@ class Metrics(NamedTuple):
     var_dim: Array  # (k,) mean encoder variance per latent dim
     mi: Array  # ()   estimate of I(x; z), nats, on the first MI_SAMPLES examples
     decoder_sigma2: Array  # () the decoder variance used (learned: its current value)
+    # (S, K, C_hh) of model.collapse_grams, finished on the host into the collapse
+    # eigenvalue (model.collapse_eigenvalue); None with a skip path
+    collapse_grams: tuple[Array, Array, Array] | None
 
 
 @dataclass(frozen=True)
@@ -217,6 +227,11 @@ class Trainer:
             var_dim=jnp.mean(t.var_dim, axis=0),
             mi=mutual_information(t.mu[:m], t.var_dim[:m], eps[:m]),
             decoder_sigma2=self._sigma2(params, point),
+            collapse_grams=(
+                collapse_grams(self.model, {"params": params["params"]}, eval_x)
+                if self.static.skip == "none"
+                else None
+            ),
         )
 
     def _chunk(

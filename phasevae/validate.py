@@ -267,7 +267,13 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
     )
     long = analysis.analyze(metrics, spectrum, case.latent_dim)
     (now,), (ref,) = short["transitions"], long["transitions"]
-    reference = theory if case.gaussian else ref["sigma2_c_final"]
+    # the probe can show that this network's collapse is stable below lambda_max
+    # (e.g. its units died): then lambda_max is not its answer, on any data
+    shifted = (ref["off_theory"] or {}).get("evidence") == "probe"
+    if case.gaussian and not shifted:
+        reference, truth = theory, "lambda_max"
+    else:
+        reference, truth = ref["sigma2_c_final"], "long training"
     row = {
         "case": case.name,
         "description": case.description,
@@ -280,8 +286,10 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         "steps": case.steps,
         "reference_steps": LONG * case.steps,
         "lambda_max_over_beta": theory,
-        "truth": "lambda_max" if case.gaussian else "long training",
+        "truth": truth,
         "reference": reference,
+        "off_theory_long": ref["off_theory"],
+        "probe_long": _probe_summary(ref["probe"]),
         "long_top_dim": ref["sigma2_c_final"],
         "long_estimate": ref["sigma2_c"],
         "long_verdict": ref["verdict"],
@@ -297,10 +305,24 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
                 "ci_statistical": now["ci_statistical"],
                 "ci_finite_training": now["ci_finite_training"],
                 "train_longer": now["train_longer"],
+                "trapped": now["trapped"],
+                "probe": _probe_summary(now["probe"]),
+                "error_vs_lambda_max": now["sigma2_c"] / theory - 1
+                if now["sigma2_c"] is not None
+                else None,
             },
         },
     }
     return row
+
+
+def _probe_summary(probe: dict | None) -> dict | None:
+    if probe is None:
+        return None
+    return {
+        k: probe[k]
+        for k in ("collapsed", "unstable_sigma2", "dead_sigma2", "lambda_c_ratio")
+    }
 
 
 def _stat_ci(t: dict) -> list[float] | None:
@@ -363,14 +385,17 @@ def table(rows: list[dict], summary: dict) -> str:
 
     lines = [
         "| case | N | n | beta | lambda_max/beta | reference | total-KL fit | "
-        "top-dim fit | estimate [95 %] | error | covers | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "top-dim fit | estimate [95 %] | error | covers | verdict | "
+        "probe: lambda_c/lambda_max, trapped, dead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e = r["estimators"]
         ref = f"{r['reference']:.4g}" + (
             " (lambda_max)" if r["truth"] == "lambda_max" else ""
         )
+        if (r["off_theory_long"] or {}).get("evidence") == "probe":
+            ref += " (collapse stable below lambda_max)"
         cells = [
             r["case"],
             r["N"],
@@ -384,6 +409,7 @@ def table(rows: list[dict], summary: dict) -> str:
             pct(e["estimate"]["error"]),
             _yes(e["estimate"]["covers"]),
             e["estimate"]["verdict"],
+            _probe_cell(e["estimate"]["probe"]),
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += [
@@ -406,6 +432,15 @@ def table(rows: list[dict], summary: dict) -> str:
         f"reference: {est['trusted_missing']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _probe_cell(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    return (
+        f"{p['lambda_c_ratio']:.2f}, {len(p['unstable_sigma2'])}, "
+        f"{len(p['dead_sigma2'])} of {p['collapsed']}"
+    )
 
 
 def _yes(flag: bool) -> str:

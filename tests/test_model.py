@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasevae.model import VAE, example_terms, kl_per_dim, mutual_information, objective
+from phasevae.model import (
+    VAE,
+    collapse_eigenvalue,
+    collapse_grams,
+    example_terms,
+    kl_per_dim,
+    mutual_information,
+    objective,
+)
 
 
 def numpy_mlp(layers, x):
@@ -80,3 +88,92 @@ def test_mutual_information_estimate():
     # never above its ceiling ln n
     sharp = mutual_information(mu, jnp.full((n, k), 1e-6), eps)
     assert float(sharp) <= math.log(n) + 1e-4
+
+
+def _correlated_data(n_dim, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(n_dim, n_dim))
+    return (rng.normal(size=(n, n_dim)) @ mix.T + 3.0).astype(np.float32)
+
+
+def test_collapse_eigenvalue_of_the_linear_vae_is_lambda_max():
+    x = _correlated_data(6)
+    top = np.linalg.eigvalsh(np.cov(x.T, bias=True))[-1]
+    model = VAE(6, 2, (), ())
+    params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
+    got = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
+    assert got == pytest.approx(top, rel=1e-4)
+
+
+def _collapsed(model, params, x):
+    """The same network with its latent switched off: mean head and decoder z-weights
+    0, encoder variance 1, decoder output the data mean."""
+    p = jax.tree.map(lambda a: a, params["params"])
+    k = model.latent_dim
+    head = p["enc"][f"Dense_{len(model.encoder)}"]
+    head["kernel"] = jnp.zeros_like(head["kernel"])
+    head["bias"] = jnp.zeros_like(head["bias"])
+    p["dec"]["Dense_0"]["kernel"] = jnp.zeros_like(p["dec"]["Dense_0"]["kernel"])
+    out = p["dec"][f"Dense_{len(model.decoder)}"]
+    f0 = model.apply({"params": p}, jnp.zeros(k), method=VAE.decode)
+    out["bias"] = out["bias"] + jnp.mean(x, axis=0) - f0
+    return {"params": p}
+
+
+@pytest.mark.parametrize("widths", [((16, 8), (5, 12)), ((32,), (32,))])
+def test_collapse_eigenvalue_is_where_the_hessian_of_the_collapsed_state_turns(
+    widths,
+):
+    """Brute force: the Hessian of the loss at the collapsed state, in the mean head's
+    row and the decoder's z-column, has a negative eigenvalue exactly when
+    beta sigma^2 < lambda_c. Noise eps = +-1 has the first two moments of N(0, 1),
+    all that a second-order expansion sees, with no sampling error."""
+    enc, dec = widths
+    x = jnp.asarray(_correlated_data(6, n=500))
+    model = VAE(6, 1, enc, dec)
+    params = model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1))
+    params = jax.tree.map(  # trained networks have biases away from 0
+        lambda a: (
+            a + 0.3 * jax.random.normal(jax.random.key(4), a.shape)
+            if a.ndim == 1
+            else a
+        ),
+        params,
+    )
+    params = _collapsed(model, params, x)
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, x)))
+    assert lam > 0
+    p = params["params"]
+    head = f"Dense_{len(enc)}"
+    d_h = p["enc"][head]["kernel"].shape[1]
+
+    def loss(theta, beta_sigma2):
+        w, w0, a = theta[:d_h], theta[d_h], theta[d_h + 1 :]
+        kern = p["enc"][head]["kernel"].at[0].set(w)
+        bias = p["enc"][head]["bias"].at[0].set(w0)
+        dec0 = {**p["dec"]["Dense_0"], "kernel": a[:, None]}
+        q = {
+            "params": {
+                "enc": {**p["enc"], head: {"kernel": kern, "bias": bias}},
+                "dec": {**p["dec"], "Dense_0": dec0},
+            }
+        }
+        total = 0.0
+        for eps in (1.0, -1.0):
+            terms = jax.vmap(example_terms, (None, None, 0, None, None))(
+                model, q, x, jnp.array([eps]), 1.0
+            )
+            total += jnp.mean(objective(terms, beta_sigma2)) / 2
+        return total
+
+    n_theta = d_h + 1 + p["dec"]["Dense_0"]["bias"].shape[0]
+    with jax.enable_x64(True):  # dead units leave flat directions: no float32 noise
+        p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
+        x = jnp.asarray(x, jnp.float64)
+        hessians = {
+            f: jax.hessian(loss)(jnp.zeros(n_theta, jnp.float64), f * lam)
+            for f in (0.97, 1.03)
+        }
+    for factor, negative in ((0.97, True), (1.03, False)):
+        eig = np.linalg.eigvalsh(np.asarray(hessians[factor]))
+        assert (eig[0] < -1e-9 * eig[-1]) == negative, (factor, eig[0], eig[-1])
