@@ -319,7 +319,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 def cmd_merge(args: argparse.Namespace) -> int:
     from phasevae.sweep import merge_runs
 
-    report = merge_runs(args.run_dirs, args.out)
+    report = merge_runs(args.run_dirs, args.out, force=args.force)
     print(f"merged {report['points']} grid points into {args.out}")
     if report["duplicated"]:
         dup = report["duplicated"]
@@ -518,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="combine the run directories of a sharded sweep")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="the merged run directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if it exists (never one of the shards)",
+    )
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("analyze", help="locate the transitions of a finished sweep")

@@ -39,9 +39,11 @@ how large that bias can still be:
    point is an equilibrium exactly when beta sigma^2 > lambda_c. So the collapsed side
    of the kink needs no waiting: a collapsed point whose lambda_c exceeds
    beta sigma^2 is trapped on the saddle, the equilibrium transition lies above it,
-   and the estimate moves to the probe's threshold lambda_c / beta (verdict
-   ``train longer``); when every collapsed point is stable, the fit cannot be biased
-   low by trapping, and the finite-training part applies below the kink only.
+   and the estimate moves to the probe's threshold lambda_c / beta, its interval the
+   bracket from the last unstable to the first stable collapsed point (+- the
+   probe's tolerance; verdict ``train longer``). A stable collapse does not make
+   the interval one-sided: active points just below the kink can still be growing
+   slowly out of near-collapse, which moves the kink up with training.
 6. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
    point within ``NEAR`` of the kink still trends (the per-point trend test of
    :func:`phasevae.fit.settle` on the KL over the last half of the evaluations) and
@@ -237,9 +239,10 @@ def estimate_transition(
     parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
     parts += [tau0 / final] if tau0 is not None else []
     finite = max(parts) if parts else math.nan
-    # collapsed points that are equilibria cannot hide a transition above the kink
-    verified = probe is not None and not probe["unstable_sigma2"]
-    finite_ci = [finite, 0.0 if verified else finite]
+    # symmetric even when every collapsed point is an equilibrium: the points just
+    # below the kink may still be growing out of near-collapse (on the validation
+    # suite the kink moved up with training in every case)
+    finite_ci = [finite, finite]
     u_c, lo, hi = u_t, u_t - stat[0] - finite_ci[0], u_t + stat[1] + finite_ci[1]
     trapped = probe is not None and bool(probe["unstable_sigma2"])
     if trapped:
@@ -252,8 +255,10 @@ def estimate_transition(
         lo = math.log(top)
         hi = math.log(stable_above.min()) if len(stable_above) else u_c + PROBE_TOL
         u_c = min(max(u_c, lo), hi)
-        finite_ci = [max(u_c - lo, finite), max(hi - u_c, finite)]
-        lo, hi = u_c - stat[0] - finite_ci[0], u_c + stat[1] + finite_ci[1]
+        # the probe brackets the transition itself: the fit's parts no longer apply;
+        # what is left is the bracket and the probe's sampling tolerance
+        stat, finite_ci = (PROBE_TOL, PROBE_TOL), [u_c - lo, hi - u_c]
+        lo, hi = lo - PROBE_TOL, hi + PROBE_TOL
     us = np.log(np.sort(metrics["sigma2"].unique()))
     inside = (us < lo).sum() >= 2 and (us > hi).sum() >= 2
     # a point near the kink whose KL still trends (settle's test) is still moving it

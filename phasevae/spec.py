@@ -21,6 +21,7 @@ import numpy as np
 import tomli_w
 
 from phasevae.errors import BadInput
+from phasevae.safeio import SPEC_BYTES, brief, read_text
 
 
 class SpecError(BadInput):
@@ -208,6 +209,23 @@ class Spec:
         }
 
 
+def grid_size(spec: Spec) -> int:
+    """The number of grid points, from the axes' lengths (nothing built)."""
+    g = spec.grid
+    lengths = [
+        a.num if isinstance(a, Range) else len(a)
+        for a in (g.sigma2, g.beta, g.kl_warmup_steps, g.decoder_init_scale)
+    ]
+    lr = g.learning_rate
+    lengths += [
+        len(g.seeds),
+        1 if lr is None else (lr.num if isinstance(lr, Range) else len(lr)),
+    ]
+    lengths += [len(g.decoder or (None,)), len(g.skip or (None,))]
+    lengths += [2 if spec.train.hysteresis else 1]
+    return math.prod(lengths)
+
+
 def decoder_label(widths: tuple[int, ...]) -> str:
     """How a decoder option is named in tables: "32-64", or "linear"."""
     return "-".join(str(w) for w in widths) or "linear"
@@ -217,6 +235,9 @@ def axis_values(axis: Axis) -> tuple[float, ...]:
     return axis.values() if isinstance(axis, Range) else tuple(axis)
 
 
+MAX_INT = 2**31 - 1  # integers in a spec (steps, widths, sizes) fit int32
+MAX_AXIS = 100_000  # values on one grid axis
+MAX_POINTS = 1_000_000  # grid points in one spec (the grid table is built first)
 IMAGES = ("cifar10", "patches")  # sources whose normalize defaults to "unit"
 _SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
 _CHOICES = {
@@ -233,6 +254,8 @@ _BOUNDS = {
     ("data", "eigenvalues"): (0.0, True),
     ("data", "samples"): (2, True),
     ("data", "eval_samples"): (1, True),
+    ("data", "seed"): (0, True),
+    ("train", "seed"): (0, True),
     ("model", "latent_dim"): (1, True),
     ("model", "encoder"): (1, True),
     ("model", "decoder"): (1, True),
@@ -268,17 +291,20 @@ def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> Spec
       SpecError: unreadable file, unknown key or impossible value.
     """
     path = Path(path) if path is not None else default_spec_path()
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: cannot read spec file ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    raw = parse_toml(read_text(path, "spec file", SPEC_BYTES, SpecError), str(path))
     for item in overrides:
         _apply_override(raw, item, path)
     return spec_from_dict(raw, str(path))
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """TOML text to a dict, every parse failure a SpecError naming ``where``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{where}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise SpecError(f"{where}: not valid TOML (nested too deeply)") from None
 
 
 def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
@@ -333,16 +359,20 @@ def _apply_override(raw: dict, item: str, where: Path) -> None:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. grid.beta=[0.5,1.0]")
+        raise SpecError(
+            f"--set {brief(item)}: expected KEY=VALUE, e.g. grid.beta=[0.5,1.0]"
+        )
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare string such as data.path=x.npy (the shell ate the quotes)
+    except RecursionError:
+        raise SpecError(f"--set {brief(key)}: the value is nested too deeply") from None
     parts = key.split(".")
     if parts[0] not in _SECTIONS or len(parts) < 2:
         raise SpecError(
-            f"--set {key}: unknown key; keys look like SECTION.NAME with SECTION one "
-            f"of {', '.join(_SECTIONS)}"
+            f"--set {brief(key)}: unknown key; keys look like SECTION.NAME with "
+            f"SECTION one of {', '.join(_SECTIONS)}"
         )
     node = raw
     for i, p in enumerate(parts[:-1]):
@@ -356,7 +386,7 @@ def _apply_override(raw: dict, item: str, where: Path) -> None:
         if not isinstance(child, dict):
             raise SpecError(
                 f"--set {key}: {'.'.join(parts[: i + 1])} is not a table "
-                f"(it is {child!r}); set it whole instead"
+                f"(it is {brief(child)}); set it whole instead"
             )
         node[p] = child
         node = child
@@ -380,7 +410,7 @@ def _build_section(name: str, cls: type, table: dict, where: str):
 def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     """Check one value's type against its default's and convert lists to tuples."""
     full = f"{section}.{key}"
-    bad = f"{where}: {full} = {value!r}:"
+    bad = f"{where}: {full} = {brief(value)}:"
     if (section, key) == ("grid", "decoder"):
         return _coerce_widths_axis(full, value, bad)
     if (section, key) == ("grid", "skip"):
@@ -407,11 +437,16 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{bad} must be an integer")
+        if abs(value) > MAX_INT:
+            raise SpecError(f"{bad} must be an integer below 2^31")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SpecError(f"{bad} must be a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise SpecError(f"{bad} is too large for a number") from None
     if isinstance(default, str):
         if not isinstance(value, str):
             raise SpecError(f"{bad} must be a string")
@@ -424,6 +459,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
             if isinstance(v, bool) or not isinstance(v, int if is_int else int | float):
                 kind = "integers" if is_int else "numbers"
                 raise SpecError(f"{bad} must be a list of {kind}")
+            if is_int and abs(v) > MAX_INT:
+                raise SpecError(f"{bad} widths must be below 2^31")
         return tuple(v if is_int else float(v) for v in value)
     raise AssertionError(f"no coercion for {full}")
 
@@ -439,6 +476,10 @@ def _coerce_axis(
             raise SpecError(f"{bad} must be a list of integers")
         if not value:
             raise SpecError(f"{bad} must not be empty")
+        if any(not 0 <= v < 2**32 for v in value):
+            raise SpecError(f"{bad} seeds must be integers in [0, 2^32)")
+        if len(set(value)) != len(value):
+            raise SpecError(f"{bad} lists a seed twice")
         return tuple(value)
     if isinstance(value, list):
         if not value:
@@ -447,7 +488,15 @@ def _coerce_axis(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value
         ):
             raise SpecError(f"{bad} must be {allowed}")
-        return tuple(float(v) for v in value)
+        if len(value) > MAX_AXIS:
+            raise SpecError(f"{bad} at most {MAX_AXIS:,} values per axis")
+        try:
+            values = tuple(float(v) for v in value)
+        except OverflowError:
+            raise SpecError(f"{bad} a value is too large for a number") from None
+        if len(set(values)) != len(values):
+            raise SpecError(f"{bad} lists a value twice")
+        return values
     if isinstance(value, dict):
         keys = {"min", "max", "num", "scale"} | ({"refine"} if refinable else set())
         if set(value) - keys:
@@ -459,8 +508,12 @@ def _coerce_axis(
             raise SpecError(f"{bad} a range needs min, max and num")
         num, lo, hi = value["num"], value["min"], value["max"]
         scale = value.get("scale", "log")
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise SpecError(f"{bad} {full}.num must be an integer >= 1")
+        if (
+            isinstance(num, bool)
+            or not isinstance(num, int)
+            or not 1 <= num <= MAX_AXIS
+        ):
+            raise SpecError(f"{bad} {full}.num must be an integer in [1, {MAX_AXIS:,}]")
         for k, v in (("min", lo), ("max", hi)):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise SpecError(f"{bad} {full}.{k} must be a number")
@@ -514,7 +567,7 @@ def _check_spec(spec: Spec, where: str) -> None:
         v = getattr(getattr(spec, section), key)
         if v not in choices:
             raise SpecError(
-                f"{where}: {section}.{key} = {v!r} is not allowed; "
+                f"{where}: {section}.{key} = {brief(v)} is not allowed; "
                 f"choose one of {', '.join(repr(c) for c in choices)}"
             )
     for (section, key), (lo, inclusive) in _BOUNDS.items():
@@ -527,7 +580,7 @@ def _check_spec(spec: Spec, where: str) -> None:
             if not ok:
                 rel = ">=" if inclusive else ">"
                 raise SpecError(
-                    f"{where}: {section}.{key} = {x!r} is impossible; "
+                    f"{where}: {section}.{key} = {brief(x)} is impossible; "
                     f"it must be finite and {rel} {lo}"
                 )
     d, t = spec.data, spec.train
@@ -549,6 +602,18 @@ def _check_spec(spec: Spec, where: str) -> None:
     if t.min_steps > t.steps:
         raise SpecError(
             f"{where}: train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"
+        )
+    warmups = axis_values(spec.grid.kl_warmup_steps)
+    if any(w != int(w) for w in warmups):
+        raise SpecError(
+            f"{where}: grid.kl_warmup_steps = {brief(list(warmups))}: warm-ups are "
+            "whole numbers of steps"
+        )
+    points = grid_size(spec)
+    if points > MAX_POINTS:
+        raise SpecError(
+            f"{where}: the grid has {points:,} points (the product of its axes); at "
+            f"most {MAX_POINTS:,} fit one spec: split the sweep into several specs"
         )
     if t.steps % t.eval_every:
         raise SpecError(

@@ -19,8 +19,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from phasevae.analysis import ACTIVE_KL
 from phasevae.data import DataError, Dataset, available_memory, load_dataset
 from phasevae.errors import BadInput
 from phasevae.model import collapse_eigenvalue
+from phasevae.safeio import brief
 from phasevae.spec import Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 from phasevae.train import Metrics, Point, Static, Trainer
@@ -163,7 +166,12 @@ def grid_table(spec: Spec) -> pd.DataFrame:
     axes = spec.axes()
     for name, values in axes.items():
         if len(set(values)) != len(values):
-            raise SpecError(f"grid.{name} lists a value twice: {list(values)}")
+            twice = sorted({v for v in values if values.count(v) > 1})
+            key = "seeds" if name == "seed" else name
+            raise SpecError(
+                f"grid.{key} gives a value twice (a range with min = max, or values "
+                f"closer than float precision): {brief(twice)}"
+            )
     if spec.train.hysteresis:
         axes["direction"] = (1.0, -1.0)
     df = pd.DataFrame(list(itertools.product(*axes.values())), columns=list(axes))
@@ -543,20 +551,36 @@ def _train(
     return _result(run, frames, meta)
 
 
-def merge_runs(run_dirs: list[str | Path], out: str | Path) -> dict:
+def merge_runs(
+    run_dirs: list[str | Path], out: str | Path, force: bool = False
+) -> dict:
     """Combine the run directories of one spec's shards into ``out``.
 
-    Refuses (RunDirError, nothing written) shards of different specs, unfinished
-    shards, points missing from the grid, and a point run twice with different
-    results; a point run twice with equal results is kept once and reported.
+    Refuses (RunDirError, nothing written) an ``out`` that is one of the shards, an
+    ``out`` that exists and is not empty unless ``force`` (which then replaces it
+    whole, at once, after the merge is complete), shards of different specs,
+    unfinished shards, points missing from the grid, and a point run twice with
+    different results; a point run twice with equal results is kept once and
+    reported. The shards are only read.
 
     Returns:
       report: ``points``, ``duplicated`` (ids found in several shards).
     """
     runs = [RunDir(p) for p in run_dirs]
+    dest_path = Path(out)
     for r in runs:
+        if dest_path.exists() and r.path.exists() and dest_path.samefile(r.path):
+            raise RunDirError(
+                f"--out {out} is one of the shards being merged; merge into a new "
+                "directory (the shards are never written to)"
+            )
         if not r.spec_file.exists():
             raise RunDirError(f"{r.path} is not a phasevae run (no spec.toml)")
+    if dest_path.exists() and any(dest_path.iterdir()) and not force:
+        raise RunDirError(
+            f"--out {out} exists and is not empty; choose a new directory, or add "
+            "--force to replace it with the merged run"
+        )
     spec = runs[0].spec()
     for r in runs[1:]:
         if r.spec() != spec:
@@ -595,8 +619,14 @@ def merge_runs(run_dirs: list[str | Path], out: str | Path) -> dict:
             f"{len(missing)} of {len(full)} grid points are in none of the shards "
             f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
         )
-    dest = RunDir(out)
-    with dest.lock():
+    # built beside ``out`` and moved into place whole: a failure leaves ``out`` as it
+    # was, and --force replaces it only once the merged run is complete
+    dest_path.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(
+        tempfile.mkdtemp(prefix=f".{dest_path.name}.merge-", dir=dest_path.parent)
+    )
+    try:
+        dest = RunDir(build)
         dest.claim(spec)
         merged = pd.concat(keep, ignore_index=True)
         dest.write_metrics(merged.sort_values(["step", "point_id"], ignore_index=True))
@@ -613,7 +643,22 @@ def merge_runs(run_dirs: list[str | Path], out: str | Path) -> dict:
             status="complete",
         )
         dest.write_meta(meta)
+        with RunDir(dest_path).lock():  # not while a sweep runs in it
+            _replace_dir(build, dest_path)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     return {"points": len(seen), "duplicated": sorted(set(duplicated))}
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move directory ``new`` to ``dest``, replacing what is there (renames only)."""
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.rename(dest, old / dest.name)
+        os.rename(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, dest)
 
 
 def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:

@@ -51,7 +51,7 @@ def test_slow_relaxation_is_caught_on_both_sides(start):
         assert r["ci"][0] <= LAM <= r["ci"][1]
         assert r["train_longer"]["steps"] > steps
         assert r["train_longer"]["sigma2"][0] < LAM < r["train_longer"]["sigma2"][1]
-        assert r["ci_finite_training"] > estimate.TOLERANCE
+        assert min(r["ci_finite_training"]) > estimate.TOLERANCE
         widths.append(math.log(r["ci"][1] / r["ci"][0]))
     assert widths[0] > widths[1] > widths[2]
 
@@ -63,7 +63,7 @@ def test_fast_relaxation_is_trusted_and_accurate():
         assert r["verdict"] == estimate.TRUSTED
         assert r["sigma2_c"] == pytest.approx(LAM, rel=0.01)
         assert r["ci"][0] <= LAM <= r["ci"][1]
-        assert r["ci_finite_training"] <= estimate.TOLERANCE
+        assert max(r["ci_finite_training"]) <= estimate.TOLERANCE
 
 
 @pytest.mark.parametrize("sign", [-1, 1], ids=["low", "high"])
@@ -87,9 +87,73 @@ def test_a_one_over_t_drift_is_held_by_the_interval(sign):
     assert np.sign(bias) == sign and abs(bias) > 0.005  # still biased at T
     drift = math.log(r["sigma2_c"] / r["sigma2_c_half"])
     assert drift == pytest.approx(-bias, rel=0.2)  # 1/t: what is left = the drift
-    assert r["ci_finite_training"] >= abs(bias)
+    assert min(r["ci_finite_training"]) >= abs(bias)
     assert r["ci"][0] <= LAM <= r["ci"][1]
     assert r["verdict"] == estimate.LONGER
+
+
+def with_probe(data: pd.DataFrame, lambda_c) -> pd.DataFrame:
+    """Each evaluation with its collapse eigenvalue: ``lambda_c(sigma2)``."""
+    return data.assign(
+        collapse_eigenvalue=[lambda_c(s) for s in data["sigma2"]],
+        decoder_sigma2=data["sigma2"],
+    )
+
+
+def test_trapped_collapsed_points_move_the_estimate_to_the_probe():
+    """Under-trained from a collapsed start, the points below the kink still sit at
+    KL = 0; their lambda_c = lambda_max > sigma^2 says they are saddles, not
+    equilibria, so the estimate is the probe's threshold, not the biased kink."""
+    data = with_probe(trajectories("collapsed", 3000, tau=3000.0), lambda s: LAM)
+    plain = estimate.estimate_transition(data, 3)
+    assert plain["sigma2_c"] < 0.9 * LAM  # the fit alone is biased low
+    r = estimate.estimate_transition(data, 3, LAM, LAM)
+    assert r["trapped"] and r["verdict"] == estimate.LONGER
+    assert r["probe"]["unstable_sigma2"] and max(r["probe"]["unstable_sigma2"]) < LAM
+    assert r["sigma2_c"] == pytest.approx(LAM, rel=0.01)
+    assert r["ci"][0] <= LAM <= r["ci"][1]
+
+
+def test_stable_collapse_is_not_trapped_and_keeps_a_two_sided_interval():
+    """From an active start the collapsed points lie above lambda_max, where
+    lambda_c = lambda_max < sigma^2: equilibria, nothing trapped; the interval keeps
+    both finite-training parts and holds the truth."""
+    data = with_probe(trajectories("active", 3000, tau=300.0), lambda s: LAM)
+    r = estimate.estimate_transition(data, 3, LAM, LAM)
+    assert not r["trapped"] and not r["probe"]["unstable_sigma2"]
+    assert r["probe"]["lambda_c_ratio"] == 1.0 and not r["probe"]["dead_sigma2"]
+    below, above = r["ci_finite_training"]
+    assert below == above > estimate.TOLERANCE
+    assert r["ci"][0] <= LAM <= r["ci"][1]
+
+
+def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
+    """A network whose collapsed state has lost its escape direction (lambda_c = 0,
+    dead units) collapses at 0.7 lambda_max and stays there: a shift off the theory
+    with the probe as evidence, bounded above by the first stable collapsed point."""
+    from phasevae.analysis import _off_theory
+
+    kink = 0.7 * LAM
+    rows = []
+    rng = np.random.default_rng(0)
+    for step in np.linspace(250, 6000, 24):
+        for i, s2 in enumerate(np.geomspace(0.3 * LAM, 3 * LAM, 24)):
+            top = 0.5 * max(0.0, math.log(kink / s2)) + abs(rng.normal(0, 2e-4))
+            rows.append(
+                {"point_id": f"p{i}", "sigma2": s2, "beta": 1.0, "seed": 0}
+                | {"step": int(step), "kl": top, "diverged": False}
+                | {"kl_dim_0": top, "kl_dim_1": 0.0}
+            )
+    data = with_probe(pd.DataFrame(rows), lambda s: LAM if s < kink else 0.0)
+    r = estimate.estimate_transition(data, 2, LAM, LAM)
+    assert not r["trapped"] and r["probe"]["lambda_c_ratio"] == 0.0
+    assert r["sigma2_c"] == pytest.approx(kink, rel=0.02)
+    off = _off_theory(r, LAM)
+    assert off["evidence"] == "probe" and off["shift"] == pytest.approx(-0.3, abs=0.02)
+    assert off["ci"][1] <= off["stable_sigma2"][0] / LAM - 1 < 0
+    # the same curve with collapse that the probe finds unstable is no finding
+    trapped = with_probe(pd.DataFrame(rows), lambda s: LAM)
+    assert _off_theory(estimate.estimate_transition(trapped, 2, LAM, LAM), LAM) is None
 
 
 def test_quick_validation_suite_writes_its_table(tmp_path):

@@ -47,3 +47,11 @@ def test_linear_vae_matches_the_closed_form_on_both_sides_of_each_threshold(tmp_
     )
     collapsed = last[last["sigma2"] > ev[0]]
     np.testing.assert_allclose(collapsed["elbo"], collapsed["collapse_elbo"], rtol=1e-3)
+    # the stability probe of the linear VAE is lambda_max itself, at every evaluation
+    # (features h = x, decoder Jacobian I), measured on the evaluation subset
+    np.testing.assert_allclose(
+        result.metrics["collapse_eigenvalue"],
+        result.meta["spectrum"]["lambda_max_eval"],
+        rtol=1e-4,
+    )
+    assert abs(result.meta["spectrum"]["lambda_max_eval"] / ev[0] - 1) < 0.1

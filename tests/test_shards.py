@@ -1,6 +1,7 @@
 """Splitting a grid into shards for array jobs, and merging them back."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,9 +61,26 @@ def test_sharded_runs_merge_into_the_single_run(tmp_path, capsys):
     assert "in several shards" in capsys.readouterr().out
     assert main(["merge", *shards[:2], "--out", str(tmp_path / "m3")]) == 2
     assert "in none of the shards" in capsys.readouterr().err
-    assert not (tmp_path / "m3").exists() or not any(
-        (tmp_path / "m3").glob("*.parquet")
-    )
+    assert not (tmp_path / "m3").exists()
+
+    # never into one of the shards, never over a run unless asked, shards untouched
+    def snapshot(path):
+        return {p.name: p.read_bytes() for p in Path(path).rglob("*") if p.is_file()}
+
+    before = snapshot(shards[0])
+    assert main(["merge", *shards, "--out", shards[0]]) == 2
+    assert "one of the shards" in capsys.readouterr().err
+    assert main(["merge", *shards, "--out", shards[0], "--force"]) == 2
+    assert snapshot(shards[0]) == before
+    whole = snapshot(tmp_path / "whole")
+    assert main(["merge", *shards, "--out", str(tmp_path / "whole")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert snapshot(tmp_path / "whole") == whole
+    assert main(["merge", *shards, "--out", str(merged), "--force"]) == 0
+    assert main(["analyze", str(merged)]) == 0
+    assert not list(tmp_path.glob(".*merge-*")) and not list(tmp_path.glob(".*old-*"))
+    # the shard still continues as a shard
+    assert main(["sweep", str(spec), "--out", shards[0], "--shard", "0/3"]) == 0
 
 
 def test_merge_refuses_shards_of_different_specs_and_bad_shard_arguments(

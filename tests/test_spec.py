@@ -63,7 +63,21 @@ def test_overrides(tmp_path):
         ("grid.sigma2=[1.0, -2.0]", ["grid.sigma2", "-2.0", "> 0"]),
         ("grid.sigma2=[0.0]", ["grid.sigma2", "> 0"]),
         ("grid.beta=[-0.5]", ["grid.beta", ">= 0"]),
-        ("grid.sigma2.num=0", ["grid.sigma2.num", ">= 1"]),
+        ("grid.sigma2.num=0", ["grid.sigma2.num", "in [1,"]),
+        ("data.seed=-1", ["data.seed", ">= 0"]),
+        ("train.seed=-1", ["train.seed", ">= 0"]),
+        ("train.steps=" + "9" * 48, ["train.steps", "below 2^31"]),
+        ("grid.beta=[1e400]", ["grid.beta", "finite"]),
+        ("grid.kl_warmup_steps=[2.5]", ["kl_warmup_steps", "whole numbers"]),
+        ("grid.seeds=[0, 0]", ["grid.seeds", "twice"]),
+        ("grid.seeds=[-1]", ["grid.seeds", "[0, 2^32)"]),
+        ("grid.beta=[1.0, 1.0]", ["grid.beta", "twice"]),
+        ("grid.learning_rate={min=0.1, max=1.0, num=10000000}", ["num", "100,000"]),
+        (
+            "grid.learning_rate={min=0.1, max=1.0, num=100000}",
+            ["4,800,000 points", "at most 1,000,000"],
+        ),
+        ("grid.beta=" + "[" * 5000 + "]" * 5000, ["nested too deeply"]),
         ("model.latent_dim=0", ["model.latent_dim", ">= 1"]),
         ("train.steps=0", ["train.steps", ">= 1"]),
         ("train.learning_rate=0.0", ["train.learning_rate", "> 0"]),
@@ -94,6 +108,37 @@ def test_impossible_values_are_rejected_with_key_and_rule(override, words):
         assert w in str(err.value), str(err.value)
 
 
+def test_long_values_are_not_echoed_whole():
+    with pytest.raises(SpecError) as err:
+        load_spec(None, ["train.optimizer='" + "x" * 100_000 + "'"])
+    assert len(str(err.value)) < 500 and "100,002 characters" in str(err.value)
+
+
+def test_a_spec_that_is_not_a_small_regular_file_is_refused(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # opening it would block forever
+    link = tmp_path / "zero.toml"
+    link.symlink_to("/dev/zero")
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (2 * 2**20))
+    cases = {
+        fifo: "FIFO",
+        link: "character device",
+        tmp_path: "directory",
+        big: "at most",
+        tmp_path / "nope.toml": "does not exist",
+    }
+    for path, words in cases.items():
+        with pytest.raises(SpecError, match=words):
+            load_spec(path)
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe[grid]")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(bad)
+
+
 def test_unknown_key_in_file_names_the_file(tmp_path):
     p = write(tmp_path, "[model]\nlatent_dimm = 3\n")
     with pytest.raises(SpecError, match=r"s\.toml: unknown key model\.latent_dimm"):
@@ -105,7 +150,7 @@ def test_unknown_section_and_bad_toml_and_missing_file(tmp_path):
         load_spec(write(tmp_path, "[optim]\nlr = 1\n"))
     with pytest.raises(SpecError, match="not valid TOML"):
         load_spec(write(tmp_path, "[model\n"))
-    with pytest.raises(SpecError, match="not found"):
+    with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "nope.toml")
 
 

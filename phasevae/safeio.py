@@ -1,0 +1,88 @@
+"""Where every read of a user's file or a run directory's file is checked first: that
+the path is a regular file (not a directory, FIFO, device or socket, even behind a
+symlink), that it fits the size allowed for what it is, and that its text decodes. A
+problem is a :class:`~phasevae.errors.BadInput` whose message names the file; nothing
+is read past the limit and nothing blocks (a FIFO is never opened).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from phasevae.errors import BadInput
+
+KIB, MIB, GIB = 2**10, 2**20, 2**30
+SPEC_BYTES = 1 * MIB  # a spec file, or a run's spec.toml
+META_BYTES = 64 * MIB  # a run's meta.json (a point status per grid point)
+
+_KINDS = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
+
+
+def check_file(
+    path: str | Path, what: str, max_bytes: int | None = None, error=BadInput
+) -> int:
+    """The size of ``path`` after checking it is a regular file of at most
+    ``max_bytes``. ``what`` names it in messages ("spec file", "data file (data.path)").
+
+    Raises:
+      ``error`` (a BadInput): missing, not a regular file, too large or unreadable.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()  # follows symlinks: a link to /dev/zero is a device
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise error(f"{what} {path} is a symlink to nothing") from None
+        raise error(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{what} {brief(str(path))}: cannot be read ({e})") from None
+    for test, kind in _KINDS.items():
+        if test(st.st_mode):
+            raise error(f"{what} {path} is {kind}, not a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(
+            f"{what} {path} is {st.st_size:,} bytes; a {what} may be at most "
+            f"{max_bytes:,} bytes"
+        )
+    if not os.access(path, os.R_OK):
+        raise error(f"{what} {path} is not readable (permission denied)")
+    return st.st_size
+
+
+def read_bytes(path: str | Path, what: str, max_bytes: int, error=BadInput) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (checked again while
+    reading: a file that grows is cut off and refused)."""
+    check_file(path, what, max_bytes, error)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"{what} {path}: cannot be read ({e.strerror or e})") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} {path} grew past {max_bytes:,} bytes while being read")
+    return data
+
+
+def read_text(path: str | Path, what: str, max_bytes: int, error=BadInput) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes``."""
+    data = read_bytes(path, what, max_bytes, error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def brief(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters for a message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}... ({len(text):,} characters)"
