@@ -3,30 +3,54 @@
     RUN_DIR/spec.toml               the resolved spec
     RUN_DIR/meta.json               versions, devices, spectrum, times, point status
     RUN_DIR/metrics.parquet         one row per (grid point, eval step)
+    RUN_DIR/metrics.parquet.sha256  digests of the last two metrics files written
+    RUN_DIR/checkpoints/state.npz.sha256   the same for the checkpoint
     RUN_DIR/checkpoints/state.npz   the stacked training state at the last checkpoint
 
 Every file is written to a temporary name in the same directory and renamed over the
 target, so a kill leaves either the old or the new file, never half of one. Metrics are
 written before the checkpoint they belong to; on resume, rows newer than the checkpoint
 are dropped and recomputed, so re-running a chunk never duplicates rows.
+
+Every file carries the SHA-256 digest of its own content, written in the same atomic
+step (spec.toml a first comment line, meta.json a ``digest`` key, metrics.parquet a
+digest of its values in its schema metadata plus page checksums, state.npz a
+``digest`` member beside the zip's CRCs), the bytes of metrics.parquet and state.npz
+also have theirs beside them, and every read verifies them: a damaged file is refused
+with its name and never built upon. Files written before digests are read as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import uuid
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from phasevae.errors import BadInput
-from phasevae.spec import Spec, SpecError, load_spec, spec_to_dict, spec_to_toml
+from phasevae.safeio import KIB, META_BYTES, SPEC_BYTES, check_file, read_text
+from phasevae.spec import (
+    Spec,
+    SpecError,
+    parse_toml,
+    spec_from_dict,
+    spec_to_dict,
+    spec_to_toml,
+)
+
+SPEC_HEADER = "# phasevae run spec, sha256 "
 
 
 class RunDirError(BadInput):
@@ -68,12 +92,7 @@ class RunDir:
           RunDirError: the directory holds a run of a different spec.
         """
         if self.spec_file.exists():
-            try:
-                stored = load_spec(self.spec_file)
-            except SpecError as e:
-                raise RunDirError(
-                    f"{self.path} holds an unreadable spec: {e}"
-                ) from None
+            stored = self.spec()
             if stored != spec:
                 raise RunDirError(
                     f"{self.path} already holds a run of a different spec "
@@ -86,7 +105,8 @@ class RunDir:
                 f"{self.path} exists, is not empty and is not a phasevae run; "
                 f"choose another --out"
             )
-        atomic_write_text(self.spec_file, spec_to_toml(spec))
+        text = spec_to_toml(spec)
+        atomic_write_text(self.spec_file, f"{SPEC_HEADER}{_sha256(text)}\n{text}")
 
     @contextlib.contextmanager
     def lock(self):
@@ -117,25 +137,122 @@ class RunDir:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def spec(self) -> Spec:
+        """The run's spec, verified against its digest.
+
+        Raises:
+          RunDirError: no spec.toml, or a damaged one."""
         if not self.spec_file.exists():
             raise RunDirError(f"{self.path} is not a phasevae run (no spec.toml)")
-        return load_spec(self.spec_file)
+        text = read_text(self.spec_file, "run spec", SPEC_BYTES, RunDirError)
+        head, _, body = text.partition("\n")
+        if head.startswith(SPEC_HEADER):
+            if head[len(SPEC_HEADER) :] != _sha256(body):
+                raise self._damaged(self.spec_file, "its digest does not match")
+        elif not text.strip():
+            raise self._damaged(self.spec_file, "it is empty")
+        else:
+            body = text  # written before digests
+        try:
+            return spec_from_dict(
+                parse_toml(body, str(self.spec_file)), str(self.spec_file)
+            )
+        except SpecError as e:
+            raise self._damaged(self.spec_file, str(e)) from None
 
     def meta(self) -> dict[str, Any]:
+        """meta.json verified against its digest ({} before the first save).
+
+        Raises:
+          RunDirError: a damaged meta.json."""
         if not self.meta_file.exists():
             return {}
-        return json.loads(self.meta_file.read_text())
+        text = read_text(self.meta_file, "run meta", META_BYTES, RunDirError)
+        try:
+            meta = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise self._damaged(self.meta_file, f"not JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise self._damaged(self.meta_file, "not a JSON object")
+        digest = meta.pop("digest", None)
+        if digest is not None and digest != _sha256(_canonical(meta)):
+            raise self._damaged(self.meta_file, "its digest does not match")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_text(self.meta_file, json.dumps(meta, indent=1, sort_keys=True))
+        doc = {**meta, "digest": _sha256(_canonical(meta))}
+        atomic_write_text(self.meta_file, json.dumps(doc, indent=1, sort_keys=True))
+
+    def _damaged(self, path: Path, why: str) -> RunDirError:
+        return RunDirError(
+            f"{path} is damaged ({why}); phasevae does not build on damaged files: "
+            f"restore it, or start again in a new --out"
+        )
 
     def metrics(self) -> pd.DataFrame:
+        """metrics.parquet verified: its bytes against the digests beside it, its
+        pages against their checksums and its values against the content digest.
+
+        Raises:
+          RunDirError: missing or damaged."""
         if not self.metrics_file.exists():
             raise RunDirError(f"{self.path} has no metrics yet (run phasevae sweep)")
-        return pd.read_parquet(self.metrics_file)
+        self._verify(self.metrics_file, "run metrics")
+        try:
+            table = pq.read_table(self.metrics_file, page_checksum_verification=True)
+            df = table.to_pandas()
+        except Exception as e:  # pyarrow raises many types for a damaged file
+            raise self._damaged(self.metrics_file, _first_line(e)) from None
+        digest = (table.schema.metadata or {}).get(b"phasevae_digest")
+        if digest is not None and digest.decode() != _frame_digest(df):
+            raise self._damaged(self.metrics_file, "its digest does not match")
+        return df
 
     def write_metrics(self, df: pd.DataFrame) -> None:
-        atomic_write(self.metrics_file, lambda tmp: df.to_parquet(tmp, index=False))
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), b"phasevae_digest": _frame_digest(df)}
+        table = table.replace_schema_metadata(meta)
+        self._write_verified(
+            self.metrics_file,
+            lambda tmp: pq.write_table(table, tmp, write_page_checksum=True),
+        )
+
+    def _write_verified(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Write ``path`` atomically; the digest of the new file is recorded beside
+        it (``<name>.sha256``, with the previous file's, so that a kill between the
+        two renames leaves a pair that verifies) before the file is renamed into
+        place."""
+        known = self._digests(path)
+
+        def write_and_record(tmp: Path) -> None:
+            write(tmp)
+            digests = [_file_sha256(tmp), *known[:1]]
+            atomic_write_text(_digest_file(path), json.dumps(digests))
+
+        atomic_write(path, write_and_record)
+
+    def _verify(self, path: Path, what: str) -> None:
+        """Check that ``path`` is a regular file whose bytes match a recorded digest
+        (files written before digests pass)."""
+        check_file(path, what, error=RunDirError)
+        known = self._digests(path)
+        if known and _file_sha256(path) not in known:
+            raise self._damaged(path, "its digest does not match")
+
+    def _digests(self, path: Path) -> list[str]:
+        """[current, previous] SHA-256 recorded for ``path`` ([] if none)."""
+        record = _digest_file(path)
+        if not record.exists():
+            return []
+        text = read_text(record, "run digest", 4 * KIB, RunDirError)
+        try:
+            digests = json.loads(text)
+        except json.JSONDecodeError:
+            raise self._damaged(record, "not JSON") from None
+        if not isinstance(digests, list) or not all(
+            isinstance(d, str) for d in digests
+        ):
+            raise self._damaged(record, "not a list of digests")
+        return digests
 
     def save_checkpoint(
         self,
@@ -146,30 +263,99 @@ class RunDir:
     ) -> None:
         """Store the flattened stacked state after global step ``step``, and
         ``extra`` arrays (bookkeeping that must change together with the state)."""
-        arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
-        arrays.update({f"extra_{k}": v for k, v in (extra or {}).items()})
+        arrays = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(leaves)}
+        arrays.update({f"extra_{k}": np.asarray(v) for k, v in (extra or {}).items()})
+        arrays.update(step=np.int64(step), point_ids=np.array(ids))
+        digest = np.array(_arrays_digest(arrays))
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, step=np.int64(step), point_ids=np.array(ids), **arrays)
+                np.savez(f, digest=digest, **arrays)
 
-        atomic_write(self.checkpoint_file, write)
+        self._write_verified(self.checkpoint_file, write)
+
+    def _checkpoint_arrays(self) -> dict[str, np.ndarray] | None:
+        """Every array of the checkpoint, verified; None if there is none."""
+        if not self.checkpoint_file.exists():
+            return None
+        self._verify(self.checkpoint_file, "run checkpoint")
+        try:
+            with (
+                open(self.checkpoint_file, "rb") as f,
+                np.load(f, allow_pickle=False) as z,
+            ):
+                arrays = {k: z[k] for k in z.files}
+        except (
+            OSError,
+            ValueError,
+            EOFError,
+            KeyError,
+            zipfile.BadZipFile,
+            zlib.error,
+        ) as e:
+            raise self._damaged(self.checkpoint_file, _first_line(e)) from None
+        digest = arrays.pop("digest", None)
+        if digest is not None and str(digest) != _arrays_digest(arrays):
+            raise self._damaged(self.checkpoint_file, "its digest does not match")
+        if "step" not in arrays or "point_ids" not in arrays:
+            raise self._damaged(self.checkpoint_file, "step or point ids missing")
+        return arrays
 
     def load_checkpoint(self) -> tuple[list[np.ndarray], int, list[str]] | None:
         """(leaves, step, point ids) of the last checkpoint, or None if none."""
-        if not self.checkpoint_file.exists():
+        z = self._checkpoint_arrays()
+        if z is None:
             return None
-        with np.load(self.checkpoint_file, allow_pickle=False) as z:
-            n = sum(1 for k in z.files if k.startswith("leaf_"))
-            leaves = [z[f"leaf_{i}"] for i in range(n)]
-            return leaves, int(z["step"]), [str(s) for s in z["point_ids"]]
+        n = sum(1 for k in z if k.startswith("leaf_"))
+        leaves = [z[f"leaf_{i}"] for i in range(n)]
+        return leaves, int(z["step"]), [str(s) for s in z["point_ids"]]
 
     def checkpoint_extra(self) -> dict[str, np.ndarray]:
         """The ``extra`` arrays of the last checkpoint ({} if none)."""
-        if not self.checkpoint_file.exists():
-            return {}
-        with np.load(self.checkpoint_file, allow_pickle=False) as z:
-            return {k[6:]: z[k] for k in z.files if k.startswith("extra_")}
+        z = self._checkpoint_arrays() or {}
+        return {k[6:]: v for k, v in z.items() if k.startswith("extra_")}
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(doc: dict) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def _frame_digest(df: pd.DataFrame) -> str:
+    """SHA-256 of a table's column names, dtypes and values."""
+    h = hashlib.sha256(_canonical({c: str(t) for c, t in df.dtypes.items()}).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _describe_difference(a: Spec, b: Spec) -> str:

@@ -1,0 +1,116 @@
+"""Integrity of a run directory: damaged files are named and never built upon."""
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import tomli_w
+
+from phasevae.cli import main
+from phasevae.store import RunDir
+from tests.conftest import tiny_dict
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A finished run and one stopped half-way (as after a kill)."""
+    root = tmp_path_factory.mktemp("runs")
+    spec = root / "s.toml"
+    grid = {"sigma2": [0.5, 1.0, 2.0, 4.0, 8.0], "beta": [1.0]}
+    spec.write_text(tomli_w.dumps(tiny_dict(train={"steps": 40}, grid=grid)))
+    assert main(["sweep", str(spec), "--out", str(root / "done")]) == 0
+    # a shorter spec's run is the same as the first 20 steps of this one; give it
+    # this spec so that a rerun continues it
+    half = root / "half"
+    short = root / "short.toml"
+    short.write_text(tomli_w.dumps(tiny_dict(train={"steps": 20}, grid=grid)))
+    assert main(["sweep", str(short), "--out", str(half)]) == 0
+    rd = RunDir(half)
+    meta = rd.meta()
+    meta.update(status="running")
+    shutil.copy(root / "done" / "spec.toml", half / "spec.toml")
+    rd.write_meta(meta)
+    return root, spec
+
+
+def _flip(path, where=0.5):
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * where)
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "metrics flipped": ("metrics.parquet", lambda p: _flip(p)),
+    "metrics truncated": (
+        "metrics.parquet",
+        lambda p: p.write_bytes(p.read_bytes()[:300]),
+    ),
+    "checkpoint flipped": ("checkpoints/state.npz", lambda p: _flip(p)),
+    "checkpoint truncated": (
+        "checkpoints/state.npz",
+        lambda p: p.write_bytes(p.read_bytes()[:100]),
+    ),
+    "checkpoint garbage": (
+        "checkpoints/state.npz",
+        lambda p: p.write_bytes(b"x" * 999),
+    ),
+    "meta garbage": ("meta.json", lambda p: p.write_bytes(b"\xff{not json")),
+    "meta edited": (
+        "meta.json",
+        lambda p: p.write_text(
+            re.sub(r'"steps_done": \d+', '"steps_done": 10', p.read_text())
+        ),
+    ),
+    "spec empty": ("spec.toml", lambda p: p.write_text("")),
+    "spec edited": (
+        "spec.toml",
+        lambda p: p.write_text(p.read_text().replace("steps = 40", "steps = 60")),
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_file_is_named_and_never_built_upon(runs, tmp_path, capsys, damage):
+    root, spec = runs
+    name, hurt = DAMAGE[damage]
+    for which, commands in (
+        ("half", [["sweep", str(spec), "--out"], ["status"]]),
+        ("done", [["analyze"], ["status"], ["sweep", str(spec), "--out"]]),
+    ):
+        run = tmp_path / which
+        shutil.copytree(root / which, run)
+        hurt(run / name)
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        for command in commands:
+            code = main([*command, str(run)])
+            err = capsys.readouterr().err
+            assert "Traceback" not in err
+            # status reads meta and spec; a finished run's results do not
+            # depend on its checkpoint
+            needs = {
+                "spec.toml": True,
+                "meta.json": True,
+                "metrics.parquet": command[0] != "status",
+                "checkpoints/state.npz": which == "half" and command[0] == "sweep",
+            }[name]
+            if needs:
+                assert code == 2, (damage, which, command, err)
+                assert "damaged" in err and name.split("/")[-1] in err, err
+            else:
+                assert code == 0, (damage, which, command, err)
+        after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        changed = {p for p in before if before[p] != after.get(p)}
+        assert not changed - {run / "analysis.json"}, changed
+
+
+def test_an_intact_run_verifies_and_continues(runs, tmp_path):
+    root, spec = runs
+    run = tmp_path / "half"
+    shutil.copytree(root / "half", run)
+    assert main(["sweep", str(spec), "--out", str(run)]) == 0
+    a = pd.read_parquet(root / "done" / "metrics.parquet")
+    b = RunDir(run).metrics()
+    assert len(a) == len(b)
+    assert RunDir(run).meta()["status"] == "complete"
