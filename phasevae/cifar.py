@@ -12,7 +12,11 @@ Two official formats are accepted, told apart by their member names:
   since unpickling it would run arbitrary code.
 
 Members are read from the tar stream; only the expected names are opened, and a name
-that is absolute or climbs out with ``..`` is refused.
+that is absolute or climbs out with ``..`` is refused. Sizes are checked from each
+member's header before anything is read: no member may exceed ``MAX_MEMBER`` (an
+official batch of 10,000 images is 30.7 MB as records, 31.0 MB as a pickle) and an
+archive may hold at most ``MAX_MEMBERS`` entries, so a small archive that inflates to
+gigabytes is refused, not read.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from phasevae.errors import BadInput
+from phasevae.safeio import brief, check_file
 
 RECORD = 1 + 3 * 32 * 32
+MAX_MEMBER = 40 * 2**20  # bytes of one member: an official batch is ~31 MB
+MAX_MEMBERS = 1000  # entries in one archive: the official ones hold 9 or 10
 _BATCHES = {
     "train": [f"data_batch_{i}" for i in range(1, 6)],
     "test": ["test_batch"],
@@ -75,44 +82,62 @@ def load_cifar10(
         pickle that asks for anything but plain data.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CifarError(f"CIFAR-10 archive {path} does not exist (data.path)")
+    check_file(path, "CIFAR-10 archive (data.path)", error=CifarError)
     wanted = _BATCHES["train"] + _BATCHES["test"] if split == "all" else _BATCHES[split]
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fmt = None
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = {}
-            for m in tar.getmembers():
+            for count, m in enumerate(tar, 1):
                 name = PurePosixPath(m.name)
                 if name.is_absolute() or ".." in name.parts:
-                    raise CifarError(f"{path}: refusing unsafe member name {m.name!r}")
-                members[m.name] = m
-            fmt = _detect(members, path)
-            folder, suffix = _FORMATS[fmt]
-            images, labels = [], []
-            for batch in wanted:
-                name = f"{folder}/{batch}{suffix}"
-                if name not in members or not members[name].isfile():
-                    raise CifarError(f"{path}: member {name} is missing")
-                raw = tar.extractfile(members[name]).read()
-                read = _read_binary if fmt == "binary" else _read_python
-                x, y = read(raw, f"{path}:{name}")
-                images.append(x)
-                labels.append(y)
+                    raise CifarError(
+                        f"{path}: refusing unsafe member name {brief(m.name)}"
+                    )
+                if count > MAX_MEMBERS:
+                    raise CifarError(
+                        f"{path}: more than {MAX_MEMBERS} entries; not an official "
+                        "CIFAR-10 archive"
+                    )
+                if m.size > MAX_MEMBER:
+                    raise CifarError(
+                        f"{path}: member {brief(m.name)} is {m.size:,} bytes; a "
+                        f"CIFAR-10 member is at most {MAX_MEMBER:,}"
+                    )
+                batch, kind = _batch_of(m.name)
+                if batch not in wanted or not m.isfile():
+                    continue
+                if fmt is not None and kind != fmt:
+                    raise CifarError(f"{path}: holds batches of both formats")
+                fmt = kind
+                raw = tar.extractfile(m).read()
+                read = _read_binary if kind == "binary" else _read_python
+                found[batch] = read(raw, f"{path}:{m.name}")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise CifarError(
             f"{path}: not a readable tar.gz archive, or truncated ({e})"
         ) from None
+    if fmt is None:
+        raise CifarError(
+            f"{path}: not an official CIFAR-10 archive (no cifar-10-batches-bin/ or "
+            "cifar-10-batches-py/ batches inside)"
+        )
+    folder, suffix = _FORMATS[fmt]
+    missing = [f"{folder}/{b}{suffix}" for b in wanted if b not in found]
+    if missing:
+        raise CifarError(f"{path}: member {missing[0]} is missing")
+    images = [found[b][0] for b in wanted]
+    labels = [found[b][1] for b in wanted]
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _detect(members: dict, path: Path) -> str:
+def _batch_of(name: str) -> tuple[str | None, str | None]:
+    """(batch name, format) of an official member name, else (None, None)."""
     for fmt, (folder, suffix) in _FORMATS.items():
-        if f"{folder}/test_batch{suffix}" in members:
-            return fmt
-    raise CifarError(
-        f"{path}: not an official CIFAR-10 archive (no cifar-10-batches-bin/ or "
-        "cifar-10-batches-py/ batches inside)"
-    )
+        for batch in _BATCHES["train"] + _BATCHES["test"]:
+            if name == f"{folder}/{batch}{suffix}":
+                return batch, fmt
+    return None, None
 
 
 def _read_binary(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,9 @@ scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.cifar`
 
 from __future__ import annotations
 
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import numpy as np
 import scipy.linalg
 
 from phasevae.errors import BadInput
+from phasevae.safeio import brief, check_file
 from phasevae.spec import DataSpec
 
 # scikit-image's sample photographs that ship inside its wheel (no download), all
@@ -126,6 +130,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
     else:  # spec validation keeps this unreachable
         raise DataError(f"unknown data.source {spec.source!r}")
     x = normalize(check_array(x, what), spec.normalize, pixel_range)
+    check_scale(x, what, spec.normalize)
     if spec.normalize != "none":
         what += f", normalize={spec.normalize}"
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
@@ -225,26 +230,31 @@ def load_array(path: Path, key: str = "") -> np.ndarray:
     """Read a numeric array from ``.npy``, ``.npz`` (array ``key``), ``.csv`` or
     ``.parquet``. Pickled objects are never loaded. A CSV may have one header line.
     Arrays larger than memory allows are refused before they are read."""
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist (data.path)")
+    check_file(path, "data file (data.path)", error=DataError)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            _check_memory(_npy_size(path), path)
-            return np.load(path, allow_pickle=False)
+            with open(path, "rb") as f:
+                _expect_magic(f, b"\x93NUMPY", path, "an .npy file")
+                _check_memory(_npy_header_size(f), path)
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.files)
-                if not key and len(names) == 1:
-                    key = names[0]
-                if key not in names:
-                    raise DataError(
-                        f"{path}: set data.key to one of the arrays in the archive: "
-                        f"{', '.join(names) or '(none)'}"
-                    )
-                with archive.zip.open(f"{key}.npy") as f:
-                    _check_memory(_npy_header_size(f), path)
-                return archive[key]
+            with open(path, "rb") as f:
+                _expect_magic(f, b"PK", path, "an .npz (zip) archive")
+                with np.load(f, allow_pickle=False) as archive:
+                    names = list(archive.files)
+                    if not key and len(names) == 1:
+                        key = names[0]
+                    if key not in names:
+                        listed = ", ".join(n[:40] for n in names[:20]) or "(none)"
+                        raise DataError(
+                            f"{path}: set data.key to one of the arrays in the "
+                            f"archive: {listed}{' ...' if len(names) > 20 else ''}"
+                        )
+                    with archive.zip.open(f"{key}.npy") as member:
+                        _check_memory(_npy_header_size(member), path)
+                    return archive[key]
         if suffix == ".csv":
             _check_memory(path.stat().st_size // 2, path)  # >= 2 characters per value
             return _load_csv(path)
@@ -252,16 +262,28 @@ def load_array(path: Path, key: str = "") -> np.ndarray:
             return _load_parquet(path)
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, KeyError) as e:
-        raise DataError(f"{path}: cannot read as {suffix} ({e})") from None
+    except (
+        ValueError,
+        TypeError,
+        OSError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(
+            f"{path}: cannot read as {suffix} ({brief(first, 200)})"
+        ) from None
     raise DataError(
         f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .csv or .parquet"
     )
 
 
-def _npy_size(path: Path) -> int:
-    with open(path, "rb") as f:
-        return _npy_header_size(f)
+def _expect_magic(f, magic: bytes, path: Path, what: str) -> None:
+    if f.read(len(magic)) != magic:
+        raise DataError(f"{path}: not {what} (its first bytes say otherwise)")
+    f.seek(0)
 
 
 def _npy_header_size(f) -> int:
@@ -300,10 +322,17 @@ def available_memory() -> int | None:
 def _load_csv(path: Path) -> np.ndarray:
     for skip in (0, 1):  # a header line is allowed
         try:
-            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
+            with warnings.catch_warnings():  # "input contained no data"
+                warnings.simplefilter("ignore")
+                x = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
         except ValueError as e:
             err = e
-    raise DataError(f"{path}: the CSV holds a non-numeric value ({err})")
+            continue
+        if x.size == 0:
+            raise DataError(f"{path}: the CSV holds no data rows")
+        return x
+    first = (str(err).strip().splitlines() or ["?"])[0]
+    raise DataError(f"{path}: the CSV holds a non-numeric value ({brief(first, 200)})")
 
 
 def _load_parquet(path: Path) -> np.ndarray:
@@ -331,6 +360,14 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what}: need at least 2 samples, got {x.shape[0]}")
     if x.shape[1] < 1:
         raise DataError(f"{what}: data has no features")
+    need = 3 * 8 * x.shape[1] ** 2  # the covariance, its eigenvectors, workspace
+    avail = available_memory()
+    if avail is not None and need > MEMORY_FRACTION * avail:
+        raise DataError(
+            f"{what}: {x.shape[1]:,} features need a {x.shape[1]:,} x {x.shape[1]:,} "
+            f"covariance spectrum of about {need / 2**30:.1f} GiB, more than half of "
+            f"the {avail / 2**30:.1f} GiB of free memory; reduce the features first"
+        )
     x = x.astype(np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
@@ -342,6 +379,21 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
+MAX_ABS = 1e6  # larger values (after normalize) overflow float32 training
+
+
+def check_scale(x: np.ndarray, what: str, how: str) -> None:
+    """Refuse data on a scale that float32 training cannot handle (squared errors and
+    their gradients overflow), saying which ``normalize`` fixes it."""
+    top = float(np.max(np.abs(x)))
+    if not np.isfinite(top) or top > MAX_ABS:
+        raise DataError(
+            f"{what}: values up to {top:.3g} after normalize = '{how}'; training in "
+            f"float32 cannot work on that scale (at most {MAX_ABS:.0e}): set "
+            "data.normalize = 'standardize' for a table or 'unit' for images"
+        )
+
+
 def normalize(x: np.ndarray, how: str, pixel_range=None) -> np.ndarray:
     """``none``; ``center`` (subtract each feature's mean); ``standardize`` (also unit
     variance per feature; constant features are only centred); ``global`` (one mean
@@ -349,6 +401,7 @@ def normalize(x: np.ndarray, how: str, pixel_range=None) -> np.ndarray:
     data's min..max when it has none, mapped to [-1, 1])."""
     if how == "none":
         return x
+    x = x.astype(np.float64)  # float32 squares of large raw values overflow
     if how == "unit":
         lo, hi = pixel_range if pixel_range else (float(x.min()), float(x.max()))
         if hi <= lo:

@@ -99,6 +99,9 @@ def test_truncated_and_malformed_archives_are_refused(tmp_path):
         load_cifar10(odd)
     with pytest.raises(CifarError, match="does not exist"):
         load_cifar10(tmp_path / "none.tar.gz")
+    os.mkfifo(tmp_path / "fifo.tar.gz")  # never opened: it would block
+    with pytest.raises(CifarError, match="FIFO"):
+        load_cifar10(tmp_path / "fifo.tar.gz")
     other = tmp_path / "other.tar.gz"
     with tarfile.open(other, "w:gz") as tar:
         add(tar, "readme.txt", b"hello")
@@ -113,6 +116,39 @@ def test_member_names_that_escape_are_refused(tmp_path):
         add(tar, "cifar-10-batches-bin/test_batch.bin", b"\x00" * 3073)
     with pytest.raises(CifarError, match="unsafe member name"):
         load_cifar10(bad)
+
+
+def test_a_member_that_inflates_past_the_format_is_refused_unread(tmp_path):
+    """A small .tar.gz whose batch member claims (and holds) 200 MB of zeros: the
+    size in its header is refused before a byte of it is read."""
+    import resource
+
+    bomb = tmp_path / "bomb.tar.gz"
+
+    class Zeros(io.RawIOBase):
+        def __init__(self, n):
+            self.left = n
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            k = min(len(b), self.left)
+            b[:k] = bytes(k)
+            self.left -= k
+            return k
+
+    size = 200 * 2**20
+    with tarfile.open(bomb, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = size
+        tar.addfile(info, io.BufferedReader(Zeros(size)))
+    assert bomb.stat().st_size < size / 100
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CifarError, match="at most"):
+        load_cifar10(bomb)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 50 * 1024  # nothing near the member's 200 MB was held
 
 
 def test_the_cifar10_spec_runs_end_to_end_on_a_small_archive(tmp_path, capsys):

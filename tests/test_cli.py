@@ -37,6 +37,7 @@ def test_sweep_end_to_end_writes_a_well_formed_run_directory(tmp_path):
         "checkpoints",
         "meta.json",
         "metrics.parquet",
+        "metrics.parquet.sha256",  # digests of the file's bytes (store.py)
         "spec.toml",
     ]
     assert load_spec(out / "spec.toml") == load_spec(spec)

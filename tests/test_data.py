@@ -84,6 +84,35 @@ def bad_file(tmp_path, kind):
     elif kind == "txt":
         p.with_suffix(".txt").write_text("1 2\n3 4\n")
         return p.with_suffix(".txt")
+    elif kind == "npz_truncated":
+        np.savez(p.with_suffix(".npz"), x=np.ones((50, 3)))
+        raw = p.with_suffix(".npz").read_bytes()
+        p.with_suffix(".npz").write_bytes(raw[: len(raw) // 2])
+        return p.with_suffix(".npz")
+    elif kind == "npy_named_npz":
+        np.save(p.with_suffix(".npy"), np.ones((5, 3)))
+        p.with_suffix(".npy").rename(p.with_suffix(".npz"))
+        return p.with_suffix(".npz")
+    elif kind in ("empty_csv", "header_csv"):
+        p.with_suffix(".csv").write_text("" if kind == "empty_csv" else "a,b\n")
+        return p.with_suffix(".csv")
+    elif kind == "link_to_zero":
+        p.with_suffix(".npy").symlink_to("/dev/zero")
+    elif kind == "fifo":
+        import os
+
+        os.mkfifo(p.with_suffix(".npy"))
+    elif kind == "directory":
+        p.with_suffix(".npy").mkdir()
+    elif kind == "huge_values":
+        np.save(p.with_suffix(".npy"), np.full((5, 3), 1e30) * np.arange(1, 4))
+    elif kind == "huge_int64":
+        np.save(
+            p.with_suffix(".npy"), np.arange(15, dtype=np.int64).reshape(5, 3) << 60
+        )
+    elif kind == "npz_big_header":
+        with open(p.with_suffix(".npy"), "wb") as f:
+            f.write(b"\x93NUMPY\x01\x00" + (60000).to_bytes(2, "little") + b" " * 60000)
     return p.with_suffix(".npy")
 
 
@@ -97,15 +126,36 @@ def bad_file(tmp_path, kind):
         ("inf", "NaN or inf .* row 4, column 0"),
         ("pickle", "cannot read"),
         ("text_csv", "non-numeric"),
-        ("garbage_npy", "cannot read"),
+        ("garbage_npy", "not an .npy file"),
         ("strings", "must be numeric"),
         ("txt", "unsupported file type"),
+        ("npz_truncated", "cannot read as .npz"),
+        ("npy_named_npz", "not an .npz"),
+        ("empty_csv", "no data rows"),
+        ("header_csv", "no data rows"),
+        ("link_to_zero", "character device, not a regular file"),
+        ("fifo", "FIFO"),
+        ("directory", "directory"),
+        ("huge_values", "normalize = 'standardize'"),
+        ("huge_int64", "normalize = 'standardize'"),
+        ("npz_big_header", "cannot read as .npy"),
     ],
 )
-def test_bad_data_is_a_clear_error(tmp_path, kind, message):
+def test_bad_data_is_a_clear_error(tmp_path, kind, message, recwarn):
     path = bad_file(tmp_path, kind)
-    with pytest.raises(DataError, match=message):
-        load_dataset(DataSpec(source="array", path=str(path)))
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset(DataSpec(source="array", path=str(path), normalize="none"))
+    assert "\n" not in str(err.value) and len(str(err.value)) < 600
+    assert not recwarn.list  # nothing printed before the message
+
+
+def test_too_many_features_for_the_spectrum_are_refused(tmp_path, monkeypatch):
+    import phasevae.data as data
+
+    np.save(tmp_path / "wide.npy", np.ones((2, 3000), np.float32))
+    monkeypatch.setattr(data, "available_memory", lambda: 2**28)
+    with pytest.raises(DataError, match="3,000 x 3,000 covariance"):
+        load_dataset(DataSpec(source="array", path=str(tmp_path / "wide.npy")))
 
 
 def test_non_gaussian_components_are_what_they_claim():
