@@ -7,12 +7,16 @@ one-paragraph message and no traceback; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import signal
 import sys
 import time
 from pathlib import Path
 
 from phasevae.errors import BadInput
+from phasevae.safeio import check_out_dir
 
 
 class ProgressBar:
@@ -53,7 +57,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     split_cpu_into_devices()
     primary = _init_distributed(args)
     name = Path(args.spec).stem if args.spec else "default"
-    out = Path(args.out) if args.out else Path("runs") / name
+    out = check_out_dir(args.out if args.out is not None else Path("runs") / name)
+    if args.checkpoint_every is not None and not (
+        math.isfinite(args.checkpoint_every) and args.checkpoint_every >= 0
+    ):
+        raise BadInput(
+            f"--checkpoint-every {args.checkpoint_every}: give a number of seconds >= 0"
+        )
     t0 = time.perf_counter()
     if args.dry_run:
         plan = run_sweep(spec, out, shard=_shard(args.shard), dry_run=True)
@@ -275,7 +285,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     def progress(case):
         print(f"case {case.name}: {case.description}", file=sys.stderr, flush=True)
 
-    run_suite(args.out, args.quick, args.case, progress)
+    run_suite(check_out_dir(args.out), args.quick, args.case, progress)
     print((Path(args.out) / "table.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'validation.json'}")
     return 0
@@ -319,7 +329,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 def cmd_merge(args: argparse.Namespace) -> int:
     from phasevae.sweep import merge_runs
 
-    report = merge_runs(args.run_dirs, args.out, force=args.force)
+    report = merge_runs(args.run_dirs, check_out_dir(args.out), force=args.force)
     print(f"merged {report['points']} grid points into {args.out}")
     if report["duplicated"]:
         dup = report["duplicated"]
@@ -555,16 +565,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM before training started (training turns it into a clean stop). A
+    BaseException, as KeyboardInterrupt, so that no ``except Exception`` eats it."""
+
+
+# write and read failures that come from the user's environment (exit 2), not from
+# phasevae itself
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.EEXIST,
+    errno.ENOTEMPTY,
+    errno.ELOOP,
+    errno.EXDEV,
+    errno.EBUSY,
+    errno.EMFILE,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def on_sigterm(*_):
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return args.func(args)
     except BadInput as e:
         print(f"phasevae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("phasevae: interrupted", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+        print(
+            "phasevae: interrupted; rerun the same command to resume", file=sys.stderr
+        )
         return 130
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(
+            "phasevae: stopped by SIGTERM before training started; rerun the same "
+            "command to start",
+            file=sys.stderr,
+        )
+        return 143
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        hint = (
+            "; what was saved before is intact: free space and rerun to resume"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT)
+            else ""
+        )
+        print(f"phasevae: error: {e.strerror}{where}{hint}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,33 @@ def brief(value, limit: int = 60) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 20]}... ({len(text):,} characters)"
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """An output directory that can be created or written, checked before any work:
+    not empty, not a file, under a directory, writable.
+
+    Raises:
+      BadInput: saying which of these fails.
+    """
+    if not str(path).strip():
+        raise BadInput("--out is empty; give a directory")
+    if "\x00" in str(path):
+        raise BadInput("--out contains a NUL character")
+    path = Path(path)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"--out {brief(str(path))} is not UTF-8 text") from None
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"--out {path} exists and is not a directory")
+    ancestor = path
+    while not ancestor.exists():
+        if ancestor.is_symlink():
+            raise BadInput(f"--out {path}: {ancestor} is a symlink to nothing")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BadInput(f"--out {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {path}: {ancestor} is not writable")
+    return path

@@ -450,6 +450,14 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     if isinstance(default, str):
         if not isinstance(value, str):
             raise SpecError(f"{bad} must be a string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SpecError(
+                f"{bad} must be UTF-8 text (a path with odd bytes?)"
+            ) from None
+        if "\x00" in value:
+            raise SpecError(f"{bad} must not contain a NUL character")
         return value
     if isinstance(default, tuple):
         if not isinstance(value, list):

@@ -116,7 +116,20 @@ class RunDir:
         Raises:
           RunDirError: another process holds it.
         """
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._locked():
+                yield
+        finally:
+            # a run that failed before writing anything leaves no directory behind
+            with contextlib.suppress(OSError):
+                if created and [p.name for p in self.path.iterdir()] == [".lock"]:
+                    (self.path / ".lock").unlink()
+                    self.path.rmdir()
+
+    @contextlib.contextmanager
+    def _locked(self):
         with open(self.path / ".lock", "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -142,6 +155,13 @@ class RunDir:
         Raises:
           RunDirError: no spec.toml, or a damaged one."""
         if not self.spec_file.exists():
+            if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {
+                ".lock"
+            }:
+                raise RunDirError(
+                    f"{self.path} holds no run yet (its sweep stopped before writing "
+                    "anything); rerun that sweep command"
+                )
             raise RunDirError(f"{self.path} is not a phasevae run (no spec.toml)")
         text = read_text(self.spec_file, "run spec", SPEC_BYTES, RunDirError)
         head, _, body = text.partition("\n")

@@ -513,6 +513,12 @@ def _train(
         if ids != list(grid["point_id"]):
             raise RunDirError(f"{run.path}: checkpoint does not match the spec's grid")
         state = place.models(jax.tree.unflatten(treedef, leaves))
+        if not run.metrics_file.exists():
+            raise RunDirError(
+                f"{run.path} has a checkpoint at step {done} but its metrics.parquet "
+                "is gone: the evaluations up to that step cannot be recovered; delete "
+                f"{run.checkpoint_file.parent} to train again from step 0"
+            )
         old = run.metrics()
         frames.append(old[old["step"] <= done])
 
@@ -574,8 +580,7 @@ def merge_runs(
                 f"--out {out} is one of the shards being merged; merge into a new "
                 "directory (the shards are never written to)"
             )
-        if not r.spec_file.exists():
-            raise RunDirError(f"{r.path} is not a phasevae run (no spec.toml)")
+        r.spec()  # a run, its spec intact
     if dest_path.exists() and any(dest_path.iterdir()) and not force:
         raise RunDirError(
             f"--out {out} exists and is not empty; choose a new directory, or add "

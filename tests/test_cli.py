@@ -245,3 +245,74 @@ def test_a_sweep_too_large_for_the_device_is_refused_before_training(
     err = capsys.readouterr().err
     assert "GiB per device" in err and "--shard I/" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--out", ""], "--out is empty"),
+        (["--out", "{file}"], "not a directory"),
+        (["--out", "{file}/run"], "is a file, not a directory"),
+        (["--checkpoint-every", "-1"], ">= 0"),
+        (["--checkpoint-every", "nan"], ">= 0"),
+        (["--checkpoint-every", "inf"], ">= 0"),
+        (["--set", "data.path=\udcff.npy", "--set", "data.source='array'"], "UTF-8"),
+    ],
+)
+def test_bad_sweep_arguments_are_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, extra, words
+):
+    def no_data(*_):
+        raise AssertionError("data loaded before the arguments were checked")
+
+    monkeypatch.setattr(sweep_mod, "load_dataset", no_data)
+    (tmp_path / "file").write_text("x")
+    extra = [e.replace("{file}", str(tmp_path / "file")) for e in extra]
+    if "--out" not in extra:
+        extra += ["--out", str(tmp_path / "run")]
+    assert main(["sweep", str(write_spec(tmp_path)), *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_write_is_a_message_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import phasevae.store as store
+
+    spec, out = write_spec(tmp_path), tmp_path / "run"
+    real = store.atomic_write
+    calls = []
+
+    def disk_full(path, write):
+        calls.append(path.name)
+        if path.name == "state.npz":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, write)
+
+    monkeypatch.setattr(store, "atomic_write", disk_full)
+    assert main(["sweep", str(spec), "--out", str(out), "--checkpoint-every", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "rerun to resume" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(store, "atomic_write", real)
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    assert json.loads((out / "meta.json").read_text())["status"] == "complete"
+
+
+def test_sigterm_during_start_up_is_a_message(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        _sweep_cmd(write_spec(tmp_path), tmp_path / "run"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # importing JAX and compiling take longer
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and "Traceback" not in err

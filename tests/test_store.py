@@ -114,3 +114,20 @@ def test_an_intact_run_verifies_and_continues(runs, tmp_path):
     b = RunDir(run).metrics()
     assert len(a) == len(b)
     assert RunDir(run).meta()["status"] == "complete"
+
+
+def test_lost_metrics_and_an_empty_directory_get_messages_that_say_what_to_do(
+    runs, tmp_path, capsys
+):
+    root, spec = runs
+    run = tmp_path / "half"
+    shutil.copytree(root / "half", run)
+    (run / "metrics.parquet").unlink()
+    assert main(["sweep", str(spec), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.parquet is gone" in err and "delete" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".lock").write_text("")
+    assert main(["merge", str(empty), "--out", str(tmp_path / "m")]) == 2
+    assert "stopped before writing anything" in capsys.readouterr().err
