@@ -112,15 +112,28 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
     """
     columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
     columns += [f"var_dim_{j}" for j in range(latent_dim)]
-    table = rank_dims(settle(metrics, columns), latent_dim)
+    with np.errstate(invalid="ignore", over="ignore"):  # diverged points: NaN, inf
+        table = rank_dims(settle(metrics, columns), latent_dim)
     axes = [a for a in GRID_AXES if a in table and a not in ("sigma2", "seed")]
     ev = np.asarray(spectrum["eigenvalues"], np.float64)
     lam_eval = spectrum.get("lambda_max_eval")  # absent in runs made before it
-    transitions = []
+    transitions, skipped = [], []
     for key, group in table.groupby(axes, sort=True):
         values = dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))
         rows = metrics[metrics["point_id"].isin(group["point_id"])]
-        transitions.append(_transition(group, rows, values, ev, latent_dim, lam_eval))
+        try:
+            t = _transition(group, rows, values, ev, latent_dim, lam_eval)
+        except ValueError as e:  # e.g. every point of this curve diverged
+            skipped.append(
+                {**{k: _num(v) for k, v in values.items()}, "reason": str(e)}
+            )
+            continue
+        transitions.append(t)
+    if not transitions:
+        raise ValueError(
+            "no curve can be fitted: "
+            + "; ".join(f"{curve_label(s)}: {s['reason']}" for s in skipped[:4])
+        )
     return {
         "spectrum": {
             "eigenvalues": [float(v) for v in ev],
@@ -133,12 +146,22 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
             "active_kl": ACTIVE_KL,
         },
         "transitions": transitions,
+        "skipped": skipped,  # curves that could not be fitted, and why
         "hysteresis": hysteresis(table) if "direction" in table else [],
         "boundary": boundary(transitions, float(ev[0])),
         "scaling": scaling_collapse(table),
         "scaling_by": scaling_by_group(table),
         "points": _points(table),
     }
+
+
+def curve_label(curve: dict) -> str:
+    """A curve's axis values as text, for messages: "beta=1, learning_rate=2"."""
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in curve.items()
+        if k != "reason"
+    )
 
 
 def _transition(
@@ -155,7 +178,7 @@ def _transition(
     usable = group[~group["diverged"]]
     if usable["sigma2"].nunique() < 4:
         raise ValueError(
-            f"{values}: only {usable['sigma2'].nunique()} usable sigma2 values; "
+            f"only {usable['sigma2'].nunique()} usable (not diverged) sigma2 values; "
             "a fit needs at least 4"
         )
     settled = usable[usable["settled"]]

@@ -115,27 +115,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print("final KL (nats, mean over seeds); predicted sigma2_c = lambda_max / beta")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.diverged:
+        others = (
+            "No model trained."
+            if len(result.diverged) == meta["grid_size"]
+            else "The other models trained normally."
+        )
         print(
             f"phasevae: error: {len(result.diverged)} of {meta['grid_size']} models "
             f"diverged (a NaN or inf appeared) and were frozen there: "
             f"{', '.join(result.diverged[:8])}"
             f"{' ...' if len(result.diverged) > 8 else ''}."
             f" They are flagged in the 'diverged' column of {result.run.metrics_file}; "
-            f"the other models trained normally. Lower the learning rate or remove "
-            f"those grid points.",
+            f"{others} {_divergence_hint(spectrum, spec)}",
             file=sys.stderr,
         )
         return 2
     return 0
 
 
+def _divergence_hint(spectrum: dict, spec) -> str:
+    """What to change: the data's scale when it is far from 1, else the step size."""
+    if spectrum["lambda_max"] > 1e3 and spec.data.normalize in ("none", "center"):
+        return (
+            f"The data's largest variance is {spectrum['lambda_max']:.3g} with "
+            f"normalize = '{spec.data.normalize}': set data.normalize = 'standardize' "
+            "(tables) or 'unit' (images) to train on a workable scale."
+        )
+    return "Lower the learning rate or remove those grid points."
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from phasevae.analysis import analyze_run
+    from phasevae.analysis import analyze_run, curve_label
 
     result = analyze_run(args.run_dir)
     print(f"wrote {Path(args.run_dir) / 'analysis.json'}")
     print(f"lambda_max = {result['spectrum']['lambda_max']:.4g}")
     print(_transition_table(result))
+    for curve in result["skipped"]:
+        print(f"not fitted ({curve_label(curve)}): {curve['reason']}")
     b = result["boundary"]
     if b["theta_c"] is not None:
         lo, hi = b["ci"]

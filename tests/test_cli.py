@@ -316,3 +316,17 @@ def test_sigterm_during_start_up_is_a_message(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "SIGTERM" in err and "Traceback" not in err
+
+
+def test_analyze_fits_the_curves_it_can_when_one_diverged_entirely(tmp_path, capsys):
+    grid = {"sigma2": [0.5, 1.0, 2.0, 4.0, 8.0], "beta": [1.0]}
+    grid["learning_rate"] = [1e-2, 1e6]
+    spec, out = write_spec(tmp_path, grid=grid), tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2  # 5 models diverged
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "not fitted (beta=1, learning_rate=1e+06" in text
+    doc = json.loads((out / "analysis.json").read_text())
+    assert [t["learning_rate"] for t in doc["transitions"]] == [1e-2]
+    assert doc["skipped"][0]["learning_rate"] == 1e6
