@@ -236,6 +236,7 @@ def axis_values(axis: Axis) -> tuple[float, ...]:
 
 
 MAX_INT = 2**31 - 1  # integers in a spec (steps, widths, sizes) fit int32
+MAX_LAYERS = 64  # hidden layers of the encoder or the decoder
 MAX_AXIS = 100_000  # values on one grid axis
 MAX_POINTS = 1_000_000  # grid points in one spec (the grid table is built first)
 IMAGES = ("cifar10", "patches")  # sources whose normalize defaults to "unit"
@@ -469,6 +470,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
                 raise SpecError(f"{bad} must be a list of {kind}")
             if is_int and abs(v) > MAX_INT:
                 raise SpecError(f"{bad} widths must be below 2^31")
+        if is_int and len(value) > MAX_LAYERS:
+            raise SpecError(f"{bad} at most {MAX_LAYERS} hidden layers")
         return tuple(v if is_int else float(v) for v in value)
     raise AssertionError(f"no coercion for {full}")
 

@@ -412,6 +412,18 @@ class _Program:
         one shared by all."""
         self.grid, self.n = grid, len(grid)
         self.place = Placement.create(self.n)
+        limit = _device_memory(self.place)
+        need = estimate_bytes(
+            spec, data.x.shape, self.place.size // self.place.shard.mesh.size
+        )
+        if limit and need > 0.9 * limit:
+            raise TooLarge(
+                f"the sweep would need about {need / 2**30:.2f} GiB per device for "
+                f"{self.n} models (parameters, optimizer state, activations, data; "
+                f"estimated from the spec before allocating anything), more than the "
+                f"{limit / 2**30:.2f} GiB available; shrink the model or "
+                f"batch_size/eval_samples, or split the grid (--shard I/N)"
+            )
         self.trainer = Trainer(static_config(spec, data.x.shape[1]), self.place.shard)
         self.points = self.points_for(grid)
         self.x = self.place.replicated(data.x)
@@ -472,6 +484,29 @@ class _Program:
             "chunk_s": chunk_s,
             "estimated_train_s": chunk_s * chunks,
         }
+
+
+def estimate_bytes(spec: Spec, data_shape: tuple[int, int], models: int) -> int:
+    """An estimate of what one device holds for ``models`` models of ``spec`` on
+    data of ``data_shape`` (n, N), from the spec alone: float32 parameters, their
+    gradients and Adam's two moments; the activations of a training step (forward
+    and backward) and of an evaluation; and the replicated training and evaluation
+    data. Made before anything is allocated; the compiled program's own figure is
+    checked after compiling."""
+    n, dim = data_shape
+    m, k = spec.model, spec.model.latent_dim
+    skip = 0 if m.skip == "none" else dim
+    widths_enc = [dim, *m.encoder, 2 * k]
+    widths_dec = [k + skip, *m.decoder, dim]
+    params = sum(
+        (a + 1) * b for w in (widths_enc, widths_dec) for a, b in itertools.pairwise(w)
+    )
+    units = sum(widths_enc) + sum(widths_dec)
+    evals = min(spec.data.eval_samples, n)
+    per_model = 4 * params + 3 * spec.train.batch_size * units + 2 * evals * units
+    per_model += evals * (max(m.encoder or (dim,)) + dim)  # the collapse probe
+    data = n * dim + evals * dim
+    return 4 * (models * per_model + data)
 
 
 def _bytes_needed(compiled) -> int | None:

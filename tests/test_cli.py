@@ -330,3 +330,17 @@ def test_analyze_fits_the_curves_it_can_when_one_diverged_entirely(tmp_path, cap
     doc = json.loads((out / "analysis.json").read_text())
     assert [t["learning_rate"] for t in doc["transitions"]] == [1e-2]
     assert doc["skipped"][0]["learning_rate"] == 1e6
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    spec = write_spec(tmp_path, model={"encoder": [100_000_000]})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "estimated from the spec before allocating anything" in err
+    assert "GiB per device" in err and "Traceback" not in err
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 500 * 1024
+    assert not (tmp_path / "run").exists()

@@ -65,6 +65,7 @@ def test_overrides(tmp_path):
         ("grid.beta=[-0.5]", ["grid.beta", ">= 0"]),
         ("grid.sigma2.num=0", ["grid.sigma2.num", "in [1,"]),
         ("data.seed=-1", ["data.seed", ">= 0"]),
+        ("model.encoder=" + str([8] * 200), ["model.encoder", "at most 64 hidden"]),
         ("train.seed=-1", ["train.seed", ">= 0"]),
         ("train.steps=" + "9" * 48, ["train.steps", "below 2^31"]),
         ("grid.beta=[1e400]", ["grid.beta", "finite"]),
