@@ -13,6 +13,7 @@ scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.cifar`
 
 from __future__ import annotations
 
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -265,6 +266,9 @@ def load_array(path: Path, key: str = "") -> np.ndarray:
     except (
         ValueError,
         TypeError,
+        SyntaxError,  # numpy parses a damaged .npy header as Python
+        tokenize.TokenError,
+        RecursionError,
         OSError,
         EOFError,
         KeyError,

@@ -168,10 +168,10 @@ class RunDir:
         if head.startswith(SPEC_HEADER):
             if head[len(SPEC_HEADER) :] != _sha256(body):
                 raise self._damaged(self.spec_file, "its digest does not match")
-        elif not text.strip():
-            raise self._damaged(self.spec_file, "it is empty")
+        elif text.startswith("[data]"):
+            body = text  # written before digests, by tomli_w
         else:
-            body = text  # written before digests
+            raise self._damaged(self.spec_file, "its digest line is missing")
         try:
             return spec_from_dict(
                 parse_toml(body, str(self.spec_file)), str(self.spec_file)
@@ -185,6 +185,12 @@ class RunDir:
         Raises:
           RunDirError: a damaged meta.json."""
         if not self.meta_file.exists():
+            if self.metrics_file.exists() or self.checkpoint_file.exists():
+                raise RunDirError(
+                    f"{self.meta_file} is missing though the run has saved results; "
+                    "phasevae does not build on a run it cannot verify: restore it, "
+                    "or start again in a new --out"
+                )
             return {}
         text = read_text(self.meta_file, "run meta", META_BYTES, RunDirError)
         try:
