@@ -5,7 +5,20 @@ and compares the posterior-collapse transition with the criterion
 beta * sigma^2 = lambda_max (Li et al. 2025).
 """
 
-from phasevae.spec import Spec, load_spec
-from phasevae.sweep import SweepResult, run_sweep
+import importlib
 
-__all__ = ["Spec", "SweepResult", "load_spec", "run_sweep"]
+# imported on first use, so that the command line starts (and handles signals)
+# before JAX is loaded
+_EXPORTS = {
+    "Spec": "phasevae.spec",
+    "load_spec": "phasevae.spec",
+    "SweepResult": "phasevae.sweep",
+    "run_sweep": "phasevae.sweep",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'phasevae' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from phasevae.errors import BadInput
+from phasevae.errors import TERM_REQUESTED, BadInput, Terminated, stop_if_terminated
 from phasevae.safeio import check_out_dir
 
 
@@ -54,6 +54,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
 
     spec = load_spec(args.spec, args.set)
+    stop_if_terminated()
     split_cpu_into_devices()
     primary = _init_distributed(args)
     name = Path(args.spec).stem if args.spec else "default"
@@ -582,11 +583,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM before training started (training turns it into a clean stop). A
-    BaseException, as KeyboardInterrupt, so that no ``except Exception`` eats it."""
-
-
 # write and read failures that come from the user's environment (exit 2), not from
 # phasevae itself
 _ENVIRONMENT_ERRNOS = {
@@ -612,8 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def on_sigterm(*_):
-        raise Terminated
+        # a flag, not an exception: raised here it could land in a callback that
+        # swallows it; start-up checks it between phases, training at its chunks
+        TERM_REQUESTED.set()
 
+    TERM_REQUESTED.clear()
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return args.func(args)

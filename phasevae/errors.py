@@ -1,4 +1,7 @@
-"""The one exception the CLI turns into exit status 2."""
+"""The exceptions the command line turns into exit statuses: BadInput (2) and
+Terminated (143)."""
+
+import threading
 
 
 class BadInput(Exception):
@@ -7,3 +10,18 @@ class BadInput(Exception):
     The message is shown to the user as it is, so it names what is wrong and what is
     allowed.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived before training started. A BaseException, as
+    KeyboardInterrupt, so that no ``except Exception`` eats it."""
+
+
+TERM_REQUESTED = threading.Event()  # set by the command line's SIGTERM handler
+
+
+def stop_if_terminated() -> None:
+    """Raise :class:`Terminated` if SIGTERM arrived (checked between start-up
+    phases: loading data, compiling; training then stops at a chunk boundary)."""
+    if TERM_REQUESTED.is_set():
+        raise Terminated

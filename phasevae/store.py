@@ -184,13 +184,7 @@ class RunDir:
 
         Raises:
           RunDirError: a damaged meta.json."""
-        if not self.meta_file.exists():
-            if self.metrics_file.exists() or self.checkpoint_file.exists():
-                raise RunDirError(
-                    f"{self.meta_file} is missing though the run has saved results; "
-                    "phasevae does not build on a run it cannot verify: restore it, "
-                    "or start again in a new --out"
-                )
+        if not self.meta_file.exists():  # before the first save finished
             return {}
         text = read_text(self.meta_file, "run meta", META_BYTES, RunDirError)
         try:

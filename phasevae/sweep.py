@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 from phasevae import theory
 from phasevae.analysis import ACTIVE_KL
 from phasevae.data import DataError, Dataset, available_memory, load_dataset
-from phasevae.errors import BadInput
+from phasevae.errors import TERM_REQUESTED, BadInput, stop_if_terminated
 from phasevae.model import collapse_eigenvalue
 from phasevae.safeio import brief
 from phasevae.spec import Spec, SpecError, spec_to_dict
@@ -253,6 +253,7 @@ def run_sweep(
             spec, out, progress, checkpoint_seconds, shard, dry_run
         )
     data = load_dataset(spec.data)
+    stop_if_terminated()
     if spec.model.latent_dim > data.x.shape[1]:
         raise DataError(
             f"model.latent_dim = {spec.model.latent_dim} exceeds the data dimension "
@@ -277,6 +278,7 @@ def run_sweep(
         program = _Program(spec, data, rows, step_per_model=True)
     else:
         program = _Program(spec, data, grid)
+    stop_if_terminated()
     if dry_run:
         return program.plan(spec)
     primary = jax.process_index() == 0  # the one process that writes
@@ -378,6 +380,8 @@ def _run_static_groups(spec, out, progress, checkpoint_seconds, shard, dry_run):
 def _sigterm_flag():
     """A flag that SIGTERM sets, instead of killing the process, for the block."""
     stop = threading.Event()
+    if TERM_REQUESTED.is_set():  # arrived during start-up: stop at the first chunk
+        stop.set()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return

@@ -35,7 +35,7 @@ def test_vmapped_chunk_equals_single_model_runs(tiny_spec):
             jax.tree.leaves(s1.params), jax.tree.leaves(state.params), strict=True
         ):
             np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
-        for a, b in zip(m1, metrics, strict=True):
+        for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(metrics), strict=True):
             np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
     # different seeds really are different models; equal seeds share initialisation
     assert not np.allclose(metrics.kl[0], metrics.kl[1])
