@@ -357,9 +357,17 @@ def _canonical(doc: dict) -> str:
 
 
 def _frame_digest(df: pd.DataFrame) -> str:
-    """SHA-256 of a table's column names, dtypes and values."""
-    h = hashlib.sha256(_canonical({c: str(t) for c, t in df.dtypes.items()}).encode())
-    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    """SHA-256 of a table's column names and values, independent of how a pandas or
+    pyarrow version names the dtypes (numbers by their bytes as numpy arrays, the rest
+    by their text)."""
+    h = hashlib.sha256()
+    for name in df.columns:
+        values = df[name].to_numpy()
+        h.update(f"{name}:{values.dtype.kind in 'biuf'}:{len(values)};".encode())
+        if values.dtype.kind in "biuf":
+            h.update(np.ascontiguousarray(values).tobytes())
+        else:
+            h.update("\x1f".join(map(str, values.tolist())).encode("utf-8", "replace"))
     return h.hexdigest()
 
 
