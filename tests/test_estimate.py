@@ -66,15 +66,13 @@ def test_fast_relaxation_is_trusted_and_accurate():
         assert max(r["ci_finite_training"]) <= estimate.TOLERANCE
 
 
-@pytest.mark.parametrize("sign", [-1, 1], ids=["low", "high"])
-def test_a_one_over_t_drift_is_held_by_the_interval(sign):
-    """A kink that moves like u_c(t) = ln lambda -+ 40 / t (a bias of either sign):
-    the drift between T/2 and T is measured, the finite-training part holds what is
-    left of the bias, and the verdict says to train longer."""
+def kink_rows(kink_at) -> pd.DataFrame:
+    """Evaluations of a top-dim KL on the linear-VAE curve with its kink at
+    ``kink_at(step)``, a little noise, 24 points in [0.3, 3] LAM, 24 steps to 6000."""
     rows = []
     rng = np.random.default_rng(0)
     for step in np.linspace(250, 6000, 24):
-        kink = LAM * math.exp(sign * 40.0 / step)
+        kink = kink_at(step)
         for i, s2 in enumerate(np.geomspace(0.3 * LAM, 3 * LAM, 24)):
             top = 0.5 * max(0.0, math.log(kink / s2)) + abs(rng.normal(0, 2e-4))
             rows.append(
@@ -82,7 +80,16 @@ def test_a_one_over_t_drift_is_held_by_the_interval(sign):
                 | {"step": int(step), "kl": top, "diverged": False}
                 | {"kl_dim_0": top, "kl_dim_1": 0.0}
             )
-    r = estimate.estimate_transition(pd.DataFrame(rows), 2)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("sign", [-1, 1], ids=["low", "high"])
+def test_a_one_over_t_drift_is_held_by_the_interval(sign):
+    """A kink that moves like u_c(t) = ln lambda -+ 40 / t (a bias of either sign):
+    the drift between T/2 and T is measured, the finite-training part holds what is
+    left of the bias, and the verdict says to train longer."""
+    rows = kink_rows(lambda step: LAM * math.exp(sign * 40.0 / step))
+    r = estimate.estimate_transition(rows, 2)
     bias = math.log(r["sigma2_c"] / LAM)
     assert np.sign(bias) == sign and abs(bias) > 0.005  # still biased at T
     drift = math.log(r["sigma2_c"] / r["sigma2_c_half"])
@@ -134,17 +141,8 @@ def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
     from phasevae.analysis import _off_theory
 
     kink = 0.7 * LAM
-    rows = []
-    rng = np.random.default_rng(0)
-    for step in np.linspace(250, 6000, 24):
-        for i, s2 in enumerate(np.geomspace(0.3 * LAM, 3 * LAM, 24)):
-            top = 0.5 * max(0.0, math.log(kink / s2)) + abs(rng.normal(0, 2e-4))
-            rows.append(
-                {"point_id": f"p{i}", "sigma2": s2, "beta": 1.0, "seed": 0}
-                | {"step": int(step), "kl": top, "diverged": False}
-                | {"kl_dim_0": top, "kl_dim_1": 0.0}
-            )
-    data = with_probe(pd.DataFrame(rows), lambda s: LAM if s < kink else 0.0)
+    rows = kink_rows(lambda step: kink)
+    data = with_probe(rows, lambda s: LAM if s < kink else 0.0)
     r = estimate.estimate_transition(data, 2, LAM, LAM)
     assert not r["trapped"] and r["probe"]["lambda_c_ratio"] == 0.0
     assert r["sigma2_c"] == pytest.approx(kink, rel=0.02)
@@ -152,7 +150,7 @@ def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
     assert off["evidence"] == "probe" and off["shift"] == pytest.approx(-0.3, abs=0.02)
     assert off["ci"][1] <= off["stable_sigma2"][0] / LAM - 1 < 0
     # the same curve with collapse that the probe finds unstable is no finding
-    trapped = with_probe(pd.DataFrame(rows), lambda s: LAM)
+    trapped = with_probe(rows, lambda s: LAM)
     assert _off_theory(estimate.estimate_transition(trapped, 2, LAM, LAM), LAM) is None
 
 
