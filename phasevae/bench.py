@@ -84,7 +84,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
 def _setup(m: int):
     """The trainer and placed inputs for M models, laid out as a sweep lays them out
     (models axis sharded over every device, data replicated)."""
-    from phasevae.sweep import Placement
+    from phasevae.placement import Placement
 
     place = Placement.create(m)
     static = Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK)

@@ -44,14 +44,11 @@ class ProgressBar:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from phasevae.loop import Preempted
+    from phasevae.placement import split_cpu_into_devices
     from phasevae.schedule import adaptive
     from phasevae.spec import load_spec
-    from phasevae.sweep import (
-        Preempted,
-        run_sweep,
-        split_cpu_into_devices,
-        summary_table,
-    )
+    from phasevae.sweep import run_sweep, summary_table
 
     spec = load_spec(args.spec, args.set)
     stop_if_terminated()
@@ -295,7 +292,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from phasevae.sweep import split_cpu_into_devices
+    from phasevae.placement import split_cpu_into_devices
     from phasevae.validate import run_suite
 
     split_cpu_into_devices()
@@ -384,7 +381,7 @@ def _print_locate(r: dict, as_json: bool) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from phasevae import bench
-    from phasevae.sweep import split_cpu_into_devices
+    from phasevae.placement import split_cpu_into_devices
 
     split_cpu_into_devices()
     if args.locate:

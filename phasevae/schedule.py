@@ -26,18 +26,11 @@ import numpy as np
 import pandas as pd
 
 from phasevae.analysis import GRID_AXES, refinement, settle
+from phasevae.loop import Preempted, SweepResult, base_meta, make_result, metrics_frame
+from phasevae.placement import any_process, to_host
+from phasevae.plan import point_id
 from phasevae.spec import Range, Spec
 from phasevae.store import RunDirError
-from phasevae.sweep import (
-    Preempted,
-    SweepResult,
-    _base_meta,
-    _result,
-    any_process,
-    metrics_frame,
-    point_id,
-    to_host,
-)
 
 EMPTY = -1
 # a point retires when the 90 % interval of its KL's trend over the last half of its
@@ -184,10 +177,10 @@ def train_adaptive(
         refilled = sched.fill()
         state = _refill(program, program.state, sched, refilled, warm, spec)
     place, trainer = program.place, program.trainer
-    meta = _base_meta(spec, data, sched.grid, run.meta())
+    meta = base_meta(spec, data, sched.grid, run.meta())
     meta["shard"] = None
     if meta.get("status") == "complete":
-        return _result(run, frames, meta)
+        return make_result(run, frames, meta)
     meta["wall_times"]["compile_s"] = program.compile_s
     meta["status"] = "running"
     trained_before = meta["wall_times"]["train_s"]
@@ -233,7 +226,7 @@ def train_adaptive(
     meta["status"] = "complete"
     if jax.process_index() == 0:
         run.write_meta(meta)
-    return _result(run, frames, meta)
+    return make_result(run, frames, meta)
 
 
 def _retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:

@@ -239,7 +239,9 @@ def test_dry_run_plans_without_writing(tmp_path, capsys):
 def test_a_sweep_too_large_for_the_device_is_refused_before_training(
     tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(sweep_mod, "_device_memory", lambda place: 1000)  # bytes
+    import phasevae.placement
+
+    monkeypatch.setattr(phasevae.placement, "device_memory", lambda place: 1000)
     out = tmp_path / "run"
     assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from phasevae import analysis, schedule
-from phasevae.sweep import grid_table, run_sweep
+from phasevae.plan import grid_table
+from phasevae.sweep import run_sweep
 from phasevae.train import Point, Static, Trainer
 
 

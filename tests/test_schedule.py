@@ -12,6 +12,8 @@ from phasevae import analysis, schedule
 from phasevae import sweep as sweep_mod
 from phasevae.cli import main
 from phasevae.data import load_dataset
+from phasevae.placement import Program
+from phasevae.plan import grid_table
 from phasevae.spec import SpecError, spec_from_dict, spec_to_toml
 from tests.conftest import tiny_dict
 from tests.test_analysis import synthetic_metrics
@@ -166,8 +168,8 @@ def test_a_warm_started_point_begins_from_its_finished_neighbour(tiny_spec):
         grid={"sigma2": [0.5, 1.0, 8.0], "beta": [1.0]},
     )
     data = load_dataset(spec.data)
-    grid = sweep_mod.grid_table(spec)
-    program = sweep_mod._Program(spec, data, grid.iloc[:1], step_per_model=True)
+    grid = grid_table(spec)
+    program = Program(spec, data, grid.iloc[:1], step_per_model=True)
     sched = schedule.Schedule(grid, slots=1)
     sched.fill()  # slot 0 <- sigma^2 = 0.5
     state = program.state

@@ -8,7 +8,7 @@ import pandas as pd
 import tomli_w
 
 from phasevae.cli import main
-from phasevae.sweep import grid_table, select_shard
+from phasevae.plan import grid_table, select_shard
 from tests.conftest import tiny_dict
 
 GRID = {"sigma2": [0.5, 1.0, 2.0, 4.0, 8.0], "beta": [0.5, 1.0]}

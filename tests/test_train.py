@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 
 from phasevae.data import load_dataset
-from phasevae.sweep import grid_table, run_sweep, static_config
+from phasevae.plan import grid_table, static_config
+from phasevae.sweep import run_sweep
 from phasevae.train import Point, Trainer
 
 
