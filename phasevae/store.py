@@ -358,12 +358,14 @@ def _canonical(doc: dict) -> str:
 
 def _frame_digest(df: pd.DataFrame) -> str:
     """SHA-256 of a table's column names and values, independent of how a pandas or
-    pyarrow version names the dtypes (numbers by their bytes as numpy arrays, the rest
-    by their text)."""
+    pyarrow version names the dtypes (numbers by their bytes as numpy arrays, every
+    NaN as the same NaN, the rest by their text)."""
     h = hashlib.sha256()
     for name in df.columns:
         values = df[name].to_numpy()
         h.update(f"{name}:{values.dtype.kind in 'biuf'}:{len(values)};".encode())
+        if values.dtype.kind == "f":  # one NaN: its payload may not survive a write
+            values = np.where(np.isnan(values), np.nan, values)
         if values.dtype.kind in "biuf":
             h.update(np.ascontiguousarray(values).tobytes())
         else:

@@ -131,3 +131,18 @@ def test_lost_metrics_and_an_empty_directory_get_messages_that_say_what_to_do(
     (empty / ".lock").write_text("")
     assert main(["merge", str(empty), "--out", str(tmp_path / "m")]) == 2
     assert "stopped before writing anything" in capsys.readouterr().err
+
+
+def test_nan_payloads_do_not_read_as_damage(tmp_path):
+    """Diverged models write NaNs of any sign and payload; parquet need not keep
+    them bit for bit, and the values digest must not call that damage."""
+    import numpy as np
+
+    bits = np.array(
+        [0x7FF8000000000000, 0xFFF8000000000000, 0x7FF8000000000001], np.uint64
+    )
+    df = pd.DataFrame({"kl": bits.view(np.float64), "step": [1, 2, 3]})
+    run = RunDir(tmp_path / "run")
+    run.write_metrics(df)
+    back = run.metrics()
+    assert back["kl"].isna().all() and list(back["step"]) == [1, 2, 3]
