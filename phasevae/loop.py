@@ -8,9 +8,11 @@ directory's lock. Rerunning on the same directory resumes from the last checkpoi
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -206,6 +208,12 @@ def base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
         "spec": spec_to_dict(spec),
         "versions": versions,
         "git_revision": _git_revision(),
+        "argv": sys.argv,
+        "host": platform.node(),
+        # the settings that change how JAX and XLA run (device split, threads, ...)
+        "environment": {
+            k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_"))
+        },
         "devices": [str(d) for d in jax.devices()],
         "processes": jax.process_count(),
         "platform": jax.default_backend(),

@@ -48,6 +48,8 @@ def test_sweep_end_to_end_writes_a_well_formed_run_directory(tmp_path):
     assert len(meta["spectrum"]["eigenvalues"]) == 4
     assert meta["wall_times"]["compile_s"] > 0 and meta["wall_times"]["train_s"] > 0
     assert meta["versions"]["jax"] and meta["devices"]
+    assert meta["argv"][1:3] == ["sweep", str(spec)] and meta["host"]
+    assert all(k.startswith(("XLA_", "JAX_")) for k in meta["environment"])
     assert set(meta["points"].values()) == {"ok"}
 
     df = pd.read_parquet(out / "metrics.parquet")
