@@ -1,8 +1,11 @@
-"""The chunk loop of a fixed grid and what every loop shares: training runs in chunks of
-``eval_every`` steps; after each chunk the metrics come back to the host (the only sync
-point), and every ``CHECKPOINT_SECONDS`` (and at the end, and on SIGTERM) metrics,
-checkpoint and meta are written atomically by process 0, which holds the run
-directory's lock. Rerunning on the same directory resumes from the last checkpoint.
+"""The one chunk loop (:func:`train`): training runs in chunks of ``eval_every``
+steps; after each chunk the metrics come back to the host (the only sync point), the
+schedule's policies (:mod:`phasevae.schedule`: the plain grid in lockstep, or
+retire/refill, refinement rounds, hysteresis chains, warm starts) decide what each
+slot trains next, and every ``CHECKPOINT_SECONDS`` (and at the end, and on SIGTERM)
+metrics, checkpoint and meta are written atomically by process 0, which holds the
+run directory's lock. Rerunning on the same directory resumes from the last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +32,19 @@ from phasevae.analysis import ACTIVE_KL
 from phasevae.data import Dataset
 from phasevae.errors import TERM_REQUESTED
 from phasevae.model import collapse_eigenvalue
-from phasevae.placement import any_process, to_host
+from phasevae.placement import Program, any_process, to_host
+from phasevae.schedule import (
+    EMPTY,
+    Schedule,
+    adaptive,
+    next_round,
+    pack_warm,
+    refill,
+    retire,
+    rows_up_to,
+    unpack_warm,
+    warm_starts,
+)
 from phasevae.spec import Spec, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 from phasevae.train import Metrics
@@ -38,6 +53,8 @@ CHECKPOINT_SECONDS = 30.0
 
 # called after each chunk with (chunks done, chunks in all, seconds since start)
 ProgressFn = Callable[[int, int, float], None]
+# called after each chunk with (that chunk's metrics rows, the run's meta)
+ChunkFn = Callable[[pd.DataFrame, dict], None]
 
 
 @dataclass
@@ -74,63 +91,117 @@ def sigterm_flag():
         signal.signal(signal.SIGTERM, old)
 
 
-def train_grid(
-    program, spec, data, run, progress, checkpoint_seconds, stop, shard
+def train(
+    program: Program,
+    spec: Spec,
+    data: Dataset,
+    grid: pd.DataFrame,
+    run: RunDir,
+    stop: threading.Event,
+    shard: tuple[int, int] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    progress: ProgressFn | None = None,
+    on_chunk: ChunkFn | None = None,
 ) -> SweepResult:
-    grid, n, place, trainer = program.grid, program.n, program.place, program.trainer
-    state = program.state
-    treedef = jax.tree.structure(state)
-    every, total = spec.train.eval_every, spec.train.steps
-    done, frames = 0, []
-
-    checkpoint = run.load_checkpoint()
-    if checkpoint is not None:
-        leaves, done, ids = checkpoint
-        if ids != list(grid["point_id"]):
-            raise RunDirError(f"{run.path}: checkpoint does not match the spec's grid")
-        state = place.models(jax.tree.unflatten(treedef, leaves))
-        if not run.metrics_file.exists():
-            raise RunDirError(
-                f"{run.path} has a checkpoint at step {done} but its metrics.parquet "
-                "is gone: the evaluations up to that step cannot be recovered; delete "
-                f"{run.checkpoint_file.parent} to train again from step 0"
-            )
-        old = run.metrics()
-        frames.append(old[old["step"] <= done])
-
-    meta = base_meta(spec, data, grid, run.meta())
+    """THE chunk loop: train ``grid`` with ``program`` into ``run`` (from its
+    checkpoint if there is one), one chunk of ``eval_every`` steps at a time, the
+    schedule (:mod:`phasevae.schedule`) deciding which point each slot trains."""
+    sched, state, frames, warm = _start(program, spec, grid, run)
+    meta = base_meta(spec, data, sched.grid, run.meta())
     meta["shard"] = list(shard) if shard else None
-    if done == total:
+    if sched.done() and meta.get("status") == "complete":
         return make_result(run, frames, meta)
-
     meta["wall_times"]["compile_s"] = program.compile_s
     meta["status"] = "running"
-
     trained_before = meta["wall_times"]["train_s"]
     t_train, last_save = time.perf_counter(), time.perf_counter()
-    n_chunks = total // every
-    for c in range(done // every, n_chunks):
-        state, metrics = program.run(state, c * every)
-        done = (c + 1) * every
+    every = spec.train.eval_every
+    model_steps = meta.get("model_steps", 0)
+    points = program.points_for(sched.slot_rows())
+    saved = False
+    while not sched.done():
+        state, metrics = program.run(state, program.start(sched.slot_step), points)
         diverged, metrics = to_host((state.diverged, metrics))
-        diverged, metrics = diverged[:n], jax.tree.map(lambda a: a[:n], metrics)
-        frames.append(metrics_frame(grid, metrics, diverged, done, data))
+        diverged, metrics = jax.tree.map(lambda a: a[: program.n], (diverged, metrics))
+        busy = sched.busy
+        sched.slot_step[busy] += every
+        model_steps += int(busy.sum()) * every
+        rows = sched.slot_rows()
+        frames.append(
+            metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
+        )
+        retire(sched, frames, frames[-1], diverged, spec, warm, state, busy)
+        next_round(sched, frames, spec)
+        refilled = sched.fill()
+        if refilled.any():
+            state = refill(program, state, sched, refilled, warm, spec)
+            points = program.points_for(sched.slot_rows())
         elapsed = time.perf_counter() - t_train
         stopping = any_process(stop.is_set())
         due = any_process(time.perf_counter() - last_save >= checkpoint_seconds)
-        if done == total or due or stopping:
+        if sched.done() or due or stopping:
             meta["wall_times"]["train_s"] = trained_before + elapsed
-            meta["compiles"] = trainer.traces  # traces of the chunk program: 1
-            save(run, frames, state, done, grid, meta, diverged)
-            last_save = time.perf_counter()
-        if progress is not None and jax.process_index() == 0:
-            progress(c + 1, n_chunks, elapsed)
-        if stopping and done < total:
-            raise Preempted(run, done)
+            meta["compiles"] = program.trainer.traces  # of the chunk program: 1
+            meta["model_steps"] = model_steps
+            _save(run, frames, state, sched, warm, meta)
+            saved, last_save = sched.done(), time.perf_counter()
+        if jax.process_index() == 0:
+            if on_chunk is not None:
+                on_chunk(frames[-1], meta)
+            if progress is not None:
+                progress(*sched.progress(every, spec.train.steps), elapsed)
+        if stopping and not sched.done():
+            raise Preempted(run, int(sched.slot_step.max()))
     meta["status"] = "complete"
-    if jax.process_index() == 0:
+    if not saved:  # resumed from a final checkpoint whose meta was not written
+        meta["model_steps"] = model_steps
+        _save(run, frames, state, sched, warm, meta)
+    elif jax.process_index() == 0:
         run.write_meta(meta)
     return make_result(run, frames, meta)
+
+
+def _start(program, spec, grid, run):
+    """(schedule, state, metrics frames so far, warm-start parameters): from the
+    run's checkpoint, or fresh with every slot filled."""
+    lockstep = not adaptive(spec)
+    checkpoint = run.load_checkpoint()
+    if checkpoint is None:
+        sched = Schedule(grid, program.n, lockstep)
+        refilled = sched.fill()
+        state, warm = program.state, {}
+        fresh = np.array_equal(
+            sched.slot_rows()["point_id"].to_numpy(),
+            program.grid["point_id"].to_numpy(),
+        )
+        if not fresh or warm_starts(spec):
+            state = refill(program, state, sched, refilled, warm, spec)
+        return sched, state, [], warm
+    leaves, step, ids = checkpoint
+    extra = run.checkpoint_extra()
+    if lockstep:  # the step and the grid's ids are the whole schedule
+        if ids != list(grid["point_id"]):
+            raise RunDirError(f"{run.path}: checkpoint does not match the spec's grid")
+        sched = Schedule(grid, program.n, lockstep)
+        sched.fill()
+        sched.slot_step[:] = step
+        if step >= spec.train.steps:
+            sched.finished, sched.slot_point[:] = list(range(len(grid))), EMPTY
+    elif "schedule" in extra:
+        sched = Schedule.from_json(str(extra["schedule"]))
+        if len(sched.slot_point) != program.n:
+            raise RunDirError(f"{run.path}: checkpoint has a different slot count")
+    else:
+        raise RunDirError(f"{run.path}: checkpoint is not of an adaptive sweep")
+    if not run.metrics_file.exists():
+        raise RunDirError(
+            f"{run.path} has a checkpoint at step {step} but its metrics.parquet "
+            "is gone: the evaluations up to that step cannot be recovered; delete "
+            f"{run.checkpoint_file.parent} to train again from step 0"
+        )
+    treedef = jax.tree.structure(program.state)
+    state = program.place.models(jax.tree.unflatten(treedef, leaves))
+    return sched, state, [rows_up_to(run.metrics(), sched)], unpack_warm(extra)
 
 
 def metrics_frame(
@@ -172,20 +243,39 @@ def _collapse_eigenvalues(grams, n: int) -> np.ndarray:
     return out
 
 
-def save(run, frames, state, done, grid, meta, diverged) -> None:
-    """Metrics, then the checkpoint they belong to, then meta; written by process 0
-    (every process takes part in gathering the state)."""
-    n = len(grid)
+def _save(run, frames, state, sched, warm, meta) -> None:
+    """Metrics, then the checkpoint they belong to (state and schedule), then meta;
+    written by process 0 (every process takes part in gathering the state)."""
+    n = len(sched.slot_point)
     leaves = [a[:n] for a in to_host(jax.tree.leaves(state))]  # padding dropped
-    meta["steps_done"] = done
+    diverged = pd.concat(frames).groupby("point_id")["diverged"].any()
     meta["points"] = {
-        pid: ("diverged" if d else "ok")
-        for pid, d in zip(grid["point_id"], diverged, strict=True)
+        pid: ("diverged" if diverged[pid] else "ok")
+        for pid in sched.grid["point_id"]
+        if pid in diverged.index
     }
+    step = int(sched.slot_step.max())
+    if sched.lockstep:  # every point at this step
+        meta["steps_done"] = step
+        meta.pop("model_steps", None)
+    else:
+        meta["steps_done"] = int(meta["model_steps"])
+        meta["grid_size"] = len(sched.grid)
+        meta["rounds"] = sched.round
+        meta["schedule"] = {
+            "finished": len(sched.finished),
+            "training": int(sched.busy.sum()),
+            "pending": len(sched.pending),
+        }
     if jax.process_index() != 0:
         return
     run.write_metrics(pd.concat(frames, ignore_index=True))
-    run.save_checkpoint(leaves, done, list(grid["point_id"]))
+    if sched.lockstep:  # the step and the grid's ids are the whole schedule
+        run.save_checkpoint(leaves, step, list(sched.grid["point_id"]))
+    else:
+        ids = [str(sched.grid.at[max(i, 0), "point_id"]) for i in sched.slot_point]
+        extra = {"schedule": np.array(sched.to_json()), **pack_warm(warm)}
+        run.save_checkpoint(leaves, step, ids, extra)
     run.write_meta(meta)
 
 

@@ -120,6 +120,7 @@ class Program:
         for a start step per model (slots refilled at different times) rather than
         one shared by all."""
         self.grid, self.n = grid, len(grid)
+        self.step_per_model = step_per_model
         self.place = Placement.create(self.n)
         limit = device_memory(self.place)
         need = estimate_bytes(
@@ -168,6 +169,13 @@ class Program:
                 decoder_init_scale=grid["decoder_init_scale"].to_numpy(np.float32),
             )
         )
+
+    def start(self, steps: np.ndarray):
+        """The chunk's start argument for slots at ``steps``: one shared int32, or
+        per model a placed int32 array (``step_per_model``)."""
+        if self.step_per_model:
+            return self.place.models(steps.astype(np.int32))
+        return np.int32(steps.max())
 
     def run(self, state, start, points=None):
         """One chunk from ``start`` (an int, or per model a placed int32 array)."""

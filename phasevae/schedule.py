@@ -1,24 +1,25 @@
-"""Adaptive training: a fixed number of vmapped slots, points retired and refilled,
-and sigma^2 refinement rounds; the sweep's chunk loop when ``train.slots``,
-``train.retire`` or ``grid.sigma2.refine`` is set.
+"""Schedule policies of the chunk loop (:func:`phasevae.loop.train`): which grid
+point each of a fixed number of vmapped slots trains, and for how many steps.
 
-Every slot holds one grid point and its own step count. After each chunk (one
-compiled program, the step passed per model) a point leaves its slot when it has
-trained ``train.steps`` steps or, with ``retire``, when its KL has settled
+The plain grid is the trivial schedule (``lockstep``): every point has its own slot,
+all advance together from one shared step, nothing is retired or refilled and no
+round is added. The adaptive policies (``train.slots``, ``train.retire``,
+``train.hysteresis``, ``grid.sigma2.refine``) give every slot its own step count.
+After each chunk a point leaves its slot when it has trained ``train.steps`` steps,
+diverged, or, with ``retire``, when its KL has settled
 (:func:`phasevae.analysis.settle`, bounded form, after ``min_steps``); the slot is
-re-initialised with the next pending point, which starts again from step 0. A point's
-initialisation, noise and minibatches depend on its own step and values only, so it
-ends as it would have trained alone. When no point is pending or training, a
+re-initialised with the next pending point, which starts again from step 0. A
+point's initialisation, noise and minibatches depend on its own step and values only,
+so it ends as it would have trained alone. When no point is pending or training, a
 refinement round (:func:`phasevae.analysis.refinement`) adds sigma^2 values around
 each breakpoint of the fitted KL curve, and those train next, until ``rounds`` are
-done. Everything (slot states, the schedule, the grid with its refined rows) is in
-the run directory's checkpoint: a rerun resumes where the last one saved.
+done. The schedule (slot states, the grid with its refined rows, kept warm-start
+parameters) is saved in the run directory's checkpoint with the training state.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,9 @@ import numpy as np
 import pandas as pd
 
 from phasevae.analysis import GRID_AXES, refinement, settle
-from phasevae.loop import Preempted, SweepResult, base_meta, make_result, metrics_frame
-from phasevae.placement import any_process, to_host
+from phasevae.placement import to_host
 from phasevae.plan import point_id
 from phasevae.spec import Range, Spec
-from phasevae.store import RunDirError
 
 EMPTY = -1
 # a point retires when the 90 % interval of its KL's trend over the last half of its
@@ -63,10 +62,15 @@ def chains(grid: pd.DataFrame) -> list[list[int]]:
 
 class Schedule:
     """Host-side bookkeeping: the grid so far, which point each slot trains and for
-    how many steps, which points are pending or finished, the refinement round."""
+    how many steps, which points are pending or finished, the refinement round.
+    ``lockstep``: the plain grid (one slot per point, one shared step, a diverged
+    point stays in its slot, frozen, to the end)."""
 
-    def __init__(self, grid: pd.DataFrame, slots: int):
-        self.grid = grid.assign(round=0).reset_index(drop=True)
+    def __init__(self, grid: pd.DataFrame, slots: int, lockstep: bool = False):
+        self.lockstep = lockstep
+        self.grid = grid.reset_index(drop=True)
+        if not lockstep:  # the refinement round that added each point
+            self.grid = self.grid.assign(round=0)
         self.slot_point = np.full(slots, EMPTY, np.int64)  # row of grid, or EMPTY
         self.slot_step = np.zeros(slots, np.int64)
         self.pending = list(range(len(self.grid)))
@@ -109,6 +113,7 @@ class Schedule:
         s.slot_point = np.array(d["slot_point"], np.int64)
         s.slot_step = np.array(d["slot_step"], np.int64)
         s.finished, s.round = d["finished"], d["round"]
+        s.lockstep = False  # a lockstep schedule is rebuilt from its step
         s.pending = d["pending"]
         pending = list(s.pending)
         s._link_chains()
@@ -142,6 +147,12 @@ class Schedule:
             refilled[slot] = True
         return refilled
 
+    def progress(self, every: int, steps: int) -> tuple[int, int]:
+        """(done, total): chunks in lockstep, else points finished."""
+        if self.lockstep:
+            return int(self.slot_step.max()) // every, steps // every
+        return len(self.finished), max(len(self.grid), 1)
+
     def add_round(self, new: pd.DataFrame) -> None:
         self.round += 1
         start = len(self.grid)
@@ -151,87 +162,10 @@ class Schedule:
         self.pending.extend(range(start, len(self.grid)))
 
 
-def train_adaptive(
-    program, spec, data, grid, run, progress, checkpoint_seconds, stop
-) -> SweepResult:
-    """The adaptive chunk loop over ``program``, compiled for the slots with a start
-    step per model, from the checkpoint in ``run`` if there is one."""
-    t = spec.train
-    frames: list[pd.DataFrame] = []
-    slots = program.n
-    checkpoint = run.load_checkpoint()
-    if checkpoint is not None:
-        leaves, _, _ = checkpoint
-        extra = run.checkpoint_extra()
-        if "schedule" not in extra:
-            raise RunDirError(f"{run.path}: checkpoint is not of an adaptive sweep")
-        sched = Schedule.from_json(str(extra["schedule"]))
-        if len(sched.slot_point) != slots:
-            raise RunDirError(f"{run.path}: checkpoint has a different slot count")
-        warm = _unpack_warm(extra)
-        frames.append(_rows_up_to(run.metrics(), sched))
-        treedef = jax.tree.structure(program.state)
-        state = program.place.models(jax.tree.unflatten(treedef, leaves))
-    else:
-        sched, warm = Schedule(grid, slots), {}
-        refilled = sched.fill()
-        state = _refill(program, program.state, sched, refilled, warm, spec)
-    place, trainer = program.place, program.trainer
-    meta = base_meta(spec, data, sched.grid, run.meta())
-    meta["shard"] = None
-    if meta.get("status") == "complete":
-        return make_result(run, frames, meta)
-    meta["wall_times"]["compile_s"] = program.compile_s
-    meta["status"] = "running"
-    trained_before = meta["wall_times"]["train_s"]
-    t_train, last_save = time.perf_counter(), time.perf_counter()
-    every, chunks = t.eval_every, 0
-    refine = spec.grid.sigma2.refine if isinstance(spec.grid.sigma2, Range) else None
-    model_steps = meta.get("model_steps", 0)
-    while not sched.done():
-        rows = sched.slot_rows()
-        start = place.models(sched.slot_step.astype(np.int32))
-        state, metrics = program.run(state, start, program.points_for(rows))
-        diverged, metrics = to_host((state.diverged, metrics))
-        diverged, metrics = jax.tree.map(lambda a: a[:slots], (diverged, metrics))
-        busy = sched.busy
-        sched.slot_step[busy] += every
-        model_steps += int(busy.sum()) * every
-        frame = metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
-        frames.append(frame)
-        _retire(sched, frames, frame, diverged, spec, warm, state, busy)
-        if not sched.pending and not sched.busy.any() and refine:
-            if sched.round < refine.rounds:
-                _refine(sched, pd.concat(frames, ignore_index=True), refine.points)
-        refilled = sched.fill()
-        if refilled.any():
-            state = _refill(program, state, sched, refilled, warm, spec)
-        chunks += 1
-        elapsed = time.perf_counter() - t_train
-        stopping = any_process(stop.is_set())
-        due = any_process(time.perf_counter() - last_save >= checkpoint_seconds)
-        if sched.done() or due or stopping:
-            meta["wall_times"]["train_s"] = trained_before + elapsed
-            meta["compiles"] = trainer.traces
-            meta["model_steps"] = model_steps
-            meta["grid_size"] = len(sched.grid)
-            meta["rounds"] = sched.round
-            _save_adaptive(run, frames, state, sched, warm, meta)
-            last_save = time.perf_counter()
-        if progress is not None and jax.process_index() == 0:
-            total = len(sched.grid)
-            progress(len(sched.finished), max(total, 1), elapsed)
-        if stopping and not sched.done():
-            raise Preempted(run, int(sched.slot_step.max()))
-    meta["status"] = "complete"
-    if jax.process_index() == 0:
-        run.write_meta(meta)
-    return make_result(run, frames, meta)
-
-
-def _retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
+def retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
     """Free the slots whose point has trained its steps, has settled (with
-    ``retire``) or diverged; keep its parameters for warm starts."""
+    ``retire``) or diverged (not in lockstep); keep its parameters for warm
+    starts."""
     t = spec.train
     settled = {}
     if t.retire:
@@ -249,7 +183,7 @@ def _retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
         pid = sched.grid.at[sched.slot_point[slot], "point_id"]
         steps = sched.slot_step[slot]
         ripe = t.retire and steps >= max(t.min_steps, 1) and settled.get(pid, False)
-        if steps >= t.steps or ripe or diverged[slot]:
+        if steps >= t.steps or ripe or (diverged[slot] and not sched.lockstep):
             leaving.append(slot)
     if warm_starts(spec) and leaving:
         params = to_host(jax.tree.leaves(state.params))
@@ -262,7 +196,16 @@ def _retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
         sched.slot_point[slot] = EMPTY
 
 
-def _refine(sched: Schedule, history: pd.DataFrame, points: int) -> None:
+def next_round(sched: Schedule, frames: list[pd.DataFrame], spec: Spec) -> None:
+    """When nothing is pending or training and ``grid.sigma2.refine`` asks for more
+    rounds, add the next one."""
+    s2 = spec.grid.sigma2
+    refine = s2.refine if isinstance(s2, Range) else None
+    if refine and sched.done() and sched.round < refine.rounds:
+        add_refinement(sched, pd.concat(frames, ignore_index=True), refine.points)
+
+
+def add_refinement(sched: Schedule, history: pd.DataFrame, points: int) -> None:
     """Add the sigma^2 values :func:`refinement` proposes, for every seed."""
     seeds = sorted(sched.grid["seed"].unique())
     rows = []
@@ -293,7 +236,7 @@ def _merge(mask, new, old):
     return jax.tree.map(pick, new, old)
 
 
-def _refill(program, state, sched, refilled, warm, spec):
+def refill(program, state, sched, refilled, warm, spec):
     """Re-initialise the refilled slots for their new points (from a finished
     neighbour's parameters with ``warm_start``)."""
     fresh = program.trainer.init(program.points_for(sched.slot_rows()))
@@ -330,7 +273,7 @@ def _nearest_finished(sched: Schedule, row: int, warm: dict) -> str | None:
     return g.at[best, "point_id"]
 
 
-def _rows_up_to(metrics: pd.DataFrame, sched: Schedule) -> pd.DataFrame:
+def rows_up_to(metrics: pd.DataFrame, sched: Schedule) -> pd.DataFrame:
     """The metrics rows the checkpoint covers: all of a finished point's, a training
     point's up to its slot's step, none of a pending point's."""
     limit = {sched.grid.at[i, "point_id"]: np.inf for i in sched.finished}
@@ -341,7 +284,7 @@ def _rows_up_to(metrics: pd.DataFrame, sched: Schedule) -> pd.DataFrame:
     return metrics[metrics["step"] <= cap].reset_index(drop=True)
 
 
-def _pack_warm(warm: dict) -> dict:
+def pack_warm(warm: dict) -> dict:
     out = {"warm_ids": np.array(list(warm), dtype=str)}
     for i, pid in enumerate(warm):
         for j, leaf in enumerate(warm[pid]):
@@ -349,7 +292,7 @@ def _pack_warm(warm: dict) -> dict:
     return out
 
 
-def _unpack_warm(extra: dict) -> dict:
+def unpack_warm(extra: dict) -> dict:
     if "warm_ids" not in extra:
         return {}
     warm = {}
@@ -360,30 +303,3 @@ def _unpack_warm(extra: dict) -> dict:
             j += 1
         warm[str(pid)] = leaves
     return warm
-
-
-def _save_adaptive(run, frames, state, sched, warm, meta) -> None:
-    n = len(sched.slot_point)
-    leaves = [a[:n] for a in to_host(jax.tree.leaves(state))]
-    diverged = {
-        pid: bool(d)
-        for pid, d in pd.concat(frames).groupby("point_id")["diverged"].any().items()
-    }
-    meta["points"] = {
-        pid: ("diverged" if diverged.get(pid) else "ok")
-        for pid in sched.grid["point_id"]
-        if pid in diverged
-    }
-    meta["steps_done"] = int(meta["model_steps"])
-    meta["schedule"] = {
-        "finished": len(sched.finished),
-        "training": int(sched.busy.sum()),
-        "pending": len(sched.pending),
-    }
-    if jax.process_index() != 0:
-        return
-    run.write_metrics(pd.concat(frames, ignore_index=True))
-    ids = [str(sched.grid.at[max(i, 0), "point_id"]) for i in sched.slot_point]
-    extra = {"schedule": np.array(sched.to_json()), **_pack_warm(warm)}
-    run.save_checkpoint(leaves, int(sched.slot_step.max()), ids, extra)
-    run.write_meta(meta)

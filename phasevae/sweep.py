@@ -21,14 +21,16 @@ from phasevae.data import DataError, load_dataset
 from phasevae.errors import BadInput, stop_if_terminated
 from phasevae.loop import (
     CHECKPOINT_SECONDS,
+    ChunkFn,
     ProgressFn,
     SweepResult,
     make_result,
     sigterm_flag,
-    train_grid,
+    train,
 )
 from phasevae.placement import Program, any_process
 from phasevae.plan import LATER_AXES, grid_table, point_id, select_shard
+from phasevae.schedule import adaptive, chains
 from phasevae.spec import Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 
@@ -42,6 +44,7 @@ def run_sweep(
     checkpoint_seconds: float | None = None,
     shard: tuple[int, int] | None = None,
     dry_run: bool = False,
+    on_chunk: ChunkFn | None = None,
 ) -> SweepResult | dict:
     """Train the whole grid of ``spec`` into run directory ``out`` (or continue it).
 
@@ -55,18 +58,17 @@ def run_sweep(
         whose run directories ``phasevae merge`` combines.
       dry_run: compile, time one chunk and return the plan (:meth:`Program.plan`)
         without writing anything.
+      on_chunk: called on process 0 after every chunk with that chunk's metrics rows
+        and the run's meta (progress displays, trackers).
 
     Raises:
       BadInput (SpecError, DataError, RunDirError, TooLarge): before anything is
         written to ``out`` when the spec or the data is bad, when the sweep would not
         fit in device memory, or when ``out`` is in use.
     """
-    # the scheduler builds on this module
-    from phasevae.schedule import adaptive, chains, train_adaptive
-
     if spec.static_groups():
         return _run_static_groups(
-            spec, out, progress, checkpoint_seconds, shard, dry_run
+            spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk
         )
     data = load_dataset(spec.data)
     stop_if_terminated()
@@ -113,16 +115,23 @@ def run_sweep(
                 error = e
         if any_process(error is not None):  # the others must not train alone
             raise error or RunDirError(f"process 0 refused {run.path}; see its message")
-        if adaptive(spec):
-            return train_adaptive(
-                program, spec, data, grid, run, progress, checkpoint_seconds, stop
-            )
-        return train_grid(
-            program, spec, data, run, progress, checkpoint_seconds, stop, shard
+        return train(
+            program,
+            spec,
+            data,
+            grid,
+            run,
+            stop,
+            shard,
+            checkpoint_seconds,
+            progress,
+            on_chunk,
         )
 
 
-def _run_static_groups(spec, out, progress, checkpoint_seconds, shard, dry_run):
+def _run_static_groups(
+    spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk
+):
     """One sweep per option of the static axes, each compiled once, in sequence, into
     ``out/groups/<label>`` (each resumable on its own); then their tables are joined
     into ``out`` with a column per static axis and ids that include it."""
@@ -158,17 +167,20 @@ def _run_static_groups(spec, out, progress, checkpoint_seconds, shard, dry_run):
                     progress,
                     checkpoint_seconds,
                     shard,
+                    on_chunk=_labelled(on_chunk, labels),
                 ),
             )
             for name, labels, g in groups
         ]
         frames, points = [], {}
         for _, labels, r in results:
-            df = r.metrics.assign(**labels)
-            ids = {p: point_id({"point": p, **labels}) for p in df["point_id"]}
-            df["point_id"] = df["point_id"].map(ids)
-            frames.append(df)
-            points.update({ids[p]: v for p, v in r.meta.get("points", {}).items()})
+            frames.append(_with_labels(r.metrics, labels))
+            points.update(
+                {
+                    point_id({"point": p, **labels}): v
+                    for p, v in r.meta.get("points", {}).items()
+                }
+            )
         metas = [r.meta for _, _, r in results]
         meta = {
             **metas[0],
@@ -190,6 +202,21 @@ def _run_static_groups(spec, out, progress, checkpoint_seconds, shard, dry_run):
             run.write_metrics(pd.concat(frames, ignore_index=True))
             run.write_meta(meta)
     return make_result(run, frames, meta)
+
+
+def _with_labels(df: pd.DataFrame, labels: dict) -> pd.DataFrame:
+    """A group's rows as the joined table has them: a column per static axis and
+    ids that include it."""
+    df = df.assign(**labels)
+    ids = {p: point_id({"point": p, **labels}) for p in df["point_id"].unique()}
+    df["point_id"] = df["point_id"].map(ids)
+    return df
+
+
+def _labelled(on_chunk: ChunkFn | None, labels: dict) -> ChunkFn | None:
+    if on_chunk is None:
+        return None
+    return lambda frame, meta: on_chunk(_with_labels(frame, labels), meta)
 
 
 def _finished(run: RunDir, spec: Spec, shard) -> bool:

@@ -182,13 +182,13 @@ def test_a_warm_started_point_begins_from_its_finished_neighbour(tiny_spec):
     sched.slot_point[:] = schedule.EMPTY
     sched.pending = [1]  # sigma^2 = 1.0: nearer 0.5 than 8 in ln sigma^2
     refilled = sched.fill()
-    new = schedule._refill(program, state, sched, refilled, warm, spec)
+    new = schedule.refill(program, state, sched, refilled, warm, spec)
     for a, w in zip(jax.tree.leaves(new.params), p05, strict=True):
         np.testing.assert_array_equal(np.asarray(a)[0], w)
     cold = dataclasses.replace(
         spec, train=dataclasses.replace(spec.train, warm_start=False)
     )
-    fresh = schedule._refill(program, state, sched, refilled, warm, cold)
+    fresh = schedule.refill(program, state, sched, refilled, warm, cold)
     first = jax.tree.leaves(fresh.params)[0]
     assert not np.allclose(np.asarray(first)[0], p05[0])
 
