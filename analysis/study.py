@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 
 from phasevae.analysis import GRID_AXES, analyze_run
-from phasevae.plots import plot_run
+from phasevae.plots import write_figures
 from phasevae.spec import load_spec
 from phasevae.store import atomic_write_text
 from phasevae.sweep import run_sweep, split_cpu_into_devices
@@ -29,7 +29,7 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
     out = RESULTS / study / name
     result = run_sweep(load_spec(ROOT / "sweeps" / spec, list(overrides)), out)
     doc = analyze_run(out)
-    plot_run(out)
+    write_figures(out)
     command = f"phasevae sweep sweeps/{spec}" + "".join(
         f" --set {o}" for o in overrides
     )

@@ -7,12 +7,19 @@ beta * sigma^2 = lambda_max (Li et al. 2025).
 
 import importlib
 
-# imported on first use, so that the command line starts (and handles signals)
-# before JAX is loaded
+# the Python API (phasevae.api) and the spec, imported on first use, so that the
+# command line starts (and handles signals) before JAX is loaded
 _EXPORTS = {
+    "run": "phasevae.api",
+    "dry_run": "phasevae.api",
+    "open_run": "phasevae.api",
+    "Run": "phasevae.api",
+    "predict": "phasevae.api",
+    "merge": "phasevae.api",
+    "as_spec": "phasevae.api",
     "Spec": "phasevae.spec",
     "load_spec": "phasevae.spec",
-    "SweepResult": "phasevae.sweep",
+    "SweepResult": "phasevae.loop",
     "run_sweep": "phasevae.sweep",
 }
 __all__ = list(_EXPORTS)

@@ -44,18 +44,18 @@ class ProgressBar:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from phasevae import api
     from phasevae.loop import Preempted
     from phasevae.placement import split_cpu_into_devices
     from phasevae.schedule import adaptive
-    from phasevae.spec import load_spec
-    from phasevae.sweep import run_sweep, summary_table
 
-    spec = load_spec(args.spec, args.set)
+    spec = api.as_spec(args.spec, args.set)
     stop_if_terminated()
     split_cpu_into_devices()
     primary = _init_distributed(args)
-    name = Path(args.spec).stem if args.spec else "default"
-    out = check_out_dir(args.out if args.out is not None else Path("runs") / name)
+    out = check_out_dir(
+        args.out if args.out is not None else api.default_out(args.spec)
+    )
     if args.checkpoint_every is not None and not (
         math.isfinite(args.checkpoint_every) and args.checkpoint_every >= 0
     ):
@@ -64,7 +64,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     t0 = time.perf_counter()
     if args.dry_run:
-        plan = run_sweep(spec, out, shard=_shard(args.shard), dry_run=True)
+        plan = api.dry_run(spec, shard=_shard(args.shard))
         need, have = plan["bytes_per_device"], plan["device_memory"]
         print(
             f"grid: {plan['grid_size']} points in {plan['static_groups']} static "
@@ -82,8 +82,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     try:
         unit = "points finished" if adaptive(spec) else "chunks"
-        result = run_sweep(
-            spec, out, ProgressBar(unit=unit), args.checkpoint_every, _shard(args.shard)
+        result = api.run(
+            spec,
+            out,
+            progress=ProgressBar(unit=unit),
+            checkpoint_seconds=args.checkpoint_every,
+            shard=_shard(args.shard),
         )
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
@@ -109,7 +113,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"{work}; compile {_fmt_s(wall['compile_s'])}, training "
         f"{_fmt_s(wall['train_s'])} in all, {time.perf_counter() - t0:.1f} s this call"
     )
-    table = summary_table(result.metrics, spectrum["lambda_max"])
+    table = result.summary()
     print("final KL (nats, mean over seeds); predicted sigma2_c = lambda_max / beta")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.diverged:
@@ -123,7 +127,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"diverged (a NaN or inf appeared) and were frozen there: "
             f"{', '.join(result.diverged[:8])}"
             f"{' ...' if len(result.diverged) > 8 else ''}."
-            f" They are flagged in the 'diverged' column of {result.run.metrics_file}; "
+            f" They are flagged in the 'diverged' column of "
+            f"{result.store.metrics_file}; "
             f"{others} {_divergence_hint(spectrum, spec)}",
             file=sys.stderr,
         )
@@ -143,9 +148,10 @@ def _divergence_hint(spectrum: dict, spec) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from phasevae.analysis import analyze_run, curve_label
+    from phasevae import api
+    from phasevae.analysis import curve_label
 
-    result = analyze_run(args.run_dir)
+    result = api.Run(Path(args.run_dir)).analyze()
     print(f"wrote {Path(args.run_dir) / 'analysis.json'}")
     print(f"lambda_max = {result['spectrum']['lambda_max']:.4g}")
     print(_transition_table(result))
@@ -239,42 +245,20 @@ def _probe_line(t: dict) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from phasevae.plots import plot_run
+    from phasevae import api
 
-    for path in plot_run(args.run_dir, args.format, args.x, args.y):
+    run = api.Run(Path(args.run_dir))
+    for path in run.plot(save=args.format, x=args.x, y=args.y).values():
         print(f"wrote {path}")
     return 0
 
 
 def cmd_theory(args: argparse.Namespace) -> int:
-    from phasevae import theory
-    from phasevae.data import load_dataset
-    from phasevae.spec import load_spec
-    from phasevae.store import RunDir
+    from phasevae import api
 
-    target = Path(args.target)
-    if target.is_dir():
-        run = RunDir(target)
-        spec = run.spec()
-        if args.set:
-            raise BadInput("--set applies to a spec file, not to a run directory")
-        spectrum = run.meta().get("spectrum") or load_dataset(spec.data).spectrum()
-    else:
-        spec = load_spec(target, args.set)
-        spectrum = load_dataset(spec.data).spectrum()
-    k = spec.model.latent_dim
-    ev = spectrum["eigenvalues"]
-    predictions = [
-        {
-            "beta": beta,
-            "sigma2_c": float(ev[0] / beta) if beta > 0 else None,
-            "thresholds": [float(t) for t in theory.thresholds(ev, beta, k)]
-            if beta > 0
-            else None,
-        }
-        for beta in spec.axes()["beta"]
-    ]
-    doc = {**spectrum, "latent_dim": k, "predictions": predictions}
+    doc = api.predict(Path(args.target), args.set)
+    spectrum, predictions = doc, doc["predictions"]
+    k, ev = doc["latent_dim"], doc["eigenvalues"]
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
@@ -342,9 +326,9 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from phasevae.sweep import merge_runs
+    from phasevae import api
 
-    report = merge_runs(args.run_dirs, check_out_dir(args.out), force=args.force)
+    report = api.merge(args.run_dirs, check_out_dir(args.out), force=args.force)
     print(f"merged {report['points']} grid points into {args.out}")
     if report["duplicated"]:
         dup = report["duplicated"]
@@ -433,38 +417,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from phasevae.store import RunDir, RunDirError
+    from phasevae import api
 
-    run = RunDir(args.run_dir)
-    if not run.spec_file.exists():
-        raise RunDirError(f"{run.path} is not a phasevae run (no spec.toml)")
-    meta = run.meta()
-    steps, done = run.spec().train.steps, meta.get("steps_done", 0)
-    points = meta.get("points", {})
-    diverged = sum(1 for s in points.values() if s == "diverged")
-    size = meta.get("grid_size", len(points))
-    finished = size if meta.get("status") == "complete" else 0
-    print(f"run directory: {run.path} ({meta.get('status', 'not started')})")
-    if meta.get("shard"):
-        print(f"shard {meta['shard'][0]}/{meta['shard'][1]} of the grid")
-    if "schedule" in meta:  # adaptive: points train for different lengths
-        n = meta["schedule"]
+    st = api.open_run(args.run_dir).status()
+    print(f"run directory: {args.run_dir} ({st['status']})")
+    if st["shard"]:
+        print(f"shard {st['shard'][0]}/{st['shard'][1]} of the grid")
+    size, diverged, done = st["grid_size"], st["diverged"], st["steps_done"]
+    if st["schedule"] is not None:  # adaptive: points train for different lengths
+        n = st["schedule"]
         print(
-            f"grid points so far: {size} ({meta.get('rounds', 0)} refinement rounds); "
+            f"grid points so far: {size} ({st['rounds']} refinement rounds); "
             f"finished {n['finished']}, training {n['training']}, pending "
             f"{n['pending']}, diverged {diverged}; {done:,} model-steps trained"
         )
         return 0
+    finished = size if st["status"] == "complete" else 0
     print(
         f"grid points: {size}; done {finished}, pending {size - finished}, "
-        f"diverged {diverged}; steps {done} of {steps} (all points advance together)"
+        f"diverged {diverged}; steps {done} of {st['steps']} (all points advance "
+        "together)"
     )
-    if run.checkpoint_file.exists():
-        age = time.time() - run.checkpoint_file.stat().st_mtime
-        print(f"last checkpoint: step {done}, {age:.0f} s ago")
-    train_s = meta.get("wall_times", {}).get("train_s") or 0.0
-    if 0 < done < steps and train_s > 0:
-        print(f"ETA: {train_s / done * (steps - done):.0f} s of training left")
+    if st["checkpoint_age_s"] is not None:
+        print(f"last checkpoint: step {done}, {st['checkpoint_age_s']:.0f} s ago")
+    if st["eta_s"] is not None:
+        print(f"ETA: {st['eta_s']:.0f} s of training left")
     return 0
 
 

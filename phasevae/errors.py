@@ -17,6 +17,11 @@ class Terminated(BaseException):
     KeyboardInterrupt, so that no ``except Exception`` eats it."""
 
 
+class SingleDeviceWarning(UserWarning):
+    """JAX started before phasevae could split the CPU into devices: the sweep
+    trains on one CPU device, slower than the command line."""
+
+
 TERM_REQUESTED = threading.Event()  # set by the command line's SIGTERM handler
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend
+    matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -179,7 +182,8 @@ def kl_figure(rd: RunData) -> Figure:
         if s2c:
             ax.plot(s2[~below], fitted[~below], color="C1", label="fit, collapsed")
             ax.axvline(s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$")
-            ax.axvspan(*t["ci"], color="C3", alpha=0.2, lw=0, label="95 % interval")
+            if t["ci"]:  # none when the run has too few evaluations to bound it
+                ax.axvspan(*t["ci"], color="C3", alpha=0.2, lw=0, label="95 % interval")
         if t["theory_sigma2_c"]:
             ax.axvline(
                 t["theory_sigma2_c"],
@@ -192,7 +196,7 @@ def kl_figure(rd: RunData) -> Figure:
         ax.set_ylabel("KL (nats)")
         title = _label(t, rd.group_axes())
         if s2c:
-            lo, hi = t["ci"]
+            lo, hi = t["ci"] or (math.nan, math.nan)
             title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
             title += f", predicted {t['theory_sigma2_c']:.4g}"
         ax.set_title(title, fontsize=8)
@@ -367,7 +371,10 @@ def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
         s2c = np.array([t["sigma2_c"] for t in found])
         b = np.array([t["beta"] for t in found])
         err = np.array(
-            [[s - t["ci"][0], t["ci"][1] - s] for s, t in zip(s2c, found, strict=True)]
+            [
+                [s - (t["ci"] or [s])[0], (t["ci"] or [s, s])[1] - s]
+                for s, t in zip(s2c, found, strict=True)
+            ]
         ).T
         kw = {"yerr": err} if swap else {"xerr": err}
         ax.errorbar(
@@ -625,14 +632,12 @@ def learned_variance_figure(rd: RunData, beta: float | None = None) -> Figure:
     return fig
 
 
-def plot_run(
-    run_dir: str | Path, fmt: str = "png", x: str = "sigma2", y: str = "beta"
-) -> list[Path]:
-    """Write every figure of a run to RUN_DIR/figures/; returns the paths."""
-    if fmt not in ("png", "pdf", "svg"):
-        raise PlotError(f"--format {fmt!r}: choose png, pdf or svg")
+def figures(
+    run_dir: str | Path, x: str = "sigma2", y: str = "beta"
+) -> dict[str, Callable[[], Figure]]:
+    """Every figure a run has, as {name: a function that draws it}."""
     rd = load(run_dir)
-    figures = {
+    out = {
         "kl_vs_sigma2": lambda: kl_figure(rd),
         "elbo_vs_sigma2": lambda: elbo_figure(rd),
         "latent_variance": lambda: variance_figure(rd),
@@ -640,30 +645,39 @@ def plot_run(
         "training_curves": lambda: training_figure(rd),
     }
     if rd.points["beta"].nunique() > 1 or (x, y) != ("sigma2", "beta"):
-        figures["phase_diagram"] = lambda: phase_diagram(rd, x, y)
+        out["phase_diagram"] = lambda: phase_diagram(rd, x, y)
     if "components" in rd.meta["spectrum"]:
-        figures["components"] = lambda: components_figure(rd)
+        out["components"] = lambda: components_figure(rd)
     for axis in REMEDY_AXES:
         if axis in rd.points and rd.points[axis].nunique() > 1:
-            figures[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
-            figures[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(
-                rd, "sigma2", a
-            )
+            out[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
+            out[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(rd, "sigma2", a)
     if rd.analysis.get("hysteresis"):
-        figures["hysteresis"] = lambda: hysteresis_figure(rd)
+        out["hysteresis"] = lambda: hysteresis_figure(rd)
     if "decoder_sigma2" in rd.metrics and rd.spec.model.sigma2 == "learned":
-        figures["learned_variance"] = lambda: learned_variance_figure(rd)
+        out["learned_variance"] = lambda: learned_variance_figure(rd)
+    return out
+
+
+def write_figures(
+    run_dir: str | Path, fmt: str = "png", x: str = "sigma2", y: str = "beta"
+) -> dict[str, Path]:
+    """Write every figure of a run to RUN_DIR/figures/ (atomically); returns
+    {name: path}."""
+    if fmt not in ("png", "pdf", "svg"):
+        raise PlotError(f"--format {fmt!r}: choose png, pdf or svg")
+    makers = figures(run_dir, x, y)
     out = Path(run_dir) / "figures"
     out.mkdir(exist_ok=True)
-    paths = []
-    for name, make in figures.items():
+    paths = {}
+    for name, make in makers.items():
         fig = make()
         path = out / f"{name}.{fmt}"
         tmp = path.with_name(f".{path.name}.tmp.{fmt}")
         fig.savefig(tmp, dpi=150)
         plt.close(fig)
         tmp.replace(path)
-        paths.append(path)
+        paths[name] = path
     return paths
 
 

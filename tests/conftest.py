@@ -8,6 +8,10 @@ import pytest
 from phasevae.spec import spec_from_dict
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# start the backend now, on one CPU device, whatever the order of the tests: the API
+# splits the CPU into devices when it is the first to start JAX (tests of the split
+# and of several devices run in subprocesses)
+jax.devices()
 
 TINY = {
     "data": {

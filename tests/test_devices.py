@@ -75,3 +75,37 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_spec):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["processes"] == 2 and len(meta["devices"]) == 2
+
+
+def test_a_run_checkpointed_on_eight_devices_resumes_on_one(tmp_path, tiny_spec):
+    """The checkpoint holds the models without the padding and without the device
+    layout: a run stopped on 8 devices finishes on 1 with the same results."""
+    spec = tiny_spec(grid=GRID, train={"steps": 40})
+    script = (
+        "import sys, jax, phasevae as pv; from tests.conftest import tiny_dict\n"
+        "assert len(jax.devices()) == 8\n"
+        "class Stop(Exception): pass\n"
+        "def stop(frame, meta): raise Stop\n"
+        "try:\n"
+        f"    pv.run(tiny_dict(grid={GRID!r}, train={{'steps': 40}}), sys.argv[1],\n"
+        "           on_chunk=stop, checkpoint_seconds=0)\n"
+        "except Stop: pass\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["steps_done"] == 10 and len(meta["devices"]) == 8
+    resumed = run_sweep(spec, tmp_path / "run")
+    assert len(resumed.meta["devices"]) == 1 and resumed.meta["status"] == "complete"
+    alone = run_sweep(spec, tmp_path / "alone").metrics
+    key = ["point_id", "step"]
+    a = alone.sort_values(key).reset_index(drop=True)
+    b = resumed.metrics.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)

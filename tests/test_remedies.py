@@ -180,11 +180,11 @@ def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path
     assert last.nunique() == 6
     # analysed per group; a static axis gets its remedy figure and phase diagram
     from phasevae.analysis import analyze_run
-    from phasevae.plots import plot_run
+    from phasevae.plots import write_figures
 
     doc = analyze_run(tmp_path / "run")
     assert {(t["decoder"], t["skip"]) for t in doc["transitions"]} == set(last.index)
-    names = {p.stem for p in plot_run(tmp_path / "run")}
+    names = set(write_figures(tmp_path / "run"))
     assert {"remedy_skip", "phase_diagram_skip", "remedy_decoder"} <= names
     # the gate is a parameter of the gated group only, computed from z alone
     from phasevae.model import VAE

@@ -1,0 +1,265 @@
+"""The Python API: what a notebook uses, and exactly what the ``phasevae`` command
+calls.
+
+    import phasevae as pv
+
+    run = pv.run("sweeps/default.toml", out="runs/default")  # or a dict, a Spec
+    run.metrics              # the metrics table (pandas), one row per point and eval
+    result = run.analyze()   # the analysis (also written to RUN_DIR/analysis.json)
+    figures = run.plot()     # {name: matplotlib Figure}, for inline display
+    run = pv.open_run("runs/default")   # an existing run directory, the same object
+
+A sweep trains on every CPU core as the command line does: before JAX starts, the CPU
+is split into several XLA devices (:func:`phasevae.placement.split_cpu_into_devices`),
+so import and call phasevae before anything else starts JAX in the process.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
+from phasevae.loop import ChunkFn, ProgressFn
+from phasevae.placement import split_cpu_into_devices
+from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict
+from phasevae.store import RunDir, RunDirError
+
+SpecLike = Spec | dict | str | Path | None
+
+
+def as_spec(spec: SpecLike = None, overrides: Sequence[str] = ()) -> Spec:
+    """A Spec from a spec file's path, a dict of sections (as the TOML file has
+    them), a Spec, or None (the built-in default); ``overrides`` are ``--set``
+    items (``"grid.beta=[0.5, 1.0]"``)."""
+    if isinstance(spec, Spec):
+        if overrides:
+            raise SpecError("overrides apply to a spec file or a dict, not to a Spec")
+        return spec
+    if isinstance(spec, dict):
+        if overrides:
+            raise SpecError("pass a dict with the values already set, not overrides")
+        return spec_from_dict(spec, "<dict>")
+    if spec is None or isinstance(spec, str | Path):
+        return load_spec(spec, list(overrides))
+    raise SpecError(f"a spec is a path, a dict or a Spec, not {type(spec).__name__}")
+
+
+def default_out(spec: SpecLike) -> Path:
+    """runs/<spec file's stem>, or runs/default."""
+    name = Path(spec).stem if isinstance(spec, str | Path) else "default"
+    return Path("runs") / name
+
+
+def _start_devices() -> None:
+    split_cpu_into_devices()
+    import jax
+
+    if jax.default_backend() == "cpu" and jax.device_count() == 1:
+        import os
+
+        if len(os.sched_getaffinity(0)) > 1:
+            warnings.warn(
+                SingleDeviceWarning(
+                    "JAX started before phasevae could split the CPU into devices, so "
+                    "the sweep trains on one CPU device (slower); call phasevae first "
+                    "in a fresh process, or set XLA_FLAGS="
+                    "--xla_force_host_platform_device_count=N"
+                ),
+                stacklevel=3,
+            )
+
+
+def run(
+    spec: SpecLike = None,
+    out: str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    progress: ProgressFn | None = None,
+    on_chunk: ChunkFn | None = None,
+    checkpoint_seconds: float | None = None,
+    shard: tuple[int, int] | None = None,
+) -> Run:
+    """Train the grid of ``spec`` into run directory ``out`` (default
+    runs/<name>), or continue it there; see :func:`phasevae.sweep.run_sweep`.
+
+    ``progress(done, total, elapsed_s)`` and ``on_chunk(frame, meta)`` are called
+    after every chunk; ``frame`` holds that chunk's metrics rows. A diverged model
+    does not raise: it is listed in ``Run.diverged``. Raises BadInput (a SpecError,
+    DataError, RunDirError, ...) for a spec, data or run directory that cannot be
+    used, before anything is written; ``Preempted`` on SIGTERM (saved, resumable).
+    """
+    from phasevae.sweep import run_sweep
+
+    s = as_spec(spec, overrides)
+    stop_if_terminated()
+    _start_devices()
+    where = Path(out) if out is not None else default_out(spec)
+    result = run_sweep(
+        s,
+        where,
+        progress,
+        checkpoint_seconds,
+        shard,
+        on_chunk=on_chunk,
+    )
+    return Run(result.run.path, _metrics=result.metrics, _meta=result.meta)
+
+
+def dry_run(
+    spec: SpecLike = None,
+    *,
+    overrides: Sequence[str] = (),
+    shard: tuple[int, int] | None = None,
+) -> dict:
+    """Compile the sweep and time one chunk without writing anything: grid size,
+    static groups, devices, memory per device, compile and estimated train time."""
+    from phasevae.sweep import run_sweep
+
+    s = as_spec(spec, overrides)
+    _start_devices()
+    return run_sweep(s, default_out(spec), shard=shard, dry_run=True)
+
+
+def open_run(path: str | Path) -> Run:
+    """An existing run directory (finished or not)."""
+    found = Run(Path(path))
+    if not found.store.spec_file.exists():
+        raise RunDirError(f"{found.path} is not a phasevae run (no spec.toml)")
+    return found
+
+
+@dataclass
+class Run:
+    """A run directory: its spec, meta and metrics, its analysis and figures."""
+
+    path: Path
+    _metrics: pd.DataFrame | None = None
+    _meta: dict | None = None
+
+    @property
+    def store(self) -> RunDir:
+        return RunDir(self.path)
+
+    @property
+    def spec(self) -> Spec:
+        return self.store.spec()
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            self._meta = self.store.meta()
+        return self._meta
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """Every evaluation of every point (long format, as metrics.parquet)."""
+        if self._metrics is None:
+            self._metrics = self.store.metrics()
+        return self._metrics
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("status") == "complete"
+
+    @property
+    def diverged(self) -> list[str]:
+        """Ids of the points that diverged (flagged, frozen; the others trained)."""
+        points = self.meta.get("points", {})
+        return [pid for pid, s in points.items() if s == "diverged"]
+
+    def summary(self) -> pd.DataFrame:
+        """Per curve: KL at the ends of the sigma^2 range, the first collapsed grid
+        sigma^2 and the prediction lambda_max / beta."""
+        from phasevae.sweep import summary_table
+
+        return summary_table(self.metrics, self.meta["spectrum"]["lambda_max"])
+
+    def analyze(self) -> dict:
+        """The analysis (:func:`phasevae.analysis.analyze`), written to
+        RUN_DIR/analysis.json; the run must be complete."""
+        from phasevae.analysis import analyze_run
+
+        return analyze_run(self.path)
+
+    def plot(
+        self, save: str | None = None, x: str = "sigma2", y: str = "beta"
+    ) -> dict[str, Any]:
+        """Every figure of the analysed run (:meth:`analyze` first) as
+        {name: matplotlib Figure}; ``save`` = "png", "pdf" or "svg" writes them to
+        RUN_DIR/figures/ instead and returns {name: path}."""
+        from phasevae.plots import figures, write_figures
+
+        if save is not None:
+            return write_figures(self.path, save, x, y)
+        return {name: make() for name, make in figures(self.path, x, y).items()}
+
+    def status(self) -> dict:
+        """Progress of the run from its meta: status, grid points, steps, diverged,
+        the last checkpoint's age and an ETA while it trains."""
+        meta, store = self.meta, self.store
+        points = meta.get("points", {})
+        size = meta.get("grid_size", len(points))
+        out = {
+            "status": meta.get("status", "not started"),
+            "shard": meta.get("shard"),
+            "grid_size": size,
+            "diverged": sum(1 for s in points.values() if s == "diverged"),
+            "steps": self.spec.train.steps,
+            "steps_done": meta.get("steps_done", 0),
+            "schedule": meta.get("schedule"),  # adaptive: per-point progress
+            "rounds": meta.get("rounds", 0),
+            "checkpoint_age_s": None,
+            "eta_s": None,
+        }
+        if store.checkpoint_file.exists():
+            age = time.time() - store.checkpoint_file.stat().st_mtime
+            out["checkpoint_age_s"] = age
+        done, steps = out["steps_done"], out["steps"]
+        train_s = meta.get("wall_times", {}).get("train_s") or 0.0
+        if out["schedule"] is None and 0 < done < steps and train_s > 0:
+            out["eta_s"] = train_s / done * (steps - done)
+        return out
+
+
+def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
+    """The data's spectrum and the linear theory's predictions per beta, from a
+    spec (path, dict, Spec) or a run directory; no training."""
+    from phasevae import theory as th
+    from phasevae.data import load_dataset
+
+    if isinstance(target, str | Path) and Path(target).is_dir():
+        if overrides:
+            raise BadInput("--set applies to a spec file, not to a run directory")
+        run = RunDir(target)
+        spec = run.spec()
+        spectrum = run.meta().get("spectrum") or load_dataset(spec.data).spectrum()
+    else:
+        spec = as_spec(target, overrides)
+        spectrum = load_dataset(spec.data).spectrum()
+    k, ev = spec.model.latent_dim, spectrum["eigenvalues"]
+    predictions = [
+        {
+            "beta": beta,
+            "sigma2_c": float(ev[0] / beta) if beta > 0 else None,
+            "thresholds": [float(t) for t in th.thresholds(ev, beta, k)]
+            if beta > 0
+            else None,
+        }
+        for beta in spec.axes()["beta"]
+    ]
+    return {**spectrum, "latent_dim": k, "predictions": predictions}
+
+
+def merge(run_dirs: Sequence[str | Path], out: str | Path, force: bool = False):
+    """Combine the run directories of one spec's shards into ``out``
+    (:func:`phasevae.sweep.merge_runs`); returns its report."""
+    from phasevae.sweep import merge_runs
+
+    return merge_runs(list(run_dirs), out, force=force)
