@@ -6,6 +6,12 @@ beta * sigma^2 = lambda_max (Li et al. 2025).
 """
 
 import importlib
+from importlib import metadata
+
+try:  # from git at build time (setuptools-scm): release, or dev count + commit
+    __version__ = metadata.version("phasevae")
+except metadata.PackageNotFoundError:
+    __version__ = "unknown"
 
 # the Python API (phasevae.api) and the spec, imported on first use, so that the
 # command line starts (and handles signals) before JAX is loaded

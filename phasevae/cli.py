@@ -1,7 +1,9 @@
 """The ``phasevae`` command. Thin: parses arguments, calls the library, prints.
 
-Exit status: 0 success; 2 bad input (spec, data, arguments, a diverged model) with a
-one-paragraph message and no traceback; 1 anything else.
+Exit status: 0 success; 2 bad input (spec, data, arguments) with a one-paragraph
+message and no traceback, and a sweep that completed with some models diverged (another
+status with ``sweep --diverged-status``); 130 Ctrl-C and 143 SIGTERM (saved,
+resumable); 1 anything else.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = check_out_dir(
         args.out if args.out is not None else api.default_out(args.spec)
     )
+    if not 0 <= args.diverged_status <= 125:
+        raise BadInput(f"--diverged-status {args.diverged_status}: give 0 .. 125")
     if args.checkpoint_every is not None and not (
         math.isfinite(args.checkpoint_every) and args.checkpoint_every >= 0
     ):
@@ -93,7 +97,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"phasevae: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM, as if the signal had ended the process
     if not primary:
-        return 2 if result.diverged else 0
+        return args.diverged_status if result.diverged else 0
     meta, spectrum = result.meta, result.meta["spectrum"]
     wall = meta["wall_times"]
     print(f"run directory: {out}")
@@ -132,7 +136,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{others} {_divergence_hint(spectrum, spec)}",
             file=sys.stderr,
         )
-        return 2
+        return args.diverged_status
     return 0
 
 
@@ -449,12 +453,22 @@ def _fmt_s(seconds: float | None) -> str:
     return "n/a (already done)" if seconds is None else f"{seconds:.1f} s"
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"phasevae {metadata.version('phasevae')}"
+    except metadata.PackageNotFoundError:
+        return "phasevae (not installed: no version)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phasevae",
         description="Phase diagrams of posterior collapse in VAEs: train grids of "
         "VAEs in one vmapped JAX program and locate the collapse transition.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sweep", help="train a grid of VAEs and write a run directory")
     p.add_argument(
@@ -467,6 +481,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a spec key with a TOML value, e.g. --set grid.beta=[0.5,1.0]",
+    )
+    p.add_argument(
+        "--diverged-status",
+        type=int,
+        default=2,
+        metavar="CODE",
+        help="exit status of a run that completed with some models diverged "
+        "(default 2, as for bad input; a scheduler that must tell the two apart can "
+        "ask for another, e.g. 3, or 0)",
     )
     p.add_argument(
         "--checkpoint-every",

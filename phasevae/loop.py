@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -298,6 +299,10 @@ def base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
         "spec": spec_to_dict(spec),
         "versions": versions,
         "git_revision": _git_revision(),
+        "packages": {
+            d.metadata["Name"]: d.version
+            for d in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"])
+        },
         "argv": sys.argv,
         "host": platform.node(),
         # the settings that change how JAX and XLA run (device split, threads, ...)
@@ -320,6 +325,8 @@ def base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
 
 
 def _git_revision() -> str | None:
+    """The commit the code came from: HEAD of the checkout it runs from, else the
+    one setuptools-scm baked into the installed version (``...+g<commit>``)."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -329,6 +336,12 @@ def _git_revision() -> str | None:
             timeout=5,
             check=True,
         )
+        if out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        found = re.search(r"\+g([0-9a-f]{7,40})", metadata.version("phasevae"))
+    except metadata.PackageNotFoundError:
         return None
-    return out.stdout.strip() or None
+    return found.group(1) if found else None

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -106,6 +107,11 @@ def test_a_diverged_model_exits_2_after_finishing_the_others(tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "complete"
     assert list(meta["points"].values()).count("diverged") == 4
+    # a scheduler can tell "complete, some diverged" from bad input
+    again = ["sweep", str(spec), "--out", str(out), "--diverged-status", "3"]
+    assert main(again) == 3
+    assert "4 of 8 models diverged" in capsys.readouterr().err
+    assert main([*again[:-1], "300"]) == 2
 
 
 def test_a_different_spec_in_an_existing_run_directory_is_refused(tmp_path, capsys):
@@ -348,3 +354,33 @@ def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path, cap
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 500 * 1024
     assert not (tmp_path / "run").exists()
+
+
+def test_version_names_the_installed_build(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"phasevae {metadata.version('phasevae')}"
+
+
+def test_meta_records_the_commit_and_the_installed_packages(tmp_path):
+    spec = write_spec(tmp_path)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["packages"]["jax"] == meta["versions"]["jax"]
+    assert re.fullmatch(r"[0-9a-f]{7,40}", meta["git_revision"])
+
+
+def test_an_installed_copy_without_git_names_its_commit_from_its_version(monkeypatch):
+    from phasevae import loop
+
+    def no_git(*a, **k):
+        raise OSError("no git here")
+
+    monkeypatch.setattr(loop.subprocess, "run", no_git)
+    monkeypatch.setattr(loop.metadata, "version", lambda _: "0.1.1.dev9+gab12cd3")
+    assert loop._git_revision() == "ab12cd3"
+    monkeypatch.setattr(loop.metadata, "version", lambda _: "0.2.0")  # a release
+    assert loop._git_revision() is None
