@@ -29,7 +29,8 @@ from phasevae.fit import (
     seed_average,
     settle,
 )
-from phasevae.store import RunDir, RunDirError, atomic_write_text
+from phasevae.safeio import atomic_write_text
+from phasevae.store import RunDir, RunDirError
 
 ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
 GRID_AXES = (  # the metrics table's axis columns (those a grid has)

@@ -218,9 +218,9 @@ class Run:
             "checkpoint_age_s": None,
             "eta_s": None,
         }
-        if store.checkpoint_file.exists():
-            age = time.time() - store.checkpoint_file.stat().st_mtime
-            out["checkpoint_age_s"] = age
+        sealed = store.checkpoints.sealed_at()
+        if sealed is not None:
+            out["checkpoint_age_s"] = time.time() - sealed
         done, steps = out["steps_done"], out["steps"]
         train_s = meta.get("wall_times", {}).get("train_s") or 0.0
         if out["schedule"] is None and 0 < done < steps and train_s > 0:

@@ -218,30 +218,64 @@ def run(models: list[int], baseline_models: int = 4) -> list[BenchResult]:
     return out
 
 
-def checkpoint_time(models: int, directory) -> dict:
-    """Seconds to write and to read back the full training state of ``models``
-    models of the bench architecture, through the run directory's atomic
-    checkpoint (gathered to the host, one .npz, fsync, rename)."""
+def checkpoint_time(models: int, directory, chunks: int = 2) -> dict:
+    """What checkpointing costs a sweep of ``models`` models of the bench
+    architecture, measured in one run: ``chunks`` chunks of training alone, then the
+    same number with a checkpoint after every chunk (orbax, asynchronous: training
+    goes on while it is written; the last one is waited for), then a restore onto
+    the host and the devices.
+
+    Returns:
+      models, bytes (one save on disk), train_s (per chunk), save_blocking_s (per
+      save, what training waited for), save_cost_s (per save, the extra wall time
+      of the checkpointed chunks, writing in the background included; 0 when they
+      ran no slower than the others, the cost then being below the noise),
+      overhead_every_chunk (save_cost_s / train_s) and overhead_at_interval (a
+      sweep's: one save per chunk or per ``CHECKPOINT_SECONDS``, whichever is
+      longer), restore_s.
+    """
+    from phasevae.loop import CHECKPOINT_SECONDS
+    from phasevae.placement import Placement
     from phasevae.store import RunDir
 
-    trainer, points, _, _ = _setup(models)
-    state = jax.block_until_ready(trainer.init(points))
-    run = RunDir(directory)
-    ids = [str(i) for i in range(models)]
+    trainer, points, x, ex = _setup(models)
+    state = trainer.init(points)
+    compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
+    state, _ = jax.block_until_ready(compiled(state, points, x, ex, np.int32(0)))
+    run, ids = RunDir(directory), [str(i) for i in range(models)]
+
+    def train(save: bool) -> tuple[float, float]:
+        nonlocal state
+        blocked, t0 = 0.0, time.perf_counter()
+        for c in range(chunks):
+            state, metrics = compiled(state, points, x, ex, np.int32(c * CHUNK))
+            jax.device_get(metrics)  # the loop's one sync point per chunk
+            if save:
+                t1 = time.perf_counter()
+                run.save_checkpoint(jax.tree.leaves(state), models, c, ids)
+                blocked += time.perf_counter() - t1
+        if save:
+            run.wait_for_checkpoint()
+        return time.perf_counter() - t0, blocked
+
+    alone, _ = train(save=False)
+    checkpointed, blocked = train(save=True)
     t0 = time.perf_counter()
-    leaves = [np.asarray(a) for a in jax.tree.leaves(state)]
-    run.save_checkpoint(leaves, 0, ids)
-    save_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loaded, _, _ = run.load_checkpoint()
-    restored = jax.tree.unflatten(jax.tree.structure(state), loaded)
-    jax.block_until_ready(jax.device_put(restored))
-    load_s = time.perf_counter() - t0
+    loaded = run.load_checkpoint()
+    restored = jax.tree.unflatten(jax.tree.structure(state), loaded["leaves"])
+    jax.block_until_ready(Placement.create(models).models(restored))
+    restore_s = time.perf_counter() - t0
+    newest = max(p for p in run.checkpoints.dir.iterdir() if p.is_dir())
+    cost = max(checkpointed - alone, 0.0) / chunks
     return {
         "models": models,
-        "bytes": int(run.checkpoint_file.stat().st_size),
-        "save_s": save_s,
-        "restore_s": load_s,
+        "bytes": sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()),
+        "train_s": alone / chunks,
+        "save_blocking_s": blocked / chunks,
+        "save_cost_s": cost,
+        "overhead_every_chunk": cost / (alone / chunks),
+        "overhead_at_interval": cost / max(alone / chunks, CHECKPOINT_SECONDS),
+        "restore_s": restore_s,
     }
 
 

@@ -120,44 +120,53 @@ def train(
     model_steps = meta.get("model_steps", 0)
     points = program.points_for(sched.slot_rows())
     saved = False
-    while not sched.done():
-        state, metrics = program.run(state, program.start(sched.slot_step), points)
-        diverged, metrics = to_host((state.diverged, metrics))
-        diverged, metrics = jax.tree.map(lambda a: a[: program.n], (diverged, metrics))
-        busy = sched.busy
-        sched.slot_step[busy] += every
-        model_steps += int(busy.sum()) * every
-        rows = sched.slot_rows()
-        frames.append(
-            metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
-        )
-        retire(sched, frames, frames[-1], diverged, spec, warm, state, busy)
-        next_round(sched, frames, spec)
-        refilled = sched.fill()
-        if refilled.any():
-            state = refill(program, state, sched, refilled, warm, spec)
-            points = program.points_for(sched.slot_rows())
-        elapsed = time.perf_counter() - t_train
-        stopping = any_process(stop.is_set())
-        due = any_process(time.perf_counter() - last_save >= checkpoint_seconds)
-        if sched.done() or due or stopping:
-            meta["wall_times"]["train_s"] = trained_before + elapsed
-            meta["compiles"] = program.trainer.traces  # of the chunk program: 1
-            meta["model_steps"] = model_steps
-            _save(run, frames, state, sched, warm, meta)
-            saved, last_save = sched.done(), time.perf_counter()
-        if jax.process_index() == 0:
-            if on_chunk is not None:
-                on_chunk(frames[-1], meta)
-            if progress is not None:
-                progress(*sched.progress(every, spec.train.steps), elapsed)
-        if stopping and not sched.done():
-            raise Preempted(run, int(sched.slot_step.max()))
+    try:
+        while not sched.done():
+            state, metrics = program.run(state, program.start(sched.slot_step), points)
+            diverged, metrics = to_host((state.diverged, metrics))
+            diverged, metrics = jax.tree.map(
+                lambda a: a[: program.n], (diverged, metrics)
+            )
+            busy = sched.busy
+            sched.slot_step[busy] += every
+            model_steps += int(busy.sum()) * every
+            rows = sched.slot_rows()
+            frames.append(
+                metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
+            )
+            retire(sched, frames, frames[-1], diverged, spec, warm, state, busy)
+            next_round(sched, frames, spec)
+            refilled = sched.fill()
+            if refilled.any():
+                state = refill(program, state, sched, refilled, warm, spec)
+                points = program.points_for(sched.slot_rows())
+            elapsed = time.perf_counter() - t_train
+            stopping = any_process(stop.is_set())
+            due = any_process(time.perf_counter() - last_save >= checkpoint_seconds)
+            if sched.done() or due or stopping:
+                meta["wall_times"]["train_s"] = trained_before + elapsed
+                meta["compiles"] = program.trainer.traces  # of the chunk program: 1
+                meta["model_steps"] = model_steps
+                _save(run, frames, state, sched, warm, meta)
+                saved, last_save = sched.done(), time.perf_counter()
+            if jax.process_index() == 0:
+                if on_chunk is not None:
+                    on_chunk(frames[-1], meta)
+                if progress is not None:
+                    progress(*sched.progress(every, spec.train.steps), elapsed)
+            if stopping and not sched.done():
+                run.wait_for_checkpoint()
+                raise Preempted(run, int(sched.slot_step.max()))
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep what was being written
+            run.wait_for_checkpoint()
+        raise
     meta["status"] = "complete"
     if not saved:  # resumed from a final checkpoint whose meta was not written
         meta["model_steps"] = model_steps
         _save(run, frames, state, sched, warm, meta)
-    elif jax.process_index() == 0:
+    run.wait_for_checkpoint()
+    if jax.process_index() == 0:
         run.write_meta(meta)
     return make_result(run, frames, meta)
 
@@ -178,8 +187,7 @@ def _start(program, spec, grid, run):
         if not fresh or warm_starts(spec):
             state = refill(program, state, sched, refilled, warm, spec)
         return sched, state, [], warm
-    leaves, step, ids = checkpoint
-    extra = run.checkpoint_extra()
+    step, ids = checkpoint["step"], checkpoint["ids"]
     if lockstep:  # the step and the grid's ids are the whole schedule
         if ids != list(grid["point_id"]):
             raise RunDirError(f"{run.path}: checkpoint does not match the spec's grid")
@@ -188,8 +196,8 @@ def _start(program, spec, grid, run):
         sched.slot_step[:] = step
         if step >= spec.train.steps:
             sched.finished, sched.slot_point[:] = list(range(len(grid))), EMPTY
-    elif "schedule" in extra:
-        sched = Schedule.from_json(str(extra["schedule"]))
+    elif checkpoint["schedule"] is not None:
+        sched = Schedule.from_json(checkpoint["schedule"])
         if len(sched.slot_point) != program.n:
             raise RunDirError(f"{run.path}: checkpoint has a different slot count")
     else:
@@ -198,11 +206,12 @@ def _start(program, spec, grid, run):
         raise RunDirError(
             f"{run.path} has a checkpoint at step {step} but its metrics.parquet "
             "is gone: the evaluations up to that step cannot be recovered; delete "
-            f"{run.checkpoint_file.parent} to train again from step 0"
+            f"{run.checkpoints.dir} to train again from step 0"
         )
     treedef = jax.tree.structure(program.state)
-    state = program.place.models(jax.tree.unflatten(treedef, leaves))
-    return sched, state, [rows_up_to(run.metrics(), sched)], unpack_warm(extra)
+    state = program.place.models(jax.tree.unflatten(treedef, checkpoint["leaves"]))
+    warm = unpack_warm(checkpoint["extra"])
+    return sched, state, [rows_up_to(run.metrics(), sched)], warm
 
 
 def metrics_frame(
@@ -245,10 +254,9 @@ def _collapse_eigenvalues(grams, n: int) -> np.ndarray:
 
 
 def _save(run, frames, state, sched, warm, meta) -> None:
-    """Metrics, then the checkpoint they belong to (state and schedule), then meta;
-    written by process 0 (every process takes part in gathering the state)."""
-    n = len(sched.slot_point)
-    leaves = [a[:n] for a in to_host(jax.tree.leaves(state))]  # padding dropped
+    """Metrics, then the checkpoint they belong to (state and schedule; its files
+    are written while training goes on), then meta; the metrics and meta by process
+    0, the checkpoint by every process, each its own shards."""
     diverged = pd.concat(frames).groupby("point_id")["diverged"].any()
     meta["points"] = {
         pid: ("diverged" if diverged[pid] else "ok")
@@ -268,16 +276,16 @@ def _save(run, frames, state, sched, warm, meta) -> None:
             "training": int(sched.busy.sum()),
             "pending": len(sched.pending),
         }
-    if jax.process_index() != 0:
-        return
-    run.write_metrics(pd.concat(frames, ignore_index=True))
+    if jax.process_index() == 0:
+        run.write_metrics(pd.concat(frames, ignore_index=True))
+    leaves, n = jax.tree.leaves(state), len(sched.slot_point)
     if sched.lockstep:  # the step and the grid's ids are the whole schedule
-        run.save_checkpoint(leaves, step, list(sched.grid["point_id"]))
+        run.save_checkpoint(leaves, n, step, list(sched.grid["point_id"]))
     else:
         ids = [str(sched.grid.at[max(i, 0), "point_id"]) for i in sched.slot_point]
-        extra = {"schedule": np.array(sched.to_json()), **pack_warm(warm)}
-        run.save_checkpoint(leaves, step, ids, extra)
-    run.write_meta(meta)
+        run.save_checkpoint(leaves, n, step, ids, sched.to_json(), pack_warm(warm))
+    if jax.process_index() == 0:
+        run.write_meta(meta)
 
 
 def make_result(run: RunDir, frames: list[pd.DataFrame], meta: dict) -> SweepResult:

@@ -1,14 +1,18 @@
-"""Where every read of a user's file or a run directory's file is checked first: that
-the path is a regular file (not a directory, FIFO, device or socket, even behind a
-symlink), that it fits the size allowed for what it is, and that its text decodes. A
-problem is a :class:`~phasevae.errors.BadInput` whose message names the file; nothing
-is read past the limit and nothing blocks (a FIFO is never opened).
+"""Safe file I/O. Every read of a user's file or a run directory's file is checked
+first: that the path is a regular file (not a directory, FIFO, device or socket, even
+behind a symlink), that it fits the size allowed for what it is, and that its text
+decodes. A problem is a :class:`~phasevae.errors.BadInput` whose message names the
+file; nothing is read past the limit and nothing blocks (a FIFO is never opened).
+Every write is atomic (:func:`atomic_write`): a kill leaves the old file or the new
+one, never half of one.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from phasevae.errors import BadInput
@@ -116,3 +120,32 @@ def check_out_dir(path: str | Path) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise BadInput(f"--out {path}: {ancestor} is not writable")
     return path
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name (not mkstemp, whose 0600 mode would ignore the umask)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -284,22 +284,20 @@ def rows_up_to(metrics: pd.DataFrame, sched: Schedule) -> pd.DataFrame:
     return metrics[metrics["step"] <= cap].reset_index(drop=True)
 
 
-def pack_warm(warm: dict) -> dict:
-    out = {"warm_ids": np.array(list(warm), dtype=str)}
-    for i, pid in enumerate(warm):
-        for j, leaf in enumerate(warm[pid]):
-            out[f"warm_{i}_{j}"] = leaf
-    return out
+def pack_warm(warm: dict) -> dict[str, np.ndarray]:
+    """The kept parameters as named host arrays (``warm_<point id>_<leaf>``)."""
+    return {
+        f"warm_{pid}_{j}": np.asarray(leaf)
+        for pid, leaves in warm.items()
+        for j, leaf in enumerate(leaves)
+    }
 
 
-def unpack_warm(extra: dict) -> dict:
-    if "warm_ids" not in extra:
-        return {}
-    warm = {}
-    for i, pid in enumerate(extra["warm_ids"]):
-        j, leaves = 0, []
-        while f"warm_{i}_{j}" in extra:
-            leaves.append(extra[f"warm_{i}_{j}"])
-            j += 1
-        warm[str(pid)] = leaves
-    return warm
+def unpack_warm(extra: dict[str, np.ndarray]) -> dict:
+    """{point id: its kept parameter leaves} from :func:`pack_warm`'s arrays."""
+    warm: dict[str, dict[int, np.ndarray]] = {}
+    for name, a in extra.items():
+        if name.startswith("warm_"):
+            pid, j = name[5:].rsplit("_", 1)
+            warm.setdefault(pid, {})[int(j)] = a
+    return {pid: [d[j] for j in sorted(d)] for pid, d in warm.items()}

@@ -4,8 +4,8 @@
     RUN_DIR/meta.json               versions, devices, spectrum, times, point status
     RUN_DIR/metrics.parquet         one row per (grid point, eval step)
     RUN_DIR/metrics.parquet.sha256  digests of the last two metrics files written
-    RUN_DIR/checkpoints/state.npz.sha256   the same for the checkpoint
-    RUN_DIR/checkpoints/state.npz   the stacked training state at the last checkpoint
+    RUN_DIR/checkpoints/            orbax checkpoints of the training state, each
+                                    with its digest (:mod:`phasevae.checkpoint`)
 
 Every file is written to a temporary name in the same directory and renamed over the
 target, so a kill leaves either the old or the new file, never half of one. Metrics are
@@ -14,10 +14,10 @@ are dropped and recomputed, so re-running a chunk never duplicates rows.
 
 Every file carries the SHA-256 digest of its own content, written in the same atomic
 step (spec.toml a first comment line, meta.json a ``digest`` key, metrics.parquet a
-digest of its values in its schema metadata plus page checksums, state.npz a
-``digest`` member beside the zip's CRCs), the bytes of metrics.parquet and state.npz
-also have theirs beside them, and every read verifies them: a damaged file is refused
-with its name and never built upon. Files written before digests are read as they are.
+digest of its values in its schema metadata plus page checksums), the bytes of
+metrics.parquet also have theirs beside it, a checkpoint the digest of all its files,
+and every read verifies them: a damaged file is refused with its name and never built
+upon. Files written before digests are read as they are.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ import fcntl
 import hashlib
 import json
 import os
-import uuid
-import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,8 +36,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phasevae.checkpoint import CheckpointError, Checkpoints
 from phasevae.errors import BadInput
-from phasevae.safeio import KIB, META_BYTES, SPEC_BYTES, check_file, read_text
+from phasevae.safeio import (
+    KIB,
+    META_BYTES,
+    SPEC_BYTES,
+    atomic_write,
+    atomic_write_text,
+    check_file,
+    read_text,
+)
 from phasevae.spec import (
     Spec,
     SpecError,
@@ -57,24 +63,6 @@ class RunDirError(BadInput):
     """A run directory that is missing, unfinished or belongs to another spec."""
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename ``tmp`` over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh name (not mkstemp, whose 0600 mode would ignore the umask)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
 class RunDir:
     """Paths and atomic I/O of one run directory."""
 
@@ -83,7 +71,7 @@ class RunDir:
         self.spec_file = self.path / "spec.toml"
         self.meta_file = self.path / "meta.json"
         self.metrics_file = self.path / "metrics.parquet"
-        self.checkpoint_file = self.path / "checkpoints" / "state.npz"
+        self.checkpoints = Checkpoints(self.path / "checkpoints")
 
     def claim(self, spec: Spec) -> None:
         """Make the directory for ``spec``, or check that it already holds ``spec``.
@@ -276,64 +264,49 @@ class RunDir:
 
     def save_checkpoint(
         self,
-        leaves: list[np.ndarray],
+        leaves: list,
+        models: int,
         step: int,
         ids: list[str],
+        schedule: str | None = None,
         extra: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Store the flattened stacked state after global step ``step``, and
-        ``extra`` arrays (bookkeeping that must change together with the state)."""
-        arrays = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(leaves)}
-        arrays.update({f"extra_{k}": np.asarray(v) for k, v in (extra or {}).items()})
-        arrays.update(step=np.int64(step), point_ids=np.array(ids))
-        digest = np.array(_arrays_digest(arrays))
+        """Start saving the stacked state's (placed) leaves, of which the first
+        ``models`` rows are real, after global step ``step``, with the point id of
+        each slot, the adaptive ``schedule`` (JSON) and ``extra`` host arrays
+        (bookkeeping that must change together with the state). Every process calls
+        it; it returns while the files are written (:meth:`wait_for_checkpoint`)."""
+        info = {"step": int(step), "ids": list(ids), "schedule": schedule}
+        self.checkpoints.save(leaves, models, info, extra or {})
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, digest=digest, **arrays)
-
-        self._write_verified(self.checkpoint_file, write)
-
-    def _checkpoint_arrays(self) -> dict[str, np.ndarray] | None:
-        """Every array of the checkpoint, verified; None if there is none."""
-        if not self.checkpoint_file.exists():
-            return None
-        self._verify(self.checkpoint_file, "run checkpoint")
+    def wait_for_checkpoint(self) -> None:
+        """Block until the last checkpoint is on disk and sealed."""
         try:
-            with (
-                open(self.checkpoint_file, "rb") as f,
-                np.load(f, allow_pickle=False) as z,
-            ):
-                arrays = {k: z[k] for k in z.files}
-        except (
-            OSError,
-            ValueError,
-            EOFError,
-            KeyError,
-            zipfile.BadZipFile,
-            zlib.error,
-        ) as e:
-            raise self._damaged(self.checkpoint_file, _first_line(e)) from None
-        digest = arrays.pop("digest", None)
-        if digest is not None and str(digest) != _arrays_digest(arrays):
-            raise self._damaged(self.checkpoint_file, "its digest does not match")
-        if "step" not in arrays or "point_ids" not in arrays:
-            raise self._damaged(self.checkpoint_file, "step or point ids missing")
-        return arrays
+            self.checkpoints.wait()
+        except CheckpointError as e:
+            raise RunDirError(str(e)) from None
 
-    def load_checkpoint(self) -> tuple[list[np.ndarray], int, list[str]] | None:
-        """(leaves, step, point ids) of the last checkpoint, or None if none."""
-        z = self._checkpoint_arrays()
-        if z is None:
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint: ``leaves`` (host arrays, one row per model),
+        ``step``, ``ids``, ``schedule`` (JSON or None) and ``extra``; None if there
+        is none. Raises RunDirError for a damaged one, or one of an older format."""
+        legacy = self.checkpoints.legacy()
+        if legacy is not None:
+            raise RunDirError(
+                f"{legacy} is a checkpoint of an earlier phasevae (before orbax): "
+                "finish this run with that version, or delete "
+                f"{legacy.parent} to train it again from step 0"
+            )
+        try:
+            found = self.checkpoints.load()
+        except CheckpointError as e:
+            raise RunDirError(
+                f"{e}; delete {self.checkpoints.dir} to train again from step 0"
+            ) from None
+        if found is None:
             return None
-        n = sum(1 for k in z if k.startswith("leaf_"))
-        leaves = [z[f"leaf_{i}"] for i in range(n)]
-        return leaves, int(z["step"]), [str(s) for s in z["point_ids"]]
-
-    def checkpoint_extra(self) -> dict[str, np.ndarray]:
-        """The ``extra`` arrays of the last checkpoint ({} if none)."""
-        z = self._checkpoint_arrays() or {}
-        return {k[6:]: v for k, v in z.items() if k.startswith("extra_")}
+        leaves, info, extra = found
+        return {**info, "leaves": leaves, "extra": extra}
 
 
 def _sha256(text: str) -> str:
@@ -370,16 +343,6 @@ def _frame_digest(df: pd.DataFrame) -> str:
             h.update(np.ascontiguousarray(values).tobytes())
         else:
             h.update("\x1f".join(map(str, values.tolist())).encode("utf-8", "replace"))
-    return h.hexdigest()
-
-
-def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 of named arrays: names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
-        h.update(a.tobytes())
     return h.hexdigest()
 
 

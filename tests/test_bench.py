@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from phasevae import bench
 from phasevae.cli import main
 
@@ -33,6 +35,8 @@ def test_bench_json_interface(capsys):
 def test_checkpoint_timing_interface(capsys):
     assert main(["bench", "--models", "3", "--checkpoint", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["models"] == 3 and r["save_s"] > 0 and r["restore_s"] > 0
-    # three models' parameters and Adam moments: 3 x 71,180 float32 each, plus small
-    assert r["bytes"] > 3 * 3 * 71180 * 4
+    assert r["models"] == 3 and r["save_blocking_s"] > 0 and r["restore_s"] > 0
+    assert r["overhead_every_chunk"] == pytest.approx(r["save_cost_s"] / r["train_s"])
+    # three models' parameters, 71,180 float32 each (random: they do not compress;
+    # orbax compresses the Adam moments, zero at the start)
+    assert r["bytes"] > 3 * 71180 * 4

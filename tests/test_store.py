@@ -34,6 +34,16 @@ def runs(tmp_path_factory):
     return root, spec
 
 
+def _largest(checkpoints):
+    """The largest file of the newest save: the state's data."""
+    newest = max(
+        (p for p in checkpoints.iterdir() if p.is_dir()), key=lambda p: int(p.name)
+    )
+    return max(
+        (p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+
+
 def _flip(path, where=0.5):
     data = bytearray(path.read_bytes())
     i = int(len(data) * where)
@@ -47,14 +57,14 @@ DAMAGE = {
         "metrics.parquet",
         lambda p: p.write_bytes(p.read_bytes()[:300]),
     ),
-    "checkpoint flipped": ("checkpoints/state.npz", lambda p: _flip(p)),
+    "checkpoint flipped": ("checkpoints", lambda p: _flip(_largest(p))),
     "checkpoint truncated": (
-        "checkpoints/state.npz",
-        lambda p: p.write_bytes(p.read_bytes()[:100]),
+        "checkpoints",
+        lambda p: _largest(p).write_bytes(_largest(p).read_bytes()[:100]),
     ),
     "checkpoint garbage": (
-        "checkpoints/state.npz",
-        lambda p: p.write_bytes(b"x" * 999),
+        "checkpoints",
+        lambda p: _largest(p).write_bytes(b"x" * 999),
     ),
     "meta garbage": ("meta.json", lambda p: p.write_bytes(b"\xff{not json")),
     "meta edited": (
@@ -93,7 +103,7 @@ def test_a_damaged_file_is_named_and_never_built_upon(runs, tmp_path, capsys, da
                 "spec.toml": True,
                 "meta.json": True,
                 "metrics.parquet": command[0] != "status",
-                "checkpoints/state.npz": which == "half" and command[0] == "sweep",
+                "checkpoints": which == "half" and command[0] == "sweep",
             }[name]
             if needs:
                 assert code == 2, (damage, which, command, err)
