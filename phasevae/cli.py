@@ -12,49 +12,28 @@ import argparse
 import errno
 import json
 import math
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from phasevae.cliargs import build_parser
+from phasevae.cliprint import ProgressBar, divergence_hint, transition_table
 from phasevae.errors import TERM_REQUESTED, BadInput, Terminated, stop_if_terminated
 from phasevae.safeio import check_out_dir
-
-
-class ProgressBar:
-    """One line per chunk on a terminal (redrawn in place), ~20 lines otherwise."""
-
-    def __init__(self, stream=sys.stderr, width: int = 30, unit: str = "chunks"):
-        self.stream, self.width, self.unit = stream, width, unit
-        self.tty = stream.isatty()
-        self.last_shown = -1.0
-
-    def __call__(self, done: int, total: int, elapsed: float) -> None:
-        frac = done / total
-        if not self.tty and done < total and frac - self.last_shown < 0.05:
-            return
-        self.last_shown = frac
-        fill = round(self.width * frac)
-        eta = f"{elapsed / done * (total - done):6.1f} s" if done else "     ?"
-        line = (
-            f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} {self.unit}  "
-            f"{elapsed:6.1f} s elapsed  ETA {eta}"
-        )
-        end = "\n" if done == total or not self.tty else ""
-        self.stream.write(("\r" if self.tty else "") + line + end)
-        self.stream.flush()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from phasevae import api
     from phasevae.loop import Preempted
-    from phasevae.placement import split_cpu_into_devices
+    from phasevae.placement import init_distributed, split_cpu_into_devices
     from phasevae.schedule import adaptive
 
     spec = api.as_spec(args.spec, args.set)
     stop_if_terminated()
     split_cpu_into_devices()
-    primary = _init_distributed(args)
+    primary = init_distributed(args)
     out = check_out_dir(
         args.out if args.out is not None else api.default_out(args.spec)
     )
@@ -133,22 +112,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{' ...' if len(result.diverged) > 8 else ''}."
             f" They are flagged in the 'diverged' column of "
             f"{result.store.metrics_file}; "
-            f"{others} {_divergence_hint(spectrum, spec)}",
+            f"{others} {divergence_hint(spectrum, spec)}",
             file=sys.stderr,
         )
         return args.diverged_status
     return 0
-
-
-def _divergence_hint(spectrum: dict, spec) -> str:
-    """What to change: the data's scale when it is far from 1, else the step size."""
-    if spectrum["lambda_max"] > 1e3 and spec.data.normalize in ("none", "center"):
-        return (
-            f"The data's largest variance is {spectrum['lambda_max']:.3g} with "
-            f"normalize = '{spec.data.normalize}': set data.normalize = 'standardize' "
-            "(tables) or 'unit' (images) to train on a workable scale."
-        )
-    return "Lower the learning rate or remove those grid points."
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -158,7 +126,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result = api.Run(Path(args.run_dir)).analyze()
     print(f"wrote {Path(args.run_dir) / 'analysis.json'}")
     print(f"lambda_max = {result['spectrum']['lambda_max']:.4g}")
-    print(_transition_table(result))
+    print(transition_table(result))
     for curve in result["skipped"]:
         print(f"not fitted ({curve_label(curve)}): {curve['reason']}")
     b = result["boundary"]
@@ -176,76 +144,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             f"{s['rms_spread']:.3g} nats RMS ({100 * s['relative_spread']:.1f} % of KL)"
         )
     return 0
-
-
-def _transition_table(result: dict) -> str:
-    import pandas as pd
-
-    rows = []
-    for t in result["transitions"]:
-        axes = {k: t[k] for k in ("beta", "learning_rate") if k in t}
-        later = {"kl_warmup_steps": 0.0, "decoder_init_scale": 1.0}
-        axes.update({k: t[k] for k, d in later.items() if t.get(k, d) != d})
-        axes.update({k: t[k] for k in ("direction", "decoder", "skip") if k in t})
-        ci = t["ci"] or [float("nan")] * 2
-        rows.append(
-            {
-                **axes,
-                "sigma2_c": t["sigma2_c"],
-                "ci_low": ci[0],
-                "ci_high": ci[1],
-                "predicted": t["theory_sigma2_c"],
-                "rel_err_%": None if t["rel_error"] is None else 100 * t["rel_error"],
-                "verdict": t["verdict"],
-                "dims_c": " ".join(
-                    "-" if d["sigma2_c"] is None else f"{d['sigma2_c']:.3g}"
-                    for d in t["per_dim"]
-                ),
-                "dims_theory": " ".join(f"{d['theory']:.3g}" for d in t["per_dim"]),
-            }
-        )
-    table = pd.DataFrame(rows).to_string(
-        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"
-    )
-    notes = [
-        f"  {t.get('beta', 1.0):g}: train longer over sigma^2 in "
-        f"[{t['train_longer']['sigma2'][0]:.4g}, {t['train_longer']['sigma2'][1]:.4g}]"
-        f", to about {t['train_longer']['steps']} steps"
-        for t in result["transitions"]
-        if t["train_longer"]
-    ]
-    parts = [
-        f"  {t.get('beta', 1.0):g}: interval = statistical "
-        f"-{t['ci_statistical'][0]:.3f} / +{t['ci_statistical'][1]:.3f} and "
-        f"finite-training -{t['ci_finite_training'][0]:.3f} / "
-        f"+{t['ci_finite_training'][1]:.3f} (in ln sigma^2)"
-        for t in result["transitions"]
-        if t["ci_statistical"] and t["ci_finite_training"] is not None
-    ]
-    probes = [_probe_line(t) for t in result["transitions"] if t["probe"]]
-    extra = ["interval parts, per beta:", *parts] if parts else []
-    extra += ["stability probe of the collapsed points, per beta:", *probes]
-    extra += ["verdict 'train longer', per beta:", *notes] if notes else []
-    return "\n".join([table, *extra])
-
-
-def _probe_line(t: dict) -> str:
-    p, beta = t["probe"], t.get("beta", 1.0)
-    line = (
-        f"  {beta:g}: {p['collapsed']} collapsed, {len(p['unstable_sigma2'])} "
-        f"unstable (trapped), {len(p['dead_sigma2'])} dead; lambda_c / lambda_max "
-        f"= {p['lambda_c_ratio']:.3f} near the kink"
-    )
-    off = t["off_theory"]
-    if off and off["evidence"] == "probe":
-        line += (
-            f"; collapse is stable below lambda_max/beta (from sigma^2 = "
-            f"{off['stable_sigma2'][0]:.4g}): the transition is off the theory by "
-            f"{100 * off['shift']:+.1f} %"
-        )
-    if t["trapped"]:
-        line += "; the estimate moved to the probe's threshold"
-    return line
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -294,29 +192,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_distributed(args: argparse.Namespace) -> bool:
-    """Join a multi-process JAX job if asked to; True for the process that writes."""
-    if args.num_processes is None and not args.distributed:
-        return True
-    import jax
-
-    # CPU processes talk through gloo; accelerators use their own collectives
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if args.num_processes is None:  # auto-detect (TPU pods, SLURM, ...)
-        jax.distributed.initialize()
-    else:
-        if args.coordinator is None or args.process_id is None:
-            raise BadInput("--num-processes needs --coordinator and --process-id too")
-        if not 0 <= args.process_id < args.num_processes:
-            raise BadInput("--process-id must be in 0 .. --num-processes - 1")
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
-    return jax.process_index() == 0
-
-
 def _shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -340,7 +215,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_locate(r: dict, as_json: bool) -> int:
+def locate_text(r: dict, as_json: bool) -> int:
     if as_json:
         print(json.dumps(r, indent=1))
         return 0
@@ -373,7 +248,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     split_cpu_into_devices()
     if args.locate:
-        return _print_locate(bench.locate(), args.json)
+        return locate_text(bench.locate(), args.json)
     models = args.models or [1, 8, 64, 256]
     if any(m < 1 for m in models):
         raise BadInput("--models: every model count must be >= 1")
@@ -386,8 +261,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(json.dumps(r, indent=1))
         else:
             print(
-                f"checkpoint of {r['models']} models ({r['bytes'] / 2**20:.0f} MiB): "
-                f"save {r['save_s']:.2f} s, restore {r['restore_s']:.2f} s"
+                f"checkpoint of {r['models']} models ({r['bytes'] / 2**20:.0f} MiB), "
+                f"{r['train_s']:.2f} s of training per chunk: training waited "
+                f"{r['save_blocking_s']:.3f} s per save, a save cost "
+                f"{r['save_cost_s']:.2f} s of wall time with its background write "
+                f"({100 * r['overhead_every_chunk']:.1f} % of training when saving "
+                f"after every chunk, {100 * r['overhead_at_interval']:.2f} % at the "
+                f"default of at most one save per 30 s); restore {r['restore_s']:.2f} s"
             )
         return 0
     results = bench.run(models)
@@ -453,133 +333,6 @@ def _fmt_s(seconds: float | None) -> str:
     return "n/a (already done)" if seconds is None else f"{seconds:.1f} s"
 
 
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return f"phasevae {metadata.version('phasevae')}"
-    except metadata.PackageNotFoundError:
-        return "phasevae (not installed: no version)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="phasevae",
-        description="Phase diagrams of posterior collapse in VAEs: train grids of "
-        "VAEs in one vmapped JAX program and locate the collapse transition.",
-    )
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sweep", help="train a grid of VAEs and write a run directory")
-    p.add_argument(
-        "spec", nargs="?", help="sweep spec (TOML); default: built-in default"
-    )
-    p.add_argument("--out", help="run directory (default: runs/<spec name>)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec key with a TOML value, e.g. --set grid.beta=[0.5,1.0]",
-    )
-    p.add_argument(
-        "--diverged-status",
-        type=int,
-        default=2,
-        metavar="CODE",
-        help="exit status of a run that completed with some models diverged "
-        "(default 2, as for bad input; a scheduler that must tell the two apart can "
-        "ask for another, e.g. 3, or 0)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="least time between checkpoints (default 30; 0: after every chunk)",
-    )
-    p.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="train only shard I of N of the grid (by point id), e.g. for array jobs",
-    )
-    g = p.add_argument_group("multi-process JAX (TPU pods, multi-GPU hosts)")
-    g.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join a multi-process job, its settings detected (TPU, SLURM, ...)",
-    )
-    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
-    g.add_argument("--num-processes", type=int, metavar="N")
-    g.add_argument("--process-id", type=int, metavar="I")
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print grid size, memory per device and a timed estimate; train nothing",
-    )
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("bench", help="training throughput against the hardware")
-    p.add_argument(
-        "--models", type=int, nargs="+", help="model counts M (default 1 8 64 256)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON, one object per M")
-    p.add_argument(
-        "--checkpoint",
-        action="store_true",
-        help="time saving and restoring the state of the last --models M instead",
-    )
-    p.add_argument(
-        "--locate",
-        action="store_true",
-        help="time locating sigma_c^2 (sweeps/locate.toml) against uniform grids",
-    )
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("status", help="progress of a run directory")
-    p.add_argument("run_dir")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("merge", help="combine the run directories of a sharded sweep")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", required=True, help="the merged run directory")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace --out if it exists (never one of the shards)",
-    )
-    p.set_defaults(func=cmd_merge)
-
-    p = sub.add_parser("analyze", help="locate the transitions of a finished sweep")
-    p.add_argument("run_dir", help="a run directory written by phasevae sweep")
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("plot", help="draw the figures of an analysed run")
-    p.add_argument("run_dir", help="a run directory with analysis.json")
-    p.add_argument("--format", default="png", help="png (default), pdf or svg")
-    p.add_argument("--x", default="sigma2", help="phase diagram x axis (a grid axis)")
-    p.add_argument("--y", default="beta", help="phase diagram y axis (a grid axis)")
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser("theory", help="spectrum and predicted transitions, no training")
-    p.add_argument("target", metavar="SPEC|RUN_DIR")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_theory)
-
-    p = sub.add_parser(
-        "validate",
-        help="the transition estimate against long training on the validation suite",
-    )
-    p.add_argument(
-        "--out", default="results/validation", help="where runs and tables go"
-    )
-    p.add_argument("--quick", action="store_true", help="the two test-sized cases")
-    p.add_argument("--case", action="append", default=[], help="only this case")
-    p.set_defaults(func=cmd_validate)
-    return parser
-
-
 # write and read failures that come from the user's environment (exit 2), not from
 # phasevae itself
 _ENVIRONMENT_ERRNOS = {
@@ -601,18 +354,36 @@ _ENVIRONMENT_ERRNOS = {
 }
 
 
+COMMANDS = {
+    "sweep": cmd_sweep,
+    "analyze": cmd_analyze,
+    "plot": cmd_plot,
+    "theory": cmd_theory,
+    "validate": cmd_validate,
+    "merge": cmd_merge,
+    "bench": cmd_bench,
+    "status": cmd_status,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files, never a window
+
+    trains = args.command in ("sweep", "validate")
 
     def on_sigterm(*_):
-        # a flag, not an exception: raised here it could land in a callback that
-        # swallows it; start-up checks it between phases, training at its chunks
+        # training: a flag, not an exception (raised here it could land in a
+        # callback that swallows it); start-up checks it between phases, training
+        # at its chunks. The other commands write nothing but whole files: stop now
         TERM_REQUESTED.set()
+        if not trains:
+            raise Terminated
 
     TERM_REQUESTED.clear()
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except BadInput as e:
         print(f"phasevae: error: {e}", file=sys.stderr)
         return 2
@@ -626,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(
             "phasevae: stopped by SIGTERM before training started; rerun the same "
-            "command to start",
+            "command to start"
+            if trains
+            else f"phasevae: {args.command} stopped by SIGTERM",
             file=sys.stderr,
         )
         return 143

@@ -8,23 +8,20 @@ beta * sigma^2 > lambda_max of the data *as the model sees it*).
 Sources: ``synthetic`` (a given spectrum, Gaussian or not), ``digits`` (scikit-learn's
 8x8 digits), ``patches`` (16x16 grayscale patches of the photographs shipped inside
 scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.cifar`) and
-``array`` (the user's .npy, .npz, .csv or .parquet).
+``array`` (the user's .npy, .npz, .csv or .parquet, read by :mod:`phasevae.arrays`).
 """
 
 from __future__ import annotations
 
-import tokenize
-import warnings
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 
-from phasevae.errors import BadInput
-from phasevae.safeio import brief, check_file
+from phasevae import safeio
+from phasevae.arrays import MEMORY_FRACTION, load_array
+from phasevae.errors import DataError
 from phasevae.spec import DataSpec
 
 # scikit-image's sample photographs that ship inside its wheel (no download), all
@@ -42,11 +39,6 @@ PATCH_IMAGES = (
 )
 PATCH, PATCH_STRIDE = 16, 8
 COMPONENTS_STORED = 8  # principal components kept in meta.json for image data
-MEMORY_FRACTION = 0.5  # refuse data whose float32 copies need more of the free RAM
-
-
-class DataError(BadInput):
-    """A data file or data setting that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -227,130 +219,6 @@ def gray16(images: np.ndarray) -> np.ndarray:
     return luma(images).reshape(n, 16, 2, 16, 2).mean(axis=(2, 4)).reshape(n, 256)
 
 
-def load_array(path: Path, key: str = "") -> np.ndarray:
-    """Read a numeric array from ``.npy``, ``.npz`` (array ``key``), ``.csv`` or
-    ``.parquet``. Pickled objects are never loaded. A CSV may have one header line.
-    Arrays larger than memory allows are refused before they are read."""
-    check_file(path, "data file (data.path)", error=DataError)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            with open(path, "rb") as f:
-                _expect_magic(f, b"\x93NUMPY", path, "an .npy file")
-                _check_memory(_npy_header_size(f), path)
-                f.seek(0)
-                return np.load(f, allow_pickle=False)
-        if suffix == ".npz":
-            with open(path, "rb") as f:
-                _expect_magic(f, b"PK", path, "an .npz (zip) archive")
-                with np.load(f, allow_pickle=False) as archive:
-                    names = list(archive.files)
-                    if not key and len(names) == 1:
-                        key = names[0]
-                    if key not in names:
-                        listed = ", ".join(n[:40] for n in names[:20]) or "(none)"
-                        raise DataError(
-                            f"{path}: set data.key to one of the arrays in the "
-                            f"archive: {listed}{' ...' if len(names) > 20 else ''}"
-                        )
-                    with archive.zip.open(f"{key}.npy") as member:
-                        _check_memory(_npy_header_size(member), path)
-                    return archive[key]
-        if suffix == ".csv":
-            _check_memory(path.stat().st_size // 2, path)  # >= 2 characters per value
-            return _load_csv(path)
-        if suffix == ".parquet":
-            return _load_parquet(path)
-    except DataError:
-        raise
-    except (
-        ValueError,
-        TypeError,
-        SyntaxError,  # numpy parses a damaged .npy header as Python
-        tokenize.TokenError,
-        RecursionError,
-        OSError,
-        EOFError,
-        KeyError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(
-            f"{path}: cannot read as {suffix} ({brief(first, 200)})"
-        ) from None
-    raise DataError(
-        f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .csv or .parquet"
-    )
-
-
-def _expect_magic(f, magic: bytes, path: Path, what: str) -> None:
-    if f.read(len(magic)) != magic:
-        raise DataError(f"{path}: not {what} (its first bytes say otherwise)")
-    f.seek(0)
-
-
-def _npy_header_size(f) -> int:
-    """Number of values in an .npy stream, from its header alone."""
-    fmt = np.lib.format
-    version = fmt.read_magic(f)
-    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, _, _ = read(f)
-    return int(np.prod(shape, dtype=np.int64))
-
-
-def _check_memory(values: int, path: Path) -> None:
-    """Refuse data whose float32 copies (raw, converted, normalised) would not fit in
-    MEMORY_FRACTION of the available RAM: better a message than swapping."""
-    need = 3 * 4 * values
-    avail = available_memory()
-    if avail is not None and need > MEMORY_FRACTION * avail:
-        raise DataError(
-            f"{path}: {values:,} values need about {need / 2**30:.1f} GiB as float32 "
-            f"copies, more than half of the {avail / 2**30:.1f} GiB of free memory; "
-            "subsample the data first"
-        )
-
-
-def available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _load_csv(path: Path) -> np.ndarray:
-    for skip in (0, 1):  # a header line is allowed
-        try:
-            with warnings.catch_warnings():  # "input contained no data"
-                warnings.simplefilter("ignore")
-                x = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
-        except ValueError as e:
-            err = e
-            continue
-        if x.size == 0:
-            raise DataError(f"{path}: the CSV holds no data rows")
-        return x
-    first = (str(err).strip().splitlines() or ["?"])[0]
-    raise DataError(f"{path}: the CSV holds a non-numeric value ({brief(first, 200)})")
-
-
-def _load_parquet(path: Path) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    meta = pq.read_metadata(path)
-    _check_memory(meta.num_rows * meta.num_columns, path)
-    table = pq.read_table(path).to_pandas()
-    bad = [c for c in table.columns if table[c].dtype.kind not in "fiub"]
-    if bad:
-        raise DataError(f"{path}: non-numeric columns {bad}; keep only numeric columns")
-    return table.to_numpy()
-
-
 def check_array(x: np.ndarray, what: str) -> np.ndarray:
     """Reject arrays that cannot be training data; return float32."""
     if x.dtype.kind not in "fiub":
@@ -365,7 +233,7 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
     if x.shape[1] < 1:
         raise DataError(f"{what}: data has no features")
     need = 3 * 8 * x.shape[1] ** 2  # the covariance, its eigenvectors, workspace
-    avail = available_memory()
+    avail = safeio.available_memory()
     if avail is not None and need > MEMORY_FRACTION * avail:
         raise DataError(
             f"{what}: {x.shape[1]:,} features need a {x.shape[1]:,} x {x.shape[1]:,} "

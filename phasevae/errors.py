@@ -12,6 +12,10 @@ class BadInput(Exception):
     """
 
 
+class DataError(BadInput):
+    """A data file or data setting that cannot be used."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived before training started. A BaseException, as
     KeyboardInterrupt, so that no ``except Exception`` eats it."""

@@ -17,7 +17,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from phasevae.data import Dataset, available_memory
+from phasevae import safeio
+from phasevae.data import Dataset
 from phasevae.errors import BadInput
 from phasevae.plan import estimate_bytes, static_config
 from phasevae.spec import Spec
@@ -222,6 +223,29 @@ def device_memory(place: Placement) -> int | None:
     stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
-    free = available_memory()
+    free = safeio.available_memory()
     local = len(place.shard.addressable_devices)
     return None if free is None else free // local
+
+
+def init_distributed(args) -> bool:
+    """Join a multi-process JAX job if ``args`` (the command line's
+    ``--num-processes``, ``--coordinator``, ``--process-id``, ``--distributed``) ask
+    for one; True for the process that writes."""
+    if args.num_processes is None and not args.distributed:
+        return True
+    # CPU processes talk through gloo; accelerators use their own collectives
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.num_processes is None:  # auto-detect (TPU pods, SLURM, ...)
+        jax.distributed.initialize()
+    else:
+        if args.coordinator is None or args.process_id is None:
+            raise BadInput("--num-processes needs --coordinator and --process-id too")
+        if not 0 <= args.process_id < args.num_processes:
+            raise BadInput("--process-id must be in 0 .. --num-processes - 1")
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    return jax.process_index() == 0

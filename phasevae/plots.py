@@ -1,163 +1,47 @@
-"""Figures from a run directory's stored tables and analysis.json. No JAX, no training.
+"""Figures from a run directory's stored tables and analysis.json: the KL, ELBO and
+latent-variance curves against sigma^2 with their fits and derivatives, training
+curves near the transition, the data's components, the learned variance; and every
+figure of a run at once (:func:`figures`, :func:`write_figures`). No JAX, no training.
 
-Points are the per-point values the analysis fitted (means of the last evaluations,
-latent dims ranked by KL, see :mod:`phasevae.analysis`); fitted curves and boundaries
-are read from analysis.json, never refitted here. Sizes suit a paper: 3.4 in per panel
-column; colour maps are perceptually uniform (viridis, cividis) and stay readable in
+Colour maps are perceptually uniform (viridis, cividis) and stay readable in
 greyscale.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
-import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend
-    matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import (  # noqa: E402
-    FixedLocator,
-    FormatStrFormatter,
-    NullLocator,
+from phasevae import theory
+from phasevae.diagrams import (
+    hysteresis_figure,
+    phase_diagram,
+    remedy_figure,
+    scaling_figure,
 )
-
-from phasevae import theory  # noqa: E402
-from phasevae.analysis import GRID_AXES, rank_dims, settle  # noqa: E402
-from phasevae.errors import BadInput  # noqa: E402
-from phasevae.spec import Range, Spec  # noqa: E402
-from phasevae.store import RunDir, RunDirError  # noqa: E402
-
-COLUMN_IN = 3.4  # width of one paper column, inches
-MAX_PANELS = 4  # transitions drawn side by side; more are subsampled evenly
-KL_FLOOR = 1e-4  # nats: where log axes bottom out
-
-
-class PlotError(BadInput):
-    """A plot request that cannot be drawn from the run directory as it is."""
-
-
-@dataclass
-class RunData:
-    """What the figures read: the run's tables, per-point values and analysis."""
-
-    name: str
-    spec: Spec
-    meta: dict
-    metrics: pd.DataFrame
-    points: pd.DataFrame  # one row per point: the values the analysis fitted
-    analysis: dict
-
-    @property
-    def title(self) -> str:
-        return self.wrapped_title(70)
-
-    def wrapped_title(self, width: int) -> str:
-        text = f"{self.name}: {self.meta['spectrum']['description']}"
-        return "\n".join(textwrap.wrap(text, width))
-
-    @property
-    def k(self) -> int:
-        return self.spec.model.latent_dim
-
-    def group_axes(self) -> list[str]:
-        return [
-            a for a in GRID_AXES if a in self.points and a not in ("sigma2", "seed")
-        ]
-
-    def curve(self, transition: dict) -> pd.DataFrame:
-        """Points (all seeds) of one transition's curve, diverged ones left out."""
-        mask = ~self.points["diverged"]
-        for a in self.group_axes():
-            if isinstance(transition[a], str):
-                mask &= self.points[a] == transition[a]
-            else:
-                mask &= np.isclose(self.points[a], transition[a])
-        return self.points[mask].sort_values("sigma2")
-
-
-def load(run_dir: str | Path) -> RunData:
-    """Read a finished, analysed run directory.
-
-    Raises:
-      PlotError / RunDirError: missing directory, no metrics or no analysis.json.
-    """
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise RunDirError(f"run directory {run.path} does not exist")
-    path = run.path / "analysis.json"
-    if not path.exists():
-        raise PlotError(
-            f"{run.path} has no analysis.json; run `phasevae analyze {run.path}` first"
-        )
-    spec, meta, metrics = run.spec(), run.meta(), run.metrics()
-    analysis = json.loads(path.read_text())
-    k = spec.model.latent_dim
-    columns = ["kl", *(f"kl_dim_{j}" for j in range(k)), "mi", "elbo"]
-    columns += [f"var_dim_{j}" for j in range(k)]
-    points = rank_dims(settle(metrics, columns), k)
-    kl = points[[f"kl_dim_{j}" for j in range(k)]].to_numpy()
-    var = points[[f"var_dim_{j}" for j in range(k)]].to_numpy()
-    ranked = np.take_along_axis(var, np.argsort(-kl, axis=1), axis=1)
-    for r in range(k):
-        points[f"var_rank_{r}"] = ranked[:, r]
-    return RunData(run.path.name, spec, meta, metrics, points, analysis)
-
-
-def _transition_panels(rd: RunData, rows: int, height: float):
-    """One column per transition (at most MAX_PANELS, evenly chosen)."""
-    ts = rd.analysis["transitions"]
-    if len(ts) > MAX_PANELS:
-        idx = np.linspace(0, len(ts) - 1, MAX_PANELS).round().astype(int)
-        ts = [ts[i] for i in idx]
-    fig, axs = plt.subplots(
-        rows,
-        len(ts),
-        figsize=(COLUMN_IN * len(ts), height),
-        squeeze=False,
-        sharex="col",
-        layout="constrained",
-    )
-    return ts, fig, axs
-
-
-def _label(t: dict, axes: list[str]) -> str:
-    return ", ".join(f"{_AXIS_LABEL.get(a, a)} = {_value(t[a])}" for a in axes)
-
-
-def _value(v) -> str:
-    return v if isinstance(v, str) else f"{v:g}"
-
-
-_AXIS_LABEL = {
-    "sigma2": r"$\sigma^2$",
-    "beta": r"$\beta$",
-    "learning_rate": "learning rate",
-    "seed": "seed",
-    "kl_warmup_steps": "KL warm-up steps",
-    "decoder_init_scale": "decoder init scale",
-    "decoder": "decoder hidden widths",
-    "skip": "skip path",
-}
+from phasevae.plotbase import (
+    COLUMN_IN,
+    KL_FLOOR,
+    REMEDY_AXES,
+    PlotError,
+    RunData,
+    label,
+    load,
+    transition_panels,
+)
 
 
 def kl_figure(rd: RunData) -> Figure:
     """KL vs sigma^2 with the fitted piecewise function, the transition and its
     interval, the prediction, and the fit's first and second derivatives in sigma^2
     (paper Fig. 2c / eqs 28-29)."""
-    ts, fig, axs = _transition_panels(rd, rows=3, height=6.2)
+    ts, fig, axs = transition_panels(rd, rows=3, height=6.2)
     for col, t in enumerate(ts):
         ax, d1, d2 = axs[:, col]
         pts = rd.curve(t)
@@ -194,7 +78,7 @@ def kl_figure(rd: RunData) -> Figure:
             )
         ax.set_xscale("log")
         ax.set_ylabel("KL (nats)")
-        title = _label(t, rd.group_axes())
+        title = label(t, rd.group_axes())
         if s2c:
             lo, hi = t["ci"] or (math.nan, math.nan)
             title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
@@ -265,7 +149,7 @@ def elbo_figure(rd: RunData) -> Figure:
 def variance_figure(rd: RunData) -> Figure:
     """Mean encoder variance of each latent dim (ranked by KL) vs sigma^2: each
     reaches 1 at its own threshold, marked (paper Fig. 2b)."""
-    ts, fig, axs = _transition_panels(rd, rows=1, height=2.8)
+    ts, fig, axs = transition_panels(rd, rows=1, height=2.8)
     for ax, t in zip(axs[0], ts, strict=True):
         pts = rd.curve(t)
         for r in range(rd.k):
@@ -276,153 +160,9 @@ def variance_figure(rd: RunData) -> Figure:
         ax.set_ylim(-0.03, 1.1)
         ax.set_xlabel(r"decoder variance $\sigma^2$ (dashed: $\lambda_i/\beta$)")
         ax.set_ylabel(r"mean encoder variance $s_j^2$")
-        ax.set_title(_label(t, rd.group_axes()), fontsize=9)
+        ax.set_title(label(t, rd.group_axes()), fontsize=9)
     axs[0, 0].legend(fontsize=7, frameon=False, title="by KL rank", title_fontsize=7)
     fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
-    return fig
-
-
-def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
-    """Heat map of KL over two grid axes (others averaged), unsettled points marked;
-    over (sigma^2, beta) also the measured boundary with its interval, the predicted
-    beta sigma^2 = lambda_max and the per-dim lines beta sigma^2 = lambda_i."""
-    grid_axes = [a for a in GRID_AXES if a in rd.points]
-    for a in (x, y):
-        if a not in grid_axes:
-            raise PlotError(
-                f"--x/--y: {a!r} is not a grid axis; choose from {grid_axes}"
-            )
-        if rd.points[a].nunique() < 2:
-            raise PlotError(f"--x/--y: the grid has a single {a} value; nothing to map")
-    if x == y:
-        raise PlotError("--x and --y must be different axes")
-    pts = rd.points[~rd.points["diverged"]]
-    names = {}  # a static axis ("decoder", "skip") is drawn at positions 0, 1, ...
-    for a in (x, y):
-        if isinstance(pts[a].iloc[0], str):
-            names[a] = list(dict.fromkeys(rd.points[a]))
-            pts = pts.assign(**{a: pts[a].map({n: i for i, n in enumerate(names[a])})})
-    table = pts.pivot_table(index=y, columns=x, values="kl", aggfunc="mean")
-    xs, ys = table.columns.to_numpy(float), table.index.to_numpy(float)
-    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.3, 3.3), layout="constrained")
-    x_edges, y_edges = _edges(xs, _is_log(rd, x)), _edges(ys, _is_log(rd, y))
-    mesh = ax.pcolormesh(
-        x_edges,
-        y_edges,
-        np.maximum(table.to_numpy(), KL_FLOOR),
-        cmap="viridis",
-        norm=LogNorm(vmin=KL_FLOOR, vmax=max(table.to_numpy().max(), 10 * KL_FLOOR)),
-    )
-    fig.colorbar(mesh, ax=ax, label="KL (nats)")
-    unsettled = pts[~pts["settled"]]
-    if len(unsettled):
-        ax.plot(unsettled[x], unsettled[y], "x", color="w", ms=4, label="not settled")
-    if {x, y} == {"sigma2", "beta"}:
-        _boundaries(ax, rd, swap=x == "beta", ys=ys if x == "sigma2" else xs)
-    for a, setter in ((x, ax.set_xscale), (y, ax.set_yscale)):
-        if _is_log(rd, a):
-            setter("log")
-    ax.set_xlim(x_edges[0], x_edges[-1])
-    ax.set_ylim(y_edges[0], y_edges[-1])
-    ax.set_xlabel(_AXIS_LABEL.get(x, x))
-    ax.set_ylabel(_AXIS_LABEL.get(y, y))
-    for a, axis in ((x, ax.xaxis), (y, ax.yaxis)):
-        if a in names:
-            axis.set_major_locator(FixedLocator(range(len(names[a]))))
-            axis.set_ticklabels(names[a])
-            axis.set_minor_locator(NullLocator())
-        elif not isinstance(getattr(rd.spec.grid, a, None), Range) and _is_log(rd, a):
-            values = table.columns if axis is ax.xaxis else table.index
-            axis.set_major_locator(FixedLocator(np.asarray(values, float)))
-            axis.set_major_formatter(FormatStrFormatter("%g"))
-            axis.set_minor_locator(NullLocator())
-    if ax.get_legend_handles_labels()[0]:  # nothing unsettled and no boundary: none
-        fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
-    ax.set_title(rd.title, fontsize=7)
-    return fig
-
-
-def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
-    """Draw on a (sigma2, beta) map; ``swap`` when beta is on the x axis."""
-    ev = rd.analysis["spectrum"]["eigenvalues"]
-    betas = np.geomspace(ys.min(), ys.max(), 100)
-    found = [t for t in rd.analysis["transitions"] if t["sigma2_c"] is not None]
-    outline = [patheffects.withStroke(linewidth=2.4, foreground="k")]
-
-    def xy(s2, b):
-        return (b, s2) if swap else (s2, b)
-
-    ax.plot(
-        *xy(ev[0] / betas, betas),
-        "w--",
-        lw=1.2,
-        path_effects=outline,
-        label=r"predicted $\beta\sigma^2=\lambda_{max}$",
-    )
-    for i, lam in enumerate(ev[1 : rd.k]):
-        ax.plot(
-            *xy(lam / betas, betas),
-            "w:",
-            lw=1,
-            path_effects=outline,
-            label=r"$\beta\sigma^2=\lambda_i$, $i > 1$" if i == 0 else None,
-        )
-    if found:
-        s2c = np.array([t["sigma2_c"] for t in found])
-        b = np.array([t["beta"] for t in found])
-        err = np.array(
-            [
-                [s - (t["ci"] or [s])[0], (t["ci"] or [s, s])[1] - s]
-                for s, t in zip(s2c, found, strict=True)
-            ]
-        ).T
-        kw = {"yerr": err} if swap else {"xerr": err}
-        ax.errorbar(
-            *xy(s2c, b),
-            **kw,
-            fmt="o",
-            color="C3",
-            ms=4,
-            mec="w",
-            label="measured boundary",
-            gid="measured-boundary",
-        )
-
-
-def scaling_figure(rd: RunData) -> Figure:
-    """KL against theta = beta sigma^2 for every beta: one curve if scaling holds."""
-    fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.8), layout="constrained")
-    pts = rd.points[~rd.points["diverged"]]
-    ev = rd.analysis["spectrum"]["eigenvalues"]
-    for i, (beta, g) in enumerate(pts.groupby("beta")):
-        m = g.groupby("sigma2")["kl"].mean()
-        ax.plot(m.index * beta, m, "o", ms=3, color=f"C{i}", label=rf"$\beta$={beta:g}")
-    theta = np.geomspace(
-        (pts["sigma2"] * pts["beta"]).min(), (pts["sigma2"] * pts["beta"]).max(), 300
-    )
-    ax.plot(
-        theta,
-        theory.kl_per_dim(ev, theta, 1.0, rd.k).sum(-1),
-        "k-",
-        lw=1,
-        label="linear-VAE optimum",
-    )
-    ax.axvline(ev[0], color="k", ls="--", lw=1, label=r"$\lambda_{max}$")
-    s = rd.analysis.get("scaling")
-    if s and s.get("rms_spread") is not None:
-        ax.text(
-            0.97,
-            0.42,
-            f"RMS spread {s['rms_spread']:.3g} nats",
-            transform=ax.transAxes,
-            ha="right",
-            fontsize=7,
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel(r"$\theta = \beta\sigma^2$")
-    ax.set_ylabel("KL (nats)")
-    ax.legend(fontsize=7, frameon=False, loc="upper right")
-    ax.set_title(rd.wrapped_title(55), fontsize=7)
     return fig
 
 
@@ -462,7 +202,7 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     ax.set_ylabel("KL (nats)")
     ax.legend(fontsize=6, frameon=False, ncol=2)
     ax.set_title(
-        f"{rd.name}: {_label(t, rd.group_axes())}, seed {seed}; "
+        f"{rd.name}: {label(t, rd.group_axes())}, seed {seed}; "
         rf"$\sigma_c^2$ = {center:.3g}",
         fontsize=7,
     )
@@ -493,104 +233,6 @@ def components_figure(rd: RunData, count: int = 8) -> Figure:
             ax.imshow(img, cmap="gray", vmin=-lim, vmax=lim)
             ax.set_title(rf"$\lambda_{{{i + 1}}}$ = {ev[i]:.3g}", fontsize=7)
     fig.suptitle(f"{rd.title}\nleading principal components", fontsize=7)
-    return fig
-
-
-REMEDY_AXES = (
-    "learning_rate",
-    "kl_warmup_steps",
-    "decoder_init_scale",
-    "decoder",  # static axes: categorical, drawn at positions 0, 1, ...
-    "skip",
-)
-
-
-def remedy_figure(rd: RunData, axis: str) -> Figure:
-    """theta_c = beta sigma_c^2 with its 95 % interval against a remedy's strength,
-    one line per value of the other axes, and the prediction lambda_max: does the
-    remedy move the boundary? Strengths without a transition in the grid are marked
-    at the top."""
-    lam = rd.analysis["spectrum"]["lambda_max"]
-    ts = pd.DataFrame(rd.analysis["transitions"])
-    others = [a for a in rd.group_axes() if a != axis and rd.points[a].nunique() > 1]
-    fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.9), layout="constrained")
-    categorical = isinstance(ts[axis].iloc[0], str)  # a static axis: "decoder"
-    names = list(dict.fromkeys(ts[axis])) if categorical else []
-    positions = {n: i for i, n in enumerate(names)}
-    groups = ts.groupby(others) if others else [((), ts)]
-    for i, (key, g) in enumerate(groups):
-        g = g.sort_values(axis)
-        if categorical:
-            g = g.assign(**{axis: g[axis].map(positions)})
-        found = g[g["sigma2_c"].notna()]
-        theta = found["sigma2_c"] * found["beta"]
-        pairs = zip(found["ci"], found["sigma2_c"], strict=True)
-        ci = [c if c else [s, s] for c, s in pairs]
-        lo = np.array([c[0] for c in ci]) * found["beta"]
-        hi = np.array([c[1] for c in ci]) * found["beta"]
-        key = key if isinstance(key, tuple) else (key,)
-        values = dict(zip(others, key, strict=True))
-        ax.errorbar(
-            found[axis],
-            theta,
-            yerr=[theta - lo, hi - theta],
-            fmt="o-",
-            ms=3,
-            color=f"C{i}",
-            label=_label(values, others) or "measured",
-        )
-        missing = g[g["sigma2_c"].isna()]
-        if len(missing):
-            top = lam * 1.5
-            ax.plot(missing[axis], [top] * len(missing), "^", color=f"C{i}")
-    ax.axhline(lam, color="k", ls="--", lw=1, label=r"predicted $\lambda_{max}$")
-    if categorical:
-        ax.set_xticks(range(len(names)), names)
-    elif _is_log(rd, axis):
-        ax.set_xscale("log")
-    ax.set_xlabel(_AXIS_LABEL.get(axis, axis))
-    ax.set_ylabel(r"$\theta_c = \beta\sigma_c^2$")
-    fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
-    ax.set_title(rd.title, fontsize=7)
-    return fig
-
-
-def hysteresis_figure(rd: RunData) -> Figure:
-    """KL of the sweep up sigma^2 and of the sweep down (each point warm-started from
-    the one before it), the area between them and where they part."""
-    hs = rd.analysis["hysteresis"]
-    fig, axs = plt.subplots(
-        1,
-        len(hs),
-        figsize=(COLUMN_IN * max(1, len(hs)), 2.9),
-        squeeze=False,
-        layout="constrained",
-    )
-    axes = [
-        a for a in rd.group_axes() if a != "direction" and rd.points[a].nunique() > 1
-    ]
-    for ax, h in zip(axs[0], hs, strict=True):
-        s2 = np.array(h["sigma2"])
-        ax.plot(s2, h["kl_up"], ">-", ms=3, color="C0", label=r"up $\sigma^2$")
-        ax.plot(s2, h["kl_down"], "<-", ms=3, color="C1", label=r"down $\sigma^2$")
-        ax.fill_between(s2, h["kl_up"], h["kl_down"], color="0.7", alpha=0.5, lw=0)
-        if h["parted"]:
-            ax.axvspan(*h["parted"], color="C3", alpha=0.12, lw=0, label="parted")
-        ax.set_xscale("log")
-        ax.set_xlabel(_AXIS_LABEL["sigma2"])
-        ax.set_ylabel("KL (nats)")
-        ax.set_title(
-            f"{_label(h, axes)}\narea {h['area']:.3g} nats, "
-            f"largest gap {h['max_gap']:.3g}",
-            fontsize=7,
-        )
-    fig.legend(
-        *axs[0, 0].get_legend_handles_labels(),
-        loc="outside lower center",
-        ncol=3,
-        fontsize=6,
-        frameon=False,
-    )
     return fig
 
 
@@ -679,26 +321,3 @@ def write_figures(
         tmp.replace(path)
         paths[name] = path
     return paths
-
-
-def _is_log(rd: RunData, axis: str) -> bool:
-    """A range axis uses its own scale; a list is log when positive and spanning at
-    least a factor 3."""
-    spec_axis = getattr(rd.spec.grid, axis, None)
-    if isinstance(spec_axis, Range):
-        return spec_axis.scale == "log"
-    if isinstance(rd.points[axis].iloc[0], str):
-        return False
-    values = rd.points[axis].to_numpy(float)
-    return axis != "seed" and values.min() > 0 and values.max() >= 3 * values.min()
-
-
-def _edges(centers: np.ndarray, log: bool) -> np.ndarray:
-    """Cell edges around sorted centres (geometric midpoints on a log axis)."""
-    c = np.log(centers) if log else centers.astype(float)
-    if len(c) == 1:
-        e = np.array([c[0] - 0.5, c[0] + 0.5])
-    else:
-        mid = (c[1:] + c[:-1]) / 2
-        e = np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
-    return np.exp(e) if log else e

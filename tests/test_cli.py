@@ -289,24 +289,26 @@ def test_bad_sweep_arguments_are_refused_before_any_work(
 def test_a_failed_write_is_a_message_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     import errno
 
-    import phasevae.store as store
+    import phasevae.safeio as safeio
 
     spec, out = write_spec(tmp_path), tmp_path / "run"
-    real = store.atomic_write
+    real = safeio.atomic_write
     calls = []
 
     def disk_full(path, write):
+        # the checkpoint's digest, written by the thread that seals a save once
+        # orbax has written it: the error must reach the command all the same
         calls.append(path.name)
-        if path.name == "state.npz":
+        if path.parent.name == "checkpoints":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, write)
 
-    monkeypatch.setattr(store, "atomic_write", disk_full)
+    monkeypatch.setattr(safeio, "atomic_write", disk_full)
     assert main(["sweep", str(spec), "--out", str(out), "--checkpoint-every", "0"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "rerun to resume" in err
     assert "Traceback" not in err
-    monkeypatch.setattr(store, "atomic_write", real)
+    monkeypatch.setattr(safeio, "atomic_write", real)
     assert main(["sweep", str(spec), "--out", str(out)]) == 0
     assert json.loads((out / "meta.json").read_text())["status"] == "complete"
 
@@ -384,3 +386,20 @@ def test_an_installed_copy_without_git_names_its_commit_from_its_version(monkeyp
     assert loop._git_revision() == "ab12cd3"
     monkeypatch.setattr(loop.metadata, "version", lambda _: "0.2.0")  # a release
     assert loop._git_revision() is None
+
+
+def test_sigterm_stops_a_bench_at_once(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phasevae.cli", "bench", "--models", "64"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3.0)  # importing JAX, compiling
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "bench stopped by SIGTERM" in err and "Traceback" not in err

@@ -150,10 +150,10 @@ def test_bad_data_is_a_clear_error(tmp_path, kind, message, recwarn):
 
 
 def test_too_many_features_for_the_spectrum_are_refused(tmp_path, monkeypatch):
-    import phasevae.data as data
+    import phasevae.safeio as safeio
 
     np.save(tmp_path / "wide.npy", np.ones((2, 3000), np.float32))
-    monkeypatch.setattr(data, "available_memory", lambda: 2**28)
+    monkeypatch.setattr(safeio, "available_memory", lambda: 2**28)
     with pytest.raises(DataError, match="3,000 x 3,000 covariance"):
         load_dataset(DataSpec(source="array", path=str(tmp_path / "wide.npy")))
 
@@ -209,13 +209,13 @@ def test_parquet_and_global_normalisation(tmp_path):
 
 
 def test_data_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
-    import phasevae.data as data
+    import phasevae.safeio as safeio
 
     np.save(tmp_path / "big.npy", np.zeros((1000, 100), np.float32))
-    monkeypatch.setattr(data, "available_memory", lambda: 2 * 3 * 4 * 1000 * 100 - 1)
+    monkeypatch.setattr(safeio, "available_memory", lambda: 2 * 3 * 4 * 1000 * 100 - 1)
     with pytest.raises(DataError, match="free memory; subsample"):
         load_dataset(DataSpec(source="array", path=str(tmp_path / "big.npy")))
-    monkeypatch.setattr(data, "available_memory", lambda: 2 * 3 * 4 * 1000 * 100 + 8)
+    monkeypatch.setattr(safeio, "available_memory", lambda: 2 * 3 * 4 * 1000 * 100 + 8)
     assert load_dataset(
         DataSpec(source="array", path=str(tmp_path / "big.npy"))
     ).x.shape == (1000, 100)

@@ -59,3 +59,9 @@ def test_no_module_imports_a_private_name_of_another():
         if t != m and name.startswith("_") and t != "__init__"
     ]
     assert not private, private
+
+
+def test_every_module_stays_readable_in_one_sitting():
+    """One stage per module, each about 400 lines at most (issue 14)."""
+    sizes = {p.stem: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda kv: -kv[1])

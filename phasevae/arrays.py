@@ -1,0 +1,134 @@
+"""Reading the user's array files (``data.source = "array"``): .npy, .npz, .csv and
+.parquet, checked before they are read: a regular file, the format's first bytes, and
+a size that fits in memory (from the header alone where the format has one). Pickled
+objects are never loaded.
+"""
+
+from __future__ import annotations
+
+import tokenize
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from phasevae import safeio
+from phasevae.errors import DataError
+from phasevae.safeio import brief, check_file
+
+MEMORY_FRACTION = 0.5  # refuse data whose float32 copies need more of the free RAM
+
+
+def load_array(path: Path, key: str = "") -> np.ndarray:
+    """Read a numeric array from ``.npy``, ``.npz`` (array ``key``), ``.csv`` or
+    ``.parquet``. Pickled objects are never loaded. A CSV may have one header line.
+    Arrays larger than memory allows are refused before they are read."""
+    check_file(path, "data file (data.path)", error=DataError)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            with open(path, "rb") as f:
+                _expect_magic(f, b"\x93NUMPY", path, "an .npy file")
+                check_memory(_npy_header_size(f), path)
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+        if suffix == ".npz":
+            with open(path, "rb") as f:
+                _expect_magic(f, b"PK", path, "an .npz (zip) archive")
+                with np.load(f, allow_pickle=False) as archive:
+                    names = list(archive.files)
+                    if not key and len(names) == 1:
+                        key = names[0]
+                    if key not in names:
+                        listed = ", ".join(n[:40] for n in names[:20]) or "(none)"
+                        raise DataError(
+                            f"{path}: set data.key to one of the arrays in the "
+                            f"archive: {listed}{' ...' if len(names) > 20 else ''}"
+                        )
+                    with archive.zip.open(f"{key}.npy") as member:
+                        check_memory(_npy_header_size(member), path)
+                    return archive[key]
+        if suffix == ".csv":
+            check_memory(path.stat().st_size // 2, path)  # >= 2 characters per value
+            return _load_csv(path)
+        if suffix == ".parquet":
+            return _load_parquet(path)
+    except DataError:
+        raise
+    except (
+        ValueError,
+        TypeError,
+        SyntaxError,  # numpy parses a damaged .npy header as Python
+        tokenize.TokenError,
+        RecursionError,
+        OSError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(
+            f"{path}: cannot read as {suffix} ({brief(first, 200)})"
+        ) from None
+    raise DataError(
+        f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .csv or .parquet"
+    )
+
+
+def _expect_magic(f, magic: bytes, path: Path, what: str) -> None:
+    if f.read(len(magic)) != magic:
+        raise DataError(f"{path}: not {what} (its first bytes say otherwise)")
+    f.seek(0)
+
+
+def _npy_header_size(f) -> int:
+    """Number of values in an .npy stream, from its header alone."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, _ = read(f)
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def check_memory(values: int, path: Path) -> None:
+    """Refuse data whose float32 copies (raw, converted, normalised) would not fit in
+    MEMORY_FRACTION of the available RAM: better a message than swapping."""
+    need = 3 * 4 * values
+    avail = safeio.available_memory()
+    if avail is not None and need > MEMORY_FRACTION * avail:
+        raise DataError(
+            f"{path}: {values:,} values need about {need / 2**30:.1f} GiB as float32 "
+            f"copies, more than half of the {avail / 2**30:.1f} GiB of free memory; "
+            "subsample the data first"
+        )
+
+
+def _load_csv(path: Path) -> np.ndarray:
+    for skip in (0, 1):  # a header line is allowed
+        try:
+            with warnings.catch_warnings():  # "input contained no data"
+                warnings.simplefilter("ignore")
+                x = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
+        except ValueError as e:
+            err = e
+            continue
+        if x.size == 0:
+            raise DataError(f"{path}: the CSV holds no data rows")
+        return x
+    first = (str(err).strip().splitlines() or ["?"])[0]
+    raise DataError(f"{path}: the CSV holds a non-numeric value ({brief(first, 200)})")
+
+
+def _load_parquet(path: Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    check_memory(meta.num_rows * meta.num_columns, path)
+    table = pq.read_table(path).to_pandas()
+    bad = [c for c in table.columns if table[c].dtype.kind not in "fiub"]
+    if bad:
+        raise DataError(f"{path}: non-numeric columns {bad}; keep only numeric columns")
+    return table.to_numpy()

@@ -1,0 +1,124 @@
+"""The command line's arguments: the parser of every ``phasevae`` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def version_text() -> str:
+    from importlib import metadata
+
+    try:
+        return f"phasevae {metadata.version('phasevae')}"
+    except metadata.PackageNotFoundError:
+        return "phasevae (not installed: no version)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phasevae",
+        description="Phase diagrams of posterior collapse in VAEs: train grids of "
+        "VAEs in one vmapped JAX program and locate the collapse transition.",
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sweep", help="train a grid of VAEs and write a run directory")
+    p.add_argument(
+        "spec", nargs="?", help="sweep spec (TOML); default: built-in default"
+    )
+    p.add_argument("--out", help="run directory (default: runs/<spec name>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key with a TOML value, e.g. --set grid.beta=[0.5,1.0]",
+    )
+    p.add_argument(
+        "--diverged-status",
+        type=int,
+        default=2,
+        metavar="CODE",
+        help="exit status of a run that completed with some models diverged "
+        "(default 2, as for bad input; a scheduler that must tell the two apart can "
+        "ask for another, e.g. 3, or 0)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="least time between checkpoints (default 30; 0: after every chunk)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="train only shard I of N of the grid (by point id), e.g. for array jobs",
+    )
+    g = p.add_argument_group("multi-process JAX (TPU pods, multi-GPU hosts)")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process job, its settings detected (TPU, SLURM, ...)",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", type=int, metavar="N")
+    g.add_argument("--process-id", type=int, metavar="I")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print grid size, memory per device and a timed estimate; train nothing",
+    )
+
+    p = sub.add_parser("bench", help="training throughput against the hardware")
+    p.add_argument(
+        "--models", type=int, nargs="+", help="model counts M (default 1 8 64 256)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON, one object per M")
+    p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="time saving and restoring the state of the last --models M instead",
+    )
+    p.add_argument(
+        "--locate",
+        action="store_true",
+        help="time locating sigma_c^2 (sweeps/locate.toml) against uniform grids",
+    )
+
+    p = sub.add_parser("status", help="progress of a run directory")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("merge", help="combine the run directories of a sharded sweep")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="the merged run directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if it exists (never one of the shards)",
+    )
+
+    p = sub.add_parser("analyze", help="locate the transitions of a finished sweep")
+    p.add_argument("run_dir", help="a run directory written by phasevae sweep")
+
+    p = sub.add_parser("plot", help="draw the figures of an analysed run")
+    p.add_argument("run_dir", help="a run directory with analysis.json")
+    p.add_argument("--format", default="png", help="png (default), pdf or svg")
+    p.add_argument("--x", default="sigma2", help="phase diagram x axis (a grid axis)")
+    p.add_argument("--y", default="beta", help="phase diagram y axis (a grid axis)")
+
+    p = sub.add_parser("theory", help="spectrum and predicted transitions, no training")
+    p.add_argument("target", metavar="SPEC|RUN_DIR")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser(
+        "validate",
+        help="the transition estimate against long training on the validation suite",
+    )
+    p.add_argument(
+        "--out", default="results/validation", help="where runs and tables go"
+    )
+    p.add_argument("--quick", action="store_true", help="the two test-sized cases")
+    p.add_argument("--case", action="append", default=[], help="only this case")
+    return parser

@@ -1,0 +1,111 @@
+"""What the command line prints besides plain lines: the progress bar, the transition
+table of ``phasevae analyze`` and the hint after a divergence."""
+
+from __future__ import annotations
+
+import sys
+
+
+class ProgressBar:
+    """One line per chunk on a terminal (redrawn in place), ~20 lines otherwise."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30, unit: str = "chunks"):
+        self.stream, self.width, self.unit = stream, width, unit
+        self.tty = stream.isatty()
+        self.last_shown = -1.0
+
+    def __call__(self, done: int, total: int, elapsed: float) -> None:
+        frac = done / total
+        if not self.tty and done < total and frac - self.last_shown < 0.05:
+            return
+        self.last_shown = frac
+        fill = round(self.width * frac)
+        eta = f"{elapsed / done * (total - done):6.1f} s" if done else "     ?"
+        line = (
+            f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} {self.unit}  "
+            f"{elapsed:6.1f} s elapsed  ETA {eta}"
+        )
+        end = "\n" if done == total or not self.tty else ""
+        self.stream.write(("\r" if self.tty else "") + line + end)
+        self.stream.flush()
+
+
+def divergence_hint(spectrum: dict, spec) -> str:
+    """What to change: the data's scale when it is far from 1, else the step size."""
+    if spectrum["lambda_max"] > 1e3 and spec.data.normalize in ("none", "center"):
+        return (
+            f"The data's largest variance is {spectrum['lambda_max']:.3g} with "
+            f"normalize = '{spec.data.normalize}': set data.normalize = 'standardize' "
+            "(tables) or 'unit' (images) to train on a workable scale."
+        )
+    return "Lower the learning rate or remove those grid points."
+
+
+def transition_table(result: dict) -> str:
+    import pandas as pd
+
+    rows = []
+    for t in result["transitions"]:
+        axes = {k: t[k] for k in ("beta", "learning_rate") if k in t}
+        later = {"kl_warmup_steps": 0.0, "decoder_init_scale": 1.0}
+        axes.update({k: t[k] for k, d in later.items() if t.get(k, d) != d})
+        axes.update({k: t[k] for k in ("direction", "decoder", "skip") if k in t})
+        ci = t["ci"] or [float("nan")] * 2
+        rows.append(
+            {
+                **axes,
+                "sigma2_c": t["sigma2_c"],
+                "ci_low": ci[0],
+                "ci_high": ci[1],
+                "predicted": t["theory_sigma2_c"],
+                "rel_err_%": None if t["rel_error"] is None else 100 * t["rel_error"],
+                "verdict": t["verdict"],
+                "dims_c": " ".join(
+                    "-" if d["sigma2_c"] is None else f"{d['sigma2_c']:.3g}"
+                    for d in t["per_dim"]
+                ),
+                "dims_theory": " ".join(f"{d['theory']:.3g}" for d in t["per_dim"]),
+            }
+        )
+    table = pd.DataFrame(rows).to_string(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"
+    )
+    notes = [
+        f"  {t.get('beta', 1.0):g}: train longer over sigma^2 in "
+        f"[{t['train_longer']['sigma2'][0]:.4g}, {t['train_longer']['sigma2'][1]:.4g}]"
+        f", to about {t['train_longer']['steps']} steps"
+        for t in result["transitions"]
+        if t["train_longer"]
+    ]
+    parts = [
+        f"  {t.get('beta', 1.0):g}: interval = statistical "
+        f"-{t['ci_statistical'][0]:.3f} / +{t['ci_statistical'][1]:.3f} and "
+        f"finite-training -{t['ci_finite_training'][0]:.3f} / "
+        f"+{t['ci_finite_training'][1]:.3f} (in ln sigma^2)"
+        for t in result["transitions"]
+        if t["ci_statistical"] and t["ci_finite_training"] is not None
+    ]
+    probes = [probe_line(t) for t in result["transitions"] if t["probe"]]
+    extra = ["interval parts, per beta:", *parts] if parts else []
+    extra += ["stability probe of the collapsed points, per beta:", *probes]
+    extra += ["verdict 'train longer', per beta:", *notes] if notes else []
+    return "\n".join([table, *extra])
+
+
+def probe_line(t: dict) -> str:
+    p, beta = t["probe"], t.get("beta", 1.0)
+    line = (
+        f"  {beta:g}: {p['collapsed']} collapsed, {len(p['unstable_sigma2'])} "
+        f"unstable (trapped), {len(p['dead_sigma2'])} dead; lambda_c / lambda_max "
+        f"= {p['lambda_c_ratio']:.3f} near the kink"
+    )
+    off = t["off_theory"]
+    if off and off["evidence"] == "probe":
+        line += (
+            f"; collapse is stable below lambda_max/beta (from sigma^2 = "
+            f"{off['stable_sigma2'][0]:.4g}): the transition is off the theory by "
+            f"{100 * off['shift']:+.1f} %"
+        )
+    if t["trapped"]:
+        line += "; the estimate moved to the probe's threshold"
+    return line
