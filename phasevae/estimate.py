@@ -44,6 +44,9 @@ how large that bias can still be:
    probe's tolerance; verdict ``train longer``). A stable collapse does not make
    the interval one-sided: active points just below the kink can still be growing
    slowly out of near-collapse, which moves the kink up with training.
+   Where points trained for different lengths (``train.until = "trusted"``), T is
+   the shortest training among the points within ``NEAR`` of the kink, and tau_0 is
+   measured over the steps every point has.
 6. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
    point within ``NEAR`` of the kink still trends (the per-point trend test of
    :func:`phasevae.fit.settle` on the KL over the last half of the evaluations) and
@@ -232,9 +235,17 @@ def estimate_transition(
     }
     if u_t is None:
         return out
+    # points may have trained for different lengths (train.until = "trusted"
+    # trains on only near the kink): the length that bounds the bias is the
+    # shortest among the points near the kink, and tau_0, a property of the
+    # dynamics, is measured over the length every point has
+    last = metrics.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
+    near = last[np.abs(np.log(last["s2"].to_numpy()) - u_t) <= NEAR]
+    final = int(near["step"].min()) if len(near) else final
+    common = metrics[metrics["step"] <= last["step"].min()]
     half = metrics[metrics["step"] <= final / 2]
     u_h = _fit_top(half, latent_dim)[0] if half["step"].nunique() >= 2 else None
-    tau0 = relaxation_scale(metrics, latent_dim, u_t)
+    tau0 = relaxation_scale(common, latent_dim, u_t)
     delta = None if u_h is None else u_t - u_h
     parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
     parts += [tau0 / final] if tau0 is not None else []

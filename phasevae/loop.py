@@ -38,6 +38,7 @@ from phasevae.schedule import (
     EMPTY,
     Schedule,
     adaptive,
+    extending,
     next_round,
     pack_warm,
     refill,
@@ -134,7 +135,8 @@ def train(
             frames.append(
                 metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
             )
-            retire(sched, frames, frames[-1], diverged, spec, warm, state, busy)
+            keep = extending(sched, frames, spec, meta["spectrum"])
+            retire(sched, frames, frames[-1], diverged, spec, warm, state, busy, keep)
             next_round(sched, frames, spec)
             refilled = sched.fill()
             if refilled.any():

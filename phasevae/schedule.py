@@ -13,13 +13,16 @@ point's initialisation, noise and minibatches depend on its own step and values 
 so it ends as it would have trained alone. When no point is pending or training, a
 refinement round (:func:`phasevae.analysis.refinement`) adds sigma^2 values around
 each breakpoint of the fitted KL curve, and those train next, until ``rounds`` are
-done. The schedule (slot states, the grid with its refined rows, kept warm-start
-parameters) is saved in the run directory's checkpoint with the training state.
+done. With ``train.until = "trusted"`` the points the transition estimate still
+needs (:func:`extending`) train on past ``train.steps``. The schedule (slot states,
+the grid with its refined rows, kept warm-start parameters) is saved in the run
+directory's checkpoint with the training state.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from phasevae.analysis import GRID_AXES, refinement, settle
+from phasevae.estimate import NEAR, estimate_transition
 from phasevae.placement import to_host
 from phasevae.plan import point_id
 from phasevae.spec import Range, Spec
@@ -35,13 +39,14 @@ EMPTY = -1
 # a point retires when the 90 % interval of its KL's trend over the last half of its
 # evaluations lies within the analysis's tolerance (settle(..., bounded=True))
 RETIRE_SIGNIFICANCE = 0.90
+UNTIL_TRUSTED_FACTOR = 4  # train.until = "trusted": max_steps = this x steps by default
 
 
 def adaptive(spec: Spec) -> bool:
     """Whether ``spec`` asks for this scheduler rather than all points at once."""
     t, s2 = spec.train, spec.grid.sigma2
     refine = isinstance(s2, Range) and s2.refine is not None
-    return t.slots > 0 or t.retire or t.hysteresis or refine
+    return t.slots > 0 or t.retire or t.hysteresis or refine or t.until == "trusted"
 
 
 def warm_starts(spec: Spec) -> bool:
@@ -162,10 +167,10 @@ class Schedule:
         self.pending.extend(range(start, len(self.grid)))
 
 
-def retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
-    """Free the slots whose point has trained its steps, has settled (with
-    ``retire``) or diverged (not in lockstep); keep its parameters for warm
-    starts."""
+def retire(sched, frames, frame, diverged, spec, warm, state, busy, keep) -> None:
+    """Free the slots whose point has trained its steps (unless it is in ``keep``,
+    :func:`extending`), has settled (with ``retire``) or diverged (not in
+    lockstep); keep its parameters for warm starts."""
     t = spec.train
     settled = {}
     if t.retire:
@@ -183,7 +188,8 @@ def retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
         pid = sched.grid.at[sched.slot_point[slot], "point_id"]
         steps = sched.slot_step[slot]
         ripe = t.retire and steps >= max(t.min_steps, 1) and settled.get(pid, False)
-        if steps >= t.steps or ripe or (diverged[slot] and not sched.lockstep):
+        done = steps >= t.steps and pid not in keep
+        if done or ripe or (diverged[slot] and not sched.lockstep):
             leaving.append(slot)
     if warm_starts(spec) and leaving:
         params = to_host(jax.tree.leaves(state.params))
@@ -194,6 +200,57 @@ def retire(sched, frames, frame, diverged, spec, warm, state, busy) -> None:
     for slot in leaving:
         sched.finished.append(int(sched.slot_point[slot]))
         sched.slot_point[slot] = EMPTY
+
+
+def max_steps(spec: Spec) -> int:
+    """The most steps a point trains with ``train.until = "trusted"``."""
+    return spec.train.max_steps or UNTIL_TRUSTED_FACTOR * spec.train.steps
+
+
+def extending(sched: Schedule, frames, spec: Spec, spectrum: dict) -> set[str]:
+    """With ``train.until = "trusted"``: the ids of the training points that go on
+    past ``train.steps``. A curve (the points sharing every axis but sigma^2 and
+    seed) is estimated once all its points have trained ``train.steps`` steps and
+    none is pending; while its verdict is ``train longer``, its points inside the
+    sigma^2 range the estimate names, and those within ``estimate.NEAR`` of the
+    kink, go on, up to :func:`max_steps`. A curve whose
+    points finished before it was complete (``train.slots`` smaller than the grid)
+    is not extended: their state is gone."""
+    if spec.train.until != "trusted":
+        return set()
+    grid, busy = sched.grid, sched.busy
+    axes = [a for a in GRID_AXES if a in grid.columns and a not in ("sigma2", "seed")]
+    rows = grid.iloc[sched.slot_point[busy]].assign(step=sched.slot_step[busy])
+    due = rows[(rows["step"] >= spec.train.steps) & (rows["step"] < max_steps(spec))]
+    if due.empty:
+        return set()
+    waiting = set(grid.iloc[sched.pending]["point_id"])
+    waiting |= set(rows.loc[rows["step"] < spec.train.steps, "point_id"])
+    history = pd.concat(frames, ignore_index=True)
+    keep = set()
+    for _, curve in due.groupby(axes):
+        members = grid[(grid[axes] == curve[axes].iloc[0]).all(axis=1)]["point_id"]
+        if waiting & set(members):
+            continue  # not every point of the curve has trained train.steps yet
+        ok = history[history["point_id"].isin(members) & ~history["diverged"]]
+        if ok["sigma2"].nunique() < 4:
+            continue
+        est = estimate_transition(
+            ok,
+            spec.model.latent_dim,
+            spectrum["lambda_max"],
+            spectrum.get("lambda_max_eval"),
+        )
+        if est["train_longer"] is None:  # trusted, or no transition to train for
+            continue
+        # the range to train, and every point near the kink: the estimate's
+        # training length is the shortest among those (estimate.NEAR)
+        lo, hi = est["train_longer"]["sigma2"]
+        c = math.exp(NEAR)
+        lo, hi = min(lo, est["sigma2_c"] / c), max(hi, est["sigma2_c"] * c)
+        inside = curve[(curve["sigma2"] >= lo) & (curve["sigma2"] <= hi)]
+        keep |= set(inside["point_id"])
+    return keep
 
 
 def next_round(sched: Schedule, frames: list[pd.DataFrame], spec: Spec) -> None:

@@ -48,6 +48,7 @@ _CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
     ("model", "sigma2"): ("fixed", "learned"),
     ("model", "skip"): ("none", "plain", "gated"),
+    ("train", "until"): ("steps", "trusted"),
 }
 # (lower bound, inclusive?) for every number that has one.
 _BOUNDS = {
@@ -65,6 +66,7 @@ _BOUNDS = {
     ("train", "eval_every"): (1, True),
     ("train", "slots"): (0, True),
     ("train", "min_steps"): (0, True),
+    ("train", "max_steps"): (0, True),
     ("grid", "sigma2"): (0.0, False),
     ("grid", "beta"): (0.0, True),
     ("grid", "learning_rate"): (0.0, False),
@@ -412,6 +414,16 @@ def _check_spec(spec: Spec, where: str) -> None:
     if t.min_steps > t.steps:
         raise SpecError(
             f"{where}: train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"
+        )
+    if t.max_steps and (t.max_steps < t.steps or t.max_steps % t.eval_every):
+        raise SpecError(
+            f"{where}: train.max_steps = {t.max_steps} must be 0 (4 x train.steps) or "
+            f"a multiple of train.eval_every = {t.eval_every} of at least train.steps "
+            f"= {t.steps}"
+        )
+    if t.max_steps and t.until != "trusted":
+        raise SpecError(
+            f'{where}: train.max_steps applies to train.until = "trusted" only'
         )
     warmups = axis_values(spec.grid.kl_warmup_steps)
     if any(w != int(w) for w in warmups):

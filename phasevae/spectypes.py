@@ -117,6 +117,12 @@ class TrainSpec:
     trained twice, in a chain up sigma^2 and in a chain down (column ``direction``
     +1 / -1), each point warm-started from the one before it in its chain; the
     analysis compares the two KL curves.
+
+    ``until = "trusted"``: once every point of a curve has trained ``steps`` steps,
+    the points inside the sigma^2 range the transition estimate asks to train longer
+    (:func:`phasevae.estimate.estimate_transition`) keep training, chunk by chunk,
+    until its verdict is ``trusted`` or they reach ``max_steps`` (0: 4 x ``steps``);
+    the others stop. The estimate is redone after every chunk of that phase.
     """
 
     steps: int = 3000
@@ -131,6 +137,8 @@ class TrainSpec:
     min_steps: int = 0
     warm_start: bool = False
     hysteresis: bool = False
+    until: str = "steps"
+    max_steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ KEYS = [
     "model.latent_dim", "model.encoder", "model.decoder", "model.sigma2", "model.skip",
     "train.steps", "train.batch_size", "train.learning_rate", "train.eval_every",
     "train.seed", "train.optimizer", "train.slots", "train.retire", "train.min_steps",
-    "train.hysteresis", "grid.sigma2", "grid.beta", "grid.seeds", "grid.learning_rate",
-    "grid.kl_warmup_steps", "grid.decoder_init_scale", "grid.decoder", "grid.skip",
+    "train.hysteresis", "train.until", "train.max_steps", "grid.sigma2", "grid.beta",
+    "grid.seeds", "grid.learning_rate", "grid.kl_warmup_steps",
+    "grid.decoder_init_scale", "grid.decoder", "grid.skip",
     "grid.sigma2.num", "grid.sigma2.min", "grid.sigma2.refine", "grid.nope", "nope.x",
     "train", "", "data..path", "grid.sigma2.num.x",
 ]  # fmt: skip

@@ -225,6 +225,20 @@ def test_min_steps_beyond_steps_is_refused(tiny_spec):
         tiny_spec(train={"min_steps": 100})
 
 
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"until": "trusted", "max_steps": 10}, "at least train.steps"),
+        ({"until": "trusted", "max_steps": 45}, "multiple of train.eval_every"),
+        ({"max_steps": 40}, 'train.until = "trusted" only'),
+        ({"until": "forever"}, "until"),
+    ],
+)
+def test_bad_until_settings_are_refused(tiny_spec, train, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_spec(train=train)
+
+
 def test_meta_and_status_report_the_schedule(tmp_path, tiny_spec, capsys):
     spec = tiny_spec(train={"slots": 1}, grid={"sigma2": [0.5, 8.0], "beta": [1.0]})
     sweep_mod.run_sweep(spec, tmp_path / "run")
@@ -235,3 +249,30 @@ def test_meta_and_status_report_the_schedule(tmp_path, tiny_spec, capsys):
     assert main(["status", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "finished 2, training 0, pending 0" in out and "40 model-steps" in out
+
+
+def test_until_trusted_trains_on_only_where_the_estimate_asks(tmp_path, tiny_spec):
+    """train.until = "trusted": after train.steps, exactly the points inside the
+    sigma^2 range the estimate names train on (up to max_steps); the others stop."""
+    import math
+
+    from phasevae import estimate
+    from phasevae.estimate import estimate_transition
+
+    s2 = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    spec = tiny_spec(
+        train={"steps": 40, "until": "trusted", "max_steps": 80},
+        grid={"sigma2": s2, "beta": [1.0]},
+    )
+    r = sweep_mod.run_sweep(spec, tmp_path / "run")
+    last = r.metrics.groupby("sigma2")["step"].max()
+    assert last.min() == 40 and last.max() <= 80
+    first = r.metrics[r.metrics["step"] <= 40]
+    sp = r.meta["spectrum"]
+    est = estimate_transition(first, 2, sp["lambda_max"], sp["lambda_max_eval"])
+    assert est["verdict"] == "train longer"  # 40 steps cannot be trusted
+    lo, hi = est["train_longer"]["sigma2"]
+    near = math.exp(estimate.NEAR)
+    lo, hi = min(lo, est["sigma2_c"] / near), max(hi, est["sigma2_c"] * near)
+    assert set(last[last > 40].index) == {s for s in s2 if lo <= s <= hi} != set()
+    assert r.meta["model_steps"] == int(last.sum())  # one seed: steps per point
