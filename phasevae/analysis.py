@@ -186,9 +186,7 @@ def _transition(
     trusted = settled["sigma2"].nunique() >= 4
     data = settled if trusted else usable
     fit, s2c, ci, method, seeds = fit_curve(data)
-    est = estimate.estimate_transition(
-        rows[~rows["diverged"]], k, float(ev[0]), lam_eval
-    )
+    est = estimate.estimate_transition(rows, k, float(ev[0]), lam_eval)
     predicted = theory.thresholds(ev, beta, k)
     jumps = derivative_jumps(fit)
     for j in jumps:

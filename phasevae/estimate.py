@@ -199,9 +199,10 @@ def estimate_transition(
     lambda_max_eval: float | None = None,
 ) -> dict:
     """The transition of one curve (one value of every axis but sigma^2 and seed) from
-    the metrics rows of its usable (not diverged) points, every evaluation included.
-    ``lambda_max`` (of the training data) and ``lambda_max_eval`` (of the evaluation
-    subset) enable the stability probe.
+    the metrics rows of its points, every evaluation included; rows flagged
+    ``diverged`` are left out, and a point that diverged does not count towards the
+    training length. ``lambda_max`` (of the training data) and ``lambda_max_eval``
+    (of the evaluation subset) enable the stability probe.
 
     Returns:
       a dict: ``sigma2_c``, ``ci`` [low, high], ``ci_statistical`` and
@@ -212,6 +213,12 @@ def estimate_transition(
       ``verdict``, and for ``train longer`` ``train_longer`` = {sigma2: [low, high],
       steps}.
     """
+    lengths = metrics
+    if "diverged" in metrics:
+        diverged = metrics.loc[metrics["diverged"], "point_id"].unique()
+        whole = metrics[~metrics["point_id"].isin(diverged)]
+        lengths = whole if len(whole) else metrics[~metrics["diverged"]]
+        metrics = metrics[~metrics["diverged"]]
     steps = np.sort(metrics["step"].unique())
     final = int(steps[-1])
     u_t, stat, method, table = _fit_top(metrics, latent_dim)
@@ -239,7 +246,7 @@ def estimate_transition(
     # trains on only near the kink): the length that bounds the bias is the
     # shortest among the points near the kink, and tau_0, a property of the
     # dynamics, is measured over the length every point has
-    last = metrics.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
+    last = lengths.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
     near = last[np.abs(np.log(last["s2"].to_numpy()) - u_t) <= NEAR]
     final = int(near["step"].min()) if len(near) else final
     common = metrics[metrics["step"] <= last["step"].min()]

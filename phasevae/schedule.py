@@ -232,11 +232,11 @@ def extending(sched: Schedule, frames, spec: Spec, spectrum: dict) -> set[str]:
         members = grid[(grid[axes] == curve[axes].iloc[0]).all(axis=1)]["point_id"]
         if waiting & set(members):
             continue  # not every point of the curve has trained train.steps yet
-        ok = history[history["point_id"].isin(members) & ~history["diverged"]]
-        if ok["sigma2"].nunique() < 4:
+        rows = history[history["point_id"].isin(members)]
+        if rows.loc[~rows["diverged"], "sigma2"].nunique() < 4:
             continue
         est = estimate_transition(
-            ok,
+            rows,
             spec.model.latent_dim,
             spectrum["lambda_max"],
             spectrum.get("lambda_max_eval"),

@@ -66,6 +66,19 @@ def test_fast_relaxation_is_trusted_and_accurate():
         assert max(r["ci_finite_training"]) <= estimate.TOLERANCE
 
 
+def test_a_point_that_diverged_does_not_shorten_the_training_length():
+    """Points may train for different lengths (train.until = "trusted"); one that
+    diverged early near the kink is left out, not taken for an untrained one."""
+    data = trajectories("collapsed", 12000, tau=2.0).assign(diverged=False)
+    near = data["sigma2"].iloc[(np.log(data["sigma2"] / LAM)).abs().argmin()]
+    gone = (data["sigma2"] == near) & (data["step"] > 500)
+    data = data[~gone].copy()
+    data.loc[(data["sigma2"] == near) & (data["step"] == 500), "diverged"] = True
+    r = estimate.estimate_transition(data, 3)
+    assert r["verdict"] == estimate.TRUSTED and r["steps"] == 12000
+    assert r["sigma2_c"] == pytest.approx(LAM, rel=0.01)
+
+
 def kink_rows(kink_at) -> pd.DataFrame:
     """Evaluations of a top-dim KL on the linear-VAE curve with its kink at
     ``kink_at(step)``, a little noise, 24 points in [0.3, 3] LAM, 24 steps to 6000."""
