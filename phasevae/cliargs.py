@@ -14,6 +14,27 @@ def version_text() -> str:
         return "phasevae (not installed: no version)"
 
 
+EXAMPLES = {
+    "sweep": """examples:
+  phasevae sweep                                   # the built-in default, runs/default
+  phasevae sweep sweeps/digits.toml --out runs/digits --set grid.seeds=[0,1,2]
+  phasevae sweep my.toml --set data.path="x.npy" --dry-run   # plan, nothing written
+  phasevae sweep my.toml --shard 0/4 --out runs/s0  # one of 4 array jobs""",
+    "bench": """examples:
+  phasevae bench --models 1 64 256
+  phasevae bench --models 1000 --checkpoint --json""",
+    "status": "example:\n  phasevae status runs/default",
+    "merge": "example:\n  phasevae merge runs/s0 runs/s1 runs/s2 --out runs/all",
+    "analyze": "example:\n  phasevae analyze runs/default   # writes analysis.json",
+    "plot": "examples:\n  phasevae plot runs/default\n"
+    "  phasevae plot runs/remedy --x sigma2 --y kl_warmup_steps --format pdf",
+    "theory": "examples:\n  phasevae theory sweeps/default.toml\n"
+    "  phasevae theory runs/default --json",
+    "validate": "examples:\n  phasevae validate --quick --out /tmp/v\n"
+    "  phasevae validate --case wine",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phasevae",
@@ -22,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sweep", help="train a grid of VAEs and write a run directory")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    def add(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, epilog=EXAMPLES[name], formatter_class=raw, **kw)
+
+    p = add("sweep", help="train a grid of VAEs and write a run directory")
     p.add_argument(
         "spec", nargs="?", help="sweep spec (TOML); default: built-in default"
     )
@@ -70,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print grid size, memory per device and a timed estimate; train nothing",
     )
 
-    p = sub.add_parser("bench", help="training throughput against the hardware")
+    p = add("bench", help="training throughput against the hardware")
     p.add_argument(
         "--models", type=int, nargs="+", help="model counts M (default 1 8 64 256)"
     )
@@ -86,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="time locating sigma_c^2 (sweeps/locate.toml) against uniform grids",
     )
 
-    p = sub.add_parser("status", help="progress of a run directory")
+    p = add("status", help="progress of a run directory")
     p.add_argument("run_dir")
 
-    p = sub.add_parser("merge", help="combine the run directories of a sharded sweep")
+    p = add("merge", help="combine the run directories of a sharded sweep")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="the merged run directory")
     p.add_argument(
@@ -98,21 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace --out if it exists (never one of the shards)",
     )
 
-    p = sub.add_parser("analyze", help="locate the transitions of a finished sweep")
+    p = add("analyze", help="locate the transitions of a finished sweep")
     p.add_argument("run_dir", help="a run directory written by phasevae sweep")
 
-    p = sub.add_parser("plot", help="draw the figures of an analysed run")
+    p = add("plot", help="draw the figures of an analysed run")
     p.add_argument("run_dir", help="a run directory with analysis.json")
     p.add_argument("--format", default="png", help="png (default), pdf or svg")
     p.add_argument("--x", default="sigma2", help="phase diagram x axis (a grid axis)")
     p.add_argument("--y", default="beta", help="phase diagram y axis (a grid axis)")
 
-    p = sub.add_parser("theory", help="spectrum and predicted transitions, no training")
+    p = add("theory", help="spectrum and predicted transitions, no training")
     p.add_argument("target", metavar="SPEC|RUN_DIR")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser(
+    p = add(
         "validate",
         help="the transition estimate against long training on the validation suite",
     )

@@ -403,3 +403,15 @@ def test_sigterm_stops_a_bench_at_once(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
     assert "bench stopped by SIGTERM" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["sweep", "bench", "status", "merge", "analyze", "plot", "theory", "validate"],
+)
+def test_every_subcommand_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out and f"phasevae {command}" in out.split("example")[-1]
