@@ -12,10 +12,11 @@ import platform
 from pathlib import Path
 
 from phasevae.analysis import GRID_AXES, analyze_run
+from phasevae.placement import split_cpu_into_devices
 from phasevae.plots import write_figures
 from phasevae.spec import load_spec
 from phasevae.store import atomic_write_text
-from phasevae.sweep import run_sweep, split_cpu_into_devices
+from phasevae.sweep import run_sweep
 
 split_cpu_into_devices()  # as `phasevae sweep` does, before JAX starts its backend
 
@@ -57,6 +58,7 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
                 "predicted": t["theory_sigma2_c"],
                 "rel_error": t["rel_error"],
                 "converged": t["converged"],
+                "verdict": t.get("verdict"),
                 "per_dim": [(d["sigma2_c"], d["theory"]) for d in t["per_dim"]],
                 "theta_c": doc["boundary"]["theta_c"],
                 "theta_c_ci": doc["boundary"]["ci"],
@@ -81,7 +83,7 @@ def write_summary(study: str, rows: list[dict]) -> None:
         print(
             f"{r['variant']:>10} beta={r['beta']:<4} sigma2_c={s2c}"
             f" [{lo:.4g}, {hi:.4g}] predicted {r['predicted']:.4g} ({err})"
-            f" converged={r['converged']}"
+            f" converged={r['converged']} verdict={r.get('verdict')}"
         )
     print(f"wrote {path}")
 

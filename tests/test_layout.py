@@ -65,3 +65,26 @@ def test_every_module_stays_readable_in_one_sitting():
     """One stage per module, each about 400 lines at most (issue 14)."""
     sizes = {p.stem: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
     assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda kv: -kv[1])
+
+
+def test_the_study_scripts_import_names_that_exist():
+    """analysis/*.py are not run by the suite (they train for minutes): at least
+    every name they import from phasevae must exist (a module split once broke one)."""
+    import importlib
+
+    root = Path(phasevae.__file__).resolve().parent.parent
+    missing = []
+    for script in sorted((root / "analysis").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module or "").startswith(
+                "phasevae"
+            ):
+                continue
+            module = importlib.import_module(node.module)
+            for a in node.names:
+                if not hasattr(module, a.name):
+                    try:  # a submodule: from phasevae import analysis
+                        importlib.import_module(f"{node.module}.{a.name}")
+                    except ImportError:
+                        missing.append(f"{script.name}: {node.module}.{a.name}")
+    assert not missing
