@@ -16,6 +16,7 @@ so import and call phasevae before anything else starts JAX in the process.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ import pandas as pd
 from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
 from phasevae.loop import ChunkFn, ProgressFn
 from phasevae.placement import split_cpu_into_devices
-from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict
+from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 
 SpecLike = Spec | dict | str | Path | None
@@ -49,6 +50,21 @@ def as_spec(spec: SpecLike = None, overrides: Sequence[str] = ()) -> Spec:
     if spec is None or isinstance(spec, str | Path):
         return load_spec(spec, list(overrides))
     raise SpecError(f"a spec is a path, a dict or a Spec, not {type(spec).__name__}")
+
+
+def with_model(spec: Spec, model: Any) -> Spec:
+    """``spec`` training ``model`` (a flax module following the protocol of
+    :mod:`phasevae.model`, or a factory returning one; ``model.options`` go to a
+    factory): ``model.kind = "module"`` with the object's label
+    (:func:`phasevae.modules.register`). None leaves the spec as it is."""
+    if model is None:
+        return spec
+    from phasevae.modules import register
+
+    changed = dataclasses.replace(spec.model, kind="module", module=register(model))
+    return spec_from_dict(
+        spec_to_dict(dataclasses.replace(spec, model=changed)), "<model>"
+    )
 
 
 def default_out(spec: SpecLike) -> Path:
@@ -85,6 +101,7 @@ def run(
     on_chunk: ChunkFn | None = None,
     checkpoint_seconds: float | None = None,
     shard: tuple[int, int] | None = None,
+    model: Any = None,
 ) -> Run:
     """Train the grid of ``spec`` into run directory ``out`` (default
     runs/<name>), or continue it there; see :func:`phasevae.sweep.run_sweep`.
@@ -94,10 +111,12 @@ def run(
     does not raise: it is listed in ``Run.diverged``. Raises BadInput (a SpecError,
     DataError, RunDirError, ...) for a spec, data or run directory that cannot be
     used, before anything is written; ``Preempted`` on SIGTERM (saved, resumable).
+    ``model``: your own flax module (or a factory) in place of the spec's
+    (:func:`with_model`); such a run resumes only from Python with it passed again.
     """
     from phasevae.sweep import run_sweep
 
-    s = as_spec(spec, overrides)
+    s = with_model(as_spec(spec, overrides), model)
     stop_if_terminated()
     _start_devices()
     where = Path(out) if out is not None else default_out(spec)
@@ -117,12 +136,13 @@ def dry_run(
     *,
     overrides: Sequence[str] = (),
     shard: tuple[int, int] | None = None,
+    model: Any = None,
 ) -> dict:
     """Compile the sweep and time one chunk without writing anything: grid size,
     static groups, devices, memory per device, compile and estimated train time."""
     from phasevae.sweep import run_sweep
 
-    s = as_spec(spec, overrides)
+    s = with_model(as_spec(spec, overrides), model)
     _start_devices()
     return run_sweep(s, default_out(spec), shard=shard, dry_run=True)
 

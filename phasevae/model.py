@@ -1,4 +1,18 @@
-"""The paper's deep Gaussian VAE and its loss, for ONE example (batch with jax.vmap).
+"""The model protocol, the paper's deep Gaussian VAE and its loss, for ONE example
+(batch with jax.vmap).
+
+The protocol, which every model a sweep trains follows (this MLP, the convolutional
+VAE of :mod:`phasevae.conv`, a user's module through :mod:`phasevae.modules`): a flax
+linen Module whose ``__call__(x, eps)`` takes ONE example ``x`` in the data's example
+shape ((N,) for a table, (h, w, c) for images; the MLP takes every example flat) and
+standard normal noise ``eps`` (k,), and returns ``(mu, logvar, xhat)``: the encoder's
+mean and log-variance (k,) and the decoder's mean f(z) at z = mu + exp(logvar / 2) eps,
+of x's shape. Optionally ``output_layer``: the path in ``params["params"]`` of the
+decoder's last layer, whose ``kernel`` the sweep scales by grid.decoder_init_scale.
+The sweep supplies the rest: the initialisation from the point's seed
+(``module.init(key, x, eps)``), the decoder variance sigma^2 (the grid's, or learned),
+the loss below and the optimiser. Skip paths and the collapse probe need the MLP's
+layout and are offered for it alone.
 
     encoder q(z|x) = N(mu(x), diag(s^2(x)))   MLP with ReLU, outputs (mu, log s^2)
     decoder p(x|z) = N(f(z), sigma^2 I)       MLP with ReLU, sigma^2 fixed
@@ -89,6 +103,11 @@ class VAE(nn.Module):
         if self.skip == "gated":
             self.gate = nn.Dense(self.data_dim, use_bias=False)
 
+    @property
+    def output_layer(self) -> tuple[str, ...]:
+        """The decoder's last layer in the params (the protocol's optional part)."""
+        return ("dec", f"Dense_{len(self.decoder)}")
+
     def encode(self, x: Array) -> tuple[Array, Array]:
         """(N,) -> mu (k,), log s^2 (k,)."""
         h = self.enc(x)
@@ -127,12 +146,14 @@ def kl_per_dim(mu: Array, logvar: Array) -> Array:
     return 0.5 * (mu**2 + jnp.exp(logvar) - 1.0 - logvar)
 
 
-def example_terms(model: VAE, params, x: Array, eps: Array, sigma2: Array) -> Terms:
-    """Loss terms for one example x (N,) with noise eps (k,) and decoder variance
-    sigma2 ()."""
+def example_terms(
+    model: nn.Module, params, x: Array, eps: Array, sigma2: Array
+) -> Terms:
+    """Loss terms for one example x (in the model's example shape) with noise eps
+    (k,) and decoder variance sigma2 ()."""
     mu, logvar, xhat = model.apply(params, x, eps)
     sq_err = jnp.sum((x - xhat) ** 2)
-    n = x.shape[-1]
+    n = x.size
     recon = sq_err / (2.0 * sigma2) + 0.5 * n * jnp.log(2.0 * math.pi * sigma2)
     return Terms(recon, sq_err, kl_per_dim(mu, logvar), jnp.exp(logvar), mu)
 

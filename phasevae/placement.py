@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 from phasevae import safeio
 from phasevae.data import Dataset
 from phasevae.errors import BadInput
+from phasevae.modules import footprint
 from phasevae.plan import estimate_bytes, static_config
 from phasevae.spec import Spec
 from phasevae.train import Point, Trainer
@@ -124,8 +125,12 @@ class Program:
         self.step_per_model = step_per_model
         self.place = Placement.create(self.n)
         limit = device_memory(self.place)
+        static = static_config(spec, data.x.shape[1], data.image_shape)
+        size = None
+        if static.module is not None:
+            size = footprint(static.module, static.shape, static.latent_dim)
         need = estimate_bytes(
-            spec, data.x.shape, self.place.size // self.place.shard.mesh.size
+            spec, data.x.shape, self.place.size // self.place.shard.mesh.size, size
         )
         if limit and need > 0.9 * limit:
             raise TooLarge(
@@ -135,7 +140,7 @@ class Program:
                 f"{limit / 2**30:.2f} GiB available; shrink the model or "
                 f"batch_size/eval_samples, or split the grid (--shard I/N)"
             )
-        self.trainer = Trainer(static_config(spec, data.x.shape[1]), self.place.shard)
+        self.trainer = Trainer(static, self.place.shard)
         self.points = self.points_for(grid)
         self.x = self.place.replicated(data.x)
         self.eval_x = self.place.replicated(data.eval_x)

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from phasevae.modules import build, example_shape
 from phasevae.safeio import brief
 from phasevae.spec import Spec, SpecError
 from phasevae.train import Static
@@ -64,8 +65,13 @@ def select_shard(grid: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFr
     return grid[rank % n == i].reset_index(drop=True)
 
 
-def static_config(spec: Spec, data_dim: int) -> Static:
+def static_config(
+    spec: Spec, data_dim: int, image_shape: tuple[int, ...] | None = None
+) -> Static:
+    """What fixes the compiled program: the spec's static options and the module
+    (:mod:`phasevae.modules`) for examples of the data's shape."""
     m, t = spec.model, spec.train
+    shape = example_shape(m.kind, data_dim, image_shape)
     return Static(
         data_dim=data_dim,
         latent_dim=m.latent_dim,
@@ -78,16 +84,24 @@ def static_config(spec: Spec, data_dim: int) -> Static:
         shared_batches=t.shared_batches,
         learned_sigma2=m.sigma2 == "learned",
         skip=m.skip,
+        module=build(m, shape),
+        example_shape=shape,
     )
 
 
-def estimate_bytes(spec: Spec, data_shape: tuple[int, int], models: int) -> int:
+def estimate_bytes(
+    spec: Spec,
+    data_shape: tuple[int, int],
+    models: int,
+    size: tuple[int, int] | None = None,
+) -> int:
     """An estimate of what one device holds for ``models`` models of ``spec`` on
     data of ``data_shape`` (n, N), from the spec alone: float32 parameters, their
     gradients and Adam's two moments; the activations of a training step (forward
     and backward) and of an evaluation; and the replicated training and evaluation
     data. Made before anything is allocated; the compiled program's own figure is
-    checked after compiling."""
+    checked after compiling. ``size``: (parameters, activations per example) of a
+    module other than the MLP (:func:`phasevae.modules.footprint`)."""
     n, dim = data_shape
     m, k = spec.model, spec.model.latent_dim
     skip = 0 if m.skip == "none" else dim
@@ -97,8 +111,11 @@ def estimate_bytes(spec: Spec, data_shape: tuple[int, int], models: int) -> int:
         (a + 1) * b for w in (widths_enc, widths_dec) for a, b in itertools.pairwise(w)
     )
     units = sum(widths_enc) + sum(widths_dec)
+    if size is not None:
+        params, units = size
     evals = min(spec.data.eval_samples, n)
     per_model = 4 * params + 3 * spec.train.batch_size * units + 2 * evals * units
-    per_model += evals * (max(m.encoder or (dim,)) + dim)  # the collapse probe
+    if size is None:
+        per_model += evals * (max(m.encoder or (dim,)) + dim)  # the collapse probe
     data = n * dim + evals * dim
     return 4 * (models * per_model + data)

@@ -30,8 +30,11 @@ from phasevae.spectypes import (  # noqa: F401  (the spec's types, re-exported)
     SpecError,
     TrainSpec,
     axis_values,
+    coerce_options,
     decoder_label,
     grid_size,
+    model_problem,
+    train_problem,
 )
 
 MAX_INT = 2**31 - 1  # integers in a spec (steps, widths, sizes) fit int32
@@ -48,6 +51,7 @@ _CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
     ("model", "sigma2"): ("fixed", "learned"),
     ("model", "skip"): ("none", "plain", "gated"),
+    ("model", "kind"): ("mlp", "conv", "module"),
     ("train", "until"): ("steps", "trusted"),
 }
 # (lower bound, inclusive?) for every number that has one.
@@ -60,6 +64,8 @@ _BOUNDS = {
     ("model", "latent_dim"): (1, True),
     ("model", "encoder"): (1, True),
     ("model", "decoder"): (1, True),
+    ("model", "channels"): (1, True),
+    ("model", "kernel"): (1, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),
@@ -139,6 +145,8 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
             v = getattr(getattr(spec, name), f.name)
             if v is None:
                 continue
+            if (name, f.name) == ("model", "options"):
+                v = {k: _plain(x) for k, x in v}
             section[f.name] = _range_dict(v) if isinstance(v, Range) else _plain(v)
         out[name] = section
     return out
@@ -213,6 +221,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     """Check one value's type against its default's and convert lists to tuples."""
     full = f"{section}.{key}"
     bad = f"{where}: {full} = {brief(value)}:"
+    if (section, key) == ("model", "options"):
+        return coerce_options(value, bad)
     if (section, key) == ("grid", "decoder"):
         return _coerce_widths_axis(full, value, bad)
     if (section, key) == ("grid", "skip"):
@@ -264,7 +274,7 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     if isinstance(default, tuple):
         if not isinstance(value, list):
             raise SpecError(f"{bad} must be a list")
-        is_int = key in ("encoder", "decoder")
+        is_int = key in ("encoder", "decoder", "channels")
         for v in value:
             if isinstance(v, bool) or not isinstance(v, int if is_int else int | float):
                 kind = "integers" if is_int else "numbers"
@@ -395,7 +405,10 @@ def _check_spec(spec: Spec, where: str) -> None:
                     f"{where}: {section}.{key} = {brief(x)} is impossible; "
                     f"it must be finite and {rel} {lo}"
                 )
-    d, t = spec.data, spec.train
+    problem = model_problem(spec) or train_problem(spec)
+    if problem:
+        raise SpecError(f"{where}: {problem}")
+    d = spec.data
     if d.source == "synthetic" and len(d.eigenvalues) < 1:
         raise SpecError(f"{where}: data.eigenvalues must list at least one eigenvalue")
     if d.source == "synthetic" and spec.model.latent_dim > len(d.eigenvalues):
@@ -405,26 +418,6 @@ def _check_spec(spec: Spec, where: str) -> None:
         )
     if d.source in ("array", "cifar10") and not d.path:
         raise SpecError(f"{where}: data.source = {d.source!r} needs data.path (a file)")
-    refine = isinstance(spec.grid.sigma2, Range) and spec.grid.sigma2.refine
-    if t.hysteresis and refine:
-        raise SpecError(
-            f"{where}: train.hysteresis and grid.sigma2.refine cannot be combined (a "
-            "chain up and down sigma^2 needs its points fixed in advance)"
-        )
-    if t.min_steps > t.steps:
-        raise SpecError(
-            f"{where}: train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"
-        )
-    if t.max_steps and (t.max_steps < t.steps or t.max_steps % t.eval_every):
-        raise SpecError(
-            f"{where}: train.max_steps = {t.max_steps} must be 0 (4 x train.steps) or "
-            f"a multiple of train.eval_every = {t.eval_every} of at least train.steps "
-            f"= {t.steps}"
-        )
-    if t.max_steps and t.until != "trusted":
-        raise SpecError(
-            f'{where}: train.max_steps applies to train.until = "trusted" only'
-        )
     warmups = axis_values(spec.grid.kl_warmup_steps)
     if any(w != int(w) for w in warmups):
         raise SpecError(
@@ -436,9 +429,4 @@ def _check_spec(spec: Spec, where: str) -> None:
         raise SpecError(
             f"{where}: the grid has {points:,} points (the product of its axes); at "
             f"most {MAX_POINTS:,} fit one spec: split the sweep into several specs"
-        )
-    if t.steps % t.eval_every:
-        raise SpecError(
-            f"{where}: train.steps = {t.steps} must be a multiple of train.eval_every "
-            f"= {t.eval_every} (training runs in chunks of eval_every steps)"
         )

@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from phasevae.errors import BadInput
+
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 class SpecError(BadInput):
@@ -84,12 +87,20 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The MLP VAE: hidden widths of encoder and decoder (empty = linear).
+    """The VAE (every kind follows the protocol of :mod:`phasevae.model`).
+
+    ``kind``: "mlp", the paper's MLP VAE with hidden widths ``encoder`` and
+    ``decoder`` (empty = linear); "conv", the convolutional VAE of
+    :mod:`phasevae.conv` for image data, ``channels`` per stride-2 layer and
+    ``kernel``; "module", a user's flax module: ``module`` = "package.module:factory",
+    a callable returning the module, called with ``options`` (a table) as keyword
+    arguments, plus ``data_shape`` and ``latent_dim`` where it declares them.
 
     ``sigma2``: "fixed" keeps the decoder variance at the grid's sigma^2; "learned"
     starts it there and trains it with the rest (its value is recorded at every
-    evaluation as ``decoder_sigma2``). ``skip``: a path from x into the decoder,
-    "none", "plain" (x itself) or "gated" (x times a sigmoid gate computed from z).
+    evaluation as ``decoder_sigma2``). ``skip`` (MLP only): a path from x into the
+    decoder, "none", "plain" (x itself) or "gated" (x times a sigmoid gate computed
+    from z).
     """
 
     latent_dim: int = 3
@@ -97,6 +108,11 @@ class ModelSpec:
     decoder: tuple[int, ...] = (32, 64)
     sigma2: str = "fixed"
     skip: str = "none"
+    kind: str = "mlp"
+    channels: tuple[int, ...] = (16, 32)
+    kernel: int = 3
+    module: str = ""
+    options: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -233,3 +249,84 @@ def decoder_label(widths: tuple[int, ...]) -> str:
 
 def axis_values(axis: Axis) -> tuple[float, ...]:
     return axis.values() if isinstance(axis, Range) else tuple(axis)
+
+
+def model_problem(spec: Spec) -> str | None:
+    """What is wrong with the ``[model]`` section given the rest, or None: the keys
+    of one kind set for another, and remedies that need the MLP's layout."""
+    m, g, default = spec.model, spec.grid, ModelSpec()
+    if m.kind == "module" and not m.module:
+        return 'model.kind = "module" needs model.module = "package.module:factory"'
+    if m.kind != "module" and (m.module or m.options):
+        return 'model.module and model.options apply to model.kind = "module"'
+    if m.kind == "mlp" and (m.channels, m.kernel) != (default.channels, default.kernel):
+        return 'model.channels and model.kernel apply to model.kind = "conv"'
+    if m.kind != "mlp":
+        if (m.encoder, m.decoder) != (default.encoder, default.decoder):
+            return (
+                f"model.encoder and model.decoder are the MLP's widths; with "
+                f'model.kind = "{m.kind}" they do not apply (use model.channels for '
+                '"conv", model.options for "module")'
+            )
+        if m.skip != "none" or g.skip is not None or g.decoder is not None:
+            return (
+                f"skip paths and the grid.decoder axis need the MLP's layout; with "
+                f'model.kind = "{m.kind}" leave model.skip = "none" and grid.skip, '
+                "grid.decoder unset"
+            )
+    if m.kind == "module" and not (
+        m.module.startswith("python:") or _FACTORY.fullmatch(m.module)
+    ):
+        return (
+            f"model.module = {m.module!r} is not of the form "
+            '"package.module:factory" (an importable callable)'
+        )
+    return None
+
+
+def train_problem(spec: Spec) -> str | None:
+    """What is wrong with the ``[train]`` section given the rest, or None."""
+    t = spec.train
+    refine = isinstance(spec.grid.sigma2, Range) and spec.grid.sigma2.refine
+    if t.hysteresis and refine:
+        return (
+            "train.hysteresis and grid.sigma2.refine cannot be combined (a chain up "
+            "and down sigma^2 needs its points fixed in advance)"
+        )
+    if t.min_steps > t.steps:
+        return f"train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"
+    if t.max_steps and (t.max_steps < t.steps or t.max_steps % t.eval_every):
+        return (
+            f"train.max_steps = {t.max_steps} must be 0 (4 x train.steps) or a "
+            f"multiple of train.eval_every = {t.eval_every} of at least train.steps "
+            f"= {t.steps}"
+        )
+    if t.max_steps and t.until != "trusted":
+        return 'train.max_steps applies to train.until = "trusted" only'
+    if t.steps % t.eval_every:
+        return (
+            f"train.steps = {t.steps} must be a multiple of train.eval_every = "
+            f"{t.eval_every} (training runs in chunks of eval_every steps)"
+        )
+    return None
+
+
+def coerce_options(value: object, bad: str) -> tuple[tuple[str, object], ...]:
+    """A table of keyword arguments (numbers, strings, booleans, lists of them) to
+    sorted, hashable (name, value) pairs."""
+    scalar = (bool, int, float, str)
+    if not isinstance(value, dict) or not all(
+        k.isidentifier()
+        and (
+            isinstance(v, scalar)
+            or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
+        )
+        for k, v in value.items()
+    ):
+        raise SpecError(
+            f"{bad} must be a table of keyword arguments whose values are numbers, "
+            "strings, booleans or lists of them"
+        )
+    return tuple(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(value.items())
+    )

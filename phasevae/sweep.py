@@ -28,6 +28,7 @@ from phasevae.loop import (
     sigterm_flag,
     train,
 )
+from phasevae.modules import verify
 from phasevae.placement import Program, any_process
 from phasevae.plan import LATER_AXES, grid_table, point_id, select_shard
 from phasevae.schedule import adaptive, chains
@@ -77,6 +78,7 @@ def run_sweep(
             f"model.latent_dim = {spec.model.latent_dim} exceeds the data dimension "
             f"{data.x.shape[1]}"
         )
+    verify(spec, data.x, data.image_shape)
     grid = select_shard(grid_table(spec), shard)
     if grid.empty:
         raise SpecError(f"shard {shard[0]}/{shard[1]} holds no grid points")

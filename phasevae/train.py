@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -85,9 +86,35 @@ class Static:
     shared_batches: bool = True
     learned_sigma2: bool = False
     skip: str = "none"
+    # a module following the protocol (phasevae.model) in place of the MLP VAE of
+    # the widths above, and the shape one example reaches it in (default (data_dim,))
+    module: nn.Module | None = None
+    example_shape: tuple[int, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.example_shape or (self.data_dim,)
+
+    @property
+    def probe(self) -> bool:
+        """The collapse probe needs the MLP's layout without a skip path."""
+        return self.module is None and self.skip == "none"
 
 
 _INIT, _NOISE, _EVAL, _BATCH = range(4)
+
+
+def scale_kernel(params: dict, path: tuple[str, ...], factor: Array) -> dict:
+    """``params`` with the ``kernel`` at ``path`` multiplied by ``factor`` (the
+    decoder-init-scale remedy on the decoder's last layer); unchanged for an empty
+    path (the protocol check refuses a scale other than 1 for such a module)."""
+    if not path:
+        return params
+    head, *rest = path
+    if rest:
+        return {**params, head: scale_kernel(params[head], tuple(rest), factor)}
+    layer = params[head]
+    return {**params, head: {**layer, "kernel": layer["kernel"] * factor}}
 
 
 def warmup(point: Point, step: Array) -> Array:
@@ -112,7 +139,7 @@ class Trainer:
 
     def __init__(self, static: Static, models_sharding=None):
         self.static = static
-        self.model = VAE(
+        self.model = static.module or VAE(
             static.data_dim,
             static.latent_dim,
             static.encoder,
@@ -139,13 +166,16 @@ class Trainer:
         s = self.static
         params = self.model.init(
             self._point_key(point, _INIT),
-            jnp.zeros((s.data_dim,)),
+            jnp.zeros(s.shape),
             jnp.zeros((s.latent_dim,)),
         )
-        dec = params["params"]["dec"]
-        last = f"Dense_{len(s.decoder)}"
-        scaled = {**dec[last], "kernel": dec[last]["kernel"] * point.decoder_init_scale}
-        params = {"params": {**params["params"], "dec": {**dec, last: scaled}}}
+        params = {
+            "params": scale_kernel(
+                params["params"],
+                getattr(self.model, "output_layer", None) or (),
+                point.decoder_init_scale,
+            )
+        }
         if s.learned_sigma2:  # trained like any parameter, from the grid's value
             params["log_sigma2"] = jnp.log(point.sigma2)
         return TrainState(params, self.tx.init(params), jnp.zeros((), bool))
@@ -157,11 +187,12 @@ class Trainer:
         return point.sigma2
 
     def _terms(self, params, point: Point, x: Array, eps: Array) -> Terms:
-        """Loss terms of a batch x (n, N) with noise eps (n, k)."""
+        """Loss terms of a batch x (n, N) with noise eps (n, k); each example
+        reaches the model in its example shape."""
         return jax.vmap(example_terms, (None, None, 0, 0, None))(
             self.model,
             {"params": params["params"]},
-            x,
+            x.reshape(x.shape[0], *self.static.shape),
             eps,
             self._sigma2(params, point),
         )
@@ -229,7 +260,7 @@ class Trainer:
             decoder_sigma2=self._sigma2(params, point),
             collapse_grams=(
                 collapse_grams(self.model, {"params": params["params"]}, eval_x)
-                if self.static.skip == "none"
+                if self.static.probe
                 else None
             ),
         )

@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pandas as pd
@@ -174,11 +175,27 @@ def _wait_for_save(out, proc, timeout=120.0):
     raise AssertionError("the sweep saved nothing in time")
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, how):
+CONV = {  # the convolutional VAE on 8x8 digits (issue 15)
+    "data": {"source": "digits", "eval_samples": 128},
+    "model": {"kind": "conv", "latent_dim": 2, "channels": [4, 8]},
+}
+
+
+@pytest.mark.parametrize(
+    "how, model", [("SIGKILL", "mlp"), ("SIGTERM", "mlp"), ("SIGKILL", "conv")]
+)
+def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, how, model):
     import signal
 
-    spec = write_spec(tmp_path, train={"steps": 400, "eval_every": 10})
+    spec = write_spec(
+        tmp_path,
+        train={"steps": 400, "eval_every": 10},
+        **(CONV if model == "conv" else {}),
+    )
+    if model == "conv":  # the MLP's widths do not apply
+        raw = tomllib.loads(spec.read_text())
+        del raw["model"]["encoder"], raw["model"]["decoder"]
+        spec.write_text(tomli_w.dumps(raw))
     full = tmp_path / "full"
     assert subprocess.run(_sweep_cmd(spec, full), capture_output=True).returncode == 0
 

@@ -1,0 +1,186 @@
+"""Own models (issue 15): the convolutional VAE and user modules go through the same
+sweep as the MLP; protocol violations are refused with exit 2 before anything
+compiles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import tomli_w
+
+from phasevae import api
+from phasevae.cli import main
+from phasevae.conv import ConvVAE
+from tests import user_models
+from tests.conftest import tiny_dict
+
+KEY = ["point_id", "step"]
+GRID = {"sigma2": [0.25, 1.0, 4.0, 16.0], "beta": [1.0]}
+CONV = {
+    "data": {"source": "digits", "eval_samples": 128},
+    "model": {"kind": "conv", "latent_dim": 2, "channels": [4, 8]},
+    "train": {"steps": 20, "eval_every": 10, "batch_size": 16, "learning_rate": 1e-2},
+    "grid": {"sigma2": [0.02, 0.2, 2.0], "beta": [1.0], "seeds": [0]},
+}
+
+
+def sorted_rows(df):
+    return df.sort_values(KEY).reset_index(drop=True)
+
+
+def test_a_user_module_by_spec_string_and_by_python_object_trains_the_same(
+    tmp_path, monkeypatch, capsys
+):
+    by_name = tiny_dict(
+        model={
+            "kind": "module",
+            "module": "tests.user_models:make",
+            "options": {"width": 8},
+            "encoder": [64, 32],  # the defaults: the MLP's widths are not set
+            "decoder": [32, 64],
+        },
+        grid=GRID,
+    )
+    a = api.run(by_name, tmp_path / "name")
+    plain = tiny_dict(grid=GRID)
+    del plain["model"]["encoder"], plain["model"]["decoder"]
+    module = user_models.make((4,), 2, 8)
+    b = api.run(plain, tmp_path / "object", model=module)
+    assert a.spec.model.module == "tests.user_models:make"
+    assert b.spec.model.module.startswith("python:tests.user_models.TinyVAE#")
+    cols = ["point_id", "step", "kl", "loss", "kl_dim_0", "kl_dim_1"]
+    pd.testing.assert_frame_equal(
+        sorted_rows(a.metrics)[cols], sorted_rows(b.metrics)[cols]
+    )
+    # trained: the KL differs across sigma^2 and the analysis reads it
+    assert a.metrics["kl"].nunique() > 1
+    assert a.analyze()["transitions"]
+    # the object's run continues from Python with the object; a new process that
+    # does not hold it is told so
+    assert api.run(plain, tmp_path / "object", model=module).complete
+    monkeypatch.setattr("phasevae.modules._OBJECTS", {})
+    spec = str(tmp_path / "object" / "spec.toml")
+    assert main(["sweep", spec, "--out", str(tmp_path / "again")]) == 2
+    assert "continue this run from Python" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module, options, message",
+    [
+        ("tests.user_models:broken", {"how": "shape"}, "have shapes"),
+        ("tests.user_models:broken", {"how": "nan"}, "NaN or inf"),
+        ("tests.user_models:broken", {"how": "batchnorm"}, "state besides params"),
+        ("tests.user_models:broken", {"how": "python_branch"}, "cannot be vmapped"),
+        ("tests.user_models:raises", {}, "the factory raised RuntimeError"),
+        ("tests.user_models:make", {"colour": 3}, "unexpected keyword"),
+        ("tests.no_such_module:make", {}, "cannot import tests.no_such_module"),
+        ("tests.user_models:nothing", {}, "has no nothing"),
+        ("tests.user_models:no_output_layer", {}, "needs the module's output_layer"),
+    ],
+)
+def test_protocol_violations_exit_2_with_what_is_wrong(
+    tmp_path, capsys, module, options, message
+):
+    raw = tiny_dict(model={"kind": "module", "module": module, "options": options})
+    del raw["model"]["encoder"], raw["model"]["decoder"]
+    raw["grid"]["decoder_init_scale"] = [1.0, 0.1]
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tomli_w.dumps(raw))
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_conv_refuses_tables_and_the_mlp_only_options(tmp_path, capsys):
+    raw = tiny_dict(model={"kind": "conv"})
+    del raw["model"]["encoder"], raw["model"]["decoder"]
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tomli_w.dumps(raw))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 2
+    assert "needs image data" in capsys.readouterr().err
+    raw["model"]["skip"] = "gated"
+    spec.write_text(tomli_w.dumps(raw))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 2
+    assert "need the MLP's layout" in capsys.readouterr().err
+
+
+def test_vmapped_conv_equals_the_models_trained_one_at_a_time(tmp_path):
+    grid = api.run(CONV, tmp_path / "grid").metrics
+    assert api.run(CONV, tmp_path / "grid").meta["compiles"] == 1
+    for s2 in CONV["grid"]["sigma2"]:
+        alone = api.run(
+            {**CONV, "grid": {**CONV["grid"], "sigma2": [s2]}}, tmp_path / f"alone{s2}"
+        ).metrics
+        mine = grid[grid["sigma2"] == s2]
+        for col in ("kl", "loss", "mse", "kl_dim_0", "kl_dim_1"):
+            np.testing.assert_allclose(
+                sorted_rows(alone)[col], sorted_rows(mine)[col], rtol=1e-4, atol=1e-5
+            )
+    last = grid[grid["step"] == 20].sort_values("sigma2")
+    assert (
+        last["kl"].iloc[0] > last["kl"].iloc[-1]
+    )  # it learns; large sigma^2 collapses
+
+
+def test_conv_shapes_and_decoder_init_scale_on_images_of_any_size():
+    for shape in [(8, 8, 1), (7, 5, 3)]:
+        m = ConvVAE(3, shape, (4, 8))
+        x = jnp.ones(shape)
+        params = m.init(jax.random.key(0), x, jnp.zeros(3))
+        mu, logvar, xhat = m.apply(params, x, jnp.zeros(3))
+        assert mu.shape == logvar.shape == (3,) and xhat.shape == shape
+        assert params["params"]["out"]["kernel"].shape == (3, 3, 4, shape[2])
+
+
+def test_the_residual_decoder_example_runs(tmp_path, capsys, monkeypatch):
+    """examples/residual_decoder.py: a user module passed to pv.run as an object,
+    and the same module by spec string through its factory."""
+    import runpy
+    import sys
+
+    from tests.test_api import ROOT
+
+    monkeypatch.setattr(sys, "argv", ["residual_decoder.py", str(tmp_path / "r")])
+    example = runpy.run_path(
+        str(ROOT / "examples" / "residual_decoder.py"), {}, "__main__"
+    )
+    assert "residual decoder: sigma2_c =" in capsys.readouterr().out
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    spec = {
+        **example["spec"],
+        "model": {"latent_dim": 2, "kind": "module", "module": "residual_decoder:make"},
+    }
+    spec["train"] = {**spec["train"], "steps": 250}
+    assert api.run(spec, tmp_path / "by_name").complete
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(8, 8, 3), (7, 5, 2)])
+def test_the_im2col_convolution_equals_lax_conv(shape, kernel):
+    from jax import lax
+
+    from phasevae.conv import Conv
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+    for transpose, ref in (
+        (
+            False,
+            lambda w: lax.conv_general_dilated(
+                x[None], w, (2, 2), "SAME", dimension_numbers=dn
+            ),
+        ),
+        (
+            True,
+            lambda w: lax.conv_transpose(
+                x[None], w, (2, 2), "SAME", dimension_numbers=dn
+            ),
+        ),
+    ):
+        layer = Conv(4, kernel, transpose)
+        params = layer.init(jax.random.key(0), x)
+        want = ref(params["params"]["kernel"])[0] + params["params"]["bias"]
+        np.testing.assert_allclose(layer.apply(params, x), want, atol=1e-5)
