@@ -1,14 +1,22 @@
 """Throughput of the vmapped training program against the hardware, in one run.
 
-For each model count M it trains the paper's synthetic architecture (N = 8, encoder
-256-128, decoder 128-256, latent 2, batch 256) and reports model-steps per second, the
-achieved FLOP/s, the float32 matmul peak of the same device measured in the same run
-(a large jitted matrix product), their ratio, the compile time and the memory of the
-state per model. It also times the baseline a user would write without this tool: a
-Python loop over the grid, one model at a time, each step a jitted call.
+For each model count M it trains one architecture and reports model-steps per second,
+the achieved FLOP/s, the float32 matmul peak of the same device measured in the same
+run (a large jitted matrix product), their ratio, the compile time and the memory of
+the state per model. It also times the baseline a user would write without this tool:
+a Python loop over the grid, one model at a time, each step a jitted call.
+
+Architectures (``--model``):
+  mlp   the paper's synthetic one: N = 8, encoder 256-128, decoder 128-256, latent 2,
+        batch 256;
+  conv  the convolutional VAE (:mod:`phasevae.conv`) on 16x16 grayscale patches:
+        channels 16-32, kernel 3, latent 2, batch 64.
 
 FLOPs of one model step, counted by hand (a multiply-add is 2 FLOPs):
-  forward   2 * B * MACs,  MACs = sum over dense layers of fan_in * fan_out
+  forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out, over
+            convolutions of output pixels * k^2 * C_in * C_out, over transposed
+            convolutions of input pixels * k^2 * C_in * C_out (the useful products:
+            the zeros a strided transposed convolution multiplies are not counted)
   backward  2 * forward    (gradients with respect to weights and to activations)
   optimizer 12 * P         (Adam: moments, bias correction, sqrt, divide, update)
 Element-wise work (ReLU, exp, the KL and the loss) is left out: it is O(B * width),
@@ -29,11 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from phasevae.conv import ConvVAE
 from phasevae.data import synthetic
 from phasevae.model import VAE, example_terms, objective
+from phasevae.modules import footprint
 from phasevae.train import Point, Static, Trainer
 
 N, LATENT, ENCODER, DECODER, BATCH = 8, 2, (256, 128), (128, 256), 256
+IMAGE, CHANNELS, KERNEL, CONV_BATCH = (16, 16, 1), (16, 32), 3, 64
 CHUNK = 100  # steps per timed call
 EVAL = 256  # evaluation examples per chunk (small: the bench times training)
 
@@ -51,6 +62,30 @@ class BenchResult:
     baseline_model_steps_per_s: float
     speedup_over_baseline: float
     device: str
+    model: str = "mlp"
+
+
+def static_for(model: str) -> Static:
+    """The training program's static configuration for ``model``."""
+    if model == "conv":
+        module = ConvVAE(LATENT, IMAGE, CHANNELS, KERNEL)
+        size = math.prod(IMAGE)
+        return Static(
+            size, LATENT, (), (), CONV_BATCH, CHUNK, module=module, example_shape=IMAGE
+        )
+    return Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK)
+
+
+def bench_data(model: str) -> np.ndarray:
+    """The training data (n, N) float32: Gaussian with the paper's spectrum for the
+    MLP, scikit-image patches scaled to [-1, 1] for the conv model."""
+    if model == "conv":
+        from phasevae.data import patches
+
+        return (patches(4096, 0) / 127.5 - 1.0).astype(np.float32)
+    return synthetic([8.0, 2.0, 0.5, 0.1, 0.05, 0.04, 0.02, 0.01], 20000, 0).astype(
+        np.float32
+    )
 
 
 def layer_sizes() -> list[tuple[int, int]]:
@@ -61,7 +96,25 @@ def layer_sizes() -> list[tuple[int, int]]:
     )
 
 
-def flops_per_model_step() -> float:
+def conv_macs() -> int:
+    """Multiply-adds of one example through the bench's conv VAE (module docstring)."""
+    (h, w, c), k2 = IMAGE, KERNEL * KERNEL
+    macs = 0
+    for out in CHANNELS:
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        macs += h * w * k2 * c * out
+        c = out
+    macs += h * w * c * 2 * LATENT + LATENT * h * w * c  # head, then the lift
+    for out in (*reversed(CHANNELS[:-1]), IMAGE[2]):
+        macs += h * w * k2 * c * out
+        h, w, c = 2 * h, 2 * w, out
+    return macs
+
+
+def flops_per_model_step(model: str = "mlp") -> float:
+    if model == "conv":
+        params, _ = footprint(static_for(model).module, IMAGE, LATENT)
+        return 3.0 * 2.0 * CONV_BATCH * conv_macs() + 12.0 * params
     macs = sum(a * b for a, b in layer_sizes())
     params = sum(a * b + b for a, b in layer_sizes())
     forward = 2.0 * BATCH * macs
@@ -81,14 +134,13 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
-def _setup(m: int):
+def _setup(m: int, model: str = "mlp"):
     """The trainer and placed inputs for M models, laid out as a sweep lays them out
     (models axis sharded over every device, data replicated)."""
     from phasevae.placement import Placement
 
     place = Placement.create(m)
-    static = Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK)
-    trainer = Trainer(static, place.shard)
+    trainer = Trainer(static_for(model), place.shard)
     points = Point(
         np.geomspace(0.5, 20.0, m).astype(np.float32),
         np.ones(m, np.float32),
@@ -97,8 +149,7 @@ def _setup(m: int):
         np.zeros(m, np.float32),
         np.ones(m, np.float32),
     )
-    x = synthetic([8.0, 2.0, 0.5, 0.1, 0.05, 0.04, 0.02, 0.01], 20000, 0)
-    x = x.astype(np.float32)
+    x = bench_data(model)
     return (
         trainer,
         place.models(points),
@@ -107,12 +158,14 @@ def _setup(m: int):
     )
 
 
-def time_grid(m: int, repeats: int = 3) -> tuple[float, float, int, int, int]:
+def time_grid(
+    m: int, repeats: int = 3, model: str = "mlp"
+) -> tuple[float, float, int, int, int]:
     """Model-steps/s, compile seconds, state bytes per model, the compiled
     program's bytes per model (arguments + outputs + temporaries, less the shared
     data) of the vmapped chunk, and the number of devices it ran on. Padding models
     (to a multiple of the device count) are counted as work, not as models."""
-    trainer, points, x, ex = _setup(m)
+    trainer, points, x, ex = _setup(m, model)
     state = trainer.init(points)
     t0 = time.perf_counter()
     compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
@@ -140,33 +193,35 @@ def time_grid(m: int, repeats: int = 3) -> tuple[float, float, int, int, int]:
     return m * CHUNK / best, compile_s, nbytes, program // per_device, devices
 
 
-def time_baseline(m: int, steps: int = 30) -> float:
+def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:
     """Model-steps/s of a loop over models, each trained with a jitted step."""
-    model = VAE(N, LATENT, ENCODER, DECODER)
+    static = static_for(model)
+    vae = static.module or VAE(N, LATENT, ENCODER, DECODER)
     tx = optax.adam(1e-3)
-    x = jnp.asarray(synthetic([8.0, 2.0, 0.5, 0.1, 0.05, 0.04, 0.02, 0.01], 20000, 0))
+    x = jnp.asarray(bench_data(model)).reshape(-1, *static.shape)
+    batch, zero = static.batch_size, (jnp.zeros(static.shape), jnp.zeros(LATENT))
 
     def loss(params, xb, eps, sigma2):
         terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
-            model, params, xb, eps, sigma2
+            vae, params, xb, eps, sigma2
         )
         return jnp.mean(objective(terms, 1.0))
 
     @jax.jit
     def step(params, opt_state, key, sigma2):
         k1, k2 = jax.random.split(key)
-        xb = x[jax.random.randint(k1, (BATCH,), 0, x.shape[0])]
-        eps = jax.random.normal(k2, (BATCH, LATENT))
+        xb = x[jax.random.randint(k1, (batch,), 0, x.shape[0])]
+        eps = jax.random.normal(k2, (batch, LATENT))
         grads = jax.grad(loss)(params, xb, eps, sigma2)
         updates, opt_state = tx.update(grads, opt_state)
         return optax.apply_updates(params, updates), opt_state
 
     key = jax.random.key(0)
-    params = model.init(key, jnp.zeros(N), jnp.zeros(LATENT))
+    params = vae.init(key, *zero)
     jax.block_until_ready(step(params, tx.init(params), key, 1.0))  # compile
     t0 = time.perf_counter()
     for i in range(m):
-        params = model.init(jax.random.key(i), jnp.zeros(N), jnp.zeros(LATENT))
+        params = vae.init(jax.random.key(i), *zero)
         opt_state = tx.init(params)
         for s in range(steps):
             params, opt_state = step(params, opt_state, jax.random.key(s), 1.0)
@@ -174,13 +229,16 @@ def time_baseline(m: int, steps: int = 30) -> float:
     return m * steps / (time.perf_counter() - t0)
 
 
-def baseline_as_a_user_runs_it(m: int) -> float:
+def baseline_as_a_user_runs_it(m: int, model: str = "mlp") -> float:
     """:func:`time_baseline` in a fresh process with JAX's defaults (one CPU device
     using every core), not the device split this process may run with."""
     flags = os.environ.get("XLA_FLAGS", "").split()
     flags = [f for f in flags if "force_host_platform_device_count" not in f]
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", XLA_FLAGS=" ".join(flags))
-    code = f"from phasevae.bench import time_baseline; print(time_baseline({m}))"
+    code = (
+        "from phasevae.bench import time_baseline; "
+        f"print(time_baseline({m}, model={model!r}))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=env,
@@ -191,15 +249,17 @@ def baseline_as_a_user_runs_it(m: int) -> float:
     return float(out.stdout.split()[-1])
 
 
-def run(models: list[int], baseline_models: int = 4) -> list[BenchResult]:
+def run(
+    models: list[int], baseline_models: int = 4, model: str = "mlp"
+) -> list[BenchResult]:
     """Time every M in ``models``; the baseline's rate (per model, it does not
     depend on M) is measured once on ``baseline_models`` models."""
     peak = matmul_peak()
-    baseline = baseline_as_a_user_runs_it(baseline_models)
-    flops = flops_per_model_step()
+    baseline = baseline_as_a_user_runs_it(baseline_models, model)
+    flops = flops_per_model_step(model)
     out = []
     for m in models:
-        rate, compile_s, nbytes, program, devices = time_grid(m)
+        rate, compile_s, nbytes, program, devices = time_grid(m, model=model)
         out.append(
             BenchResult(
                 models=m,
@@ -213,6 +273,7 @@ def run(models: list[int], baseline_models: int = 4) -> list[BenchResult]:
                 baseline_model_steps_per_s=baseline,
                 speedup_over_baseline=rate / baseline,
                 device=f"{devices} x {jax.devices()[0].device_kind}",
+                model=model,
             )
         )
     return out

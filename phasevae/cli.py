@@ -270,13 +270,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"default of at most one save per 30 s); restore {r['restore_s']:.2f} s"
             )
         return 0
-    results = bench.run(models)
+    results = bench.run(models, model=args.model)
     if args.json:
         print(json.dumps(bench.as_dicts(results), indent=1))
         return 0
     peak = results[0].matmul_peak_flops_per_s
     print(
-        f"{bench.flops_per_model_step():.3g} FLOP per model-step; "
+        f"{args.model}: {bench.flops_per_model_step(args.model):.3g} FLOP per "
+        "model-step; "
         "the models axis is sharded over the devices listed per row"
     )
     print(f"matmul peak (float32, 2048^3 product): {peak:.3g} FLOP/s")

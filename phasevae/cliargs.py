@@ -22,6 +22,7 @@ EXAMPLES = {
   phasevae sweep my.toml --shard 0/4 --out runs/s0  # one of 4 array jobs""",
     "bench": """examples:
   phasevae bench --models 1 64 256
+  phasevae bench --model conv --models 1 16 64
   phasevae bench --models 1000 --checkpoint --json""",
     "status": "example:\n  phasevae status runs/default",
     "merge": "example:\n  phasevae merge runs/s0 runs/s1 runs/s2 --out runs/all",
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", type=int, nargs="+", help="model counts M (default 1 8 64 256)"
     )
     p.add_argument("--json", action="store_true", help="print JSON, one object per M")
+    p.add_argument(
+        "--model",
+        choices=("mlp", "conv"),
+        default="mlp",
+        help="the paper's MLP (default) or the convolutional VAE on image patches",
+    )
     p.add_argument(
         "--checkpoint",
         action="store_true",

@@ -66,7 +66,10 @@ class Conv(nn.Module):
             for i in range(k)
             for j in range(k)
         ]
-        return jnp.concatenate(cols, axis=-1) @ w.reshape(-1, self.features) + b
+        return (
+            jnp.concatenate(cols, axis=-1) @ w.reshape(-1, self.features)
+            + b[None, None]
+        )
 
 
 class ConvVAE(nn.Module):

@@ -40,3 +40,15 @@ def test_checkpoint_timing_interface(capsys):
     # three models' parameters, 71,180 float32 each (random: they do not compress;
     # orbax compresses the Adam moments, zero at the start)
     assert r["bytes"] > 3 * 71180 * 4
+
+
+def test_flop_count_of_the_conv_model():
+    # 16x16x1 -> 8x8x16 -> 4x4x32 (convolutions: output pixels x 9 x c_in x c_out),
+    # dense 512 -> 4 and 2 -> 512, then 4x4x32 -> 8x8x16 -> 16x16x1 (transposed:
+    # input pixels x 9 x c_in x c_out)
+    macs = 64 * 9 * 16 + 16 * 9 * 16 * 32 + 512 * 4 + 2 * 512
+    macs += 16 * 9 * 32 * 16 + 64 * 9 * 16 * 1
+    assert bench.conv_macs() == macs
+    params = (9 * 16 + 16) + (9 * 16 * 32 + 32) + (512 * 4 + 4) + (2 * 512 + 512)
+    params += (9 * 32 * 16 + 16) + (9 * 16 + 1)
+    assert bench.flops_per_model_step("conv") == 3 * 2 * 64 * macs + 12 * params

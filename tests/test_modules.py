@@ -182,5 +182,24 @@ def test_the_im2col_convolution_equals_lax_conv(shape, kernel):
     ):
         layer = Conv(4, kernel, transpose)
         params = layer.init(jax.random.key(0), x)
-        want = ref(params["params"]["kernel"])[0] + params["params"]["bias"]
+        want = ref(params["params"]["kernel"])[0] + params["params"]["bias"][None, None]
         np.testing.assert_allclose(layer.apply(params, x), want, atol=1e-5)
+
+
+def test_a_conv_sweep_takes_slots_shards_merge_analysis_and_figures(tmp_path):
+    spec = {**CONV, "grid": {**CONV["grid"], "sigma2": [0.02, 0.1, 0.5, 2.0]}}
+    whole = api.run(spec, tmp_path / "whole")
+    slots = api.run(
+        {**spec, "train": {**spec["train"], "slots": 2}}, tmp_path / "slots"
+    )
+    assert slots.complete and len(slots.metrics) == len(whole.metrics) == 4 * 2
+    cols = ["point_id", "step", "kl", "loss"]
+    for i in range(2):
+        api.run(spec, tmp_path / f"shard{i}", shard=(i, 2))
+    api.merge([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged")
+    merged = api.open_run(tmp_path / "merged")
+    pd.testing.assert_frame_equal(
+        sorted_rows(merged.metrics)[cols], sorted_rows(whole.metrics)[cols]
+    )
+    assert merged.analyze()["transitions"]
+    assert merged.plot(save="png")
