@@ -40,6 +40,10 @@ GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "seed",
     "kl_warmup_steps",
     "decoder_init_scale",
+    "free_bits",
+    "kl_cycle_steps",
+    "kl_cycle_ramp",
+    "mi_weight",
     "direction",  # a hysteresis sweep's +1 (sigma^2 up) or -1 (down); not traced
     "decoder",  # static: the decoder's hidden widths, "32-64" or "linear"
     "skip",  # static: the skip path from x into the decoder

@@ -141,13 +141,13 @@ def _setup(m: int, model: str = "mlp"):
 
     place = Placement.create(m)
     trainer = Trainer(static_for(model), place.shard)
-    points = Point(
-        np.geomspace(0.5, 20.0, m).astype(np.float32),
-        np.ones(m, np.float32),
-        np.full(m, 1e-3, np.float32),
-        np.arange(m, dtype=np.uint32),
-        np.zeros(m, np.float32),
-        np.ones(m, np.float32),
+    points = Point.from_table(
+        {
+            "sigma2": np.geomspace(0.5, 20.0, m),
+            "beta": np.ones(m),
+            "learning_rate": np.full(m, 1e-3),
+            "seed": np.arange(m),
+        }
     )
     x = bench_data(model)
     return (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from phasevae.spec import LATER_AXES
+
 
 class ProgressBar:
     """One line per chunk on a terminal (redrawn in place), ~20 lines otherwise."""
@@ -47,8 +49,7 @@ def transition_table(result: dict) -> str:
     rows = []
     for t in result["transitions"]:
         axes = {k: t[k] for k in ("beta", "learning_rate") if k in t}
-        later = {"kl_warmup_steps": 0.0, "decoder_init_scale": 1.0}
-        axes.update({k: t[k] for k, d in later.items() if t.get(k, d) != d})
+        axes.update({k: t[k] for k, d in LATER_AXES.items() if t.get(k, d) != d})
         axes.update({k: t[k] for k in ("direction", "decoder", "skip") if k in t})
         ci = t["ci"] or [float("nan")] * 2
         rows.append(

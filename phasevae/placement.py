@@ -165,16 +165,7 @@ class Program:
 
     def points_for(self, grid: pd.DataFrame) -> Point:
         """The traced values of ``grid``'s rows, placed on the models axis."""
-        return self.place.models(
-            Point(
-                sigma2=grid["sigma2"].to_numpy(np.float32),
-                beta=grid["beta"].to_numpy(np.float32),
-                learning_rate=grid["learning_rate"].to_numpy(np.float32),
-                seed=grid["seed"].to_numpy(np.uint32),
-                kl_warmup_steps=grid["kl_warmup_steps"].to_numpy(np.float32),
-                decoder_init_scale=grid["decoder_init_scale"].to_numpy(np.float32),
-            )
-        )
+        return self.place.models(Point.from_table(grid))
 
     def start(self, steps: np.ndarray):
         """The chunk's start argument for slots at ``steps``: one shared int32, or

@@ -14,12 +14,8 @@ import pandas as pd
 
 from phasevae.modules import build, example_shape
 from phasevae.safeio import brief
-from phasevae.spec import Spec, SpecError
+from phasevae.spec import LATER_AXES, Spec, SpecError, axis_values
 from phasevae.train import Static
-
-# axes added after the first runs: hashed only when off their default, so that the ids
-# of points that do not use them (and the runs that hold those points) stay the same
-LATER_AXES = {"kl_warmup_steps": 0.0, "decoder_init_scale": 1.0}
 
 
 def point_id(values: dict) -> str:
@@ -86,6 +82,8 @@ def static_config(
         skip=m.skip,
         module=build(m, shape),
         example_shape=shape,
+        free_bits=any(axis_values(spec.grid.free_bits)),
+        mi_term=any(axis_values(spec.grid.mi_weight)),
     )
 
 

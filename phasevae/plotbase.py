@@ -132,6 +132,10 @@ AXIS_LABEL = {
     "seed": "seed",
     "kl_warmup_steps": "KL warm-up steps",
     "decoder_init_scale": "decoder init scale",
+    "free_bits": "free bits (nats per dim)",
+    "kl_cycle_steps": "KL cycle period (steps)",
+    "kl_cycle_ramp": "KL cycle ramp fraction",
+    "mi_weight": "mutual-information weight",
     "decoder": "decoder hidden widths",
     "skip": "skip path",
 }
@@ -141,6 +145,10 @@ REMEDY_AXES = (
     "learning_rate",
     "kl_warmup_steps",
     "decoder_init_scale",
+    "free_bits",
+    "kl_cycle_steps",
+    "kl_cycle_ramp",
+    "mi_weight",
     "decoder",  # static axes: categorical, drawn at positions 0, 1, ...
     "skip",
 )

@@ -20,6 +20,7 @@ import tomli_w
 
 from phasevae.safeio import SPEC_BYTES, brief, read_text
 from phasevae.spectypes import (  # noqa: F401  (the spec's types, re-exported)
+    LATER_AXES,
     Axis,
     DataSpec,
     GridSpec,
@@ -79,6 +80,10 @@ _BOUNDS = {
     ("grid", "seeds"): (0, True),
     ("grid", "kl_warmup_steps"): (0.0, True),
     ("grid", "decoder_init_scale"): (0.0, True),
+    ("grid", "free_bits"): (0.0, True),
+    ("grid", "kl_cycle_steps"): (0.0, True),
+    ("grid", "kl_cycle_ramp"): (0.0, False),
+    ("grid", "mi_weight"): (0.0, True),
 }
 
 
@@ -418,12 +423,6 @@ def _check_spec(spec: Spec, where: str) -> None:
         )
     if d.source in ("array", "cifar10") and not d.path:
         raise SpecError(f"{where}: data.source = {d.source!r} needs data.path (a file)")
-    warmups = axis_values(spec.grid.kl_warmup_steps)
-    if any(w != int(w) for w in warmups):
-        raise SpecError(
-            f"{where}: grid.kl_warmup_steps = {brief(list(warmups))}: warm-ups are "
-            "whole numbers of steps"
-        )
     points = grid_size(spec)
     if points > MAX_POINTS:
         raise SpecError(

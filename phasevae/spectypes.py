@@ -157,6 +157,18 @@ class TrainSpec:
     max_steps: int = 0
 
 
+# traced axes added after the first runs, with their defaults: a point's id hashes
+# them only off the default, so the runs made before them keep their ids
+LATER_AXES = {
+    "kl_warmup_steps": 0.0,
+    "decoder_init_scale": 1.0,
+    "free_bits": 0.0,
+    "kl_cycle_steps": 0.0,
+    "kl_cycle_ramp": 0.5,
+    "mi_weight": 0.0,
+}
+
+
 @dataclass(frozen=True)
 class GridSpec:
     """The traced axes; the grid is their Cartesian product.
@@ -164,6 +176,14 @@ class GridSpec:
     ``learning_rate`` absent means ``[train.learning_rate]``. ``kl_warmup_steps``: beta
     ramps linearly from 0 to its value over that many steps (0: no warm-up).
     ``decoder_init_scale``: the decoder's last layer starts scaled by it.
+    ``free_bits``: a floor lambda (nats) on each latent dim's KL in the objective,
+    which uses max(lambda, KL_j), KL_j averaged over the minibatch (0: none).
+    ``kl_cycle_steps``, ``kl_cycle_ramp``: cyclical KL annealing, beta's factor
+    rising linearly from 0 to 1 over the first ``kl_cycle_ramp`` fraction of every
+    period of ``kl_cycle_steps`` steps and held at 1 for the rest (0: none).
+    ``mi_weight``: alpha of a mutual-information term, the objective minus
+    alpha I(x; z), I estimated on the minibatch through the aggregate posterior.
+    The training objective alone changes: evaluations report recon + beta KL.
 
     ``decoder`` and ``skip`` are static axes: a list of decoder hidden-width lists
     (``[]`` is a linear decoder) replacing ``model.decoder``, and a list of skip paths
@@ -177,6 +197,10 @@ class GridSpec:
     learning_rate: Axis | None = None
     kl_warmup_steps: Axis = (0.0,)
     decoder_init_scale: Axis = (1.0,)
+    free_bits: Axis = (0.0,)
+    kl_cycle_steps: Axis = (0.0,)
+    kl_cycle_ramp: Axis = (0.5,)
+    mi_weight: Axis = (0.0,)
     decoder: tuple[tuple[int, ...], ...] | None = None
     skip: tuple[str, ...] | None = None
 
@@ -220,8 +244,7 @@ class Spec:
                 (self.train.learning_rate,) if lr is None else axis_values(lr)
             ),
             "seed": tuple(float(s) for s in self.grid.seeds),
-            "kl_warmup_steps": axis_values(self.grid.kl_warmup_steps),
-            "decoder_init_scale": axis_values(self.grid.decoder_init_scale),
+            **{a: axis_values(getattr(self.grid, a)) for a in LATER_AXES},
         }
 
 
@@ -230,7 +253,7 @@ def grid_size(spec: Spec) -> int:
     g = spec.grid
     lengths = [
         a.num if isinstance(a, Range) else len(a)
-        for a in (g.sigma2, g.beta, g.kl_warmup_steps, g.decoder_init_scale)
+        for a in (g.sigma2, g.beta, *(getattr(g, k) for k in LATER_AXES))
     ]
     lr = g.learning_rate
     lengths += [
@@ -303,6 +326,12 @@ def train_problem(spec: Spec) -> str | None:
         )
     if t.max_steps and t.until != "trusted":
         return 'train.max_steps applies to train.until = "trusted" only'
+    for key in ("kl_warmup_steps", "kl_cycle_steps"):
+        values = axis_values(getattr(spec.grid, key))
+        if any(v != int(v) for v in values):
+            return f"grid.{key} = {list(values)}: whole numbers of steps"
+    if any(not 0 < r <= 1 for r in axis_values(spec.grid.kl_cycle_ramp)):
+        return "grid.kl_cycle_ramp: fractions of the period in (0, 1]"
     if t.steps % t.eval_every:
         return (
             f"train.steps = {t.steps} must be a multiple of train.eval_every = "

@@ -48,6 +48,7 @@ from phasevae.safeio import (
     read_text,
 )
 from phasevae.spec import (
+    LATER_AXES,
     Spec,
     SpecError,
     parse_toml,
@@ -213,6 +214,9 @@ class RunDir:
         digest = (table.schema.metadata or {}).get(b"phasevae_digest")
         if digest is not None and digest.decode() != _frame_digest(df):
             raise self._damaged(self.metrics_file, "its digest does not match")
+        # rows written before an axis existed trained at its default
+        for axis, default in LATER_AXES.items():
+            df[axis] = df[axis].fillna(default) if axis in df else default
         return df
 
     def write_metrics(self, df: pd.DataFrame) -> None:

@@ -30,9 +30,9 @@ from phasevae.loop import (
 )
 from phasevae.modules import verify
 from phasevae.placement import Program, any_process
-from phasevae.plan import LATER_AXES, grid_table, point_id, select_shard
+from phasevae.plan import grid_table, point_id, select_shard
 from phasevae.schedule import adaptive, chains
-from phasevae.spec import Spec, SpecError, spec_to_dict
+from phasevae.spec import LATER_AXES, Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 
 KL_COLLAPSED = 0.01  # nats: "KL ~ 0" in the summary

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax import Array
@@ -33,6 +34,7 @@ from phasevae.model import (
     mutual_information,
     objective,
 )
+from phasevae.spec import LATER_AXES
 
 
 class Point(NamedTuple):
@@ -44,6 +46,33 @@ class Point(NamedTuple):
     seed: Array  # uint32, the grid seed: chooses initialisation and noise
     kl_warmup_steps: Array  # float32, beta ramps from 0 over this many steps (0: none)
     decoder_init_scale: Array  # float32, scale of the decoder's last layer at init
+    free_bits: Array  # float32, floor on each dim's minibatch KL in the objective
+    kl_cycle_steps: Array  # float32, period of cyclical KL annealing (0: none)
+    kl_cycle_ramp: Array  # float32, fraction of the period beta ramps over
+    mi_weight: Array  # float32, weight of the -I(x; z) term in the objective
+
+    @classmethod
+    def from_table(cls, table) -> Point:
+        """Stacked points from columns (a grid table, or a dict of arrays); an axis
+        that is absent takes its default (:data:`phasevae.spec.LATER_AXES`)."""
+        n = len(table["sigma2"])
+        cols = {
+            f: np.asarray(table[f]) if f in table else np.full(n, LATER_AXES[f])
+            for f in cls._fields
+        }
+        return cls(
+            **{
+                f: v.astype(np.uint32 if f == "seed" else np.float32)
+                for f, v in cols.items()
+            }
+        )
+
+    @classmethod
+    def one(cls, **values) -> Point:
+        """A single point (no models axis): sigma2, beta, learning_rate and seed
+        given, the other axes at their defaults unless given."""
+        table = cls.from_table({k: [v] for k, v in values.items()})
+        return cls(*(a[0] for a in table))
 
 
 @struct.dataclass
@@ -86,6 +115,9 @@ class Static:
     shared_batches: bool = True
     learned_sigma2: bool = False
     skip: str = "none"
+    # objective terms some grid point uses (a grid without them compiles without)
+    free_bits: bool = False
+    mi_term: bool = False
     # a module following the protocol (phasevae.model) in place of the MLP VAE of
     # the widths above, and the shape one example reaches it in (default (data_dim,))
     module: nn.Module | None = None
@@ -117,11 +149,16 @@ def scale_kernel(params: dict, path: tuple[str, ...], factor: Array) -> dict:
     return {**params, head: {**layer, "kernel": layer["kernel"] * factor}}
 
 
-def warmup(point: Point, step: Array) -> Array:
-    """KL warm-up factor at ``step``: min(1, step / kl_warmup_steps), 1 without one.
-    Evaluation always uses the full beta: the metrics are of the final objective."""
+def kl_factor(point: Point, step: Array) -> Array:
+    """The factor on beta at ``step``: the warm-up's min(1, step / kl_warmup_steps)
+    times the cyclical annealing's min(1, (step mod P) / (ramp P)), each 1 without
+    it. Evaluation always uses the full beta: the metrics are of the final
+    objective."""
     ramp = step / jnp.maximum(point.kl_warmup_steps, 1.0)
-    return jnp.where(point.kl_warmup_steps > 0, jnp.minimum(ramp, 1.0), 1.0)
+    warm = jnp.where(point.kl_warmup_steps > 0, jnp.minimum(ramp, 1.0), 1.0)
+    period = jnp.maximum(point.kl_cycle_steps, 1.0)
+    phase = jnp.mod(step, period) / (point.kl_cycle_ramp * period)
+    return warm * jnp.where(point.kl_cycle_steps > 0, jnp.minimum(phase, 1.0), 1.0)
 
 
 MI_SAMPLES = 512  # the I(x; z) estimate costs n^2 per model: a subset of eval_x
@@ -197,11 +234,28 @@ class Trainer:
             self._sigma2(params, point),
         )
 
-    def _batch_loss(
+    def batch_loss(
         self, params, point: Point, xb: Array, eps: Array, step: Array
     ) -> Array:
+        """The training objective of one model on a batch xb (n, N), noise eps
+        (n, k): the mean of recon + beta' KL, beta' = beta * :func:`kl_factor`, plus
+        beta' sum_j (max(lambda, KL_j) - KL_j) with the minibatch mean KL_j where
+        free bits lambda > 0 (below the floor a dim's KL then has no gradient),
+        minus mi_weight * I(x; z) (:func:`phasevae.model.mutual_information`)."""
         terms = self._terms(params, point, xb, eps)
-        return jnp.mean(objective(terms, point.beta * warmup(point, step)))
+        beta = point.beta * kl_factor(point, step)
+        loss = jnp.mean(objective(terms, beta))
+        if self.static.free_bits:
+            kl = jnp.mean(terms.kl_dim, axis=0)
+            lift = jnp.where(
+                point.free_bits > 0, jnp.maximum(point.free_bits, kl) - kl, 0
+            )
+            loss = loss + beta * jnp.sum(lift)
+        if self.static.mi_term:
+            loss = loss - point.mi_weight * mutual_information(
+                terms.mu, terms.var_dim, eps
+            )
+        return loss
 
     def _batch_indices(self, key: Array, step: Array, n: int) -> Array:
         return jax.random.randint(
@@ -219,7 +273,7 @@ class Trainer:
         xb = data[idx]
         noise_key = jax.random.fold_in(self._point_key(point, _NOISE), step)
         eps = jax.random.normal(noise_key, (s.batch_size, s.latent_dim))
-        loss, grads = jax.value_and_grad(self._batch_loss)(
+        loss, grads = jax.value_and_grad(self.batch_loss)(
             state.params, point, xb, eps, step
         )
         # finite loss and gradients make a finite Adam step; deciding before the update

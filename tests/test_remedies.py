@@ -32,15 +32,12 @@ def test_the_learned_variance_gradient_is_the_closed_form():
     """d loss / d ln sigma^2 = N/2 - ||x - f(z)||^2 / (2 sigma^2), batch-averaged."""
     static = Static(3, 1, (), (), 4, 1, learned_sigma2=True)
     trainer = Trainer(static)
-    point = Point(*(jnp.float32(v) for v in (2.0, 1.0, 1e-3)), jnp.uint32(0), 0.0, 1.0)
-    point = point._replace(
-        kl_warmup_steps=jnp.float32(0.0), decoder_init_scale=jnp.float32(1.0)
-    )
+    point = Point.one(sigma2=2.0, beta=1.0, learning_rate=1e-3, seed=0)
     params = trainer._init_one(point).params
     assert float(params["log_sigma2"]) == pytest.approx(np.log(2.0))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
     eps = jnp.zeros((4, 1))
-    grads = jax.grad(trainer._batch_loss)(params, point, x, eps, jnp.float32(0.0))
+    grads = jax.grad(trainer.batch_loss)(params, point, x, eps, jnp.float32(0.0))
     terms = trainer._terms(params, point, x, eps)
     expect = np.mean(3 / 2 - np.asarray(terms.sq_err) / (2 * 2.0))
     assert float(grads["log_sigma2"]) == pytest.approx(expect, rel=1e-5)
@@ -210,3 +207,131 @@ def test_scaling_per_remedy_setting_tells_which_breaks_the_symmetry():
     assert by[0.0]["rms_spread"] < 0.01
     assert by[9.0]["rms_spread"] == pytest.approx(0.3 * np.sqrt(2) / 3, abs=0.01)
     assert analysis.scaling_by_group(kept.pipe(analysis.settle, ["kl"])) == []
+
+
+def _linear_trainer(**flags):
+    from phasevae.train import Static, Trainer
+
+    trainer = Trainer(Static(3, 2, (), (), 4, 1, **flags))
+    point = Point.one(sigma2=0.7, beta=1.5, learning_rate=1e-3, seed=0)
+    params = trainer.init(
+        Point.from_table({k: [v] for k, v in point._asdict().items()})
+    )
+    params = jax.tree.map(lambda a: a[0], params.params)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 3)) * [2.0, 1.0, 0.5], jnp.float32)
+    eps = jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)
+    return trainer, point, params, x, eps
+
+
+def _terms(trainer, params, point, x, eps):
+    from phasevae.model import example_terms
+
+    return jax.vmap(example_terms, (None, None, 0, 0, None))(
+        trainer.model, {"params": params["params"]}, x, eps, point.sigma2
+    )
+
+
+def test_free_bits_objective_by_hand_and_no_gradient_below_the_floor():
+    trainer, point, params, x, eps = _linear_trainer(free_bits=True)
+    t = _terms(trainer, params, point, x, eps)
+    kl = np.asarray(t.kl_dim).mean(axis=0)  # per dim, over the minibatch
+    floor = float(np.mean(kl))  # one dim below it, one above
+    assert kl.min() < floor < kl.max()
+    p = point._replace(free_bits=jnp.float32(floor))
+    got = trainer.batch_loss(params, p, x, eps, jnp.float32(0.0))
+    want = np.mean(t.recon) + 1.5 * np.sum(np.maximum(floor, kl))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # a floor above every dim: the KL has no gradient left, only the reconstruction
+    high = point._replace(free_bits=jnp.float32(10 * kl.max()))
+    g = jax.grad(trainer.batch_loss)(params, high, x, eps, jnp.float32(0.0))
+
+    def recon_only(prm):
+        return jnp.mean(_terms(trainer, prm, point, x, eps).recon)
+
+    plain = jax.grad(recon_only)(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # free_bits = 0 is the plain objective
+    zero = trainer.batch_loss(params, point, x, eps, jnp.float32(0.0))
+    np.testing.assert_allclose(zero, np.mean(t.recon) + 1.5 * np.sum(kl), rtol=1e-6)
+
+
+def test_cyclical_annealing_schedule():
+    from phasevae.train import kl_factor
+
+    p = Point.one(
+        sigma2=1, beta=1, learning_rate=1, seed=0, kl_cycle_steps=100, kl_cycle_ramp=0.5
+    )
+    steps = [0, 25, 50, 75, 99, 100, 125, 150, 250]
+    want = [0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0]
+    got = [float(kl_factor(p, jnp.float32(s))) for s in steps]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # with a warm-up of 200 steps too: the product
+    both = p._replace(kl_warmup_steps=jnp.float32(200.0))
+    assert float(kl_factor(both, jnp.float32(125.0))) == pytest.approx(0.5 * 0.625)
+
+
+def test_mutual_information_term_by_hand():
+    trainer, point, params, x, eps = _linear_trainer(mi_term=True)
+    t = _terms(trainer, params, point, x, eps)
+    mu, var = np.asarray(t.mu, np.float64), np.asarray(t.var_dim, np.float64)
+    z = mu + np.sqrt(var) * np.asarray(eps)
+    # log q(z_i | x_j), summed over dims, and log of the aggregate posterior
+    log_q = -0.5 * np.sum(
+        (z[:, None] - mu[None]) ** 2 / var[None] + np.log(2 * np.pi * var[None]), -1
+    )
+    agg = np.log(np.mean(np.exp(log_q), axis=1))
+    mi = np.mean(np.diag(log_q) - agg)
+    base = np.mean(t.recon) + 1.5 * np.mean(np.sum(t.kl_dim, axis=1))
+    p = point._replace(mi_weight=jnp.float32(0.8))
+    got = trainer.batch_loss(params, p, x, eps, jnp.float32(0.0))
+    np.testing.assert_allclose(got, base - 0.8 * mi, rtol=1e-5)
+
+
+def test_one_compile_for_every_value_of_the_remedy_axes(tmp_path, tiny_spec):
+    from phasevae.sweep import run_sweep
+
+    spec = tiny_spec(
+        grid={
+            "sigma2": [0.5, 8.0],
+            "beta": [1.0],
+            "free_bits": [0.0, 0.1, 0.5],
+            "kl_cycle_steps": [0, 10],
+            "kl_cycle_ramp": [0.5, 1.0],
+            "mi_weight": [0.0, 1.0],
+        }
+    )
+    result = run_sweep(spec, tmp_path / "run")
+    assert result.meta["grid_size"] == 2 * 3 * 2 * 2 * 2
+    assert result.meta["compiles"] == 1
+    m = result.metrics
+    for axis in ("free_bits", "kl_cycle_steps", "kl_cycle_ramp", "mi_weight"):
+        assert m[axis].nunique() > 1
+    last = m[m["step"] == m["step"].max()]
+    assert np.isfinite(last["loss"]).all() and not last["diverged"].any()
+    # the points differ by their remedy: free bits keep the small sigma^2 dims' KL up
+    small = last[
+        (last["sigma2"] == 0.5)
+        & (last["kl_cycle_steps"] == 0)
+        & (last["mi_weight"] == 0)
+        & (last["kl_cycle_ramp"] == 0.5)
+    ]
+    assert small.set_index("free_bits")["kl"].is_unique
+
+
+def test_a_run_from_before_the_remedy_axes_reads_them_at_their_defaults(
+    tmp_path, tiny_spec
+):
+    """Rows written before an axis existed trained at its default, and a run resumed
+    across the upgrade must not leave NaN in them (the analysis groups by axes)."""
+    from phasevae.store import RunDir
+    from phasevae.sweep import run_sweep
+
+    result = run_sweep(tiny_spec(), tmp_path / "run")
+    old = result.metrics.drop(columns=["free_bits", "mi_weight"])
+    old["kl_cycle_steps"] = np.nan  # as a concatenation of old and new rows leaves it
+    RunDir(tmp_path / "run").write_metrics(old)
+    back = RunDir(tmp_path / "run").metrics()
+    assert (back["free_bits"] == 0.0).all() and (back["mi_weight"] == 0.0).all()
+    assert (back["kl_cycle_steps"] == 0.0).all()

@@ -12,14 +12,7 @@ from phasevae.train import Point, Trainer
 def make(spec):
     data = load_dataset(spec.data)
     grid = grid_table(spec)
-    points = Point(
-        jnp.asarray(grid["sigma2"].to_numpy(), jnp.float32),
-        jnp.asarray(grid["beta"].to_numpy(), jnp.float32),
-        jnp.asarray(grid["learning_rate"].to_numpy(), jnp.float32),
-        jnp.asarray(grid["seed"].to_numpy(), jnp.uint32),
-        jnp.asarray(grid["kl_warmup_steps"].to_numpy(), jnp.float32),
-        jnp.asarray(grid["decoder_init_scale"].to_numpy(), jnp.float32),
-    )
+    points = Point.from_table(grid)
     return Trainer(static_config(spec, data.x.shape[1])), points, data
 
 
@@ -115,24 +108,25 @@ def test_remedy_axes_reach_the_computation_in_one_compile(tiny_spec, tmp_path):
 
 
 def test_warmup_factor_and_init_scale():
-    from phasevae.train import warmup
+    from phasevae.train import kl_factor
 
-    p = Point(*(jnp.zeros(()) for _ in range(4)), jnp.float32(100.0), jnp.float32(1.0))
-    assert float(warmup(p, jnp.float32(0.0))) == 0.0
-    assert float(warmup(p, jnp.float32(50.0))) == 0.5
-    assert float(warmup(p, jnp.float32(500.0))) == 1.0
+    p = Point.one(sigma2=1, beta=1, learning_rate=1, seed=0, kl_warmup_steps=100)
+    assert float(kl_factor(p, jnp.float32(0.0))) == 0.0
+    assert float(kl_factor(p, jnp.float32(50.0))) == 0.5
+    assert float(kl_factor(p, jnp.float32(500.0))) == 1.0
     none = p._replace(kl_warmup_steps=jnp.float32(0.0))
-    assert float(warmup(none, jnp.float32(0.0))) == 1.0
+    assert float(kl_factor(none, jnp.float32(0.0))) == 1.0
     from phasevae.train import Static, Trainer
 
     trainer = Trainer(Static(3, 1, (4,), (5,), 8, 1))
-    one = Point(
-        jnp.ones(2),
-        jnp.ones(2),
-        jnp.ones(2),
-        jnp.zeros(2, jnp.uint32),
-        jnp.zeros(2),
-        jnp.array([1.0, 0.25]),
+    one = Point.from_table(
+        {
+            "sigma2": [1, 1],
+            "beta": [1, 1],
+            "learning_rate": [1, 1],
+            "seed": [0, 0],
+            "decoder_init_scale": [1.0, 0.25],
+        }
     )
     k = trainer.init(one).params["params"]["dec"]["Dense_1"]["kernel"]
     np.testing.assert_allclose(k[1], 0.25 * k[0], rtol=1e-6)  # same seed, scaled
