@@ -31,6 +31,13 @@ from phasevae.spec import ModelSpec, Spec, axis_values
 _OBJECTS: dict[str, nn.Module | Callable] = {}  # labels of register()
 
 
+_TRACING = (  # a module that works on concrete arrays only
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
 class ModelError(BadInput):
     """A model that cannot be built or does not follow the protocol."""
 
@@ -151,8 +158,13 @@ def check(
     x = jnp.asarray(x, jnp.float32)
     eps = jnp.zeros((latent_dim,), jnp.float32)
     where = f"{name} on one example of shape {tuple(x.shape)}"
+    # jitted (one compile) rather than eager (one per operation: seconds for a conv)
     try:
-        params = module.init(jax.random.key(0), x, eps)
+        params = jax.jit(module.init)(jax.random.key(0), x, eps)
+    except _TRACING as e:
+        raise ModelError(
+            f"{where}: cannot be traced (jit, vmap): {_short(e)}"
+        ) from None
     except Exception as e:
         raise ModelError(f"{where}: init failed: {_short(e)}") from None
     if set(params) != {"params"}:
@@ -161,7 +173,11 @@ def check(
             "sweep trains params only (no batch statistics: use LayerNorm or none)"
         )
     try:
-        out = module.apply(params, x, eps)
+        out = jax.jit(module.apply)(params, x, eps)
+    except _TRACING as e:
+        raise ModelError(
+            f"{where}: cannot be traced (jit, vmap): {_short(e)}"
+        ) from None
     except Exception as e:
         raise ModelError(f"{where}: apply failed: {_short(e)}") from None
     if not (isinstance(out, tuple | list) and len(out) == 3):
@@ -174,7 +190,7 @@ def check(
             f"{want} (latent_dim = {latent_dim}, xhat of x's shape)"
         )
     leaves = [*jax.tree.leaves(params), *out]
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
+    if not all(np.isfinite(np.asarray(a)).all() for a in leaves):
         raise ModelError(f"{where}: NaN or inf in the initial parameters or outputs")
     if scaled:
         _check_output_layer(module, params, where)
@@ -182,16 +198,20 @@ def check(
     def one(p, xi, ei):
         return module.apply(p, xi, ei)
 
-    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+    def two(a):  # the shape of two of a (models, or examples)
+        return jax.ShapeDtypeStruct((2, *np.shape(a)), a.dtype)
+
     try:
         jax.eval_shape(
             jax.vmap(jax.vmap(one, (None, 0, 0)), (0, None, None)),
-            stacked,
-            jnp.stack([x, x]),
-            jnp.stack([eps, eps]),
+            jax.tree.map(two, params),
+            two(x),
+            two(eps),
         )
     except Exception as e:
-        raise ModelError(f"{name}: cannot be vmapped: {_short(e)}") from None
+        raise ModelError(
+            f"{name}: cannot be traced under jax.vmap: {_short(e)}"
+        ) from None
 
 
 def _check_output_layer(module: nn.Module, params, where: str) -> None:

@@ -71,7 +71,7 @@ def test_a_user_module_by_spec_string_and_by_python_object_trains_the_same(
         ("tests.user_models:broken", {"how": "shape"}, "have shapes"),
         ("tests.user_models:broken", {"how": "nan"}, "NaN or inf"),
         ("tests.user_models:broken", {"how": "batchnorm"}, "state besides params"),
-        ("tests.user_models:broken", {"how": "python_branch"}, "cannot be vmapped"),
+        ("tests.user_models:broken", {"how": "python_branch"}, "cannot be traced"),
         ("tests.user_models:raises", {}, "the factory raised RuntimeError"),
         ("tests.user_models:make", {"colour": 3}, "unexpected keyword"),
         ("tests.no_such_module:make", {}, "cannot import tests.no_such_module"),
@@ -108,8 +108,9 @@ def test_conv_refuses_tables_and_the_mlp_only_options(tmp_path, capsys):
 
 
 def test_vmapped_conv_equals_the_models_trained_one_at_a_time(tmp_path):
-    grid = api.run(CONV, tmp_path / "grid").metrics
-    assert api.run(CONV, tmp_path / "grid").meta["compiles"] == 1
+    run = api.run(CONV, tmp_path / "grid")
+    grid = run.metrics
+    assert run.meta["compiles"] == 1
     for s2 in CONV["grid"]["sigma2"]:
         alone = api.run(
             {**CONV, "grid": {**CONV["grid"], "sigma2": [s2]}}, tmp_path / f"alone{s2}"
@@ -188,18 +189,21 @@ def test_the_im2col_convolution_equals_lax_conv(shape, kernel):
 
 def test_a_conv_sweep_takes_slots_shards_merge_analysis_and_figures(tmp_path):
     spec = {**CONV, "grid": {**CONV["grid"], "sigma2": [0.02, 0.1, 0.5, 2.0]}}
-    whole = api.run(spec, tmp_path / "whole")
     slots = api.run(
         {**spec, "train": {**spec["train"], "slots": 2}}, tmp_path / "slots"
     )
-    assert slots.complete and len(slots.metrics) == len(whole.metrics) == 4 * 2
+    assert slots.complete and len(slots.metrics) == 4 * 2
     cols = ["point_id", "step", "kl", "loss"]
     for i in range(2):
         api.run(spec, tmp_path / f"shard{i}", shard=(i, 2))
     api.merge([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged")
     merged = api.open_run(tmp_path / "merged")
+    # two slots refilled in turn train each point as the shards (and a grid) do
     pd.testing.assert_frame_equal(
-        sorted_rows(merged.metrics)[cols], sorted_rows(whole.metrics)[cols]
+        sorted_rows(merged.metrics)[cols],
+        sorted_rows(slots.metrics)[cols],
+        check_exact=False,
+        rtol=1e-5,
     )
     assert merged.analyze()["transitions"]
     assert merged.plot(save="png")
