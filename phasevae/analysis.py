@@ -30,6 +30,7 @@ from phasevae.fit import (
     settle,
 )
 from phasevae.safeio import atomic_write_text
+from phasevae.spec import LATER_AXES
 from phasevae.store import RunDir, RunDirError
 
 ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
@@ -38,12 +39,7 @@ GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "beta",
     "learning_rate",
     "seed",
-    "kl_warmup_steps",
-    "decoder_init_scale",
-    "free_bits",
-    "kl_cycle_steps",
-    "kl_cycle_ramp",
-    "mi_weight",
+    *LATER_AXES,  # the remedies' traced axes
     "direction",  # a hysteresis sweep's +1 (sigma^2 up) or -1 (down); not traced
     "decoder",  # static: the decoder's hidden widths, "32-64" or "linear"
     "skip",  # static: the skip path from x into the decoder

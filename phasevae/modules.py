@@ -164,28 +164,13 @@ def check(
     x = jnp.asarray(x, jnp.float32)
     eps = jnp.zeros((latent_dim,), jnp.float32)
     where = f"{name} on one example of shape {tuple(x.shape)}"
-    # jitted (one compile) rather than eager (one per operation: seconds for a conv)
-    try:
-        params = jax.jit(module.init)(jax.random.key(0), x, eps)
-    except _TRACING as e:
-        raise ModelError(
-            f"{where}: cannot be traced (jit, vmap): {_short(e)}"
-        ) from None
-    except Exception as e:
-        raise ModelError(f"{where}: init failed: {_short(e)}") from None
+    params = _traced(module.init, "init", where)(jax.random.key(0), x, eps)
     if set(params) != {"params"}:
         raise ModelError(
             f"{where}: the module keeps state besides params ({sorted(params)}); the "
             "sweep trains params only (no batch statistics: use LayerNorm or none)"
         )
-    try:
-        out = jax.jit(module.apply)(params, x, eps)
-    except _TRACING as e:
-        raise ModelError(
-            f"{where}: cannot be traced (jit, vmap): {_short(e)}"
-        ) from None
-    except Exception as e:
-        raise ModelError(f"{where}: apply failed: {_short(e)}") from None
+    out = _traced(module.apply, "apply", where)(params, x, eps)
     if not (isinstance(out, tuple | list) and len(out) == 3):
         raise ModelError(f"{where}: __call__(x, eps) must return (mu, logvar, xhat)")
     want = ((latent_dim,), (latent_dim,), tuple(x.shape))
@@ -218,6 +203,23 @@ def check(
         raise ModelError(
             f"{name}: cannot be traced under jax.vmap: {_short(e)}"
         ) from None
+
+
+def _traced(fn: Callable, what: str, where: str) -> Callable:
+    """``fn`` jitted (one compile, where eager execution compiles every operation:
+    seconds for a conv), its failures as ModelError naming ``what`` failed."""
+
+    def call(*args):
+        try:
+            return jax.jit(fn)(*args)
+        except _TRACING as e:
+            raise ModelError(
+                f"{where}: cannot be traced (jit, vmap): {_short(e)}"
+            ) from None
+        except Exception as e:
+            raise ModelError(f"{where}: {what} failed: {_short(e)}") from None
+
+    return call
 
 
 def _check_output_layer(module: nn.Module, params, where: str) -> None:

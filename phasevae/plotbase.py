@@ -21,7 +21,7 @@ import pandas as pd
 
 from phasevae.analysis import GRID_AXES, rank_dims, settle
 from phasevae.errors import BadInput
-from phasevae.spec import Range, Spec
+from phasevae.spec import LATER_AXES, Range, Spec
 from phasevae.store import RunDir, RunDirError
 
 COLUMN_IN = 3.4  # width of one paper column, inches
@@ -143,12 +143,7 @@ AXIS_LABEL = {
 
 REMEDY_AXES = (
     "learning_rate",
-    "kl_warmup_steps",
-    "decoder_init_scale",
-    "free_bits",
-    "kl_cycle_steps",
-    "kl_cycle_ramp",
-    "mi_weight",
+    *LATER_AXES,
     "decoder",  # static axes: categorical, drawn at positions 0, 1, ...
     "skip",
 )
