@@ -12,7 +12,10 @@ decoder's last layer, whose ``kernel`` the sweep scales by grid.decoder_init_sca
 The sweep supplies the rest: the initialisation from the point's seed
 (``module.init(key, x, eps)``), the decoder variance sigma^2 (the grid's, or learned),
 the loss below and the optimiser. Skip paths and the collapse probe need the MLP's
-layout and are offered for it alone.
+layout and are offered for it alone. A latent other than this Gaussian one gives
+three hooks, ``latent_noise(key, n)``, ``latent_kl(mu, logvar)`` and
+``latent_mi(mu, var, noise)`` (the hyperspherical latent of
+:mod:`phasevae.sphere`; a user's module has the Gaussian latent).
 
     encoder q(z|x) = N(mu(x), diag(s^2(x)))   MLP with ReLU, outputs (mu, log s^2)
     decoder p(x|z) = N(f(z), sigma^2 I)       MLP with ReLU, sigma^2 fixed
@@ -150,12 +153,15 @@ def example_terms(
     model: nn.Module, params, x: Array, eps: Array, sigma2: Array
 ) -> Terms:
     """Loss terms for one example x (in the model's example shape) with noise eps
-    (k,) and decoder variance sigma2 ()."""
+    (k,) and decoder variance sigma2 (). A model with another latent than the
+    Gaussian gives its KL through its ``latent_kl`` hook (:mod:`phasevae.sphere`)."""
     mu, logvar, xhat = model.apply(params, x, eps)
     sq_err = jnp.sum((x - xhat) ** 2)
     n = x.size
     recon = sq_err / (2.0 * sigma2) + 0.5 * n * jnp.log(2.0 * math.pi * sigma2)
-    return Terms(recon, sq_err, kl_per_dim(mu, logvar), jnp.exp(logvar), mu)
+    gaussian = not hasattr(model, "latent_kl")
+    kl = kl_per_dim(mu, logvar) if gaussian else model.latent_kl(mu, logvar)
+    return Terms(recon, sq_err, kl, jnp.exp(logvar), mu)
 
 
 def mutual_information(mu: Array, var: Array, eps: Array) -> Array:

@@ -80,6 +80,8 @@ def static_config(
         shared_batches=t.shared_batches,
         learned_sigma2=m.sigma2 == "learned",
         skip=m.skip,
+        latent=m.latent,
+        concentration=m.concentration,
         module=build(m, shape),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),

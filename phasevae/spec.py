@@ -53,6 +53,7 @@ _CHOICES = {
     ("model", "sigma2"): ("fixed", "learned"),
     ("model", "skip"): ("none", "plain", "gated"),
     ("model", "kind"): ("mlp", "conv", "module"),
+    ("model", "latent"): ("gaussian", "sphere"),
     ("train", "until"): ("steps", "trusted"),
 }
 # (lower bound, inclusive?) for every number that has one.
@@ -67,6 +68,7 @@ _BOUNDS = {
     ("model", "decoder"): (1, True),
     ("model", "channels"): (1, True),
     ("model", "kernel"): (1, True),
+    ("model", "concentration"): (0.0, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),

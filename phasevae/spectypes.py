@@ -17,6 +17,7 @@ import numpy as np
 from phasevae.errors import BadInput
 
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+MAX_CONCENTRATION = 1e4  # a fixed power-spherical concentration (model.concentration)
 
 
 class SpecError(BadInput):
@@ -101,6 +102,12 @@ class ModelSpec:
     evaluation as ``decoder_sigma2``). ``skip`` (MLP only): a path from x into the
     decoder, "none", "plain" (x itself) or "gated" (x times a sigmoid gate computed
     from z).
+
+    ``latent``: "gaussian" (a diagonal Gaussian posterior, a standard normal prior),
+    or "sphere" (MLP only, latent_dim >= 2: z on the unit sphere, a uniform prior and
+    a power-spherical posterior, :mod:`phasevae.sphere`) whose ``concentration`` is
+    learned per example (0) or fixed at a value > 0 (at most 1e4); with a fixed one the
+    KL is a constant, and collapse can only show in I(x; z).
     """
 
     latent_dim: int = 3
@@ -113,6 +120,8 @@ class ModelSpec:
     kernel: int = 3
     module: str = ""
     options: tuple[tuple[str, object], ...] = ()
+    latent: str = "gaussian"
+    concentration: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -296,6 +305,21 @@ def model_problem(spec: Spec) -> str | None:
                 f"skip paths and the grid.decoder axis need the MLP's layout; with "
                 f'model.kind = "{m.kind}" leave model.skip = "none" and grid.skip, '
                 "grid.decoder unset"
+            )
+    if m.latent != "sphere" and m.concentration:
+        return 'model.concentration applies to model.latent = "sphere"'
+    if m.latent == "sphere":
+        if m.kind != "mlp" or m.skip != "none" or g.skip is not None:
+            return (
+                'model.latent = "sphere" is built on the MLP without a skip path: '
+                'leave model.kind = "mlp", model.skip = "none" and grid.skip unset'
+            )
+        if m.latent_dim < 2:
+            return 'model.latent = "sphere" needs model.latent_dim >= 2'
+        if m.concentration > MAX_CONCENTRATION:
+            return (
+                f"model.concentration = {m.concentration:g} is too large; at most "
+                f"{MAX_CONCENTRATION:g} (the KL loses its precision in float32)"
             )
     if m.kind == "module" and not (
         m.module.startswith("python:") or _FACTORY.fullmatch(m.module)

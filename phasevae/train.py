@@ -35,6 +35,7 @@ from phasevae.model import (
     objective,
 )
 from phasevae.spec import LATER_AXES
+from phasevae.sphere import SphereVAE
 
 
 class Point(NamedTuple):
@@ -115,6 +116,10 @@ class Static:
     shared_batches: bool = True
     learned_sigma2: bool = False
     skip: str = "none"
+    # "gaussian", or "sphere" (phasevae.sphere, MLP widths above) with the
+    # concentration fixed at ``concentration`` (0: learned)
+    latent: str = "gaussian"
+    concentration: float = 0.0
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -129,8 +134,8 @@ class Static:
 
     @property
     def probe(self) -> bool:
-        """The collapse probe needs the MLP's layout without a skip path."""
-        return self.module is None and self.skip == "none"
+        """The collapse probe needs the Gaussian MLP's layout without a skip path."""
+        return self.module is None and self.skip == "none" and self.latent == "gaussian"
 
 
 _INIT, _NOISE, _EVAL, _BATCH = range(4)
@@ -176,13 +181,24 @@ class Trainer:
 
     def __init__(self, static: Static, models_sharding=None):
         self.static = static
-        self.model = static.module or VAE(
-            static.data_dim,
-            static.latent_dim,
-            static.encoder,
-            static.decoder,
-            static.skip,
-        )
+        if static.module is not None:
+            self.model = static.module
+        elif static.latent == "sphere":
+            self.model = SphereVAE(
+                static.data_dim,
+                static.latent_dim,
+                static.encoder,
+                static.decoder,
+                static.concentration,
+            )
+        else:
+            self.model = VAE(
+                static.data_dim,
+                static.latent_dim,
+                static.encoder,
+                static.decoder,
+                static.skip,
+            )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
         )
@@ -204,7 +220,7 @@ class Trainer:
         params = self.model.init(
             self._point_key(point, _INIT),
             jnp.zeros(s.shape),
-            jnp.zeros((s.latent_dim,)),
+            self.noise(jax.random.key(0), 1)[0],  # its shape: values do not matter
         )
         params = {
             "params": scale_kernel(
@@ -216,6 +232,19 @@ class Trainer:
         if s.learned_sigma2:  # trained like any parameter, from the grid's value
             params["log_sigma2"] = jnp.log(point.sigma2)
         return TrainState(params, self.tx.init(params), jnp.zeros((), bool))
+
+    def noise(self, key: Array, n: int) -> Array:
+        """The reparameterisation noise of n examples: standard normal (n, k), or
+        the model's own (its ``latent_noise`` hook)."""
+        if hasattr(self.model, "latent_noise"):
+            return self.model.latent_noise(key, n)
+        return jax.random.normal(key, (n, self.static.latent_dim))
+
+    def mutual_information(self, terms: Terms, noise: Array) -> Array:
+        """The I(x; z) estimate of :func:`phasevae.model.mutual_information`, or the
+        model's own (its ``latent_mi`` hook)."""
+        estimate = getattr(self.model, "latent_mi", mutual_information)
+        return estimate(terms.mu, terms.var_dim, noise)
 
     def _sigma2(self, params, point: Point) -> Array:
         """The decoder variance: the grid's, or the learned one."""
@@ -252,9 +281,7 @@ class Trainer:
             )
             loss = loss + beta * jnp.sum(lift)
         if self.static.mi_term:
-            loss = loss - point.mi_weight * mutual_information(
-                terms.mu, terms.var_dim, eps
-            )
+            loss = loss - point.mi_weight * self.mutual_information(terms, eps)
         return loss
 
     def _batch_indices(self, key: Array, step: Array, n: int) -> Array:
@@ -272,7 +299,7 @@ class Trainer:
         idx = self._batch_indices(root, step, data.shape[0])
         xb = data[idx]
         noise_key = jax.random.fold_in(self._point_key(point, _NOISE), step)
-        eps = jax.random.normal(noise_key, (s.batch_size, s.latent_dim))
+        eps = self.noise(noise_key, s.batch_size)
         loss, grads = jax.value_and_grad(self.batch_loss)(
             state.params, point, xb, eps, step
         )
@@ -298,9 +325,9 @@ class Trainer:
         )
 
     def _evaluate_one(self, params, point: Point, eval_x: Array) -> Metrics:
-        n, k = eval_x.shape[0], self.static.latent_dim
+        n = eval_x.shape[0]
         m = min(n, MI_SAMPLES)
-        eps = jax.random.normal(self._point_key(point, _EVAL), (n, k))
+        eps = self.noise(self._point_key(point, _EVAL), n)
         t = self._terms(params, point, eval_x, eps)
         kl = jnp.sum(t.kl_dim, axis=-1)
         return Metrics(
@@ -310,7 +337,7 @@ class Trainer:
             kl=jnp.mean(kl),
             kl_dim=jnp.mean(t.kl_dim, axis=0),
             var_dim=jnp.mean(t.var_dim, axis=0),
-            mi=mutual_information(t.mu[:m], t.var_dim[:m], eps[:m]),
+            mi=self.mutual_information(jax.tree.map(lambda a: a[:m], t), eps[:m]),
             decoder_sigma2=self._sigma2(params, point),
             collapse_grams=(
                 collapse_grams(self.model, {"params": params["params"]}, eval_x)
