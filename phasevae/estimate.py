@@ -77,6 +77,7 @@ SLOW_DECAY = 1.5  # see the module docstring, step 3
 MAX_BREAKS = 2
 NEAR = 0.25  # ln sigma^2: a point this close to the kink still trending vetoes trust
 TRUSTED, LONGER, NONE = "trusted", "train longer", "no transition in grid"
+FLOOR = "held at the free-bits floor"  # analysis: free bits kept the top dim's KL up
 
 
 def top_dim_table(metrics: pd.DataFrame, latent_dim: int) -> pd.DataFrame:

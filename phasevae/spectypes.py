@@ -319,7 +319,8 @@ def model_problem(spec: Spec) -> str | None:
         if m.concentration > MAX_CONCENTRATION:
             return (
                 f"model.concentration = {m.concentration:g} is too large; at most "
-                f"{MAX_CONCENTRATION:g} (the KL loses its precision in float32)"
+                f"{MAX_CONCENTRATION:g} (beyond it a draw is the mean direction to "
+                "float32 precision)"
             )
     if m.kind == "module" and not (
         m.module.startswith("python:") or _FACTORY.fullmatch(m.module)

@@ -335,3 +335,90 @@ def test_a_run_from_before_the_remedy_axes_reads_them_at_their_defaults(
     back = RunDir(tmp_path / "run").metrics()
     assert (back["free_bits"] == 0.0).all() and (back["mi_weight"] == 0.0).all()
     assert (back["kl_cycle_steps"] == 0.0).all()
+
+
+def test_free_bits_floors_are_read_as_no_collapse_and_information_is_tracked():
+    """A curve whose dims are held at a free-bits floor is not called collapsed; the
+    plain one is; I(x; z) is read along both curves."""
+    from tests.test_analysis import EV, K, synthetic_metrics
+
+    plain = synthetic_metrics([1.0], noise=0.0).assign(free_bits=0.0)
+    held = synthetic_metrics([1.0], noise=0.0).assign(free_bits=0.1)
+    held["point_id"] += "f"
+    dims = [f"kl_dim_{j}" for j in range(K)]
+    held[dims] = np.maximum(held[dims], 0.1)
+    held["kl"] = held[dims].sum(axis=1)
+    both = pd.concat([plain, held])
+    both["mi"] = np.minimum(both["kl"], 1.0) * (both["free_bits"] == 0)
+    doc = analysis.analyze(both, {"eigenvalues": list(EV)}, K)
+    by = {t["free_bits"]: t for t in doc["transitions"]}
+    assert (
+        by[0.0]["floor"] is None and by[0.0]["verdict"] != "held at the free-bits floor"
+    )
+    assert by[0.1]["floor"]["held"] and by[0.1]["floor"]["free_bits"] == 0.1
+    assert by[0.1]["verdict"] == "held at the free-bits floor"
+    s2 = np.sort(plain["sigma2"].unique())
+    first_low = s2[
+        np.nonzero(plain.groupby("sigma2")["kl"].mean().to_numpy() < 0.01)[0][0]
+    ]
+    assert by[0.0]["information"]["mi_lost_sigma2"] == pytest.approx(first_low)
+    assert by[0.1]["information"]["mi_lost_sigma2"] == pytest.approx(s2[0])
+
+
+def test_remedy_axes_through_slots_shards_and_analysis(tmp_path, tiny_spec):
+    """The objective-side axes in an adaptive sweep (slots, retire) and in two
+    shards of the fixed grid: merged, the shards equal the adaptive run up to where
+    points may retire, and the analysis gives one transition per remedy value
+    (not interrupted here: the store reads the axes by name whatever their values,
+    test_a_run_from_before_the_remedy_axes_reads_them_at_their_defaults)."""
+    import tomli_w
+
+    from phasevae import sweep as sweep_mod
+    from phasevae.cli import main
+    from tests.conftest import tiny_dict
+
+    sections = dict(
+        train={"steps": 30, "slots": 3, "retire": True, "min_steps": 20},
+        grid={
+            "sigma2": [0.3, 1.0, 3.0, 10.0],
+            "beta": [1.0],
+            "free_bits": [0.0, 0.05],
+            "kl_cycle_steps": [0.0, 20.0],
+            "mi_weight": [0.0, 0.5],
+        },
+    )
+    spec = tiny_spec(**sections)
+    full = sweep_mod.run_sweep(spec, tmp_path / "full").metrics
+    key = ["point_id", "step"]
+
+    def same(a, b, **tol):
+        pd.testing.assert_frame_equal(
+            a.sort_values(key).reset_index(drop=True)[b.columns],
+            b.sort_values(key).reset_index(drop=True),
+            **tol,
+        )
+
+    # shards split a fixed grid: the same points, trained alike up to step 20
+    # (before any point may retire)
+    path = tmp_path / "s.toml"
+    path.write_text(tomli_w.dumps(tiny_dict(**{**sections, "train": {"steps": 30}})))
+    shards = [str(tmp_path / f"shard{i}") for i in range(2)]
+    for i, out in enumerate(shards):
+        assert main(["sweep", str(path), "--out", out, "--shard", f"{i}/2"]) == 0
+    assert main(["merge", *shards, "--out", str(tmp_path / "merged")]) == 0
+    merged = pd.read_parquet(tmp_path / "merged" / "metrics.parquet")
+    assert set(merged["point_id"]) == set(full["point_id"])
+    common = [c for c in merged.columns if c in full.columns]
+    same(
+        full[full["step"] <= 20],
+        merged.loc[merged["step"] <= 20, common],
+        check_exact=False,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    doc = analysis.analyze_run(tmp_path / "merged")
+    remedies = {
+        (t["free_bits"], t["kl_cycle_steps"], t["mi_weight"])
+        for t in doc["transitions"]
+    }
+    assert len(remedies) + len(doc["skipped"]) == 8 and remedies
