@@ -4,11 +4,12 @@ beta * sigma^2 = lambda_max, remove it, or only change the path?
 
     python analysis/remedies_objective.py
 
-Runs sweeps/remedy_objective.toml three times into results/remedies_objective/, one
-remedy axis at three strengths each (0 included, the plain objective, as the
-control), analyses and plots each, and writes results/remedies_objective/summary.json
-(one row per transition) and scaling.json (the beta sigma^2 scaling check per
-setting).
+Runs sweeps/remedy_objective.toml (default synthetic data) and
+sweeps/remedy_objective_patches.toml (natural image patches), beta 0.5 / 1 / 2, three
+seeds, one remedy axis per sweep at three strengths (0, the plain objective, is the
+control), into results/remedies_objective/<data>_<remedy>/; analyses and plots each,
+and writes results/remedies_objective/summary.json (one row per transition) and
+scaling.json (the beta sigma^2 scaling check per setting).
 """
 
 import json
@@ -18,7 +19,7 @@ from study import RESULTS, run_variant, write_summary
 from phasevae.store import atomic_write_text
 
 STUDY = "remedies_objective"
-SPEC = "remedy_objective.toml"
+SPECS = {"default": "remedy_objective.toml", "patches": "remedy_objective_patches.toml"}
 VARIANTS = {
     "free_bits": ["grid.free_bits=[0.0, 0.1, 0.5]"],
     "cyclical": ["grid.kl_cycle_steps=[0, 500, 1000]", "grid.kl_cycle_ramp=[0.5]"],
@@ -27,10 +28,12 @@ VARIANTS = {
 
 if __name__ == "__main__":
     rows, scaling = [], {}
-    for name, overrides in VARIANTS.items():
-        rows += run_variant(STUDY, name, SPEC, overrides)
-        doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
-        scaling[name] = doc["scaling_by"]
+    for data, spec in SPECS.items():
+        for remedy, overrides in VARIANTS.items():
+            name = f"{data}_{remedy}"
+            rows += run_variant(STUDY, name, spec, overrides)
+            doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
+            scaling[name] = doc["scaling_by"]
     write_summary(STUDY, rows)
     atomic_write_text(
         RESULTS / STUDY / "scaling.json", json.dumps(scaling, indent=1, default=str)

@@ -59,6 +59,7 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
                 "rel_error": t["rel_error"],
                 "converged": t["converged"],
                 "verdict": t.get("verdict"),
+                "information": t.get("information"),
                 "per_dim": [(d["sigma2_c"], d["theory"]) for d in t["per_dim"]],
                 "theta_c": doc["boundary"]["theta_c"],
                 "theta_c_ci": doc["boundary"]["ci"],

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from phasevae.errors import optional
+
 PAPER = ((256, 128), (128, 256))
 SMALL = ((64, 32), (32, 64))
 
@@ -69,9 +71,8 @@ def factor_data(
 
 def _sklearn(name: str, scale: str = "standardize"):
     def make(rng):
-        from sklearn import datasets
-
-        x = getattr(datasets, f"load_{name}")().data.astype(np.float64)
+        sets = optional("sklearn.datasets", "scikit-learn", f"the case {name!r}")
+        x = getattr(sets, f"load_{name}")().data.astype(np.float64)
         if scale == "standardize":
             return (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
         return x / 16.0  # digits: pixels 0..16 to [0, 1]

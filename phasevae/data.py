@@ -21,7 +21,7 @@ import scipy.linalg
 
 from phasevae import safeio
 from phasevae.arrays import MEMORY_FRACTION, load_array
-from phasevae.errors import DataError
+from phasevae.errors import DataError, optional
 from phasevae.spec import DataSpec
 
 # scikit-image's sample photographs that ship inside its wheel (no download), all
@@ -175,9 +175,8 @@ def synthetic(
 def digits() -> np.ndarray:
     """scikit-learn's 8x8 handwritten digits (shipped in its wheel), pixels / 16 so
     they lie in [0, 1]: (1797, 64)."""
-    from sklearn.datasets import load_digits
-
-    return (load_digits().data / 16.0).astype(np.float32)
+    sets = optional("sklearn.datasets", "scikit-learn", 'data.source = "digits"')
+    return (sets.load_digits().data / 16.0).astype(np.float32)
 
 
 def patches(samples: int, seed: int) -> np.ndarray:
@@ -187,11 +186,10 @@ def patches(samples: int, seed: int) -> np.ndarray:
     Returns:
       (n, 256) float32 in pixel units (0 .. 255).
     """
-    import skimage.data
-
+    images = optional("skimage.data", "scikit-image", 'data.source = "patches"')
     cut = []
     for name in PATCH_IMAGES:
-        img = np.asarray(getattr(skimage.data, name)(), np.float32)
+        img = np.asarray(getattr(images, name)(), np.float32)
         if img.ndim == 3:
             img = luma(img[..., :3])
         windows = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH))

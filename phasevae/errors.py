@@ -16,6 +16,20 @@ class DataError(BadInput):
     """A data file or data setting that cannot be used."""
 
 
+def optional(module: str, package: str, needed_for: str):
+    """Import ``module`` from the ``[datasets]`` extra, or raise :class:`DataError`
+    saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(
+            f"{needed_for} needs {package}, which is not installed: "
+            "pip install 'phasevae[datasets]' (or pip install " + package + ")"
+        ) from None
+
+
 class Terminated(BaseException):
     """SIGTERM arrived before training started. A BaseException, as
     KeyboardInterrupt, so that no ``except Exception`` eats it."""

@@ -1,7 +1,10 @@
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from phasevae.cli import main
 from phasevae.data import (
     DataError,
     covariance_spectrum,
@@ -241,3 +244,22 @@ def test_patches_spectrum_against_numpy():
     assert np.any(
         np.all(np.isclose(full.x, astro.reshape(-1) / 127.5 - 1, atol=1e-4), axis=1)
     )
+
+
+@pytest.mark.parametrize(
+    "source, module, package",
+    [
+        ("digits", "sklearn.datasets", "scikit-learn"),
+        ("patches", "skimage.data", "scikit-image"),
+    ],
+)
+def test_a_missing_datasets_extra_is_a_message(
+    tmp_path, capsys, monkeypatch, source, module, package
+):
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'[data]\nsource = "{source}"\n')
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert package in err and "phasevae[datasets]" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
