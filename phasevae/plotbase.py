@@ -49,8 +49,23 @@ class RunData:
         return self.wrapped_title(70)
 
     def wrapped_title(self, width: int) -> str:
+        """The run and its data, then the axes every transition shares (panel
+        titles name only what varies between them, :meth:`varying_axes`)."""
         text = f"{self.name}: {self.meta['spectrum']['description']}"
-        return "\n".join(textwrap.wrap(text, width))
+        first = self.analysis["transitions"][0]
+        shared = [a for a in self.group_axes() if a in first]
+        shared = [a for a in shared if a not in self.varying_axes()]
+        lines = textwrap.wrap(text, width)
+        if shared:
+            lines += textwrap.wrap(
+                label(self.analysis["transitions"][0], shared), width
+            )
+        return "\n".join(lines)
+
+    def varying_axes(self) -> list[str]:
+        """The axes (but sigma^2 and seed) whose value differs between transitions."""
+        ts = self.analysis["transitions"]
+        return [a for a in self.group_axes() if len({str(t.get(a)) for t in ts}) > 1]
 
     @property
     def k(self) -> int:
@@ -64,7 +79,8 @@ class RunData:
     def curve(self, transition: dict) -> pd.DataFrame:
         """Points (all seeds) of one transition's curve, diverged ones left out."""
         mask = ~self.points["diverged"]
-        for a in self.group_axes():
+        # an analysis.json older than an axis lacks it: its rows are at the default
+        for a in (a for a in self.group_axes() if a in transition):
             if isinstance(transition[a], str):
                 mask &= self.points[a] == transition[a]
             else:
@@ -100,7 +116,7 @@ def load(run_dir: str | Path) -> RunData:
     return RunData(run.path.name, spec, meta, metrics, points, analysis)
 
 
-def transition_panels(rd: RunData, rows: int, height: float):
+def transition_panels(rd: RunData, rows: int, height: float, sharex="col"):
     """One column per transition (at most MAX_PANELS, evenly chosen)."""
     ts = rd.analysis["transitions"]
     if len(ts) > MAX_PANELS:
@@ -111,7 +127,7 @@ def transition_panels(rd: RunData, rows: int, height: float):
         len(ts),
         figsize=(COLUMN_IN * len(ts), height),
         squeeze=False,
-        sharex="col",
+        sharex=sharex,
         layout="constrained",
     )
     return ts, fig, axs

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from phasevae import theory
 from phasevae.diagrams import (
@@ -36,14 +37,17 @@ from phasevae.plotbase import (
     transition_panels,
 )
 
+ZOOM = 2.5  # the derivative panels span sigma_c^2 / ZOOM .. sigma_c^2 * ZOOM
+
 
 def kl_figure(rd: RunData) -> Figure:
     """KL vs sigma^2 with the fitted piecewise function, the transition and its
     interval, the prediction, and the fit's first and second derivatives in sigma^2
     (paper Fig. 2c / eqs 28-29)."""
-    ts, fig, axs = transition_panels(rd, rows=3, height=6.2)
+    ts, fig, axs = transition_panels(rd, rows=3, height=6.2, sharex=False)
     for col, t in enumerate(ts):
         ax, d1, d2 = axs[:, col]
+        d2.sharex(d1)
         pts = rd.curve(t)
         by = pts.groupby("sigma2")["kl"]
         spread = by.std(ddof=1).fillna(0.0) if pts["seed"].nunique() > 1 else None
@@ -67,7 +71,7 @@ def kl_figure(rd: RunData) -> Figure:
             ax.plot(s2[~below], fitted[~below], color="C1", label="fit, collapsed")
             ax.axvline(s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$")
             if t["ci"]:  # none when the run has too few evaluations to bound it
-                ax.axvspan(*t["ci"], color="C3", alpha=0.2, lw=0, label="95 % interval")
+                ax.axvspan(*t["ci"], color="C3", alpha=0.3, lw=0, label="95 % interval")
         if t["theory_sigma2_c"]:
             ax.axvline(
                 t["theory_sigma2_c"],
@@ -78,16 +82,23 @@ def kl_figure(rd: RunData) -> Figure:
             )
         ax.set_xscale("log")
         ax.set_ylabel("KL (nats)")
-        title = label(t, rd.group_axes())
+        title = label(t, rd.varying_axes())
         if s2c:
             lo, hi = t["ci"] or (math.nan, math.nan)
             title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
             title += f", predicted {t['theory_sigma2_c']:.4g}"
         ax.set_title(title, fontsize=8)
-        # derivatives in sigma^2 of the fit: slope_ln / s2 and -slope_ln / s2^2
+        # derivatives in sigma^2 of the fit, slope_ln / s2 and -slope_ln / s2^2,
+        # around the transition (a factor ZOOM either side), where the jump is
         edges = np.exp(u)
+        window = (edges[0], edges[-1])
+        if s2c:
+            window = (max(edges[0], s2c / ZOOM), min(edges[-1], s2c * ZOOM))
         slopes = np.array(t["slopes_ln"])
         for k_, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            lo, hi = max(lo, window[0]), min(hi, window[1])
+            if lo >= hi:
+                continue
             seg = np.geomspace(lo, hi, 50)
             color = "C1" if s2c and lo >= s2c * (1 - 1e-9) else "C0"
             d1.plot(seg, slopes[k_] / seg, color=color)
@@ -95,12 +106,17 @@ def kl_figure(rd: RunData) -> Figure:
         for a in (d1, d2):
             if s2c:
                 a.axvline(s2c, color="C3", lw=1)
+                if t["ci"]:
+                    a.axvspan(*t["ci"], color="C3", alpha=0.3, lw=0)
             a.axhline(0.0, color="0.6", lw=0.5)
+        d1.set_xscale("log")
+        d1.set_xlim(*window)
+        ticks = [window[0], s2c, window[1]] if s2c else list(window)
+        d1.set_xticks(ticks, [f"{v:.3g}" for v in ticks])
+        d1.xaxis.set_minor_formatter(NullFormatter())
         d1.set_ylabel(r"$dKL/d\sigma^2$")
         d2.set_ylabel(r"$d^2KL/d(\sigma^2)^2$")
-        d2.set_yscale("symlog", linthresh=1e-3)
-        d2.set_ylim(bottom=-1e-3)
-        d2.set_xlabel(r"decoder variance $\sigma^2$")
+        d2.set_xlabel(r"decoder variance $\sigma^2$ (near $\sigma_c^2$)")
     fig.legend(
         *axs[0, 0].get_legend_handles_labels(),
         loc="outside lower center",
@@ -108,7 +124,7 @@ def kl_figure(rd: RunData) -> Figure:
         fontsize=7,
         frameon=False,
     )
-    fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
+    fig.suptitle(rd.wrapped_title(60 * len(ts)), fontsize=8)
     return fig
 
 
@@ -160,7 +176,7 @@ def variance_figure(rd: RunData) -> Figure:
         ax.set_ylim(-0.03, 1.1)
         ax.set_xlabel(r"decoder variance $\sigma^2$ (dashed: $\lambda_i/\beta$)")
         ax.set_ylabel(r"mean encoder variance $s_j^2$")
-        ax.set_title(label(t, rd.group_axes()), fontsize=9)
+        ax.set_title(label(t, rd.varying_axes()), fontsize=9)
     axs[0, 0].legend(fontsize=7, frameon=False, title="by KL rank", title_fontsize=7)
     fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
     return fig
@@ -202,7 +218,7 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     ax.set_ylabel("KL (nats)")
     ax.legend(fontsize=6, frameon=False, ncol=2)
     ax.set_title(
-        f"{rd.name}: {label(t, rd.group_axes())}, seed {seed}; "
+        f"{rd.name}: {label(t, rd.varying_axes())}, seed {seed}; "
         rf"$\sigma_c^2$ = {center:.3g}",
         fontsize=7,
     )
