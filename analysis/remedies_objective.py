@@ -9,12 +9,12 @@ sweeps/remedy_objective_patches.toml (natural image patches), beta 0.5 / 1 / 2, 
 seeds, one remedy axis per sweep at three strengths (0, the plain objective, is the
 control), into results/remedies_objective/<data>_<remedy>/; analyses and plots each,
 and writes results/remedies_objective/summary.json (one row per transition) and
-scaling.json (the beta sigma^2 scaling check per setting).
+scaling.json (the beta sigma^2 scaling check per setting) and table.md.
 """
 
 import json
 
-from study import RESULTS, run_variant, write_summary
+from study import RESULTS, run_variant, write_summary, write_table
 
 from phasevae.store import atomic_write_text
 
@@ -35,6 +35,7 @@ if __name__ == "__main__":
             doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
             scaling[name] = doc["scaling_by"]
     write_summary(STUDY, rows)
+    write_table(STUDY, rows)
     atomic_write_text(
         RESULTS / STUDY / "scaling.json", json.dumps(scaling, indent=1, default=str)
     )

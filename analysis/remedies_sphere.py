@@ -8,12 +8,12 @@ a constant)? Against the Gaussian latent on the same data and grid.
 Runs sweeps/remedy_objective.toml (default synthetic data, beta 0.5 / 1 / 2, three
 seeds) with model.latent = "gaussian", "sphere" (kappa learned) and "sphere" with
 kappa fixed at 10 and at 50, into results/remedies_sphere/<variant>/; writes
-summary.json and scaling.json there.
+summary.json, table.md and scaling.json there.
 """
 
 import json
 
-from study import RESULTS, run_variant, write_summary
+from study import RESULTS, run_variant, write_summary, write_table
 
 from phasevae.store import atomic_write_text
 
@@ -33,6 +33,7 @@ if __name__ == "__main__":
         doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
         scaling[name] = doc["scaling_by"]
     write_summary(STUDY, rows)
+    write_table(STUDY, rows)
     atomic_write_text(
         RESULTS / STUDY / "scaling.json", json.dumps(scaling, indent=1, default=str)
     )

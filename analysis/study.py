@@ -89,6 +89,34 @@ def write_summary(study: str, rows: list[dict]) -> None:
     print(f"wrote {path}")
 
 
+def write_table(study: str, rows: list[dict]) -> str:
+    """results/<study>/table.md: one line per transition (variant, beta, the
+    estimate with its interval against lambda_max / beta, the verdict and where
+    I(x; z) is lost); returns the table."""
+    lines = [
+        "| variant | beta | sigma2_c [95 %] | vs lambda_max / beta | verdict "
+        "| I(x;z) at max sigma^2 | I(x;z) lost from sigma^2 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s2c, ci, info = r["sigma2_c"], r["ci"], r.get("information") or {}
+        est = "none" if s2c is None else f"{s2c:.4g}"
+        est += "" if ci is None else f" [{ci[0]:.4g}, {ci[1]:.4g}]"
+        err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f} %"
+        mi = info.get("mi_at_max_sigma2")
+        lost = info.get("mi_lost_sigma2")
+        lines.append(
+            f"| {r['variant']} | {r['beta']:g} | {est} | {err} | {r['verdict']} | "
+            + ("-" if mi is None else f"{mi:.3f}")
+            + " | "
+            + ("never" if lost is None else f"{lost:.3g}")
+            + " |"
+        )
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(RESULTS / study / "table.md", text)
+    return text
+
+
 def _cores() -> int:
     import os
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from phasevae.cliargs import build_parser
-from phasevae.cliprint import ProgressBar, divergence_hint, transition_table
+from phasevae.cliprint import Progress, divergence_hint, transition_table
 from phasevae.errors import TERM_REQUESTED, BadInput, Terminated, stop_if_terminated
 from phasevae.safeio import check_out_dir
 
@@ -63,18 +63,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{plan['estimated_train_s']:.0f} s. Nothing was written."
         )
         return 0
+    unit = "points finished" if adaptive(spec) else "chunks"
+    show = Progress(unit=unit, quiet=args.quiet)
     try:
-        unit = "points finished" if adaptive(spec) else "chunks"
         result = api.run(
             spec,
             out,
-            progress=ProgressBar(unit=unit),
+            progress=show,
+            on_chunk=show.chunk,
             checkpoint_seconds=args.checkpoint_every,
             shard=_shard(args.shard),
         )
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM, as if the signal had ended the process
+    finally:
+        show.close()  # a live display left running would keep the cursor hidden
     if not primary:
         return args.diverged_status if result.diverged else 0
     meta, spectrum = result.meta, result.meta["spectrum"]

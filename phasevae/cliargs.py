@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print grid size, memory per device and a timed estimate; train nothing",
     )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress display (off anyway when stderr is not a terminal)",
+    )
 
     p = add("bench", help="training throughput against the hardware")
     p.add_argument(

@@ -1,35 +1,78 @@
-"""What the command line prints besides plain lines: the progress bar, the transition
-table of ``phasevae analyze`` and the hint after a divergence."""
+"""What the command line prints besides plain lines: the progress display, the
+transition table of ``phasevae analyze`` and the hint after a divergence."""
 
 from __future__ import annotations
-
-import sys
 
 from phasevae.spec import LATER_AXES
 
 
-class ProgressBar:
-    """One line per chunk on a terminal (redrawn in place), ~20 lines otherwise."""
+class Progress:
+    """Training progress for the command line, through rich: on a terminal a bar
+    with done / total, elapsed time and ETA, and a live one-line summary of the last
+    chunk (:meth:`chunk`: points evaluated, diverged, and per beta the first grid
+    sigma^2 whose KL is below 0.01 nats, which brackets the transition from above);
+    with ``quiet``, or when the stream is not a terminal (a batch job's log), one
+    line at the end instead. Call ``close()`` when training stops early."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30, unit: str = "chunks"):
-        self.stream, self.width, self.unit = stream, width, unit
-        self.tty = stream.isatty()
-        self.last_shown = -1.0
+    def __init__(self, unit: str = "chunks", quiet: bool = False, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.unit, self.quiet = unit, quiet
+        self.bar = None
+        self.summary = ""
+        if not quiet and self.console.is_terminal:
+            from rich import progress as rp
+
+            self.bar = rp.Progress(
+                rp.TextColumn("training"),
+                rp.BarColumn(),
+                rp.MofNCompleteColumn(),
+                rp.TextColumn(unit),
+                rp.TimeElapsedColumn(),
+                rp.TextColumn("ETA"),
+                rp.TimeRemainingColumn(),
+                rp.TextColumn("{task.fields[summary]}"),
+                console=self.console,
+                transient=False,
+            )
+            self.task = None
 
     def __call__(self, done: int, total: int, elapsed: float) -> None:
-        frac = done / total
-        if not self.tty and done < total and frac - self.last_shown < 0.05:
-            return
-        self.last_shown = frac
-        fill = round(self.width * frac)
-        eta = f"{elapsed / done * (total - done):6.1f} s" if done else "     ?"
-        line = (
-            f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} {self.unit}  "
-            f"{elapsed:6.1f} s elapsed  ETA {eta}"
-        )
-        end = "\n" if done == total or not self.tty else ""
-        self.stream.write(("\r" if self.tty else "") + line + end)
-        self.stream.flush()
+        if self.bar is not None:
+            if self.task is None:
+                self.bar.start()
+                self.task = self.bar.add_task("", total=total, summary="")
+            self.bar.update(
+                self.task, completed=done, total=total, summary=self.summary
+            )
+            if done >= total:
+                self.close()
+        elif done >= total and not self.quiet:
+            self.console.print(
+                f"trained {done}/{total} {self.unit} in {elapsed:.1f} s",
+                highlight=False,
+            )
+
+    def chunk(self, frame, meta) -> None:
+        """The API's ``on_chunk``: summarise the chunk's metrics rows."""
+        diverged = int(frame["diverged"].sum()) if "diverged" in frame else 0
+        parts = [f"{len(frame)} evaluated", f"{diverged} diverged"]
+        ok = frame[~frame["diverged"]] if "diverged" in frame else frame
+        for beta, g in ok.groupby("beta"):
+            kl = g.groupby("sigma2")["kl"].mean()
+            low = kl.index[kl.to_numpy() < COLLAPSED_KL]
+            if len(low):
+                parts.append(f"beta {beta:g}: collapsed from {low[0]:.3g}")
+        self.summary = ", ".join(parts)
+
+    def close(self) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.stop()
+            self.task = None
+
+
+COLLAPSED_KL = 0.01  # nats: a point below it counts as collapsed in the summary
 
 
 def divergence_hint(spectrum: dict, spec) -> str:

@@ -433,3 +433,39 @@ def test_every_subcommand_help_shows_an_example(command, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out and f"phasevae {command}" in out.split("example")[-1]
+
+
+def test_progress_on_a_terminal_in_a_log_and_quiet():
+    import io
+
+    from rich.console import Console
+
+    from phasevae.cliprint import Progress
+
+    frame = pd.DataFrame(
+        {
+            "beta": [1.0, 1.0, 2.0],
+            "sigma2": [1.0, 10.0, 10.0],
+            "kl": [1.0, 0.001, 0.0],
+            "diverged": [False, False, True],
+        }
+    )
+    term = io.StringIO()
+    show = Progress(console=Console(file=term, force_terminal=True, width=160))
+    show(0, 3, 0.0)
+    show.chunk(frame, {})
+    show(3, 3, 2.0)
+    out = term.getvalue()
+    assert "3/3" in out and "ETA" in out
+    assert "3 evaluated, 1 diverged, beta 1: collapsed from 10" in out
+    log = io.StringIO()  # not a terminal: one line at the end
+    show = Progress(console=Console(file=log))
+    show(1, 2, 1.0)
+    assert log.getvalue() == ""
+    show(2, 2, 2.5)
+    assert log.getvalue() == "trained 2/2 chunks in 2.5 s\n"
+    quiet = io.StringIO()
+    show = Progress(quiet=True, console=Console(file=quiet, force_terminal=True))
+    show(0, 2, 0.0)
+    show(2, 2, 1.0)
+    assert quiet.getvalue() == ""
