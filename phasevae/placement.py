@@ -184,7 +184,7 @@ class Program:
     def plan(self, spec: Spec) -> dict:
         """Grid size, groups, memory per device and a timed one-chunk probe."""
         t0 = time.perf_counter()
-        jax.block_until_ready(self.run(self.state, 0))
+        jax.block_until_ready(self.run(self.state, self.start(np.zeros(self.n))))
         chunk_s = time.perf_counter() - t0
         chunks = spec.train.steps // spec.train.eval_every
         return {

@@ -8,6 +8,7 @@ I/N`` trains a share of the grid; :func:`merge_runs` puts the shares back togeth
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -100,7 +101,11 @@ def run_sweep(
         program = Program(spec, data, grid)
     stop_if_terminated()
     if dry_run:
-        return program.plan(spec)
+        plan = program.plan(spec)
+        if adaptive(spec):  # the grid, every point trained the full length in turn
+            plan["estimated_train_s"] *= math.ceil(len(grid) / program.n)
+            plan["grid_size"] = len(grid)
+        return plan
     primary = jax.process_index() == 0  # the one process that writes
     with run.lock() if primary else contextlib.nullcontext(), sigterm_flag() as stop:
         error = None

@@ -260,6 +260,10 @@ def test_dry_run_plans_without_writing(tmp_path, capsys):
     assert "grid: 4 points in 1 static group(s)" in text
     assert "memory per device" in text and "Nothing was written" in text
     assert not out.exists()
+    # an adaptive sweep compiles per-slot start steps: planned as it would train
+    slots = write_spec(tmp_path, train={"slots": 3, "retire": True})
+    assert main(["sweep", str(slots), "--out", str(out), "--dry-run"]) == 0
+    assert "grid: 4 points" in capsys.readouterr().out and not out.exists()
 
 
 def test_a_sweep_too_large_for_the_device_is_refused_before_training(
