@@ -49,12 +49,17 @@ class RunData:
         return self.wrapped_title(70)
 
     def wrapped_title(self, width: int) -> str:
-        """The run and its data, then the axes every transition shares (panel
-        titles name only what varies between them, :meth:`varying_axes`)."""
+        """The run and its data, then the axes every transition shares, remedies at
+        their defaults left out (panel titles name only what varies between them,
+        :meth:`varying_axes`)."""
         text = f"{self.name}: {self.meta['spectrum']['description']}"
         first = self.analysis["transitions"][0]
         shared = [a for a in self.group_axes() if a in first]
-        shared = [a for a in shared if a not in self.varying_axes()]
+        shared = [
+            a
+            for a in shared
+            if a not in self.varying_axes() and first[a] != LATER_AXES.get(a)
+        ]
         lines = textwrap.wrap(text, width)
         if shared:
             lines += textwrap.wrap(
@@ -138,7 +143,7 @@ def label(t: dict, axes: list[str]) -> str:
 
 
 def value(v) -> str:
-    return v if isinstance(v, str) else f"{v:g}"
+    return v if isinstance(v, str) else f"{v:.4g}"
 
 
 AXIS_LABEL = {

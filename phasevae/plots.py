@@ -37,6 +37,7 @@ from phasevae.plotbase import (
     transition_panels,
 )
 
+MAX_BETAS = 4  # the ELBO figure draws at most this many beta values
 ZOOM = 2.5  # the derivative panels span sigma_c^2 / ZOOM .. sigma_c^2 * ZOOM
 
 
@@ -137,6 +138,9 @@ def elbo_figure(rd: RunData) -> Figure:
     pts = rd.points[~rd.points["diverged"]]
     s2 = np.geomspace(pts["sigma2"].min(), pts["sigma2"].max(), 300)
     betas = sorted(pts["beta"].unique())
+    if len(betas) > MAX_BETAS:  # a readable legend: the ends and evenly between
+        picks = np.linspace(0, len(betas) - 1, MAX_BETAS).round().astype(int)
+        betas = [betas[i] for i in picks]
     for i, beta in enumerate(betas):
         g = pts[pts["beta"] == beta].groupby("sigma2")["elbo"].mean()
         ax.plot(
