@@ -5,10 +5,11 @@ a constant)? Against the Gaussian latent on the same data and grid.
 
     python analysis/remedies_sphere.py
 
-Runs sweeps/remedy_objective.toml (default synthetic data, beta 0.5 / 1 / 2, three
-seeds) with model.latent = "gaussian", "sphere" (kappa learned) and "sphere" with
-kappa fixed at 10 and at 50, into results/remedies_sphere/<variant>/; writes
-summary.json, table.md and scaling.json there.
+Runs sweeps/remedy_objective.toml (default synthetic data) and
+sweeps/remedy_objective_patches.toml (image patches), beta 0.5 / 1 / 2, three seeds,
+with model.latent = "gaussian", "sphere" (kappa learned) and "sphere" with kappa fixed
+at 10 and at 50, into results/remedies_sphere/<data>_<variant>/; writes summary.json,
+table.md and scaling.json there.
 """
 
 import json
@@ -18,7 +19,7 @@ from study import RESULTS, run_variant, write_summary, write_table
 from phasevae.store import atomic_write_text
 
 STUDY = "remedies_sphere"
-SPEC = "remedy_objective.toml"
+SPECS = {"default": "remedy_objective.toml", "patches": "remedy_objective_patches.toml"}
 VARIANTS = {
     "gaussian": [],
     "sphere_learned": ['model.latent="sphere"'],
@@ -28,10 +29,12 @@ VARIANTS = {
 
 if __name__ == "__main__":
     rows, scaling = [], {}
-    for name, overrides in VARIANTS.items():
-        rows += run_variant(STUDY, name, SPEC, overrides)
-        doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
-        scaling[name] = doc["scaling_by"]
+    for data, spec in SPECS.items():
+        for variant, overrides in VARIANTS.items():
+            name = f"{data}_{variant}"
+            rows += run_variant(STUDY, name, spec, overrides)
+            doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
+            scaling[name] = doc["scaling"]
     write_summary(STUDY, rows)
     write_table(STUDY, rows)
     atomic_write_text(

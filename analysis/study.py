@@ -91,12 +91,13 @@ def write_summary(study: str, rows: list[dict]) -> None:
 
 def write_table(study: str, rows: list[dict]) -> str:
     """results/<study>/table.md: one line per transition (variant, beta, the
-    estimate with its interval against lambda_max / beta, the verdict and where
-    I(x; z) is lost); returns the table."""
+    estimate with its interval against lambda_max / beta, the verdict, where
+    I(x; z) is lost and the active directions); returns the table."""
     lines = [
         "| variant | beta | sigma2_c [95 %] | vs lambda_max / beta | verdict "
-        "| I(x;z) at max sigma^2 | I(x;z) lost from sigma^2 |",
-        "|---|---|---|---|---|---|---|",
+        "| I(x;z) at max sigma^2 | I(x;z) lost from sigma^2 "
+        "| directions at min / max sigma^2 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s2c, ci, info = r["sigma2_c"], r["ci"], r.get("information") or {}
@@ -110,6 +111,13 @@ def write_table(study: str, rows: list[dict]) -> str:
             + ("-" if mi is None else f"{mi:.3f}")
             + " | "
             + ("never" if lost is None else f"{lost:.3g}")
+            + " | "
+            + (
+                "-"
+                if "directions_at_min_sigma2" not in info
+                else f"{info['directions_at_min_sigma2']:.2f} / "
+                f"{info['directions_at_max_sigma2']:.2f}"
+            )
             + " |"
         )
     text = "\n".join(lines) + "\n"

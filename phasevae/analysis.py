@@ -115,6 +115,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
     """
     columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
     columns += [f"var_dim_{j}" for j in range(latent_dim)]
+    columns += ["active_directions"] if "active_directions" in metrics else []
     with np.errstate(invalid="ignore", over="ignore"):  # diverged points: NaN, inf
         table = rank_dims(settle(metrics, columns), latent_dim)
     axes = [a for a in GRID_AXES if a in table and a not in ("sigma2", "seed")]
@@ -252,16 +253,22 @@ def _information(points: pd.DataFrame) -> dict:
     """I(x; z) along the curve (seeds averaged): at both ends of sigma^2 and the
     smallest sigma^2 from which it stays below ``ACTIVE_KL`` nats (None: never),
     which is where the encoder's information collapses even where the KL cannot (a
-    hyperspherical latent of fixed concentration has a constant KL)."""
+    hyperspherical latent of fixed concentration has a constant KL); and the active
+    directions (the participation ratio of E[z|x], 0 .. k) at both ends."""
     mi = points.groupby("sigma2")["mi"].mean().sort_index()
     low = (mi < ACTIVE_KL).to_numpy()
     above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
     lost = mi.index[above]
-    return {
+    out = {
         "mi_at_min_sigma2": float(mi.iloc[0]),
         "mi_at_max_sigma2": float(mi.iloc[-1]),
         "mi_lost_sigma2": float(lost[0]) if len(lost) else None,
     }
+    if "active_directions" in points:  # runs made before it have none
+        d = points.groupby("sigma2")["active_directions"].mean().sort_index()
+        out["directions_at_min_sigma2"] = float(d.iloc[0])
+        out["directions_at_max_sigma2"] = float(d.iloc[-1])
+    return out
 
 
 def _off_theory(est: dict, theory_s2c: float | None) -> dict | None:
@@ -450,6 +457,7 @@ def _points(table: pd.DataFrame) -> list[dict]:
     at the last evaluation, and the convergence verdict."""
     cols = [c for c in ("point_id", *GRID_AXES) if c in table]
     cols += ["kl", "kl_se", "kl_drift", "settled", "active_units", "mi", "diverged"]
+    cols += ["active_directions"] if "active_directions" in table else []
     return [{k: _num(v) for k, v in r.items()} for r in table[cols].to_dict("records")]
 
 

@@ -19,6 +19,7 @@ from matplotlib.ticker import (
 
 from phasevae import theory
 from phasevae.analysis import GRID_AXES
+from phasevae.estimate import FLOOR, NONE
 from phasevae.plotbase import (
     AXIS_LABEL,
     COLUMN_IN,
@@ -172,15 +173,15 @@ def scaling_figure(rd: RunData) -> Figure:
     ax.set_xlabel(r"$\theta = \beta\sigma^2$")
     ax.set_ylabel("KL (nats)")
     ax.legend(fontsize=7, frameon=False, loc="upper right")
-    ax.set_title(rd.wrapped_title(55), fontsize=7)
+    ax.set_title(rd.wrapped_title(45), fontsize=7)
     return fig
 
 
 def remedy_figure(rd: RunData, axis: str) -> Figure:
     """theta_c = beta sigma_c^2 with its 95 % interval against a remedy's strength,
     one line per value of the other axes, and the prediction lambda_max: does the
-    remedy move the boundary? Strengths without a transition in the grid are marked
-    at the top."""
+    remedy move the boundary? Strengths without a transition in the grid (triangles)
+    or whose KL a free-bits floor holds up (squares) are marked at the top."""
     lam = rd.analysis["spectrum"]["lambda_max"]
     ts = pd.DataFrame(rd.analysis["transitions"])
     others = [a for a in rd.group_axes() if a != axis and rd.points[a].nunique() > 1]
@@ -193,7 +194,8 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
         g = g.sort_values(axis)
         if categorical:
             g = g.assign(**{axis: g[axis].map(positions)})
-        found = g[g["sigma2_c"].notna()]
+        held = g.get("verdict", pd.Series("", index=g.index)) == FLOOR
+        found = g[g["sigma2_c"].notna() & ~held]
         theta = found["sigma2_c"] * found["beta"]
         pairs = zip(found["ci"], found["sigma2_c"], strict=True)
         ci = [c if c else [s, s] for c, s in pairs]
@@ -210,10 +212,15 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
             color=f"C{i}",
             label=label(values, others) or "measured",
         )
-        missing = g[g["sigma2_c"].isna()]
-        if len(missing):
-            top = lam * 1.5
-            ax.plot(missing[axis], [top] * len(missing), "^", color=f"C{i}")
+        top = lam * 1.5
+        for rows, marker in ((g[g["sigma2_c"].isna() & ~held], "^"), (g[held], "s")):
+            if len(rows):
+                ax.plot(rows[axis], [top] * len(rows), marker, color=f"C{i}")
+    verdicts = set(ts.get("verdict", []))
+    if NONE in verdicts:
+        ax.plot([], [], "^", color="0.4", label="no transition in grid")
+    if FLOOR in verdicts:
+        ax.plot([], [], "s", color="0.4", label="held at the free-bits floor")
     ax.axhline(lam, color="k", ls="--", lw=1, label=r"predicted $\lambda_{max}$")
     if categorical:
         ax.set_xticks(range(len(names)), names)
@@ -222,7 +229,7 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
     ax.set_xlabel(AXIS_LABEL.get(axis, axis))
     ax.set_ylabel(r"$\theta_c = \beta\sigma_c^2$")
     fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
-    ax.set_title(rd.title, fontsize=7)
+    ax.set_title(rd.wrapped_title(45), fontsize=7)
     return fig
 
 

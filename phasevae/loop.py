@@ -233,6 +233,7 @@ def metrics_frame(
     for j in range(m.var_dim.shape[1]):
         df[f"var_dim_{j}"] = np.asarray(m.var_dim[:, j], np.float64)
     df["mi"] = np.asarray(m.mi, np.float64)
+    df["active_directions"] = np.asarray(m.directions, np.float64)
     df["decoder_sigma2"] = np.asarray(m.decoder_sigma2, np.float64)
     df["collapse_eigenvalue"] = _collapse_eigenvalues(m.collapse_grams, len(df))
     df["active_units"] = (m.kl_dim > ACTIVE_KL).sum(axis=1).astype(np.int64)

@@ -13,9 +13,9 @@ The sweep supplies the rest: the initialisation from the point's seed
 (``module.init(key, x, eps)``), the decoder variance sigma^2 (the grid's, or learned),
 the loss below and the optimiser. Skip paths and the collapse probe need the MLP's
 layout and are offered for it alone. A latent other than this Gaussian one gives
-three hooks, ``latent_noise(key, n)``, ``latent_kl(mu, logvar)`` and
-``latent_mi(mu, var, noise)`` (the hyperspherical latent of
-:mod:`phasevae.sphere`; a user's module has the Gaussian latent).
+four hooks, ``latent_noise(key, n)``, ``latent_kl(mu, logvar)``,
+``latent_mi(mu, var, noise)`` and ``latent_mean(mu, var)`` (the hyperspherical
+latent of :mod:`phasevae.sphere`; a user's module has the Gaussian latent).
 
     encoder q(z|x) = N(mu(x), diag(s^2(x)))   MLP with ReLU, outputs (mu, log s^2)
     decoder p(x|z) = N(f(z), sigma^2 I)       MLP with ReLU, sigma^2 fixed

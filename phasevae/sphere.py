@@ -208,6 +208,10 @@ class SphereVAE(nn.Module):
         """The noise of n examples: ``noise_size(k)`` standard normals each."""
         return jax.random.normal(key, (n, noise_size(self.latent_dim)))
 
+    def latent_mean(self, m: Array, var: Array) -> Array:
+        """E[z|x] = E[m^T z] m = (1 - spread) m, per example (n, k)."""
+        return (1.0 - var) * m
+
     def latent_kl(self, m: Array, logvar: Array) -> Array:
         """(k,): the KL to the uniform prior in the first entry, 0 elsewhere."""
         k = self.latent_dim

@@ -96,6 +96,10 @@ class Metrics(NamedTuple):
     var_dim: Array  # (k,) mean encoder variance per latent dim
     mi: Array  # ()   estimate of I(x; z), nats, on the first MI_SAMPLES examples
     decoder_sigma2: Array  # () the decoder variance used (learned: its current value)
+    # () the directions the encoder uses: the participation ratio (tr C)^2 / tr(C^2)
+    # of the covariance C over the evaluation examples of the posterior mean E[z|x]
+    # (1 .. k); 0 when tr C < ACTIVE_VAR, i.e. the means do not move with x
+    directions: Array
     # (S, K, C_hh) of model.collapse_grams, finished on the host into the collapse
     # eigenvalue (model.collapse_eigenvalue); None with a skip path
     collapse_grams: tuple[Array, Array, Array] | None
@@ -167,6 +171,18 @@ def kl_factor(point: Point, step: Array) -> Array:
 
 
 MI_SAMPLES = 512  # the I(x; z) estimate costs n^2 per model: a subset of eval_x
+ACTIVE_VAR = 0.01  # total variance of E[z|x] over x below which no direction is used
+
+
+def active_directions(means: Array) -> Array:
+    """The participation ratio (tr C)^2 / tr(C^2) of the covariance C of ``means``
+    (n, k) over its rows: the number of directions they spread over, between 1 and
+    k; 0 when tr C < ``ACTIVE_VAR``."""
+    centred = means - jnp.mean(means, axis=0, keepdims=True)
+    cov = centred.T @ centred / means.shape[0]
+    tr = jnp.trace(cov)
+    ratio = tr**2 / jnp.maximum(jnp.sum(cov**2), 1e-30)
+    return jnp.where(tr >= ACTIVE_VAR, ratio, 0.0)
 
 
 class Trainer:
@@ -245,6 +261,13 @@ class Trainer:
         model's own (its ``latent_mi`` hook)."""
         estimate = getattr(self.model, "latent_mi", mutual_information)
         return estimate(terms.mu, terms.var_dim, noise)
+
+    def posterior_mean(self, terms: Terms) -> Array:
+        """E[z|x] per example: the encoder mean, or the model's own (its
+        ``latent_mean`` hook)."""
+        if hasattr(self.model, "latent_mean"):
+            return self.model.latent_mean(terms.mu, terms.var_dim)
+        return terms.mu
 
     def _sigma2(self, params, point: Point) -> Array:
         """The decoder variance: the grid's, or the learned one."""
@@ -339,6 +362,7 @@ class Trainer:
             var_dim=jnp.mean(t.var_dim, axis=0),
             mi=self.mutual_information(jax.tree.map(lambda a: a[:m], t), eps[:m]),
             decoder_sigma2=self._sigma2(params, point),
+            directions=active_directions(self.posterior_mean(t)),
             collapse_grams=(
                 collapse_grams(self.model, {"params": params["params"]}, eval_x)
                 if self.static.probe

@@ -25,7 +25,7 @@ from phasevae.sphere import (
     noise_size,
     sample,
 )
-from phasevae.train import Point, Static, Trainer
+from phasevae.train import Point, Static, Trainer, active_directions
 
 DRAWS = 100_000
 
@@ -119,6 +119,16 @@ def test_the_information_estimate_on_known_cases():
     assert 0 < eager < math.log(n)
 
 
+def test_active_directions_count_the_spread_of_the_posterior_means():
+    rng = np.random.default_rng(0)
+    flat = rng.normal(size=(4000, 3)) * [1.0, 1.0, 0.0]
+    line = rng.normal(size=(4000, 3)) * [0.0, 0.0, 2.0]
+    assert float(active_directions(jnp.asarray(flat))) == pytest.approx(2.0, rel=0.02)
+    assert float(active_directions(jnp.asarray(line))) == pytest.approx(1.0, rel=1e-6)
+    assert float(active_directions(jnp.asarray(line * 0.01))) == 0.0  # too small
+    assert float(active_directions(jnp.ones((10, 3)))) == 0.0
+
+
 def test_a_fixed_concentration_makes_the_kl_a_constant():
     trainer = Trainer(Static(4, 3, (8,), (8,), 16, 1, latent="sphere", concentration=5))
     point = Point.one(sigma2=1.0, beta=1.0, learning_rate=1e-3, seed=0)
@@ -145,9 +155,13 @@ def test_a_sphere_sweep_trains_analyses_and_resumes(tmp_path, tiny_spec, monkeyp
     m = full.metrics
     assert np.all(m["kl_dim_1"] == 0) and np.all(np.isfinite(m[["kl", "mi"]]))
     assert m["collapse_eigenvalue"].isna().all()  # the probe is the Gaussian MLP's
+    assert m["active_directions"].between(0, 2).all()
     last = m[m["step"] == 60].sort_values("sigma2")
     assert last["kl"].iloc[0] > 10 * last["kl"].iloc[-1]  # it collapses at large s2
-    assert analysis.analyze_run(tmp_path / "full")["transitions"]
+    (t,) = analysis.analyze_run(tmp_path / "full")["transitions"]
+    info = t["information"]
+    assert info["mi_at_min_sigma2"] > info["mi_at_max_sigma2"]
+    assert info["directions_at_min_sigma2"] > info["directions_at_max_sigma2"]
 
     monkeypatch.setattr(sweep_mod, "CHECKPOINT_SECONDS", 0.0)
 
