@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from phasevae import estimate, theory
+from phasevae import estimate, readings, theory
 from phasevae.fit import (
     LEVEL,
     MIN_INCREMENT,
@@ -34,8 +34,6 @@ from phasevae.spec import LATER_AXES
 from phasevae.store import RunDir, RunDirError
 
 ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
-HELD = 0.5  # a top-dim KL at least this fraction of free_bits at the largest sigma^2
-# is held by the floor, not collapsed
 GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "sigma2",
     "beta",
@@ -197,7 +195,7 @@ def _transition(
         j["theory_d1_jump_ln"] = 0.5
         j["theory_d1_jump"] = 0.5 / j["sigma2"]
         j["theory_d2_jump"] = -0.5 / j["sigma2"] ** 2
-    floor = _floor(usable, values.get("free_bits", 0.0))
+    floor = readings.floor(usable, values.get("free_bits", 0.0))
     if floor is not None and floor["held"]:
         est["verdict"] = estimate.FLOOR
     theory_s2c = float(predicted[0]) if beta > 0 else None
@@ -230,45 +228,8 @@ def _transition(
         "theory_thresholds": [float(t) for t in predicted],
         "per_dim": _per_dim(data, k, predicted),
         "floor": floor,
-        "information": _information(usable),
+        "information": readings.information(usable),
     }
-
-
-def _floor(points: pd.DataFrame, free_bits: float) -> dict | None:
-    """With free bits lambda > 0: the top dim's KL at the largest sigma^2 (seeds
-    averaged) and whether the floor holds it there (>= ``HELD`` lambda). Then the
-    curve has no collapse: its kink (``sigma2_c``) is where the KL meets the floor,
-    and the verdict says so."""
-    if not free_bits:
-        return None
-    top = points.loc[points["sigma2"] == points["sigma2"].max(), "kl_rank_0"].mean()
-    return {
-        "free_bits": float(free_bits),
-        "kl_top_at_max_sigma2": float(top),
-        "held": bool(top >= HELD * free_bits),
-    }
-
-
-def _information(points: pd.DataFrame) -> dict:
-    """I(x; z) along the curve (seeds averaged): at both ends of sigma^2 and the
-    smallest sigma^2 from which it stays below ``ACTIVE_KL`` nats (None: never),
-    which is where the encoder's information collapses even where the KL cannot (a
-    hyperspherical latent of fixed concentration has a constant KL); and the active
-    directions (the participation ratio of E[z|x], 0 .. k) at both ends."""
-    mi = points.groupby("sigma2")["mi"].mean().sort_index()
-    low = (mi < ACTIVE_KL).to_numpy()
-    above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
-    lost = mi.index[above]
-    out = {
-        "mi_at_min_sigma2": float(mi.iloc[0]),
-        "mi_at_max_sigma2": float(mi.iloc[-1]),
-        "mi_lost_sigma2": float(lost[0]) if len(lost) else None,
-    }
-    if "active_directions" in points:  # runs made before it have none
-        d = points.groupby("sigma2")["active_directions"].mean().sort_index()
-        out["directions_at_min_sigma2"] = float(d.iloc[0])
-        out["directions_at_max_sigma2"] = float(d.iloc[-1])
-    return out
 
 
 def _off_theory(est: dict, theory_s2c: float | None) -> dict | None:
