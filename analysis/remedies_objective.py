@@ -12,11 +12,7 @@ and writes results/remedies_objective/summary.json (one row per transition) and
 scaling.json (the beta sigma^2 scaling check per setting) and table.md.
 """
 
-import json
-
-from study import RESULTS, run_variant, write_summary, write_table
-
-from phasevae.store import atomic_write_text
+from study import run_study
 
 STUDY = "remedies_objective"
 SPECS = {"default": "remedy_objective.toml", "patches": "remedy_objective_patches.toml"}
@@ -27,15 +23,4 @@ VARIANTS = {
 }
 
 if __name__ == "__main__":
-    rows, scaling = [], {}
-    for data, spec in SPECS.items():
-        for remedy, overrides in VARIANTS.items():
-            name = f"{data}_{remedy}"
-            rows += run_variant(STUDY, name, spec, overrides)
-            doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
-            scaling[name] = doc["scaling_by"]
-    write_summary(STUDY, rows)
-    write_table(STUDY, rows)
-    atomic_write_text(
-        RESULTS / STUDY / "scaling.json", json.dumps(scaling, indent=1, default=str)
-    )
+    run_study(STUDY, SPECS, VARIANTS, "scaling_by")

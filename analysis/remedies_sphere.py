@@ -12,11 +12,7 @@ at 10 and at 50, into results/remedies_sphere/<data>_<variant>/; writes summary.
 table.md and scaling.json there.
 """
 
-import json
-
-from study import RESULTS, run_variant, write_summary, write_table
-
-from phasevae.store import atomic_write_text
+from study import run_study
 
 STUDY = "remedies_sphere"
 SPECS = {"default": "remedy_objective.toml", "patches": "remedy_objective_patches.toml"}
@@ -28,15 +24,4 @@ VARIANTS = {
 }
 
 if __name__ == "__main__":
-    rows, scaling = [], {}
-    for data, spec in SPECS.items():
-        for variant, overrides in VARIANTS.items():
-            name = f"{data}_{variant}"
-            rows += run_variant(STUDY, name, spec, overrides)
-            doc = json.loads((RESULTS / STUDY / name / "analysis.json").read_text())
-            scaling[name] = doc["scaling"]
-    write_summary(STUDY, rows)
-    write_table(STUDY, rows)
-    atomic_write_text(
-        RESULTS / STUDY / "scaling.json", json.dumps(scaling, indent=1, default=str)
-    )
+    run_study(STUDY, SPECS, VARIANTS, "scaling")

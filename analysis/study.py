@@ -89,6 +89,25 @@ def write_summary(study: str, rows: list[dict]) -> None:
     print(f"wrote {path}")
 
 
+def run_study(study: str, specs: dict, variants: dict, scaling: str) -> None:
+    """Every variant (a list of overrides) of every spec (``{data: file}``) into
+    results/<study>/<data>_<variant>, then its summary.json, table.md and
+    scaling.json (each run's analysis.json entry ``scaling``: "scaling" overall,
+    "scaling_by" per remedy setting)."""
+    rows, checks = [], {}
+    for data, spec in specs.items():
+        for variant, overrides in variants.items():
+            name = f"{data}_{variant}"
+            rows += run_variant(study, name, spec, overrides)
+            doc = json.loads((RESULTS / study / name / "analysis.json").read_text())
+            checks[name] = doc[scaling]
+    write_summary(study, rows)
+    write_table(study, rows)
+    atomic_write_text(
+        RESULTS / study / "scaling.json", json.dumps(checks, indent=1, default=str)
+    )
+
+
 def write_table(study: str, rows: list[dict]) -> str:
     """results/<study>/table.md: one line per transition (variant, beta, the
     estimate with its interval against lambda_max / beta, the verdict, where
