@@ -220,6 +220,14 @@ class Run:
             return write_figures(self.path, save, x, y)
         return {name: make() for name, make in figures(self.path, x, y).items()}
 
+    def report(self, out: str | Path | None = None) -> Path:
+        """Write the run's report, one self-contained HTML page
+        (:func:`phasevae.report.write_report`; default RUN_DIR/report.html) of an
+        analysed run, and return its path."""
+        from phasevae.report import write_report
+
+        return write_report(self.path, out)
+
     def status(self) -> dict:
         """Progress of the run from its meta: status, grid points, steps, diverged,
         the last checkpoint's age and an ETA while it trains."""

@@ -159,6 +159,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from phasevae import api
+
+    print(f"wrote {api.Run(Path(args.run_dir)).report(args.out)}")
+    return 0
+
+
 def cmd_theory(args: argparse.Namespace) -> int:
     from phasevae import api
 
@@ -363,6 +370,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "analyze": cmd_analyze,
     "plot": cmd_plot,
+    "report": cmd_report,
     "theory": cmd_theory,
     "validate": cmd_validate,
     "merge": cmd_merge,

@@ -29,6 +29,8 @@ EXAMPLES = {
     "analyze": "example:\n  phasevae analyze runs/default   # writes analysis.json",
     "plot": "examples:\n  phasevae plot runs/default\n"
     "  phasevae plot runs/remedy --x sigma2 --y kl_warmup_steps --format pdf",
+    "report": "examples:\n  phasevae report runs/default   # runs/default/report.html\n"
+    "  phasevae report runs/default -o ~/to_send.html",
     "theory": "examples:\n  phasevae theory sweeps/default.toml\n"
     "  phasevae theory runs/default --json",
     "validate": "examples:\n  phasevae validate --quick --out /tmp/v\n"
@@ -145,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="sigma2", help="phase diagram x axis (a grid axis)")
     p.add_argument("--y", default="beta", help="phase diagram y axis (a grid axis)")
 
+    p = add("report", help="one self-contained HTML page of an analysed run")
+    p.add_argument("run_dir", help="a run directory with analysis.json")
+    p.add_argument("-o", "--out", help="the page (default RUN_DIR/report.html)")
     p = add("theory", help="spectrum and predicted transitions, no training")
     p.add_argument("target", metavar="SPEC|RUN_DIR")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

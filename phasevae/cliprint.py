@@ -87,6 +87,17 @@ def divergence_hint(spectrum: dict, spec) -> str:
 
 
 def transition_table(result: dict) -> str:
+    """The table ``phasevae analyze`` prints: one row per transition, then the
+    notes (interval parts, stability probe, where to train longer)."""
+    table = transition_frame(result).to_string(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"
+    )
+    return "\n".join([table, *transition_notes(result)])
+
+
+def transition_frame(result: dict):
+    """One row per transition of an analysis: its varying axes, sigma_c^2 with its
+    95 % interval, the prediction, the error, the verdict and the per-dim kinks."""
     import pandas as pd
 
     rows = []
@@ -111,9 +122,12 @@ def transition_table(result: dict) -> str:
                 "dims_theory": " ".join(f"{d['theory']:.3g}" for d in t["per_dim"]),
             }
         )
-    table = pd.DataFrame(rows).to_string(
-        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"
-    )
+    return pd.DataFrame(rows)
+
+
+def transition_notes(result: dict) -> list[str]:
+    """Lines under the table: the interval's statistical and finite-training parts,
+    the stability probe and the 'train longer' advice, per beta."""
     notes = [
         f"  {t.get('beta', 1.0):g}: train longer over sigma^2 in "
         f"[{t['train_longer']['sigma2'][0]:.4g}, {t['train_longer']['sigma2'][1]:.4g}]"
@@ -131,9 +145,13 @@ def transition_table(result: dict) -> str:
     ]
     probes = [probe_line(t) for t in result["transitions"] if t["probe"]]
     extra = ["interval parts, per beta:", *parts] if parts else []
-    extra += ["stability probe of the collapsed points, per beta:", *probes]
+    extra += (
+        ["stability probe of the collapsed points, per beta:", *probes]
+        if probes
+        else []
+    )
     extra += ["verdict 'train longer', per beta:", *notes] if notes else []
-    return "\n".join([table, *extra])
+    return extra
 
 
 def probe_line(t: dict) -> str:

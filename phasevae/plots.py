@@ -256,6 +256,32 @@ def components_figure(rd: RunData, count: int = 8) -> Figure:
     return fig
 
 
+def spectrum_figure(rd: RunData, count: int = 32) -> Figure:
+    """The data's covariance eigenvalues, the top latent_dim of which set the kinks
+    (beta sigma^2 = lambda_i), with the band of beta sigma^2 the grid covers."""
+    ev = np.array(rd.meta["spectrum"]["eigenvalues"][:count])
+    k = rd.spec.model.latent_dim
+    fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.4), layout="constrained")
+    idx = np.arange(1, len(ev) + 1)
+    top = idx <= k
+    ax.plot(idx[top], ev[top], "o", color="C3", ms=4, label=f"top {k} (latent dims)")
+    ax.plot(idx[~top], ev[~top], "o", color="0.5", ms=3, label="the rest")
+    theta = rd.points["beta"] * rd.points["sigma2"]
+    ax.axhspan(theta.min(), theta.max(), color="C0", alpha=0.12, lw=0)
+    ax.axhline(theta.max(), color="C0", lw=0.8, label=r"$\beta\sigma^2$ of the grid")
+    ax.axhline(theta.min(), color="C0", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue index i")
+    ax.set_ylabel(r"$\lambda_i$")
+    ax.legend(fontsize=6)
+    ax.set_title(
+        f"{rd.title}\ndata spectrum: dim i collapses at "
+        r"$\beta\sigma^2 = \lambda_i$",
+        fontsize=7,
+    )
+    return fig
+
+
 def learned_variance_figure(rd: RunData, beta: float | None = None) -> Figure:
     """Training curves of the learned decoder variance and of the KL, one colour per
     starting sigma^2 (first seed, one beta): the self-deafening loop is sigma^2
@@ -305,6 +331,7 @@ def figures(
         "latent_variance": lambda: variance_figure(rd),
         "scaling": lambda: scaling_figure(rd),
         "training_curves": lambda: training_figure(rd),
+        "spectrum": lambda: spectrum_figure(rd),
     }
     if rd.points["beta"].nunique() > 1 or (x, y) != ("sigma2", "beta"):
         out["phase_diagram"] = lambda: phase_diagram(rd, x, y)

@@ -15,6 +15,7 @@ NAMES = [
     "latent_variance",
     "scaling",
     "training_curves",
+    "spectrum",
     "phase_diagram",
 ]
 

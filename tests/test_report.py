@@ -1,0 +1,102 @@
+"""``phasevae report``: one self-contained HTML page per analysed run, opened in a
+real headless browser (Chromium, driven by Playwright) where one is installed;
+``.ci/run`` installs it and sets PHASEVAE_REQUIRE_BROWSER so that CI cannot skip."""
+
+import os
+import re
+import shutil
+
+import pytest
+
+from phasevae import plots
+from phasevae.analysis import analyze_run
+from phasevae.cli import main
+from tests.test_analysis import run_dir, synthetic_metrics
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def analysed(tmp_path):
+    """A finished, analysed run (synthetic curves) with one diverged point."""
+    run = run_dir(tmp_path, beta=[0.5, 1.0, 2.0])
+    metrics = synthetic_metrics([0.5, 1.0, 2.0])
+    run.write_metrics(metrics)
+    meta = run.meta()
+    points = dict.fromkeys(metrics["point_id"].unique(), "ok")
+    points["b1.0s0p3"] = "diverged"
+    meta.update(points=points, grid_size=len(points), steps=600)
+    meta.update(wall_times={"compile_s": 2.5, "train_s": 9.0}, platform="cpu")
+    run.write_meta(meta)
+    analyze_run(run.path)
+    return run.path
+
+
+def test_the_report_is_one_self_contained_page(analysed, capsys):
+    assert main(["report", str(analysed)]) == 0
+    page = analysed / "report.html"
+    assert f"wrote {page}" in capsys.readouterr().out
+    text = page.read_text()
+    # nothing fetched: no script, no external source or stylesheet
+    assert "<script" not in text
+    assert not re.search(r'(src|href)="(?!data:)', text)
+    names = list(plots.figures(analysed))
+    shown = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', text)
+    assert shown == names
+    assert text.count("train longer") + text.count("trusted") >= 3  # the verdicts
+    assert "1 of 120 models diverged" in text and "b1.0s0p3" in text  # the warnings
+    assert "[grid]" in text and "latent_dim" in text  # the spec
+    assert "2.5 s" in text and "9.0 s" in text  # the timings
+    assert not list(analysed.glob(".*tmp*"))
+
+
+def test_report_errors_exit_2_and_write_nothing(tmp_path, analysed, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert (
+        main(["report", str(analysed), "-o", str(tmp_path / "no/such/dir.html")]) == 2
+    )
+    (analysed / "analysis.json").unlink()
+    assert main(["report", str(analysed)]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "existing directory" in err
+    assert "phasevae analyze" in err and "Traceback" not in err
+    assert not (analysed / "report.html").exists()
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("PHASEVAE_REQUIRE_BROWSER"),
+    reason="no Chromium here (.ci/run installs it)",
+)
+def test_the_report_opens_in_a_headless_browser(analysed, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    assert CHROMIUM is not None, "PHASEVAE_REQUIRE_BROWSER is set but no chromium"
+    assert main(["report", str(analysed)]) == 0
+    messages, errors = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.on("console", lambda m: messages.append((m.type, m.text)))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((analysed / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])"
+        )
+        verdicts = page.locator("td.verdict").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert [name for name, _, _ in images] == list(plots.figures(analysed))
+    assert all(done and width > 100 for _, done, width in images), images
+    assert len(verdicts) == 3 and set(verdicts) <= {"trusted", "train longer"}
+    assert errors == [] and [m for m in messages if m[0] == "error"] == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
