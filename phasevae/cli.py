@@ -25,7 +25,7 @@ from phasevae.safeio import check_out_dir
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from phasevae import api
+    from phasevae import api, trackers
     from phasevae.loop import Preempted
     from phasevae.placement import init_distributed, split_cpu_into_devices
     from phasevae.schedule import adaptive
@@ -64,13 +64,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 0
     unit = "points finished" if adaptive(spec) else "chunks"
+    for option in args.track:  # a bad --track is bad input before anything runs
+        if option.partition(":")[0] not in trackers.KINDS:
+            raise BadInput(
+                f"--track {option!r}: choose one of "
+                f"{', '.join(trackers.KINDS)}, e.g. --track tensorboard"
+            )
     show = Progress(unit=unit, quiet=args.quiet)
+    logs = []
     try:
+        if primary:  # on_chunk runs on process 0 only
+            logs = [trackers.from_option(o, out, spec) for o in args.track]
         result = api.run(
             spec,
             out,
             progress=show,
-            on_chunk=show.chunk,
+            on_chunk=trackers.chained(show.chunk, *logs),
             checkpoint_seconds=args.checkpoint_every,
             shard=_shard(args.shard),
         )
@@ -79,6 +88,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 143  # 128 + SIGTERM, as if the signal had ended the process
     finally:
         show.close()  # a live display left running would keep the cursor hidden
+        for log in logs:
+            log.close()
     if not primary:
         return args.diverged_status if result.diverged else 0
     meta, spectrum = result.meta, result.meta["spectrum"]

@@ -19,7 +19,8 @@ EXAMPLES = {
   phasevae sweep                                   # the built-in default, runs/default
   phasevae sweep sweeps/digits.toml --out runs/digits --set grid.seeds=[0,1,2]
   phasevae sweep my.toml --set data.path="x.npy" --dry-run   # plan, nothing written
-  phasevae sweep my.toml --shard 0/4 --out runs/s0  # one of 4 array jobs""",
+  phasevae sweep my.toml --shard 0/4 --out runs/s0  # one of 4 array jobs
+  phasevae sweep --track tensorboard   # then: tensorboard --logdir runs/default""",
     "bench": """examples:
   phasevae bench --models 1 64 256
   phasevae bench --model conv --models 1 16 64
@@ -102,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet",
         action="store_true",
         help="no progress display (off anyway when stderr is not a terminal)",
+    )
+    p.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="KIND[:WHERE]",
+        help="log every evaluation to a tracker: tensorboard[:LOGDIR] (default "
+        "RUN_DIR/tensorboard), wandb[:PROJECT] or mlflow[:TRACKING_URI] (the "
+        "[trackers] extra); may be repeated",
     )
 
     p = add("bench", help="training throughput against the hardware")

@@ -16,17 +16,19 @@ class DataError(BadInput):
     """A data file or data setting that cannot be used."""
 
 
-def optional(module: str, package: str, needed_for: str):
-    """Import ``module`` from the ``[datasets]`` extra, or raise :class:`DataError`
-    saying how to install it."""
+def optional(
+    module: str, package: str, needed_for: str, extra: str = "datasets", error=DataError
+):
+    """Import ``module`` from the ``[extra]`` extra, or raise ``error`` saying how to
+    install it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise DataError(
+        raise error(
             f"{needed_for} needs {package}, which is not installed: "
-            "pip install 'phasevae[datasets]' (or pip install " + package + ")"
+            f"pip install 'phasevae[{extra}]' (or pip install {package})"
         ) from None
 
 

@@ -1,0 +1,210 @@
+"""Experiment trackers for a sweep, fed through the API's ``on_chunk`` callback:
+TensorBoard event files written locally, and adapters for Weights & Biases and
+MLflow (the ``[trackers]`` extra). Each tracker is a callable ``(frame, meta)`` that
+logs every evaluation of the chunk, one series per grid point and metric, named
+``METRIC/beta_B/sigma2_S/seed_K`` (plus the other axes where they are off their
+defaults), at the point's own training step::
+
+    import phasevae as pv
+    from phasevae.trackers import TensorBoard
+
+    with TensorBoard("runs/default/tensorboard") as tb:
+        pv.run("sweeps/default.toml", on_chunk=tb)
+
+On the command line: ``phasevae sweep --track tensorboard`` (RUN_DIR/tensorboard),
+``--track wandb:PROJECT``, ``--track mlflow:TRACKING_URI``. A resumed sweep logs
+the chunks after its checkpoint again; the trackers show both copies of those steps.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import pandas as pd
+
+from phasevae.errors import BadInput, optional
+from phasevae.spec import LATER_AXES, Spec, spec_to_dict
+
+METRICS = ("kl", "elbo", "mi", "active_units", "active_directions")
+KINDS = ("tensorboard", "wandb", "mlflow")
+
+
+def series(row) -> str:
+    """The series name of a metrics row's grid point."""
+    parts = [f"beta_{row['beta']:g}", f"sigma2_{row['sigma2']:.4g}"]
+    parts.append(f"seed_{int(row['seed'])}")
+    parts += [f"{k}_{row[k]:g}" for k, d in LATER_AXES.items() if row.get(k, d) != d]
+    parts += [f"{k}_{row[k]}" for k in ("decoder", "skip") if k in row]
+    return "/".join(p.replace(" ", "") for p in parts)
+
+
+def scalars(frame: pd.DataFrame) -> dict[int, dict[str, float]]:
+    """{step: {METRIC/series: value}} of a chunk's metrics rows (diverged rows
+    left out: their values are the frozen ones), plus per step the chunk's counts
+    ``sweep/points_evaluated`` and ``sweep/diverged``."""
+    out: dict[int, dict[str, float]] = {}
+    for _, row in frame.iterrows():
+        step = out.setdefault(int(row["step"]), {})
+        step["sweep/points_evaluated"] = step.get("sweep/points_evaluated", 0) + 1
+        diverged = bool(row.get("diverged", False))
+        step["sweep/diverged"] = step.get("sweep/diverged", 0) + int(diverged)
+        if diverged:
+            continue
+        name = series(row)
+        for m in METRICS:
+            if m in row and pd.notna(row[m]):
+                step[f"{m}/{name}"] = float(row[m])
+    return out
+
+
+class Tracker(ABC):
+    """A chunk callback. The package is imported when the tracker is made (a
+    missing one is bad input before training); the tracker's run opens at the
+    first chunk (a sweep refused at start-up leaves no run behind) and closes on
+    exit (``with``) or ``close()``."""
+
+    def __init__(self, spec: Spec | None = None):
+        self.spec = spec
+        self.started = False
+
+    def __call__(self, frame: pd.DataFrame, meta: dict) -> None:
+        if not self.started:
+            self.start()
+            self.started = True
+        for step, values in sorted(scalars(frame).items()):
+            self.log(step, values)
+
+    @abstractmethod
+    def start(self) -> None:
+        """Open the tracker's run (and record the spec there)."""
+
+    @abstractmethod
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Write ``values`` ({name: value}) at training step ``step``."""
+
+    @abstractmethod
+    def finish(self) -> None:
+        """Flush and close the tracker's run."""
+
+    def close(self) -> None:
+        if self.started:
+            self.finish()
+            self.started = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TensorBoard(Tracker):
+    """Event files in ``logdir`` (tensorboardX): ``tensorboard --logdir LOGDIR``."""
+
+    def __init__(self, logdir: str | Path, spec: Spec | None = None):
+        super().__init__(spec)
+        self.tbx = optional(
+            "tensorboardX", "tensorboardX", "TensorBoard logging", "trackers", BadInput
+        )
+        self.logdir = Path(logdir)
+
+    def start(self) -> None:
+        self.writer = self.tbx.SummaryWriter(str(self.logdir))
+        if self.spec is not None:
+            self.writer.add_text("spec", _spec_text(self.spec))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        for tag, v in values.items():
+            self.writer.add_scalar(tag, v, step)
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
+class Wandb(Tracker):
+    """A W&B run in ``project`` (``init``: more of ``wandb.init``'s arguments;
+    offline with WANDB_MODE=offline). The x axis of every series is the metric
+    ``step``, the point's training step."""
+
+    def __init__(self, project: str, spec: Spec | None = None, **init):
+        super().__init__(spec)
+        self.wandb = optional("wandb", "wandb", "W&B logging", "trackers", BadInput)
+        self.project, self.init = project, init
+
+    def start(self) -> None:
+        config = spec_to_dict(self.spec) if self.spec is not None else None
+        self.run = self.wandb.init(project=self.project, config=config, **self.init)
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.run.log({"step": step, **values})
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class Mlflow(Tracker):
+    """An MLflow run in ``experiment`` at ``uri`` (a tracking server or store;
+    None: MLflow's default), the spec as its parameters."""
+
+    def __init__(
+        self, uri: str | None, spec: Spec | None = None, experiment: str = "phasevae"
+    ):
+        super().__init__(spec)
+        self.mlflow = optional(
+            "mlflow", "mlflow", "MLflow logging", "trackers", BadInput
+        )
+        self.uri, self.experiment = uri, experiment
+
+    def start(self) -> None:
+        if self.uri:
+            self.mlflow.set_tracking_uri(self.uri)
+        self.mlflow.set_experiment(self.experiment)
+        self.run = self.mlflow.start_run()
+        if self.spec is not None:
+            self.mlflow.log_params(
+                {
+                    f"{section}.{key}": str(value)[:500]
+                    for section, table in spec_to_dict(self.spec).items()
+                    for key, value in table.items()
+                }
+            )
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.mlflow.log_metrics(values, step=step)
+
+    def finish(self) -> None:
+        self.mlflow.end_run()
+
+
+def from_option(option: str, run_dir: Path, spec: Spec) -> Tracker:
+    """The tracker of a ``--track`` value: ``tensorboard[:LOGDIR]`` (default
+    RUN_DIR/tensorboard), ``wandb[:PROJECT]`` (default phasevae) or
+    ``mlflow[:TRACKING_URI]``."""
+    kind, _, where = option.partition(":")
+    if kind == "tensorboard":
+        return TensorBoard(where or run_dir / "tensorboard", spec)
+    if kind == "wandb":
+        return Wandb(where or "phasevae", spec)
+    if kind == "mlflow":
+        return Mlflow(where or None, spec)
+    raise BadInput(f"--track {option!r}: choose one of {', '.join(KINDS)}")
+
+
+def chained(*callbacks):
+    """One chunk callback calling each of ``callbacks`` (None left out) in turn."""
+    live = [c for c in callbacks if c is not None]
+
+    def call(frame: pd.DataFrame, meta: dict) -> None:
+        for c in live:
+            c(frame, meta)
+
+    return call
+
+
+def _spec_text(spec: Spec) -> str:
+    import tomli_w
+
+    return "```\n" + tomli_w.dumps(spec_to_dict(spec)) + "```"

@@ -1,0 +1,155 @@
+"""Trackers through the ``on_chunk`` callback, each read back from what its own local
+writer left: TensorBoard event files (tensorboardX), a W&B offline run, an MLflow file
+store."""
+
+import glob
+import json
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from phasevae import trackers
+from phasevae.cli import main
+from phasevae.errors import BadInput
+from phasevae.spec import spec_from_dict
+from tests.conftest import tiny_dict
+from tests.test_analysis import synthetic_metrics
+from tests.test_cli import write_spec
+
+
+def records(path, block: int = 32768, header: int = 0):
+    """The payloads of a record log: TFRecord (TensorBoard) when ``block`` is 0,
+    else the LevelDB-style blocks W&B writes after a ``header``-byte file header."""
+    data, pos, out, part = Path(path).read_bytes(), header, [], b""
+    while pos < len(data):
+        if not block:
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            out.append(data[pos + 12 : pos + 12 + n])
+            pos += 16 + n
+            continue
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if n == 0 and kind == 0:
+            break
+        part += data[pos + 7 : pos + 7 + n]
+        pos += 7 + n
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            out.append(part)
+            part = b""
+    return out
+
+
+def tensorboard_scalars(logdir) -> dict[tuple[str, int], float]:
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = {}
+    for path in glob.glob(f"{logdir}/events.out.tfevents.*"):
+        for payload in records(path, block=0):
+            event = Event.FromString(payload)
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    out[(v.tag, event.step)] = v.simple_value
+    return out
+
+
+def expected(frame: pd.DataFrame, metric: str) -> dict[tuple[str, int], float]:
+    ok = frame[~frame["diverged"]]
+    return {
+        (f"{metric}/{trackers.series(r)}", int(r["step"])): float(r[metric])
+        for _, r in ok.iterrows()
+    }
+
+
+def test_a_sweep_tracked_in_tensorboard_logs_every_evaluation(tmp_path):
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path)
+    assert main(["sweep", str(spec), "--out", str(out), "--track", "tensorboard"]) == 0
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    logged = tensorboard_scalars(out / "tensorboard")
+    for metric in ("kl", "elbo", "mi"):
+        want = expected(metrics, metric)
+        assert len(want) == len(metrics) == 8  # 4 points x 2 evaluations
+        got = {k: logged[k] for k in want}
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+    assert logged[("sweep/points_evaluated", 20)] == 4
+    # a finished run resumed: nothing more to train, nothing more logged
+    assert main(["sweep", str(spec), "--out", str(out), "--track", "tensorboard"]) == 0
+    assert tensorboard_scalars(out / "tensorboard") == logged
+
+
+def test_series_names_tell_the_points_apart():
+    frame = synthetic_metrics([0.5, 1.0], seeds=(0, 1), evals=1)
+    frame["free_bits"] = [0.0, 0.1] * (len(frame) // 2)
+    names = {trackers.series(r) for _, r in frame.iterrows()}
+    assert len(names) == len(frame)
+    assert "beta_0.5/sigma2_0.05969/seed_0/free_bits_0.1" in names
+    assert "beta_0.5/sigma2_0.05/seed_0" in names  # axes at their defaults left out
+
+
+def test_wandb_offline_run_holds_the_chunk(tmp_path, monkeypatch):
+    pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    spec = spec_from_dict(tiny_dict())
+    frame = synthetic_metrics([1.0], evals=2)
+    frame.loc[frame.index[0], "diverged"] = True
+    with trackers.Wandb("phasevae-test", spec, dir=str(tmp_path), mode="offline") as w:
+        w(frame, {})
+    (path,) = glob.glob(f"{tmp_path}/wandb/offline-run-*/run-*.wandb")
+    logged, config = {}, {}
+    for payload in records(path, header=7):
+        rec = pb.Record.FromString(payload)
+        if rec.WhichOneof("record_type") == "history":
+            row = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                for i in rec.history.item
+            }
+            for k, v in row.items():
+                logged[(k, row["step"])] = v
+        elif rec.WhichOneof("record_type") == "run":  # the config, at init
+            for i in rec.run.config.update:
+                config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+    want = expected(frame, "kl")
+    assert {k: logged[k] for k in want} == pytest.approx(want)
+    assert len(want) == len(frame) - 1  # the diverged row is left out ...
+    assert logged[("sweep/diverged", 100)] == 1  # ... and counted
+    assert config["grid"]["seeds"] == [0], config.get("grid")
+
+
+def test_mlflow_file_store_holds_the_spec_and_the_chunk(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = spec_from_dict(tiny_dict())
+    frame = synthetic_metrics([2.0], evals=2)
+    with trackers.Mlflow(uri, spec, experiment="test") as m:
+        m(frame, {})
+        run_id = m.run.info.run_id
+    client = mlflow.tracking.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.data.params["train.steps"] == "20"
+    want = expected(frame, "elbo")
+    got = {
+        (key, h.step): h.value
+        for key, _ in want
+        for h in client.get_metric_history(run_id, key)
+    }
+    assert got == pytest.approx(want)
+
+
+def test_bad_tracker_options_are_bad_input(tmp_path, monkeypatch, capsys):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out), "--track", "neptune"]) == 2
+    assert "choose one of tensorboard, wandb, mlflow" in capsys.readouterr().err
+    # refused at start-up (a bad spec value): no run directory, no tracker run
+    bad = ["--set", "grid.beta=[-1.0]", "--track", "tensorboard"]
+    assert main(["sweep", str(spec), "--out", str(out), *bad]) == 2
+    assert not out.exists()
+    monkeypatch.setitem(__import__("sys").modules, "tensorboardX", None)
+    with pytest.raises(BadInput, match=r"pip install 'phasevae\[trackers\]'"):
+        trackers.TensorBoard(tmp_path / "tb")
