@@ -43,8 +43,8 @@ MAX_LAYERS = 64  # hidden layers of the encoder or the decoder
 MAX_AXIS = 100_000  # values on one grid axis
 MAX_POINTS = 1_000_000  # grid points in one spec (the grid table is built first)
 IMAGES = ("cifar10", "patches")  # sources whose normalize defaults to "unit"
-_SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
-_CHOICES = {
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
+CHOICES = {
     ("data", "source"): ("synthetic", "digits", "patches", "cifar10", "array"),
     ("data", "split"): ("train", "test", "all"),
     ("data", "distribution"): ("gaussian", "laplace", "uniform", "bimodal"),
@@ -57,7 +57,7 @@ _CHOICES = {
     ("train", "until"): ("steps", "trusted"),
 }
 # (lower bound, inclusive?) for every number that has one.
-_BOUNDS = {
+BOUNDS = {
     ("data", "eigenvalues"): (0.0, True),
     ("data", "samples"): (2, True),
     ("data", "eval_samples"): (1, True),
@@ -124,14 +124,14 @@ def parse_toml(text: str, where: str) -> dict[str, Any]:
 
 def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
     """Build and validate a :class:`Spec` from a nested dict (as TOML gives)."""
-    unknown = set(raw) - set(_SECTIONS)
+    unknown = set(raw) - set(SECTIONS)
     if unknown:
         raise SpecError(
             f"{where}: unknown section [{sorted(unknown)[0]}]; "
-            f"allowed: {', '.join(f'[{s}]' for s in _SECTIONS)}"
+            f"allowed: {', '.join(f'[{s}]' for s in SECTIONS)}"
         )
     sections = {}
-    for name, cls in _SECTIONS.items():
+    for name, cls in SECTIONS.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise SpecError(f"{where}: [{name}] must be a table")
@@ -146,7 +146,7 @@ def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
     """The resolved spec as a TOML-ready dict (every default filled in)."""
     out: dict[str, Any] = {}
-    for name in _SECTIONS:
+    for name in SECTIONS:
         section = {}
         for f in dataclasses.fields(getattr(spec, name)):
             v = getattr(getattr(spec, name), f.name)
@@ -186,17 +186,17 @@ def _apply_override(raw: dict, item: str, where: Path) -> None:
     except RecursionError:
         raise SpecError(f"--set {brief(key)}: the value is nested too deeply") from None
     parts = key.split(".")
-    if parts[0] not in _SECTIONS or len(parts) < 2:
+    if parts[0] not in SECTIONS or len(parts) < 2:
         raise SpecError(
             f"--set {brief(key)}: unknown key; keys look like SECTION.NAME with "
-            f"SECTION one of {', '.join(_SECTIONS)}"
+            f"SECTION one of {', '.join(SECTIONS)}"
         )
     node = raw
     for i, p in enumerate(parts[:-1]):
         child = node.get(p)
         if child is None and i == 1:
             # e.g. grid.sigma2.num on an axis left at its default range
-            default = getattr(_SECTIONS[parts[0]](), p, None)
+            default = getattr(SECTIONS[parts[0]](), p, None)
             child = dataclasses.asdict(default) if isinstance(default, Range) else {}
         elif child is None:
             child = {}
@@ -233,7 +233,7 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str):
     if (section, key) == ("grid", "decoder"):
         return _coerce_widths_axis(full, value, bad)
     if (section, key) == ("grid", "skip"):
-        choices = _CHOICES[("model", "skip")]
+        choices = CHOICES[("model", "skip")]
         if (
             not isinstance(value, list)
             or not value
@@ -392,14 +392,14 @@ def _coerce_refine(full: str, value: Any, bad: str) -> Refine | None:
 
 
 def _check_spec(spec: Spec, where: str) -> None:
-    for (section, key), choices in _CHOICES.items():
+    for (section, key), choices in CHOICES.items():
         v = getattr(getattr(spec, section), key)
         if v not in choices:
             raise SpecError(
                 f"{where}: {section}.{key} = {brief(v)} is not allowed; "
                 f"choose one of {', '.join(repr(c) for c in choices)}"
             )
-    for (section, key), (lo, inclusive) in _BOUNDS.items():
+    for (section, key), (lo, inclusive) in BOUNDS.items():
         v = getattr(getattr(spec, section), key)
         if v is None:
             continue
