@@ -114,7 +114,7 @@ def transition_frame(result: dict):
                 "ci_high": ci[1],
                 "predicted": t["theory_sigma2_c"],
                 "rel_err_%": None if t["rel_error"] is None else 100 * t["rel_error"],
-                "verdict": t["verdict"],
+                "verdict": t.get("verdict", "-"),
                 "dims_c": " ".join(
                     "-" if d["sigma2_c"] is None else f"{d['sigma2_c']:.3g}"
                     for d in t["per_dim"]
@@ -133,7 +133,7 @@ def transition_notes(result: dict) -> list[str]:
         f"[{t['train_longer']['sigma2'][0]:.4g}, {t['train_longer']['sigma2'][1]:.4g}]"
         f", to about {t['train_longer']['steps']} steps"
         for t in result["transitions"]
-        if t["train_longer"]
+        if t.get("train_longer")
     ]
     parts = [
         f"  {t.get('beta', 1.0):g}: interval = statistical "
@@ -141,9 +141,9 @@ def transition_notes(result: dict) -> list[str]:
         f"finite-training -{t['ci_finite_training'][0]:.3f} / "
         f"+{t['ci_finite_training'][1]:.3f} (in ln sigma^2)"
         for t in result["transitions"]
-        if t["ci_statistical"] and t["ci_finite_training"] is not None
+        if t.get("ci_statistical") and t.get("ci_finite_training") is not None
     ]
-    probes = [probe_line(t) for t in result["transitions"] if t["probe"]]
+    probes = [probe_line(t) for t in result["transitions"] if t.get("probe")]
     extra = ["interval parts, per beta:", *parts] if parts else []
     extra += (
         ["stability probe of the collapsed points, per beta:", *probes]
@@ -161,13 +161,13 @@ def probe_line(t: dict) -> str:
         f"unstable (trapped), {len(p['dead_sigma2'])} dead; lambda_c / lambda_max "
         f"= {p['lambda_c_ratio']:.3f} near the kink"
     )
-    off = t["off_theory"]
+    off = t.get("off_theory")
     if off and off["evidence"] == "probe":
         line += (
             f"; collapse is stable below lambda_max/beta (from sigma^2 = "
             f"{off['stable_sigma2'][0]:.4g}): the transition is off the theory by "
             f"{100 * off['shift']:+.1f} %"
         )
-    if t["trapped"]:
+    if t.get("trapped"):
         line += "; the estimate moved to the probe's threshold"
     return line

@@ -21,6 +21,7 @@ import pandas as pd
 
 from phasevae.analysis import GRID_AXES, rank_dims, settle
 from phasevae.errors import BadInput
+from phasevae.safeio import read_text
 from phasevae.spec import LATER_AXES, Range, Spec
 from phasevae.store import RunDir, RunDirError
 
@@ -97,7 +98,8 @@ def load(run_dir: str | Path) -> RunData:
     """Read a finished, analysed run directory.
 
     Raises:
-      PlotError / RunDirError: missing directory, no metrics or no analysis.json.
+      PlotError / RunDirError: missing directory, no metrics, no analysis.json or
+        one that is not what ``phasevae analyze`` writes, or no transition fitted.
     """
     run = RunDir(run_dir)
     if not run.path.is_dir():
@@ -107,8 +109,8 @@ def load(run_dir: str | Path) -> RunData:
         raise PlotError(
             f"{run.path} has no analysis.json; run `phasevae analyze {run.path}` first"
         )
+    analysis = read_analysis(path, run.path)
     spec, meta, metrics = run.spec(), run.meta(), run.metrics()
-    analysis = json.loads(path.read_text())
     k = spec.model.latent_dim
     columns = ["kl", *(f"kl_dim_{j}" for j in range(k)), "mi", "elbo"]
     columns += [f"var_dim_{j}" for j in range(k)]
@@ -119,6 +121,175 @@ def load(run_dir: str | Path) -> RunData:
     for r in range(k):
         points[f"var_rank_{r}"] = ranked[:, r]
     return RunData(run.path.name, spec, meta, metrics, points, analysis)
+
+
+MAX_ANALYSIS_BYTES = 256 * 2**20
+# keys of a transition that analyses written before them lack (their figures draw)
+OLDER_KEYS = {
+    "verdict",
+    "ci_statistical",
+    "ci_finite_training",
+    "train_longer",
+    "probe",
+    "off_theory",
+}
+
+
+def read_analysis(path: Path, run_path: Path) -> dict:
+    """analysis.json, checked to hold what the figures and the report read (it is a
+    file a user can edit): a damaged or foreign one, or one without any fitted
+    transition, is a PlotError that says what to do."""
+    redo = f"rerun `phasevae analyze {run_path}`"
+    try:
+        doc = json.loads(
+            read_text(path, "analysis.json", MAX_ANALYSIS_BYTES, PlotError)
+        )
+    except ValueError as e:  # JSON (and UTF-8) errors
+        raise PlotError(f"{path} is damaged ({e}); {redo}") from None
+    problem = analysis_problem(doc)
+    if problem:
+        raise PlotError(
+            f"{path} is not what phasevae analyze writes ({problem}); {redo}"
+        )
+    if not doc["transitions"]:
+        reasons = "; ".join(str(c.get("reason")) for c in doc.get("skipped", [])[:3])
+        raise PlotError(f"no curve of {run_path} has a fitted transition ({reasons})")
+    return doc
+
+
+def analysis_problem(doc) -> str | None:
+    """What is missing or of the wrong type in an analysis document, or None."""
+    num = (int, float)
+    maybe = (int, float, type(None))
+    pair = lambda v: isinstance(v, list) and len(v) == 2 and _all(v, num)  # noqa: E731
+    checks = [
+        ("document", doc, dict),
+        ("spectrum", doc.get("spectrum") if isinstance(doc, dict) else None, dict),
+        (
+            "transitions",
+            doc.get("transitions") if isinstance(doc, dict) else None,
+            list,
+        ),
+        ("skipped", doc.get("skipped", []) if isinstance(doc, dict) else None, list),
+    ]
+    for name, value, kind in checks:
+        if not isinstance(value, kind):
+            return f"{name} is not a {kind.__name__}"
+    spectrum = doc["spectrum"]
+    if not isinstance(spectrum.get("lambda_max"), num) or not _all(
+        spectrum.get("eigenvalues"), num
+    ):
+        return "spectrum lacks lambda_max or eigenvalues"
+    if not all(isinstance(c, dict) for c in doc.get("skipped", [])):
+        return "skipped holds something else than curves"
+    b = doc.get("boundary") or {}
+    if not isinstance(b, dict) or (
+        b.get("theta_c") is not None
+        and not (
+            isinstance(b["theta_c"], num)
+            and pair(b.get("ci"))
+            and isinstance(b.get("theory_theta_c"), num)
+        )
+    ):
+        return "boundary is malformed"
+    scaling = doc.get("scaling") or {}
+    if not isinstance(scaling, dict) or not isinstance(
+        scaling.get("rms_spread", 0.0), maybe
+    ):
+        return "scaling is malformed"
+    hysteresis = doc.get("hysteresis") or []
+    for h in hysteresis if isinstance(hysteresis, list) else [None]:
+        if not (
+            isinstance(h, dict)
+            and all(_all(h.get(k), num) for k in ("sigma2", "kl_up", "kl_down"))
+            and len(h["kl_up"]) == len(h["kl_down"]) == len(h["sigma2"]) > 0
+            and (not h.get("parted") or pair(h["parted"]))
+        ):
+            return "hysteresis is malformed"
+    for i, t in enumerate(doc["transitions"]):
+        where = f"transition {i}"
+        if not isinstance(t, dict):
+            return f"{where} is not an object"
+        axes = [a for a in ("beta", "learning_rate", *LATER_AXES) if a in t]
+        if not all(isinstance(t[a], num) and not isinstance(t[a], bool) for a in axes):
+            return f"{where}: a grid axis value is not a number"
+        dims = doc.get("latent_dim", 1)
+        if "theory_thresholds" in t and not (
+            _all(t["theory_thresholds"], num)
+            and len(t["theory_thresholds"]) >= (dims if isinstance(dims, int) else 1)
+        ):
+            return f"{where}: theory_thresholds is malformed"
+        fit = t.get("fit")
+        if "slopes_ln" in t and not (
+            _all(t["slopes_ln"], num)
+            and isinstance(fit, dict)
+            and isinstance(fit.get("ln_sigma2"), list)
+            and len(t["slopes_ln"]) == len(fit["ln_sigma2"]) - 1
+        ):
+            return f"{where}: slopes_ln is malformed"
+        for key, ok in {
+            "sigma2_c": lambda v: v is None or isinstance(v, num),
+            "theory_sigma2_c": lambda v: v is None or isinstance(v, num),
+            "rel_error": lambda v: v is None or isinstance(v, num),
+            "ci": lambda v: v is None or pair(v),
+            "ci_statistical": lambda v: v is None or pair(v),
+            "ci_finite_training": lambda v: v is None or pair(v),
+            "verdict": lambda v: isinstance(v, str),
+            "fit": lambda v: (
+                isinstance(v, dict)
+                and _all(v.get("ln_sigma2"), num)
+                and _all(v.get("kl"), num)
+                and len(v["kl"]) == len(v["ln_sigma2"]) >= 2
+            ),
+            "per_dim": lambda v: (
+                _all(v, dict)
+                and all(
+                    isinstance(d.get("sigma2_c", ""), maybe)
+                    and not isinstance(d.get("sigma2_c"), bool)
+                    and isinstance(d.get("theory"), num)
+                    for d in v
+                )
+            ),
+            "train_longer": lambda v: (
+                v is None
+                or (isinstance(v, dict) and pair(v.get("sigma2")) and "steps" in v)
+            ),
+            "probe": lambda v: (
+                v is None
+                or (
+                    isinstance(v, dict)
+                    and isinstance(v.get("collapsed"), int)
+                    and _all(v.get("unstable_sigma2"), num)
+                    and _all(v.get("dead_sigma2"), num)
+                    and isinstance(v.get("lambda_c_ratio"), num)
+                )
+            ),
+            "off_theory": lambda v: (
+                v is None
+                or (
+                    isinstance(v, dict)
+                    and isinstance(v.get("shift"), num)
+                    and isinstance(v.get("evidence"), str)
+                    and (v["evidence"] != "probe" or _all(v.get("stable_sigma2"), num))
+                    and (v["evidence"] != "probe" or len(v["stable_sigma2"]) > 0)
+                )
+            ),
+        }.items():
+            if key in OLDER_KEYS and key not in t:
+                continue
+            if key not in t or not ok(t[key]):
+                return f"{where}: {key} is missing or malformed"
+    return None
+
+
+def _all(values, kind) -> bool:
+    """A list of ``kind`` (numbers: finite, not bools, within 1e100)."""
+    return isinstance(values, list) and all(
+        isinstance(v, kind)
+        and not isinstance(v, bool)
+        and (not isinstance(v, int | float) or abs(v) < 1e100)  # NaN fails too
+        for v in values
+    )
 
 
 def transition_panels(rd: RunData, rows: int, height: float, sharex="col"):

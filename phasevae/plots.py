@@ -220,7 +220,8 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("KL (nats)")
-    ax.legend(fontsize=6, frameon=False, ncol=2)
+    if len(chosen):
+        ax.legend(fontsize=6, frameon=False, ncol=2)
     ax.set_title(
         f"{rd.name}: {label(t, rd.varying_axes())}, seed {seed}; "
         rf"$\sigma_c^2$ = {center:.3g}",

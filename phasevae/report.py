@@ -103,7 +103,8 @@ def _glance(rd) -> str:
     size, steps = meta.get("grid_size", len(rd.points)), meta.get("steps", "?")
     verdicts = {}
     for t in analysis["transitions"]:
-        verdicts[t["verdict"]] = verdicts.get(t["verdict"], 0) + 1
+        v = t.get("verdict", "no verdict (an older analysis)")
+        verdicts[v] = verdicts.get(v, 0) + 1
     items = [
         f"status: {meta.get('status', '?')}",
         f"{size} grid points, {steps} steps each (at most)",
@@ -164,7 +165,7 @@ def _warnings(rd, failed: dict[str, str]) -> str:
     for curve in analysis.get("skipped", []):
         out.append(f"not fitted ({_curve(curve)}): {curve['reason']}")
     for t in analysis["transitions"]:
-        if t["verdict"] != "trusted":
+        if t.get("verdict", "trusted") != "trusted":
             out.append(f"{_curve(t)}: verdict '{t['verdict']}'")
         if t.get("off_theory"):
             off = t["off_theory"]

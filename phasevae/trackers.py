@@ -18,6 +18,7 @@ the chunks after its checkpoint again; the trackers show both copies of those st
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -58,22 +59,39 @@ def scalars(frame: pd.DataFrame) -> dict[int, dict[str, float]]:
     return out
 
 
+class TrackerWarning(UserWarning):
+    """A tracker failed to open, log or close; the sweep carried on without it."""
+
+
 class Tracker(ABC):
     """A chunk callback. The package is imported when the tracker is made (a
     missing one is bad input before training); the tracker's run opens at the
     first chunk (a sweep refused at start-up leaves no run behind) and closes on
-    exit (``with``) or ``close()``."""
+    exit (``with``) or ``close()``. A tracker that fails (its server down, its store
+    unwritable) warns once (:class:`TrackerWarning`) and stops; the sweep goes on."""
 
     def __init__(self, spec: Spec | None = None):
         self.spec = spec
-        self.started = False
+        self.started = self.failed = False
 
     def __call__(self, frame: pd.DataFrame, meta: dict) -> None:
-        if not self.started:
-            self.start()
-            self.started = True
-        for step, values in sorted(scalars(frame).items()):
-            self.log(step, values)
+        if self.failed:
+            return
+        try:
+            if not self.started:
+                self.start()
+                self.started = True
+            for step, values in sorted(scalars(frame).items()):
+                self.log(step, values)
+        except Exception as e:  # a tracker's server or store, not the sweep, failed
+            self.failed = True
+            warnings.warn(
+                TrackerWarning(
+                    f"{type(self).__name__} stopped logging ({type(e).__name__}: "
+                    f"{e}); the sweep carries on, its metrics.parquet has every row"
+                ),
+                stacklevel=2,
+            )
 
     @abstractmethod
     def start(self) -> None:
@@ -89,8 +107,14 @@ class Tracker(ABC):
 
     def close(self) -> None:
         if self.started:
-            self.finish()
             self.started = False
+            try:
+                self.finish()
+            except Exception as e:
+                warnings.warn(
+                    TrackerWarning(f"{type(self).__name__} did not close: {e}"),
+                    stacklevel=2,
+                )
 
     def __enter__(self):
         return self

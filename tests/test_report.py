@@ -100,3 +100,60 @@ def test_the_report_opens_in_a_headless_browser(analysed, tmp_path):
     assert len(verdicts) == 3 and set(verdicts) <= {"trusted", "train longer"}
     assert errors == [] and [m for m in messages if m[0] == "error"] == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        ('{"transitions": [', "is damaged"),
+        ("[]", "document is not a dict"),
+        ('{"spectrum": {}, "transitions": []}', "lacks lambda_max"),
+        (
+            '{"spectrum": {"lambda_max": 4, "eigenvalues": [4]}, "transitions": [],'
+            ' "skipped": [{"reason": "fewer than 4 sigma^2 values"}]}',
+            "no curve of",
+        ),
+    ],
+)
+def test_a_damaged_analysis_is_bad_input_for_report_and_plot(
+    analysed, capsys, damage, said
+):
+    (analysed / "analysis.json").write_text(damage)
+    for command in ("report", "plot"):
+        assert main([command, str(analysed)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+
+
+def test_edited_analyses_never_crash_the_report(analysed, capsys):
+    """Values swapped for the wrong type, NaN or huge numbers, keys deleted, anywhere
+    in a real analysis: the report is written (exit 0) or refused (exit 2)."""
+    import json
+    import random
+
+    base = json.loads((analysed / "analysis.json").read_text())
+
+    def paths(o, p=()):
+        yield p
+        if isinstance(o, dict | list):
+            for k, v in o.items() if isinstance(o, dict) else enumerate(o[:2]):
+                yield from paths(v, (*p, k))
+
+    where = [p for p in paths(base) if p and p[0] in ("transitions", "boundary")]
+    rng = random.Random(0)
+    swaps = [None, "x", -1, 1e308, [], {}, [1], True, [1, 2], {"a": 1}]
+    outcomes = set()
+    for _ in range(12):
+        doc = json.loads(json.dumps(base))
+        p = rng.choice(where)
+        parent = doc
+        for k in p[:-1]:
+            parent = parent[k]
+        if isinstance(parent, dict) and rng.random() < 0.3:
+            del parent[p[-1]]
+        else:
+            parent[p[-1]] = rng.choice(swaps)
+        (analysed / "analysis.json").write_text(json.dumps(doc))
+        outcomes.add(main(["report", str(analysed)]))
+        assert "Traceback" not in capsys.readouterr().err
+    assert outcomes <= {0, 2} and 2 in outcomes

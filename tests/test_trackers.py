@@ -153,3 +153,17 @@ def test_bad_tracker_options_are_bad_input(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(__import__("sys").modules, "tensorboardX", None)
     with pytest.raises(BadInput, match=r"pip install 'phasevae\[trackers\]'"):
         trackers.TensorBoard(tmp_path / "tb")
+
+
+def test_a_failing_tracker_warns_once_and_the_sweep_carries_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the store's directory would go")
+    spec = spec_from_dict(tiny_dict())
+    frame = synthetic_metrics([1.0], evals=2)
+    tracker = trackers.Mlflow((blocked / "mlruns").as_uri(), spec)
+    with pytest.warns(trackers.TrackerWarning, match="stopped logging") as caught:
+        tracker(frame, {})
+        tracker(frame, {})  # switched off: no second warning
+        tracker.close()
+    assert len(caught) == 1 and tracker.failed
