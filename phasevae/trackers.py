@@ -18,6 +18,7 @@ the chunks after its checkpoint again; the trackers show both copies of those st
 
 from __future__ import annotations
 
+import re
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -37,7 +38,8 @@ def series(row) -> str:
     parts.append(f"seed_{int(row['seed'])}")
     parts += [f"{k}_{row[k]:g}" for k, d in LATER_AXES.items() if row.get(k, d) != d]
     parts += [f"{k}_{row[k]}" for k in ("decoder", "skip") if k in row]
-    return "/".join(p.replace(" ", "") for p in parts)
+    # the characters every tracker accepts in a name (MLflow's set is the smallest)
+    return re.sub(r"[^\w.:/-]", "_", "/".join(parts))
 
 
 def scalars(frame: pd.DataFrame) -> dict[int, dict[str, float]]:
