@@ -45,13 +45,19 @@ how large that bias can still be:
    the interval one-sided: active points just below the kink can still be growing
    slowly out of near-collapse, which moves the kink up with training.
    Where points trained for different lengths (``train.until = "trusted"``), T is
-   the shortest training among the points within ``NEAR`` of the kink, and tau_0 is
-   measured over the steps every point has.
+   the shortest training among the points that set the kink (the fit's support: the
+   active segment that ends at the kink, from the breakpoint before it or the grid's
+   first point, and ``NEAR`` past it), and tau_0 is measured over the steps every
+   point has. A fit is as trained as the least-trained point it depends on: with T
+   taken near the kink only, points of the active side stopped early kept their bias
+   in the slope, and a run trained longer only near the kink came out ``trusted``
+   where the same grid trained longer everywhere did not (tests/test_estimate.py).
 6. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
-   point within ``NEAR`` of the kink still trends (the per-point trend test of
+   point of the fit's support still trends (the per-point trend test of
    :func:`phasevae.fit.settle` on the KL over the last half of the evaluations) and
    the kink lies inside the grid with sampled values on both sides; ``train longer``
-   otherwise, with the sigma^2 range to train (the interval) and the step count at
+   otherwise, with the sigma^2 range to train (the interval and the fit's support)
+   and the step count at
    which the finite-training part, falling like 1/t, would be within the tolerance;
    ``no transition in grid`` when the top dim's KL still falls at the largest sigma^2.
 """
@@ -184,13 +190,19 @@ def stability_probe(
 
 def _fit_top(metrics: pd.DataFrame, latent_dim: int):
     """(u_c or None, statistical half-widths (below, above) in u, interval method,
-    the per-point table) of the top dim's curve from ``metrics``."""
+    the per-point table, the fit's support) of the top dim's curve from
+    ``metrics``. The support is the span of ln sigma^2 whose points set the kink:
+    the active segment that ends at it (from the breakpoint before, or the grid's
+    first point) and ``NEAR`` past it on the collapsed side, whose flat segment is
+    pinned at zero."""
     table = top_dim_table(metrics, latent_dim)
-    _, s2c, ci, method, _ = fit_curve(table, "kl_rank_0", MAX_BREAKS)
+    fit, s2c, ci, method, _ = fit_curve(table, "kl_rank_0", MAX_BREAKS)
     if s2c is None:
-        return None, None, method, table
+        return None, None, method, table, None
     u = math.log(s2c)
-    return u, (u - math.log(ci[0]), math.log(ci[1]) - u), method, table
+    before = [b for b in fit.breakpoints if b < u - 1e-9]
+    support = (max(before) if before else fit.u_min, u + NEAR)
+    return u, (u - math.log(ci[0]), math.log(ci[1]) - u), method, table, support
 
 
 def estimate_transition(
@@ -222,7 +234,7 @@ def estimate_transition(
         metrics = metrics[~metrics["diverged"]]
     steps = np.sort(metrics["step"].unique())
     final = int(steps[-1])
-    u_t, stat, method, table = _fit_top(metrics, latent_dim)
+    u_t, stat, method, table, support = _fit_top(metrics, latent_dim)
     probe = None
     if lambda_max is not None:
         probe = stability_probe(table, lambda_max, lambda_max_eval)
@@ -244,11 +256,12 @@ def estimate_transition(
     if u_t is None:
         return out
     # points may have trained for different lengths (train.until = "trusted"
-    # trains on only near the kink): the length that bounds the bias is the
-    # shortest among the points near the kink, and tau_0, a property of the
-    # dynamics, is measured over the length every point has
+    # trains on only some): the length that bounds the bias is the shortest among
+    # the points that set the kink, and tau_0, a property of the dynamics, is
+    # measured over the length every point has
     last = lengths.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
-    near = last[np.abs(np.log(last["s2"].to_numpy()) - u_t) <= NEAR]
+    u_last = np.log(last["s2"].to_numpy())
+    near = last[(u_last >= support[0] - 1e-9) & (u_last <= support[1])]
     final = int(near["step"].min()) if len(near) else final
     common = metrics[metrics["step"] <= last["step"].min()]
     half = metrics[metrics["step"] <= final / 2]
@@ -280,9 +293,11 @@ def estimate_transition(
         lo, hi = lo - PROBE_TOL, hi + PROBE_TOL
     us = np.log(np.sort(metrics["sigma2"].unique()))
     inside = (us < lo).sum() >= 2 and (us > hi).sum() >= 2
-    # a point near the kink whose KL still trends (settle's test) is still moving it
-    du = np.abs(np.log(table["sigma2"].to_numpy()) - u_t)
-    moving = bool(np.any(~table["settled"].to_numpy() & (du <= NEAR)))
+    # a point that sets the kink and whose KL still trends (settle's test) is still
+    # moving it
+    u_pts = np.log(table["sigma2"].to_numpy())
+    sets = (u_pts >= support[0] - 1e-9) & (u_pts <= support[1])
+    moving = bool(np.any(~table["settled"].to_numpy() & sets))
     trusted = (
         delta is not None
         and finite <= TOLERANCE
@@ -305,6 +320,7 @@ def estimate_transition(
         width = finite if not math.isnan(finite) else 2 * TOLERANCE
         lo_u = min(lo, u_c - stat[0] - width) if not math.isnan(lo) else u_c - width
         hi_u = max(hi, u_c + stat[1] + width) if not math.isnan(hi) else u_c + width
+        lo_u, hi_u = min(lo_u, support[0]), max(hi_u, support[1])
         need = final * max(2.0, width / TOLERANCE)
         out["train_longer"] = {
             "sigma2": [math.exp(lo_u), math.exp(hi_u)],

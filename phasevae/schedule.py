@@ -212,10 +212,10 @@ def extending(sched: Schedule, frames, spec: Spec, spectrum: dict) -> set[str]:
     past ``train.steps``. A curve (the points sharing every axis but sigma^2 and
     seed) is estimated once all its points have trained ``train.steps`` steps and
     none is pending; while its verdict is ``train longer``, its points inside the
-    sigma^2 range the estimate names, and those within ``estimate.NEAR`` of the
-    kink, go on, up to :func:`max_steps`. A curve whose
-    points finished before it was complete (``train.slots`` smaller than the grid)
-    is not extended: their state is gone."""
+    sigma^2 range the estimate names (the points that set the kink among them), and
+    those within ``estimate.NEAR`` of the kink, go on, up to :func:`max_steps`. A
+    curve whose points finished before it was complete (``train.slots`` smaller than
+    the grid) is not extended: their state is gone."""
     if spec.train.until != "trusted":
         return set()
     grid, busy = sched.grid, sched.busy
@@ -243,8 +243,8 @@ def extending(sched: Schedule, frames, spec: Spec, spectrum: dict) -> set[str]:
         )
         if est["train_longer"] is None:  # trusted, or no transition to train for
             continue
-        # the range to train, and every point near the kink: the estimate's
-        # training length is the shortest among those (estimate.NEAR)
+        # the range to train (it holds the points that set the kink, whose
+        # shortest training bounds the estimate's bias), and every point near it
         lo, hi = est["train_longer"]["sigma2"]
         c = math.exp(NEAR)
         lo, hi = min(lo, est["sigma2_c"] / c), max(hi, est["sigma2_c"] * c)

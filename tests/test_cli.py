@@ -10,7 +10,7 @@ import pytest
 import tomli_w
 
 from phasevae import sweep as sweep_mod
-from phasevae.cli import main
+from phasevae.cli import COMMANDS, main
 from phasevae.spec import load_spec
 from tests.conftest import tiny_dict
 
@@ -427,10 +427,7 @@ def test_sigterm_stops_a_bench_at_once(tmp_path):
     assert "bench stopped by SIGTERM" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(
-    "command",
-    ["sweep", "bench", "status", "merge", "analyze", "plot", "theory", "validate"],
-)
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_subcommand_help_shows_an_example(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

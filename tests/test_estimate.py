@@ -179,3 +179,20 @@ def test_quick_validation_suite_writes_its_table(tmp_path):
     assert all(c.name in table for c in QUICK) and "coverage" in table
     again = run_suite(tmp_path, quick=True)  # reuses the finished runs
     assert again["rows"] == doc["rows"]
+
+
+@pytest.mark.parametrize("tau", [60.0, 100.0])
+def test_points_that_stopped_early_bound_the_training_length(tau):
+    """train.until = "trusted" trains on only some points. With the points near the
+    kink trained 4x longer than the rest of the active side, the estimate is no more
+    trusted than with every point trained that long: the kink's fit depends on the
+    whole segment that ends there, and its shortest-trained point bounds the bias."""
+    full = trajectories("collapsed", 12000, tau=tau)
+    far = np.log(full["sigma2"] / LAM) < -estimate.NEAR
+    mixed = full[~far | (full["step"] <= 3000)]
+    uniform = estimate.estimate_transition(full, 3)
+    r = estimate.estimate_transition(mixed, 3)
+    assert uniform["verdict"] == r["verdict"] == estimate.LONGER
+    assert r["ci_finite_training"][0] >= uniform["ci_finite_training"][0]
+    assert r["train_longer"]["sigma2"][0] <= full.loc[far, "sigma2"].min()
+    assert r["ci"][0] <= LAM <= r["ci"][1]
