@@ -87,7 +87,8 @@ def kl_figure(rd: RunData) -> Figure:
         if s2c:
             lo, hi = t["ci"] or (math.nan, math.nan)
             title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
-            title += f", predicted {t['theory_sigma2_c']:.4g}"
+            if t["theory_sigma2_c"]:  # none at beta = 0
+                title += f", predicted {t['theory_sigma2_c']:.4g}"
         ax.set_title(title, fontsize=8)
         # derivatives in sigma^2 of the fit, slope_ln / s2 and -slope_ln / s2^2,
         # around the transition (a factor ZOOM either side), where the jump is
