@@ -9,7 +9,10 @@ a breakpoint where each dim collapses and a plateau (~0) beyond the last one,
 
 The data decide the number of breakpoints (BIC, then breakpoints whose slope change is
 below ``min_increment`` are dropped as not a dimension collapsing), their positions and
-the slopes. The last breakpoint is the collapse transition sigma_c^2 = exp(b_max); a
+the slopes. A segment between two breakpoints must hold at least two grid values of
+sigma^2: one holding a single value is not identified (the line through it and its two
+free ends fit it exactly for a whole range of breakpoints), and with it the kink would
+wander anywhere in the grid cell next to that value. The last breakpoint is the collapse transition sigma_c^2 = exp(b_max); a
 significant s0 means KL still falls at the largest sigma^2: no transition in the grid.
 For fixed breakpoints the coefficients solve a non-negative least-squares problem
 (scipy.optimize.nnls), so only the breakpoints are searched: exhaustively on a grid for
@@ -86,6 +89,12 @@ class _Problem:
         self.lo, self.hi = float(us[0]), float(us[-1])
         # breakpoint candidates strictly inside the grid, ~3 per grid interval
         self.cand = np.linspace(self.lo, self.hi, min(3 * len(us), 90) + 2)[1:-1]
+        self.grid = us
+
+    def identified(self, breaks) -> bool:
+        """Whether every segment between two breakpoints holds >= 2 grid values."""
+        inner = np.histogram(self.grid, np.sort(np.asarray(breaks, np.float64)))[0]
+        return bool(np.all(inner >= 2))
 
     def solve(self, breaks) -> tuple[float, np.ndarray]:
         """(weighted rss, [c, s0, a_1..a_m]) for fixed breakpoints."""
@@ -100,7 +109,8 @@ class _Problem:
         return resid**2, np.concatenate([[coef[0] - coef[1]], coef[2:]])
 
     def rss(self, breaks) -> float:
-        return self.solve(breaks)[0]
+        """The search's objective: inf for breakpoints that are not identified."""
+        return self.solve(breaks)[0] if self.identified(breaks) else math.inf
 
     def search(self, m: int, start=()) -> tuple[float, tuple]:
         """Best m breakpoints: exhaustive on the candidates for m <= 2; beyond,
