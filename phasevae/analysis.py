@@ -18,10 +18,12 @@ import pandas as pd
 from scipy import stats
 
 from phasevae import estimate, readings, theory
+from phasevae.fit import FLOOR as KL_FLOOR
 from phasevae.fit import (
     LEVEL,
     MIN_INCREMENT,
     derivative_jumps,
+    discontinuity,
     fit_curve,
     fit_piecewise,
     profile_interval,
@@ -51,7 +53,9 @@ def refinement(metrics: pd.DataFrame, points: int, max_breaks: int = 4) -> list[
     pooled), the seed-averaged KL curve is fitted and ``points`` values are spread
     evenly in ln sigma^2 around each breakpoint, over the union of its profile
     interval and the grid cell it lies in (halfway to the sampled neighbours), less
-    values already sampled.
+    values already sampled. Where the curve jumps onto its plateau
+    (:func:`phasevae.fit.discontinuity`), the last breakpoint's span also covers the
+    whole cell of the jump, where the transition is.
 
     Returns:
       one dict per group: its axis values (without sigma2 and seed), ``breakpoints``
@@ -61,14 +65,17 @@ def refinement(metrics: pd.DataFrame, points: int, max_breaks: int = 4) -> list[
     axes = [a for a in GRID_AXES if a in table.columns and a not in ("sigma2", "seed")]
     out = []
     for key, g in table.groupby(axes, sort=True):
-        u, y, sd = seed_average(g, "kl", floor=2e-3)
+        u, y, sd = seed_average(g, "kl", floor=KL_FLOOR)
         fit = fit_piecewise(u, y, sd, max_breaks)
+        jump = discontinuity(u, y, fit, sd)
         new: set[float] = set()
         for i, b in enumerate(fit.breakpoints):
             lo, hi = profile_interval(u, y, fit, i, sd)
             left, right = u[u < b], u[u > b]
             cell_lo = (left.max() + b) / 2 if left.size else b
             cell_hi = (right.min() + b) / 2 if right.size else b
+            if jump is not None and i == len(fit.breakpoints) - 1:
+                cell_lo, cell_hi = min(cell_lo, jump[0]), max(cell_hi, jump[1])
             for v in np.linspace(min(lo, cell_lo), max(hi, cell_hi), points):
                 if np.min(np.abs(u - v)) > 1e-6:
                     new.add(round(math.exp(v), 12))

@@ -127,7 +127,7 @@ def transition_frame(result: dict):
 
 def transition_notes(result: dict) -> list[str]:
     """Lines under the table: the interval's statistical and finite-training parts,
-    the stability probe and the 'train longer' advice, per beta."""
+    jumps, the stability probe and the 'train longer' advice, per beta."""
     notes = [
         f"  {t.get('beta', 1.0):g}: train longer over sigma^2 in "
         f"[{t['train_longer']['sigma2'][0]:.4g}, {t['train_longer']['sigma2'][1]:.4g}]"
@@ -143,8 +143,16 @@ def transition_notes(result: dict) -> list[str]:
         for t in result["transitions"]
         if t.get("ci_statistical") and t.get("ci_finite_training") is not None
     ]
+    jumps = [
+        f"  {t.get('beta', 1.0):g}: the top dim's KL jumps to 0 between sigma^2 = "
+        f"{t['jump'][0]:.4g} and {t['jump'][1]:.4g}; the transition is somewhere in "
+        "that cell: add sigma^2 there (grid.sigma2.refine) to narrow it"
+        for t in result["transitions"]
+        if t.get("jump")
+    ]
     probes = [probe_line(t) for t in result["transitions"] if t.get("probe")]
     extra = ["interval parts, per beta:", *parts] if parts else []
+    extra += ["discontinuous collapse, per beta:", *jumps] if jumps else []
     extra += (
         ["stability probe of the collapsed points, per beta:", *probes]
         if probes

@@ -12,7 +12,8 @@ below ``min_increment`` are dropped as not a dimension collapsing), their positi
 the slopes. A segment between two breakpoints must hold at least two grid values of
 sigma^2: one holding a single value is not identified (the line through it and its two
 free ends fit it exactly for a whole range of breakpoints), and with it the kink would
-wander anywhere in the grid cell next to that value. The last breakpoint is the collapse transition sigma_c^2 = exp(b_max); a
+wander anywhere in the grid cell next to that value. The last breakpoint is the
+collapse transition sigma_c^2 = exp(b_max); a
 significant s0 means KL still falls at the largest sigma^2: no transition in the grid.
 For fixed breakpoints the coefficients solve a non-negative least-squares problem
 (scipy.optimize.nnls), so only the breakpoints are searched: exhaustively on a grid for
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+FLOOR = 2e-3  # nats: no point's KL is trusted to better than this
 MIN_INCREMENT = 0.25  # nats per unit ln sigma^2: halfway between no dim and one (1/2)
 LEVEL = 0.95
 
@@ -221,6 +223,43 @@ def profile_interval(u, y, fit: PiecewiseFit, index: int, sd=None, level=LEVEL):
     return float(edge(lo)), float(edge(hi))
 
 
+def discontinuity(u, y, fit: PiecewiseFit, sd=None, level=LEVEL):
+    """The grid cell (u_low, u_high) across which the curve drops onto its plateau in
+    a jump, or None when a continuous kink at ``fit.transition`` fits the data.
+
+    The continuous model asks the active side to reach the plateau at the kink. The
+    jump model fits the two sides of a grid cell apart: the points below it with the
+    fit's other breakpoints (searched again), the points above it with their own
+    line. It has as many free parameters as the continuous model, of which it is the
+    continuous case (the kink's position inside the cell does not change its RSS), so
+    continuity is one constraint on it. The cell is the one, up to the kink's and the
+    next, where the jump model fits best (a continuous fit of a jump overshoots it:
+    its kink balances the finite value before the drop against the zeros after).
+    Continuity is rejected when the continuous fit's excess RSS over the jump model's,
+    against the jump model's residual variance, exceeds F(1, n - p; level). A jump
+    puts the transition anywhere in the cell: the data locate it no better than the
+    grid does."""
+    b = fit.transition
+    u, y = np.asarray(u, np.float64), np.asarray(y, np.float64)
+    sd = np.ones_like(u) if sd is None else np.asarray(sd, np.float64)
+    grid = np.unique(u)
+    m, dof = len(fit.breakpoints), len(u) - 2 - 2 * len(fit.breakpoints)
+    if b is None or dof < 1:
+        return None
+    i = int(np.searchsorted(grid, b)) - 1  # the cell (grid[i], grid[i + 1]) holds b
+    best = (math.inf, None)
+    for j in range(2 * m - 1, min(i + 2, len(grid) - 2)):
+        below, above = u <= grid[j], u >= grid[j + 1]
+        rss = (
+            _Problem(u[below], y[below], sd[below]).search(m - 1)[0]
+            + _Problem(u[above], y[above], sd[above]).search(0)[0]
+        )
+        best = min(best, (rss, (float(grid[j]), float(grid[j + 1]))))
+    rss, cell = best
+    excess = (fit.rss - rss) / max(rss / dof, len(u) * 1e-14)
+    return cell if excess > stats.f.ppf(level, 1, dof) else None
+
+
 def derivative_jumps(fit: PiecewiseFit) -> list[dict]:
     """For each breakpoint: first derivative left/right/jump in ln sigma^2, and first
     and second derivatives left/right/jump in sigma^2 (jump = right - left).
@@ -334,13 +373,12 @@ def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
     Returns:
       (fit, sigma2_c or None, [low, high] or None, interval method, per-seed sigma2_c)
     """
-    floor = 2e-3  # nats: no point is trusted to better than this
     per_seed = []
     for _, g in points.groupby("seed"):
-        sd = np.hypot(g[f"{column}_se"].to_numpy(), floor)
+        sd = np.hypot(g[f"{column}_se"].to_numpy(), FLOOR)
         f = fit_piecewise(np.log(g["sigma2"]), g[column], sd, max_breaks)
         per_seed.append(None if f.transition is None else math.exp(f.transition))
-    u, y, sd = seed_average(points, column, floor)
+    u, y, sd = seed_average(points, column, FLOOR)
     fit = fit_piecewise(u, y, sd, max_breaks)
     b = fit.transition
     if b is None:

@@ -9,6 +9,7 @@ import pytest
 
 from phasevae import analysis, theory
 from phasevae.cli import main
+from phasevae.fit import fit_piecewise
 
 EV = [8.0, 2.0, 0.5, 0.125]
 K = 3
@@ -270,3 +271,22 @@ def test_every_non_sigma2_axis_names_its_transitions():
     assert got == [(1.0, 0.0, 1.0), (1.0, 600.0, 1.0)]
     for t in doc["transitions"]:
         assert t["sigma2_c"] == pytest.approx(EV[0], rel=0.01)
+
+
+def test_no_fitted_segment_rests_on_a_single_grid_value():
+    """Between two breakpoints the fit keeps at least two sigma^2: a segment through
+    one value is not identified, and the kink next to it could sit anywhere in the
+    cell. The curve is a validation run's (paper architecture on the wine table,
+    3000 steps): without the rule its fit bent once more at 3.95, put the kink at
+    4.78 with one value (4.13) on the last segment, and flipped between 4.43 and 4.78
+    from one evaluation to the next."""
+    s2 = np.geomspace(0.3 * 4.706, 3 * 4.706, 16)
+    kl = [1.07466, 0.94926, 0.81398, 0.67738, 0.51034, 0.35241, 0.20927, 0.07993]
+    sd = [0.01948, 0.018, 0.01948, 0.00853, 0.00413, 0.00736, 0.00732, 0.00259]
+    y, u = np.array(kl + [0.0] * 8), np.log(s2)
+    fit = fit_piecewise(u, y, np.array(sd + [2e-3] * 8), max_breaks=2)
+    inner = np.histogram(u, fit.breakpoints)[0] if len(fit.breakpoints) > 1 else []
+    assert np.all(np.asarray(inner) >= 2), fit.breakpoints
+    # the last segment is the line the last values set: its zero lies in the cell
+    assert s2[7] < math.exp(fit.transition) < s2[8]
+    assert math.exp(fit.transition) == pytest.approx(4.49, rel=0.02)

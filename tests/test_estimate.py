@@ -196,3 +196,28 @@ def test_points_that_stopped_early_bound_the_training_length(tau):
     assert r["ci_finite_training"][0] >= uniform["ci_finite_training"][0]
     assert r["train_longer"]["sigma2"][0] <= full.loc[far, "sigma2"].min()
     assert r["ci"][0] <= LAM <= r["ci"][1]
+
+
+@pytest.mark.parametrize("at", [0.91, 1.07])
+def test_a_jump_is_located_to_its_cell_and_no_better(at):
+    """A small network's units die: its top dim's KL drops from the active branch
+    (here 1/2 ln(1.6 LAM / sigma^2), finite at the drop) straight to 0 at
+    at x LAM. The transition is somewhere in the grid cell it drops across; a
+    continuous kink fitted there lands wherever the residuals balance."""
+    data = trajectories("active", 12000, tau=2.0)
+    drop = data["sigma2"] >= at * LAM
+    live = 0.5 * np.log(1.6 * LAM / data["sigma2"])
+    data["kl_dim_0"] = np.where(drop, data["kl_dim_0"] * 1e-3, live)
+    grid = np.sort(data["sigma2"].unique())
+    cell = [grid[grid < at * LAM].max(), grid[grid >= at * LAM].min()]
+    r = estimate.estimate_transition(data, 3)
+    assert r["ci_method"] == estimate.JUMP
+    assert r["jump"] == pytest.approx(cell)
+    assert r["sigma2_c"] == pytest.approx(math.sqrt(cell[0] * cell[1]))
+    # the interval reaches the cell's edges (the finite-training part adds to them)
+    assert r["ci"][0] == pytest.approx(min(r["ci"][0], cell[0]), rel=1e-12)
+    assert r["ci"][1] == pytest.approx(max(r["ci"][1], cell[1]), rel=1e-12)
+    assert r["ci"][0] <= at * LAM <= r["ci"][1]
+    # the continuous kink of the same data (fast relaxation: no jump) is not one
+    plain = estimate.estimate_transition(trajectories("active", 12000, tau=2.0), 3)
+    assert plain["jump"] is None and plain["ci_method"] != estimate.JUMP
