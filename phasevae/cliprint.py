@@ -127,7 +127,8 @@ def transition_frame(result: dict):
 
 def transition_notes(result: dict) -> list[str]:
     """Lines under the table: the interval's statistical and finite-training parts,
-    jumps, the stability probe and the 'train longer' advice, per beta."""
+    jumps, missing intervals, the stability probe and the 'train longer' advice,
+    per beta."""
     notes = [
         f"  {t.get('beta', 1.0):g}: train longer over sigma^2 in "
         f"[{t['train_longer']['sigma2'][0]:.4g}, {t['train_longer']['sigma2'][1]:.4g}]"
@@ -150,9 +151,18 @@ def transition_notes(result: dict) -> list[str]:
         for t in result["transitions"]
         if t.get("jump")
     ]
+    blind = [
+        f"  {t.get('beta', 1.0):g}: too few evaluations to measure the finite-training "
+        "part, so no interval: evaluate more often (train.eval_every) or train longer"
+        for t in result["transitions"]
+        if t.get("sigma2_c") is not None
+        and t.get("ci") is None
+        and t.get("ci_finite_training", 0) is None
+    ]
     probes = [probe_line(t) for t in result["transitions"] if t.get("probe")]
     extra = ["interval parts, per beta:", *parts] if parts else []
     extra += ["discontinuous collapse, per beta:", *jumps] if jumps else []
+    extra += ["no interval, per beta:", *blind] if blind else []
     extra += (
         ["stability probe of the collapsed points, per beta:", *probes]
         if probes

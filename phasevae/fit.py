@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+OUTSIDE = 1e300  # the breakpoint search's objective where breakpoints may not go
 FLOOR = 2e-3  # nats: no point's KL is trusted to better than this
 MIN_INCREMENT = 0.25  # nats per unit ln sigma^2: halfway between no dim and one (1/2)
 LEVEL = 0.95
@@ -141,14 +142,15 @@ class _Problem:
             return best
 
         def objective(bs):
+            # finite: Nelder-Mead subtracts values, and inf - inf is nan
             if np.any(bs <= self.lo) or np.any(bs >= self.hi):
-                return np.inf
-            return self.rss(np.sort(bs))
+                return OUTSIDE
+            return min(self.rss(np.sort(bs)), OUTSIDE)
 
         res = optimize.minimize(
             objective, np.array(best[1]), method="Nelder-Mead", options={"xatol": 1e-5}
         )
-        if res.fun < best[0]:
+        if res.fun < min(best[0], OUTSIDE):
             best = (float(res.fun), tuple(np.sort(res.x)))
         return best
 

@@ -10,13 +10,24 @@ evaluations up to T; the **reference** is the plain fit of the top dim's KL afte
 equilibrium transition need not sit on lambda_max). For large-n Gaussian data the
 truth is lambda_max / beta itself.
 
-Three estimators are compared at T, all from the same evaluations:
+Then each case is **refined** as a user would refine it: ``REFINE`` more sigma^2,
+spread inside the interval of the estimate at T, are trained for the same ``LONG`` x T
+steps in a second run. The reference is the fit on the refined grid after ``LONG`` x T
+steps: a jump located on the coarse grid alone is known only to its cell, and a
+reference taken on that same grid would be its middle too, scoring the estimate
+against itself. A jump reference is still known only to its (refined) cell; the
+table gives that cell's half-width.
+
+Four estimators are compared at T, all from the same evaluations:
   * ``total_kl``: the piecewise fit of the total KL of the settled points (before);
   * ``top_dim``: the plain fit of the top dim's KL (:mod:`phasevae.estimate`, step 1);
-  * ``estimate``: the bias-corrected estimate with its two-part interval and verdict.
+  * ``estimate``: the bias-corrected estimate with its two-part interval and verdict;
+  * ``refined``: the same estimate on the refined grid at T (the coarse grid's
+    placement of the added sigma^2 is all it learns from; nothing after T).
 
-``phasevae validate`` runs every case into ``OUT/runs/<case>`` (resumable: a rerun
-continues or reuses them) and writes ``OUT/validation.json`` and ``OUT/table.md``.
+``phasevae validate`` runs every case into ``OUT/runs/<case>`` and
+``OUT/runs/<case>-refined`` (resumable: a rerun continues or reuses them) and writes
+``OUT/validation.json`` and ``OUT/table.md``.
 """
 
 from __future__ import annotations
@@ -26,17 +37,24 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from phasevae import analysis
 from phasevae.cases import CASES, QUICK, Case
 from phasevae.safeio import atomic_write_text
 
 LONG = 4  # the reference trains this many times longer
+REFINE = 8  # sigma^2 the refined stage adds inside the estimate's interval at T
+ESTIMATORS = ("total_kl", "top_dim", "estimate", "refined")
 
 
-def case_spec(case: Case, data_path: Path, lambda_max: float) -> dict:
-    """The sweep spec (as a dict) of a case trained LONG x its nominal steps."""
+def case_spec(
+    case: Case, data_path: Path, lambda_max: float, sigma2: list[float] | None = None
+) -> dict:
+    """The sweep spec (as a dict) of a case trained LONG x its nominal steps, on its
+    log-spaced grid or on the listed ``sigma2``."""
     center = lambda_max / case.beta
+    grid = {"min": 0.3 * center, "max": 3.0 * center, "num": case.points}
     return {
         "data": {"source": "array", "path": str(data_path), "normalize": "none"},
         "model": {
@@ -51,12 +69,7 @@ def case_spec(case: Case, data_path: Path, lambda_max: float) -> dict:
             "eval_every": case.eval_every,
         },
         "grid": {
-            "sigma2": {
-                "min": 0.3 * center,
-                "max": 3.0 * center,
-                "num": case.points,
-                "scale": "log",
-            },
+            "sigma2": grid | {"scale": "log"} if sigma2 is None else sigma2,
             "beta": [case.beta],
             "seeds": list(case.seeds),
         },
@@ -79,11 +92,23 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
     result = run_sweep(spec, out / "runs" / case.name, progress)
     metrics, spectrum = result.metrics, result.meta["spectrum"]
     theory = spectrum["lambda_max"] / case.beta
-    short = analysis.analyze(
-        metrics[metrics["step"] <= case.steps], spectrum, case.latent_dim
-    )
-    long = analysis.analyze(metrics, spectrum, case.latent_dim)
-    (now,), (ref,) = short["transitions"], long["transitions"]
+
+    def at_t(m):
+        (t,) = analysis.analyze(m[m["step"] <= case.steps], spectrum, case.latent_dim)[
+            "transitions"
+        ]
+        return t
+
+    now = at_t(metrics)
+    added = refined_values(now, metrics["sigma2"].unique())
+    if added:
+        spec = spec_from_dict(
+            case_spec(case, data_path, lam, added), where=f"{case.name}-refined"
+        )
+        more = run_sweep(spec, out / "runs" / f"{case.name}-refined", progress)
+        metrics = pd.concat([metrics, more.metrics], ignore_index=True)
+    refined = at_t(metrics)
+    (ref,) = analysis.analyze(metrics, spectrum, case.latent_dim)["transitions"]
     # the probe can show that this network's collapse is stable below lambda_max
     # (e.g. its units died): then lambda_max is not its answer, on any data
     shifted = (ref["off_theory"] or {}).get("evidence") == "probe"
@@ -111,6 +136,8 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         "long_top_dim": ref["sigma2_c_final"],
         "long_estimate": ref["sigma2_c"],
         "long_verdict": ref["verdict"],
+        "long_jump": ref["jump"],
+        "refined_sigma2": added,
         "estimators": {
             "total_kl": _score(now["sigma2_c_total_kl"], now["ci_total_kl"], reference),
             "top_dim": _score(now["sigma2_c_final"], _stat_ci(now), reference),
@@ -129,10 +156,34 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
                 "error_vs_lambda_max": now["sigma2_c"] / theory - 1
                 if now["sigma2_c"] is not None
                 else None,
+                "jump": now["jump"],
+            },
+            "refined": {
+                **_score(refined["sigma2_c"], refined["ci"], reference),
+                "verdict": refined["verdict"],
+                "jump": refined["jump"],
             },
         },
     }
     return row
+
+
+def refined_values(t: dict, grid) -> list[float]:
+    """``REFINE`` values of sigma^2 spread evenly in ln sigma^2 strictly inside the
+    interval of the transition ``t``, where it may be and where it may still move
+    with training (the statistical part alone where the finite-training part could
+    not be measured), less values already on ``grid``; none without a
+    transition."""
+    if t["sigma2_c"] is None or t["ci_statistical"] is None:
+        return []
+    u = math.log(t["sigma2_c"])
+    below, above = t["ci_statistical"]
+    low, high = np.log(t["ci"]) if t["ci"] else (u - below, u + above)
+    values = np.exp(np.linspace(low, high, REFINE + 2)[1:-1])
+    have = np.log(np.asarray(grid, np.float64))
+    return [
+        round(float(v), 12) for v in values if np.min(np.abs(have - math.log(v))) > 1e-6
+    ]
 
 
 def _probe_summary(probe: dict | None) -> dict | None:
@@ -167,7 +218,7 @@ def summarize(rows: list[dict]) -> dict:
     """Per estimator: median and worst |error| against the reference, coverage of
     its intervals, and (for the estimate) how many trusted intervals miss."""
     out = {}
-    for name in ("total_kl", "top_dim", "estimate"):
+    for name in ESTIMATORS:
         scores = [r["estimators"][name] for r in rows]
         errors = [abs(s["error"]) for s in scores if s["error"] is not None]
         out[name] = {
@@ -177,8 +228,23 @@ def summarize(rows: list[dict]) -> dict:
             "worst_abs_error": float(np.max(errors)) if errors else None,
             "coverage": sum(s["covers"] for s in scores) / len(rows) if rows else None,
         }
+    for name in ("estimate", "refined"):
+        trusted = [
+            r["estimators"][name]
+            for r in rows
+            if r["estimators"][name]["verdict"] == "trusted"
+        ]
+        out[name].update(
+            trusted=len(trusted),
+            trusted_missing=sum(not s["covers"] for s in trusted),
+            trusted_median_abs_error=float(
+                np.median([abs(s["error"]) for s in trusted])
+            )
+            if trusted
+            else None,
+            jumps=sum(r["estimators"][name]["jump"] is not None for r in rows),
+        )
     est = [r["estimators"]["estimate"] for r in rows]
-    trusted = [s for s in est if s["verdict"] == "trusted"]
     # the large-n Gaussian cases against lambda_max / beta itself, whatever the probe
     gauss = [r for r in rows if r["lambda_max_is_truth"]]
     vs_theory = [abs(r["estimators"]["estimate"]["error_vs_lambda_max"]) for r in gauss]
@@ -201,11 +267,6 @@ def summarize(rows: list[dict]) -> dict:
     }
     out["estimate"].update(
         coverage_long_training=sum(s["covers_long_training"] for s in est) / len(rows),
-        trusted=len(trusted),
-        trusted_missing=sum(not s["covers"] for s in trusted),
-        trusted_median_abs_error=float(np.median([abs(s["error"]) for s in trusted]))
-        if trusted
-        else None,
     )
     return out
 
@@ -222,11 +283,15 @@ def table(rows: list[dict], summary: dict) -> str:
     def ci(s):
         return "-" if s["ci"] is None else f"[{s['ci'][0]:.4g}, {s['ci'][1]:.4g}]"
 
+    def value(s):
+        return f"{_fmt(s['sigma2_c'])} {ci(s)}" + (" jump" if s["jump"] else "")
+
     lines = [
         "| case | N | n | beta | lambda_max/beta | reference | total-KL fit | "
         "top-dim fit | estimate [95 %] | error | covers | verdict | "
+        "refined at T [95 %] | error | covers | verdict | "
         "probe: lambda_c/lambda_max, trapped, dead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e = r["estimators"]
@@ -235,6 +300,9 @@ def table(rows: list[dict], summary: dict) -> str:
         )
         if (r["off_theory_long"] or {}).get("evidence") == "probe":
             ref += " (collapse stable below lambda_max)"
+        if r["long_jump"]:
+            lo, hi = r["long_jump"]
+            ref += f" jump +-{100 * (math.sqrt(hi / lo) - 1):.1f} %"
         cells = [
             r["case"],
             r["N"],
@@ -244,10 +312,14 @@ def table(rows: list[dict], summary: dict) -> str:
             ref,
             f"{pct(e['total_kl']['error'])} {_yes(e['total_kl']['covers'])}",
             f"{pct(e['top_dim']['error'])} {_yes(e['top_dim']['covers'])}",
-            f"{_fmt(e['estimate']['sigma2_c'])} {ci(e['estimate'])}",
+            value(e["estimate"]),
             pct(e["estimate"]["error"]),
             _yes(e["estimate"]["covers"]),
             e["estimate"]["verdict"],
+            value(e["refined"]),
+            pct(e["refined"]["error"]),
+            _yes(e["refined"]["covers"]),
+            e["refined"]["verdict"],
             _probe_cell(e["estimate"]["probe"]),
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -256,7 +328,7 @@ def table(rows: list[dict], summary: dict) -> str:
         "| estimator | median abs error | worst abs error | coverage |",
         "|---|---|---|---|",
     ]
-    for name in ("total_kl", "top_dim", "estimate"):
+    for name in ESTIMATORS:
         s = summary[name]
         lines.append(
             f"| {name} | {absolute(s['median_abs_error'])} | "
@@ -274,9 +346,15 @@ def table(rows: list[dict], summary: dict) -> str:
         f"{th['off_theory_by_probe']}.",
         "",
         f"Coverage of the estimate's intervals against the long-training fit in every "
-        f"case (lambda_max included): {est['coverage_long_training']:.0%}. "
-        f"Trusted: {est['trusted']} of {est['cases']}; trusted intervals that miss the "
-        f"reference: {est['trusted_missing']}.",
+        f"case (lambda_max included): {est['coverage_long_training']:.0%}.",
+        "",
+        *(
+            f"{name}: trusted {summary[name]['trusted']} of {est['cases']}, trusted "
+            f"intervals that miss the reference {summary[name]['trusted_missing']}; "
+            f"jumps (the top dim's KL drops across one grid cell) "
+            f"{summary[name]['jumps']}."
+            for name in ("estimate", "refined")
+        ),
     ]
     return "\n".join(lines) + "\n"
 

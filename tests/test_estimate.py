@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from phasevae import estimate
-from phasevae.validate import QUICK, run_suite
+from phasevae.validate import QUICK, REFINE, run_suite
 
 LAM = 8.0
 
@@ -172,7 +172,18 @@ def test_quick_validation_suite_writes_its_table(tmp_path):
     assert [r["case"] for r in doc["rows"]] == [c.name for c in QUICK]
     for r in doc["rows"]:
         assert r["reference_steps"] == 4 * r["steps"]
-        assert set(r["estimators"]) == {"total_kl", "top_dim", "estimate"}
+        assert set(r["estimators"]) == {"total_kl", "top_dim", "estimate", "refined"}
+        # the refined stage trained its sigma^2 inside the estimate's interval at T
+        est, added = r["estimators"]["estimate"], r["refined_sigma2"]
+        assert len(added) == REFINE
+        u, (below, above) = math.log(est["sigma2_c"]), est["ci_statistical"]
+        low, high = est["ci"] or (math.exp(u - below), math.exp(u + above))
+        assert all(low < v < high for v in added)
+        refined = pd.read_parquet(
+            tmp_path / "runs" / f"{r['case']}-refined" / "metrics.parquet"
+        )
+        assert sorted(refined["sigma2"].unique()) == pytest.approx(added)
+        assert refined["step"].max() == r["reference_steps"]
     s = doc["summary"]["estimate"]
     assert s["cases"] == len(QUICK) and 0 <= s["coverage"] <= 1
     table = (tmp_path / "table.md").read_text()
