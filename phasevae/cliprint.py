@@ -145,9 +145,10 @@ def transition_notes(result: dict) -> list[str]:
         if t.get("ci_statistical") and t.get("ci_finite_training") is not None
     ]
     jumps = [
-        f"  {t.get('beta', 1.0):g}: the top dim's KL jumps to 0 between sigma^2 = "
-        f"{t['jump'][0]:.4g} and {t['jump'][1]:.4g}; the transition is somewhere in "
-        "that cell: add sigma^2 there (grid.sigma2.refine) to narrow it"
+        f"  {t.get('beta', 1.0):g}: the top dim's KL falls to 0 between sigma^2 = "
+        f"{t['jump'][0]:.4g} and {t['jump'][1]:.4g} faster than a kink can (a jump "
+        "or a steep fall); the transition is somewhere in that cell: add sigma^2 "
+        "there (grid.sigma2.refine) to narrow it"
         for t in result["transitions"]
         if t.get("jump")
     ]

@@ -21,14 +21,18 @@ how large that bias can still be:
    continuous kink (:func:`phasevae.fit.discontinuity`: the KL drops from a finite
    value to the plateau across one grid cell, as when a small network's units die),
    the transition is anywhere in that cell: the estimate is the cell's middle and
-   the statistical part reaches its edges. A continuous fit of a jump puts its kink
-   wherever the two sides' residuals balance, which moved with training by up to
-   5 % inside an unchanged cell on the validation suite; only more sigma^2 inside
-   the cell (``grid.sigma2.refine``) locates a jump better. (With a bias falling like
-   1/t, the Richardson step u_T + (u_T - u_{T/2}) would remove it; on the validation
-   suite it made the median error worse, 4.6 % against 2.2 % (results/validation),
-   since the bias of trained VAEs does not fall that regularly. The drift enters the
-   interval instead.)
+   the statistical part reaches its edges. Where continuity is not rejected, the
+   statistical part still reaches the edges of the cell holding the kink: the grid
+   cannot tell a continuous kink from a drop anywhere in that cell, and on the
+   validation suite's refined grids 11 of 13 transitions were drops, several inside
+   cells whose coarse values fitted a continuous kink. A continuous fit of a jump
+   puts its kink wherever the two sides' residuals balance, which moved with
+   training by up to 5 % inside an unchanged cell on the validation suite; only more
+   sigma^2 inside the cell (``grid.sigma2.refine``) locates a jump better. (With a
+   bias falling like 1/t, the Richardson step u_T + (u_T - u_{T/2}) would remove it;
+   on the validation suite it made the median error worse, 4.6 % against 2.2 %
+   (results/validation), since the bias of trained VAEs does not fall that
+   regularly. The drift enters the interval instead.)
 3. The finite-training part of the interval is the larger of
    * ``SLOW_DECAY`` * |u_T - u_{T/2}|: for a bias falling like t^-p, what remains at
      T is |u_T - u_{T/2}| / (2^p - 1): 2.4 times the drift at p = 1/2, 1 at p = 1,
@@ -221,6 +225,12 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
         u, method = (cell[0] + cell[1]) / 2, JUMP
         stat = (u - cell[0], cell[1] - u)
         support = (min(support[0], cell[0]), max(support[1], cell[1]))
+    else:
+        # the grid cannot tell this kink from a drop anywhere in its cell
+        grid = np.unique(u_pts)
+        below, above = grid[grid < u], grid[grid >= u]
+        if below.size and above.size:
+            stat = (max(stat[0], u - below.max()), max(stat[1], above.min() - u))
     return u, stat, method, table, support, cell
 
 

@@ -229,32 +229,37 @@ def discontinuity(u, y, fit: PiecewiseFit, sd=None, level=LEVEL):
     """The grid cell (u_low, u_high) across which the curve drops onto its plateau in
     a jump, or None when a continuous kink at ``fit.transition`` fits the data.
 
-    The continuous model asks the active side to reach the plateau at the kink. The
-    jump model fits the two sides of a grid cell apart: the points below it with the
-    fit's other breakpoints (searched again), the points above it with their own
-    line. It has as many free parameters as the continuous model, of which it is the
-    continuous case (the kink's position inside the cell does not change its RSS), so
-    continuity is one constraint on it. The cell is the one, up to the kink's and the
-    next, where the jump model fits best (a continuous fit of a jump overshoots it:
-    its kink balances the finite value before the drop against the zeros after).
-    Continuity is rejected when the continuous fit's excess RSS over the jump model's,
-    against the jump model's residual variance, exceeds F(1, n - p; level). A jump
-    puts the transition anywhere in the cell: the data locate it no better than the
-    grid does."""
+    The continuous model asks the active side to reach the plateau at the kink, and
+    its slopes can only flatten towards the kink (the linear VAE's structure: each
+    dim that dies takes its -1/2 away), so a curve that steepens into the plateau,
+    as deep VAEs' often do, is a jump to it: the KL falls there faster than any kink
+    allows, whether it drops or falls steeply. The jump model fits the two sides of
+    a grid cell apart: the points below it with the fit's other breakpoints
+    (searched again), the points above it with a constant, the plateau (a sloped
+    line there would let a still-active point past the cell pass for plateau). It
+    has one free parameter fewer than the continuous model (2 m + 1 against
+    2 + 2 m), and the kink's position inside the cell does not change its RSS. The
+    cell is the one, up to the kink's and the next, where the jump model fits best
+    (a continuous fit of a jump overshoots it: its kink balances the finite value
+    before the drop against the zeros after). Continuity is rejected when the
+    continuous fit's excess RSS over the jump model's, against the jump model's
+    residual variance, exceeds F(1, n - 2 m - 1; level). A jump puts the transition
+    anywhere in the cell: the data locate it no better than the grid does."""
     b = fit.transition
     u, y = np.asarray(u, np.float64), np.asarray(y, np.float64)
-    sd = np.ones_like(u) if sd is None else np.asarray(sd, np.float64)
+    w = 1.0 / (np.ones_like(u) if sd is None else np.asarray(sd, np.float64))
     grid = np.unique(u)
-    m, dof = len(fit.breakpoints), len(u) - 2 - 2 * len(fit.breakpoints)
+    m = len(fit.breakpoints)
+    dof = len(u) - 2 * m - 1
     if b is None or dof < 1:
         return None
     i = int(np.searchsorted(grid, b)) - 1  # the cell (grid[i], grid[i + 1]) holds b
     best = (math.inf, None)
-    for j in range(2 * m - 1, min(i + 2, len(grid) - 2)):
+    for j in range(2 * m - 1, min(i + 2, len(grid) - 1)):
         below, above = u <= grid[j], u >= grid[j + 1]
-        rss = (
-            _Problem(u[below], y[below], sd[below]).search(m - 1)[0]
-            + _Problem(u[above], y[above], sd[above]).search(0)[0]
+        level_above = np.average(y[above], weights=w[above] ** 2)
+        rss = _Problem(u[below], y[below], 1 / w[below]).search(m - 1)[0] + np.sum(
+            (w[above] * (y[above] - level_above)) ** 2
         )
         best = min(best, (rss, (float(grid[j]), float(grid[j + 1]))))
     rss, cell = best
