@@ -24,7 +24,7 @@ how large that bias can still be:
    the statistical part reaches its edges. Where continuity is not rejected, the
    statistical part still reaches the edges of the cell holding the kink: the grid
    cannot tell a continuous kink from a drop anywhere in that cell, and on the
-   validation suite's refined grids 11 of 13 transitions were drops, several inside
+   validation suite's refined grids 9 of 13 transitions were drops, 3 of them inside
    cells whose coarse values fitted a continuous kink. A continuous fit of a jump
    puts its kink wherever the two sides' residuals balance, which moved with
    training by up to 5 % inside an unchanged cell on the validation suite; only more

@@ -9,12 +9,11 @@ a breakpoint where each dim collapses and a plateau (~0) beyond the last one,
 
 The data decide the number of breakpoints (BIC, then breakpoints whose slope change is
 below ``min_increment`` are dropped as not a dimension collapsing), their positions and
-the slopes. A segment between two breakpoints must hold at least two grid values of
-sigma^2: one holding a single value is not identified (the line through it and its two
-free ends fit it exactly for a whole range of breakpoints), and with it the kink would
-wander anywhere in the grid cell next to that value. The last breakpoint is the
-collapse transition sigma_c^2 = exp(b_max); a
-significant s0 means KL still falls at the largest sigma^2: no transition in the grid.
+the slopes. A segment between two breakpoints holds at least two grid values of
+sigma^2: through one value it is not identified, and the kink next to it could sit
+anywhere in that cell. The last breakpoint is the collapse transition
+sigma_c^2 = exp(b_max); a significant s0 means KL still falls at the largest sigma^2:
+no transition in the grid.
 For fixed breakpoints the coefficients solve a non-negative least-squares problem
 (scipy.optimize.nnls), so only the breakpoints are searched: exhaustively on a grid for
 one or two, greedily beyond, then refined with Nelder-Mead.
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-OUTSIDE = 1e300  # the breakpoint search's objective where breakpoints may not go
+OUTSIDE = 1e300  # the search's objective (finite) where breakpoints may not go
 FLOOR = 2e-3  # nats: no point's KL is trusted to better than this
 MIN_INCREMENT = 0.25  # nats per unit ln sigma^2: halfway between no dim and one (1/2)
 LEVEL = 0.95
@@ -141,8 +140,7 @@ class _Problem:
         if m == 0:
             return best
 
-        def objective(bs):
-            # finite: Nelder-Mead subtracts values, and inf - inf is nan
+        def objective(bs):  # finite: Nelder-Mead subtracts values, inf - inf is nan
             if np.any(bs <= self.lo) or np.any(bs >= self.hi):
                 return OUTSIDE
             return min(self.rss(np.sort(bs)), OUTSIDE)
@@ -226,25 +224,20 @@ def profile_interval(u, y, fit: PiecewiseFit, index: int, sd=None, level=LEVEL):
 
 
 def discontinuity(u, y, fit: PiecewiseFit, sd=None, level=LEVEL):
-    """The grid cell (u_low, u_high) across which the curve drops onto its plateau in
-    a jump, or None when a continuous kink at ``fit.transition`` fits the data.
+    """The grid cell (u_low, u_high) across which the curve drops onto its plateau,
+    or None when a continuous kink at ``fit.transition`` fits the data.
 
-    The continuous model asks the active side to reach the plateau at the kink, and
-    its slopes can only flatten towards the kink (the linear VAE's structure: each
-    dim that dies takes its -1/2 away), so a curve that steepens into the plateau,
-    as deep VAEs' often do, is a jump to it: the KL falls there faster than any kink
-    allows, whether it drops or falls steeply. The jump model fits the two sides of
-    a grid cell apart: the points below it with the fit's other breakpoints
-    (searched again), the points above it with a constant, the plateau (a sloped
-    line there would let a still-active point past the cell pass for plateau). It
-    has one free parameter fewer than the continuous model (2 m + 1 against
-    2 + 2 m), and the kink's position inside the cell does not change its RSS. The
-    cell is the one, up to the kink's and the next, where the jump model fits best
-    (a continuous fit of a jump overshoots it: its kink balances the finite value
-    before the drop against the zeros after). Continuity is rejected when the
-    continuous fit's excess RSS over the jump model's, against the jump model's
-    residual variance, exceeds F(1, n - 2 m - 1; level). A jump puts the transition
-    anywhere in the cell: the data locate it no better than the grid does."""
+    The jump model fits the two sides of a cell apart: the points below with the
+    fit's other breakpoints, those above with a constant (one parameter fewer than
+    the continuous model; the kink's place in the cell does not change its RSS).
+    Continuity is rejected when the continuous fit's excess RSS over it, against its
+    residual variance, exceeds F(1, n - 2 m - 1; level), for the best-fitting cell up
+    to the kink's and the next (a continuous fit of a drop overshoots it) that is a
+    drop: its upper edge is on the plateau (within the two-sided ``level`` quantile
+    of its noise; a point still relaxing past a kink is on the fall), and the active
+    side, continued along its last two values, would still be above zero half a cell
+    past it (the fit's slopes can only flatten towards the kink, so a curve that
+    steepens into it would otherwise pass for a drop, however small its noise)."""
     b = fit.transition
     u, y = np.asarray(u, np.float64), np.asarray(y, np.float64)
     w = 1.0 / (np.ones_like(u) if sd is None else np.asarray(sd, np.float64))
@@ -255,13 +248,33 @@ def discontinuity(u, y, fit: PiecewiseFit, sd=None, level=LEVEL):
         return None
     i = int(np.searchsorted(grid, b)) - 1  # the cell (grid[i], grid[i + 1]) holds b
     best = (math.inf, None)
-    for j in range(2 * m - 1, min(i + 2, len(grid) - 1)):
+    z = stats.norm.ppf(0.5 + level / 2)
+
+    def mean(rows):
+        return np.average(y[rows], weights=w[rows] ** 2)
+
+    for j in range(max(2 * m - 1, 1), min(i + 2, len(grid) - 1)):
         below, above = u <= grid[j], u >= grid[j + 1]
-        level_above = np.average(y[above], weights=w[above] ** 2)
+        edge, rest = u == grid[j + 1], u > grid[j + 1]
+        if rest.any():
+            # the cell's upper edge must be plateau: a point still above it (one
+            # that has not finished decaying near a kink, say) is on the fall
+            if np.any((y[edge] - mean(rest)) * w[edge] > z):
+                continue
+        # a drop, not a kink rounded off: the active side, continued along its
+        # last two values, would still be above zero half a cell past the upper
+        # edge
+        last, before = (mean(u == grid[k]) for k in (j, j - 1))
+        fall = (before - last) / (grid[j] - grid[j - 1])
+        reach = grid[j] + last / fall if fall > 0 else math.inf
+        if reach <= grid[j + 1] + (grid[j + 1] - grid[j]) / 2:
+            continue
         rss = _Problem(u[below], y[below], 1 / w[below]).search(m - 1)[0] + np.sum(
-            (w[above] * (y[above] - level_above)) ** 2
+            (w[above] * (y[above] - mean(above))) ** 2
         )
         best = min(best, (rss, (float(grid[j]), float(grid[j + 1]))))
+    if best[1] is None:
+        return None
     rss, cell = best
     excess = (fit.rss - rss) / max(rss / dof, len(u) * 1e-14)
     return cell if excess > stats.f.ppf(level, 1, dof) else None

@@ -9,7 +9,7 @@ import pytest
 
 from phasevae import analysis, theory
 from phasevae.cli import main
-from phasevae.fit import fit_piecewise
+from phasevae.fit import discontinuity, fit_piecewise
 
 EV = [8.0, 2.0, 0.5, 0.125]
 K = 3
@@ -290,3 +290,44 @@ def test_no_fitted_segment_rests_on_a_single_grid_value():
     # the last segment is the line the last values set: its zero lies in the cell
     assert s2[7] < math.exp(fit.transition) < s2[8]
     assert math.exp(fit.transition) == pytest.approx(4.49, rel=0.02)
+
+
+# two committed runs' top-dim curves (seed-averaged KL and its sd, by
+# fit.seed_average), which an F test alone called drops
+DEFAULT_BETA1 = (  # results/default/default, beta = 1: 16 sigma^2 in [0.05, 50]
+    np.geomspace(0.05, 50, 16),
+    [2.53689, 2.31098, 2.08125, 1.86969, 1.60843, 1.39225, 1.16204, 0.93084]
+    + [0.70018, 0.47994, 0.24892, 0.00091, 0.0, 0.0, 0.0, 0.0],
+    [0.01217, 0.0088, 0.00704, 0.00229, 0.01354, 0.01581, 0.01796, 0.01745]
+    + [0.02004, 0.01018, 0.00456, 0.00209, 0.002, 0.002, 0.002, 0.002],
+    8.0375,  # its lambda_max / beta
+)
+SYNTHETIC_BETA2 = (  # results/synthetic_transition/gaussian, beta = 2, 3 seeds
+    np.geomspace(0.5, 64, 32),
+    [1.03742, 0.95875, 0.88354, 0.80469, 0.72336, 0.646, 0.56597, 0.48937]
+    + [0.40957, 0.3349, 0.25726, 0.1796, 0.09829, 0.00576]
+    + [1e-05] * 18,
+    [0.00828, 0.00803, 0.00851, 0.00913, 0.00721, 0.00723, 0.00722, 0.00743]
+    + [0.00712, 0.00537, 0.00562, 0.00553, 0.00529, 0.00262]
+    + [0.002] * 18,
+    4.0187,
+)
+
+
+@pytest.mark.parametrize("curve", [DEFAULT_BETA1, SYNTHETIC_BETA2])
+def test_a_kink_rounded_by_its_data_is_not_taken_for_a_drop(curve):
+    """The default run's curve steepens from slope 0.50 to 0.54 into its kink, which
+    no kink of the model can do; the synthetic run's point just past its last
+    active one is still on its way to the plateau (0.006 nats). Both are continuous
+    kinks, within 3 % of lambda_max / beta; a curve whose active side ends 0.3 nats
+    up is a drop."""
+    s2, kl, sd, theory = curve
+    u, y, sd = np.log(s2), np.array(kl), np.array(sd)
+    fit = fit_piecewise(u, y, sd, max_breaks=2)
+    assert math.exp(fit.transition) == pytest.approx(theory, rel=0.03)
+    assert discontinuity(u, y, fit, sd) is None
+    active = y > 0.01
+    dropped = np.where(active, y + 0.3, 0.0)
+    fit = fit_piecewise(u, dropped, sd, max_breaks=2)
+    last = int(np.nonzero(active)[0].max())
+    assert discontinuity(u, dropped, fit, sd) == pytest.approx((u[last], u[last + 1]))
