@@ -18,17 +18,12 @@ import pandas as pd
 from scipy import stats
 
 from phasevae import estimate, readings, theory
-from phasevae.fit import FLOOR as KL_FLOOR
 from phasevae.fit import (
     LEVEL,
     MIN_INCREMENT,
     derivative_jumps,
-    discontinuity,
     fit_curve,
-    fit_piecewise,
-    profile_interval,
     rank_dims,
-    seed_average,
     settle,
 )
 from phasevae.safeio import atomic_write_text
@@ -46,47 +41,6 @@ GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "decoder",  # static: the decoder's hidden widths, "32-64" or "linear"
     "skip",  # static: the skip path from x into the decoder
 )
-
-
-def refinement(metrics: pd.DataFrame, points: int, max_breaks: int = 4) -> list[dict]:
-    """Where to add sigma^2 points: for every group of the non-sigma^2 axes (seeds
-    pooled), the seed-averaged KL curve is fitted and ``points`` values are spread
-    evenly in ln sigma^2 around each breakpoint, over the union of its profile
-    interval and the grid cell it lies in (halfway to the sampled neighbours), less
-    values already sampled. Where the curve jumps onto its plateau
-    (:func:`phasevae.fit.discontinuity`), the last breakpoint's span also covers the
-    whole cell of the jump, where the transition is.
-
-    Returns:
-      one dict per group: its axis values (without sigma2 and seed), ``breakpoints``
-      (sigma^2) and ``sigma2``, the new values (sorted; may be empty).
-    """
-    table = settle(metrics, ["kl"])
-    axes = [a for a in GRID_AXES if a in table.columns and a not in ("sigma2", "seed")]
-    out = []
-    for key, g in table.groupby(axes, sort=True):
-        u, y, sd = seed_average(g, "kl", floor=KL_FLOOR)
-        fit = fit_piecewise(u, y, sd, max_breaks)
-        jump = discontinuity(u, y, fit, sd)
-        new: set[float] = set()
-        for i, b in enumerate(fit.breakpoints):
-            lo, hi = profile_interval(u, y, fit, i, sd)
-            left, right = u[u < b], u[u > b]
-            cell_lo = (left.max() + b) / 2 if left.size else b
-            cell_hi = (right.min() + b) / 2 if right.size else b
-            if jump is not None and i == len(fit.breakpoints) - 1:
-                cell_lo, cell_hi = min(cell_lo, jump[0]), max(cell_hi, jump[1])
-            for v in np.linspace(min(lo, cell_lo), max(hi, cell_hi), points):
-                if np.min(np.abs(u - v)) > 1e-6:
-                    new.add(round(math.exp(v), 12))
-        out.append(
-            {
-                **dict(zip(axes, key, strict=True)),
-                "breakpoints": [math.exp(b) for b in fit.breakpoints],
-                "sigma2": sorted(new),
-            }
-        )
-    return out
 
 
 def analyze_run(path) -> dict:

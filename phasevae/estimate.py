@@ -359,3 +359,30 @@ def estimate_transition(
             "steps": int(math.ceil(need / 100.0) * 100),
         }
     return out
+
+
+def interval(t: dict) -> tuple[float, float] | None:
+    """Where the transition ``t`` (:func:`estimate_transition`) may be and may still
+    move with training, as [low, high] in ln sigma^2: its interval, or the
+    statistical part alone where the finite-training part could not be measured;
+    None without a transition."""
+    if t["sigma2_c"] is None or t["ci_statistical"] is None:
+        return None
+    if t["ci"]:
+        return math.log(t["ci"][0]), math.log(t["ci"][1])
+    u = math.log(t["sigma2_c"])
+    return u - t["ci_statistical"][0], u + t["ci_statistical"][1]
+
+
+def interval_values(t: dict, grid, points: int) -> list[float]:
+    """``points`` values of sigma^2 spread evenly in ln sigma^2 strictly inside the
+    :func:`interval` of the transition ``t``, less values already on ``grid``; none
+    without a transition."""
+    span = interval(t)
+    if span is None:
+        return []
+    values = np.exp(np.linspace(*span, points + 2)[1:-1])
+    have = np.log(np.asarray(grid, np.float64))
+    return [
+        round(float(v), 12) for v in values if np.min(np.abs(have - math.log(v))) > 1e-6
+    ]

@@ -137,7 +137,7 @@ def train(
             )
             keep = extending(sched, frames, spec, meta["spectrum"])
             retire(sched, frames, frames[-1], diverged, spec, warm, state, busy, keep)
-            next_round(sched, frames, spec)
+            next_round(sched, frames, spec, meta["spectrum"])
             refilled = sched.fill()
             if refilled.any():
                 state = refill(program, state, sched, refilled, warm, spec)

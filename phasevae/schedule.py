@@ -11,10 +11,11 @@ diverged, or, with ``retire``, when its KL has settled
 re-initialised with the next pending point, which starts again from step 0. A
 point's initialisation, noise and minibatches depend on its own step and values only,
 so it ends as it would have trained alone. When no point is pending or training, a
-refinement round (:func:`phasevae.analysis.refinement`) adds sigma^2 values around
-each breakpoint of the fitted KL curve, and those train next, until ``rounds`` are
-done. With ``train.until = "trusted"`` the points the transition estimate still
-needs (:func:`extending`) train on past ``train.steps``. The schedule (slot states,
+refinement round (:func:`refinement`) adds sigma^2 values inside
+each curve's transition interval and around the other breakpoints of its fitted KL,
+and those train next, until ``rounds`` are done. With ``train.until = "trusted"``
+the points the transition estimate still needs (:func:`extending`) train on past
+``train.steps``. The schedule (slot states,
 the grid with its refined rows, kept warm-start parameters) is saved in the run
 directory's checkpoint with the training state.
 """
@@ -29,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from phasevae.analysis import GRID_AXES, refinement, settle
+from phasevae import estimate
+from phasevae.analysis import GRID_AXES, settle
 from phasevae.estimate import NEAR, estimate_transition
+from phasevae.fit import FLOOR as KL_FLOOR
+from phasevae.fit import fit_piecewise, profile_interval, seed_average
 from phasevae.placement import to_host
 from phasevae.plan import point_id
 from phasevae.spec import Range, Spec
@@ -253,20 +257,86 @@ def extending(sched: Schedule, frames, spec: Spec, spectrum: dict) -> set[str]:
     return keep
 
 
-def next_round(sched: Schedule, frames: list[pd.DataFrame], spec: Spec) -> None:
+def next_round(
+    sched: Schedule, frames: list[pd.DataFrame], spec: Spec, spectrum: dict
+) -> None:
     """When nothing is pending or training and ``grid.sigma2.refine`` asks for more
     rounds, add the next one."""
     s2 = spec.grid.sigma2
     refine = s2.refine if isinstance(s2, Range) else None
     if refine and sched.done() and sched.round < refine.rounds:
-        add_refinement(sched, pd.concat(frames, ignore_index=True), refine.points)
+        history = pd.concat(frames, ignore_index=True)
+        add_refinement(sched, history, refine.points, spec.model.latent_dim, spectrum)
 
 
-def add_refinement(sched: Schedule, history: pd.DataFrame, points: int) -> None:
+def refinement(
+    metrics: pd.DataFrame,
+    points: int,
+    latent_dim: int,
+    spectrum: dict | None = None,
+    max_breaks: int = 4,
+) -> list[dict]:
+    """Where to add sigma^2 points: for every group of the non-sigma^2 axes (seeds
+    pooled), ``points`` values spread strictly inside the interval of its transition
+    estimate (:func:`phasevae.estimate.interval_values`: where the collapse may be
+    and may still move with training; ``spectrum`` enables the stability probe), and
+    as many around each breakpoint of the seed-averaged KL fit outside that interval
+    (the cascade's lower kinks, or every kink where no transition was located), over
+    the union of its profile interval and the grid cell it lies in (halfway to the
+    sampled neighbours); values already sampled are left out. Points that diverged
+    are left out of the fit, and a group with fewer than 4 sigma^2 left gets none.
+
+    Returns:
+      one dict per group that could be fitted: its axis values (without sigma2 and
+      seed), ``breakpoints`` (sigma^2), ``sigma2_c`` (the transition estimate, or
+      None) and ``sigma2``, the new values (sorted; may be empty).
+    """
+    diverged = metrics.loc[metrics["diverged"], "point_id"].unique()
+    table = settle(metrics[~metrics["point_id"].isin(diverged)], ["kl"])
+    axes = [a for a in GRID_AXES if a in table.columns and a not in ("sigma2", "seed")]
+    lam = spectrum or {}
+    out = []
+    for key, g in table.groupby(axes, sort=True):
+        if g["sigma2"].nunique() < 4:
+            continue  # too few points that did not diverge to fit a curve
+        u, y, sd = seed_average(g, "kl", floor=KL_FLOOR)
+        fit = fit_piecewise(u, y, sd, max_breaks)
+        t = estimate_transition(
+            metrics[metrics["point_id"].isin(g["point_id"])],
+            latent_dim,
+            lam.get("lambda_max"),
+            lam.get("lambda_max_eval"),
+        )
+        new = set(estimate.interval_values(t, np.exp(u), points))
+        span = estimate.interval(t) or (np.inf, -np.inf)
+        for i, b in enumerate(fit.breakpoints):
+            if span[0] <= b <= span[1]:
+                continue
+            lo, hi = profile_interval(u, y, fit, i, sd)
+            left, right = u[u < b], u[u > b]
+            cell_lo = (left.max() + b) / 2 if left.size else b
+            cell_hi = (right.min() + b) / 2 if right.size else b
+            for v in np.linspace(min(lo, cell_lo), max(hi, cell_hi), points):
+                if np.min(np.abs(u - v)) > 1e-6:
+                    new.add(round(math.exp(v), 12))
+        out.append(
+            {
+                **dict(zip(axes, key, strict=True)),
+                "breakpoints": [math.exp(b) for b in fit.breakpoints],
+                "sigma2_c": t["sigma2_c"],
+                "sigma2": sorted(new),
+            }
+        )
+    return out
+
+
+def add_refinement(
+    sched: Schedule, history: pd.DataFrame, points: int, latent_dim: int, spectrum
+) -> None:
     """Add the sigma^2 values :func:`refinement` proposes, for every seed."""
     seeds = sorted(sched.grid["seed"].unique())
     rows = []
-    for group in refinement(history, points):
+    for group in refinement(history, points, latent_dim, spectrum):
         for s2 in group["sigma2"]:
             for seed in seeds:
                 values = {

@@ -27,9 +27,10 @@ class SpecError(BadInput):
 @dataclass(frozen=True)
 class Refine:
     """Adaptive refinement of the sigma^2 axis: after the grid has trained, the KL
-    curve of every (beta, ...) group is fitted and ``points`` new sigma^2 values are
-    placed around each breakpoint (over its interval, and at least the grid cell it
-    lies in); repeated ``rounds`` times, all in one run directory."""
+    curve of every (beta, ...) group is estimated and ``points`` new sigma^2 values
+    are placed inside the transition's interval and around each other breakpoint of
+    the KL fit (over its interval, and at least the grid cell it lies in); repeated
+    ``rounds`` times, all in one run directory."""
 
     rounds: int = 2
     points: int = 4

@@ -23,7 +23,11 @@ Four estimators are compared at T, all from the same evaluations:
   * ``top_dim``: the plain fit of the top dim's KL (:mod:`phasevae.estimate`, step 1);
   * ``estimate``: the bias-corrected estimate with its two-part interval and verdict;
   * ``refined``: the same estimate on the refined grid at T (the coarse grid's
-    placement of the added sigma^2 is all it learns from; nothing after T).
+    placement of the added sigma^2 is all it learns from; nothing after T). It is
+    what one refinement round of ``REFINE`` points gives a user
+    (``grid.sigma2.refine = {rounds = 1, points = 8}``,
+    :func:`phasevae.schedule.refinement`), which spreads them the same way
+    (:func:`phasevae.estimate.interval_values`).
 
 ``phasevae validate`` runs every case into ``OUT/runs/<case>`` and
 ``OUT/runs/<case>-refined`` (resumable: a rerun continues or reuses them) and writes
@@ -39,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from phasevae import analysis
+from phasevae import analysis, estimate
 from phasevae.cases import CASES, QUICK, Case
 from phasevae.safeio import atomic_write_text
 
@@ -100,7 +104,7 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         return t
 
     now = at_t(metrics)
-    added = refined_values(now, metrics["sigma2"].unique())
+    added = estimate.interval_values(now, metrics["sigma2"].unique(), REFINE)
     if added:
         spec = spec_from_dict(
             case_spec(case, data_path, lam, added), where=f"{case.name}-refined"
@@ -166,24 +170,6 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         },
     }
     return row
-
-
-def refined_values(t: dict, grid) -> list[float]:
-    """``REFINE`` values of sigma^2 spread evenly in ln sigma^2 strictly inside the
-    interval of the transition ``t``, where it may be and where it may still move
-    with training (the statistical part alone where the finite-training part could
-    not be measured), less values already on ``grid``; none without a
-    transition."""
-    if t["sigma2_c"] is None or t["ci_statistical"] is None:
-        return []
-    u = math.log(t["sigma2_c"])
-    below, above = t["ci_statistical"]
-    low, high = np.log(t["ci"]) if t["ci"] else (u - below, u + above)
-    values = np.exp(np.linspace(low, high, REFINE + 2)[1:-1])
-    have = np.log(np.asarray(grid, np.float64))
-    return [
-        round(float(v), 12) for v in values if np.min(np.abs(have - math.log(v))) > 1e-6
-    ]
 
 
 def _probe_summary(probe: dict | None) -> dict | None:

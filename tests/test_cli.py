@@ -366,6 +366,21 @@ def test_analyze_fits_the_curves_it_can_when_one_diverged_entirely(tmp_path, cap
     assert doc["skipped"][0]["learning_rate"] == 1e6
 
 
+def test_a_refined_sweep_refines_the_curves_that_did_not_diverge(tmp_path, capsys):
+    """A curve whose every model diverged is left out of the refinement round; the
+    other curve gets its new sigma^2 and the run completes."""
+    grid = {"sigma2": {"min": 0.1, "max": 40.0, "num": 6, "refine": {"rounds": 1}}}
+    grid |= {"beta": [1.0], "learning_rate": [1e-2, 1e6]}
+    spec = write_spec(tmp_path, train={"steps": 30}, grid=grid)
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2  # 6 models diverged
+    assert "6 of " in capsys.readouterr().err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["rounds"] == 1
+    added = pd.read_parquet(out / "metrics.parquet").query("round == 1")
+    assert len(added) and set(added["learning_rate"]) == {1e-2}
+
+
 def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
     import resource
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasevae import analysis, schedule
+from phasevae import analysis, estimate, schedule
 from phasevae import sweep as sweep_mod
 from phasevae.cli import main
 from phasevae.data import load_dataset
@@ -16,7 +16,7 @@ from phasevae.placement import Program
 from phasevae.plan import grid_table
 from phasevae.spec import SpecError, spec_from_dict, spec_to_toml
 from tests.conftest import tiny_dict
-from tests.test_analysis import synthetic_metrics
+from tests.test_analysis import K, synthetic_metrics
 
 METRICS = ["loss", "recon", "kl", "mse"]
 
@@ -87,19 +87,28 @@ def test_retired_points_stop_early_and_free_their_slot(tmp_path, tiny_spec):
         assert table["settled"].item() and not before["settled"].item()
 
 
-def test_refinement_places_points_around_each_fitted_breakpoint():
-    """On closed-form curves (beta = 1: dims die at sigma^2 = 0.5, 2, 8) every
-    breakpoint of the fit gets new points over its interval and grid cell."""
+def test_refinement_spreads_points_inside_the_transition_and_around_lower_kinks():
+    """On closed-form curves (beta = 1: dims die at sigma^2 = 0.5, 2, 8) the
+    transition (8) gets its points evenly spread strictly inside the estimate's
+    interval, and each lower kink of the fit gets its points over its own interval
+    and grid cell."""
     metrics = synthetic_metrics([1.0])
-    (group,) = analysis.refinement(metrics, points=5)
+    (group,) = schedule.refinement(metrics, points=5, latent_dim=K)
     assert group["beta"] == 1.0
     breaks = np.array(group["breakpoints"])
     np.testing.assert_allclose(np.sort(breaks), [0.5, 2.0, 8.0], rtol=0.03)
+    assert group["sigma2_c"] == pytest.approx(8.0, rel=0.03)
+    t = estimate.estimate_transition(metrics, K)
+    low, high = np.log(t["ci"])
+    assert low < np.log(8.0) < high
     new = np.log(group["sigma2"])
     sampled = np.log(metrics["sigma2"].unique())
     cell = np.diff(np.sort(sampled)).max()
     assert len(new) == 5 * len(breaks)
-    for b in np.log(breaks):
+    inside = new[(new > low) & (new < high)]
+    assert len(inside) == 5
+    np.testing.assert_allclose(np.diff(inside), (high - low) / 6, rtol=1e-6)
+    for b in np.log(np.sort(breaks)[:2]):
         near = new[np.abs(new - b) <= cell]
         assert len(near) >= 5 and near.min() < b < near.max()
     assert np.min(np.abs(new[:, None] - sampled[None, :])) > 1e-6  # nothing repeated
@@ -120,10 +129,13 @@ def test_a_refined_sweep_adds_rounds_where_the_fit_says(tmp_path, tiny_spec):
     assert set(grid.groupby("seed")["sigma2"].apply(frozenset).map(len)) == {
         grid["sigma2"].nunique()
     }  # every seed got every new sigma^2
+    spectrum = result.meta["spectrum"]
     for r in (1, 2):
         before = result.metrics[result.metrics["round"] < r]
         expect = {
-            s2 for g in analysis.refinement(before, points=3) for s2 in g["sigma2"]
+            s2
+            for g in schedule.refinement(before, 3, spec.model.latent_dim, spectrum)
+            for s2 in g["sigma2"]
         }
         got = set(grid.loc[grid["round"] == r, "sigma2"].round(12))
         assert got == expect and got
