@@ -295,8 +295,13 @@ def _per_dim(points: pd.DataFrame, k: int, predicted: np.ndarray) -> list[dict]:
 def boundary(transitions: list[dict], lambda_max: float) -> dict:
     """theta_c = beta * sigma_c^2 pooled over the curves (inverse-variance weights on
     ln theta_c from each interval), and the exponent of sigma_c^2 ~ beta^p (theory:
-    p = -1) when there are at least 3 beta values."""
-    found = [t for t in transitions if t["sigma2_c"] is not None and t["ci"]]
+    p = -1) when there are at least 3 beta values. A curve whose KL free bits held up
+    has no collapse to pool."""
+    found = [
+        t
+        for t in transitions
+        if t["sigma2_c"] is not None and t["ci"] and t.get("verdict") != estimate.FLOOR
+    ]
     out = {"theory_theta_c": lambda_max, "theta_c": None, "ci": None}
     if not found:
         return out

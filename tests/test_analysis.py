@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasevae import analysis, theory
+from phasevae import analysis, estimate, theory
 from phasevae.cli import main
 from phasevae.fit import discontinuity, fit_piecewise
 
@@ -331,3 +331,23 @@ def test_a_kink_rounded_by_its_data_is_not_taken_for_a_drop(curve):
     fit = fit_piecewise(u, dropped, sd, max_breaks=2)
     last = int(np.nonzero(active)[0].max())
     assert discontinuity(u, dropped, fit, sd) == pytest.approx((u[last], u[last + 1]))
+
+
+def test_the_boundary_pools_collapses_not_curves_held_up_by_free_bits():
+    """theta_c pools the curves' collapse transitions; a curve whose KL free bits
+    held up (its 'kink' is where the floor takes over) is left out."""
+
+    def curve(beta, s2c, verdict="trusted"):
+        return {
+            "beta": beta,
+            "sigma2_c": s2c,
+            "theta_c": beta * s2c,
+            "ci": [0.95 * s2c, 1.05 * s2c],
+            "verdict": verdict,
+        }
+
+    plain = [curve(0.5, 16.0), curve(1.0, 8.0), curve(2.0, 4.0)]
+    floor = curve(1.0, 3.0, estimate.FLOOR)
+    b = analysis.boundary([*plain, floor], 8.0)
+    assert b["theta_c"] == pytest.approx(8.0, rel=1e-6)
+    assert b["beta_exponent"] == pytest.approx(-1.0, abs=1e-6)
