@@ -131,7 +131,7 @@ def test_no_false_transition():
     line = 0.5 * np.log(500.0) - 0.5 * u + rng.normal(0, NOISE, 40)  # active throughout
     flat = np.abs(rng.normal(0, NOISE, 40))  # collapsed throughout
     for y in (line, flat):
-        fit = analysis.fit_piecewise(u, y)
+        fit = fit_piecewise(u, y)
         assert fit.transition is None and len(fit.breakpoints) == 0
     # a whole sweep whose transition lies beyond the grid reports none
     m = synthetic_metrics([1.0], ev=[400.0, 200.0, 100.0, 1.0])
