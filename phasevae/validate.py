@@ -23,11 +23,10 @@ Four estimators are compared at T, all from the same evaluations:
   * ``top_dim``: the plain fit of the top dim's KL (:mod:`phasevae.estimate`, step 1);
   * ``estimate``: the bias-corrected estimate with its two-part interval and verdict;
   * ``refined``: the same estimate on the refined grid at T (the coarse grid's
-    placement of the added sigma^2 is all it learns from; nothing after T). It is
-    what one refinement round of ``REFINE`` points gives a user
-    (``grid.sigma2.refine = {rounds = 1, points = 8}``,
-    :func:`phasevae.schedule.refinement`), which spreads them the same way
-    (:func:`phasevae.estimate.interval_values`).
+    placement of the added sigma^2 is all it learns from; nothing after T). One
+    refinement round of ``REFINE`` points (``grid.sigma2.refine = {rounds = 1,
+    points = 8}``, :func:`phasevae.schedule.refinement`) spreads the same points
+    (:func:`phasevae.estimate.interval_values`), and more around any lower kink.
 
 ``phasevae validate`` runs every case into ``OUT/runs/<case>`` and
 ``OUT/runs/<case>-refined`` (resumable: a rerun continues or reuses them) and writes
