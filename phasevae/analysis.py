@@ -159,6 +159,11 @@ def _transition(
     floor = readings.floor(usable, values.get("free_bits", 0.0))
     if floor is not None and floor["held"]:
         est["verdict"] = estimate.FLOOR
+    ok = rows[~rows["diverged"]]
+    if "decoder_sigma2" in ok and not np.allclose(ok["decoder_sigma2"], ok["sigma2"]):
+        # a learned variance moved off its start: a kink in the starting sigma^2 is
+        # no collapse threshold of the decoder's variance
+        est["verdict"] = estimate.LEARNED
     theory_s2c = float(predicted[0]) if beta > 0 else None
     s2c_est = est["sigma2_c"]
     return {
@@ -296,11 +301,13 @@ def boundary(transitions: list[dict], lambda_max: float) -> dict:
     """theta_c = beta * sigma_c^2 pooled over the curves (inverse-variance weights on
     ln theta_c from each interval), and the exponent of sigma_c^2 ~ beta^p (theory:
     p = -1) when there are at least 3 beta values. A curve whose KL free bits held up
-    has no collapse to pool."""
+    has no collapse to pool, and one whose decoder learned its variance has none in
+    the grid's sigma^2."""
+    skip = (estimate.FLOOR, estimate.LEARNED)
     found = [
         t
         for t in transitions
-        if t["sigma2_c"] is not None and t["ci"] and t.get("verdict") != estimate.FLOOR
+        if t["sigma2_c"] is not None and t["ci"] and t.get("verdict") not in skip
     ]
     out = {"theory_theta_c": lambda_max, "theta_c": None, "ci": None}
     if not found:

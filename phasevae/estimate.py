@@ -97,6 +97,7 @@ NEAR = 0.25  # ln sigma^2: a point this close to the kink still trending vetoes 
 TRUSTED, LONGER, NONE = "trusted", "train longer", "no transition in grid"
 JUMP = "jump"  # interval method: the KL jumps across a grid cell, the interval is it
 FLOOR = "held at the free-bits floor"  # analysis: free bits kept the top dim's KL up
+LEARNED = "sigma^2 learned: the grid holds its starts"  # analysis: model.sigma2 learned
 
 
 def top_dim_table(metrics: pd.DataFrame, latent_dim: int) -> pd.DataFrame:

@@ -351,3 +351,17 @@ def test_the_boundary_pools_collapses_not_curves_held_up_by_free_bits():
     b = analysis.boundary([*plain, floor], 8.0)
     assert b["theta_c"] == pytest.approx(8.0, rel=1e-6)
     assert b["beta_exponent"] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_a_learned_variance_kink_is_read_as_one_in_its_starting_values():
+    """With model.sigma2 = "learned" the grid's sigma^2 is where the variance starts;
+    once it has moved, a kink in it is no collapse threshold and the boundary leaves
+    it out. A fixed variance (recorded equal to the grid's) is read as before."""
+    m = synthetic_metrics([1.0, 2.0])
+    spectrum = {"eigenvalues": EV}
+    fixed = analysis.analyze(m.assign(decoder_sigma2=m["sigma2"]), spectrum, K)
+    assert {t["verdict"] for t in fixed["transitions"]} <= {"trusted", "train longer"}
+    assert fixed["boundary"]["theta_c"] == pytest.approx(EV[0], rel=0.03)
+    learned = analysis.analyze(m.assign(decoder_sigma2=1.3), spectrum, K)
+    assert {t["verdict"] for t in learned["transitions"]} == {estimate.LEARNED}
+    assert learned["boundary"]["theta_c"] is None
