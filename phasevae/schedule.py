@@ -11,13 +11,13 @@ diverged, or, with ``retire``, when its KL has settled
 re-initialised with the next pending point, which starts again from step 0. A
 point's initialisation, noise and minibatches depend on its own step and values only,
 so it ends as it would have trained alone. When no point is pending or training, a
-refinement round (:func:`refinement`) adds sigma^2 values inside
-each curve's transition interval and around the other breakpoints of its fitted KL,
-and those train next, until ``rounds`` are done. With ``train.until = "trusted"``
-the points the transition estimate still needs (:func:`extending`) train on past
-``train.steps``. The schedule (slot states,
-the grid with its refined rows, kept warm-start parameters) is saved in the run
-directory's checkpoint with the training state.
+refinement round (:func:`refinement`) adds sigma^2 values inside each curve's
+transition interval and around the other breakpoints of its fitted KL, and those
+train next, until ``rounds`` are done. With ``train.until = "trusted"`` the points
+the transition estimate still needs (:func:`extending`) train on past
+``train.steps``. The schedule (slot states, the grid with its refined rows, kept
+warm-start parameters) is saved in the run directory's checkpoint with the training
+state.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from phasevae import estimate
 from phasevae.analysis import GRID_AXES, settle
-from phasevae.estimate import NEAR, estimate_transition
+from phasevae.estimate import NEAR, estimate_transition, interval, interval_values
 from phasevae.fit import FLOOR as KL_FLOOR
 from phasevae.fit import fit_piecewise, profile_interval, seed_average
 from phasevae.placement import to_host
@@ -307,8 +306,8 @@ def refinement(
             lam.get("lambda_max"),
             lam.get("lambda_max_eval"),
         )
-        new = set(estimate.interval_values(t, np.exp(u), points))
-        span = estimate.interval(t) or (np.inf, -np.inf)
+        new = set(interval_values(t, np.exp(u), points))
+        span = interval(t) or (np.inf, -np.inf)
         for i, b in enumerate(fit.breakpoints):
             if span[0] <= b <= span[1]:
                 continue
