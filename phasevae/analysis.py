@@ -164,6 +164,8 @@ def _transition(
         # a learned variance moved off its start: a kink in the starting sigma^2 is
         # no collapse threshold of the decoder's variance
         est["verdict"] = estimate.LEARNED
+    if est["verdict"] in (estimate.FLOOR, estimate.LEARNED):
+        est["train_longer"] = None  # longer training locates no collapse there
     theory_s2c = float(predicted[0]) if beta > 0 else None
     s2c_est = est["sigma2_c"]
     return {

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 from phasevae import analysis, estimate, theory
 from phasevae.cli import main
 from phasevae.fit import discontinuity, fit_piecewise
+from phasevae.store import RunDir
 
 EV = [8.0, 2.0, 0.5, 0.125]
 K = 3
@@ -364,4 +366,14 @@ def test_a_learned_variance_kink_is_read_as_one_in_its_starting_values():
     assert fixed["boundary"]["theta_c"] == pytest.approx(EV[0], rel=0.03)
     learned = analysis.analyze(m.assign(decoder_sigma2=1.3), spectrum, K)
     assert {t["verdict"] for t in learned["transitions"]} == {estimate.LEARNED}
+    assert learned["boundary"]["theta_c"] is None
+    # the committed learned-variance remedy run: before, its kinks in the starting
+    # sigma^2 at beta = 6 and 8 came out as transitions 90 % off, with 'train longer'
+    run = RunDir(Path(__file__).parent.parent / "results/remedies/learned_variance")
+    doc = analysis.analyze(
+        run.metrics(), run.meta()["spectrum"], run.spec().model.latent_dim
+    )
+    assert {t["verdict"] for t in doc["transitions"]} == {estimate.LEARNED}
+    assert sum(t["sigma2_c"] is not None for t in doc["transitions"]) == 2
+    assert all(t["train_longer"] is None for t in doc["transitions"])
     assert learned["boundary"]["theta_c"] is None
