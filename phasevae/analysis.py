@@ -156,16 +156,6 @@ def _transition(
         j["theory_d1_jump_ln"] = 0.5
         j["theory_d1_jump"] = 0.5 / j["sigma2"]
         j["theory_d2_jump"] = -0.5 / j["sigma2"] ** 2
-    floor = readings.floor(usable, values.get("free_bits", 0.0))
-    if floor is not None and floor["held"]:
-        est["verdict"] = estimate.FLOOR
-    ok = rows[~rows["diverged"]]
-    if "decoder_sigma2" in ok and not np.allclose(ok["decoder_sigma2"], ok["sigma2"]):
-        # a learned variance moved off its start: a kink in the starting sigma^2 is
-        # no collapse threshold of the decoder's variance
-        est["verdict"] = estimate.LEARNED
-    if est["verdict"] in (estimate.FLOOR, estimate.LEARNED):
-        est["train_longer"] = None  # longer training locates no collapse there
     theory_s2c = float(predicted[0]) if beta > 0 else None
     s2c_est = est["sigma2_c"]
     return {
@@ -195,7 +185,6 @@ def _transition(
         "breakpoints": jumps,
         "theory_thresholds": [float(t) for t in predicted],
         "per_dim": _per_dim(data, k, predicted),
-        "floor": floor,
         "information": readings.information(usable),
     }
 

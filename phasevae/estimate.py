@@ -80,6 +80,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from phasevae import readings
 from phasevae.fit import FLOOR as KL_FLOOR
 from phasevae.fit import discontinuity, fit_curve, rank_dims, seed_average, settle
 
@@ -96,8 +97,8 @@ MAX_BREAKS = 2
 NEAR = 0.25  # ln sigma^2: a point this close to the kink still trending vetoes trust
 TRUSTED, LONGER, NONE = "trusted", "train longer", "no transition in grid"
 JUMP = "jump"  # interval method: the KL jumps across a grid cell, the interval is it
-FLOOR = "held at the free-bits floor"  # analysis: free bits kept the top dim's KL up
-LEARNED = "sigma^2 learned: the grid holds its starts"  # analysis: model.sigma2 learned
+FLOOR = "held at the free-bits floor"  # free bits kept the top dim's KL up
+LEARNED = "sigma^2 learned: the grid holds its starts"  # model.sigma2 = "learned"
 
 
 def top_dim_table(metrics: pd.DataFrame, latent_dim: int) -> pd.DataFrame:
@@ -254,9 +255,12 @@ def estimate_transition(
       ``relaxation_scale`` (tau_0), ``probe`` (:func:`stability_probe`), ``trapped``
       (collapsed points that are not equilibria moved the estimate), ``ci_method``
       (``jump`` where the KL jumps), ``jump`` (the cell [sigma2_low, sigma2_high]
-      the top dim's KL jumps across, or None for a continuous kink),
-      ``verdict``, and for ``train longer`` ``train_longer`` = {sigma2: [low, high],
-      steps}.
+      the top dim's KL jumps across, or None for a continuous kink), ``floor``
+      (:func:`phasevae.readings.floor`, with free bits), ``verdict``, and for
+      ``train longer`` ``train_longer`` = {sigma2: [low, high], steps}. Where the
+      grid's sigma^2 holds no collapse (:func:`grid_reading`: a free-bits floor
+      holds the KL up, or the decoder learned its variance) the verdict says so and
+      there is no ``train_longer``: longer training would locate nothing.
     """
     lengths = metrics
     if "diverged" in metrics:
@@ -270,6 +274,9 @@ def estimate_transition(
     probe = None
     if lambda_max is not None:
         probe = stability_probe(table, lambda_max, lambda_max_eval)
+    free_bits = float(metrics["free_bits"].iloc[0]) if "free_bits" in metrics else 0.0
+    floor = readings.floor(table, free_bits)
+    reading = grid_reading(metrics, floor)
     out = {
         "sigma2_c": None,
         "ci": None,
@@ -282,7 +289,8 @@ def estimate_transition(
         "trapped": False,
         "ci_method": method,
         "jump": None if cell is None else [math.exp(cell[0]), math.exp(cell[1])],
-        "verdict": NONE,
+        "floor": floor,
+        "verdict": reading or NONE,
         "train_longer": None,
         "steps": final,
     }
@@ -347,9 +355,9 @@ def estimate_transition(
         sigma2_c_half=None if u_h is None else math.exp(u_h),
         relaxation_scale=tau0,
         trapped=trapped,
-        verdict=TRUSTED if trusted else LONGER,
+        verdict=reading or (TRUSTED if trusted else LONGER),
     )
-    if not trusted:
+    if not trusted and not reading:
         width = finite if not math.isnan(finite) else 2 * TOLERANCE
         lo_u = min(lo, u_c - stat[0] - width) if not math.isnan(lo) else u_c - width
         hi_u = max(hi, u_c + stat[1] + width) if not math.isnan(hi) else u_c + width
@@ -360,6 +368,18 @@ def estimate_transition(
             "steps": int(math.ceil(need / 100.0) * 100),
         }
     return out
+
+
+def grid_reading(metrics: pd.DataFrame, floor: dict | None) -> str | None:
+    """Why the grid's sigma^2 holds no collapse to locate, or None: ``FLOOR`` when
+    free bits hold the top dim's KL up at the largest sigma^2 (``floor``), ``LEARNED``
+    when the decoder learned its variance and it moved off the grid's value (a kink
+    in the starting sigma^2 is no collapse threshold)."""
+    if "decoder_sigma2" in metrics and not np.allclose(
+        metrics["decoder_sigma2"], metrics["sigma2"]
+    ):
+        return LEARNED
+    return FLOOR if floor is not None and floor["held"] else None
 
 
 def interval(t: dict) -> tuple[float, float] | None:

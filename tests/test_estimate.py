@@ -232,3 +232,15 @@ def test_a_jump_is_located_to_its_cell_and_no_better(at):
     # the continuous kink of the same data (fast relaxation: no jump) is not one
     plain = estimate.estimate_transition(trajectories("active", 12000, tau=2.0), 3)
     assert plain["jump"] is None and plain["ci_method"] != estimate.JUMP
+
+
+def test_a_curve_free_bits_hold_up_gets_no_train_longer_advice():
+    """Free bits keep the top dim's KL at the floor past the kink: the grid holds no
+    collapse, so the estimate says so and advises no longer training (which
+    train.until = "trusted" would otherwise spend on it)."""
+    data = trajectories("collapsed", 3000, tau=300.0)
+    assert estimate.estimate_transition(data, 3)["verdict"] == estimate.LONGER
+    held = data.assign(free_bits=0.1, kl_dim_0=np.maximum(data["kl_dim_0"], 0.08))
+    t = estimate.estimate_transition(held, 3)
+    assert t["verdict"] == estimate.FLOOR and t["train_longer"] is None
+    assert t["floor"]["held"] and t["floor"]["kl_top_at_max_sigma2"] >= 0.08
