@@ -5,6 +5,7 @@ store."""
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -100,20 +101,32 @@ def test_wandb_offline_run_holds_the_chunk(tmp_path, monkeypatch):
     with trackers.Wandb("phasevae-test", spec, dir=str(tmp_path), mode="offline") as w:
         w(frame, {})
     (path,) = glob.glob(f"{tmp_path}/wandb/offline-run-*/run-*.wandb")
-    logged, config = {}, {}
-    for payload in records(path, header=7):
-        rec = pb.Record.FromString(payload)
-        if rec.WhichOneof("record_type") == "history":
-            row = {
-                i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                for i in rec.history.item
-            }
-            for k, v in row.items():
-                logged[(k, row["step"])] = v
-        elif rec.WhichOneof("record_type") == "run":  # the config, at init
-            for i in rec.run.config.update:
-                config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
     want = expected(frame, "kl")
+
+    def read():
+        logged, config = {}, {}
+        for payload in records(path, header=7):
+            rec = pb.Record.FromString(payload)
+            if rec.WhichOneof("record_type") == "history":
+                row = {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in rec.history.item
+                }
+                for k, v in row.items():
+                    logged[(k, row["step"])] = v
+            elif rec.WhichOneof("record_type") == "run":  # the config, at init
+                for i in rec.run.config.update:
+                    config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        return logged, config
+
+    # W&B's service process writes the file: once, in a CI run under load, a history
+    # record was missing when the file was read right after finish() (a write still
+    # in flight, as far as we can tell; not reproduced since), so wait up to 30 s
+    deadline = time.monotonic() + 30.0
+    logged, config = read()
+    while not set(want) <= set(logged) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        logged, config = read()
     assert {k: logged[k] for k in want} == pytest.approx(want)
     assert len(want) == len(frame) - 1  # the diverged row is left out ...
     assert logged[("sweep/diverged", 100)] == 1  # ... and counted
