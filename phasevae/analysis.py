@@ -112,6 +112,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
         "skipped": skipped,  # curves that could not be fitted, and why
         "hysteresis": hysteresis(table) if "direction" in table else [],
         "boundary": boundary(transitions, float(ev[0])),
+        "boundary_by": boundary_by_group(transitions, float(ev[0]), axes),
         "scaling": scaling_collapse(table),
         "scaling_by": scaling_by_group(table),
         "points": _points(table),
@@ -294,12 +295,7 @@ def boundary(transitions: list[dict], lambda_max: float) -> dict:
     p = -1) when there are at least 3 beta values. A curve whose KL free bits held up
     has no collapse to pool, and one whose decoder learned its variance has none in
     the grid's sigma^2."""
-    skip = (estimate.FLOOR, estimate.LEARNED)
-    found = [
-        t
-        for t in transitions
-        if t["sigma2_c"] is not None and t["ci"] and t.get("verdict") not in skip
-    ]
+    found = [t for t in transitions if locates_collapse(t) and t["ci"]]
     out = {"theory_theta_c": lambda_max, "theta_c": None, "ci": None}
     if not found:
         return out
@@ -321,6 +317,31 @@ def boundary(transitions: list[dict], lambda_max: float) -> dict:
         res = stats.linregress(np.log(betas), np.log([t["sigma2_c"] for t in found]))
         out.update(beta_exponent=float(res.slope), beta_exponent_se=float(res.stderr))
     return out
+
+
+def locates_collapse(t: dict) -> bool:
+    """Whether a transition's sigma_c^2 is a collapse threshold: found, and not the
+    kink where a free-bits floor takes over or one in a learned variance's starts."""
+    return t["sigma2_c"] is not None and t.get("verdict") not in (
+        estimate.FLOOR,
+        estimate.LEARNED,
+    )
+
+
+def boundary_by_group(
+    transitions: list[dict], lambda_max: float, axes: list[str]
+) -> list[dict]:
+    """:func:`boundary` separately for each value of the curve axes other than beta
+    (a remedy's strength, a decoder, a learning rate): the pooled boundary mixes
+    settings that may move the transition. [] when no such axis varies."""
+    varying = [a for a in axes if a != "beta" and len({t[a] for t in transitions}) > 1]
+    groups: dict[tuple, list[dict]] = {}
+    for t in transitions if varying else []:
+        groups.setdefault(tuple(t[a] for a in varying), []).append(t)
+    return [
+        {**dict(zip(varying, key, strict=True)), **boundary(ts, lambda_max)}
+        for key, ts in groups.items()  # in the transitions' (sorted) order
+    ]
 
 
 def scaling_collapse(table: pd.DataFrame, grid_points: int = 100) -> dict | None:

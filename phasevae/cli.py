@@ -19,7 +19,12 @@ import time
 from pathlib import Path
 
 from phasevae.cliargs import build_parser
-from phasevae.cliprint import Progress, divergence_hint, transition_table
+from phasevae.cliprint import (
+    Progress,
+    boundary_lines,
+    divergence_hint,
+    transition_table,
+)
 from phasevae.errors import TERM_REQUESTED, BadInput, Terminated, stop_if_terminated
 from phasevae.safeio import check_out_dir
 
@@ -144,14 +149,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(transition_table(result))
     for curve in result["skipped"]:
         print(f"not fitted ({curve_label(curve)}): {curve['reason']}")
-    b = result["boundary"]
-    if b["theta_c"] is not None:
-        lo, hi = b["ci"]
-        print(
-            f"theta_c = beta * sigma_c^2 = {b['theta_c']:.4g} [{lo:.4g}, {hi:.4g}]"
-            f" (theory lambda_max = {b['theory_theta_c']:.4g},"
-            f" {100 * b['rel_error']:+.1f} %)"
-        )
+    for line in boundary_lines(result):
+        print(line)
     if result["scaling"] and result["scaling"].get("rms_spread") is not None:
         s = result["scaling"]
         print(

@@ -95,6 +95,39 @@ def transition_table(result: dict) -> str:
     return "\n".join([table, *transition_notes(result)])
 
 
+BOUNDARY_KEYS = {"theory_theta_c", "theta_c", "ci", "rel_error"}
+BOUNDARY_KEYS |= {"beta_exponent", "beta_exponent_se"}
+
+
+def boundary_lines(result: dict) -> list[str]:
+    """The pooled boundary theta_c = beta sigma_c^2 against lambda_max, then, when an
+    axis other than beta varies (a remedy's strength, ...), the boundary of each of
+    its settings: the pooled one mixes settings that may move the transition."""
+    by = result.get("boundary_by") or []
+    pooled = (result.get("boundary") or {}, "pooled over every setting" if by else "")
+    lines = []
+    for b, where in [pooled, *((g, _setting(g)) for g in by)]:
+        head = f"{where}: " if where else ""
+        if b.get("theta_c") is None:
+            lines += [f"{head}no transition located with an interval"] if where else []
+            continue
+        (lo, hi), theory = b["ci"], b["theory_theta_c"]
+        err = f", {100 * (b['theta_c'] / theory - 1):+.1f} %" if theory > 0 else ""
+        lines.append(
+            f"{head}theta_c = beta * sigma_c^2 = {b['theta_c']:.4g} [{lo:.4g}, "
+            f"{hi:.4g}] (theory lambda_max = {theory:.4g}{err})"
+        )
+    return lines
+
+
+def _setting(group: dict) -> str:
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in group.items()
+        if k not in BOUNDARY_KEYS
+    )
+
+
 def transition_frame(result: dict):
     """One row per transition of an analysis: its varying axes, sigma_c^2 with its
     95 % interval, the prediction, the error, the verdict and the per-dim kinks."""

@@ -18,7 +18,7 @@ from matplotlib.ticker import (
 )
 
 from phasevae import theory
-from phasevae.analysis import GRID_AXES
+from phasevae.analysis import GRID_AXES, locates_collapse
 from phasevae.estimate import FLOOR, NONE
 from phasevae.plotbase import (
     AXIS_LABEL,
@@ -97,7 +97,7 @@ def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
     """Draw on a (sigma2, beta) map; ``swap`` when beta is on the x axis."""
     ev = rd.analysis["spectrum"]["eigenvalues"]
     betas = np.geomspace(ys.min(), ys.max(), 100)
-    found = [t for t in rd.analysis["transitions"] if t["sigma2_c"] is not None]
+    found = [t for t in rd.analysis["transitions"] if locates_collapse(t)]
     outline = [patheffects.withStroke(linewidth=2.4, foreground="k")]
 
     def xy(s2, b):

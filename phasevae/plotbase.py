@@ -182,16 +182,21 @@ def analysis_problem(doc) -> str | None:
         return "spectrum lacks lambda_max or eigenvalues"
     if not all(isinstance(c, dict) for c in doc.get("skipped", [])):
         return "skipped holds something else than curves"
-    b = doc.get("boundary") or {}
-    if not isinstance(b, dict) or (
-        b.get("theta_c") is not None
-        and not (
+
+    def boundary_ok(b) -> bool:
+        if not isinstance(b, dict) or b.get("theta_c") is None:
+            return isinstance(b, dict)
+        return (
             isinstance(b["theta_c"], num)
             and pair(b.get("ci"))
             and isinstance(b.get("theory_theta_c"), num)
         )
-    ):
+
+    if not boundary_ok(doc.get("boundary") or {}):
         return "boundary is malformed"
+    by = doc.get("boundary_by", [])
+    if not isinstance(by, list) or not all(map(boundary_ok, by)):
+        return "boundary_by is malformed"
     scaling = doc.get("scaling") or {}
     if not isinstance(scaling, dict) or not isinstance(
         scaling.get("rms_spread", 0.0), maybe

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from phasevae.cliprint import transition_frame, transition_notes
+from phasevae.cliprint import boundary_lines, transition_frame, transition_notes
 from phasevae.errors import BadInput
 from phasevae.plotbase import PlotError, load
 from phasevae.plots import figures
@@ -113,13 +113,7 @@ def _glance(rd) -> str:
         "verdicts: "
         + (", ".join(f"{n} {v}" for v, n in verdicts.items()) or "no curve fitted"),
     ]
-    b = analysis.get("boundary") or {}
-    if b.get("theta_c") is not None:
-        lo, hi = b["ci"]
-        items.append(
-            f"boundary over beta: theta_c = beta sigma_c^2 = {b['theta_c']:.4g} "
-            f"[{lo:.4g}, {hi:.4g}] against lambda_max {b['theory_theta_c']:.4g}"
-        )
+    items += [f"boundary over beta: {line}" for line in boundary_lines(analysis)]
     return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 

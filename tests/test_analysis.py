@@ -377,3 +377,36 @@ def test_a_learned_variance_kink_is_read_as_one_in_its_starting_values():
     assert sum(t["sigma2_c"] is not None for t in doc["transitions"]) == 2
     assert all(t["train_longer"] is None for t in doc["transitions"])
     assert learned["boundary"]["theta_c"] is None
+
+
+def test_a_setting_that_moves_the_transition_gets_its_own_boundary():
+    """Two settings of a remedy axis, the second moving the linear-VAE transition from
+    8 to 10: the pooled theta_c mixes them, ``boundary_by`` gives each its own, the
+    printed lines name the setting, and a report refuses a malformed one."""
+    from phasevae.cliprint import boundary_lines
+    from phasevae.plotbase import analysis_problem
+
+    betas = [0.5, 1.0, 2.0]
+    kept = synthetic_metrics(betas, relative=True).assign(kl_warmup_steps=0.0)
+    moved = synthetic_metrics(betas, relative=True, ev=[1.25 * v for v in EV])
+    moved = moved.assign(kl_warmup_steps=500.0, point_id=moved["point_id"] + "w")
+    doc = analysis.analyze(pd.concat([kept, moved]), {"eigenvalues": EV}, K)
+    by = doc["boundary_by"]
+    assert [g["kl_warmup_steps"] for g in by] == [0.0, 500.0]
+    assert "learning_rate" not in by[0]  # the same in every curve: no setting
+    assert by[0]["theta_c"] == pytest.approx(8.0, rel=0.03)
+    assert by[1]["theta_c"] == pytest.approx(10.0, rel=0.03)
+    assert by[0]["ci"][1] < by[1]["ci"][0]
+    assert by[0]["theta_c"] < doc["boundary"]["theta_c"] < by[1]["theta_c"]
+    lines = boundary_lines(doc)
+    head = "theta_c = beta * sigma_c^2 = "
+    assert lines[0].startswith(f"pooled over every setting: {head}")
+    assert lines[1].startswith(f"kl_warmup_steps=0: {head}{by[0]['theta_c']:.4g} ")
+    assert lines[2].startswith(f"kl_warmup_steps=500: {head}{by[1]['theta_c']:.4g} ")
+    # one setting: no per-setting boundary, and one unlabelled line
+    alone = analysis.analyze(kept, {"eigenvalues": EV}, K)
+    assert alone["boundary_by"] == []
+    assert boundary_lines(alone)[0].startswith(head)
+    assert analysis_problem(json.loads(json.dumps(doc))) is None
+    doc["boundary_by"][1]["ci"] = "x"
+    assert analysis_problem(doc) == "boundary_by is malformed"

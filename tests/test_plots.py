@@ -57,6 +57,15 @@ def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
     fig = plots.phase_diagram(plots.load(run.path), x="beta", y="sigma2")
     (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
     np.testing.assert_allclose(np.c_[line.get_ydata(), line.get_xdata()], want)
+    # a kink read in a learned variance's starts or at a free-bits floor is no
+    # collapse: the map leaves it out, as the pooled boundary does
+    from phasevae.estimate import FLOOR, LEARNED
+
+    doc["transitions"][0]["verdict"], doc["transitions"][2]["verdict"] = LEARNED, FLOOR
+    (run.path / "analysis.json").write_text(json.dumps(doc))
+    fig = plots.phase_diagram(plots.load(run.path))
+    (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
+    np.testing.assert_allclose(np.c_[line.get_xdata(), line.get_ydata()], want[1:2])
     # the KL figure's fitted curve is the stored fit, exactly
     fig = plots.kl_figure(plots.load(run.path))
     fitted = [a for a in fig.axes[0].lines if a.get_label() == "fit, active"][0]
