@@ -294,7 +294,8 @@ def boundary(transitions: list[dict], lambda_max: float) -> dict:
     ln theta_c from each interval), and the exponent of sigma_c^2 ~ beta^p (theory:
     p = -1) when there are at least 3 beta values. A curve whose KL free bits held up
     has no collapse to pool, and one whose decoder learned its variance has none in
-    the grid's sigma^2."""
+    the grid's sigma^2. The pooled interval is symmetric in ln theta; a single curve
+    keeps its own."""
     found = [t for t in transitions if locates_collapse(t) and t["ci"]]
     out = {"theory_theta_c": lambda_max, "theta_c": None, "ci": None}
     if not found:
@@ -307,11 +308,10 @@ def boundary(transitions: list[dict], lambda_max: float) -> dict:
     w = 1.0 / np.maximum(se, 1e-6) ** 2
     mean = float(np.sum(w * ln_t) / np.sum(w))
     half = z / math.sqrt(np.sum(w))
-    out.update(
-        theta_c=math.exp(mean),
-        ci=[math.exp(mean - half), math.exp(mean + half)],
-        rel_error=math.exp(mean) / lambda_max - 1,
-    )
+    ci = [math.exp(mean - half), math.exp(mean + half)]
+    if len(found) == 1:  # one curve: its own (asymmetric) interval, not the pooled
+        ci = [found[0].get("beta", 1.0) * c for c in found[0]["ci"]]
+    out.update(theta_c=math.exp(mean), ci=ci, rel_error=math.exp(mean) / lambda_max - 1)
     betas = np.array([t.get("beta", 1.0) for t in found])
     if len(np.unique(betas)) >= 3 and np.all(betas > 0):
         res = stats.linregress(np.log(betas), np.log([t["sigma2_c"] for t in found]))
