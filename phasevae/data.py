@@ -129,6 +129,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
     values, vectors = covariance_eig(x)
+    check_spread(float(values[0]), what, spec.normalize)
     return Dataset(
         x=x,
         eval_x=eval_x,
@@ -261,6 +262,22 @@ def check_scale(x: np.ndarray, what: str, how: str) -> None:
             f"{what}: values up to {top:.3g} after normalize = '{how}'; training in "
             f"float32 cannot work on that scale (at most {MAX_ABS:.0e}): set "
             "data.normalize = 'standardize' for a table or 'unit' for images"
+        )
+
+
+MIN_VARIANCE = 1e-12  # a spread below 1e-6 is a few float32 ulps of an O(1) output
+
+
+def check_spread(lambda_max: float, what: str, how: str) -> None:
+    """Refuse data that do not vary on a scale float32 training can resolve: every
+    row the same, or a spread of a few ulps of the decoder's O(1) outputs, where the
+    transition at beta sigma^2 = lambda_max would be read in rounding noise."""
+    if not lambda_max >= MIN_VARIANCE:
+        raise DataError(
+            f"{what}: the data hardly vary (largest covariance eigenvalue "
+            f"{lambda_max:.3g} after normalize = '{how}', below {MIN_VARIANCE:.0e}): "
+            "identical rows leave nothing to encode; for a tiny scale set "
+            "data.normalize = 'standardize' or rescale the data"
         )
 
 

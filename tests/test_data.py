@@ -113,6 +113,12 @@ def bad_file(tmp_path, kind):
         np.save(
             p.with_suffix(".npy"), np.arange(15, dtype=np.int64).reshape(5, 3) << 60
         )
+    elif kind == "identical_rows":
+        np.save(p.with_suffix(".npy"), np.tile([[0.3, -2.0, 7.0]], (50, 1)))
+    elif kind == "tiny_scale":  # squared errors underflow float32 (lambda_max 1e-60)
+        np.save(
+            p.with_suffix(".npy"), np.random.default_rng(0).normal(size=(50, 3)) * 1e-30
+        )
     elif kind == "npz_big_header":
         with open(p.with_suffix(".npy"), "wb") as f:
             f.write(b"\x93NUMPY\x01\x00" + (60000).to_bytes(2, "little") + b" " * 60000)
@@ -142,6 +148,8 @@ def bad_file(tmp_path, kind):
         ("huge_values", "normalize = 'standardize'"),
         ("huge_int64", "normalize = 'standardize'"),
         ("npz_big_header", "cannot read as .npy"),
+        ("identical_rows", "hardly vary .* eigenvalue 0 .* identical rows"),
+        ("tiny_scale", "hardly vary .* eigenvalue 1.*e-60 .* 'standardize'"),
     ],
 )
 def test_bad_data_is_a_clear_error(tmp_path, kind, message, recwarn):
@@ -214,7 +222,8 @@ def test_parquet_and_global_normalisation(tmp_path):
 def test_data_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
     import phasevae.safeio as safeio
 
-    np.save(tmp_path / "big.npy", np.zeros((1000, 100), np.float32))
+    data = np.random.default_rng(0).normal(size=(1000, 100)).astype(np.float32)
+    np.save(tmp_path / "big.npy", data)
     monkeypatch.setattr(safeio, "available_memory", lambda: 2 * 3 * 4 * 1000 * 100 - 1)
     with pytest.raises(DataError, match="free memory; subsample"):
         load_dataset(DataSpec(source="array", path=str(tmp_path / "big.npy")))
