@@ -57,6 +57,7 @@ CHOICES = {
     ("train", "until"): ("steps", "trusted"),
 }
 # (lower bound, inclusive?) for every number that has one.
+FLOAT32 = (1.2e-38, 3.4e38)  # float32's smallest normal and (about) largest value
 BOUNDS = {
     ("data", "eigenvalues"): (0.0, True),
     ("data", "samples"): (2, True),
@@ -411,6 +412,14 @@ def _check_spec(spec: Spec, where: str) -> None:
                 raise SpecError(
                     f"{where}: {section}.{key} = {brief(x)} is impossible; "
                     f"it must be finite and {rel} {lo}"
+                )
+            traced = isinstance(x, float) or (section == "grid" and key != "seeds")
+            if traced and x and not FLOAT32[0] <= abs(x) <= FLOAT32[1]:
+                raise SpecError(
+                    f"{where}: {section}.{key} = {brief(x)} would be "
+                    f"{'0' if abs(x) < FLOAT32[0] else 'inf'} in float32, in which "
+                    f"models train; nonzero values must lie in [{FLOAT32[0]:.2g}, "
+                    f"{FLOAT32[1]:.2g}]"
                 )
     problem = model_problem(spec) or train_problem(spec)
     if problem:

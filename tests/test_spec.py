@@ -96,6 +96,11 @@ def test_overrides(tmp_path):
         ("grid.beta=[]", ["grid.beta", "empty"]),
         ("grid.seeds=[0.5]", ["grid.seeds", "integers"]),
         ("grid.beta=[nan]", ["grid.beta", "finite"]),
+        # values float32 training would turn into 0 or inf, silently
+        ("grid.beta=[1e-300]", ["grid.beta", "would be 0 in float32"]),
+        ("grid.sigma2=[1.0, 1e39]", ["grid.sigma2", "would be inf in float32"]),
+        ("grid.kl_warmup_steps=[" + "1" + "0" * 40 + "]", ["would be inf"]),
+        ("train.learning_rate=1e-45", ["train.learning_rate", "would be 0"]),
         ("train.stepz=10", ["unknown key train.stepz", "allowed in [train]", "steps"]),
         ("optim.lr=1", ["unknown key", "SECTION.NAME"]),
         ("data.source.x=1", ["not a table"]),
