@@ -134,12 +134,35 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
+def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
+    """Refuse (:class:`phasevae.placement.TooLarge`, exit 2) more models than the
+    devices' memory holds, estimated as a sweep estimates it, before allocating."""
+    from phasevae.placement import Placement, check_fits
+    from phasevae.spec import spec_from_dict
+
+    layout = {"latent_dim": LATENT, "encoder": list(ENCODER), "decoder": list(DECODER)}
+    spec = spec_from_dict(  # the bench's architecture, for the estimate
+        {
+            "model": layout,
+            "train": {"batch_size": CONV_BATCH if model == "conv" else BATCH},
+            "data": {"eval_samples": EVAL},
+        }
+    )
+    size = (
+        footprint(static_for(model).module, IMAGE, LATENT) if model == "conv" else None
+    )
+    where = Placement.create(m)
+    check_fits(where, spec, data_shape, size, f"{m:,} models", "use fewer --models")
+
+
 def _setup(m: int, model: str = "mlp"):
     """The trainer and placed inputs for M models, laid out as a sweep lays them out
     (models axis sharded over every device, data replicated)."""
     from phasevae.placement import Placement
 
     place = Placement.create(m)
+    x = bench_data(model)
+    refuse_too_many(m, model, x.shape)
     trainer = Trainer(static_for(model), place.shard)
     points = Point.from_table(
         {
@@ -149,7 +172,6 @@ def _setup(m: int, model: str = "mlp"):
             "seed": np.arange(m),
         }
     )
-    x = bench_data(model)
     return (
         trainer,
         place.models(points),
@@ -254,6 +276,7 @@ def run(
 ) -> list[BenchResult]:
     """Time every M in ``models``; the baseline's rate (per model, it does not
     depend on M) is measured once on ``baseline_models`` models."""
+    refuse_too_many(max(models), model, bench_data(model).shape)
     peak = matmul_peak()
     baseline = baseline_as_a_user_runs_it(baseline_models, model)
     flops = flops_per_model_step(model)

@@ -124,22 +124,19 @@ class Program:
         self.grid, self.n = grid, len(grid)
         self.step_per_model = step_per_model
         self.place = Placement.create(self.n)
-        limit = device_memory(self.place)
         static = static_config(spec, data.x.shape[1], data.image_shape)
         size = None
         if static.module is not None:
             size = footprint(static.module, static.shape, static.latent_dim)
-        need = estimate_bytes(
-            spec, data.x.shape, self.place.size // self.place.shard.mesh.size, size
+        check_fits(
+            self.place,
+            spec,
+            data.x.shape,
+            size,
+            f"the sweep of {self.n} models",
+            "shrink the model or batch_size/eval_samples, or split the grid "
+            "(--shard I/N)",
         )
-        if limit and need > 0.9 * limit:
-            raise TooLarge(
-                f"the sweep would need about {need / 2**30:.2f} GiB per device for "
-                f"{self.n} models (parameters, optimizer state, activations, data; "
-                f"estimated from the spec before allocating anything), more than the "
-                f"{limit / 2**30:.2f} GiB available; shrink the model or "
-                f"batch_size/eval_samples, or split the grid (--shard I/N)"
-            )
         self.trainer = Trainer(static, self.place.shard)
         self.points = self.points_for(grid)
         self.x = self.place.replicated(data.x)
@@ -211,6 +208,28 @@ def _bytes_needed(compiled) -> int | None:
         return None
     size = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
     return int(size - m.alias_size_in_bytes)
+
+
+def check_fits(
+    place: Placement,
+    spec: Spec,
+    data_shape: tuple[int, int],
+    size: tuple[int, int] | None,
+    what: str,
+    advice: str,
+) -> None:
+    """Refuse (:class:`TooLarge`) ``place.size`` models of ``spec`` (``what``) whose
+    estimated bytes per device (:func:`phasevae.plan.estimate_bytes`) exceed 90 % of
+    a device's memory, before anything is allocated."""
+    limit = device_memory(place)
+    need = estimate_bytes(spec, data_shape, place.size // place.shard.mesh.size, size)
+    if limit and need > 0.9 * limit:
+        raise TooLarge(
+            f"{what} would need about {need / 2**30:.2f} GiB per device "
+            f"(parameters, optimizer state, activations, data; estimated from the "
+            f"spec before allocating anything), more than the "
+            f"{limit / 2**30:.2f} GiB available; {advice}"
+        )
 
 
 def device_memory(place: Placement) -> int | None:

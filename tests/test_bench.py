@@ -30,6 +30,11 @@ def test_bench_json_interface(capsys):
     assert r["flops_per_s"] == r["model_steps_per_s"] * bench.flops_per_model_step()
     assert 0 < r["fraction_of_peak"] == r["flops_per_s"] / r["matmul_peak_flops_per_s"]
     assert main(["bench", "--models", "0"]) == 2
+    # more models than memory holds: refused before anything is timed or allocated
+    # (was an XLA out-of-memory traceback)
+    assert main(["bench", "--models", "4", "100000000"]) == 2
+    assert "100,000,000 models would need about" in capsys.readouterr().err
+    assert main(["bench", "--models", "100000000", "--checkpoint"]) == 2
 
 
 def test_checkpoint_timing_interface(capsys):
