@@ -49,9 +49,7 @@ def analyze_run(path) -> dict:
     Raises:
       RunDirError: the directory is missing, unfinished, or has too few points.
     """
-    run = RunDir(path)
-    if not run.path.is_dir():
-        raise RunDirError(f"run directory {run.path} does not exist")
+    run = RunDir(path).existing()
     spec, meta = run.spec(), run.meta()
     if meta.get("status") != "complete":
         raise RunDirError(

@@ -9,6 +9,7 @@ resumable); 1 anything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -406,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     TERM_REQUESTED.clear()
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return status
     except BadInput as e:
         print(f"phasevae: error: {e}", file=sys.stderr)
         return 2
@@ -426,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 143
+    except BrokenPipeError:
+        # stdout's reader went away (`phasevae analyze RUN | head`): files written
+        # are whole; end quietly, as a Unix tool killed by SIGPIPE would
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as e:
         if e.errno not in _ENVIRONMENT_ERRNOS:
             raise

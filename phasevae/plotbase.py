@@ -23,7 +23,7 @@ from phasevae.analysis import GRID_AXES, rank_dims, settle
 from phasevae.errors import BadInput
 from phasevae.safeio import read_text
 from phasevae.spec import LATER_AXES, Range, Spec
-from phasevae.store import RunDir, RunDirError
+from phasevae.store import RunDir
 
 COLUMN_IN = 3.4  # width of one paper column, inches
 MAX_PANELS = 4  # transitions drawn side by side; more are subsampled evenly
@@ -101,9 +101,7 @@ def load(run_dir: str | Path) -> RunData:
       PlotError / RunDirError: missing directory, no metrics, no analysis.json or
         one that is not what ``phasevae analyze`` writes, or no transition fitted.
     """
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise RunDirError(f"run directory {run.path} does not exist")
+    run = RunDir(run_dir).existing()
     path = run.path / "analysis.json"
     if not path.exists():
         raise PlotError(

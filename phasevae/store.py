@@ -74,6 +74,14 @@ class RunDir:
         self.metrics_file = self.path / "metrics.parquet"
         self.checkpoints = Checkpoints(self.path / "checkpoints")
 
+    def existing(self) -> RunDir:
+        """This run directory, or RunDirError when it is missing or not a
+        directory."""
+        if not self.path.is_dir():
+            what = "is not a directory" if self.path.exists() else "does not exist"
+            raise RunDirError(f"run directory {self.path} {what}")
+        return self
+
     def claim(self, spec: Spec) -> None:
         """Make the directory for ``spec``, or check that it already holds ``spec``.
 

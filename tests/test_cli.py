@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -485,3 +486,31 @@ def test_progress_on_a_terminal_in_a_log_and_quiet():
     show(0, 2, 0.0)
     show(2, 2, 1.0)
     assert quiet.getvalue() == ""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`phasevae theory SPEC | head -1`: stdout's pipe closes before the command
+    writes. It ends with SIGPIPE's status (128 + 13) and no traceback; before, the
+    BrokenPipeError came out as one."""
+    spec = write_spec(tmp_path)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    proc = subprocess.run(
+        [sys.executable, "-m", "phasevae.cli", "theory", str(spec)],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
+    os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_a_file_given_as_a_run_directory_is_named_as_such(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    for command in ("analyze", "plot", "report"):
+        assert main([command, str(spec)]) == 2
+        assert f"run directory {spec} is not a directory" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
