@@ -3,7 +3,7 @@
 Exit status: 0 success; 2 bad input (spec, data, arguments) with a one-paragraph
 message and no traceback, and a sweep that completed with some models diverged (another
 status with ``sweep --diverged-status``); 130 Ctrl-C and 143 SIGTERM (saved,
-resumable); 1 anything else.
+resumable); 141 a closed stdout pipe; 1 anything else.
 """
 
 from __future__ import annotations
