@@ -131,4 +131,6 @@ def _load_parquet(path: Path) -> np.ndarray:
     bad = [c for c in table.columns if table[c].dtype.kind not in "fiub"]
     if bad:
         raise DataError(f"{path}: non-numeric columns {bad}; keep only numeric columns")
-    return table.to_numpy()
+    # float64 whatever the mix (bool with float columns would be object) and NaN for
+    # a nullable column's missing values, which the data checks then name
+    return table.to_numpy(dtype=np.float64, na_value=np.nan)

@@ -214,6 +214,16 @@ def test_parquet_and_global_normalisation(tmp_path):
         DataSpec(source="array", path=str(tmp_path / "d.parquet"), normalize="global")
     )
     np.testing.assert_allclose(ds.x, (a - a.mean()) / a.std(), rtol=1e-5, atol=1e-5)
+    # a bool column beside float ones is data (it was refused as dtype object); a
+    # nullable integer column's missing values are named as NaN
+    flags = pd.DataFrame({"x": a[:, 0], "b": a[:, 1] > 3.0})
+    flags.to_parquet(tmp_path / "b.parquet")
+    ds = load_dataset(DataSpec(source="array", path=str(tmp_path / "b.parquet")))
+    np.testing.assert_allclose(ds.x, flags.to_numpy(float), rtol=1e-6)
+    gaps = pd.DataFrame({"x": a[:4, 0], "i": pd.array([1, None, 2, 3], dtype="Int64")})
+    gaps.to_parquet(tmp_path / "i.parquet")
+    with pytest.raises(DataError, match="1 NaN or inf values .* row 1, column 1"):
+        load_dataset(DataSpec(source="array", path=str(tmp_path / "i.parquet")))
     pd.DataFrame({"x": [1.0, 2.0], "s": ["a", "b"]}).to_parquet(tmp_path / "s.parquet")
     with pytest.raises(DataError, match="non-numeric columns"):
         load_dataset(DataSpec(source="array", path=str(tmp_path / "s.parquet")))
