@@ -23,6 +23,7 @@ from phasevae.cliargs import build_parser
 from phasevae.cliprint import (
     Progress,
     boundary_lines,
+    checkpoint_line,
     divergence_hint,
     transition_table,
 )
@@ -282,15 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(r, indent=1))
         else:
-            print(
-                f"checkpoint of {r['models']} models ({r['bytes'] / 2**20:.0f} MiB), "
-                f"{r['train_s']:.2f} s of training per chunk: training waited "
-                f"{r['save_blocking_s']:.3f} s per save, a save cost "
-                f"{r['save_cost_s']:.2f} s of wall time with its background write "
-                f"({100 * r['overhead_every_chunk']:.1f} % of training when saving "
-                f"after every chunk, {100 * r['overhead_at_interval']:.2f} % at the "
-                f"default of at most one save per 30 s); restore {r['restore_s']:.2f} s"
-            )
+            print(checkpoint_line(r))
         return 0
     results = bench.run(models, model=args.model)
     if args.json:

@@ -1,5 +1,6 @@
 """What the command line prints besides plain lines: the progress display, the
-transition table of ``phasevae analyze`` and the hint after a divergence."""
+transition table and boundary lines of ``phasevae analyze``, the hint after a
+divergence and the checkpoint timing of ``phasevae bench``."""
 
 from __future__ import annotations
 
@@ -84,6 +85,20 @@ def divergence_hint(spectrum: dict, spec) -> str:
             "(tables) or 'unit' (images) to train on a workable scale."
         )
     return "Lower the learning rate or remove those grid points."
+
+
+def checkpoint_line(r: dict) -> str:
+    """``phasevae bench --checkpoint``'s result (:func:`phasevae.bench.checkpoint_time`)
+    as one line."""
+    return (
+        f"checkpoint of {r['models']} models ({r['bytes'] / 2**20:.0f} MiB), "
+        f"{r['train_s']:.2f} s of training per chunk: training waited "
+        f"{r['save_blocking_s']:.3f} s per save, a save cost "
+        f"{r['save_cost_s']:.2f} s of wall time with its background write "
+        f"({100 * r['overhead_every_chunk']:.1f} % of training when saving "
+        f"after every chunk, {100 * r['overhead_at_interval']:.2f} % at the "
+        f"default of at most one save per 30 s); restore {r['restore_s']:.2f} s"
+    )
 
 
 def transition_table(result: dict) -> str:
