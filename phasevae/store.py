@@ -23,6 +23,7 @@ upon. Files written before digests are read as they are.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -82,22 +83,31 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} {what}")
         return self
 
-    def claim(self, spec: Spec) -> None:
+    def claim(self, spec: Spec, extendable: bool = False) -> None:
         """Make the directory for ``spec``, or check that it already holds ``spec``.
+        With ``extendable``, a stored spec that differs from ``spec`` only in a
+        smaller ``train.steps`` is an extension: the stored spec is replaced by
+        ``spec`` and the run continues from its checkpoint to the new length.
 
         Raises:
           RunDirError: the directory holds a run of a different spec.
         """
         if self.spec_file.exists():
             stored = self.spec()
-            if stored != spec:
+            if stored == spec:
+                return
+            if not (extendable and lengthens(stored, spec)):
+                more = (
+                    " (a larger train.steps alone continues a run)"
+                    if extendable
+                    else ""
+                )
                 raise RunDirError(
                     f"{self.path} already holds a run of a different spec "
                     f"({_describe_difference(stored, spec)}); choose another --out "
-                    f"or rerun with the same spec to continue it"
+                    f"or rerun with the same spec to continue it{more}"
                 )
-            return
-        if self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir()):
+        elif self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir()):
             raise RunDirError(
                 f"{self.path} exists, is not empty and is not a phasevae run; "
                 f"choose another --out"
@@ -361,6 +371,15 @@ def _frame_digest(df: pd.DataFrame) -> str:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def lengthens(old: Spec, new: Spec) -> bool:
+    """Whether ``new`` is ``old`` trained longer: equal but for a larger
+    ``train.steps``."""
+    same = dataclasses.replace(
+        new, train=dataclasses.replace(new.train, steps=old.train.steps)
+    )
+    return same == old and new.train.steps > old.train.steps
 
 
 def _describe_difference(a: Spec, b: Spec) -> str:

@@ -111,7 +111,7 @@ def run_sweep(
         error = None
         if primary:
             try:
-                run.claim(spec)
+                run.claim(spec, extendable=not adaptive(spec))
                 old = run.meta().get("shard")
                 if run.meta() and old != (list(shard) if shard else None):
                     raise RunDirError(
@@ -163,7 +163,7 @@ def _run_static_groups(
     primary = jax.process_index() == 0
     with run.lock() if primary else contextlib.nullcontext():
         if primary:
-            run.claim(spec)
+            run.claim(spec, extendable=not adaptive(spec))
         results = [
             (
                 name,

@@ -159,6 +159,35 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(
     assert len(again.metrics) == len(full)
 
 
+def test_a_longer_train_steps_extends_the_run_to_the_from_scratch_result(
+    tmp_path, tiny_spec
+):
+    """Rerunning a finished run with a larger train.steps continues its models from
+    the checkpoint; a point's noise and batches depend on its own step only, so the
+    metrics equal those of a run trained to the new length from the start."""
+    full = sweep_mod.run_sweep(tiny_spec(train={"steps": 40}), tmp_path / "full")
+    short = tmp_path / "short"
+    sweep_mod.run_sweep(tiny_spec(train={"steps": 20}), short)
+    chunks = []
+    extended = sweep_mod.run_sweep(
+        tiny_spec(train={"steps": 40}), short, progress=lambda d, t, e: chunks.append(d)
+    )
+    assert chunks == [3, 4]  # only the new chunks were trained
+    assert extended.meta["status"] == "complete" and extended.meta["steps"] == 40
+    on_disk = pd.read_parquet(short / "metrics.parquet")
+    key = ["point_id", "step"]
+    pd.testing.assert_frame_equal(
+        on_disk.sort_values(key).reset_index(drop=True),
+        full.metrics.sort_values(key).reset_index(drop=True),
+    )
+    assert load_spec(short / "spec.toml").train.steps == 40
+    # shorter, or anything else changed, is another run
+    with pytest.raises(sweep_mod.RunDirError, match="different spec"):
+        sweep_mod.run_sweep(tiny_spec(train={"steps": 20}), short)
+    with pytest.raises(sweep_mod.RunDirError, match="larger train.steps alone"):
+        sweep_mod.run_sweep(tiny_spec(train={"steps": 60, "batch_size": 8}), short)
+
+
 def _sweep_cmd(spec, out):
     return [sys.executable, "-m", "phasevae.cli", "sweep", str(spec), "--out", str(out)]
 
