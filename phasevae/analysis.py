@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from phasevae import estimate, readings, theory
+from phasevae.advice import advise
 from phasevae.fit import (
     LEVEL,
     MIN_INCREMENT,
@@ -60,6 +61,8 @@ def analyze_run(path) -> dict:
         result = analyze(run.metrics(), meta["spectrum"], spec.model.latent_dim)
     except ValueError as e:
         raise RunDirError(f"{run.path}: cannot fit: {e}") from None
+    for t in result["transitions"]:
+        t["advice"] = advise(run.path, spec, meta, t)
     atomic_write_text(run.path / "analysis.json", json.dumps(result, indent=1))
     return result
 

@@ -102,6 +102,7 @@ def run(
     checkpoint_seconds: float | None = None,
     shard: tuple[int, int] | None = None,
     model: Any = None,
+    preflight=None,
 ) -> Run:
     """Train the grid of ``spec`` into run directory ``out`` (default
     runs/<name>), or continue it there; see :func:`phasevae.sweep.run_sweep`.
@@ -113,6 +114,8 @@ def run(
     used, before anything is written; ``Preempted`` on SIGTERM (saved, resumable).
     ``model``: your own flax module (or a factory) in place of the spec's
     (:func:`with_model`); such a run resumes only from Python with it passed again.
+    ``preflight(lines)`` gets, before anything compiles, the betas whose transition
+    the sigma^2 grid may miss (:func:`phasevae.theory.grid_misses`).
     """
     from phasevae.sweep import run_sweep
 
@@ -127,8 +130,33 @@ def run(
         checkpoint_seconds,
         shard,
         on_chunk=on_chunk,
+        preflight=preflight,
     )
     return Run(result.run.path, _metrics=result.metrics, _meta=result.meta)
+
+
+def locate(
+    source: str | Path,
+    out: str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    budget: int | None = None,
+    target: float = 0.02,
+    say=print,
+) -> dict:
+    """Locate the collapse transition of ``source`` (a data file, a spec file or a
+    finished sweep's run directory) into ``out`` (default runs/<name>-locate, or
+    RUN_DIR/locate), or continue it there: :mod:`phasevae.locate`. Returns the
+    result, one entry per curve, with ``out``; ``say`` gets the progress lines."""
+    from phasevae.locate import locate as run_locate
+
+    stop_if_terminated()
+    _start_devices()
+    src = Path(source)
+    if out is None:
+        out = src / "locate" if src.is_dir() else Path("runs") / f"{src.stem}-locate"
+    result = run_locate(src, out, list(overrides), budget, target, say)
+    return {**result, "out": str(out)}
 
 
 def dry_run(
@@ -137,14 +165,18 @@ def dry_run(
     overrides: Sequence[str] = (),
     shard: tuple[int, int] | None = None,
     model: Any = None,
+    preflight=None,
 ) -> dict:
     """Compile the sweep and time one chunk without writing anything: grid size,
-    static groups, devices, memory per device, compile and estimated train time."""
+    static groups, devices, memory per device, compile and estimated train time;
+    ``preflight`` as in :func:`run`."""
     from phasevae.sweep import run_sweep
 
     s = with_model(as_spec(spec, overrides), model)
     _start_devices()
-    return run_sweep(s, default_out(spec), shard=shard, dry_run=True)
+    return run_sweep(
+        s, default_out(spec), shard=shard, dry_run=True, preflight=preflight
+    )
 
 
 def open_run(path: str | Path) -> Run:
@@ -282,7 +314,11 @@ def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
         }
         for beta in spec.axes()["beta"]
     ]
-    return {**spectrum, "latent_dim": k, "predictions": predictions}
+    grid = spec.axes()["sigma2"]
+    for p in predictions:
+        p["cell_half_width"] = p["sigma2_c"] and th.cell_half_width(grid, p["sigma2_c"])
+    misses = th.grid_misses(ev[0], grid, spec.axes()["beta"])
+    return {**spectrum, "latent_dim": k, "predictions": predictions, "misses": misses}
 
 
 def merge(run_dirs: Sequence[str | Path], out: str | Path, force: bool = False):

@@ -35,7 +35,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from phasevae import api, trackers
     from phasevae.loop import Preempted
     from phasevae.placement import init_distributed, split_cpu_into_devices
-    from phasevae.schedule import adaptive
 
     spec = api.as_spec(args.spec, args.set)
     stop_if_terminated()
@@ -53,8 +52,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"--checkpoint-every {args.checkpoint_every}: give a number of seconds >= 0"
         )
     t0 = time.perf_counter()
+    preflight = _preflight(args.strict_grid)
     if args.dry_run:
-        plan = api.dry_run(spec, shard=_shard(args.shard))
+        plan = api.dry_run(spec, shard=_shard(args.shard), preflight=preflight)
         need, have = plan["bytes_per_device"], plan["device_memory"]
         print(
             f"grid: {plan['grid_size']} points in {plan['static_groups']} static "
@@ -70,7 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{plan['estimated_train_s']:.0f} s. Nothing was written."
         )
         return 0
-    unit = "points finished" if adaptive(spec) else "chunks"
+    unit = "points finished" if spec.adaptive() else "chunks"
     for option in args.track:  # a bad --track is bad input before anything runs
         if option.partition(":")[0] not in trackers.KINDS:
             raise BadInput(
@@ -89,6 +89,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             on_chunk=trackers.chained(show.chunk, *logs),
             checkpoint_seconds=args.checkpoint_every,
             shard=_shard(args.shard),
+            preflight=preflight,
         )
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
@@ -138,6 +139,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return args.diverged_status
+    print(f"next: phasevae analyze {out}")
+    return 0
+
+
+def _preflight(strict: bool):
+    """Print the betas whose transition the grid may miss (an error if strict)."""
+
+    def check(lines: list[str]) -> None:
+        if lines and strict:
+            raise BadInput("--strict-grid: " + "; ".join(lines))
+        for line in lines:
+            print(f"phasevae: warning: {line}", file=sys.stderr)
+
+    return check
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    from phasevae import api
+
+    result = api.locate(
+        args.source,
+        args.out,
+        overrides=args.set,
+        budget=args.budget,
+        target=args.target,
+        say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout),
+    )
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    for c in result["curves"]:
+        found = "no transition located"
+        if c["sigma2_c"] is not None:
+            lo, hi = c["ci"] or (math.nan, math.nan)
+            found = f"sigma2_c = {c['sigma2_c']:.4g} [{lo:.4g}, {hi:.4g}]"
+        print(f"beta {c['beta']:g}: {found}, {c['verdict']}; {c['stopped']}")
+    print(f"{result['model_steps']} model-steps of the budget {result['budget']}")
+    print(f"next: phasevae report {result['out']}")
     return 0
 
 
@@ -196,7 +235,16 @@ def cmd_theory(args: argparse.Namespace) -> int:
     for p in predictions:
         dims = ", ".join(f"{t:.4g}" for t in p["thresholds"] or [])
         s2c = "never (beta = 0)" if p["sigma2_c"] is None else f"{p['sigma2_c']:.4g}"
-        print(f"  beta = {p['beta']:g}: sigma2_c = {s2c}; latent dims die at {dims}")
+        cell = p.get("cell_half_width")
+        where = (
+            "" if cell is None else f"; the grid's cell there is +-{100 * cell:.0f} %"
+        )
+        print(
+            f"  beta = {p['beta']:g}: sigma2_c = {s2c}; latent dims die at {dims}"
+            f"{where}"
+        )
+    for line in doc["misses"]:
+        print(f"warning: {line}")
     return 0
 
 
@@ -378,6 +426,7 @@ COMMANDS = {
     "theory": cmd_theory,
     "validate": cmd_validate,
     "merge": cmd_merge,
+    "locate": cmd_locate,
     "bench": cmd_bench,
     "status": cmd_status,
 }
@@ -387,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files, never a window
 
-    trains = args.command in ("sweep", "validate")
+    trains = args.command in ("sweep", "validate", "locate")
 
     def on_sigterm(*_):
         # training: a flag, not an exception (raised here it could land in a

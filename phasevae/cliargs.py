@@ -21,6 +21,11 @@ EXAMPLES = {
   phasevae sweep my.toml --set data.path="x.npy" --dry-run   # plan, nothing written
   phasevae sweep my.toml --shard 0/4 --out runs/s0  # one of 4 array jobs
   phasevae sweep --track tensorboard   # then: tensorboard --logdir runs/default""",
+    "locate": """examples:
+  phasevae locate mydata.csv                    # data alone: runs/mydata-locate
+  phasevae locate sweeps/default.toml --set grid.beta=[1.0] --target 0.02
+  phasevae locate runs/mine                     # continue a finished sweep
+  phasevae locate mydata.npy --budget 200000    # model-steps at most""",
     "bench": """examples:
   phasevae bench --models 1 64 256
   phasevae bench --model conv --models 1 16 64
@@ -57,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "spec", nargs="?", help="sweep spec (TOML); default: built-in default"
     )
     p.add_argument("--out", help="run directory (default: runs/<spec name>)")
+    p.add_argument(
+        "--strict-grid",
+        action="store_true",
+        help="refuse a sigma^2 grid that may miss a beta's predicted transition "
+        "(by default a warning, before anything is compiled)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -160,6 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", help="one self-contained HTML page of an analysed run")
     p.add_argument("run_dir", help="a run directory with analysis.json")
     p.add_argument("-o", "--out", help="the page (default RUN_DIR/report.html)")
+    p = add(
+        "locate",
+        help="from data, a spec or a finished sweep to a trusted, sharp transition",
+    )
+    p.add_argument(
+        "source",
+        metavar="DATA|SPEC|RUN_DIR",
+        help="a data file (.csv, .npy, .npz, .parquet), a spec, or a finished sweep",
+    )
+    p.add_argument(
+        "--out", help="run directory (default: runs/<name>-locate, RUN_DIR/locate)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--budget",
+        type=int,
+        help="most model-steps to spend (default: twice a plain 24-point sweep of "
+        "each curve at train.steps)",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=0.02,
+        help="relative half-width of the 95 %% interval to reach (default 0.02)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
     p = add("theory", help="spectrum and predicted transitions, no training")
     p.add_argument("target", metavar="SPEC|RUN_DIR")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -209,6 +209,20 @@ def transition_notes(result: dict) -> list[str]:
         and t.get("ci_finite_training", 0) is None
     ]
     probes = [probe_line(t) for t in result["transitions"] if t.get("probe")]
+    held = [
+        f"  {t.get('beta', 1.0):g}: trusted for {t['holds_for_steps']} steps of "
+        "training: collapse is absorbing (the collapsed points' units died), so "
+        "the transition moves with the training length; it moved "
+        f"{_drift(t)} per doubling of the steps"
+        for t in result["transitions"]
+        if t.get("holds_for_steps") and t.get("verdict") == "trusted"
+    ]
+    nexts = [
+        line
+        for t in result["transitions"]
+        if t.get("advice")
+        for line in _advice_lines(t.get("beta", 1.0), t["advice"])
+    ]
     extra = ["interval parts, per beta:", *parts] if parts else []
     extra += ["discontinuous collapse, per beta:", *jumps] if jumps else []
     extra += ["no interval, per beta:", *blind] if blind else []
@@ -218,7 +232,22 @@ def transition_notes(result: dict) -> list[str]:
         else []
     )
     extra += ["verdict 'train longer', per beta:", *notes] if notes else []
+    extra += ["for this training length, per beta:", *held] if held else []
+    extra += ["next, per beta:", *nexts] if nexts else []
     return extra
+
+
+def _drift(t: dict) -> str:
+    d = t.get("drift_per_doubling")
+    return "by an unmeasured amount" if d is None else f"{100 * d:+.1f} %"
+
+
+def _advice_lines(beta: float, a: dict) -> list[str]:
+    lines = [f"  {beta:g}: {a['why']}:", f"      {a['command']}"]
+    if a.get("alternative"):
+        alt = a["alternative"]
+        lines += [f"    or, {alt['why']}:", f"      {alt['command']}"]
+    return lines
 
 
 def probe_line(t: dict) -> str:

@@ -284,6 +284,9 @@ def estimate_transition(
         "ci_finite_training": None,
         "sigma2_c_final": None,
         "sigma2_c_half": None,
+        "sigma2_c_by_steps": {},
+        "drift_per_doubling": None,
+        "holds_for_steps": None,
         "relaxation_scale": None,
         "probe": probe,
         "trapped": False,
@@ -305,8 +308,8 @@ def estimate_transition(
     near = last[(u_last >= support[0] - 1e-9) & (u_last <= support[1])]
     final = int(near["step"].min()) if len(near) else final
     common = metrics[metrics["step"] <= last["step"].min()]
-    half = metrics[metrics["step"] <= final / 2]
-    u_h = _fit_top(half, latent_dim)[0] if half["step"].nunique() >= 2 else None
+    by_steps = fits_by_steps(metrics, latent_dim, final)
+    u_h = by_steps.get(final // 2)
     tau0 = relaxation_scale(common, latent_dim, u_t)
     delta = None if u_h is None else u_t - u_h
     parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
@@ -353,6 +356,9 @@ def estimate_transition(
         ci_finite_training=None if math.isnan(finite) else finite_ci,
         sigma2_c_final=math.exp(u_t),
         sigma2_c_half=None if u_h is None else math.exp(u_h),
+        sigma2_c_by_steps={str(k): math.exp(v) for k, v in sorted(by_steps.items())},
+        drift_per_doubling=delta,
+        holds_for_steps=final if absorbing(probe) else None,
         relaxation_scale=tau0,
         trapped=trapped,
         verdict=reading or (TRUSTED if trusted else LONGER),
@@ -368,6 +374,28 @@ def estimate_transition(
             "steps": int(math.ceil(need / 100.0) * 100),
         }
     return out
+
+
+def fits_by_steps(metrics: pd.DataFrame, latent_dim: int, final: int) -> dict:
+    """{steps: u_c} of the top dim's fit on the evaluations up to ``final`` / 4,
+    ``final`` / 2 and ``final`` (those with at least two evaluations and a kink):
+    where the transition was as training went on."""
+    out = {}
+    for steps in (final // 4, final // 2, final):
+        part = metrics[metrics["step"] <= steps]
+        if part["step"].nunique() >= 2:
+            u = _fit_top(part, latent_dim)[0]
+            if u is not None:
+                out[steps] = u
+    return out
+
+
+def absorbing(probe: dict | None) -> bool:
+    """Whether collapse near the kink is absorbing: the collapsed points nearest
+    it have lost the escape direction (lambda_c below ``DEAD`` lambda_max: their
+    units died), so a point that collapses stays collapsed, and the transition is
+    a function of the training length, not a point the run converges to."""
+    return probe is not None and probe["lambda_c_ratio"] < DEAD
 
 
 def grid_reading(metrics: pd.DataFrame, floor: dict | None) -> str | None:

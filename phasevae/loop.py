@@ -37,7 +37,6 @@ from phasevae.placement import Program, any_process, to_host
 from phasevae.schedule import (
     EMPTY,
     Schedule,
-    adaptive,
     extending,
     next_round,
     pack_warm,
@@ -176,7 +175,7 @@ def train(
 def _start(program, spec, grid, run):
     """(schedule, state, metrics frames so far, warm-start parameters): from the
     run's checkpoint, or fresh with every slot filled."""
-    lockstep = not adaptive(spec)
+    lockstep = not spec.adaptive()
     checkpoint = run.load_checkpoint()
     if checkpoint is None:
         sched = Schedule(grid, program.n, lockstep)

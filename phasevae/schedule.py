@@ -45,13 +45,6 @@ RETIRE_SIGNIFICANCE = 0.90
 UNTIL_TRUSTED_FACTOR = 4  # train.until = "trusted": max_steps = this x steps by default
 
 
-def adaptive(spec: Spec) -> bool:
-    """Whether ``spec`` asks for this scheduler rather than all points at once."""
-    t, s2 = spec.train, spec.grid.sigma2
-    refine = isinstance(s2, Range) and s2.refine is not None
-    return t.slots > 0 or t.retire or t.hysteresis or refine or t.until == "trusted"
-
-
 def warm_starts(spec: Spec) -> bool:
     return spec.train.warm_start or spec.train.hysteresis
 

@@ -108,9 +108,15 @@ def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> Spec
     """
     path = Path(path) if path is not None else default_spec_path()
     raw = parse_toml(read_text(path, "spec file", SPEC_BYTES, SpecError), str(path))
-    for item in overrides:
-        _apply_override(raw, item, path)
+    apply_overrides(raw, overrides, path)
     return spec_from_dict(raw, str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str], where: Path) -> None:
+    """Apply ``--set`` strings to a spec's raw tables, in order (SpecError names
+    ``where`` for a bad one)."""
+    for item in overrides:
+        _apply_override(raw, item, where)
 
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:

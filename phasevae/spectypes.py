@@ -244,6 +244,14 @@ class Spec:
             groups.append((labels, dataclasses.replace(self, model=model, grid=bare)))
         return groups
 
+    def adaptive(self) -> bool:
+        """Whether the sweep is scheduled adaptively (:mod:`phasevae.schedule`:
+        ``train.slots``, ``retire``, ``hysteresis``, ``until = "trusted"`` or
+        ``grid.sigma2.refine``) rather than every point at once, in lockstep."""
+        t, s2 = self.train, self.grid.sigma2
+        refine = isinstance(s2, Range) and s2.refine is not None
+        return t.slots > 0 or t.retire or t.hysteresis or refine or t.until == "trusted"
+
     def axes(self) -> dict[str, tuple[float, ...]]:
         """Value lists of every grid axis, in grid (row-major) order."""
         lr = self.grid.learning_rate

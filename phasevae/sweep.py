@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -32,9 +33,10 @@ from phasevae.loop import (
 from phasevae.modules import verify
 from phasevae.placement import Program, any_process
 from phasevae.plan import grid_table, point_id, select_shard
-from phasevae.schedule import adaptive, chains
+from phasevae.schedule import chains
 from phasevae.spec import LATER_AXES, Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
+from phasevae.theory import grid_misses
 
 KL_COLLAPSED = 0.01  # nats: "KL ~ 0" in the summary
 
@@ -47,6 +49,7 @@ def run_sweep(
     shard: tuple[int, int] | None = None,
     dry_run: bool = False,
     on_chunk: ChunkFn | None = None,
+    preflight: Callable[[list[str]], None] | None = None,
 ) -> SweepResult | dict:
     """Train the whole grid of ``spec`` into run directory ``out`` (or continue it).
 
@@ -62,6 +65,10 @@ def run_sweep(
         without writing anything.
       on_chunk: called on process 0 after every chunk with that chunk's metrics rows
         and the run's meta (progress displays, trackers).
+      preflight: called once the data is loaded, before anything is compiled, with
+        the lines of :func:`phasevae.theory.grid_misses` (betas whose transition
+        the sigma^2 grid may miss; [] when it holds every one); it may raise
+        BadInput to refuse the sweep.
 
     Raises:
       BadInput (SpecError, DataError, RunDirError, TooLarge): before anything is
@@ -70,10 +77,13 @@ def run_sweep(
     """
     if spec.static_groups():
         return _run_static_groups(
-            spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk
+            spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk, preflight
         )
     data = load_dataset(spec.data)
     stop_if_terminated()
+    if preflight is not None:
+        axes = spec.axes()
+        preflight(grid_misses(data.eigenvalues[0], axes["sigma2"], axes["beta"]))
     if spec.model.latent_dim > data.x.shape[1]:
         raise DataError(
             f"model.latent_dim = {spec.model.latent_dim} exceeds the data dimension "
@@ -88,7 +98,7 @@ def run_sweep(
         checkpoint_seconds = CHECKPOINT_SECONDS
     if not dry_run and _finished(run, spec, shard):
         return make_result(run, [run.metrics()], run.meta())
-    if adaptive(spec):
+    if spec.adaptive():
         if shard is not None:
             raise SpecError(
                 "--shard splits a fixed grid; an adaptive sweep (train.slots, "
@@ -102,7 +112,7 @@ def run_sweep(
     stop_if_terminated()
     if dry_run:
         plan = program.plan(spec)
-        if adaptive(spec):  # the grid, every point trained the full length in turn
+        if spec.adaptive():  # the grid, every point trained the full length in turn
             plan["estimated_train_s"] *= math.ceil(len(grid) / program.n)
             plan["grid_size"] = len(grid)
         return plan
@@ -111,7 +121,7 @@ def run_sweep(
         error = None
         if primary:
             try:
-                run.claim(spec, extendable=not adaptive(spec))
+                run.claim(spec, extendable=not spec.adaptive())
                 old = run.meta().get("shard")
                 if run.meta() and old != (list(shard) if shard else None):
                     raise RunDirError(
@@ -137,7 +147,7 @@ def run_sweep(
 
 
 def _run_static_groups(
-    spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk
+    spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk, preflight
 ):
     """One sweep per option of the static axes, each compiled once, in sequence, into
     ``out/groups/<label>`` (each resumable on its own); then their tables are joined
@@ -148,8 +158,14 @@ def _run_static_groups(
     run = RunDir(out)
     if dry_run:
         plans = [
-            run_sweep(g, run.path / "groups" / name, dry_run=True, shard=shard)
-            for name, _, g in groups
+            run_sweep(
+                g,
+                run.path / "groups" / name,
+                dry_run=True,
+                shard=shard,
+                preflight=preflight if i == 0 else None,  # the groups share a grid
+            )
+            for i, (name, _, g) in enumerate(groups)
         ]
         return {
             **plans[0],
@@ -163,7 +179,7 @@ def _run_static_groups(
     primary = jax.process_index() == 0
     with run.lock() if primary else contextlib.nullcontext():
         if primary:
-            run.claim(spec, extendable=not adaptive(spec))
+            run.claim(spec, extendable=not spec.adaptive())
         results = [
             (
                 name,
@@ -175,9 +191,10 @@ def _run_static_groups(
                     checkpoint_seconds,
                     shard,
                     on_chunk=_labelled(on_chunk, labels),
+                    preflight=preflight if i == 0 else None,  # the groups share a grid
                 ),
             )
-            for name, labels, g in groups
+            for i, (name, labels, g) in enumerate(groups)
         ]
         frames, points = [], {}
         for _, labels, r in results:

@@ -78,3 +78,44 @@ def _top(eigenvalues, latent_dim: int) -> np.ndarray:
 
 def _theta(sigma2, beta) -> np.ndarray:
     return np.asarray(sigma2, np.float64) * np.asarray(beta, np.float64)
+
+
+REACH = (0.5, 1.5)  # x lambda_max / beta: what a grid must span to hold a transition
+PLACE = (0.3, 2.5)  # x lambda_max / beta: the range a grid is advised to span
+
+
+def grid_misses(lambda_max: float, sigma2, betas) -> list[str]:
+    """Pre-flight: one line per beta whose transition the sigma^2 grid may miss.
+    The theory puts it at lambda_max / beta; small networks often collapse below it
+    (their units die), rarely far above. A grid holds it when it reaches from
+    ``REACH[0]`` to ``REACH[1]`` x lambda_max / beta (with sampled sigma^2 on both
+    sides, as the fit needs); the line names the grid's range and the
+    ``PLACE`` range that would hold it, with the grid cell's half-width there."""
+    values = np.sort(np.asarray(sigma2, np.float64))
+    lines = []
+    for beta in sorted(set(betas)):
+        if beta <= 0:
+            continue
+        centre = lambda_max / beta
+        if values[0] <= REACH[0] * centre and values[-1] >= REACH[1] * centre:
+            continue
+        lo, hi = PLACE[0] * centre, PLACE[1] * centre
+        lines.append(
+            f"beta = {beta:g}: the theory puts the transition at sigma^2 = "
+            f"{centre:.4g} (lambda_max / beta), but the grid's sigma^2 "
+            f"[{values[0]:.4g}, {values[-1]:.4g}] does not reach from "
+            f"{REACH[0] * centre:.4g} to {REACH[1] * centre:.4g}: the transition may "
+            f"lie outside it; a grid over [{lo:.4g}, {hi:.4g}] holds it (or let "
+            "`phasevae locate` place the grid)"
+        )
+    return lines
+
+
+def cell_half_width(sigma2, value: float) -> float | None:
+    """Half the width, in ln sigma^2 (~ relative), of the grid cell holding
+    ``value``; None outside the grid."""
+    u = np.log(np.sort(np.asarray(sigma2, np.float64)))
+    i = np.searchsorted(u, np.log(value))
+    if i == 0 or i == len(u):
+        return None
+    return float(u[i] - u[i - 1]) / 2

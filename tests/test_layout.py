@@ -61,10 +61,35 @@ def test_no_module_imports_a_private_name_of_another():
     assert not private, private
 
 
-def test_every_module_stays_readable_in_one_sitting():
-    """One stage per module, each about 400 lines at most (issue 14)."""
-    sizes = {p.stem: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
-    assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda kv: -kv[1])
+# the functions longer than FUNCTION_LINES, each to be split when it is next changed
+LONG_FUNCTIONS = {
+    "cliargs.build_parser",  # one argparse declaration per subcommand
+    "estimate.estimate_transition",
+    "plotbase.analysis_problem",
+    "cli.cmd_sweep",
+    "sweep.merge_runs",
+    "sweep.run_sweep",
+    "validate.run_case",
+    "plots.kl_figure",
+    "validate.table",
+}
+FUNCTION_LINES = 80
+
+
+def test_every_function_stays_readable_in_one_sitting():
+    """A function reads in one screen or two: at most FUNCTION_LINES lines, but for
+    the allow-listed few (issue 29: the cap on functions replaces the cap on
+    modules, which was met by splits that followed line counts, not jobs)."""
+    long = {}
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > FUNCTION_LINES:
+                    long[f"{path.stem}.{node.name}"] = lines
+    assert set(long) <= LONG_FUNCTIONS, {
+        k: v for k, v in long.items() if k not in LONG_FUNCTIONS
+    }
 
 
 def test_the_study_scripts_import_names_that_exist():
