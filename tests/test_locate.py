@@ -40,12 +40,12 @@ def small_spec(tmp_path, name="small.toml", **sections):
 def test_locate_chains_stages_into_one_run_that_analyze_reads(tmp_path):
     spec = small_spec(tmp_path)
     out = tmp_path / "loc"
-    result = locate_mod.locate(spec, out, budget=40_000, say=lambda _: None)
+    result = locate_mod.locate(spec, out, budget=4_500, say=lambda _: None)
     (curve,) = result["curves"]
     record = json.loads((out / "locate.json").read_text())
     kinds = [s["kind"] for s in record["stages"]]
     assert kinds[0] == "coarse" and len(kinds) >= 2  # it did more than one sweep
-    assert curve["model_steps"] <= 40_000 and curve["stopped"]
+    assert curve["model_steps"] <= 4_500 and curve["stopped"]
     # the coarse grid is placed by the theory: around lambda_max / beta
     lam = RunDir(out).meta()["spectrum"]["lambda_max"]
     coarse = record["stages"][0]["sigma2"]
@@ -59,7 +59,7 @@ def test_locate_chains_stages_into_one_run_that_analyze_reads(tmp_path):
     (t,) = analysis["transitions"]
     assert t["sigma2_c"] == pytest.approx(curve["sigma2_c"])
     # a rerun of a finished locate trains nothing and says the same
-    again = locate_mod.locate(spec, out, budget=40_000, say=lambda _: None)
+    again = locate_mod.locate(spec, out, budget=4_500, say=lambda _: None)
     assert again == result
 
 
@@ -96,7 +96,7 @@ def test_a_longer_stage_continues_the_models_it_forks(tmp_path):
 
 def test_locate_resumes_after_sigkill_to_the_uninterrupted_answer(tmp_path):
     spec = small_spec(tmp_path)
-    args = ["--budget", "30000", "--json"]
+    args = ["--budget", "4500", "--json"]
 
     def cmd(out):
         return [sys.executable, "-m", "phasevae.cli", "locate", str(spec), "--out"] + [
@@ -134,7 +134,7 @@ def test_a_data_file_alone_is_enough_and_prints_its_spec(tmp_path, capsys):
     pd.DataFrame(x, columns=["a", "b", "c"]).to_csv(path, index=False)
     sets = ["train.steps=100", "train.eval_every=20", "model.encoder=[8]"]
     sets += ["model.decoder=[8]", "model.latent_dim=1"]
-    argv = ["locate", str(path), "--out", str(tmp_path / "loc"), "--budget", "8000"]
+    argv = ["locate", str(path), "--out", str(tmp_path / "loc"), "--budget", "1700"]
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
     out = capsys.readouterr().out
     assert 'source = "array"' in out  # the spec the defaults amount to
@@ -175,5 +175,26 @@ def test_every_advice_is_a_command_that_continues_the_same_run(tmp_path, capsys)
         steps = int(argv[-1].split("=")[1])
         assert steps % 20 == 0  # what the spec accepts
         alt = shlex.split(advice["alternative"]["command"])
-        assert main(alt[1:] + ["--budget", "20000"]) == 0
+        assert main(alt[1:] + ["--budget", "3000"]) == 0
     assert (run / "locate").exists() or argv[1] == "sweep"
+
+
+def test_the_preflight_warns_before_training_when_the_grid_misses(tmp_path, capsys):
+    """lambda_max ~ 4 (beta = 1), sigma^2 in [0.2, 1]: the transition lies above
+    the grid. sweep and theory say so before any training; --strict-grid refuses
+    (exit 2, nothing written)."""
+    spec = small_spec(tmp_path, grid={"sigma2": [0.2, 0.5, 1.0]})
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out), "--strict-grid"]) == 2
+    err = capsys.readouterr().err
+    assert "beta = 1: the theory puts the transition at sigma^2 = " in err
+    assert "does not reach" in err and not out.exists()
+    assert main(["theory", str(spec)]) == 0
+    assert "warning: beta = 1" in capsys.readouterr().out
+    ok = ["--set", "grid.sigma2={min = 1.0, max = 12.0, num = 6}"]
+    assert main(["theory", str(spec), *ok]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--out", str(out), "--set", "train.steps=20"]) == 0
+    captured = capsys.readouterr()
+    assert "phasevae: warning: beta = 1" in captured.err
+    assert f"next: phasevae analyze {out}" in captured.out
