@@ -72,8 +72,8 @@ Say = Callable[[str], None]
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One stage of a curve: a plain sweep of ``sigma2`` (every seed) at ``beta``
-    trained to ``steps``; a ``longer`` stage continues the models of stage
-    ``parent`` from step ``start``."""
+    trained to ``steps``; a ``longer`` stage continues the models of the stages
+    ``parents`` from step ``start``."""
 
     name: str  # its folder under OUT/stages
     kind: str  # coarse, given, widen, refine, longer
@@ -81,7 +81,7 @@ class Stage:
     sigma2: tuple[float, ...]
     steps: int
     why: str
-    parent: str | None = None
+    parents: tuple[str, ...] = ()
     start: int = 0
     stat: float | None = None  # a refinement's: the statistical part that asked for it
 
@@ -228,7 +228,14 @@ class Locator:
                 self.base
             )
             stages = [
-                Stage(**{**s, "sigma2": tuple(s["sigma2"])}) for s in doc["stages"]
+                Stage(
+                    **{
+                        **s,
+                        "sigma2": tuple(s["sigma2"]),
+                        "parents": tuple(s["parents"]),
+                    }
+                )
+                for s in doc["stages"]
             ]
         except (ValueError, KeyError, TypeError) as e:
             raise RunDirError(f"{path} is damaged ({e}); use a new --out") from None
@@ -249,7 +256,11 @@ class Locator:
             "target": self.target,
             "budget": self.budget,
             "stages": [
-                {**dataclasses.asdict(s), "sigma2": list(s.sigma2)}
+                {
+                    **dataclasses.asdict(s),
+                    "sigma2": list(s.sigma2),
+                    "parents": list(s.parents),
+                }
                 for stages in self.stages.values()
                 for s in stages
             ],
@@ -272,7 +283,7 @@ class Locator:
         run = RunDir(where)
         if stage.kind != "given":
             spec = stage_spec(self.base, stage)
-            if stage.parent is not None and not run.spec_file.exists():
+            if stage.parents and not run.spec_file.exists():
                 self._fork(stage, spec, where)
             finished = run.spec_file.exists() and run.meta().get("status") == "complete"
             if not (finished and run.spec() == spec):
@@ -282,36 +293,52 @@ class Locator:
         return metrics[np.isclose(metrics["beta"], stage.beta)]
 
     def _fork(self, stage: Stage, spec: Spec, where: Path) -> None:
-        """Start ``stage``'s run directory as its parent's models at ``stage.start``:
-        their state (from the parent's final checkpoint) and their metrics rows, as
-        if a run of ``spec`` had been stopped there. Built beside ``where`` and moved
-        into place whole."""
+        """Start ``stage``'s run directory as its parents' models at ``stage.start``:
+        each point's state (from the final checkpoint of the parent that holds it)
+        and its metrics rows, as if a run of ``spec`` had been stopped there. Built
+        beside ``where`` and moved into place whole."""
         from phasevae.placement import Placement
         from phasevae.plan import grid_table
 
-        parent = RunDir(self._dir(self._stage(stage.beta, stage.parent)))
-        saved = parent.load_checkpoint()
-        if saved is None or saved["step"] != stage.start:
-            raise RunDirError(
-                f"{parent.path} has no checkpoint at step {stage.start} to continue"
-            )
         ids = list(grid_table(spec)["point_id"])
-        rows = [saved["ids"].index(i) for i in ids]
-        leaves = [a[rows] for a in saved["leaves"]]
-        metrics = parent.metrics()
-        metrics = metrics[metrics["point_id"].isin(ids)].reset_index(drop=True)
+        rows, frames = {}, []
+        for name in stage.parents:
+            parent = RunDir(self._dir(self._stage(stage.beta, name)))
+            saved = parent.load_checkpoint()
+            if saved is None or saved["step"] != stage.start:
+                raise RunDirError(
+                    f"{parent.path} has no checkpoint at step {stage.start} to continue"
+                )
+            mine = [i for i in ids if i in saved["ids"] and i not in rows]
+            for i in mine:
+                rows[i] = [a[saved["ids"].index(i)] for a in saved["leaves"]]
+            m = parent.metrics()
+            frames.append(m[m["point_id"].isin(mine) & (m["step"] <= stage.start)])
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise RunDirError(f"no parent of {stage.name} holds point {missing[0]}")
+        leaves = [np.stack(leaf) for leaf in zip(*(rows[i] for i in ids), strict=True)]
+        metrics = pd.concat(frames, ignore_index=True)
         where.parent.mkdir(parents=True, exist_ok=True)
         build = Path(tempfile.mkdtemp(prefix=f".{where.name}.fork-", dir=where.parent))
         try:
             child = RunDir(build)
             child.claim(spec)
-            child.write_metrics(metrics)
+            child.write_metrics(
+                metrics.sort_values(["step", "point_id"], ignore_index=True)
+            )
             place = Placement.create(len(ids))
             child.save_checkpoint(place.models(leaves), len(ids), stage.start, ids)
             child.wait_for_checkpoint()
             build.rename(where)
         finally:
             shutil.rmtree(build, ignore_errors=True)
+
+    def _checkpoint_at(self, beta: float, name: str, step: int) -> bool:
+        """Whether stage ``name`` kept its models' state at ``step`` (its final)."""
+        stage = self._stage(beta, name)
+        run = RunDir(self._dir(stage))
+        return run.checkpoints.exists() and stage.steps == step
 
     def _stage(self, beta: float, name: str) -> Stage:
         return next(s for s in self.stages[beta] if s.name == name)
@@ -407,16 +434,20 @@ class Locator:
             return None, f"{est['verdict']}: no point in the range to train longer"
         base = int(inside["step"].min())
         short = inside[inside["step"] == base]
-        parents = short.index.map(owner).to_series()
-        parent = parents.mode().iloc[0]
-        chosen = np.sort(short.loc[parents.to_numpy() == parent, "s2"].unique())
-        saved = RunDir(self._dir(self._stage(beta, parent))).checkpoints.exists()
-        start = base if saved else 0
+        owners = sorted(set(short.index.map(owner)))
+        kept = [o for o in owners if self._checkpoint_at(beta, o, base)]
+        if kept:  # those whose stage kept their state continue from it
+            parents = tuple(kept)
+            short = short[short.index.map(owner).isin(kept)]
+        else:
+            parents = ()
+        chosen = np.sort(short["s2"].unique())
         finite = max(est["ci_finite_training"] or [math.nan])
+        how = "" if parents else f" (anew: {', '.join(owners)} kept no checkpoint)"
         why = (
             f"train longer (finite-training part +-{100 * finite:.1f} %): the "
             f"{len(chosen)} sigma^2 that set the kink, from {base} to {2 * base} "
-            f"steps" + ("" if saved else f" (anew: {parent} kept no checkpoint)")
+            f"steps{how}"
         )
         name = f"{len(self.stages[beta]):02d}-longer"
         stage = Stage(
@@ -426,8 +457,8 @@ class Locator:
             _vals(chosen, None),
             2 * base,
             why,
-            parent=parent if saved else None,
-            start=start,
+            parents=parents,
+            start=base if parents else 0,
         )
         return stage, why
 

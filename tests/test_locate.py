@@ -75,7 +75,14 @@ def test_a_longer_stage_continues_the_models_it_forks(tmp_path):
     beta = 1.0
     parent = locate_mod.Stage("00-coarse", "coarse", beta, (2.0, 4.0, 8.0), 100, "")
     child = locate_mod.Stage(
-        "01-longer", "longer", beta, (2.0, 4.0), 200, "", parent="00-coarse", start=100
+        "01-longer",
+        "longer",
+        beta,
+        (2.0, 4.0),
+        200,
+        "",
+        parents=("00-coarse",),
+        start=100,
     )
     loc.stages[beta] = [parent, child]
     loc._run_stage(parent)
