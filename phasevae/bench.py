@@ -367,74 +367,88 @@ def as_dicts(results: list[BenchResult]) -> list[dict]:
     return [asdict(r) for r in results]
 
 
-def locate(spec_path=None, max_uniform: int = 128) -> dict:
-    """Time ``sweeps/locate.toml`` (coarse grid, refinement, retirement) from a cold
-    start, and find how many model-steps a uniform sigma^2 grid of the same range,
-    seeds and steps needs to reach an interval as narrow: uniform grids of 8, 16, 32
-    ... points (up to ``max_uniform``) are trained in full until one does.
+def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) -> dict:
+    """Run ``phasevae locate`` on ``sweeps/locate.toml`` (or ``spec_path``) from a
+    cold start, then find how many model-steps a uniform sigma^2 grid over the
+    range of locate's first grid (same seeds and steps) needs for an interval as
+    narrow: uniform grids of 8, 16, 32 ... points (up to ``max_uniform``) are trained
+    in full until one's interval is.
 
     Returns:
-      locate_wall_s (compile included), locate_rel_error (sigma_c^2 against
-      lambda_max / beta), locate_ci, locate_model_steps, and for the first uniform
-      grid whose interval is as narrow (or the largest tried, with
-      ``uniform_reached`` false): uniform_points, uniform_model_steps,
-      uniform_rel_error, uniform_ci and model_steps_ratio_vs_uniform.
+      locate_wall_s (compile included), locate_sigma2_c, locate_rel_error
+      (against lambda_max / beta), locate_ci, locate_half_width, locate_verdict,
+      locate_model_steps, and for the first uniform grid whose interval is as narrow
+      (or the largest tried, with ``uniform_reached`` false): uniform_points,
+      uniform_model_steps, uniform_rel_error, uniform_ci, uniform_half_width,
+      uniform_verdict and model_steps_ratio_vs_uniform.
     """
     import dataclasses
     import tempfile
 
-    from phasevae.analysis import analyze
+    from phasevae import estimate
+    from phasevae.data import load_dataset
+    from phasevae.locate import SPAN
+    from phasevae.locate import locate as run_locate
     from phasevae.spec import Range, load_spec
     from phasevae.sweep import run_sweep
 
-    spec = load_spec(spec_path or _locate_spec_path())
-    s2 = spec.grid.sigma2
-
-    def sweep(s, tmp):
-        t0 = time.perf_counter()
-        result = run_sweep(s, tmp)
-        wall = time.perf_counter() - t0
-        a = analyze(result.metrics, result.meta["spectrum"], s.model.latent_dim)
-        (tr,) = a["transitions"]
-        steps = result.meta.get("model_steps") or (
-            result.meta["grid_size"] * s.train.steps
-        )
-        if tr["sigma2_c"] is None or not tr["ci"]:
-            return wall, steps, None, None, math.inf
-        width = math.log(tr["ci"][1] / tr["ci"][0])
-        err = tr["sigma2_c"] / tr["theory_sigma2_c"] - 1.0
-        return wall, steps, err, tr["ci"], width
-
+    path = spec_path or _locate_spec_path()
+    spec = load_spec(path)
     with tempfile.TemporaryDirectory() as tmp:
-        wall, steps, err, ci, width = sweep(spec, f"{tmp}/locate")
-    out = {
-        "locate_wall_s": wall,
-        "locate_rel_error": err,
-        "locate_ci": ci,
-        "locate_model_steps": steps,
-    }
-    plain = dataclasses.replace(spec.train, slots=0, retire=False, min_steps=0)
+        t0 = time.perf_counter()
+        result = run_locate(path, f"{tmp}/locate", budget=budget, say=lambda _: None)
+        wall = time.perf_counter() - t0
+    (c,) = result["curves"]
+    beta = spec.axes()["beta"][0]
+    lam = float(load_dataset(spec.data).eigenvalues[0])
     num = 8
     while True:
         grid = dataclasses.replace(
-            spec.grid, sigma2=Range(s2.min, s2.max, num, s2.scale)
+            spec.grid,
+            sigma2=Range(SPAN[0] * lam / beta, SPAN[1] * lam / beta, num, "log"),
         )
-        uniform = dataclasses.replace(spec, train=plain, grid=grid)
         with tempfile.TemporaryDirectory() as tmp:
-            _, u_steps, u_err, u_ci, u_width = sweep(uniform, f"{tmp}/uniform")
-        reached = u_width <= width
+            run = run_sweep(dataclasses.replace(spec, grid=grid), f"{tmp}/uniform")
+        spectrum = run.meta["spectrum"]
+        t = estimate.estimate_transition(
+            run.metrics,
+            spec.model.latent_dim,
+            spectrum["lambda_max"],
+            spectrum.get("lambda_max_eval"),
+        )
+        u_half = _half(t["sigma2_c"], t["ci"])
+        reached = c["half_width"] is not None and u_half <= c["half_width"]
         if reached or 2 * num > max_uniform:
             break
         num *= 2
-    out.update(
-        uniform_points=num,
-        uniform_reached=reached,
-        uniform_model_steps=u_steps,
-        uniform_rel_error=u_err,
-        uniform_ci=u_ci,
-        model_steps_ratio_vs_uniform=u_steps / steps,
-    )
-    return out
+    err = None if c["sigma2_c"] is None else c["sigma2_c"] / (lam / beta) - 1.0
+    u_err = None if t["sigma2_c"] is None else t["sigma2_c"] / (lam / beta) - 1.0
+    u_steps = num * len(spec.grid.seeds) * spec.train.steps
+    return {
+        "locate_wall_s": wall,
+        "locate_sigma2_c": c["sigma2_c"],
+        "locate_rel_error": err,
+        "locate_ci": c["ci"],
+        "locate_half_width": c["half_width"],
+        "locate_verdict": c["verdict"],
+        "locate_model_steps": c["model_steps"],
+        "uniform_points": num,
+        "uniform_reached": reached,
+        "uniform_model_steps": u_steps,
+        "uniform_sigma2_c": t["sigma2_c"],
+        "uniform_rel_error": u_err,
+        "uniform_ci": t["ci"],
+        "uniform_half_width": u_half,
+        "uniform_verdict": t["verdict"],
+        "model_steps_ratio_vs_uniform": u_steps / c["model_steps"],
+    }
+
+
+def _half(sigma2_c, ci) -> float:
+    """A 95 % interval's larger half-width in ln sigma^2; inf without one."""
+    if sigma2_c is None or not ci:
+        return math.inf
+    return max(math.log(sigma2_c / ci[0]), math.log(ci[1] / sigma2_c))
 
 
 def _locate_spec_path():

@@ -291,22 +291,30 @@ def locate_text(r: dict, as_json: bool) -> int:
         print(json.dumps(r, indent=1))
         return 0
 
-    def found(err, ci):
-        if err is None:
+    def found(prefix):
+        if r[f"{prefix}_sigma2_c"] is None:
             return "no transition found"
-        interval = f"95 % interval {ci[0]:.4g} .. {ci[1]:.4g}"
-        return f"sigma2_c {100 * err:+.2f} % off ({interval})"
+        ci, half = r[f"{prefix}_ci"], r[f"{prefix}_half_width"]
+        interval = (
+            "no interval"
+            if not ci
+            else f"95 % interval {ci[0]:.4g} .. {ci[1]:.4g} (+-{100 * half:.1f} %)"
+        )
+        return (
+            f"sigma2_c = {r[f'{prefix}_sigma2_c']:.4g}, "
+            f"{100 * r[f'{prefix}_rel_error']:+.2f} % from lambda_max / beta, "
+            f"{interval}, {r[f'{prefix}_verdict']}"
+        )
 
     print(
-        f"locate (sweeps/locate.toml, cold start): {r['locate_wall_s']:.1f} s wall "
-        f"with compilation, {r['locate_model_steps']:,} model-steps, "
-        + found(r["locate_rel_error"], r["locate_ci"])
+        f"phasevae locate (sweeps/locate.toml, cold start): {r['locate_wall_s']:.1f} s "
+        f"wall with compilation, {r['locate_model_steps']:,} model-steps: "
+        + found("locate")
     )
-    reach = "reaches that interval" if r["uniform_reached"] else "does NOT reach it"
+    reach = "reaches that width" if r["uniform_reached"] else "does NOT reach it"
     print(
-        f"uniform grid of {r['uniform_points']} sigma^2 points {reach}: "
-        f"{r['uniform_model_steps']:,} model-steps, "
-        + found(r["uniform_rel_error"], r["uniform_ci"])
+        f"uniform grid of {r['uniform_points']} sigma^2 {reach}: "
+        f"{r['uniform_model_steps']:,} model-steps: " + found("uniform")
     )
     ratio = r["model_steps_ratio_vs_uniform"]
     print(f"model-steps, uniform / locate: {ratio:.1f}x")

@@ -57,3 +57,19 @@ def test_flop_count_of_the_conv_model():
     params = (9 * 16 + 16) + (9 * 16 * 32 + 32) + (512 * 4 + 4) + (2 * 512 + 512)
     params += (9 * 32 * 16 + 16) + (9 * 16 + 1)
     assert bench.flops_per_model_step("conv") == 3 * 2 * 64 * macs + 12 * params
+
+
+def test_bench_locate_reports_an_interval_and_an_error(tmp_path):
+    """The locate path returns an interval and an error (sweeps/locate.toml's
+    adaptive run once gave neither: 'locate_rel_error: null'), and the uniform
+    grids it is compared with are scored the same way."""
+    from tests.test_locate import small_spec
+
+    r = bench.locate(str(small_spec(tmp_path)), max_uniform=16, budget=4_500)
+    assert r["locate_ci"] is not None and r["locate_rel_error"] is not None
+    assert r["locate_ci"][0] <= r["locate_sigma2_c"] <= r["locate_ci"][1]
+    assert 0 < r["locate_model_steps"] <= 4_500
+    assert r["uniform_points"] in (8, 16) and r["uniform_model_steps"] > 0
+    assert r["model_steps_ratio_vs_uniform"] == pytest.approx(
+        r["uniform_model_steps"] / r["locate_model_steps"]
+    )
