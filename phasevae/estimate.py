@@ -22,8 +22,10 @@ how large that bias can still be:
    value to the plateau across one grid cell, as when a small network's units die),
    the transition is anywhere in that cell: the estimate is the cell's middle and
    the statistical part reaches its edges. Where continuity is not rejected, the
-   statistical part still reaches the edges of the cell holding the kink: the grid
-   cannot tell a continuous kink from a drop anywhere in that cell, and on the
+   statistical part still reaches from the last point below the kink whose KL is
+   clearly above 0 (``COLLAPSED``) to the first grid point above it: the grid
+   cannot tell a continuous kink from a drop anywhere in that span (a kink fitted
+   from the active slope can sit just above points that have collapsed), and on the
    validation suite's refined grids 9 of 13 transitions were drops, 3 of them inside
    cells whose coarse values fitted a continuous kink. A continuous fit of a jump
    puts its kink wherever the two sides' residuals balance, which moved with
@@ -238,9 +240,13 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
         stat = (u - cell[0], cell[1] - u)
         support = (min(support[0], cell[0]), max(support[1], cell[1]))
     else:
-        # the grid cannot tell this kink from a drop anywhere in its cell
+        # the grid cannot tell this kink from a drop anywhere between the last point
+        # still clearly active below it (a fit's kink can sit just above collapsed
+        # points, extrapolated from the active slope) and the next point above it
         grid = np.unique(u_pts)
-        below, above = grid[grid < u], grid[grid >= u]
+        active = u_pts[(y >= COLLAPSED) & (u_pts < u)]
+        below = active if active.size else grid[grid < u]
+        above = grid[grid >= u]
         if below.size and above.size:
             stat = (max(stat[0], u - below.max()), max(stat[1], above.min() - u))
     return u, stat, method, table, support, cell

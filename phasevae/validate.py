@@ -199,9 +199,37 @@ def _score(value, ci, reference) -> dict:
     }
 
 
+ALPHA = 0.05  # the intervals are 95 %: the interval score's miss penalty is 2 / ALPHA
+
+
+def sharpness(scores: list[dict], references: list[float | None]) -> dict:
+    """How narrow intervals are, beside how often they cover: the median and worst
+    half-width (the larger side, in ln sigma^2, ~ relative), and the median interval
+    score (Gneiting and Raftery 2007) in ln sigma^2: the width plus 2 / ALPHA times
+    the distance by which the interval misses the reference (an interval that
+    covers scores its width; a missing interval counts as infinitely wide)."""
+    halves, marks = [], []
+    for s, ref in zip(scores, references, strict=True):
+        if s["sigma2_c"] is None or not s["ci"] or ref is None:
+            halves.append(math.inf)
+            marks.append(math.inf)
+            continue
+        lo, hi = (math.log(v) for v in s["ci"])
+        u, r = math.log(s["sigma2_c"]), math.log(ref)
+        halves.append(max(u - lo, hi - u))
+        miss = max(lo - r, 0.0) + max(r - hi, 0.0)
+        marks.append(hi - lo + 2 / ALPHA * miss)
+    return {
+        "median_half_width": float(np.median(halves)) if halves else None,
+        "worst_half_width": float(np.max(halves)) if halves else None,
+        "median_interval_score": float(np.median(marks)) if marks else None,
+    }
+
+
 def summarize(rows: list[dict]) -> dict:
     """Per estimator: median and worst |error| against the reference, coverage of
-    its intervals, and (for the estimate) how many trusted intervals miss."""
+    its intervals and their sharpness (:func:`sharpness`), and (for the estimate)
+    how many trusted intervals miss."""
     out = {}
     for name in ESTIMATORS:
         scores = [r["estimators"][name] for r in rows]
@@ -212,6 +240,7 @@ def summarize(rows: list[dict]) -> dict:
             "median_abs_error": float(np.median(errors)) if errors else None,
             "worst_abs_error": float(np.max(errors)) if errors else None,
             "coverage": sum(s["covers"] for s in scores) / len(rows) if rows else None,
+            **sharpness(scores, [r["reference"] for r in rows]),
         }
     for name in ("estimate", "refined"):
         trusted = [
@@ -310,15 +339,18 @@ def table(rows: list[dict], summary: dict) -> str:
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += [
         "",
-        "| estimator | median abs error | worst abs error | coverage |",
-        "|---|---|---|---|",
+        "| estimator | median abs error | worst abs error | coverage | "
+        "median half-width | worst half-width | median interval score |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in ESTIMATORS:
         s = summary[name]
         lines.append(
             f"| {name} | {absolute(s['median_abs_error'])} | "
             f"{absolute(s['worst_abs_error'])} | "
-            f"{s['coverage']:.0%} ({round(s['coverage'] * s['cases'])}/{s['cases']}) |"
+            f"{s['coverage']:.0%} ({round(s['coverage'] * s['cases'])}/{s['cases']}) | "
+            f"{absolute(s['median_half_width'])} | {absolute(s['worst_half_width'])} | "
+            f"{_fmt(s['median_interval_score'])} |"
         )
     est, th = summary["estimate"], summary["estimate_vs_lambda_max"]
     lines += [

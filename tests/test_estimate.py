@@ -244,3 +244,29 @@ def test_a_curve_free_bits_hold_up_gets_no_train_longer_advice():
     t = estimate.estimate_transition(held, 3)
     assert t["verdict"] == estimate.FLOOR and t["train_longer"] is None
     assert t["floor"]["held"] and t["floor"]["kl_top_at_max_sigma2"] >= 0.08
+
+
+def test_a_kink_fitted_above_collapsed_points_keeps_the_span_below_them():
+    """The gauss8 validation case, as locate's first grid saw it: the top dim's KL
+    runs on the active slope down to 6.19 (KL 0.12) and is 0 from 7.83 on. A kink
+    continued from the slope sits at ~7.87, above the collapsed 7.83, but the
+    units died somewhere between 6.19 and 7.83 (the reference: 7.1). The interval
+    must reach down to the last clearly active point, so that refinement samples
+    the span where the drop is."""
+    grid = np.geomspace(0.3 * LAM, 2.5 * LAM, 10)
+    rows = []
+    rng = np.random.default_rng(0)
+    for step in np.linspace(250, 3000, 12):
+        for i, s2 in enumerate(grid):
+            top = 0.5 * math.log(7.87 / s2) if s2 < 7.1 else 0.0
+            top = max(top, 0.0) + abs(rng.normal(0, 2e-4))
+            rows.append(
+                {"point_id": f"p{i}", "sigma2": s2, "beta": 1.0, "seed": 0}
+                | {"step": int(step), "kl": top, "diverged": False}
+                | {"kl_dim_0": top, "kl_dim_1": 0.0}
+            )
+    r = estimate.estimate_transition(pd.DataFrame(rows), 2)
+    last_active = grid[grid < 7.1].max()
+    assert r["ci"][0] <= last_active < 7.1 < r["ci"][1]
+    added = estimate.interval_values(r, grid, 6)
+    assert any(last_active < v < 7.1 for v in added)
