@@ -54,6 +54,7 @@ def test_the_tutorial_runs_as_written(tmp_path):
     blocks = tutorial_blocks()
     assert [lang for lang, _ in blocks] == ["python", "bash", "bash", "bash"] + [
         "bash",
+        "bash",
         "python",
     ]
     env = {**os.environ, "MPLBACKEND": "Agg"}
@@ -71,6 +72,8 @@ def test_the_tutorial_runs_as_written(tmp_path):
     run = tmp_path / "runs" / "mine"
     assert (run / "analysis.json").exists() and (run / "report.html").exists()
     assert (run / "figures" / "phase_diagram.png").exists()
+    assert (run / "locate" / "locate.json").exists()  # the advice, followed
+    assert len(re.findall(r"beta [\d.]+: sigma2_c = ", printed[4])) == 3
     # what the tutorial says the theory prints, and the transitions it reads back
     assert re.search(r"lambda_max = 9\.\d+", printed[1])
     assert len(re.findall(r"beta [\d.]+: sigma2_c = ", printed[-1])) == 3
