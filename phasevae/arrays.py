@@ -107,19 +107,47 @@ def check_memory(values: int, path: Path) -> None:
 
 
 def _load_csv(path: Path) -> np.ndarray:
-    for skip in (0, 1):  # a header line is allowed
-        try:
-            with warnings.catch_warnings():  # "input contained no data"
-                warnings.simplefilter("ignore")
-                x = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
-        except ValueError as e:
-            err = e
-            continue
-        if x.size == 0:
-            raise DataError(f"{path}: the CSV holds no data rows")
-        return x
-    first = (str(err).strip().splitlines() or ["?"])[0]
-    raise DataError(f"{path}: the CSV holds a non-numeric value ({brief(first, 200)})")
+    """A CSV of numbers, with one header line only when every cell of the first
+    line is a name (no cell a number): a rule that cannot take a data row for a
+    header. A first line that is neither is refused by its cells; a UTF-8
+    byte-order mark is not part of the first cell."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        first = f.readline()
+    cells = [c.strip() for c in first.rstrip("\r\n").split(",")]
+    numeric = [_is_number(c) for c in cells]
+    if not all(numeric) and any(numeric):
+        bad = next(i for i, ok in enumerate(numeric) if not ok)
+        raise DataError(
+            f"{path}: line 1 is neither a header (every cell a name) nor a data row "
+            f"(every cell a number): cell {bad + 1} is {brief(cells[bad], 40)} "
+            f"and cell {numeric.index(True) + 1} is a number"
+        )
+    try:
+        with warnings.catch_warnings():  # "input contained no data"
+            warnings.simplefilter("ignore")
+            x = np.loadtxt(
+                path,
+                delimiter=",",
+                ndmin=2,
+                skiprows=0 if all(numeric) else 1,
+                encoding="utf-8-sig",
+            )
+    except ValueError as e:
+        line = (str(e).strip().splitlines() or ["?"])[0]
+        raise DataError(
+            f"{path}: the CSV holds a non-numeric value ({brief(line, 200)})"
+        ) from None
+    if x.size == 0:
+        raise DataError(f"{path}: the CSV holds no data rows")
+    return x
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _load_parquet(path: Path) -> np.ndarray:

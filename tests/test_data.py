@@ -282,3 +282,29 @@ def test_a_missing_datasets_extra_is_a_message(
     err = capsys.readouterr().err
     assert package in err and "phasevae[datasets]" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "first, rows, error",
+    [
+        ("a,b,c", 200, None),  # a header: every cell a name
+        ("1.5,2,3", 201, None),  # a data row: kept
+        ("\ufeff1.5,2,3", 201, None),  # a byte-order mark is not a cell
+        ("\ufeffa,b,c", 200, None),
+        ("1.5,x,3", None, "cell 2 is 'x'"),  # neither: refused, never eaten
+        ("1.5,,3", None, "cell 2 is ''"),
+    ],
+)
+def test_a_csv_first_line_is_a_header_only_when_every_cell_is_a_name(
+    tmp_path, first, rows, error
+):
+    """A first row with a byte-order mark, or with one bad or empty cell, was taken
+    as a header and the run trained on 199 of 200 rows, saying nothing."""
+    body = "\n".join(",".join(f"{v:.3f}" for v in r) for r in np.ones((200, 3)))
+    path = tmp_path / "x.csv"
+    path.write_text(f"{first}\n{body}\n", encoding="utf-8")
+    if error is None:
+        assert load_array(path).shape == (rows, 3)
+    else:
+        with pytest.raises(DataError, match=f"line 1 is neither.*{error}"):
+            load_array(path)
