@@ -268,11 +268,21 @@ def merge_runs(
     """
     runs = [RunDir(p) for p in run_dirs]
     dest_path = Path(out)
+    where = dest_path.resolve()
     for r in runs:
-        if dest_path.exists() and r.path.exists() and dest_path.samefile(r.path):
+        shard = r.path.resolve()
+        if where == shard or where in shard.parents or shard in where.parents:
+            what = (
+                "is one of the shards"
+                if where == shard
+                else "holds a shard"
+                if where in shard.parents
+                else "lies inside a shard"
+            )
             raise RunDirError(
-                f"--out {out} is one of the shards being merged; merge into a new "
-                "directory (the shards are never written to)"
+                f"--out {out} {what} being merged ({r.path}); merge into a new "
+                "directory beside them (the shards are only read, whatever --force "
+                "says)"
             )
         r.spec()  # a run, its spec intact
     if dest_path.exists() and any(dest_path.iterdir()) and not force:
@@ -324,6 +334,7 @@ def merge_runs(
     build = Path(
         tempfile.mkdtemp(prefix=f".{dest_path.name}.merge-", dir=dest_path.parent)
     )
+    build.chmod(0o777 & ~_umask())  # mkdtemp's 0700 is for its own use, not a run's
     try:
         dest = RunDir(build)
         dest.claim(spec)
@@ -347,6 +358,12 @@ def merge_runs(
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return {"points": len(seen), "duplicated": sorted(set(duplicated))}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace_dir(new: Path, dest: Path) -> None:

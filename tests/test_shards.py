@@ -79,6 +79,16 @@ def test_sharded_runs_merge_into_the_single_run(tmp_path, capsys):
     assert main(["merge", *shards, "--out", str(merged), "--force"]) == 0
     assert main(["analyze", str(merged)]) == 0
     assert not list(tmp_path.glob(".*merge-*")) and not list(tmp_path.glob(".*old-*"))
+    # the shards' parent as --out deleted them all with --force; inside a shard
+    # wrote there: both refused, every shard byte for byte as it was
+    everything = {s: snapshot(s) for s in shards}
+    for out in (tmp_path, Path(shards[0]) / "merged"):
+        assert main(["merge", *shards, "--out", str(out), "--force"]) == 2
+        assert "shard" in capsys.readouterr().err
+    assert {s: snapshot(s) for s in shards} == everything
+    assert not (Path(shards[0]) / "merged").exists()
+    # the merged run is a directory like any other, not mkdtemp's 0700
+    assert merged.stat().st_mode & 0o777 == (tmp_path / "whole").stat().st_mode & 0o777
     # the shard still continues as a shard
     assert main(["sweep", str(spec), "--out", shards[0], "--shard", "0/3"]) == 0
 
