@@ -76,11 +76,34 @@ class RunDir:
         self.checkpoints = Checkpoints(self.path / "checkpoints")
 
     def existing(self) -> RunDir:
-        """This run directory, or RunDirError when it is missing or not a
-        directory."""
+        """This run directory, or RunDirError when it is missing, not a directory
+        or holds links (:meth:`check_links`)."""
         if not self.path.is_dir():
             what = "is not a directory" if self.path.exists() else "does not exist"
             raise RunDirError(f"run directory {self.path} {what}")
+        return self.check_links()
+
+    def check_links(self) -> RunDir:
+        """This run directory, or RunDirError when any of its own files or folders
+        (or what its folders hold, one level down) is a symbolic link: a run writes
+        and deletes only what it made, never through a link to somewhere else (a
+        linked figures/ was written into, a linked checkpoints/ had an unrelated
+        folder deleted by the checkpoint's cleanup)."""
+        if not self.path.is_dir():
+            return self
+        found = []
+        for entry in self.path.iterdir():
+            if entry.is_symlink():
+                found.append(entry)
+            elif entry.is_dir():
+                found += [p for p in entry.iterdir() if p.is_symlink()]
+        if found:
+            raise RunDirError(
+                f"{self.path} holds symbolic links ({', '.join(map(str, found[:3]))}"
+                f"{' ...' if len(found) > 3 else ''}); phasevae writes only real files "
+                "and folders of a run: replace the links by what they point to, or "
+                "use a new --out"
+            )
         return self
 
     def claim(self, spec: Spec, extendable: bool = False) -> None:
@@ -125,6 +148,7 @@ class RunDir:
         """
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        self.check_links()
         try:
             with self._locked():
                 yield
@@ -137,7 +161,13 @@ class RunDir:
 
     @contextlib.contextmanager
     def _locked(self):
-        with open(self.path / ".lock", "a+") as f:
+        try:  # never through a link (a+ truncated and wrote the link's target)
+            fd = os.open(
+                self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644
+            )
+        except OSError as e:
+            raise RunDirError(f"{self.path / '.lock'}: {e.strerror}") from None
+        with open(fd, "r+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

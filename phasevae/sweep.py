@@ -93,7 +93,7 @@ def run_sweep(
     grid = select_shard(grid_table(spec), shard)
     if grid.empty:
         raise SpecError(f"shard {shard[0]}/{shard[1]} holds no grid points")
-    run = RunDir(out)
+    run = RunDir(out).check_links()
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
     if not dry_run and _finished(run, spec, shard):
@@ -155,7 +155,7 @@ def _run_static_groups(
     groups = [
         ("__".join(labels.values()), labels, g) for labels, g in spec.static_groups()
     ]
-    run = RunDir(out)
+    run = RunDir(out).check_links()
     if dry_run:
         plans = [
             run_sweep(

@@ -156,3 +156,48 @@ def test_nan_payloads_do_not_read_as_damage(tmp_path):
     run.write_metrics(df)
     back = run.metrics()
     assert back["kl"].isna().all() and list(back["step"]) == [1, 2, 3]
+
+
+def _snapshot(path):
+    return {
+        p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "entry", [".lock", "figures", "checkpoints", "meta.json", "analysis.json"]
+)
+def test_a_link_in_a_run_directory_is_refused_and_its_target_untouched(
+    runs, tmp_path, capsys, entry
+):
+    """A run's own files and folders are real or refused: a linked .lock had its
+    target truncated to a pid, a linked figures/ was written into, a linked
+    checkpoints/ had an unrelated folder deleted by the checkpoint's cleanup."""
+    root, spec = runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "done", run)
+    assert main(["analyze", str(run)]) == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mine.txt").write_text("keep me")
+    (outside / "0").mkdir()  # a folder named as a checkpoint's
+    (outside / "0" / "x").write_text("keep me too")
+    target = run / entry
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+    if entry in ("figures", "checkpoints"):
+        target.symlink_to(outside, target_is_directory=True)
+    else:
+        target.symlink_to(outside / "mine.txt")
+    before = _snapshot(outside)
+    for argv in (
+        ["sweep", str(spec), "--out", str(run), "--set", "train.steps=60"],
+        ["plot", str(run)],
+        ["report", str(run)],
+        ["analyze", str(run)],
+    ):
+        assert main(argv) == 2, argv
+        assert "symbolic link" in capsys.readouterr().err
+    assert _snapshot(outside) == before
