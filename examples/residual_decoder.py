@@ -37,6 +37,7 @@ class ResidualVAE(nn.Module):
         return mu, logvar, nn.Dense(self.data_dim, name="out")(y)
 
 
+@pv.model_factory  # a spec may name only factories declared so (or Module classes)
 def make(data_shape, latent_dim, width=32):
     """The factory a spec names (``model.options`` become its keyword arguments)."""
     return ResidualVAE(data_shape[0], latent_dim, width)

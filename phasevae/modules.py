@@ -26,6 +26,7 @@ import numpy as np
 
 from phasevae.conv import ConvVAE
 from phasevae.errors import BadInput
+from phasevae.plugins import GROUP, declared
 from phasevae.spec import ModelSpec, Spec, axis_values
 
 _OBJECTS: dict[str, nn.Module | Callable] = {}  # labels of register()
@@ -258,8 +259,14 @@ def _factory(label: str):
         if not hasattr(obj, part):
             raise ModelError(f"model.module {label}: {path} has no {attr}")
         obj = getattr(obj, part)
-    if not callable(obj):
-        raise ModelError(f"model.module {label}: {attr} is not callable")
+    if not declared(obj, label):
+        what = "a class" if isinstance(obj, type) else type(obj).__name__
+        raise ModelError(
+            f"model.module {label} names {what}, neither a flax Module class nor a "
+            "factory declared as one (decorate it with @phasevae.model_factory, or "
+            f"list it in the {GROUP!r} entry points): a spec may not call anything "
+            "else. It was not called"
+        )
     return obj
 
 

@@ -207,3 +207,83 @@ def test_a_conv_sweep_takes_slots_shards_merge_analysis_and_figures(tmp_path):
     )
     assert merged.analyze()["transitions"]
     assert merged.plot(save="png")
+
+
+@pytest.mark.parametrize(
+    "module, options",
+    [
+        ("os:system", {"command": "touch {marker}"}),
+        ("subprocess:call", {"args": ["touch", "{marker}"]}),
+        ("os:remove", {"path": "{victim}"}),
+        ("builtins:dict", {}),
+        ("tests.user_models:_Broken", {}),  # a Module class: named, allowed to build
+    ],
+)
+def test_a_spec_may_call_only_modules_and_declared_factories(
+    tmp_path, capsys, module, options
+):
+    """model.module = "os:system" with a command in model.options ran it (and
+    --dry-run too); anything but a flax Module class or a factory declared with
+    @phasevae.model_factory (or a phasevae.models entry point) is refused before
+    it is called."""
+    marker, victim = tmp_path / "marker", tmp_path / "victim"
+    victim.write_text("mine")
+    fill = {"marker": marker, "victim": victim}
+    opts = {
+        k: [a.format(**fill) for a in v] if isinstance(v, list) else v.format(**fill)
+        for k, v in options.items()
+    }
+    raw = tiny_dict(model={"kind": "module", "module": module, "options": opts})
+    del raw["model"]["encoder"], raw["model"]["decoder"]
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tomli_w.dumps(raw))
+    if module.startswith("tests."):  # a Module class is named, built and planned
+        assert main(["sweep", str(spec), "--dry-run"]) == 0
+        return
+    for extra in (["--dry-run"], []):
+        code = main(["sweep", str(spec), "--out", str(tmp_path / "run"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert "neither a flax Module class nor a factory" in err
+    assert not marker.exists() and victim.read_text() == "mine"
+
+
+def test_the_readers_never_import_the_module_a_spec_names(tmp_path, monkeypatch):
+    """Only sweep (and locate, validate) import a spec's module; analyze, plot,
+    report, status, theory and merge read the run without running its code."""
+    import sys
+
+    from tests.test_api import ROOT
+
+    marker = tmp_path / "imported"
+    (tmp_path / "spy_model.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "from tests.user_models import make as _make\n"
+        "import phasevae\n"
+        "make = phasevae.model_factory(_make)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT))
+    raw = tiny_dict(model={"kind": "module", "module": "spy_model:make"})
+    del raw["model"]["encoder"], raw["model"]["decoder"]
+    raw["grid"]["sigma2"] = [0.5, 1.0, 2.0, 4.0, 8.0]
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tomli_w.dumps(raw))
+    run = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(run)]) == 0
+    assert marker.exists()  # the sweep imported it, as it must
+    marker.unlink()
+    monkeypatch.delitem(sys.modules, "spy_model")
+    for argv in (
+        ["analyze", str(run)],
+        ["plot", str(run)],
+        ["report", str(run)],
+        ["status", str(run)],
+        ["theory", str(run)],
+        ["theory", str(spec)],
+        ["merge", str(run), "--out", str(tmp_path / "merged")],
+    ):
+        assert main(argv) == 0, argv
+        assert not marker.exists(), argv

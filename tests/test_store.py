@@ -159,9 +159,7 @@ def test_nan_payloads_do_not_read_as_damage(tmp_path):
 
 
 def _snapshot(path):
-    return {
-        p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()
-    }
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize(

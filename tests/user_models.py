@@ -6,6 +6,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from phasevae import model_factory
+
 
 class TinyVAE(nn.Module):
     """An MLP VAE of the user's own, with a residual block in the decoder."""
@@ -28,6 +30,7 @@ class TinyVAE(nn.Module):
         return mu, logvar, nn.Dense(n, name="out")(y).reshape(self.data_shape)
 
 
+@model_factory
 def make(data_shape, latent_dim, width=8):
     return TinyVAE(tuple(data_shape), latent_dim, width)
 
@@ -51,14 +54,17 @@ class _Broken(TinyVAE):
         return TinyVAE.__call__(self, x, eps)
 
 
+@model_factory
 def broken(data_shape, latent_dim, how):
     return _Broken(tuple(data_shape), latent_dim, how=how)
 
 
+@model_factory
 def raises(**kwargs):
     raise RuntimeError("the lab's config server is down")
 
 
+@model_factory
 def no_output_layer(data_shape, latent_dim):
     class Plain(TinyVAE):
         output_layer = None
