@@ -27,7 +27,12 @@ how large that bias can still be:
    cannot tell a continuous kink from a drop anywhere in that span (a kink fitted
    from the active slope can sit just above points that have collapsed), and on the
    validation suite's refined grids 9 of 13 transitions were drops, 3 of them inside
-   cells whose coarse values fitted a continuous kink. A continuous fit of a jump
+   cells whose coarse values fitted a continuous kink. Where the continuous kink
+   lies further above the first collapsed point (top-dim KL below ``COLLAPSED``)
+   than its slope of 1/2 allows (2 ``COLLAPSED`` in ln sigma^2), the fit has
+   extrapolated the active slope past collapsed points, and the KL drops somewhere
+   between the last active point and that collapsed one: that cell is the jump
+   (:func:`_past_collapsed`). A continuous fit of a jump
    puts its kink wherever the two sides' residuals balance, which moved with
    training by up to 5 % inside an unchanged cell on the validation suite; only more
    sigma^2 inside the cell (``grid.sigma2.refine``) locates a jump better. (With a
@@ -233,7 +238,7 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
     support = (max(before) if before else fit.u_min, u + NEAR)
     stat = (u - math.log(ci[0]), math.log(ci[1]) - u)
     u_pts, y, sd = seed_average(table, "kl_rank_0", KL_FLOOR)
-    cell = discontinuity(u_pts, y, fit, sd)
+    cell = discontinuity(u_pts, y, fit, sd) or _past_collapsed(u_pts, y, u)
     if cell is not None:
         # the KL jumps across the cell: the transition is anywhere in it
         u, method = (cell[0] + cell[1]) / 2, JUMP
@@ -250,6 +255,21 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
         if below.size and above.size:
             stat = (max(stat[0], u - below.max()), max(stat[1], above.min() - u))
     return u, stat, method, table, support, cell
+
+
+def _past_collapsed(u_pts, y, u: float) -> tuple[float, float] | None:
+    """The cell [last active point, first collapsed point above it] when the fit's
+    kink ``u`` lies further above that collapsed point than a continuous kink can:
+    with the slope of 1/2 the top dim's KL falls below ``COLLAPSED`` only within
+    2 ``COLLAPSED`` (in ln sigma^2) of the kink, so the fit extrapolated the active
+    slope past points that had collapsed, and the KL drops somewhere in the cell."""
+    active = u_pts[y >= COLLAPSED]
+    if not active.size:
+        return None
+    dead = u_pts[(y < COLLAPSED) & (u_pts > active.max())]
+    if dead.size and u > dead.min() + 2 * COLLAPSED:
+        return float(active.max()), float(dead.min())
+    return None
 
 
 def estimate_transition(

@@ -270,3 +270,27 @@ def test_a_kink_fitted_above_collapsed_points_keeps_the_span_below_them():
     assert r["ci"][0] <= last_active < 7.1 < r["ci"][1]
     added = estimate.interval_values(r, grid, 6)
     assert any(last_active < v < 7.1 for v in added)
+
+
+def test_a_kink_extrapolated_past_collapsed_points_becomes_their_cell():
+    """The diabetes reference at T: the top dim's KL follows the slope to 0.05 at
+    7.20, is 0.006 at 7.37 and 0 beyond, yet the slope continued puts a kink at
+    ~7.6, above points the run shows collapsed. A continuous kink's KL is below
+    0.01 nats only within 0.02 in ln sigma^2 of it, so the drop is in the cell
+    [7.20, 7.37]."""
+    grid = [6.37, 6.7, 7.04, 7.2, 7.373, 7.55, 7.73, 7.91, 8.29, 9.16, 10.3]
+    rows = []
+    rng = np.random.default_rng(0)
+    for step in np.linspace(250, 3000, 12):
+        for i, s2 in enumerate(grid):
+            top = 0.5 * math.log(7.62 / s2) if s2 < 7.3 else (0.006 if s2 < 7.4 else 0)
+            top += abs(rng.normal(0, 2e-4))
+            rows.append(
+                {"point_id": f"p{i}", "sigma2": s2, "beta": 1.0, "seed": 0}
+                | {"step": int(step), "kl": top, "diverged": False}
+                | {"kl_dim_0": top, "kl_dim_1": 0.0}
+            )
+    r = estimate.estimate_transition(pd.DataFrame(rows), 2)
+    assert r["jump"] == pytest.approx([7.2, 7.373])
+    assert 7.2 < r["sigma2_c"] < 7.373
+    assert r["ci"][0] <= 7.2 and r["ci"][1] >= 7.373
