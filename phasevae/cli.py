@@ -93,7 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
-        return 143  # 128 + SIGTERM, as if the signal had ended the process
+        return e.status  # 128 + the signal, as if it had ended the process
     finally:
         show.close()  # a live display left running would keep the cursor hidden
         for log in logs:
@@ -157,15 +157,20 @@ def _preflight(strict: bool):
 
 def cmd_locate(args: argparse.Namespace) -> int:
     from phasevae import api
+    from phasevae.loop import Preempted
 
-    result = api.locate(
-        args.source,
-        args.out,
-        overrides=args.set,
-        budget=args.budget,
-        target=args.target,
-        say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout),
-    )
+    try:
+        result = api.locate(
+            args.source,
+            args.out,
+            overrides=args.set,
+            budget=args.budget,
+            target=args.target,
+            say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout),
+        )
+    except Preempted as e:  # its stage saved; a rerun continues locate there
+        print(f"phasevae: {e}", file=sys.stderr)
+        return e.status
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -257,7 +262,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     def progress(case):
         print(f"case {case.name}: {case.description}", file=sys.stderr, flush=True)
 
-    run_suite(check_out_dir(args.out), args.quick, args.case, progress)
+    from phasevae.loop import Preempted
+
+    try:
+        run_suite(check_out_dir(args.out), args.quick, args.case, progress)
+    except Preempted as e:
+        print(f"phasevae: {e}", file=sys.stderr)
+        return e.status
     print((Path(args.out) / "table.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'validation.json'}")
     return 0

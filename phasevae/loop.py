@@ -67,29 +67,61 @@ class SweepResult:
 
 
 class Preempted(Exception):
-    """SIGTERM arrived: the current chunk was finished and checkpointed."""
+    """SIGTERM or a first Ctrl-C arrived: the current chunk was finished and
+    checkpointed. ``status`` is the exit status the signal's name calls for."""
 
-    def __init__(self, run: RunDir, step: int):
+    def __init__(self, run: RunDir, step: int, signum: int = signal.SIGTERM):
+        name = signal.Signals(signum).name
+        self.status = 128 + signum
         super().__init__(
-            f"stopped by SIGTERM after step {step}; everything up to it is saved in "
+            f"stopped by {name} after step {step}; everything up to it is saved in "
             f"{run.path}. Rerun the same command to resume."
         )
 
 
+class StopFlag(threading.Event):
+    """Set by SIGTERM or a first Ctrl-C (SIGINT); ``signum`` says which."""
+
+    signum = signal.SIGTERM
+
+
 @contextlib.contextmanager
 def sigterm_flag():
-    """A flag that SIGTERM sets, instead of killing the process, for the block."""
-    stop = threading.Event()
+    """A flag that SIGTERM and a first Ctrl-C set, instead of stopping the process,
+    for the block: training finishes its chunk, saves and stops. A second Ctrl-C
+    exits at once (status 130) without waiting for anything: the last complete
+    save stays valid (a save is sealed only once whole), and no thread is left to
+    print a traceback."""
+    stop = StopFlag()
     if TERM_REQUESTED.is_set():  # arrived during start-up: stop at the first chunk
         stop.set()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_signal(signum, _frame):
+        if signum == signal.SIGINT and stop.is_set():
+            os.write(
+                2,
+                b"phasevae: interrupted again: stopped at once; the last "
+                b"complete save is intact, rerun the same command to resume\n",
+            )
+            os._exit(130)
+        stop.signum = signum
+        stop.set()
+        if signum == signal.SIGINT:
+            os.write(
+                2,
+                b"phasevae: interrupted: finishing the chunk and saving "
+                b"(Ctrl-C again to stop at once)\n",
+            )
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def train(
@@ -115,7 +147,8 @@ def train(
     meta["wall_times"]["compile_s"] = program.compile_s
     meta["status"] = "running"
     trained_before = meta["wall_times"]["train_s"]
-    t_train, last_save = time.perf_counter(), time.perf_counter()
+    # the first save comes after the first chunk (the compile came before it)
+    t_train, last_save = time.perf_counter(), -float("inf")
     every = spec.train.eval_every
     model_steps = meta.get("model_steps", 0)
     points = program.points_for(sched.slot_rows())
@@ -157,7 +190,7 @@ def train(
                     progress(*sched.progress(every, spec.train.steps), elapsed)
             if stopping and not sched.done():
                 run.wait_for_checkpoint()
-                raise Preempted(run, int(sched.slot_step.max()))
+                raise Preempted(run, int(sched.slot_step.max()), stop.signum)
     except BaseException:
         with contextlib.suppress(Exception):  # keep what was being written
             run.wait_for_checkpoint()

@@ -213,9 +213,18 @@ CONV = {  # the convolutional VAE on 8x8 digits (issue 15)
 
 # SIGKILL on the conv VAE, SIGTERM on the MLP: the store and the loop do not depend on
 # the model, so each signal is tested once (the suite's time)
-@pytest.mark.parametrize("how, model", [("SIGTERM", "mlp"), ("SIGKILL", "conv")])
+@pytest.mark.parametrize(
+    "how, model",
+    [
+        ("SIGTERM", "mlp"),
+        ("SIGINT", "mlp"),
+        ("SIGINT twice", "mlp"),
+        ("SIGKILL", "conv"),
+    ],
+)
 def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, how, model):
     import signal
+    import time
 
     steps = 200 if model == "conv" else 400
     spec = write_spec(
@@ -231,15 +240,24 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, how, model
     assert subprocess.run(_sweep_cmd(spec, full), capture_output=True).returncode == 0
 
     cut = tmp_path / "cut"
-    cmd = _sweep_cmd(spec, cut) + ["--checkpoint-every", "0"]
+    # with Ctrl-C, the default cadence: the first save comes after the first chunk
+    every = [] if how.startswith("SIGINT") else ["--checkpoint-every", "0"]
+    cmd = _sweep_cmd(spec, cut) + every
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     _wait_for_save(cut, proc)
-    proc.send_signal(getattr(signal, how))
+    proc.send_signal(getattr(signal, how.split()[0]))
+    if how == "SIGINT twice":  # the second at once: stop now, the last save intact
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    if how == "SIGTERM":
-        assert proc.returncode == 143 and "stopped by SIGTERM after step" in err
+    if how in ("SIGTERM", "SIGINT"):  # Ctrl-C saves as SIGTERM does (exit 130)
+        status = 128 + getattr(signal, how)
+        assert proc.returncode == status and f"stopped by {how} after step" in err
+        assert "Traceback" not in err
+    elif how == "SIGINT twice":
+        assert proc.returncode == 130 and "Traceback" not in err, err
     else:
         assert proc.returncode == -signal.SIGKILL
     meta = json.loads((cut / "meta.json").read_text())
