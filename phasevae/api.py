@@ -275,6 +275,7 @@ class Run:
             "steps_done": meta.get("steps_done", 0),
             "schedule": meta.get("schedule"),  # adaptive: per-point progress
             "rounds": meta.get("rounds", 0),
+            "data": meta.get("data"),  # the fingerprint of the data it trains on
             "checkpoint_age_s": None,
             "eta_s": None,
         }

@@ -390,6 +390,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"run directory: {args.run_dir} ({st['status']})")
     if st["shard"]:
         print(f"shard {st['shard'][0]}/{st['shard'][1]} of the grid")
+    if st["data"]:
+        d = st["data"]
+        print(
+            f"data: sha256 {d['sha256'][:16]}..., shape {d['shape']}, "
+            f"lambda_max {d['lambda_max']:.6g}"
+        )
     size, diverged, done = st["grid_size"], st["diverged"], st["steps_done"]
     if st["schedule"] is not None:  # adaptive: points train for different lengths
         n = st["schedule"]

@@ -13,6 +13,7 @@ scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.cifar`
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,20 @@ class Dataset:
     description: str
     components: np.ndarray | None = None
     image_shape: tuple[int, ...] | None = field(default=None)
+
+    def fingerprint(self) -> dict:
+        """The identity of the data the models see (after loading and
+        normalisation): the SHA-256 of the training array's bytes, its shape and
+        dtype, and lambda_max. A run records it when it starts and compares it
+        whenever it is resumed, extended or merged: a file replaced (or a generator
+        or package that changed its output) is another data set."""
+        x = np.ascontiguousarray(self.x)
+        return {
+            "sha256": hashlib.sha256(x.tobytes()).hexdigest(),
+            "shape": list(x.shape),
+            "dtype": str(x.dtype),
+            "lambda_max": float(self.eigenvalues[0]),
+        }
 
     def spectrum(self) -> dict:
         """JSON-ready summary stored in the run's meta.json."""

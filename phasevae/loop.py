@@ -356,6 +356,7 @@ def base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
         "processes": jax.process_count(),
         "platform": jax.default_backend(),
         "spectrum": data.spectrum(),
+        "data": data.fingerprint(),
         "grid_size": len(grid),
         "steps": spec.train.steps,
         "steps_done": old.get("steps_done", 0),

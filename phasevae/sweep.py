@@ -8,6 +8,7 @@ I/N`` trains a share of the grid; :func:`merge_runs` puts the shares back togeth
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -94,6 +95,7 @@ def run_sweep(
     if grid.empty:
         raise SpecError(f"shard {shard[0]}/{shard[1]} holds no grid points")
     run = RunDir(out).check_links()
+    same_data(run, data, spec)
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
     if not dry_run and _finished(run, spec, shard):
@@ -146,6 +148,23 @@ def run_sweep(
         )
 
 
+def same_data(run: RunDir, data, spec: Spec) -> None:
+    """Refuse (RunDirError) to resume, extend or reuse ``run`` on data other than
+    the data it was started on: its recorded fingerprint against ``data``'s."""
+    had = run.meta().get("data") if run.meta_file.exists() else None
+    now = data.fingerprint()
+    if had is not None and had != now:
+        where = f" ({spec.data.path})" if spec.data.path else ""
+        raise RunDirError(
+            f"{run.path} was trained on other data than the data{where} now gives: "
+            f"sha256 {had['sha256'][:16]}..., shape {had['shape']}, lambda_max "
+            f"{had['lambda_max']:.6g} there; sha256 {now['sha256'][:16]}..., shape "
+            f"{now['shape']}, lambda_max {now['lambda_max']:.6g} now. Results of "
+            "two data sets are never mixed: restore the data, or train it in a new "
+            "--out"
+        )
+
+
 def _run_static_groups(
     spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk, preflight
 ):
@@ -175,6 +194,8 @@ def _run_static_groups(
             "estimated_train_s": sum(p["estimated_train_s"] for p in plans),
         }
     if _finished(run, spec, shard):
+        name, _, first = groups[0]  # the groups share the data
+        same_data(RunDir(run.path / "groups" / name), load_dataset(first.data), spec)
         return make_result(run, [run.metrics()], run.meta())
     primary = jax.process_index() == 0
     with run.lock() if primary else contextlib.nullcontext():
@@ -295,6 +316,12 @@ def merge_runs(
         if r.spec() != spec:
             raise RunDirError(f"{r.path} holds a different spec than {runs[0].path}")
     metas = [r.meta() for r in runs]
+    prints = {json.dumps(m.get("data"), sort_keys=True) for m in metas}
+    if len(prints) > 1:
+        raise RunDirError(
+            "the shards were trained on different data (their meta.json 'data' "
+            "fingerprints differ): they are not shares of one run"
+        )
     unfinished = [
         str(r.path)
         for r, m in zip(runs, metas, strict=True)

@@ -561,3 +561,27 @@ def test_a_file_given_as_a_run_directory_is_named_as_such(tmp_path, capsys):
         assert f"run directory {spec} is not a directory" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_run_refuses_data_other_than_its_own(tmp_path, capsys):
+    """A finished run whose CSV was replaced printed the old results; an interrupted
+    one finished on the new data, mixing two data sets. The data's fingerprint is
+    recorded when a run starts and compared whenever it is reused."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.csv"
+    pd.DataFrame(rng.normal(size=(300, 4)) * [2.0, 1.0, 0.5, 0.2]).to_csv(
+        path, index=False
+    )
+    raw = tiny_dict(data={"source": "array", "path": str(path), "normalize": "none"})
+    del raw["data"]["eigenvalues"], raw["data"]["samples"]
+    spec = tmp_path / "s.toml"
+    spec.write_text(tomli_w.dumps(raw))
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    assert main(["status", str(out)]) == 0
+    assert "data: sha256 " in capsys.readouterr().out
+    pd.DataFrame(rng.normal(size=(300, 4)) * 3.0).to_csv(path, index=False)
+    for extra in ([], ["--set", "train.steps=40"]):  # rerun, extend
+        assert main(["sweep", str(spec), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "trained on other data" in err and str(path) in err
