@@ -246,13 +246,15 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what}: need at least 2 samples, got {x.shape[0]}")
     if x.shape[1] < 1:
         raise DataError(f"{what}: data has no features")
-    need = 3 * 8 * x.shape[1] ** 2  # the covariance, its eigenvectors, workspace
+    side = min(x.shape)  # the covariance, or the Gram matrix of wide data
+    need = 3 * 8 * side**2 + 8 * x.size  # it, its eigenvectors, workspace; centred x
     avail = safeio.available_memory()
     if avail is not None and need > MEMORY_FRACTION * avail:
         raise DataError(
-            f"{what}: {x.shape[1]:,} features need a {x.shape[1]:,} x {x.shape[1]:,} "
-            f"covariance spectrum of about {need / 2**30:.1f} GiB, more than half of "
-            f"the {avail / 2**30:.1f} GiB of free memory; reduce the features first"
+            f"{what}: {x.shape[0]:,} samples x {x.shape[1]:,} features need a "
+            f"{side:,} x {side:,} spectrum of about {need / 2**30:.1f} GiB, more than "
+            f"half of the {avail / 2**30:.1f} GiB of free memory; reduce the "
+            "features or the samples first"
         )
     x = x.astype(np.float32)
     bad = ~np.isfinite(x)
@@ -320,20 +322,34 @@ def normalize(x: np.ndarray, how: str, pixel_range=None) -> np.ndarray:
 
 
 def covariance_eig(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Descending eigenvalues (N,) and eigenvectors (N, N), as columns, of the
-    population covariance of ``x`` (n, N)."""
+    """Descending eigenvalues (N,) and eigenvectors, as columns, of the population
+    covariance of ``x`` (n, N): all N eigenvectors when n >= N; for wide data
+    (n < N) the N x N covariance (20,000 genes: 3.2 GB) is never formed: its nonzero
+    eigenvalues are those of the n x n Gram matrix X X^T / n, the others are 0, and
+    the n leading eigenvectors are X^T u / sqrt(n lambda) (N, n)."""
     xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
-    values, vectors = np.linalg.eigh(xc.T @ xc / x.shape[0])
-    return values[::-1].clip(min=0.0), vectors[:, ::-1]
+    n, dim = x.shape
+    if n >= dim:
+        values, vectors = np.linalg.eigh(xc.T @ xc / n)
+        return values[::-1].clip(min=0.0), vectors[:, ::-1]
+    values, u = np.linalg.eigh(xc @ xc.T / n)
+    values, u = values[::-1].clip(min=0.0), u[:, ::-1]
+    scale = np.sqrt(np.maximum(n * values, 1e-300))
+    vectors = (xc.T @ u) / scale
+    return np.concatenate([values, np.zeros(dim - n)]), vectors
 
 
 def top_eigenvalue(x: np.ndarray) -> float:
-    """The largest eigenvalue of the population covariance of ``x`` (n, N)."""
+    """The largest eigenvalue of the population covariance of ``x`` (n, N), from
+    the smaller of the covariance and the Gram matrix."""
     xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
-    n_dim = x.shape[1]
-    cov = xc.T @ xc / x.shape[0]
+    n, dim = x.shape
+    gram = xc.T @ xc if n >= dim else xc @ xc.T
+    side = gram.shape[0]
     return float(
-        scipy.linalg.eigh(cov, eigvals_only=True, subset_by_index=[n_dim - 1] * 2)[0]
+        scipy.linalg.eigh(gram / n, eigvals_only=True, subset_by_index=[side - 1] * 2)[
+            0
+        ]
     )
 
 

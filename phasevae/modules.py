@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -84,6 +85,14 @@ def build(m: ModelSpec, shape: tuple[int, ...]) -> nn.Module | None:
     if m.kind == "mlp":
         return None
     if m.kind == "conv":
+        side = min(shape[:2])
+        if 2 ** len(m.channels) > side or m.kernel > side:
+            raise ModelError(
+                f"model.channels = {list(m.channels)} and model.kernel = {m.kernel} "
+                f"do not fit images of {shape[0]} x {shape[1]}: each layer halves the "
+                f"image (at most {int(math.log2(side))} layers here) and a kernel "
+                f"spans at most the image ({side})"
+            )
         return ConvVAE(m.latent_dim, shape, tuple(m.channels), m.kernel)
     made = _factory(m.module)
     if isinstance(made, nn.Module):

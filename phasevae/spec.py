@@ -41,6 +41,7 @@ from phasevae.spectypes import (  # noqa: F401  (the spec's types, re-exported)
 MAX_INT = 2**31 - 1  # integers in a spec (steps, widths, sizes) fit int32
 MAX_LAYERS = 64  # hidden layers of the encoder or the decoder
 MAX_AXIS = 100_000  # values on one grid axis
+MAX_ROUNDS = 100  # refinement rounds of grid.sigma2
 MAX_POINTS = 1_000_000  # grid points in one spec (the grid table is built first)
 IMAGES = ("cifar10", "patches")  # sources whose normalize defaults to "unit"
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
@@ -392,9 +393,19 @@ def _coerce_refine(full: str, value: Any, bad: str) -> Refine | None:
         raise SpecError(
             f"{bad} unknown key {full}.refine.{extra}; allowed: {sorted(keys)}"
         )
+    most = {"rounds": MAX_ROUNDS, "points": MAX_AXIS}
     for k, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SpecError(f"{bad} {full}.refine.{k} must be an integer >= 1")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most[k]:
+            raise SpecError(
+                f"{bad} {full}.refine.{k} must be an integer from 1 to {most[k]:,}"
+            )
+    if value.get("points", Refine.points) * value.get("rounds", Refine.rounds) > (
+        MAX_AXIS
+    ):
+        raise SpecError(
+            f"{bad} {full}.refine adds rounds x points sigma^2 values, at most "
+            f"{MAX_AXIS:,} (as any axis)"
+        )
     return Refine(**value)
 
 

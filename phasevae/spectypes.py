@@ -302,6 +302,8 @@ def model_problem(spec: Spec) -> str | None:
         return 'model.module and model.options apply to model.kind = "module"'
     if m.kind == "mlp" and (m.channels, m.kernel) != (default.channels, default.kernel):
         return 'model.channels and model.kernel apply to model.kind = "conv"'
+    if m.kind == "conv" and not m.channels:
+        return 'model.kind = "conv" needs at least one layer in model.channels'
     if m.kind != "mlp":
         if (m.encoder, m.decoder) != (default.encoder, default.decoder):
             return (
@@ -352,6 +354,11 @@ def train_problem(spec: Spec) -> str | None:
         )
     if t.min_steps > t.steps:
         return f"train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"
+    if t.slots > grid_size(spec) and not refine:
+        return (
+            f"train.slots = {t.slots} exceeds the grid's {grid_size(spec)} points "
+            "(a slot would train nothing); at most the grid size"
+        )
     if t.max_steps and (t.max_steps < t.steps or t.max_steps % t.eval_every):
         return (
             f"train.max_steps = {t.max_steps} must be 0 (4 x train.steps) or a "

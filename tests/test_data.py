@@ -163,9 +163,10 @@ def test_bad_data_is_a_clear_error(tmp_path, kind, message, recwarn):
 def test_too_many_features_for_the_spectrum_are_refused(tmp_path, monkeypatch):
     import phasevae.safeio as safeio
 
-    np.save(tmp_path / "wide.npy", np.ones((2, 3000), np.float32))
+    # wide data needs only the n x n Gram matrix: refused when n and N are large
+    np.save(tmp_path / "wide.npy", np.ones((3000, 3000), np.float32))
     monkeypatch.setattr(safeio, "available_memory", lambda: 2**28)
-    with pytest.raises(DataError, match="3,000 x 3,000 covariance"):
+    with pytest.raises(DataError, match="3,000 x 3,000 spectrum"):
         load_dataset(DataSpec(source="array", path=str(tmp_path / "wide.npy")))
 
 
@@ -308,3 +309,25 @@ def test_a_csv_first_line_is_a_header_only_when_every_cell_is_a_name(
     else:
         with pytest.raises(DataError, match=f"line 1 is neither.*{error}"):
             load_array(path)
+
+
+def test_wide_data_gets_its_spectrum_from_the_gram_matrix(tmp_path):
+    """3 rows x 20,000 columns went past 6 GB (the 20,000 x 20,000 covariance);
+    n < N: the nonzero eigenvalues are the n x n Gram matrix's, in seconds."""
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 300))
+    from phasevae.data import covariance_eig, top_eigenvalue
+
+    values, vectors = covariance_eig(x)
+    direct = np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1]
+    np.testing.assert_allclose(values, direct.clip(min=0), atol=1e-9)
+    cov = np.cov(x.T, bias=True)
+    v = vectors[:, 0]  # the top eigenvector, unit length
+    np.testing.assert_allclose(cov @ v, values[0] * v, atol=1e-9)
+    assert top_eigenvalue(x) == pytest.approx(values[0])
+    path = tmp_path / "wide.csv"
+    np.savetxt(path, rng.normal(size=(5, 20_000)), delimiter=",")
+    ds = load_dataset(DataSpec(source="array", path=str(path), eval_samples=5))
+    assert ds.eigenvalues.shape == (20_000,)
+    assert ds.eigenvalues[4:].max() < 1e-9 * ds.eigenvalues[0]  # rank n - 1

@@ -94,6 +94,20 @@ def test_protocol_violations_exit_2_with_what_is_wrong(
     assert not out.exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("model", [{"channels": [1] * 8}, {"kernel": 1000}])
+def test_a_conv_vae_larger_than_its_images_is_refused(tmp_path, capsys, model):
+    """8 stride-2 layers or a kernel of 1000 on 8x8 digits went past 4.5 GB and
+    400 s; they are refused before anything is built."""
+    raw = tiny_dict(data={"source": "digits"}, model={"kind": "conv", **model})
+    del raw["model"]["encoder"], raw["model"]["decoder"]
+    del raw["data"]["eigenvalues"], raw["data"]["samples"]
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tomli_w.dumps(raw))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 2
+    assert "do not fit images of 8 x 8" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_conv_refuses_tables_and_the_mlp_only_options(tmp_path, capsys):
     raw = tiny_dict(model={"kind": "conv"})
     del raw["model"]["encoder"], raw["model"]["decoder"]

@@ -61,6 +61,19 @@ def test_overrides(tmp_path):
     "override, words",
     [
         ("grid.sigma2=[1.0, -2.0]", ["grid.sigma2", "-2.0", "> 0"]),
+        # found by fuzzing: an IndexError in numpy, a run past 400 s, a
+        # "tuple index out of range", 1,000 slots trained for 3 points
+        (
+            "grid.sigma2={min=1.0, max=2.0, num=4, refine={rounds="
+            "9223372036854775807, points=9223372036854775807}}",
+            ["refine.rounds", "from 1 to 100"],
+        ),
+        (
+            "grid.sigma2={min=1.0, max=2.0, num=4, refine={rounds=1, "
+            "points=100000000}}",
+            ["refine.points", "from 1 to 100,000"],
+        ),
+        ("train.slots=1000", ["train.slots = 1000 exceeds the grid's"]),
         ("grid.sigma2=[0.0]", ["grid.sigma2", "> 0"]),
         ("grid.beta=[-0.5]", ["grid.beta", ">= 0"]),
         ("grid.sigma2.num=0", ["grid.sigma2.num", "in [1,"]),
@@ -112,6 +125,14 @@ def test_impossible_values_are_rejected_with_key_and_rule(override, words):
         load_spec(None, [override])
     for w in words:
         assert w in str(err.value), str(err.value)
+
+
+def test_a_conv_vae_without_layers_is_refused():
+    """model.channels = [] was a "tuple index out of range" from the model."""
+    from phasevae.spec import spec_from_dict
+
+    with pytest.raises(SpecError, match="needs at least one layer"):
+        spec_from_dict({"model": {"kind": "conv", "channels": []}})
 
 
 def test_long_values_are_not_echoed_whole():
