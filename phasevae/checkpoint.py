@@ -20,6 +20,7 @@ refused by name (orbax itself does not checksum the data).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import re
@@ -77,7 +78,13 @@ class Checkpoints:
         }
         if extra:
             items["extra"] = ocp.args.PyTreeSave(dict(extra))
-        manager.save(k, args=ocp.args.Composite(**items))
+        try:
+            manager.save(k, args=ocp.args.Composite(**items))
+        except Exception as e:
+            full = _full(e, self.dir)
+            if full is None:
+                raise
+            raise full from None
         if jax.process_index() == 0:
             self._sealing = threading.Thread(target=self._seal, args=(k,), daemon=True)
             self._sealing.start()
@@ -91,7 +98,7 @@ class Checkpoints:
             self._manager.wait_until_finished()
         if self._failure is not None:
             failure, self._failure = self._failure, None
-            raise failure
+            raise _full(failure, self.dir) or failure
 
     def _seal(self, k: int) -> None:
         """(A thread) once save k is committed, record its digest; drop the digests
@@ -177,6 +184,23 @@ class Checkpoints:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _full(e: BaseException, where: Path) -> CheckpointError | None:
+    """A full disk, as orbax and the OS say it (``RESOURCE_EXHAUSTED``, ENOSPC,
+    EDQUOT), as a CheckpointError that says what to do; None for anything else."""
+    text = f"{type(e).__name__}: {e}"
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    if (
+        "RESOURCE_EXHAUSTED" in text
+        or getattr(e, "errno", None) in codes
+        or ("No space left" in text)
+    ):
+        return CheckpointError(
+            f"{where}: no space left on the device while saving a checkpoint; the "
+            "last complete save is intact: free space and rerun to resume"
+        )
+    return None
 
 
 def _tree_sha256(root: Path) -> str:

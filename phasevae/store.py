@@ -329,7 +329,10 @@ class RunDir:
         (bookkeeping that must change together with the state). Every process calls
         it; it returns while the files are written (:meth:`wait_for_checkpoint`)."""
         info = {"step": int(step), "ids": list(ids), "schedule": schedule}
-        self.checkpoints.save(leaves, models, info, extra or {})
+        try:
+            self.checkpoints.save(leaves, models, info, extra or {})
+        except CheckpointError as e:
+            raise RunDirError(str(e)) from None
 
     def wait_for_checkpoint(self) -> None:
         """Block until the last checkpoint is on disk and sealed."""

@@ -64,3 +64,17 @@ def test_a_checkpoint_of_an_earlier_format_is_refused_with_what_to_do(tmp_path):
     (tmp_path / "checkpoints" / "state.npz").write_bytes(b"PK")
     with pytest.raises(RunDirError, match="earlier phasevae.*delete"):
         run.load_checkpoint()
+
+
+def test_a_full_disk_during_a_save_is_a_message(tmp_path, monkeypatch):
+    """orbax reports a full disk as ValueError('RESOURCE_EXHAUSTED: ...'), which
+    ended a sweep with exit 1; it is a RunDirError (exit 2) that says what to do."""
+    import orbax.checkpoint as ocp
+
+    def full(*args, **kwargs):
+        raise ValueError("RESOURCE_EXHAUSTED: write failed: No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    placed, _ = _leaves(2, 1.0)
+    with pytest.raises(RunDirError, match="no space left.*rerun to resume"):
+        RunDir(tmp_path).save_checkpoint(jax.tree.leaves(placed), 2, 1, ["a", "b"])
