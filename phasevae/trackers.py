@@ -18,7 +18,9 @@ the chunks after its checkpoint again; the trackers show both copies of those st
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -69,31 +71,61 @@ class Tracker(ABC):
     """A chunk callback. The package is imported when the tracker is made (a
     missing one is bad input before training); the tracker's run opens at the
     first chunk (a sweep refused at start-up leaves no run behind) and closes on
-    exit (``with``) or ``close()``. A tracker that fails (its server down, its store
-    unwritable) warns once (:class:`TrackerWarning`) and stops; the sweep goes on."""
+    exit (``with``) or ``close()``. Logging runs on a thread of its own, so a
+    tracker never holds training up (an unreachable MLflow server stalled a sweep
+    for minutes); ``close()`` waits for it at most ``CLOSE_TIMEOUT`` seconds. A
+    tracker that fails (its server down, its store unwritable) warns once
+    (:class:`TrackerWarning`, on the caller's thread) and stops; the sweep goes
+    on."""
+
+    CLOSE_TIMEOUT = 30.0
 
     def __init__(self, spec: Spec | None = None):
         self.spec = spec
         self.started = self.failed = False
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._problem: str | None = None  # set by the worker, warned by the caller
 
     def __call__(self, frame: pd.DataFrame, meta: dict) -> None:
+        self._warn()
         if self.failed:
             return
-        try:
-            if not self.started:
-                self.start()
-                self.started = True
-            for step, values in sorted(scalars(frame).items()):
-                self.log(step, values)
-        except Exception as e:  # a tracker's server or store, not the sweep, failed
-            self.failed = True
-            warnings.warn(
-                TrackerWarning(
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, daemon=True)
+            self._worker.start()
+        self._queue.put(frame.copy())
+
+    def _work(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:  # close(): finish the tracker's run
+                if self.started:
+                    self.started = False
+                    try:
+                        self.finish()
+                    except Exception as e:
+                        self._problem = f"{type(self).__name__} did not close: {e}"
+                return
+            if self.failed:
+                continue
+            try:
+                if not self.started:
+                    self.start()
+                    self.started = True
+                for step, values in sorted(scalars(frame).items()):
+                    self.log(step, values)
+            except Exception as e:  # its server or store, not the sweep, failed
+                self.failed = True
+                self._problem = (
                     f"{type(self).__name__} stopped logging ({type(e).__name__}: "
                     f"{e}); the sweep carries on, its metrics.parquet has every row"
-                ),
-                stacklevel=2,
-            )
+                )
+
+    def _warn(self) -> None:
+        if self._problem is not None:
+            problem, self._problem = self._problem, None
+            warnings.warn(TrackerWarning(problem), stacklevel=3)
 
     @abstractmethod
     def start(self) -> None:
@@ -108,15 +140,19 @@ class Tracker(ABC):
         """Flush and close the tracker's run."""
 
     def close(self) -> None:
-        if self.started:
-            self.started = False
-            try:
-                self.finish()
-            except Exception as e:
-                warnings.warn(
-                    TrackerWarning(f"{type(self).__name__} did not close: {e}"),
-                    stacklevel=2,
+        """Finish the tracker's run, waiting for its thread at most
+        ``CLOSE_TIMEOUT`` seconds (a server that does not answer is left behind)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            self._queue.put(None)
+            worker.join(self.CLOSE_TIMEOUT)
+            if worker.is_alive():
+                self._problem = self._problem or (
+                    f"{type(self).__name__} did not finish within "
+                    f"{self.CLOSE_TIMEOUT:g} s (its server does not answer); left "
+                    "behind: the sweep's metrics.parquet has every row"
                 )
+        self._warn()
 
     def __enter__(self):
         return self

@@ -141,7 +141,7 @@ def test_mlflow_file_store_holds_the_spec_and_the_chunk(tmp_path, monkeypatch):
     frame = synthetic_metrics([2.0], evals=2)
     with trackers.Mlflow(uri, spec, experiment="test") as m:
         m(frame, {})
-        run_id = m.run.info.run_id
+    run_id = m.run.info.run_id  # logged on the tracker's thread, done at close
     client = mlflow.tracking.MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.data.params["train.steps"] == "20"
@@ -152,6 +152,35 @@ def test_mlflow_file_store_holds_the_spec_and_the_chunk(tmp_path, monkeypatch):
         for h in client.get_metric_history(run_id, key)
     }
     assert got == pytest.approx(want)
+
+
+def test_a_tracker_that_does_not_answer_never_holds_training_up():
+    """--track mlflow:http://127.0.0.1:1 stalled training for 246 s: a tracker logs
+    on a thread of its own, and close() gives up on it after CLOSE_TIMEOUT."""
+    import threading
+
+    answer = threading.Event()
+
+    class Stuck(trackers.Tracker):
+        CLOSE_TIMEOUT = 0.2
+
+        def start(self):
+            answer.wait()  # a server that does not answer
+
+        def log(self, step, values):
+            pass
+
+        def finish(self):
+            pass
+
+    stuck = Stuck()
+    frame = synthetic_metrics([2.0], evals=2)
+    for _ in range(3):
+        stuck(frame, {})  # returns at once: training goes on
+    assert not answer.is_set()
+    with pytest.warns(trackers.TrackerWarning, match="did not finish within 0.2 s"):
+        stuck.close()
+    answer.set()
 
 
 def test_bad_tracker_options_are_bad_input(tmp_path, monkeypatch, capsys):
