@@ -295,6 +295,88 @@ def test_fuzzed_command_lines_exit_0_or_2(finished_run, tmp_path, capsys):
         _tally("command lines", f"exit {code}")
 
 
+CALLABLES = [
+    "os:system", "os:remove", "os:mkdir", "os:makedirs", "os:rename", "os:unlink",
+    "shutil:rmtree", "shutil:copy", "subprocess:call", "subprocess:run",
+    "subprocess:Popen", "builtins:open", "builtins:exec", "builtins:eval",
+    "builtins:dict", "pathlib:Path", "importlib:import_module", "sys:exit",
+    "os.path:join", "tests.user_models:TinyVAE.__call__",
+]  # fmt: skip
+
+
+def test_fuzzed_spec_named_callables_are_never_called(tmp_path, capsys):
+    """model.module names any importable callable, model.options aims it at a
+    canary file: only Module classes and declared factories may be called, so the
+    canary stays and no marker appears; every case exits 2."""
+    rng = random.Random(6)
+    canary, marker = tmp_path / "canary", tmp_path / "marker"
+    canary.write_text("alive")
+    options = {
+        "command": f"touch {marker}", "args": ["touch", str(marker)],
+        "path": str(canary), "name": str(marker), "src": str(canary),
+        "dst": str(marker), "file": str(marker), "mode": "w", "source": "1/0",
+        "code": 3, "exist_ok": True,
+    }  # fmt: skip
+    spec = tmp_path / "spec.toml"
+    for _ in range(CASES // 10):
+        keys = rng.sample(sorted(options), rng.randrange(0, 4))
+        raw = tiny_dict(
+            model={
+                "kind": "module",
+                "module": rng.choice(CALLABLES),
+                "options": {k: options[k] for k in keys},
+            }
+        )
+        del raw["model"]["encoder"], raw["model"]["decoder"]
+        spec.write_text(tomli_w.dumps(raw))
+        dry = ["--dry-run"] if rng.random() < 0.5 else []
+        code = main(["sweep", str(spec), "--out", str(tmp_path / "run"), *dry])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err[-300:]
+        assert canary.read_text() == "alive" and not marker.exists()
+        _tally("spec-named callables", "refused")
+
+
+def test_fuzzed_data_swaps_under_a_run_are_refused(tmp_path, capsys):
+    """A finished run on a CSV, its file then changed in a random way (a value, a
+    row, the scale, the order, the columns): rerunning it is refused, unless the
+    data the models see are byte for byte the same (extending it: test_cli)."""
+    rng = random.Random(7)
+    x = np.random.default_rng(0).normal(size=(200, 4)) * [2.0, 1.0, 0.5, 0.2]
+    path = tmp_path / "x.csv"
+    np.savetxt(path, x, delimiter=",")
+    raw = tiny_dict(data={"source": "array", "path": str(path), "normalize": "none"})
+    del raw["data"]["eigenvalues"], raw["data"]["samples"]
+    spec = tmp_path / "s.toml"
+    spec.write_text(tomli_w.dumps(raw))
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    capsys.readouterr()
+    for _ in range(CASES // 10):
+        y = x.copy()
+        how = rng.choice(["value", "row", "scale", "order", "columns", "same"])
+        if how == "value":
+            y[rng.randrange(200), rng.randrange(4)] += rng.choice([1e-3, 1.0, -5.0])
+        elif how == "row":
+            y = np.delete(y, rng.randrange(200), axis=0)
+        elif how == "scale":
+            y = y * rng.choice([1.01, 2.0])
+        elif how == "order":
+            y = y[::-1]
+        elif how == "columns":
+            y = y[:, [1, 0, 2, 3]]
+        np.savetxt(path, y, delimiter=",")
+        code = main(["sweep", str(spec), "--out", str(out)])
+        err = capsys.readouterr().err
+        if how == "same":
+            assert code == 0, err[-300:]
+            _tally("data swaps", "same data: accepted")
+            continue
+        assert code == 2 and "trained on other data" in err, (how, err[-300:])
+        _tally("data swaps", "refused")
+    np.savetxt(path, x, delimiter=",")
+
+
 def test_zz_report_the_tally():
     for category, counts in TALLY.items():
         print(f"fuzz {category}: {dict(counts)}")
