@@ -20,7 +20,7 @@ import math
 import shlex
 from pathlib import Path
 
-from phasevae.estimate import LONGER, NONE, TRUSTED
+from phasevae.estimate import LONGER, NONE, TRUSTED, half_width
 from phasevae.spec import Spec
 
 SHARP = 0.02  # a trusted interval wider than +-this (relative) is worth sharpening
@@ -36,19 +36,20 @@ def advise(run: Path, spec: Spec, meta: dict, t: dict) -> dict | None:
     and ``command`` (a shell line), with ``alternative`` where there is a cheaper
     or a different route; None when there is nothing to do."""
     q = shlex.quote(str(run))
-    verdict, half = t.get("verdict"), _half_width(t)
+    verdict = t.get("verdict")
+    half = half_width(t.get("sigma2_c"), t.get("ci"))
     locate = meta.get("locate")
     if locate is not None:
         result = locate.get("result") or {}
         budget = int(result.get("budget") or 0)
-        if verdict == TRUSTED and half is not None and half <= SHARP:
+        if verdict == TRUSTED and half <= SHARP:
             return None
         source = shlex.quote(str(locate["source"]))
         return {
             "why": "the budget was spent before the answer was trusted and sharp",
             "command": f"phasevae locate {source} --out {q} --budget {2 * budget}",
         }
-    wide = verdict == TRUSTED and half is not None and half > SHARP
+    wide = verdict == TRUSTED and SHARP < half < math.inf
     if verdict not in (LONGER, NONE) and not wide:
         return None
     if spec.adaptive() or spec.static_groups():
@@ -66,8 +67,10 @@ def advise(run: Path, spec: Spec, meta: dict, t: dict) -> dict | None:
     }
     if verdict == LONGER and t.get("train_longer"):
         steps = round_steps(t["train_longer"]["steps"], spec.train.eval_every)
+        more = int(meta.get("grid_size", 0)) * (steps - spec.train.steps)
         return {
-            "why": f"train every point to {steps} steps, continuing this run",
+            "why": f"train every point to {steps} steps, continuing this run "
+            f"({more:,} model-steps more)",
             "command": f"phasevae sweep {q}/spec.toml --out {q} --set "
             f"train.steps={steps}",
             "alternative": cheaper,
@@ -80,10 +83,3 @@ def advise(run: Path, spec: Spec, meta: dict, t: dict) -> dict | None:
         else "locate the transition"
     )
     return {**cheaper, "why": why + f": {cheaper['why']}"}
-
-
-def _half_width(t: dict) -> float | None:
-    if not t.get("ci") or not t.get("sigma2_c"):
-        return None
-    u = math.log(t["sigma2_c"])
-    return max(u - math.log(t["ci"][0]), math.log(t["ci"][1]) - u)

@@ -416,7 +416,7 @@ def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) ->
             spectrum["lambda_max"],
             spectrum.get("lambda_max_eval"),
         )
-        u_half = _half(t["sigma2_c"], t["ci"])
+        u_half = estimate.half_width(t["sigma2_c"], t["ci"])
         reached = c["half_width"] is not None and u_half <= c["half_width"]
         if reached or 2 * num > max_uniform:
             break
@@ -442,13 +442,6 @@ def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) ->
         "uniform_verdict": t["verdict"],
         "model_steps_ratio_vs_uniform": u_steps / c["model_steps"],
     }
-
-
-def _half(sigma2_c, ci) -> float:
-    """A 95 % interval's larger half-width in ln sigma^2; inf without one."""
-    if sigma2_c is None or not ci:
-        return math.inf
-    return max(math.log(sigma2_c / ci[0]), math.log(ci[1] / sigma2_c))
 
 
 def _locate_spec_path():

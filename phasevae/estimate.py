@@ -451,6 +451,15 @@ def grid_reading(metrics: pd.DataFrame, floor: dict | None) -> str | None:
     return FLOOR if floor is not None and floor["held"] else None
 
 
+def half_width(sigma2_c: float | None, ci) -> float:
+    """A 95 % interval's larger half-width in ln sigma^2 (~ relative); inf without
+    an estimate or an interval."""
+    if sigma2_c is None or not ci:
+        return math.inf
+    u = math.log(sigma2_c)
+    return max(u - math.log(ci[0]), math.log(ci[1]) - u)
+
+
 def interval(t: dict) -> tuple[float, float] | None:
     """Where the transition ``t`` (:func:`estimate_transition`) may be and may still
     move with training, as [low, high] in ln sigma^2: its interval, or the

@@ -367,7 +367,10 @@ class Locator:
             if est["verdict"] != estimate.NONE:  # a floor or a learned variance
                 return None, f"no collapse to locate ({est['verdict']})"
             return self._widen(beta, rows, reach)
-        stat, whole = max(est["ci_statistical"]), _half_width(est)
+        stat, whole = (
+            max(est["ci_statistical"]),
+            estimate.half_width(est["sigma2_c"], est["ci"]),
+        )
         goal = math.log1p(self.target)
         if est["verdict"] == estimate.TRUSTED and whole <= goal:
             return None, (
@@ -537,7 +540,9 @@ class Locator:
                 "sigma2_c": est["sigma2_c"],
                 "ci": est["ci"],
                 "verdict": est["verdict"],
-                "half_width": _half_width(est) if est["ci"] else None,
+                "half_width": estimate.half_width(est["sigma2_c"], est["ci"])
+                if est["ci"]
+                else None,
                 "model_steps": self.spent(beta),
                 "stages": len(self.stages[beta]),
             }
@@ -593,16 +598,6 @@ def _vals(values, digits: int | None = 12) -> tuple[float, ...]:
     return tuple(
         float(v) if digits is None else round(float(v), digits) for v in values
     )
-
-
-def _half_width(est: dict) -> float:
-    """The 95 % interval's larger half-width, in ln sigma^2 (~ relative); inf
-    without an interval."""
-    if not est["ci"]:
-        return math.inf
-    lo, hi = est["ci"]
-    u = math.log(est["sigma2_c"])
-    return max(u - math.log(lo), math.log(hi) - u)
 
 
 def locate(

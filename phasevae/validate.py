@@ -210,15 +210,14 @@ def sharpness(scores: list[dict], references: list[float | None]) -> dict:
     score (Gneiting and Raftery 2007) in ln sigma^2: the width plus 2 / ALPHA times
     the distance by which the interval misses the reference (an interval that
     covers scores its width; a missing interval counts as infinitely wide)."""
-    halves, marks = [], []
+    halves = [estimate.half_width(s["sigma2_c"], s["ci"]) for s in scores]
+    marks = []
     for s, ref in zip(scores, references, strict=True):
         if s["sigma2_c"] is None or not s["ci"] or ref is None:
-            halves.append(math.inf)
             marks.append(math.inf)
             continue
         lo, hi = (math.log(v) for v in s["ci"])
-        u, r = math.log(s["sigma2_c"]), math.log(ref)
-        halves.append(max(u - lo, hi - u))
+        r = math.log(ref)
         miss = max(lo - r, 0.0) + max(r - hi, 0.0)
         marks.append(hi - lo + 2 / ALPHA * miss)
     return {
