@@ -27,7 +27,6 @@ _EXPORTS = {
     "load_spec": "phasevae.spec",
     "SweepResult": "phasevae.loop",
     "run_sweep": "phasevae.sweep",
-    "locate": "phasevae.api",
     "model_factory": "phasevae.plugins",
 }
 __all__ = list(_EXPORTS)

@@ -176,23 +176,7 @@ def _run_static_groups(
     ]
     run = RunDir(out).check_links()
     if dry_run:
-        plans = [
-            run_sweep(
-                g,
-                run.path / "groups" / name,
-                dry_run=True,
-                shard=shard,
-                preflight=preflight if i == 0 else None,  # the groups share a grid
-            )
-            for i, (name, _, g) in enumerate(groups)
-        ]
-        return {
-            **plans[0],
-            "grid_size": sum(p["grid_size"] for p in plans),
-            "static_groups": len(plans),
-            "compile_s": sum(p["compile_s"] for p in plans),
-            "estimated_train_s": sum(p["estimated_train_s"] for p in plans),
-        }
+        return _plan_groups(run, groups, shard, preflight)
     if _finished(run, spec, shard):
         name, _, first = groups[0]  # the groups share the data
         same_data(RunDir(run.path / "groups" / name), load_dataset(first.data), spec)
@@ -247,6 +231,27 @@ def _run_static_groups(
             run.write_metrics(pd.concat(frames, ignore_index=True))
             run.write_meta(meta)
     return make_result(run, frames, meta)
+
+
+def _plan_groups(run: RunDir, groups: list, shard, preflight) -> dict:
+    """The dry-run plan of every static group, added up."""
+    plans = [
+        run_sweep(
+            g,
+            run.path / "groups" / name,
+            dry_run=True,
+            shard=shard,
+            preflight=preflight if i == 0 else None,  # the groups share a grid
+        )
+        for i, (name, _, g) in enumerate(groups)
+    ]
+    return {
+        **plans[0],
+        "grid_size": sum(p["grid_size"] for p in plans),
+        "static_groups": len(plans),
+        "compile_s": sum(p["compile_s"] for p in plans),
+        "estimated_train_s": sum(p["estimated_train_s"] for p in plans),
+    }
 
 
 def _with_labels(df: pd.DataFrame, labels: dict) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import tomli_w
 
-from phasevae import locate as locate_mod
+import phasevae.locate as locate_mod
 from phasevae.analysis import analyze_run
 from phasevae.cli import main
 from phasevae.store import RunDir

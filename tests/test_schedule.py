@@ -211,7 +211,7 @@ def test_a_warm_started_point_begins_from_its_finished_neighbour(tiny_spec):
         ({"beta": {"min": 1, "max": 2, "num": 2, "refine": {}}}, "unknown key"),
         (
             {"sigma2": {"min": 1, "max": 2, "num": 2, "refine": {"rounds": 0}}},
-            "rounds must be an integer >= 1",
+            "rounds must be an integer from 1 to 100",
         ),
         (
             {"sigma2": {"min": 1, "max": 2, "num": 2, "refine": {"width": 2}}},
