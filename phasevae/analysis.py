@@ -10,7 +10,6 @@ per-point values.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -27,7 +26,6 @@ from phasevae.fit import (
     rank_dims,
     settle,
 )
-from phasevae.safeio import atomic_write_text
 from phasevae.spec import LATER_AXES
 from phasevae.store import RunDir, RunDirError
 
@@ -63,7 +61,7 @@ def analyze_run(path) -> dict:
         raise RunDirError(f"{run.path}: cannot fit: {e}") from None
     for t in result["transitions"]:
         t["advice"] = advise(run.path, spec, meta, t)
-    atomic_write_text(run.path / "analysis.json", json.dumps(result, indent=1))
+    run.write_analysis(result)
     return result
 
 

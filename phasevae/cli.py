@@ -206,6 +206,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from phasevae.upgrade import upgrade
+
+    for path in args.run_dirs:
+        vouched = upgrade(path)
+        if vouched is None:
+            print(f"{path}: already of the current format")
+        else:
+            taken = f" (taken as they were: {', '.join(vouched)})" if vouched else ""
+            print(f"{path}: upgraded{taken}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from phasevae import api
 
@@ -446,6 +459,7 @@ _ENVIRONMENT_ERRNOS = {
 COMMANDS = {
     "sweep": cmd_sweep,
     "analyze": cmd_analyze,
+    "upgrade": cmd_upgrade,
     "plot": cmd_plot,
     "report": cmd_report,
     "theory": cmd_theory,

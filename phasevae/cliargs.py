@@ -33,6 +33,7 @@ EXAMPLES = {
     "status": "example:\n  phasevae status runs/default",
     "merge": "example:\n  phasevae merge runs/s0 runs/s1 runs/s2 --out runs/all",
     "analyze": "example:\n  phasevae analyze runs/default   # writes analysis.json",
+    "upgrade": "example:\n  phasevae upgrade runs/old   # a run of an earlier phasevae",
     "plot": "examples:\n  phasevae plot runs/default\n"
     "  phasevae plot runs/remedy --x sigma2 --y kl_warmup_steps --format pdf",
     "report": "examples:\n  phasevae report runs/default   # runs/default/report.html\n"
@@ -158,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace --out if it exists (never one of the shards)",
     )
+
+    p = add(
+        "upgrade",
+        help="rewrite runs of an earlier phasevae in the current format "
+        "(it vouches for their files as they are: only runs you trust)",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
 
     p = add("analyze", help="locate the transitions of a finished sweep")
     p.add_argument("run_dir", help="a run directory written by phasevae sweep")

@@ -10,7 +10,6 @@ column. The matplotlib backend is left to the user (the command line picks Agg).
 
 from __future__ import annotations
 
-import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ import pandas as pd
 
 from phasevae.analysis import GRID_AXES, rank_dims, settle
 from phasevae.errors import BadInput
-from phasevae.safeio import read_text
 from phasevae.spec import LATER_AXES, Range, Spec
 from phasevae.store import RunDir
 
@@ -102,12 +100,7 @@ def load(run_dir: str | Path) -> RunData:
         one that is not what ``phasevae analyze`` writes, or no transition fitted.
     """
     run = RunDir(run_dir).existing()
-    path = run.path / "analysis.json"
-    if not path.exists():
-        raise PlotError(
-            f"{run.path} has no analysis.json; run `phasevae analyze {run.path}` first"
-        )
-    analysis = read_analysis(path, run.path)
+    analysis = read_analysis(run)
     spec, meta, metrics = run.spec(), run.meta(), run.metrics()
     k = spec.model.latent_dim
     columns = ["kl", *(f"kl_dim_{j}" for j in range(k)), "mi", "elbo"]
@@ -121,7 +114,6 @@ def load(run_dir: str | Path) -> RunData:
     return RunData(run.path.name, spec, meta, metrics, points, analysis)
 
 
-MAX_ANALYSIS_BYTES = 256 * 2**20
 # keys of a transition that analyses written before them lack (their figures draw)
 OLDER_KEYS = {
     "verdict",
@@ -133,25 +125,21 @@ OLDER_KEYS = {
 }
 
 
-def read_analysis(path: Path, run_path: Path) -> dict:
-    """analysis.json, checked to hold what the figures and the report read (it is a
-    file a user can edit): a damaged or foreign one, or one without any fitted
-    transition, is a PlotError that says what to do."""
-    redo = f"rerun `phasevae analyze {run_path}`"
-    try:
-        doc = json.loads(
-            read_text(path, "analysis.json", MAX_ANALYSIS_BYTES, PlotError)
-        )
-    except ValueError as e:  # JSON (and UTF-8) errors
-        raise PlotError(f"{path} is damaged ({e}); {redo}") from None
+def read_analysis(run: RunDir) -> dict:
+    """The run's analysis.json (:meth:`RunDir.analysis`: its own, current and
+    undamaged), checked to hold what the figures and the report read: one without
+    any fitted transition is a PlotError that says what to do."""
+    redo = f"rerun `phasevae analyze {run.path}`"
+    doc = run.analysis()
     problem = analysis_problem(doc)
     if problem:
         raise PlotError(
-            f"{path} is not what phasevae analyze writes ({problem}); {redo}"
+            f"{run.path / 'analysis.json'} is not what phasevae analyze writes "
+            f"({problem}); {redo}"
         )
     if not doc["transitions"]:
         reasons = "; ".join(str(c.get("reason")) for c in doc.get("skipped", [])[:3])
-        raise PlotError(f"no curve of {run_path} has a fitted transition ({reasons})")
+        raise PlotError(f"no curve of {run.path} has a fitted transition ({reasons})")
     return doc
 
 

@@ -17,7 +17,13 @@ step (spec.toml a first comment line, meta.json a ``digest`` key, metrics.parque
 digest of its values in its schema metadata plus page checksums), the bytes of
 metrics.parquet also have theirs beside it, a checkpoint the digest of all its files,
 and every read verifies them: a damaged file is refused with its name and never built
-upon. Files written before digests are read as they are.
+upon. Every file also names its run: a random run id, made when the run is first
+claimed, in spec.toml's first line, meta.json's ``run`` key, the metrics digests'
+record, each checkpoint's info and analysis.json's ``run`` (which also holds the
+digests of the spec and metrics it was computed from). A file of another run, or a
+run's file without its digest, is refused. Runs written by earlier versions (format
+0: no digests; 1: digests but no run id) are read only after ``phasevae upgrade``
+(:mod:`phasevae.upgrade`) rewrote them in this format.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +66,11 @@ from phasevae.spec import (
     spec_to_toml,
 )
 
-SPEC_HEADER = "# phasevae run spec, sha256 "
+FORMAT = 2  # of a run directory's files: 2 names the run in each
+SPEC_HEADER = re.compile(
+    r"# phasevae run spec, format (\d+), run ([0-9a-f]{16}), sha256 ([0-9a-f]{64})"
+)
+MAX_ANALYSIS_BYTES = 256 * 2**20
 
 
 class RunDirError(BadInput):
@@ -74,6 +86,7 @@ class RunDir:
         self.meta_file = self.path / "meta.json"
         self.metrics_file = self.path / "metrics.parquet"
         self.checkpoints = Checkpoints(self.path / "checkpoints")
+        self.id: str | None = None  # the run id, once read or made
 
     def existing(self) -> RunDir:
         """This run directory, or RunDirError when it is missing, not a directory
@@ -115,10 +128,12 @@ class RunDir:
         Raises:
           RunDirError: the directory holds a run of a different spec.
         """
+        run_id = secrets.token_hex(8)
         if self.spec_file.exists():
             stored = self.spec()
             if stored == spec:
                 return
+            run_id = self.run_id()  # an extension: the same run, trained longer
             if not (extendable and lengthens(stored, spec)):
                 more = (
                     " (a larger train.steps alone continues a run)"
@@ -135,8 +150,14 @@ class RunDir:
                 f"{self.path} exists, is not empty and is not a phasevae run; "
                 f"choose another --out"
             )
-        text = spec_to_toml(spec)
-        atomic_write_text(self.spec_file, f"{SPEC_HEADER}{_sha256(text)}\n{text}")
+        self.write_spec(spec_to_toml(spec), run_id)
+
+    def write_spec(self, text: str, run_id: str) -> None:
+        """Write the spec's TOML ``text`` as run ``run_id``'s, with its digest."""
+        self.id = run_id
+        digest = _sha256(f"{run_id}\n{text}")
+        head = f"# phasevae run spec, format {FORMAT}, run {run_id}, sha256 {digest}"
+        atomic_write_text(self.spec_file, f"{head}\n{text}")
 
     @contextlib.contextmanager
     def lock(self):
@@ -200,21 +221,53 @@ class RunDir:
                     "anything); rerun that sweep command"
                 )
             raise RunDirError(f"{self.path} is not a phasevae run (no spec.toml)")
-        text = read_text(self.spec_file, "run spec", SPEC_BYTES, RunDirError)
-        head, _, body = text.partition("\n")
-        if head.startswith(SPEC_HEADER):
-            if head[len(SPEC_HEADER) :] != _sha256(body):
-                raise self._damaged(self.spec_file, "its digest does not match")
-        elif text.startswith("[data]"):
-            body = text  # written before digests, by tomli_w
-        else:
-            raise self._damaged(self.spec_file, "its digest line is missing")
+        _, body = self._spec_text()
         try:
             return spec_from_dict(
                 parse_toml(body, str(self.spec_file)), str(self.spec_file)
             )
         except SpecError as e:
             raise self._damaged(self.spec_file, str(e)) from None
+
+    def run_id(self) -> str:
+        """The id that every file of this run carries (from spec.toml's first line).
+
+        Raises:
+          RunDirError: no spec.toml, a damaged one, or one of an older format."""
+        if self.id is None:
+            self.id = self._spec_text()[0]
+        return self.id
+
+    def _spec_text(self) -> tuple[str, str]:
+        """(run id, TOML text) of spec.toml, verified against its digest."""
+        if not self.spec_file.exists():
+            raise RunDirError(f"{self.path} is not a phasevae run (no spec.toml)")
+        text = read_text(self.spec_file, "run spec", SPEC_BYTES, RunDirError)
+        head, _, body = text.partition("\n")
+        found = SPEC_HEADER.fullmatch(head)
+        if found is None:
+            if head.startswith("# phasevae run spec, sha256 ") or text.startswith(
+                "[data]"
+            ):
+                raise self.older()
+            raise self._damaged(self.spec_file, "its digest line is missing")
+        if int(found[1]) != FORMAT:
+            raise RunDirError(
+                f"{self.spec_file} declares format {found[1]}; this phasevae reads "
+                f"format {FORMAT}: use the phasevae that wrote it"
+            )
+        if found[3] != _sha256(f"{found[2]}\n{body}"):
+            raise self._damaged(self.spec_file, "its digest does not match")
+        return found[2], body
+
+    def older(self) -> RunDirError:
+        """The error for a run written by an earlier phasevae."""
+        return RunDirError(
+            f"{self.path} was written by an earlier phasevae, whose files do not all "
+            f"carry a digest and the run's id; `phasevae upgrade {self.path}` "
+            "rewrites it in the current format (it vouches for the files as they "
+            "are: upgrade only runs you trust)"
+        )
 
     def meta(self) -> dict[str, Any]:
         """meta.json verified against its digest ({} before the first save).
@@ -223,6 +276,7 @@ class RunDir:
           RunDirError: a damaged meta.json."""
         if not self.meta_file.exists():  # before the first save finished
             return {}
+        self.run_id()  # an older run is refused as one
         text = read_text(self.meta_file, "run meta", META_BYTES, RunDirError)
         try:
             meta = json.loads(text)
@@ -231,13 +285,26 @@ class RunDir:
         if not isinstance(meta, dict):
             raise self._damaged(self.meta_file, "not a JSON object")
         digest = meta.pop("digest", None)
-        if digest is not None and digest != _sha256(_canonical(meta)):
+        if digest is None:
+            raise self._damaged(self.meta_file, "its digest is missing")
+        if digest != _sha256(_canonical(meta)):
             raise self._damaged(self.meta_file, "its digest does not match")
+        self._mine(self.meta_file, meta.pop("run", None))
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        doc = {**meta, "digest": _sha256(_canonical(meta))}
+        doc = {**meta, "run": self.run_id()}
+        doc["digest"] = _sha256(_canonical(doc))
         atomic_write_text(self.meta_file, json.dumps(doc, indent=1, sort_keys=True))
+
+    def _mine(self, path: Path, run_id) -> None:
+        """Refuse ``path`` unless it names this run."""
+        if run_id != self.run_id():
+            raise RunDirError(
+                f"{path} belongs to another run (run id {run_id!r}, this run is "
+                f"{self.run_id()}): phasevae does not mix files of different runs; "
+                "restore this run's own file, or start again in a new --out"
+            )
 
     def _damaged(self, path: Path, why: str) -> RunDirError:
         return RunDirError(
@@ -253,6 +320,7 @@ class RunDir:
           RunDirError: missing or damaged."""
         if not self.metrics_file.exists():
             raise RunDirError(f"{self.path} has no metrics yet (run phasevae sweep)")
+        self.run_id()  # an older run is refused as one
         self._verify(self.metrics_file, "run metrics")
         try:
             table = pq.read_table(self.metrics_file, page_checksum_verification=True)
@@ -260,7 +328,9 @@ class RunDir:
         except Exception as e:  # pyarrow raises many types for a damaged file
             raise self._damaged(self.metrics_file, _first_line(e)) from None
         digest = (table.schema.metadata or {}).get(b"phasevae_digest")
-        if digest is not None and digest.decode() != _frame_digest(df):
+        if digest is None:
+            raise self._damaged(self.metrics_file, "its content digest is missing")
+        if digest.decode() != _frame_digest(df):
             raise self._damaged(self.metrics_file, "its digest does not match")
         # rows written before an axis existed trained at its default
         for axis, default in LATER_AXES.items():
@@ -281,38 +351,90 @@ class RunDir:
         it (``<name>.sha256``, with the previous file's, so that a kill between the
         two renames leaves a pair that verifies) before the file is renamed into
         place."""
-        known = self._digests(path)
+        known = self._digests(path) if _digest_file(path).exists() else []
 
         def write_and_record(tmp: Path) -> None:
             write(tmp)
-            digests = [_file_sha256(tmp), *known[:1]]
-            atomic_write_text(_digest_file(path), json.dumps(digests))
+            self.record_digests(path, [_file_sha256(tmp), *known[:1]])
 
         atomic_write(path, write_and_record)
 
+    def record_digests(self, path: Path, digests: list[str]) -> None:
+        """Write the record beside ``path`` of its bytes' digests (newest first)."""
+        doc = {"run": self.run_id(), "sha256": digests}
+        atomic_write_text(_digest_file(path), json.dumps(doc))
+
     def _verify(self, path: Path, what: str) -> None:
-        """Check that ``path`` is a regular file whose bytes match a recorded digest
-        (files written before digests pass)."""
+        """Check that ``path`` is a regular file whose bytes match a digest recorded
+        for this run."""
         check_file(path, what, error=RunDirError)
-        known = self._digests(path)
-        if known and _file_sha256(path) not in known:
+        if _file_sha256(path) not in self._digests(path):
             raise self._damaged(path, "its digest does not match")
 
     def _digests(self, path: Path) -> list[str]:
-        """[current, previous] SHA-256 recorded for ``path`` ([] if none)."""
+        """[current, previous] SHA-256 recorded for ``path`` by this run.
+
+        Raises:
+          RunDirError: no record, a damaged one, or one of another run."""
         record = _digest_file(path)
         if not record.exists():
-            return []
+            raise self._damaged(path, f"the record of its digest, {record}, is missing")
         text = read_text(record, "run digest", 4 * KIB, RunDirError)
         try:
-            digests = json.loads(text)
+            doc = json.loads(text)
         except json.JSONDecodeError:
             raise self._damaged(record, "not JSON") from None
+        digests = doc.get("sha256") if isinstance(doc, dict) else None
         if not isinstance(digests, list) or not all(
             isinstance(d, str) for d in digests
         ):
-            raise self._damaged(record, "not a list of digests")
+            raise self._damaged(record, "not a record of digests")
+        self._mine(record, doc.get("run"))
         return digests
+
+    def identity(self) -> dict[str, str]:
+        """What an analysis of this run names: the run id and the digests of the
+        spec and the metrics it was computed from."""
+        run_id, body = self._spec_text()
+        metrics = self._digests(self.metrics_file)[0]
+        return {"id": run_id, "spec": _sha256(body), "metrics": metrics}
+
+    def write_analysis(
+        self, doc: dict[str, Any], identity: dict[str, str] | None = None
+    ) -> None:
+        """Write analysis.json: ``doc`` with this run's :meth:`identity` (or the one
+        given) and a digest."""
+        doc = {**doc, "run": identity or self.identity()}
+        doc["digest"] = _sha256(_canonical(doc))
+        atomic_write_text(self.path / "analysis.json", json.dumps(doc, indent=1))
+
+    def analysis(self) -> dict[str, Any]:
+        """analysis.json, verified against its digest and refused unless it was
+        computed from this run's current spec and metrics.
+
+        Raises:
+          RunDirError: missing, damaged, of another run or out of date."""
+        path = self.path / "analysis.json"
+        redo = f"rerun `phasevae analyze {self.path}`"
+        self.run_id()  # an older run is refused as one
+        if not path.exists():
+            raise RunDirError(f"{self.path} has no analysis.json; {redo} first")
+        text = read_text(path, "analysis.json", MAX_ANALYSIS_BYTES, RunDirError)
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise RunDirError(f"{path} is damaged ({e}); {redo}") from None
+        if not isinstance(doc, dict) or "digest" not in doc:
+            raise RunDirError(f"{path} is damaged (its digest is missing); {redo}")
+        digest = doc.pop("digest")
+        if digest != _sha256(_canonical(doc)):
+            raise RunDirError(f"{path} is damaged (its digest does not match); {redo}")
+        if doc.pop("run", None) != self.identity():
+            raise RunDirError(
+                f"{path} is not an analysis of this run's current spec and metrics "
+                f"(it was copied from another run, or the run changed since); {redo}"
+            )
+        return doc
 
     def save_checkpoint(
         self,
@@ -328,7 +450,12 @@ class RunDir:
         each slot, the adaptive ``schedule`` (JSON) and ``extra`` host arrays
         (bookkeeping that must change together with the state). Every process calls
         it; it returns while the files are written (:meth:`wait_for_checkpoint`)."""
-        info = {"step": int(step), "ids": list(ids), "schedule": schedule}
+        info = {
+            "step": int(step),
+            "ids": list(ids),
+            "schedule": schedule,
+            "run": self.run_id(),
+        }
         try:
             self.checkpoints.save(leaves, models, info, extra or {})
         except CheckpointError as e:
@@ -361,6 +488,13 @@ class RunDir:
         if found is None:
             return None
         leaves, info, extra = found
+        if info.get("run") != self.run_id():
+            raise RunDirError(
+                f"{self.checkpoints.dir} holds a checkpoint of another run (run id "
+                f"{info.get('run')!r}, this run is {self.run_id()}); restore this "
+                f"run's own, or delete {self.checkpoints.dir} to train again from "
+                "step 0"
+            )
         return {**info, "leaves": leaves, "extra": extra}
 
 

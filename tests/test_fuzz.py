@@ -256,8 +256,10 @@ def test_fuzzed_run_directory_damage_is_refused_or_harmless(finished_run, tmp_pa
                 # (status and analyze say so; a sweep resumes from the checkpoint)
                 assert got[1] == {}
                 got = (got[0], intact[1], *got[2:])
-            if kind == 4 and "checkpoints" in target.parts and (
-                got[3] is None or got[3]["step"] < intact[3]["step"]
+            if (
+                kind == 4
+                and "checkpoints" in target.parts
+                and (got[3] is None or got[3]["step"] < intact[3]["step"])
             ):
                 # a save without its digest or orbax's commit record is skipped for
                 # the complete one before it (as after a kill during the last

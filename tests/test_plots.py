@@ -62,7 +62,7 @@ def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
     from phasevae.estimate import FLOOR, LEARNED
 
     doc["transitions"][0]["verdict"], doc["transitions"][2]["verdict"] = LEARNED, FLOOR
-    (run.path / "analysis.json").write_text(json.dumps(doc))
+    run.write_analysis(doc)
     fig = plots.phase_diagram(plots.load(run.path))
     (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
     np.testing.assert_allclose(np.c_[line.get_xdata(), line.get_ydata()], want[1:2])
