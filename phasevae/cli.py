@@ -32,11 +32,13 @@ from phasevae.safeio import check_out_dir
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from phasevae.spec import load_spec
+
+    spec = load_spec(args.spec, args.set)  # a spec error is told before JAX loads
     from phasevae import api, trackers
     from phasevae.loop import Preempted
     from phasevae.placement import init_distributed, split_cpu_into_devices
 
-    spec = api.as_spec(args.spec, args.set)
     stop_if_terminated()
     split_cpu_into_devices()
     primary = init_distributed(args)

@@ -2,7 +2,7 @@
 
 Every source returns a :class:`Dataset`: a float32 array of shape (n, N) exactly as the
 model sees it (after normalisation), a fixed evaluation subset, and the eigenvalues of
-its covariance, which the theory needs (SCIENCE.md: the collapse criterion is
+its covariance, which the theory needs (docs/science.md: the collapse criterion is
 beta * sigma^2 > lambda_max of the data *as the model sees it*).
 
 Sources: ``synthetic`` (a given spectrum, Gaussian or not), ``digits`` (scikit-learn's

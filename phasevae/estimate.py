@@ -3,7 +3,7 @@ an interval that holds the finite-training bias, reported as its two parts
 (statistical, finite-training), and a verdict. No JAX.
 
 Why trajectories: near the kink the relaxation time grows like 1 / |lambda_max - theta|
-(critical slowing down, SCIENCE.md), so a point just below sigma_c^2 escapes the
+(critical slowing down, docs/science.md), so a point just below sigma_c^2 escapes the
 collapsed state slowly and a point just above it decays slowly. A run of T steps rounds
 the kink over the zone that has not relaxed, and a fit of the final KL is biased by an
 amount that falls as T grows, in a direction that depends on the data and the start.

@@ -1,7 +1,7 @@
 """Piecewise-linear fits of KL(ln sigma^2), their intervals, and the per-point
 values they are fitted to. No JAX.
 
-The fitted model follows the structure the linear VAE predicts (SCIENCE.md): KL is
+The fitted model follows the structure the linear VAE predicts (docs/science.md): KL is
 piecewise linear in u = ln sigma^2, falling with slope -1/2 per active latent dim, with
 a breakpoint where each dim collapses and a plateau (~0) beyond the last one,
 

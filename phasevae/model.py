@@ -218,7 +218,7 @@ def collapse_eigenvalue(s, k, c_hh) -> np.ndarray:
     collapsed state of a network is stable: collapse is a local minimum of the loss
     when beta sigma^2 > lambda_c and a saddle that the encoder and decoder escape
     together when beta sigma^2 < lambda_c. For the linear VAE lambda_c = lambda_max, the
-    top eigenvalue of the data covariance (SCIENCE.md); for a deep one it is
+    top eigenvalue of the data covariance (docs/science.md); for a deep one it is
     lambda_max of the part of the data that the encoder's features h can encode and
     the decoder can output along its z-Jacobian:
 

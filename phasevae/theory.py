@@ -1,4 +1,4 @@
-"""Linear-VAE closed forms and the collapse criterion (SCIENCE.md). NumPy only.
+"""Linear-VAE closed forms and the collapse criterion (docs/science.md). NumPy only.
 
 With theta = beta * sigma^2 and eigenvalues lambda_1 >= ... >= lambda_N of the data
 covariance, latent dim i (i < latent_dim) is active iff lambda_i > theta. At the global
