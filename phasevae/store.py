@@ -155,7 +155,7 @@ class RunDir:
     def write_spec(self, text: str, run_id: str) -> None:
         """Write the spec's TOML ``text`` as run ``run_id``'s, with its digest."""
         self.id = run_id
-        digest = _sha256(f"{run_id}\n{text}")
+        digest = sha256_text(f"{run_id}\n{text}")
         head = f"# phasevae run spec, format {FORMAT}, run {run_id}, sha256 {digest}"
         atomic_write_text(self.spec_file, f"{head}\n{text}")
 
@@ -256,7 +256,7 @@ class RunDir:
                 f"{self.spec_file} declares format {found[1]}; this phasevae reads "
                 f"format {FORMAT}: use the phasevae that wrote it"
             )
-        if found[3] != _sha256(f"{found[2]}\n{body}"):
+        if found[3] != sha256_text(f"{found[2]}\n{body}"):
             raise self._damaged(self.spec_file, "its digest does not match")
         return found[2], body
 
@@ -287,14 +287,14 @@ class RunDir:
         digest = meta.pop("digest", None)
         if digest is None:
             raise self._damaged(self.meta_file, "its digest is missing")
-        if digest != _sha256(_canonical(meta)):
+        if digest != sha256_text(canonical_json(meta)):
             raise self._damaged(self.meta_file, "its digest does not match")
         self._mine(self.meta_file, meta.pop("run", None))
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         doc = {**meta, "run": self.run_id()}
-        doc["digest"] = _sha256(_canonical(doc))
+        doc["digest"] = sha256_text(canonical_json(doc))
         atomic_write_text(self.meta_file, json.dumps(doc, indent=1, sort_keys=True))
 
     def _mine(self, path: Path, run_id) -> None:
@@ -330,7 +330,7 @@ class RunDir:
         digest = (table.schema.metadata or {}).get(b"phasevae_digest")
         if digest is None:
             raise self._damaged(self.metrics_file, "its content digest is missing")
-        if digest.decode() != _frame_digest(df):
+        if digest.decode() != frame_digest(df):
             raise self._damaged(self.metrics_file, "its digest does not match")
         # rows written before an axis existed trained at its default
         for axis, default in LATER_AXES.items():
@@ -339,7 +339,7 @@ class RunDir:
 
     def write_metrics(self, df: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(df, preserve_index=False)
-        meta = {**(table.schema.metadata or {}), b"phasevae_digest": _frame_digest(df)}
+        meta = {**(table.schema.metadata or {}), b"phasevae_digest": frame_digest(df)}
         table = table.replace_schema_metadata(meta)
         self._write_verified(
             self.metrics_file,
@@ -351,24 +351,24 @@ class RunDir:
         it (``<name>.sha256``, with the previous file's, so that a kill between the
         two renames leaves a pair that verifies) before the file is renamed into
         place."""
-        known = self._digests(path) if _digest_file(path).exists() else []
+        known = self._digests(path) if digest_record(path).exists() else []
 
         def write_and_record(tmp: Path) -> None:
             write(tmp)
-            self.record_digests(path, [_file_sha256(tmp), *known[:1]])
+            self.record_digests(path, [file_sha256(tmp), *known[:1]])
 
         atomic_write(path, write_and_record)
 
     def record_digests(self, path: Path, digests: list[str]) -> None:
         """Write the record beside ``path`` of its bytes' digests (newest first)."""
         doc = {"run": self.run_id(), "sha256": digests}
-        atomic_write_text(_digest_file(path), json.dumps(doc))
+        atomic_write_text(digest_record(path), json.dumps(doc))
 
     def _verify(self, path: Path, what: str) -> None:
         """Check that ``path`` is a regular file whose bytes match a digest recorded
         for this run."""
         check_file(path, what, error=RunDirError)
-        if _file_sha256(path) not in self._digests(path):
+        if file_sha256(path) not in self._digests(path):
             raise self._damaged(path, "its digest does not match")
 
     def _digests(self, path: Path) -> list[str]:
@@ -376,7 +376,7 @@ class RunDir:
 
         Raises:
           RunDirError: no record, a damaged one, or one of another run."""
-        record = _digest_file(path)
+        record = digest_record(path)
         if not record.exists():
             raise self._damaged(path, f"the record of its digest, {record}, is missing")
         text = read_text(record, "run digest", 4 * KIB, RunDirError)
@@ -397,7 +397,7 @@ class RunDir:
         spec and the metrics it was computed from."""
         run_id, body = self._spec_text()
         metrics = self._digests(self.metrics_file)[0]
-        return {"id": run_id, "spec": _sha256(body), "metrics": metrics}
+        return {"id": run_id, "spec": sha256_text(body), "metrics": metrics}
 
     def write_analysis(
         self, doc: dict[str, Any], identity: dict[str, str] | None = None
@@ -405,7 +405,7 @@ class RunDir:
         """Write analysis.json: ``doc`` with this run's :meth:`identity` (or the one
         given) and a digest."""
         doc = {**doc, "run": identity or self.identity()}
-        doc["digest"] = _sha256(_canonical(doc))
+        doc["digest"] = sha256_text(canonical_json(doc))
         atomic_write_text(self.path / "analysis.json", json.dumps(doc, indent=1))
 
     def analysis(self) -> dict[str, Any]:
@@ -427,7 +427,7 @@ class RunDir:
         if not isinstance(doc, dict) or "digest" not in doc:
             raise RunDirError(f"{path} is damaged (its digest is missing); {redo}")
         digest = doc.pop("digest")
-        if digest != _sha256(_canonical(doc)):
+        if digest != sha256_text(canonical_json(doc)):
             raise RunDirError(f"{path} is damaged (its digest does not match); {redo}")
         if doc.pop("run", None) != self.identity():
             raise RunDirError(
@@ -498,15 +498,15 @@ class RunDir:
         return {**info, "leaves": leaves, "extra": extra}
 
 
-def _sha256(text: str) -> str:
+def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _digest_file(path: Path) -> Path:
+def digest_record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -514,11 +514,11 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _canonical(doc: dict) -> str:
+def canonical_json(doc: dict) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def _frame_digest(df: pd.DataFrame) -> str:
+def frame_digest(df: pd.DataFrame) -> str:
     """SHA-256 of a table's column names and values, independent of how a pandas or
     pyarrow version names the dtypes (numbers by their bytes as numpy arrays, every
     NaN as the same NaN, the rest by their text)."""

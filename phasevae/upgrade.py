@@ -27,11 +27,11 @@ from phasevae.store import (
     MAX_ANALYSIS_BYTES,
     RunDir,
     RunDirError,
-    _canonical,
-    _digest_file,
-    _file_sha256,
-    _frame_digest,
-    _sha256,
+    canonical_json,
+    digest_record,
+    file_sha256,
+    frame_digest,
+    sha256_text,
 )
 
 FORMAT_1_HEADER = "# phasevae run spec, sha256 "
@@ -70,7 +70,7 @@ def upgrade(path: str | Path) -> list[str] | None:
         analysis = run.path / "analysis.json"
         if analysis.exists():
             doc = _old_json(run, analysis, MAX_ANALYSIS_BYTES, vouched)
-            identity = {"id": run.id, "spec": _sha256(text)}
+            identity = {"id": run.id, "spec": sha256_text(text)}
             identity["metrics"] = run._digests(run.metrics_file)[0]
             run.write_analysis(doc, identity)
         run.write_spec(text, run.id)  # last: the run is now of the current format
@@ -83,7 +83,7 @@ def _old_spec(run: RunDir, vouched: list[str]) -> str:
     text = read_text(run.spec_file, "run spec", SPEC_BYTES, RunDirError)
     head, _, body = text.partition("\n")
     if head.startswith(FORMAT_1_HEADER):
-        if head[len(FORMAT_1_HEADER) :] != _sha256(body):
+        if head[len(FORMAT_1_HEADER) :] != sha256_text(body):
             raise _damaged(run.spec_file, "its digest does not match")
     else:
         body = text
@@ -109,7 +109,7 @@ def _old_json(
     if not isinstance(doc, dict):
         raise _damaged(path, "not a JSON object")
     if "digest" in doc:
-        if doc.pop("digest") != _sha256(_canonical(doc)):
+        if doc.pop("digest") != sha256_text(canonical_json(doc)):
             raise _damaged(path, "its digest does not match")
     else:
         vouched.append(path.name)
@@ -122,11 +122,11 @@ def _upgrade_metrics(run: RunDir, vouched: list[str]) -> None:
     content digest is written again with one."""
     path = run.metrics_file
     check_file(path, "run metrics", error=RunDirError)
-    record = _digest_file(path)
+    record = digest_record(path)
     if record.exists():
         doc = json.loads(read_text(record, "run digest", 4 * KIB, RunDirError))
         known = doc.get("sha256", []) if isinstance(doc, dict) else doc
-        if _file_sha256(path) not in known:
+        if file_sha256(path) not in known:
             raise _damaged(path, "its digest does not match")
     else:
         vouched.append(record.name)
@@ -140,10 +140,10 @@ def _upgrade_metrics(run: RunDir, vouched: list[str]) -> None:
         vouched.append(path.name)
         record.unlink(missing_ok=True)
         run.write_metrics(df)
-    elif digest.decode() != _frame_digest(df):
+    elif digest.decode() != frame_digest(df):
         raise _damaged(path, "its digest does not match")
     else:
-        run.record_digests(path, [_file_sha256(path)])
+        run.record_digests(path, [file_sha256(path)])
 
 
 def _damaged(path: Path, why: str) -> RunDirError:

@@ -49,6 +49,7 @@ def synthetic_metrics(
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relative", [False, True], ids=["additive", "measured"])
 def test_transitions_and_thresholds_recovered_within_1_percent(relative):
     """Eight noise draws x three betas. Every estimate lands within 1 %, and the 95 %
@@ -358,6 +359,7 @@ def test_the_boundary_pools_collapses_not_curves_held_up_by_free_bits():
     assert (one["theta_c"], one["ci"]) == pytest.approx((8.0, [6.0, 8.8]))
 
 
+@pytest.mark.slow
 def test_a_learned_variance_kink_is_read_as_one_in_its_starting_values():
     """With model.sigma2 = "learned" the grid's sigma^2 is where the variance starts;
     once it has moved, a kink in it is no collapse threshold and the boundary leaves
@@ -382,6 +384,7 @@ def test_a_learned_variance_kink_is_read_as_one_in_its_starting_values():
     assert learned["boundary"]["theta_c"] is None
 
 
+@pytest.mark.slow
 def test_a_setting_that_moves_the_transition_gets_its_own_boundary():
     """Two settings of a remedy axis, the second moving the linear-VAE transition from
     8 to 10: the pooled theta_c mixes them, ``boundary_by`` gives each its own, the

@@ -21,6 +21,7 @@ from tests.conftest import tiny_dict
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_a_dict_a_spec_and_a_file_give_the_same_run(tmp_path):
     raw = tiny_dict()
     path = tmp_path / "s.toml"
@@ -48,6 +49,7 @@ def test_on_chunk_sees_every_chunk_once_and_in_order(tmp_path):
     pd.testing.assert_frame_equal(chunks, r.metrics)
 
 
+@pytest.mark.slow
 def test_analyze_and_plot_return_objects_and_write_files(tmp_path):
     r = pv.run(tiny_dict(grid={"sigma2": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]}), tmp_path)
     with pytest.raises(PlotError, match="analyze"):
@@ -100,6 +102,7 @@ def test_the_cli_sweeps_through_the_api(tmp_path, monkeypatch, capsys):
     assert kw["progress"] is not None
 
 
+@pytest.mark.slow
 def test_the_example_runs_on_every_cpu_device_as_the_cli_does(tmp_path):
     """examples/quickstart.py in a fresh process: the API splits the CPU into
     devices before JAX starts, as the command line does."""

@@ -13,6 +13,7 @@ def test_flop_count_of_the_paper_architecture():
     assert bench.flops_per_model_step() == 3 * 2 * 256 * macs + 12 * params
 
 
+@pytest.mark.slow
 def test_bench_json_interface(capsys):
     assert main(["bench", "--models", "2", "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
@@ -37,6 +38,7 @@ def test_bench_json_interface(capsys):
     assert main(["bench", "--models", "100000000", "--checkpoint"]) == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_timing_interface(capsys):
     assert main(["bench", "--models", "3", "--checkpoint", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -59,6 +61,7 @@ def test_flop_count_of_the_conv_model():
     assert bench.flops_per_model_step("conv") == 3 * 2 * 64 * macs + 12 * params
 
 
+@pytest.mark.slow
 def test_bench_locate_reports_an_interval_and_an_error(tmp_path):
     """The locate path returns an interval and an error (sweeps/locate.toml's
     adaptive run once gave neither: 'locate_rel_error: null'), and the uniform

@@ -66,7 +66,7 @@ def test_a_checkpoint_of_an_earlier_format_is_refused_with_what_to_do(tmp_path):
         run.load_checkpoint()
 
 
-def test_a_full_disk_during_a_save_is_a_message(tmp_path, monkeypatch):
+def test_a_full_disk_during_a_save_is_a_message(tmp_path, monkeypatch, tiny_spec):
     """orbax reports a full disk as ValueError('RESOURCE_EXHAUSTED: ...'), which
     ended a sweep with exit 1; it is a RunDirError (exit 2) that says what to do."""
     import orbax.checkpoint as ocp
@@ -76,5 +76,7 @@ def test_a_full_disk_during_a_save_is_a_message(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", full)
     placed, _ = _leaves(2, 1.0)
+    run = RunDir(tmp_path)
+    run.claim(tiny_spec())
     with pytest.raises(RunDirError, match="no space left.*rerun to resume"):
-        RunDir(tmp_path).save_checkpoint(jax.tree.leaves(placed), 2, 1, ["a", "b"])
+        run.save_checkpoint(jax.tree.leaves(placed), 2, 1, ["a", "b"])

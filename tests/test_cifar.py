@@ -151,6 +151,7 @@ def test_a_member_that_inflates_past_the_format_is_refused_unread(tmp_path):
     assert grown_kib < 50 * 1024  # nothing near the member's 200 MB was held
 
 
+@pytest.mark.slow
 def test_the_cifar10_spec_runs_end_to_end_on_a_small_archive(tmp_path, capsys):
     path, _ = archive(tmp_path, "binary", n=40)
     out = tmp_path / "run"

@@ -116,6 +116,7 @@ def test_a_diverged_model_exits_2_after_finishing_the_others(tmp_path, capsys):
     assert main([*again[:-1], "300"]) == 2
 
 
+@pytest.mark.slow
 def test_a_different_spec_in_an_existing_run_directory_is_refused(tmp_path, capsys):
     spec = write_spec(tmp_path)
     out = tmp_path / "run"
@@ -128,6 +129,7 @@ def test_a_different_spec_in_an_existing_run_directory_is_refused(tmp_path, caps
     assert main(["sweep", str(spec), "--out", str(tmp_path / "other")]) == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(
     tmp_path, tiny_spec, monkeypatch
 ):
@@ -159,6 +161,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(
     assert len(again.metrics) == len(full)
 
 
+@pytest.mark.slow
 def test_a_longer_train_steps_extends_the_run_to_the_from_scratch_result(
     tmp_path, tiny_spec
 ):
@@ -213,6 +216,7 @@ CONV = {  # the convolutional VAE on 8x8 digits (issue 15)
 
 # SIGKILL on the conv VAE, SIGTERM on the MLP: the store and the loop do not depend on
 # the model, so each signal is tested once (the suite's time)
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how, model",
     [
@@ -276,6 +280,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, how, model
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     from phasevae.store import RunDir
 
@@ -288,6 +293,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_status_reports_progress(tmp_path, capsys, tiny_spec):
     from phasevae.sweep import run_sweep
 
@@ -299,6 +305,7 @@ def test_status_reports_progress(tmp_path, capsys, tiny_spec):
     assert main(["status", str(tmp_path / "nope")]) == 2
 
 
+@pytest.mark.slow
 def test_dry_run_plans_without_writing(tmp_path, capsys):
     out = tmp_path / "run"
     assert (
@@ -356,6 +363,7 @@ def test_bad_sweep_arguments_are_refused_before_any_work(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_write_is_a_message_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     import errno
 
@@ -400,6 +408,7 @@ def test_sigterm_during_start_up_is_a_message(tmp_path):
     assert "SIGTERM" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_analyze_fits_the_curves_it_can_when_one_diverged_entirely(tmp_path, capsys):
     grid = {"sigma2": [0.5, 1.0, 2.0, 4.0, 8.0], "beta": [1.0]}
     grid["learning_rate"] = [1e-2, 1e6]
@@ -414,6 +423,7 @@ def test_analyze_fits_the_curves_it_can_when_one_diverged_entirely(tmp_path, cap
     assert doc["skipped"][0]["learning_rate"] == 1e6
 
 
+@pytest.mark.slow
 def test_a_refined_sweep_refines_the_curves_that_did_not_diverge(tmp_path, capsys):
     """A curve whose every model diverged is left out of the refinement round; the
     other curve gets its new sigma^2 and the run completes."""
@@ -452,6 +462,7 @@ def test_version_names_the_installed_build(capsys):
     assert capsys.readouterr().out.strip() == f"phasevae {metadata.version('phasevae')}"
 
 
+@pytest.mark.slow
 def test_meta_records_the_commit_and_the_installed_packages(tmp_path):
     spec = write_spec(tmp_path)
     assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 0

@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from phasevae.sweep import run_sweep
 
 GRID = {"sigma2": [0.5, 2.0, 8.0], "beta": [0.5, 1.0]}  # 6 points: padded to 8
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_metrics_of_one(tmp_path, tiny_spec):
     one = run_sweep(tiny_spec(grid=GRID), tmp_path / "one").metrics
     script = (
@@ -38,6 +40,7 @@ def test_four_devices_give_the_metrics_of_one(tmp_path, tiny_spec):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_spec):
     """Multi-process JAX on the CPU: gloo collectives on a free loopback port."""
     import socket
@@ -77,6 +80,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_spec):
     assert meta["processes"] == 2 and len(meta["devices"]) == 2
 
 
+@pytest.mark.slow
 def test_a_run_checkpointed_on_eight_devices_resumes_on_one(tmp_path, tiny_spec):
     """The checkpoint holds the models without the padding and without the device
     layout: a run stopped on 8 devices finishes on 1 with the same results."""

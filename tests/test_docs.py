@@ -50,6 +50,7 @@ def tutorial_blocks() -> list[tuple[str, str]]:
     return [(lang, code) for lang, code in blocks if not code.startswith("pip install")]
 
 
+@pytest.mark.slow
 def test_the_tutorial_runs_as_written(tmp_path):
     blocks = tutorial_blocks()
     assert [lang for lang, _ in blocks] == ["python", "bash", "bash", "bash"] + [

@@ -167,6 +167,7 @@ def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
     assert _off_theory(estimate.estimate_transition(trapped, 2, LAM, LAM), LAM) is None
 
 
+@pytest.mark.slow
 def test_quick_validation_suite_writes_its_table(tmp_path):
     doc = run_suite(tmp_path, quick=True)
     assert [r["case"] for r in doc["rows"]] == [c.name for c in QUICK]

@@ -220,6 +220,7 @@ def _same(a, b) -> bool:
     return metrics_a.equals(metrics_b)
 
 
+@pytest.mark.slow
 def test_fuzzed_run_directory_damage_is_refused_or_harmless(finished_run, tmp_path):
     """Bit flips, truncations, garbage, deletions and swaps in a finished run: every
     read either refuses (naming the file) or returns exactly the intact content."""
@@ -346,6 +347,7 @@ def test_fuzzed_spec_named_callables_are_never_called(tmp_path, capsys):
         _tally("spec-named callables", "refused")
 
 
+@pytest.mark.slow
 def test_fuzzed_data_swaps_under_a_run_are_refused(tmp_path, capsys):
     """A finished run on a CSV, its file then changed in a random way (a value, a
     row, the scale, the order, the columns): rerunning it is refused, unless the

@@ -37,6 +37,7 @@ def small_spec(tmp_path, name="small.toml", **sections):
     return path
 
 
+@pytest.mark.slow
 def test_locate_chains_stages_into_one_run_that_analyze_reads(tmp_path):
     spec = small_spec(tmp_path)
     out = tmp_path / "loc"
@@ -63,6 +64,7 @@ def test_locate_chains_stages_into_one_run_that_analyze_reads(tmp_path):
     assert again == result
 
 
+@pytest.mark.slow
 def test_a_longer_stage_continues_the_models_it_forks(tmp_path):
     """A 'longer' stage starts from its parent's checkpoint and metrics: its rows up
     to the fork are the parent's, and it goes on as a run of those points trained
@@ -101,6 +103,7 @@ def test_a_longer_stage_continues_the_models_it_forks(tmp_path):
     np.testing.assert_allclose(late[cols], ref[cols], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_locate_resumes_after_sigkill_to_the_uninterrupted_answer(tmp_path):
     spec = small_spec(tmp_path)
     args = ["--budget", "4500", "--json"]
@@ -134,6 +137,7 @@ def test_locate_resumes_after_sigkill_to_the_uninterrupted_answer(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_data_file_alone_is_enough_and_prints_its_spec(tmp_path, capsys):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 3)) * np.sqrt([3.0, 0.5, 0.1])
@@ -158,6 +162,7 @@ def test_locate_refuses_what_it_cannot_chain(tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_every_advice_is_a_command_that_continues_the_same_run(tmp_path, capsys):
     """A short plain sweep gets 'train longer'; its advice command, run as printed,
     continues that run directory (more steps, same models), and so does the

@@ -120,6 +120,7 @@ def _collapsed(model, params, x):
     return {"params": p}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("widths", [((16, 8), (5, 12)), ((32,), (32,))])
 def test_collapse_eigenvalue_is_where_the_hessian_of_the_collapsed_state_turns(
     widths,

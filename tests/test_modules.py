@@ -29,6 +29,7 @@ def sorted_rows(df):
     return df.sort_values(KEY).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_a_user_module_by_spec_string_and_by_python_object_trains_the_same(
     tmp_path, monkeypatch, capsys
 ):
@@ -121,6 +122,7 @@ def test_conv_refuses_tables_and_the_mlp_only_options(tmp_path, capsys):
     assert "need the MLP's layout" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_vmapped_conv_equals_the_models_trained_one_at_a_time(tmp_path):
     run = api.run(CONV, tmp_path / "grid")
     grid = run.metrics
@@ -140,6 +142,7 @@ def test_vmapped_conv_equals_the_models_trained_one_at_a_time(tmp_path):
     )  # it learns; large sigma^2 collapses
 
 
+@pytest.mark.slow
 def test_conv_shapes_and_decoder_init_scale_on_images_of_any_size():
     for shape in [(8, 8, 1), (7, 5, 3)]:
         m = ConvVAE(3, shape, (4, 8))
@@ -150,6 +153,7 @@ def test_conv_shapes_and_decoder_init_scale_on_images_of_any_size():
         assert params["params"]["out"]["kernel"].shape == (3, 3, 4, shape[2])
 
 
+@pytest.mark.slow
 def test_the_residual_decoder_example_runs(tmp_path, capsys, monkeypatch):
     """examples/residual_decoder.py: a user module passed to pv.run as an object,
     and the same module by spec string through its factory."""
@@ -172,6 +176,7 @@ def test_the_residual_decoder_example_runs(tmp_path, capsys, monkeypatch):
     assert api.run(spec, tmp_path / "by_name").complete
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", [2, 3, 4])
 @pytest.mark.parametrize("shape", [(8, 8, 3), (7, 5, 2)])
 def test_the_im2col_convolution_equals_lax_conv(shape, kernel):
@@ -201,6 +206,7 @@ def test_the_im2col_convolution_equals_lax_conv(shape, kernel):
         np.testing.assert_allclose(layer.apply(params, x), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_conv_sweep_takes_slots_shards_merge_analysis_and_figures(tmp_path):
     spec = {**CONV, "grid": {**CONV["grid"], "sigma2": [0.02, 0.1, 0.5, 2.0]}}
     slots = api.run(
@@ -223,6 +229,7 @@ def test_a_conv_sweep_takes_slots_shards_merge_analysis_and_figures(tmp_path):
     assert merged.plot(save="png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module, options",
     [
@@ -262,6 +269,7 @@ def test_a_spec_may_call_only_modules_and_declared_factories(
     assert not marker.exists() and victim.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_the_readers_never_import_the_module_a_spec_names(tmp_path, monkeypatch):
     """Only sweep (and locate, validate) import a spec's module; analyze, plot,
     report, status, theory and merge read the run without running its code."""

@@ -34,6 +34,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["png", "svg"])
 def test_every_figure_is_drawn_from_a_stored_run(tiny_run, capsys, fmt):
     assert main(["plot", str(tiny_run), "--format", fmt]) == 0
@@ -45,6 +46,7 @@ def test_every_figure_is_drawn_from_a_stored_run(tiny_run, capsys, fmt):
     assert not list((tiny_run / "figures").glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
     run = run_dir(tmp_path, beta=[0.5, 1.0, 2.0])
     run.write_metrics(synthetic_metrics([0.5, 1.0, 2.0]))
@@ -100,6 +102,7 @@ def test_a_run_without_analysis_is_refused(tmp_path, capsys):
     json.loads((run.path / "meta.json").read_text())  # untouched
 
 
+@pytest.mark.slow
 def test_remedy_hysteresis_and_learned_variance_figures(tmp_path):
     """A learned-variance hysteresis sweep over a remedy axis draws the remedy's
     theta_c figure and phase diagram, the up/down curves and the sigma^2 curves, and

@@ -12,6 +12,7 @@ from phasevae.sweep import run_sweep
 from phasevae.train import Point, Static, Trainer
 
 
+@pytest.mark.slow
 def test_the_learned_variance_receives_gradients_and_is_recorded(tiny_spec, tmp_path):
     grid = {"sigma2": [0.5, 8.0], "beta": [1.0]}
     learned = run_sweep(
@@ -120,6 +121,7 @@ def test_a_hysteresis_sweep_reports_both_curves(tiny_spec, tmp_path):
     assert h["area"] >= 0 and len(h["kl_up"]) == len(h["kl_down"]) == 5
 
 
+@pytest.mark.slow
 def test_static_decoder_groups_compile_once_each(tiny_spec, tmp_path):
     grid = {"sigma2": [0.5, 2.0, 8.0], "beta": [1.0]}
     spec = tiny_spec(grid={**grid, "decoder": [[8], [16, 16], []]})
@@ -164,6 +166,7 @@ def test_bad_static_axes_are_refused(tiny_spec, axis, value, words):
         tiny_spec(grid={axis: value})
 
 
+@pytest.mark.slow
 def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path):
     """Decoder x skip: 2 x 3 groups, one compile each. The plain skip hands the
     decoder x itself, the gated one x times a gate of z; both change the loss."""
@@ -289,6 +292,7 @@ def test_mutual_information_term_by_hand():
     np.testing.assert_allclose(got, base - 0.8 * mi, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_compile_for_every_value_of_the_remedy_axes(tmp_path, tiny_spec):
     from phasevae.sweep import run_sweep
 
@@ -365,6 +369,7 @@ def test_free_bits_floors_are_read_as_no_collapse_and_information_is_tracked():
     assert by[0.1]["information"]["mi_lost_sigma2"] == pytest.approx(s2[0])
 
 
+@pytest.mark.slow
 def test_remedy_axes_through_slots_shards_and_analysis(tmp_path, tiny_spec):
     """The objective-side axes in an adaptive sweep (slots, retire) and in two
     shards of the fixed grid: merged, the shards equal the adaptive run up to where

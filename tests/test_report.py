@@ -33,6 +33,7 @@ def analysed(tmp_path):
     return run.path
 
 
+@pytest.mark.slow
 def test_the_report_is_one_self_contained_page(analysed, capsys):
     assert main(["report", str(analysed)]) == 0
     page = analysed / "report.html"
@@ -51,6 +52,7 @@ def test_the_report_is_one_self_contained_page(analysed, capsys):
     assert not list(analysed.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_report_errors_exit_2_and_write_nothing(tmp_path, analysed, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert (
@@ -64,6 +66,7 @@ def test_report_errors_exit_2_and_write_nothing(tmp_path, analysed, capsys):
     assert not (analysed / "report.html").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("PHASEVAE_REQUIRE_BROWSER"),
     reason="no Chromium here (.ci/run installs it)",
@@ -103,6 +106,7 @@ def test_the_report_opens_in_a_headless_browser(analysed, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, said",
     [
@@ -137,6 +141,7 @@ def test_a_damaged_analysis_is_bad_input_for_report_and_plot(
         assert said in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_edited_analyses_never_crash_the_report(analysed, capsys):
     """Values swapped for the wrong type, NaN or huge numbers, keys deleted, anywhere
     in a real analysis: the report is written (exit 0) or refused (exit 2)."""

@@ -26,6 +26,7 @@ def final(metrics: pd.DataFrame) -> pd.DataFrame:
     return last.set_index("point_id").sort_index()
 
 
+@pytest.mark.slow
 def test_a_refilled_slot_ends_as_the_point_trained_alone(tmp_path, tiny_spec):
     """Three points through two slots: the third starts in a freed slot 20 steps
     after the others (its own step 0) and ends as it does trained alone."""
@@ -52,6 +53,7 @@ def test_a_refilled_slot_ends_as_the_point_trained_alone(tmp_path, tiny_spec):
         )
 
 
+@pytest.mark.slow
 def test_retired_points_stop_early_and_free_their_slot(tmp_path, tiny_spec):
     """sigma^2 = 50 collapses and its KL stops moving (~400 steps here): it retires
     before the 600-step budget and a pending point takes its slot."""
@@ -114,6 +116,7 @@ def test_refinement_spreads_points_inside_the_transition_and_around_lower_kinks(
     assert np.min(np.abs(new[:, None] - sampled[None, :])) > 1e-6  # nothing repeated
 
 
+@pytest.mark.slow
 def test_a_refined_sweep_adds_rounds_where_the_fit_says(tmp_path, tiny_spec):
     spec = tiny_spec(
         train={"steps": 30, "slots": 4},
@@ -142,6 +145,7 @@ def test_a_refined_sweep_adds_rounds_where_the_fit_says(tmp_path, tiny_spec):
     assert main(["analyze", str(tmp_path / "run")]) == 0
 
 
+@pytest.mark.slow
 def test_an_interrupted_adaptive_sweep_resumes_to_the_uninterrupted_result(
     tmp_path, tiny_spec, monkeypatch
 ):
@@ -263,6 +267,7 @@ def test_meta_and_status_report_the_schedule(tmp_path, tiny_spec, capsys):
     assert "finished 2, training 0, pending 0" in out and "40 model-steps" in out
 
 
+@pytest.mark.slow
 def test_until_trusted_trains_on_only_where_the_estimate_asks(tmp_path, tiny_spec):
     """train.until = "trusted": after train.steps, exactly the points inside the
     sigma^2 range the estimate names train on (up to max_steps); the others stop."""

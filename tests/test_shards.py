@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import tomli_w
 
 from phasevae.cli import main
@@ -31,6 +32,7 @@ def test_shards_partition_the_grid_deterministically(tiny_spec):
     assert list(again["point_id"]) == list(parts[1]["point_id"])
 
 
+@pytest.mark.slow
 def test_sharded_runs_merge_into_the_single_run(tmp_path, capsys):
     spec = spec_file(tmp_path)
     assert main(["sweep", str(spec), "--out", str(tmp_path / "whole")]) == 0
@@ -93,6 +95,7 @@ def test_sharded_runs_merge_into_the_single_run(tmp_path, capsys):
     assert main(["sweep", str(spec), "--out", shards[0], "--shard", "0/3"]) == 0
 
 
+@pytest.mark.slow
 def test_merge_refuses_shards_of_different_specs_and_bad_shard_arguments(
     tmp_path, capsys
 ):

@@ -62,6 +62,7 @@ def test_the_density_integrates_to_one_on_the_circle():
         assert p.mean() * 2 * np.pi == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("a", [0.5, 1.0, 4.0, 60.0])
 def test_the_loop_free_gamma_draws_have_the_right_law_and_gradient(a):
     noise = _normals(DRAWS, GAMMA_NOISE, seed=1)
@@ -78,6 +79,7 @@ def test_the_loop_free_gamma_draws_have_the_right_law_and_gradient(a):
     assert float(np.mean(dg)) == pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.slow
 def test_the_gradient_reaches_the_concentration():
     """d E[m^T z] / d kappa = (k - 1) / (kappa + k - 1)^2, pathwise through the
     reparameterised draw."""
@@ -92,6 +94,7 @@ def test_the_gradient_reaches_the_concentration():
     assert got == pytest.approx((k - 1) / (kappa + k - 1) ** 2, rel=0.05)
 
 
+@pytest.mark.slow
 def test_the_information_estimate_on_known_cases():
     """Two antipodal clusters of sharp posteriors carry ln 2 nats; the uniform
     posterior none; compiled and eager agree at n = 512 (a nested-vmap form did not,
@@ -144,6 +147,7 @@ def test_a_fixed_concentration_makes_the_kl_a_constant():
 SPHERE = {"latent": "sphere", "latent_dim": 2, "encoder": [8], "decoder": [8]}
 
 
+@pytest.mark.slow
 def test_a_sphere_sweep_trains_analyses_and_resumes(tmp_path, tiny_spec, monkeypatch):
     spec = tiny_spec(
         model=SPHERE,

@@ -85,6 +85,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_file_is_named_and_never_built_upon(runs, tmp_path, capsys, damage):
     root, spec = runs
@@ -119,6 +120,7 @@ def test_a_damaged_file_is_named_and_never_built_upon(runs, tmp_path, capsys, da
         assert not changed - {run / "analysis.json"}, changed
 
 
+@pytest.mark.slow
 def test_an_intact_run_verifies_and_continues(runs, tmp_path):
     root, spec = runs
     run = tmp_path / "half"
@@ -130,6 +132,7 @@ def test_an_intact_run_verifies_and_continues(runs, tmp_path):
     assert RunDir(run).meta()["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_lost_metrics_and_an_empty_directory_get_messages_that_say_what_to_do(
     runs, tmp_path, capsys
 ):
@@ -167,6 +170,7 @@ def _snapshot(path):
     return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "entry", [".lock", "figures", "checkpoints", "meta.json", "analysis.json"]
 )
@@ -227,6 +231,7 @@ FOREIGN = {  # what is copied from the twin, the run that reads it, the commands
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", list(FOREIGN))
 def test_a_file_of_another_run_is_refused(runs, twin, tmp_path, capsys, entry):
     """Every file names its run; a file copied from another run (with its digest
@@ -296,6 +301,7 @@ UNSEALED = {  # a file of the current format edited, its digest removed
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(UNSEALED))
 def test_a_current_file_without_its_digest_is_refused(
     runs, twin, tmp_path, capsys, name
@@ -330,6 +336,7 @@ def _as_format_0(run):
     shutil.rmtree(run / "checkpoints")
 
 
+@pytest.mark.slow
 def test_an_older_run_is_read_after_upgrade_with_the_same_values(
     runs, twin, tmp_path, capsys
 ):

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import pytest
 
 from phasevae.data import load_dataset
 from phasevae.plan import grid_table, static_config
@@ -35,6 +36,7 @@ def test_vmapped_chunk_equals_single_model_runs(tiny_spec):
     assert not np.allclose(metrics.kl[0], metrics.kl[1])
 
 
+@pytest.mark.slow
 def test_one_trace_for_a_whole_grid_over_many_chunks(tiny_spec, tmp_path):
     spec = tiny_spec(
         grid={"sigma2": {"min": 0.1, "max": 10.0, "num": 6}, "seeds": [0, 1, 2]},
@@ -54,6 +56,7 @@ def test_one_trace_for_a_whole_grid_over_many_chunks(tiny_spec, tmp_path):
     assert trainer.traces == 1
 
 
+@pytest.mark.slow
 def test_a_diverging_model_is_flagged_and_does_not_disturb_the_others(
     tiny_spec, tmp_path
 ):
@@ -72,6 +75,7 @@ def test_a_diverging_model_is_flagged_and_does_not_disturb_the_others(
     assert set(mixed.meta["points"].values()) == {"ok", "diverged"}
 
 
+@pytest.mark.slow
 def test_remedy_axes_reach_the_computation_in_one_compile(tiny_spec, tmp_path):
     grid = {
         "sigma2": [0.5, 8.0],
