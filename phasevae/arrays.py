@@ -32,8 +32,8 @@ def load_array(path: Path, key: str = "") -> np.ndarray:
             with open(path, "rb") as f:
                 _expect_magic(f, b"\x93NUMPY", path, "an .npy file")
                 check_memory(_npy_header_size(f), path)
-                f.seek(0)
-                return np.load(f, allow_pickle=False)
+            # mapped, not read: the float32 copy is made a chunk at a time
+            return np.load(path, mmap_mode="r", allow_pickle=False)
         if suffix == ".npz":
             with open(path, "rb") as f:
                 _expect_magic(f, b"PK", path, "an .npz (zip) archive")
@@ -94,8 +94,9 @@ def _npy_header_size(f) -> int:
 
 
 def check_memory(values: int, path: Path) -> None:
-    """Refuse data whose float32 copies (raw, converted, normalised) would not fit in
-    MEMORY_FRACTION of the available RAM: better a message than swapping."""
+    """Refuse data whose float32 copies (the normalised data, its copy for the
+    device, and the raw values of formats that cannot be memory-mapped) would not
+    fit in MEMORY_FRACTION of the available RAM: better a message than swapping."""
     need = 3 * 4 * values
     avail = safeio.available_memory()
     if avail is not None and need > MEMORY_FRACTION * avail:

@@ -247,7 +247,8 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
     if x.shape[1] < 1:
         raise DataError(f"{what}: data has no features")
     side = min(x.shape)  # the covariance, or the Gram matrix of wide data
-    need = 3 * 8 * side**2 + 8 * x.size  # it, its eigenvectors, workspace; centred x
+    centred = x.size if x.shape[0] < x.shape[1] else min(x.size, CHUNK_VALUES)
+    need = 3 * 8 * side**2 + 8 * centred  # it, its eigenvectors, workspace; centred x
     avail = safeio.available_memory()
     if avail is not None and need > MEMORY_FRACTION * avail:
         raise DataError(
@@ -256,15 +257,32 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
             f"half of the {avail / 2**30:.1f} GiB of free memory; reduce the "
             "features or the samples first"
         )
-    x = x.astype(np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
+    out = np.empty(x.shape, np.float32)
+    count, first = 0, None
+    for rows in row_chunks(x):  # a memory-mapped file is read a chunk at a time
+        out[rows] = x[rows].astype(np.float32)
+        bad = ~np.isfinite(out[rows])
+        count += int(bad.sum())
+        if first is None and count:
+            row, col = np.argwhere(bad)[0]
+            first = (rows.start + row, col)
+    if count:
         raise DataError(
-            f"{what}: {int(bad.sum())} NaN or inf values (first at row {row}, "
-            f"column {col}); clean the data first"
+            f"{what}: {count} NaN or inf values (first at row {first[0]}, "
+            f"column {first[1]}); clean the data first"
         )
-    return x
+    return out
+
+
+CHUNK_VALUES = 1 << 24  # values converted at a time (128 MiB as float64)
+
+
+def row_chunks(x: np.ndarray):
+    """Slices of ``x``'s rows of about CHUNK_VALUES values each (one slice for data
+    of up to 16 M values, whose results are those of whole-array numpy)."""
+    step = max(1, CHUNK_VALUES // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], step):
+        yield slice(start, start + step)
 
 
 MAX_ABS = 1e6  # larger values (after normalize) overflow float32 training
@@ -273,7 +291,7 @@ MAX_ABS = 1e6  # larger values (after normalize) overflow float32 training
 def check_scale(x: np.ndarray, what: str, how: str) -> None:
     """Refuse data on a scale that float32 training cannot handle (squared errors and
     their gradients overflow), saying which ``normalize`` fixes it."""
-    top = float(np.max(np.abs(x)))
+    top = max(float(x.max()), -float(x.min()))  # no |x| copy
     if not np.isfinite(top) or top > MAX_ABS:
         raise DataError(
             f"{what}: values up to {top:.3g} after normalize = '{how}'; training in "
@@ -299,26 +317,43 @@ def check_spread(lambda_max: float, what: str, how: str) -> None:
 
 
 def normalize(x: np.ndarray, how: str, pixel_range=None) -> np.ndarray:
-    """``none``; ``center`` (subtract each feature's mean); ``standardize`` (also unit
-    variance per feature; constant features are only centred); ``global`` (one mean
-    and one standard deviation for all features); ``unit`` (the pixel range, or the
-    data's min..max when it has none, mapped to [-1, 1])."""
+    """``x`` (float32, from :func:`check_array`) normalised in place: ``none``;
+    ``center`` (subtract each feature's mean); ``standardize`` (also unit variance per
+    feature; constant features are only centred); ``global`` (one mean and one
+    standard deviation for all features); ``unit`` (the pixel range, or the data's
+    min..max when it has none, mapped to [-1, 1]). Statistics and arithmetic are in
+    float64 (float32 squares of large raw values overflow), a chunk of rows at a
+    time, so large data never has a float64 copy."""
     if how == "none":
         return x
-    x = x.astype(np.float64)  # float32 squares of large raw values overflow
     if how == "unit":
         lo, hi = pixel_range if pixel_range else (float(x.min()), float(x.max()))
         if hi <= lo:
             raise DataError("normalize = 'unit' needs data with more than one value")
-        return (2.0 * (x - lo) / (hi - lo) - 1.0).astype(np.float32)
+        return _apply(x, lambda c: 2.0 * (c - lo) / (hi - lo) - 1.0)
     if how == "global":
-        std = float(x.std())
-        return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
-    x = x - x.mean(axis=0)
-    if how == "standardize":
-        std = x.std(axis=0)
-        x = x / np.where(std > 0, std, 1.0)
-    return x.astype(np.float32)
+        mean = _total(x, lambda c: c) / x.size
+        std = np.sqrt(_total(x, lambda c: (c - mean) ** 2) / x.size)
+        return _apply(x, lambda c: (c - mean) / (std if std > 0 else 1.0))
+    n = x.shape[0]
+    mean = _total(x, lambda c: c, axis=0) / n
+    if how == "center":
+        return _apply(x, lambda c: c - mean)
+    shift = _total(x, lambda c: c - mean, axis=0) / n  # numpy's std, in two passes
+    std = np.sqrt(_total(x, lambda c: (c - mean - shift) ** 2, axis=0) / n)
+    return _apply(x, lambda c: (c - mean) / np.where(std > 0, std, 1.0))
+
+
+def _total(x: np.ndarray, f, axis=None):
+    """The sum of ``f`` of float64 chunks of ``x``'s rows (over ``axis``)."""
+    return sum(f(x[rows].astype(np.float64)).sum(axis=axis) for rows in row_chunks(x))
+
+
+def _apply(x: np.ndarray, f) -> np.ndarray:
+    """``x`` with each chunk of rows replaced by ``f`` of it in float64."""
+    for rows in row_chunks(x):
+        x[rows] = f(x[rows].astype(np.float64)).astype(np.float32)
+    return x
 
 
 def covariance_eig(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -327,11 +362,11 @@ def covariance_eig(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (n < N) the N x N covariance (20,000 genes: 3.2 GB) is never formed: its nonzero
     eigenvalues are those of the n x n Gram matrix X X^T / n, the others are 0, and
     the n leading eigenvectors are X^T u / sqrt(n lambda) (N, n)."""
-    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
     n, dim = x.shape
     if n >= dim:
-        values, vectors = np.linalg.eigh(xc.T @ xc / n)
+        values, vectors = np.linalg.eigh(_scatter(x) / n)
         return values[::-1].clip(min=0.0), vectors[:, ::-1]
+    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
     values, u = np.linalg.eigh(xc @ xc.T / n)
     values, u = values[::-1].clip(min=0.0), u[:, ::-1]
     scale = np.sqrt(np.maximum(n * values, 1e-300))
@@ -339,12 +374,26 @@ def covariance_eig(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([values, np.zeros(dim - n)]), vectors
 
 
+def _scatter(x: np.ndarray) -> np.ndarray:
+    """sum (x - mean)^T (x - mean) in float64, a chunk of rows at a time."""
+    mean = x.mean(axis=0, dtype=np.float64)
+
+    def part(rows):
+        xc = x[rows].astype(np.float64) - mean
+        return xc.T @ xc
+
+    return sum(part(rows) for rows in row_chunks(x))
+
+
 def top_eigenvalue(x: np.ndarray) -> float:
     """The largest eigenvalue of the population covariance of ``x`` (n, N), from
     the smaller of the covariance and the Gram matrix."""
-    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
     n, dim = x.shape
-    gram = xc.T @ xc if n >= dim else xc @ xc.T
+    if n >= dim:
+        gram = _scatter(x)
+    else:
+        xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+        gram = xc @ xc.T
     side = gram.shape[0]
     return float(
         scipy.linalg.eigh(gram / n, eigvals_only=True, subset_by_index=[side - 1] * 2)[
