@@ -240,24 +240,34 @@ class Run:
 
         return analyze_run(self.path)
 
+    def analysed(self) -> dict:
+        """The run's analysis: :meth:`analyze` now when it has no analysis.json,
+        else analysis.json verified (one of another run, out of date or damaged is
+        refused: RunDirError that says to analyze again)."""
+        if not (self.path / "analysis.json").exists():
+            return self.analyze()
+        return self.store.analysis()
+
     def plot(
         self, save: str | None = None, x: str = "sigma2", y: str = "beta"
     ) -> dict[str, Any]:
-        """Every figure of the analysed run (:meth:`analyze` first) as
+        """Every figure of the run (analysed first when it has no analysis) as
         {name: matplotlib Figure}; ``save`` = "png", "pdf" or "svg" writes them to
         RUN_DIR/figures/ instead and returns {name: path}."""
         from phasevae.plots import figures, write_figures
 
+        self.analysed()
         if save is not None:
             return write_figures(self.path, save, x, y)
         return {name: make() for name, make in figures(self.path, x, y).items()}
 
     def report(self, out: str | Path | None = None) -> Path:
         """Write the run's report, one self-contained HTML page
-        (:func:`phasevae.report.write_report`; default RUN_DIR/report.html) of an
-        analysed run, and return its path."""
+        (:func:`phasevae.report.write_report`; default RUN_DIR/report.html), analysing
+        the run first when it has no analysis, and return its path."""
         from phasevae.report import write_report
 
+        self.analysed()
         return write_report(self.path, out)
 
     def status(self) -> dict:
@@ -266,8 +276,11 @@ class Run:
         meta, store = self.meta, self.store
         points = meta.get("points", {})
         size = meta.get("grid_size", len(points))
+        status = meta.get("status", "not started")
+        if status == "running" and not store.in_use():
+            status = "interrupted"  # no process trains it: a rerun resumes it
         out = {
-            "status": meta.get("status", "not started"),
+            "status": status,
             "shard": meta.get("shard"),
             "grid_size": size,
             "diverged": sum(1 for s in points.values() if s == "diverged"),
@@ -284,7 +297,8 @@ class Run:
             out["checkpoint_age_s"] = time.time() - sealed
         done, steps = out["steps_done"], out["steps"]
         train_s = meta.get("wall_times", {}).get("train_s") or 0.0
-        if out["schedule"] is None and 0 < done < steps and train_s > 0:
+        training = status == "running" and out["schedule"] is None
+        if training and 0 < done < steps and train_s > 0:
             out["eta_s"] = train_s / done * (steps - done)
         return out
 

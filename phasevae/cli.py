@@ -398,9 +398,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spec(args: argparse.Namespace) -> int:
+    from phasevae.spec import load_spec, spec_to_toml
+
+    print(spec_to_toml(load_spec(args.spec, args.set)), end="")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from phasevae import api
 
+    if args.run_dir is None:
+        return _list_runs(Path("runs"))
     st = api.open_run(args.run_dir).status()
     print(f"run directory: {args.run_dir} ({st['status']})")
     if st["shard"]:
@@ -430,6 +439,40 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"last checkpoint: step {done}, {st['checkpoint_age_s']:.0f} s ago")
     if st["eta_s"] is not None:
         print(f"ETA: {st['eta_s']:.0f} s of training left")
+    return 0
+
+
+def _list_runs(root: Path) -> int:
+    """One line per run directory under ``root``: state, points, steps, last write."""
+    from phasevae import api
+
+    runs = sorted(p.parent for p in root.glob("*/spec.toml")) if root.is_dir() else []
+    if not runs:
+        print(f"no runs under {root}/ (phasevae sweep writes runs/<spec name>)")
+        return 0
+    rows = []
+    for path in runs:
+        meta = path / "meta.json"
+        when = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.stat().st_mtime))
+            if meta.exists()
+            else "-"
+        )
+        try:
+            st = api.open_run(path).status()
+        except BadInput as e:  # an older format, a damaged file: say which
+            why = f"phasevae upgrade {path}" if "earlier phasevae" in str(e) else e
+            rows.append((str(path), "unreadable", "-", "-", when, str(why)[:100]))
+            continue
+        steps = f"{st['steps_done']} of {st['steps']}"
+        if st["schedule"] is not None:
+            steps = f"{st['steps_done']:,} model-steps"
+        rows.append((str(path), st["status"], str(st["grid_size"]), steps, when, ""))
+    head = ("run", "state", "points", "steps", "last write", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+    for row in [head, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[5]]).rstrip())
     return 0
 
 
@@ -470,6 +513,7 @@ COMMANDS = {
     "locate": cmd_locate,
     "bench": cmd_bench,
     "status": cmd_status,
+    "spec": cmd_spec,
 }
 
 

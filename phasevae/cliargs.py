@@ -30,9 +30,12 @@ EXAMPLES = {
   phasevae bench --models 1 64 256
   phasevae bench --model conv --models 1 16 64
   phasevae bench --models 1000 --checkpoint --json""",
-    "status": "example:\n  phasevae status runs/default",
+    "status": "examples:\n  phasevae status runs/default\n"
+    "  phasevae status            # every run under runs/",
     "merge": "example:\n  phasevae merge runs/s0 runs/s1 runs/s2 --out runs/all",
     "analyze": "example:\n  phasevae analyze runs/default   # writes analysis.json",
+    "spec": "examples:\n  phasevae spec sweeps/digits.toml --set grid.beta=[1.0]\n"
+    "  phasevae spec > my.toml     # the built-in default, every key",
     "upgrade": "example:\n  phasevae upgrade runs/old   # a run of an earlier phasevae",
     "plot": "examples:\n  phasevae plot runs/default\n"
     "  phasevae plot runs/remedy --x sigma2 --y kl_warmup_steps --format pdf",
@@ -148,8 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time locating sigma_c^2 (sweeps/locate.toml) against uniform grids",
     )
 
-    p = add("status", help="progress of a run directory")
-    p.add_argument("run_dir")
+    p = add("status", help="progress of a run directory (all under runs/ without one)")
+    p.add_argument("run_dir", nargs="?", help="a run directory (default: list runs/)")
+
+    p = add("spec", help="print the resolved spec (defaults and --set applied)")
+    p.add_argument("spec", nargs="?", help="a spec file (default: the built-in one)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     p = add("merge", help="combine the run directories of a sharded sweep")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

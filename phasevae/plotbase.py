@@ -353,3 +353,57 @@ def edges(centers: np.ndarray, log: bool) -> np.ndarray:
         mid = (c[1:] + c[:-1]) / 2
         e = np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
     return np.exp(e) if log else e
+
+
+def drawn_texts(fig) -> list:
+    """The figure's visible, non-empty texts, tick labels only of ticks in view."""
+    from matplotlib.text import Text
+
+    texts = fig.findobj(Text)  # first: listing an axis' children may make ticks
+    ticks = {}
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.majorTicks + axis.minorTicks:
+                slack = 1e-9 * abs(hi - lo)
+                shown = ax.axison and lo - slack <= tick.get_loc() <= hi + slack
+                ticks.update({id(tick.label1): shown, id(tick.label2): shown})
+    return [
+        t
+        for t in texts
+        if t.get_visible() and t.get_text().strip() and ticks.get(id(t), True)
+    ]
+
+
+def fit_texts(fig):
+    """``fig`` with every text that would cross the figure's left or right edge
+    (a long data description in a title) wrapped to fit, so that no title or label
+    is clipped at any size."""
+    renderer = fig.canvas.get_renderer()
+    width = fig.bbox.width
+    for _ in range(4):
+        fig.canvas.draw()
+        wide = [
+            t
+            for t in drawn_texts(fig)
+            if " " in t.get_text()
+            and ((e := t.get_window_extent(renderer)).x0 < 0 or e.x1 > width)
+        ]
+        if not wide:
+            break
+        for t in wide:
+            e = t.get_window_extent(renderer)
+            room = 0.96 * min(e.x0 + e.x1, 2 * width - e.x0 - e.x1)  # centred
+            lines = t.get_text().split("\n")
+            chars = max(12, int(max(map(len, lines)) * min(room, width) / e.width))
+            t.set_text("\n".join(_wrap(line, chars) for line in lines))
+    return fig
+
+
+def _wrap(line: str, chars: int) -> str:
+    """``line`` wrapped at ``chars``, never inside a $math$ span."""
+    parts = line.split("$")  # odd parts are math: their spaces do not break
+    kept = "$".join(
+        p.replace(" ", "\u00a0") if i % 2 else p for i, p in enumerate(parts)
+    )
+    return textwrap.fill(kept, chars).replace("\u00a0", " ")

@@ -32,6 +32,7 @@ from phasevae.plotbase import (
     REMEDY_AXES,
     PlotError,
     RunData,
+    fit_texts,
     label,
     load,
     transition_panels,
@@ -347,7 +348,7 @@ def figures(
         out["hysteresis"] = lambda: hysteresis_figure(rd)
     if "decoder_sigma2" in rd.metrics and rd.spec.model.sigma2 == "learned":
         out["learned_variance"] = lambda: learned_variance_figure(rd)
-    return out
+    return {name: (lambda m=make: fit_texts(m())) for name, make in out.items()}
 
 
 def write_figures(

@@ -180,6 +180,20 @@ class RunDir:
                     (self.path / ".lock").unlink()
                     self.path.rmdir()
 
+    def in_use(self) -> bool:
+        """Whether a process holds this run's lock now (a sweep is training it)."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock taken here
+        return False
+
     @contextlib.contextmanager
     def _locked(self):
         try:  # never through a link (a+ truncated and wrote the link's target)

@@ -208,6 +208,46 @@ def _wait_for_save(out, proc, timeout=120.0):
     raise AssertionError("the sweep saved nothing in time")
 
 
+@pytest.mark.slow
+def test_ctrl_c_at_random_moments_resumes_to_the_uninterrupted_result(tmp_path):
+    """Ctrl-C (once, or twice in quick succession) at random moments of a run that
+    saves after every chunk, so that most land during an asynchronous save: never a
+    traceback, exit 130, and the rerun's metrics equal an uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    spec = write_spec(tmp_path, train={"steps": 300, "eval_every": 10})
+    full = tmp_path / "full"
+    assert subprocess.run(_sweep_cmd(spec, full), capture_output=True).returncode == 0
+    want = pd.read_parquet(full / "metrics.parquet").sort_values(["point_id", "step"])
+    rng = random.Random(7)
+    interrupted = 0
+    for trial in range(3):
+        cut = tmp_path / f"cut{trial}"
+        cmd = _sweep_cmd(spec, cut) + ["--checkpoint-every", "0"]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        _wait_for_save(cut, proc)
+        time.sleep(rng.uniform(0.0, 2.0))
+        signals = rng.choice([1, 2])
+        for _ in range(signals):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(rng.uniform(0.0, 0.2))
+        _, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, (trial, signals, err[-3000:])
+        assert proc.returncode in (0, 130), (trial, signals, err[-3000:])
+        interrupted += proc.returncode == 130
+        again = subprocess.run(_sweep_cmd(spec, cut), capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        got = pd.read_parquet(cut / "metrics.parquet").sort_values(["point_id", "step"])
+        pd.testing.assert_frame_equal(
+            got.reset_index(drop=True), want.reset_index(drop=True), check_exact=True
+        )
+    assert interrupted >= 2  # the moments fell inside the runs
+
+
 CONV = {  # the convolutional VAE on 8x8 digits (issue 15)
     "data": {"source": "digits", "eval_samples": 128},
     "model": {"kind": "conv", "latent_dim": 2, "channels": [4, 8]},
@@ -596,3 +636,55 @@ def test_a_run_refuses_data_other_than_its_own(tmp_path, capsys):
         assert main(["sweep", str(spec), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err
         assert "trained on other data" in err and str(path) in err
+
+
+def test_status_lists_the_runs_and_tells_an_interrupted_run(
+    tmp_path, capsys, monkeypatch
+):
+    """``phasevae status`` alone lists runs/; a run whose meta says running while no
+    process holds its lock is interrupted (no ETA), and a held one is running."""
+    import shutil
+    from pathlib import Path
+
+    from phasevae.store import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["status"]) == 0
+    assert "no runs under runs/" in capsys.readouterr().out
+    committed = Path(__file__).parent.parent / "results/default/default"
+    shutil.copytree(committed, tmp_path / "runs/done")
+    shutil.copytree(committed, tmp_path / "runs/cut")
+    run = RunDir(tmp_path / "runs/cut")
+    meta = run.meta()
+    run.write_meta({**meta, "status": "running", "steps_done": 1000})
+    assert main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "state", "points", "steps", "last", "write"]
+    assert lines[1].split()[:6] == [
+        "runs/cut",
+        "interrupted",
+        "48",
+        "1000",
+        "of",
+        "3000",
+    ]
+    assert lines[2].split()[:3] == ["runs/done", "complete", "48"]
+    assert main(["status", "runs/cut"]) == 0
+    out = capsys.readouterr().out
+    assert "(interrupted)" in out and "ETA" not in out
+    with run.lock():  # as while a sweep trains it
+        assert main(["status", "runs/cut"]) == 0
+        assert "(running)" in capsys.readouterr().out
+
+
+def test_spec_prints_the_resolved_spec(tmp_path, capsys):
+    from phasevae.spec import load_spec
+
+    argv = ["spec", str(write_spec(tmp_path)), "--set", "grid.beta=[0.5, 3.0]"]
+    assert main(argv) == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_spec(printed) == load_spec(
+        tmp_path / "tiny.toml", ["grid.beta=[0.5, 3.0]"]
+    )
+    assert main(["spec", str(tmp_path / "tiny.toml"), "--set", "train.stepz=1"]) == 2

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,32 @@ def test_remedy_hysteresis_and_learned_variance_figures(tmp_path):
         t["sigma2_c"] * t["beta"] for t in doc["transitions"] if t["sigma2_c"]
     )
     np.testing.assert_allclose(drawn, expect)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        "default/default",
+        pytest.param("conv/digits_conv", marks=pytest.mark.slow),
+        pytest.param("remedies/hysteresis", marks=pytest.mark.slow),
+    ],
+)
+def test_no_title_or_label_is_clipped_in_any_figure(run):
+    """Every text a figure draws (tick labels of the ticks in view) lies inside the
+    figure: a long data description in a title is wrapped, never cut (the default
+    run's spectrum title lost two of its eigenvalues at the edge)."""
+    import matplotlib.pyplot as plt
+
+    from phasevae.plotbase import drawn_texts
+
+    path = Path(__file__).parent.parent / "results" / run
+    for name, make in plots.figures(path).items():
+        fig = make()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        width, height = fig.bbox.width, fig.bbox.height
+        for text in drawn_texts(fig):
+            e = text.get_window_extent(renderer)
+            inside = e.x0 >= -1 and e.y0 >= -1 and e.x1 <= width + 1
+            assert inside and e.y1 <= height + 1, (name, text.get_text(), e)
+        plt.close(fig)
