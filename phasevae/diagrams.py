@@ -67,7 +67,16 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
     fig.colorbar(mesh, ax=ax, label="KL (nats)")
     unsettled = pts[~pts["settled"]]
     if len(unsettled):
-        ax.plot(unsettled[x], unsettled[y], "x", color="w", ms=4, label="not settled")
+        ax.plot(
+            unsettled[x],
+            unsettled[y],
+            "x",
+            color="w",
+            ms=4,
+            mew=1.2,
+            path_effects=[patheffects.withStroke(linewidth=2.4, foreground="k")],
+            label="not settled (KL still changing)",
+        )
     if {x, y} == {"sigma2", "beta"}:
         _boundaries(ax, rd, swap=x == "beta", ys=ys if x == "sigma2" else xs)
     for a, setter in ((x, ax.set_xscale), (y, ax.set_yscale)):
@@ -88,7 +97,14 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
             axis.set_major_formatter(FormatStrFormatter("%g"))
             axis.set_minor_locator(NullLocator())
     if ax.get_legend_handles_labels()[0]:  # nothing unsettled and no boundary: none
-        fig.legend(loc="outside lower center", ncol=2, fontsize=6, frameon=False)
+        fig.legend(  # grey behind the white, outlined symbols; long enough to read
+            loc="outside lower center",
+            ncol=2,
+            fontsize=6,
+            facecolor="0.75",
+            edgecolor="none",
+            handlelength=4,
+        )
     ax.set_title(rd.title, fontsize=7)
     return fig
 
@@ -168,11 +184,13 @@ def scaling_figure(rd: RunData) -> Figure:
             transform=ax.transAxes,
             ha="right",
             fontsize=7,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
         )
     ax.set_xscale("log")
     ax.set_xlabel(r"$\theta = \beta\sigma^2$")
     ax.set_ylabel("KL (nats)")
-    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    # framed: the lambda_max line passes behind it, not through its words
+    ax.legend(fontsize=7, loc="upper right", framealpha=1.0, edgecolor="0.85")
     ax.set_title(rd.wrapped_title(45), fontsize=7)
     return fig
 

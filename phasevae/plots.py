@@ -143,6 +143,7 @@ def elbo_figure(rd: RunData) -> Figure:
     if len(betas) > MAX_BETAS:  # a readable legend: the ends and evenly between
         picks = np.linspace(0, len(betas) - 1, MAX_BETAS).round().astype(int)
         betas = [betas[i] for i in picks]
+    shown = []  # what the y range is made for: the trained runs and their optimum
     for i, beta in enumerate(betas):
         g = pts[pts["beta"] == beta].groupby("sigma2")["elbo"].mean()
         ax.plot(
@@ -152,18 +153,28 @@ def elbo_figure(rd: RunData) -> Figure:
         ax.plot(
             s2, opt, color=f"C{i}", lw=1, label=rf"linear-VAE optimum, $\beta$={beta:g}"
         )
+        shown += [g.to_numpy(), opt]
     collapse = -theory.collapse_loss(ev.sum(), ev.size, s2)
-    ax.plot(s2, collapse, "k--", lw=1, label="collapse line (eq. 24)")
+    ax.plot(s2, collapse, "k--", lw=1, label="collapse line (Li et al. 2025, eq. 24)")
     d = rd.spec.data
     if d.source == "synthetic" and d.distribution == "gaussian":
         loglik = (
             -0.5 * ev.size * math.log(2 * math.pi * math.e) - 0.5 * np.log(ev).sum()
         )
         ax.axhline(loglik, color="0.4", ls=":", label=r"exact $E[\log p(x)]$")
+        shown.append([loglik])
+    # the collapse line falls steeply at small sigma^2: it leaves the frame there
+    # rather than squash the trained curves into a sliver
+    values = np.concatenate([np.ravel(v) for v in shown])
+    values = values[np.isfinite(values)]
+    if values.size:
+        lo, hi = values.min(), values.max()
+        pad = 0.08 * (hi - lo) or 1.0
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set_xscale("log")
     ax.set_xlabel(r"decoder variance $\sigma^2$")
     ax.set_ylabel(r"ELBO $= -(\mathrm{recon} + \beta\,\mathrm{KL})$ (nats)")
-    ax.legend(fontsize=6, frameon=False, loc="lower left")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_title(rd.title, fontsize=8)
     return fig
 
@@ -219,11 +230,24 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
             color=cmap(i / max(len(chosen) - 1, 1)),
             label=rf"$\sigma^2$={s2:.3g} ({side})",
         )
+    ax.axhline(KL_FLOOR, color="0.6", lw=0.6, ls=":")
+    ax.annotate(
+        f"KL below {KL_FLOOR:g} drawn at {KL_FLOOR:g}",
+        (1.0, KL_FLOOR),
+        xycoords=("axes fraction", "data"),
+        xytext=(-2, -2),  # below the floor, where no curve is
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize=6,
+        color="0.4",
+    )
     ax.set_yscale("log")
+    ax.set_ylim(bottom=KL_FLOOR / 4)  # room for the floor's words
     ax.set_xlabel("training step")
     ax.set_ylabel("KL (nats)")
-    if len(chosen):
-        ax.legend(fontsize=6, frameon=False, ncol=2)
+    if len(chosen):  # beside the axes: no curve runs through it
+        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(
         f"{rd.name}: {label(t, rd.varying_axes())}, seed {seed}; "
         rf"$\sigma_c^2$ = {center:.3g}",

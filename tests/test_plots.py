@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +93,19 @@ def test_bad_plot_arguments_exit_2(tiny_run, capsys, args, words):
     assert words in err and "Traceback" not in err
 
 
-def test_a_run_without_analysis_is_refused(tmp_path, capsys):
+def test_a_run_without_analysis_is_analysed_on_demand(tmp_path, capsys):
+    """plot on a finished run without analysis.json analyses it first; an unfinished
+    one is refused with what to do."""
     run = run_dir(tmp_path)
     run.write_metrics(synthetic_metrics([1.0]))
-    assert main(["plot", str(run.path)]) == 2
-    assert "phasevae analyze" in capsys.readouterr().err
+    assert main(["plot", str(run.path)]) == 0
+    assert run.analysis() == analyze_run(run.path)
     assert main(["plot", str(tmp_path / "nope")]) == 2
-    json.loads((run.path / "meta.json").read_text())  # untouched
+    unfinished = run_dir(tmp_path / "u", status="running")
+    unfinished.write_metrics(synthetic_metrics([1.0]))
+    assert main(["plot", str(unfinished.path)]) == 2
+    assert "unfinished" in capsys.readouterr().err
+    assert not (unfinished.path / "analysis.json").exists()
 
 
 @pytest.mark.slow
