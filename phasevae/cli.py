@@ -79,6 +79,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"--track {option!r}: choose one of "
                 f"{', '.join(trackers.KINDS)}, e.g. --track tensorboard"
             )
+    if primary:
+        _say_where(out, spec)
     show = Progress(unit=unit, quiet=args.quiet)
     logs = []
     try:
@@ -440,6 +442,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st["eta_s"] is not None:
         print(f"ETA: {st['eta_s']:.0f} s of training left")
     return 0
+
+
+def _say_where(out: Path, spec) -> None:
+    """Say whether this sweep starts, resumes, extends or finds a complete run."""
+    from phasevae.store import RunDir
+
+    run = RunDir(out)
+    try:
+        meta = run.meta() if run.spec_file.exists() else {}
+        stored = run.spec() if meta else None
+    except BadInput:
+        return  # the sweep itself refuses it, with the message
+    done, status = meta.get("steps_done", 0), meta.get("status")
+    if stored is None:
+        return
+    if stored.train.steps < spec.train.steps:
+        print(
+            f"extending {out} from {stored.train.steps} to {spec.train.steps} steps "
+            "(its models continue from their last save)",
+            file=sys.stderr,
+        )
+    elif status == "complete":
+        print(f"{out} is complete: nothing to train; its summary:", file=sys.stderr)
+    elif "model_steps" in meta or spec.adaptive():
+        print(
+            f"resuming {out} from its last save ({done:,} model-steps trained)",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"resuming {out} from its last save, step {done} of {spec.train.steps}",
+            file=sys.stderr,
+        )
 
 
 def _list_runs(root: Path) -> int:

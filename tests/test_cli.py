@@ -688,3 +688,23 @@ def test_spec_prints_the_resolved_spec(tmp_path, capsys):
         tmp_path / "tiny.toml", ["grid.beta=[0.5, 3.0]"]
     )
     assert main(["spec", str(tmp_path / "tiny.toml"), "--set", "train.stepz=1"]) == 2
+
+
+@pytest.mark.slow
+def test_a_rerun_says_whether_it_resumes_extends_or_finds_the_run_complete(
+    tmp_path, capsys
+):
+    from phasevae.store import RunDir
+
+    spec, out = write_spec(tmp_path), tmp_path / "run"
+    argv = ["sweep", str(spec), "--out", str(out)]
+    assert main(argv) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert main(argv) == 0
+    assert "is complete: nothing to train" in capsys.readouterr().err
+    run = RunDir(out)
+    run.write_meta({**run.meta(), "status": "running", "steps_done": 10})
+    assert main(argv) == 0
+    assert "from its last save, step 10 of 20" in capsys.readouterr().err
+    assert main([*argv, "--set", "train.steps=30"]) == 0
+    assert f"extending {out} from 20 to 30 steps" in capsys.readouterr().err

@@ -93,6 +93,7 @@ def test_bad_plot_arguments_exit_2(tiny_run, capsys, args, words):
     assert words in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_run_without_analysis_is_analysed_on_demand(tmp_path, capsys):
     """plot on a finished run without analysis.json analyses it first; an unfinished
     one is refused with what to do."""
