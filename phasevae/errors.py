@@ -28,7 +28,8 @@ def optional(
     except ImportError:
         raise error(
             f"{needed_for} needs {package}, which is not installed: "
-            f"pip install 'phasevae[{extra}]' (or pip install {package})"
+            f"pip install '.[{extra}]' in a clone of phasevae (or pip install "
+            f"{package})"
         ) from None
 
 

@@ -281,7 +281,7 @@ def test_a_missing_datasets_extra_is_a_message(
     spec.write_text(f'[data]\nsource = "{source}"\n')
     assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert package in err and "phasevae[datasets]" in err and "Traceback" not in err
+    assert package in err and ".[datasets]" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 

@@ -90,3 +90,30 @@ def test_the_code_layout_page_names_every_module():
         if not m.name.startswith("_") and f"phasevae/{m.name}" not in page
     ]
     assert missing == []
+
+
+def test_every_install_line_works_from_a_clone():
+    """phasevae is not on a package registry: an install line names the clone
+    (``.``, ``-e .``, ``".[extra]"``) with an extra that exists, never
+    ``phasevae[...]`` or ``pip install phasevae``."""
+    import re
+    import tomllib
+
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"
+        ]
+    )
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages += sorted((ROOT / "phasevae").glob("*.py"))
+    found = 0
+    for page in pages:
+        for line in re.findall(r"pip install[^`\n]*", page.read_text()):
+            found += 1
+            assert not re.search(r"pip install (-U )?['\"]?phasevae\b", line), (
+                page,
+                line,
+            )
+            for extra in re.findall(r"\.\[(\w+)\]", line):
+                assert extra in extras, (page, line)
+    assert found > 5
