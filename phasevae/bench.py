@@ -320,6 +320,7 @@ def checkpoint_time(models: int, directory, chunks: int = 2) -> dict:
     """
     from phasevae.loop import CHECKPOINT_SECONDS
     from phasevae.placement import Placement
+    from phasevae.spec import load_spec
     from phasevae.store import RunDir
 
     trainer, points, x, ex = _setup(models)
@@ -327,6 +328,7 @@ def checkpoint_time(models: int, directory, chunks: int = 2) -> dict:
     compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
     state, _ = jax.block_until_ready(compiled(state, points, x, ex, np.int32(0)))
     run, ids = RunDir(directory), [str(i) for i in range(models)]
+    run.claim(load_spec())  # a run of its own: every checkpoint names its run
 
     def train(save: bool) -> tuple[float, float]:
         nonlocal state
