@@ -193,7 +193,7 @@ def test_bad_tracker_options_are_bad_input(tmp_path, monkeypatch, capsys):
     assert main(["sweep", str(spec), "--out", str(out), *bad]) == 2
     assert not out.exists()
     monkeypatch.setitem(__import__("sys").modules, "tensorboardX", None)
-    with pytest.raises(BadInput, match=r"pip install 'phasevae\[trackers\]'"):
+    with pytest.raises(BadInput, match=r"pip install '\.\[trackers\]'"):
         trackers.TensorBoard(tmp_path / "tb")
 
 
