@@ -61,13 +61,14 @@ def report_html(run_dir: str | Path) -> str:
     """The report page's HTML: the run at a glance, its transitions with verdicts,
     the warnings, every figure, the spectrum, the spec and the timings."""
     rd = load(run_dir)
-    pictures, failed = _pictures(run_dir)
+    pictures, failed = _pictures(run_dir, rd)
     body = [
         f"<h1>{_e(rd.name)}</h1>",
         f'<p class="sub">{_e(rd.meta["spectrum"]["description"])}</p>',
         _glance(rd),
         "<h2>Transitions</h2>",
         _transitions(rd.analysis),
+        _verdicts(rd.analysis),
         "<h2>Warnings</h2>",
         _warnings(rd, failed),
         "<h2>Figures</h2>",
@@ -160,7 +161,9 @@ def _warnings(rd, failed: dict[str, str]) -> str:
         out.append(f"not fitted ({_curve(curve)}): {curve['reason']}")
     for t in analysis["transitions"]:
         if t.get("verdict", "trusted") != "trusted":
-            out.append(f"{_curve(t)}: verdict '{t['verdict']}'")
+            advice = t.get("advice") or {}
+            todo = f"; next: {advice['command']}" if advice.get("command") else ""
+            out.append(f"{_curve(t)}: verdict '{t['verdict']}'{todo}")
         if t.get("off_theory"):
             off = t["off_theory"]
             out.append(
@@ -182,9 +185,10 @@ def _curve(t: dict) -> str:
     )
 
 
-def _pictures(run_dir) -> tuple[list[str], dict[str, str]]:
-    """Every figure of the run as an <img> of inline PNG data; a figure that cannot
-    be drawn is a warning, not a failed report."""
+def _pictures(run_dir, rd) -> tuple[list[str], dict[str, str]]:
+    """Every figure of the run as an <img> of inline PNG data, with a caption that
+    says what to read in it; a figure that cannot be drawn is a warning, not a
+    failed report."""
     out, failed = [], {}
     for name, make in figures(run_dir).items():
         try:
@@ -199,7 +203,8 @@ def _pictures(run_dir) -> tuple[list[str], dict[str, str]]:
         out.append(
             f'<figure id="fig-{_e(name)}"><img alt="{_e(name)}" '
             f'src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(name.replace('_', ' '))}</figcaption></figure>"
+            f"<figcaption><b>{_e(name.replace('_', ' '))}.</b> "
+            f"{_e(caption(name, rd))}</figcaption></figure>"
         )
     return out, failed
 
@@ -233,8 +238,7 @@ def _spectrum(rd) -> str:
 def _timings(meta: dict) -> str:
     wall = meta.get("wall_times", {})
     facts = {
-        "compile": f"{wall.get('compile_s', 0):.1f} s ({meta.get('compiles', '?')} "
-        "compiles)",
+        "compile": f"{wall.get('compile_s', 0):.1f} s ({_count(meta.get('compiles'))})",
         "training": f"{wall.get('train_s', 0):.1f} s",
         "platform": f"{meta.get('platform', '?')}, {len(meta.get('devices', []))} "
         f"device(s), {meta.get('processes', 1)} process(es)",
@@ -245,3 +249,93 @@ def _timings(meta: dict) -> str:
         f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items()
     )
     return f"<table>{rows}</table>"
+
+
+def _count(compiles) -> str:
+    if not isinstance(compiles, int):
+        return "compiles not recorded"
+    return f"{compiles} compile{'s' if compiles != 1 else ''} of the training program"
+
+
+VERDICTS = {  # what a verdict means, and what to do about it
+    "trusted": "the interval holds the transition at this training length: the "
+    "points near the kink have settled and the finite-training part is at most 1 % "
+    "of sigma^2. Nothing to do; a narrower interval needs more sigma^2 inside it "
+    "(phasevae locate RUN).",
+    "train longer": "the points near the kink were still moving when training "
+    "stopped, so the kink may still shift: the interval includes that part. Run the "
+    "command given for the curve (it continues this run), or phasevae locate RUN.",
+    "no transition in grid": "the top latent dim's KL still falls at the largest "
+    "sigma^2: the transition lies beyond the grid. Extend grid.sigma2 upwards, or let "
+    "phasevae locate place the grid.",
+    "held at the free-bits floor": "free bits keep the KL at its floor: no collapse; "
+    "sigma2_c is only where the KL meets the floor.",
+    "sigma^2 learned: the grid holds its starts": "the decoder learned its variance, "
+    "so sigma2_c is a kink against the starting sigma^2, not a collapse threshold.",
+}
+
+
+def _verdicts(analysis: dict) -> str:
+    """What each verdict in the table means, and what to do (docs: Reading the
+    analysis)."""
+    seen = dict.fromkeys(t.get("verdict") for t in analysis["transitions"])
+    items = [
+        f"<li><b>{_e(v)}</b>: {_e(VERDICTS[v])}</li>" for v in seen if v in VERDICTS
+    ]
+    return f"<ul>{''.join(items)}</ul>" if items else ""
+
+
+def caption(name: str, rd) -> str:
+    """One or two sentences on what to read in figure ``name``, with the run's own
+    numbers."""
+    found = [t for t in rd.analysis["transitions"] if t.get("sigma2_c") is not None]
+    lam = rd.meta["spectrum"]["lambda_max"]
+    where = "; ".join(
+        f"beta {t['beta']:g}: {t['sigma2_c']:.3g} (theory {lam / t['beta']:.3g})"
+        for t in found[:4]
+        if isinstance(t.get("beta"), int | float)
+    )
+    where = f" Measured sigma_c^2 here: {where}." if where else ""
+    k = rd.spec.model.latent_dim
+    text = {
+        "kl_vs_sigma2": "KL against sigma^2 (top), its first and second derivatives "
+        "below, one column per curve. Collapse is where the KL reaches ~0 and the "
+        "derivatives jump; the red line is the measured sigma_c^2 with its 95 % "
+        f"interval shaded.{where}",
+        "elbo_vs_sigma2": "The trained models' ELBO against sigma^2 with the "
+        "linear-VAE optimum and the collapse line (every dim collapsed): from the "
+        "transition on, the trained ELBO lies on the collapse line.",
+        "latent_variance": "Each latent dim's mean encoder variance, ranked by KL: a "
+        "dim has collapsed where its variance reaches 1 (the prior), each at its own "
+        "threshold lambda_i / beta.",
+        "scaling": "KL against theta = beta sigma^2 for every beta: with a fixed-"
+        "variance Gaussian decoder only the product matters, so the curves fall on "
+        f"one line that reaches 0 at lambda_max = {lam:.4g}.",
+        "training_curves": "KL during training at the sigma^2 values nearest the "
+        "transition: a curve still moving at the end is a point that has not settled "
+        "(critical slowing down), and training longer sharpens the answer.",
+        "spectrum": f"The data's covariance eigenvalues: the top {k} (one per latent "
+        "dim) set the kinks at beta sigma^2 = lambda_i; the band is the beta sigma^2 "
+        "range the grid covers.",
+        "phase_diagram": "KL over (sigma^2, beta): the collapsed region (dark) should "
+        f"begin at the predicted line beta sigma^2 = lambda_max = {lam:.4g} (white "
+        "dashes); the red points are the measured boundary with 95 % intervals.",
+        "components": "The leading principal components of the data as images, with "
+        "their eigenvalues: the directions the latent dims encode first.",
+        "hysteresis": "KL with sigma^2 swept up and down, each point starting from "
+        "its neighbour: where the two curves part, the state depends on its history.",
+        "learned_variance": "The learned decoder variance and the KL during training, "
+        "one colour per starting sigma^2: a variance that grows while the KL falls is "
+        "the self-deafening loop.",
+    }.get(name)
+    if text is None and name.startswith("remedy_"):
+        text = (
+            f"theta_c = beta sigma_c^2 against {name[7:]}: a remedy that moves the "
+            f"transition moves these points off lambda_max = {lam:.4g}."
+        )
+    if text is None and name.startswith("phase_diagram_"):
+        text = (
+            f"KL over (sigma^2, {name[14:]}): where the collapsed region begins at "
+            "each strength of the remedy."
+        )
+    return text or ""

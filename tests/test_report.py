@@ -51,6 +51,17 @@ def test_the_report_is_one_self_contained_page(analysed, capsys):
     assert "[grid]" in text and "latent_dim" in text  # the spec
     assert "2.5 s" in text and "9.0 s" in text  # the timings
     assert not list(analysed.glob(".*tmp*"))
+    # every figure says what to read in it, with the run's numbers where it has them
+    captions = re.findall(r"<figcaption><b>[^<]+</b> ([^<]+)</figcaption>", text)
+    assert len(captions) == len(names) and all(len(c) > 60 for c in captions)
+    assert "Measured sigma_c^2 here: beta 0.5:" in text
+    # the verdicts are explained, and a warning carries its next command
+    assert "Nothing to do" in text or "still moving when training stopped" in text
+    if "train longer" in text:
+        assert "; next: phasevae " in text
+    from phasevae.report import _count
+
+    assert _count(1) == "1 compile of the training program" and "compiles)" not in text
 
 
 @pytest.mark.slow
