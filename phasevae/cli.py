@@ -207,6 +207,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             f"beta*sigma^2 scaling: KL curves of all beta differ by "
             f"{s['rms_spread']:.3g} nats RMS ({100 * s['relative_spread']:.1f} % of KL)"
         )
+    print(
+        "what the columns and words mean (verdicts, interval parts, dead and trapped "
+        "units, lambda_c): docs/analysis.md, 'Reading the analysis'"
+    )
     return 0
 
 

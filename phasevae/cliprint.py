@@ -163,11 +163,15 @@ def transition_frame(result: dict):
                 "predicted": t["theory_sigma2_c"],
                 "rel_err_%": None if t["rel_error"] is None else 100 * t["rel_error"],
                 "verdict": t.get("verdict", "-"),
-                "dims_c": " ".join(
+                "dims_c": "["
+                + ", ".join(
                     "-" if d["sigma2_c"] is None else f"{d['sigma2_c']:.3g}"
                     for d in t["per_dim"]
-                ),
-                "dims_theory": " ".join(f"{d['theory']:.3g}" for d in t["per_dim"]),
+                )
+                + "]",
+                "dims_theory": "["
+                + ", ".join(f"{d['theory']:.3g}" for d in t["per_dim"])
+                + "]",
             }
         )
     return pd.DataFrame(rows)
