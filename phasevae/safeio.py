@@ -45,7 +45,8 @@ def check_file(
     except FileNotFoundError:
         if path.is_symlink():
             raise error(f"{what} {path} is a symlink to nothing") from None
-        raise error(f"{what} {path} does not exist") from None
+        tried = "" if path.is_absolute() else f" (tried {os.path.abspath(path)})"
+        raise error(f"{what} {path} does not exist{tried}") from None
     except (OSError, ValueError) as e:
         raise error(f"{what} {brief(str(path))}: cannot be read ({e})") from None
     for test, kind in _KINDS.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -109,8 +110,19 @@ def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> Spec
     """
     path = Path(path) if path is not None else default_spec_path()
     raw = parse_toml(read_text(path, "spec file", SPEC_BYTES, SpecError), str(path))
+    _absolute_data_path(raw, path.parent)  # written in the file: beside the file
     apply_overrides(raw, overrides, path)
+    _absolute_data_path(raw, Path.cwd())  # given with --set: where it was typed
     return spec_from_dict(raw, str(path))
+
+
+def _absolute_data_path(raw: dict, base: Path) -> None:
+    """Make a relative ``data.path`` absolute against ``base`` (the run then finds
+    its data from any working directory)."""
+    data = raw.get("data")
+    value = data.get("path") if isinstance(data, dict) else None
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        data["path"] = os.path.abspath(base / value)
 
 
 def apply_overrides(raw: dict, overrides: list[str], where: Path) -> None:

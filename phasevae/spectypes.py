@@ -71,7 +71,9 @@ class DataSpec:
     scikit-image's photographs (N = 256). ``cifar10``: the official archive at
     ``path``, ``split`` of it, grayscale 16x16 (N = 256). ``array``: a user file
     (``.npy``, ``.npz`` with array ``key``, ``.csv``, ``.parquet``) of shape (n, N),
-    or images (n, h, w) or (n, h, w, c), flattened. ``normalize`` defaults to
+    or images (n, h, w) or (n, h, w, c), flattened. A relative ``path`` written in
+    a spec file is relative to that file's folder, one given with ``--set`` to the
+    working directory; the run stores it absolute. ``normalize`` defaults to
     ``unit`` (pixels to [-1, 1]) for cifar10 and patches, else ``none``.
     """
 

@@ -1,3 +1,7 @@
+import dataclasses
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from phasevae.spec import (
@@ -53,8 +57,25 @@ def test_overrides(tmp_path):
     )
     assert spec.grid.beta == (0.5, 1.0)
     assert spec.grid.sigma2.num == 32
-    assert spec.data.path == "x.npy"
+    assert spec.data.path == str(Path.cwd() / "x.npy")  # --set: where it was typed
     assert spec.train.steps == 500
+
+
+def test_a_relative_data_path_in_a_spec_file_is_beside_the_file(tmp_path, monkeypatch):
+    """A path written in the spec is found from any working directory; a missing
+    file's message shows the absolute path tried."""
+    from phasevae.data import DataError, load_dataset
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    np.save(folder / "x.npy", np.random.default_rng(0).normal(size=(64, 3)))
+    (folder / "s.toml").write_text('[data]\nsource = "array"\npath = "x.npy"\n')
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(folder / "s.toml")
+    assert spec.data.path == str(folder / "x.npy")
+    assert load_dataset(spec.data).x.shape == (64, 3)
+    with pytest.raises(DataError, match=f"tried {tmp_path / 'y.npy'}"):
+        load_dataset(dataclasses.replace(spec.data, path="y.npy"))
 
 
 @pytest.mark.parametrize(
