@@ -71,7 +71,7 @@ class Dataset:
         or package that changed its output) is another data set."""
         x = np.ascontiguousarray(self.x)
         return {
-            "sha256": hashlib.sha256(x.tobytes()).hexdigest(),
+            "sha256": hashlib.sha256(memoryview(x).cast("B")).hexdigest(),  # no copy
             "shape": list(x.shape),
             "dtype": str(x.dtype),
             "lambda_max": float(self.eigenvalues[0]),

@@ -115,6 +115,12 @@ def _glance(rd) -> str:
         + (", ".join(f"{n} {v}" for v, n in verdicts.items()) or "no curve fitted"),
     ]
     items += [f"boundary over beta: {line}" for line in boundary_lines(analysis)]
+    data = meta.get("data")  # the fingerprint of the data the models saw
+    if isinstance(data, dict) and isinstance(data.get("sha256"), str):
+        items.append(
+            f"data: sha256 {data['sha256'][:16]}..., shape {data.get('shape')}, "
+            f"{data.get('dtype')}; the run refuses any other data"
+        )
     return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 
