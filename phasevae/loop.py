@@ -353,6 +353,7 @@ def base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
             k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_"))
         },
         "devices": [str(d) for d in jax.devices()],
+        "cores": len(os.sched_getaffinity(0)),  # a CPU split into XLA devices
         "processes": jax.process_count(),
         "platform": jax.default_backend(),
         "spectrum": data.spectrum(),

@@ -246,8 +246,7 @@ def _timings(meta: dict) -> str:
     facts = {
         "compile": f"{wall.get('compile_s', 0):.1f} s ({_count(meta.get('compiles'))})",
         "training": f"{wall.get('train_s', 0):.1f} s",
-        "platform": f"{meta.get('platform', '?')}, {len(meta.get('devices', []))} "
-        f"device(s), {meta.get('processes', 1)} process(es)",
+        "platform": _machine(meta),
         "git revision": meta.get("git_revision") or "-",
         "versions": json.dumps(meta.get("versions", {})),
     }
@@ -255,6 +254,19 @@ def _timings(meta: dict) -> str:
         f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items()
     )
     return f"<table>{rows}</table>"
+
+
+def _machine(meta: dict) -> str:
+    """ "cpu, 8 XLA devices on 2 cores, 1 process" (cores where the run recorded
+    them: the CPU is split into more devices than it has cores)."""
+    n, cores = len(meta.get("devices", [])), meta.get("cores")
+    devices = f"{n} XLA device{'s' if n != 1 else ''}"
+    if meta.get("platform") == "cpu" and isinstance(cores, int):
+        devices += f" on {cores} core{'s' if cores != 1 else ''}"
+    procs = meta.get("processes", 1)
+    return f"{meta.get('platform', '?')}, {devices}, {procs} process" + (
+        "es" if procs != 1 else ""
+    )
 
 
 def _count(compiles) -> str:

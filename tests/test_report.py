@@ -29,6 +29,7 @@ def analysed(tmp_path):
     points["b1.0s0p3"] = "diverged"
     meta.update(points=points, grid_size=len(points), steps=600)
     meta.update(wall_times={"compile_s": 2.5, "train_s": 9.0}, platform="cpu")
+    meta.update(devices=["cpu"] * 8, cores=2, processes=1)
     meta["data"] = {"sha256": "ab" * 32, "shape": [512, 4], "dtype": "float32"}
     run.write_meta(meta)
     analyze_run(run.path)
@@ -52,6 +53,7 @@ def test_the_report_is_one_self_contained_page(analysed, capsys):
     assert "[grid]" in text and "latent_dim" in text  # the spec
     assert "2.5 s" in text and "9.0 s" in text  # the timings
     assert "data: sha256 abababababababab..., shape [512, 4]" in text
+    assert "cpu, 8 XLA devices on 2 cores, 1 process" in text
     assert not list(analysed.glob(".*tmp*"))
     # every figure says what to read in it, with the run's numbers where it has them
     captions = re.findall(r"<figcaption><b>[^<]+</b> ([^<]+)</figcaption>", text)
