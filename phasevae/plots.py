@@ -71,7 +71,9 @@ def kl_figure(rd: RunData) -> Figure:
         ax.plot(s2[below], fitted[below], color="C0", label="fit, active")
         if s2c:
             ax.plot(s2[~below], fitted[~below], color="C1", label="fit, collapsed")
-            ax.axvline(s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$")
+            ax.axvline(
+                s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$ (top dim's kink)"
+            )
             if t["ci"]:  # none when the run has too few evaluations to bound it
                 ax.axvspan(*t["ci"], color="C3", alpha=0.3, lw=0, label="95 % interval")
         if t["theory_sigma2_c"]:
@@ -106,6 +108,20 @@ def kl_figure(rd: RunData) -> Figure:
             color = "C1" if s2c and lo >= s2c * (1 - 1e-9) else "C0"
             d1.plot(seg, slopes[k_] / seg, color=color)
             d2.plot(seg, -slopes[k_] / seg**2, color=color)
+        # the derivatives jump at the total-KL fit's last breakpoint; where that is
+        # not sigma_c^2 (the top dim's own kink), it is marked and named
+        last = (t.get("breakpoints") or [{}])[-1].get("sigma2")
+        apart = bool(s2c and last and abs(last / s2c - 1) > 0.005)
+        for a in (ax, d1, d2) if apart else ():
+            a.axvline(
+                last,
+                color="0.3",
+                ls=":",
+                lw=1,
+                label="total-KL fit's breakpoint (the derivatives' jump)"
+                if a is ax
+                else None,
+            )
         for a in (d1, d2):
             if s2c:
                 a.axvline(s2c, color="C3", lw=1)
@@ -120,8 +136,13 @@ def kl_figure(rd: RunData) -> Figure:
         d1.set_ylabel(r"$dKL/d\sigma^2$")
         d2.set_ylabel(r"$d^2KL/d(\sigma^2)^2$")
         d2.set_xlabel(r"decoder variance $\sigma^2$ (near $\sigma_c^2$)")
+    named = {}  # every entry of the KL panels once (a breakpoint may be in one only)
+    for a in axs[0]:
+        for handle, name in zip(*a.get_legend_handles_labels(), strict=True):
+            named.setdefault(name, handle)
     fig.legend(
-        *axs[0, 0].get_legend_handles_labels(),
+        list(named.values()),
+        list(named),
         loc="outside lower center",
         ncol=2 if len(ts) == 1 else 3,
         fontsize=7,
