@@ -430,6 +430,7 @@ class RunDir:
           RunDirError: missing, damaged, of another run or out of date."""
         path = self.path / "analysis.json"
         redo = f"rerun `phasevae analyze {self.path}`"
+        self.existing()  # a linked analysis.json is refused as a link
         self.run_id()  # an older run is refused as one
         if not path.exists():
             raise RunDirError(f"{self.path} has no analysis.json; {redo} first")
