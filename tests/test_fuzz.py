@@ -388,7 +388,10 @@ def test_fuzzed_data_swaps_under_a_run_are_refused(tmp_path, capsys):
     np.savetxt(path, x, delimiter=",")
 
 
-def test_zz_report_the_tally():
+@pytest.fixture(scope="module", autouse=True)
+def _print_the_tally():
+    """After this module's tests in a process (one per xdist worker): the outcomes
+    of each fuzz category, for the closing figures (``pytest -s``)."""
+    yield
     for category, counts in TALLY.items():
         print(f"fuzz {category}: {dict(counts)}")
-    assert TALLY  # the categories above ran in this session
