@@ -95,6 +95,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             shard=_shard(args.shard),
             preflight=preflight,
         )
+        if logs and result.complete:
+            _summarize(out, result, logs)
     except Preempted as e:
         print(f"phasevae: {e}", file=sys.stderr)
         return e.status  # 128 + the signal, as if it had ended the process
@@ -145,6 +147,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return args.diverged_status
     print(f"next: phasevae analyze {out}")
     return 0
+
+
+def _summarize(out, result, logs) -> None:
+    """Analyse the complete run and log the analysis as each tracker's summary."""
+    from phasevae.analysis import analyze_run
+    from phasevae.store import RunDirError
+
+    try:
+        analysis = analyze_run(out)
+    except (RunDirError, BadInput) as e:
+        print(f"phasevae: the trackers get no analysis summary: {e}", file=sys.stderr)
+        return
+    for log in logs:
+        log.summarize(analysis, result.metrics)
+    print(f"analysis logged to the trackers (and written to {out / 'analysis.json'})")
 
 
 def _preflight(strict: bool):

@@ -53,16 +53,28 @@ def kl_figure(rd: RunData) -> Figure:
         pts = rd.curve(t)
         by = pts.groupby("sigma2")["kl"]
         spread = by.std(ddof=1).fillna(0.0) if pts["seed"].nunique() > 1 else None
-        ax.errorbar(
-            by.mean().index,
-            by.mean(),
-            yerr=spread,
-            fmt="o",
-            ms=3,
-            color="0.3",
-            label="measured"
+        mean = by.mean()
+        # a point still trending at the end (fit.settle) is drawn hollow: the fit
+        # left it out, unless too few points had settled to fit without it
+        still = np.isin(mean.index, t.get("unsettled_sigma2") or [])
+        used = "in the fit" if t.get("fit_used_unsettled") else "left out of the fit"
+        labels = {
+            "measured": "measured"
             + (" (mean ± sd over seeds)" if spread is not None else ""),
-        )
+            "unsettled": f"not settled: still trending ({used})",
+        }
+        for part, kind in ((~still, "measured"), (still, "unsettled")):
+            if part.any():
+                ax.errorbar(
+                    mean.index[part],
+                    mean[part],
+                    yerr=None if spread is None else spread[part],
+                    fmt="o",
+                    ms=3 if kind == "measured" else 4,
+                    color="0.3",
+                    mfc="0.3" if kind == "measured" else "white",
+                    label=labels[kind],
+                )
         u, kl = np.array(t["fit"]["ln_sigma2"]), np.array(t["fit"]["kl"])
         s2 = np.exp(np.linspace(u[0], u[-1], 400))
         fitted = np.interp(np.log(s2), u, kl)

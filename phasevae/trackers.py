@@ -14,6 +14,16 @@ defaults), at the point's own training step::
 On the command line: ``phasevae sweep --track tensorboard`` (RUN_DIR/tensorboard),
 ``--track wandb:PROJECT``, ``--track mlflow:TRACKING_URI``. A resumed sweep logs
 the chunks after its checkpoint again; the trackers show both copies of those steps.
+
+When the sweep is complete, ``sweep --track`` analyses it and logs the analysis as each
+tracker's summary (:meth:`Tracker.summarize`): per curve ``analysis/CURVE/sigma2_c``,
+``ci_low``, ``ci_high``, ``theory_sigma2_c``, ``rel_error`` and the verdict (W&B:
+the run's summary; MLflow: metrics and tags; TensorBoard: scalars at the final step,
+a text table, and the HParams view with one row per grid point and its final KL,
+ELBO, I(x; z) and active units). From the API::
+
+    run = pv.run(spec, on_chunk=tb)
+    tb.summarize(run.analyze(), run.metrics)
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from phasevae.errors import BadInput, optional
@@ -34,14 +45,66 @@ METRICS = ("kl", "elbo", "mi", "active_units", "active_directions")
 KINDS = ("tensorboard", "wandb", "mlflow")
 
 
+SUMMARY = ("sigma2_c", "ci_low", "ci_high", "theory_sigma2_c", "rel_error")
+
+
 def series(row) -> str:
     """The series name of a metrics row's grid point."""
-    parts = [f"beta_{row['beta']:g}", f"sigma2_{row['sigma2']:.4g}"]
-    parts.append(f"seed_{int(row['seed'])}")
+    return _name(row, point=True)
+
+
+def curve(transition) -> str:
+    """The name of an analysis curve (every axis but sigma^2 and seed)."""
+    return _name(transition, point=False)
+
+
+def _name(row, point: bool) -> str:
+    parts = [f"beta_{row['beta']:g}"]
+    if point:
+        parts += [f"sigma2_{row['sigma2']:.4g}", f"seed_{int(row['seed'])}"]
     parts += [f"{k}_{row[k]:g}" for k, d in LATER_AXES.items() if row.get(k, d) != d]
     parts += [f"{k}_{row[k]}" for k in ("decoder", "skip") if k in row]
     # the characters every tracker accepts in a name (MLflow's set is the smallest)
     return re.sub(r"[^\w.:/-]", "_", "/".join(parts))
+
+
+def summary(analysis: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """The analysis as ({name: number}, {name: text}): per curve
+    ``analysis/CURVE/`` + each of ``SUMMARY`` (where known) and ``verdict``."""
+    numbers, texts = {}, {}
+    for t in analysis["transitions"]:
+        name = f"analysis/{curve(t)}"
+        ci = t.get("ci") or [None, None]
+        values = dict(t, ci_low=ci[0], ci_high=ci[1])
+        for key in SUMMARY:
+            v = values.get(key)
+            if v is not None and np.isfinite(v):
+                numbers[f"{name}/{key}"] = float(v)
+        texts[f"{name}/verdict"] = str(t["verdict"])
+    return numbers, texts
+
+
+def final_rows(metrics: pd.DataFrame) -> list[tuple[dict, dict[str, float]]]:
+    """Per grid point that did not diverge, (its axes, its last evaluation's
+    ``hparam/METRIC`` values): the rows of TensorBoard's HParams view."""
+    if "diverged" in metrics:
+        bad = metrics.loc[metrics["diverged"], "point_id"].unique()
+        metrics = metrics[~metrics["point_id"].isin(bad)]
+    last = metrics.sort_values("step").groupby("point_id").tail(1)
+    rows = []
+    for _, row in last.sort_values(["beta", "sigma2", "seed"]).iterrows():
+        axes = {"beta": float(row["beta"]), "sigma2": float(row["sigma2"])}
+        axes["seed"] = int(row["seed"])
+        axes.update(
+            {k: float(row[k]) for k, d in LATER_AXES.items() if row.get(k, d) != d}
+        )
+        values = {
+            f"hparam/{m}": float(row[m])
+            for m in METRICS
+            if m in row and pd.notna(row[m])
+        }
+        rows.append((axes, values))
+    return rows
 
 
 def scalars(frame: pd.DataFrame) -> dict[int, dict[str, float]]:
@@ -88,13 +151,22 @@ class Tracker(ABC):
         self._problem: str | None = None  # set by the worker, warned by the caller
 
     def __call__(self, frame: pd.DataFrame, meta: dict) -> None:
+        self._put(frame.copy())
+
+    def summarize(self, analysis: dict, metrics: pd.DataFrame) -> None:
+        """Log a complete run's analysis (analysis.json's content) and its points'
+        final values (``metrics``, the run's table) as the tracker run's summary."""
+        step = int(metrics["step"].max())
+        self._put((summary(analysis), final_rows(metrics), step))
+
+    def _put(self, item) -> None:
         self._warn()
         if self.failed:
             return
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, daemon=True)
             self._worker.start()
-        self._queue.put(frame.copy())
+        self._queue.put(item)
 
     def _work(self) -> None:
         while True:
@@ -113,6 +185,9 @@ class Tracker(ABC):
                 if not self.started:
                     self.start()
                     self.started = True
+                if isinstance(frame, tuple):  # summarize()
+                    self.write_summary(*frame)
+                    continue
                 for step, values in sorted(scalars(frame).items()):
                     self.log(step, values)
             except Exception as e:  # its server or store, not the sweep, failed
@@ -138,6 +213,11 @@ class Tracker(ABC):
     @abstractmethod
     def finish(self) -> None:
         """Flush and close the tracker's run."""
+
+    @abstractmethod
+    def write_summary(self, values, rows, step: int) -> None:
+        """Write :func:`summary`'s ``values`` (and, where the tracker has a view
+        for them, :func:`final_rows`' ``rows``) after the last step ``step``."""
 
     def close(self) -> None:
         """Finish the tracker's run, waiting for its thread at most
@@ -180,6 +260,25 @@ class TensorBoard(Tracker):
         for tag, v in values.items():
             self.writer.add_scalar(tag, v, step)
 
+    def write_summary(self, values, rows, step: int) -> None:
+        numbers, texts = values
+        self.log(step, numbers)
+        table = ["| curve | sigma2_c | 95 % interval | verdict |", "|---|---|---|---|"]
+        for name, verdict in texts.items():
+            curve_ = name.removesuffix("/verdict")
+            c = [
+                numbers.get(f"{curve_}/{k}") for k in ("sigma2_c", "ci_low", "ci_high")
+            ]
+            est = "-" if c[0] is None else f"{c[0]:.4g}"
+            ci = "-" if None in c[1:] else f"[{c[1]:.4g}, {c[2]:.4g}]"
+            table.append(
+                f"| {curve_.removeprefix('analysis/')} | {est} | {ci} | {verdict} |"
+            )
+        self.writer.add_text("analysis", "\n".join(table), step)
+        for axes, final in rows:  # one HParams session per grid point
+            name = "hparams/" + series(axes).replace("/", ",")
+            self.writer.add_hparams(axes, final, name=name, global_step=step)
+
     def finish(self) -> None:
         self.writer.close()
 
@@ -202,6 +301,10 @@ class Wandb(Tracker):
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log({"step": step, **values})
+
+    def write_summary(self, values, rows, step: int) -> None:
+        numbers, texts = values
+        self.run.summary.update({**numbers, **texts})
 
     def finish(self) -> None:
         self.run.finish()
@@ -236,6 +339,11 @@ class Mlflow(Tracker):
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.mlflow.log_metrics(values, step=step)
+
+    def write_summary(self, values, rows, step: int) -> None:
+        numbers, texts = values
+        self.mlflow.log_metrics(numbers, step=step)
+        self.mlflow.set_tags(texts)
 
     def finish(self) -> None:
         self.mlflow.end_run()

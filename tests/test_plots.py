@@ -181,3 +181,29 @@ def test_no_title_or_label_is_clipped_in_any_figure(run):
             inside = e.x0 >= -1 and e.y0 >= -1 and e.x1 <= width + 1
             assert inside and e.y1 <= height + 1, (name, text.get_text(), e)
         plt.close(fig)
+
+
+def test_the_kl_figure_draws_unsettled_points_hollow_and_says_so():
+    """Points still trending at the end (left out of the fit) are drawn hollow with
+    their own legend entry; every other point is filled (a committed run where
+    each beta has some)."""
+    path = Path(__file__).parent.parent / "results" / "conv" / "digits_mlp"
+    rd = plots.load(path)
+    fig = plots.kl_figure(rd)
+    for col, t in enumerate(rd.analysis["transitions"]):
+        ax = [a for a in fig.axes if a.get_ylabel() == "KL (nats)"][col]
+        hollow, filled = [], []
+        for line in ax.get_lines():
+            if line.get_marker() == "o":
+                (hollow if line.get_markerfacecolor() == "white" else filled).append(
+                    line
+                )
+        (h,) = hollow
+        want = sorted(t["unsettled_sigma2"])
+        assert want and sorted(h.get_xdata()) == pytest.approx(want)
+        names = ax.get_legend_handles_labels()[1]
+        assert "not settled: still trending (left out of the fit)" in names
+        drawn = {float(x) for line in filled for x in line.get_xdata()}
+        assert not drawn & set(want) and len(drawn) + len(want) == len(
+            rd.curve(t)["sigma2"].unique()
+        )

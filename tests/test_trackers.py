@@ -68,7 +68,8 @@ def expected(frame: pd.DataFrame, metric: str) -> dict[tuple[str, int], float]:
 
 def test_a_sweep_tracked_in_tensorboard_logs_every_evaluation(tmp_path):
     out = tmp_path / "run"
-    spec = write_spec(tmp_path)
+    # 4 sigma^2 at one beta: enough for the analysis that ends a tracked sweep
+    spec = write_spec(tmp_path, grid={"sigma2": [0.5, 2.0, 5.0, 12.0], "beta": [1.0]})
     assert main(["sweep", str(spec), "--out", str(out), "--track", "tensorboard"]) == 0
     metrics = pd.read_parquet(out / "metrics.parquet")
     logged = tensorboard_scalars(out / "tensorboard")
@@ -78,9 +79,85 @@ def test_a_sweep_tracked_in_tensorboard_logs_every_evaluation(tmp_path):
         got = {k: logged[k] for k in want}
         assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
     assert logged[("sweep/points_evaluated", 20)] == 4
+
+    # the complete run's analysis is the summary (read back with tensorboard's own
+    # reader), and the HParams view holds one session per grid point
+    from tensorboard.backend.event_processing.event_multiplexer import (
+        EventMultiplexer,
+    )
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    analysis = json.loads((out / "analysis.json").read_text())
+    for t in analysis["transitions"]:
+        name = f"analysis/{trackers.curve(t)}"
+        if t["sigma2_c"] is not None:
+            assert logged[(f"{name}/sigma2_c", 20)] == pytest.approx(t["sigma2_c"])
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out / "tensorboard")).Reload()
+    text = mux.Tensors(".", "analysis/text_summary")[0].tensor_proto.string_val[0]
+    assert all(t["verdict"] in text.decode() for t in analysis["transitions"])
+    sessions = {}
+    for run, tags in mux.PluginRunToTagToContent("hparams").items():
+        if "_hparams_/session_start_info" in tags:
+            data = plugin_data_pb2.HParamsPluginData.FromString(
+                tags["_hparams_/session_start_info"]
+            )
+            hparams = data.session_start_info.hparams
+            sessions[run] = {k: v.number_value for k, v in hparams.items()}
+    final = metrics.sort_values("step").groupby("point_id").tail(1)
+    assert len(sessions) == len(final) == 4
+    want_axes = sorted((r["beta"], r["sigma2"], r["seed"]) for _, r in final.iterrows())
+    got_axes = sorted((h["beta"], h["sigma2"], h["seed"]) for h in sessions.values())
+    assert got_axes == pytest.approx(want_axes)
+    for run in sessions:  # each session's metrics are its point's final values
+        (kl,) = mux.Scalars(run, "hparam/kl")
+        axes = sessions[run]
+        row = final[
+            (final["sigma2"].sub(axes["sigma2"]).abs() < 1e-6 * axes["sigma2"])
+            & (final["seed"] == axes["seed"])
+        ]
+        assert kl.value == pytest.approx(float(row["kl"].iloc[0]), rel=1e-6)
     # a finished run resumed: nothing more to train, nothing more logged
     assert main(["sweep", str(spec), "--out", str(out), "--track", "tensorboard"]) == 0
     assert tensorboard_scalars(out / "tensorboard") == logged
+
+
+ANALYSIS = {  # what summary() reads of analysis.json, for two curves
+    "transitions": [
+        {
+            "beta": 1.0,
+            "sigma2_c": 2.0,
+            "ci": [1.9, 2.1],
+            "theory_sigma2_c": 2.1,
+            "rel_error": -0.0476,
+            "verdict": "trusted",
+        },
+        {
+            "beta": 2.0,
+            "free_bits": 0.1,
+            "sigma2_c": None,
+            "ci": None,
+            "theory_sigma2_c": 1.05,
+            "rel_error": None,
+            "verdict": "no transition in grid",
+        },
+    ]
+}
+SUMMARY_NUMBERS = {
+    "analysis/beta_1/sigma2_c": 2.0,
+    "analysis/beta_1/ci_low": 1.9,
+    "analysis/beta_1/ci_high": 2.1,
+    "analysis/beta_1/theory_sigma2_c": 2.1,
+    "analysis/beta_1/rel_error": -0.0476,
+    "analysis/beta_2/free_bits_0.1/theory_sigma2_c": 1.05,
+}
+SUMMARY_TEXTS = {
+    "analysis/beta_1/verdict": "trusted",
+    "analysis/beta_2/free_bits_0.1/verdict": "no transition in grid",
+}
+
+
+def test_the_summary_names_every_curve_and_leaves_unknown_values_out():
+    assert trackers.summary(ANALYSIS) == (SUMMARY_NUMBERS, SUMMARY_TEXTS)
 
 
 def test_series_names_tell_the_points_apart():
@@ -100,6 +177,7 @@ def test_wandb_offline_run_holds_the_chunk(tmp_path, monkeypatch):
     frame.loc[frame.index[0], "diverged"] = True
     with trackers.Wandb("phasevae-test", spec, dir=str(tmp_path), mode="offline") as w:
         w(frame, {})
+        w.summarize(ANALYSIS, frame)
     (path,) = glob.glob(f"{tmp_path}/wandb/offline-run-*/run-*.wandb")
     want = expected(frame, "kl")
 
@@ -107,6 +185,10 @@ def test_wandb_offline_run_holds_the_chunk(tmp_path, monkeypatch):
         logged, config = {}, {}
         for payload in records(path, header=7):
             rec = pb.Record.FromString(payload)
+            if rec.WhichOneof("record_type") == "summary":
+                for i in rec.summary.update:
+                    key = i.key or "/".join(i.nested_key)
+                    summary[key] = json.loads(i.value_json)
             if rec.WhichOneof("record_type") == "history":
                 row = {
                     i.key or "/".join(i.nested_key): json.loads(i.value_json)
@@ -123,6 +205,7 @@ def test_wandb_offline_run_holds_the_chunk(tmp_path, monkeypatch):
     # record was missing when the file was read right after finish() (a write still
     # in flight, as far as we can tell; not reproduced since), so wait up to 30 s
     deadline = time.monotonic() + 30.0
+    summary = {}
     logged, config = read()
     while not set(want) <= set(logged) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -131,6 +214,9 @@ def test_wandb_offline_run_holds_the_chunk(tmp_path, monkeypatch):
     assert len(want) == len(frame) - 1  # the diverged row is left out ...
     assert logged[("sweep/diverged", 100)] == 1  # ... and counted
     assert config["grid"]["seeds"] == [0], config.get("grid")
+    # the analysis is the run's summary
+    assert {k: summary[k] for k in SUMMARY_NUMBERS} == pytest.approx(SUMMARY_NUMBERS)
+    assert {k: summary[k] for k in SUMMARY_TEXTS} == SUMMARY_TEXTS
 
 
 def test_mlflow_file_store_holds_the_spec_and_the_chunk(tmp_path, monkeypatch):
@@ -141,6 +227,7 @@ def test_mlflow_file_store_holds_the_spec_and_the_chunk(tmp_path, monkeypatch):
     frame = synthetic_metrics([2.0], evals=2)
     with trackers.Mlflow(uri, spec, experiment="test") as m:
         m(frame, {})
+        m.summarize(ANALYSIS, frame)
     run_id = m.run.info.run_id  # logged on the tracker's thread, done at close
     client = mlflow.tracking.MlflowClient(uri)
     run = client.get_run(run_id)
@@ -152,6 +239,12 @@ def test_mlflow_file_store_holds_the_spec_and_the_chunk(tmp_path, monkeypatch):
         for h in client.get_metric_history(run_id, key)
     }
     assert got == pytest.approx(want)
+    # the analysis: its numbers as metrics at the last step, its verdicts as tags
+    last = int(frame["step"].max())
+    for key, value in SUMMARY_NUMBERS.items():
+        (h,) = client.get_metric_history(run_id, key)
+        assert (h.step, h.value) == (last, pytest.approx(value))
+    assert {k: run.data.tags[k] for k in SUMMARY_TEXTS} == SUMMARY_TEXTS
 
 
 def test_a_tracker_that_does_not_answer_never_holds_training_up():
@@ -168,6 +261,9 @@ def test_a_tracker_that_does_not_answer_never_holds_training_up():
             answer.wait()  # a server that does not answer
 
         def log(self, step, values):
+            pass
+
+        def write_summary(self, values, rows, step):
             pass
 
         def finish(self):
