@@ -117,3 +117,23 @@ def test_every_install_line_works_from_a_clone():
             for extra in re.findall(r"\.\[(\w+)\]", line):
                 assert extra in extras, (page, line)
     assert found > 5
+
+
+@pytest.mark.slow
+def test_the_tutorials_install_line_runs_as_written(tmp_path):
+    """The tutorial's install line, run in the clone with ``--dry-run`` (nothing is
+    installed; pip still builds the package's metadata and resolves the extra)."""
+    import shlex
+
+    (line,) = re.findall(
+        r"^pip install [^#\n]*", (ROOT / "docs/tutorial.md").read_text(), re.M
+    )
+    args = shlex.split(line)[2:]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "-q", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
