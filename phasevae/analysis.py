@@ -18,6 +18,7 @@ from scipy import stats
 
 from phasevae import estimate, readings, theory
 from phasevae.advice import advise
+from phasevae.constants import COLLAPSED_KL, GRID_AXES, curve_axes
 from phasevae.fit import (
     LEVEL,
     MIN_INCREMENT,
@@ -26,20 +27,7 @@ from phasevae.fit import (
     rank_dims,
     settle,
 )
-from phasevae.spec import LATER_AXES
 from phasevae.store import RunDir, RunDirError
-
-ACTIVE_KL = 0.01  # nats: a latent dim with more KL than this is an active unit
-GRID_AXES = (  # the metrics table's axis columns (those a grid has)
-    "sigma2",
-    "beta",
-    "learning_rate",
-    "seed",
-    *LATER_AXES,  # the remedies' traced axes
-    "direction",  # a hysteresis sweep's +1 (sigma^2 up) or -1 (down); not traced
-    "decoder",  # static: the decoder's hidden widths, "32-64" or "linear"
-    "skip",  # static: the skip path from x into the decoder
-)
 
 
 def analyze_run(path) -> dict:
@@ -76,7 +64,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
     columns += ["active_directions"] if "active_directions" in metrics else []
     with np.errstate(invalid="ignore", over="ignore"):  # diverged points: NaN, inf
         table = rank_dims(settle(metrics, columns), latent_dim)
-    axes = [a for a in GRID_AXES if a in table and a not in ("sigma2", "seed")]
+    axes = curve_axes(table)
     ev = np.asarray(spectrum["eigenvalues"], np.float64)
     lam_eval = spectrum.get("lambda_max_eval")  # absent in runs made before it
     transitions, skipped = [], []
@@ -105,7 +93,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
         "settings": {
             "min_increment": MIN_INCREMENT,
             "level": LEVEL,
-            "active_kl": ACTIVE_KL,
+            "active_kl": COLLAPSED_KL,
         },
         "transitions": transitions,
         "skipped": skipped,  # curves that could not be fitted, and why
@@ -239,8 +227,7 @@ def hysteresis(table: pd.DataFrame, tolerance: float = 0.01) -> list[dict]:
     3 standard errors + ``tolerance`` nats: ``parted`` = [first, last] such sigma^2
     (None when they never do), ``max_gap`` the largest difference.
     """
-    axes = [a for a in GRID_AXES if a in table and a not in ("sigma2", "seed")]
-    axes.remove("direction")
+    axes = curve_axes(table, leave_out=["direction"])
     usable = table[~table["diverged"]]
     out = []
     for key, g in usable.groupby(axes, sort=True) if axes else [((), usable)]:
@@ -322,7 +309,7 @@ def locates_collapse(t: dict) -> bool:
     """Whether a transition's sigma_c^2 is a collapse threshold: found, and not the
     kink where a free-bits floor takes over or one in a learned variance's starts."""
     return t["sigma2_c"] is not None and t.get("verdict") not in (
-        estimate.FLOOR,
+        estimate.HELD,
         estimate.LEARNED,
     )
 
@@ -380,11 +367,7 @@ def scaling_by_group(table: pd.DataFrame) -> list[dict]:
     """:func:`scaling_collapse` separately for each value of the axes other than
     sigma^2, beta and seed (a remedy's strength, a decoder, ...): which settings keep
     the beta sigma^2 symmetry and which break it. [] when no such axis varies."""
-    axes = [
-        a
-        for a in GRID_AXES
-        if a in table and a not in ("sigma2", "beta", "seed") and table[a].nunique() > 1
-    ]
+    axes = [a for a in curve_axes(table, ["beta"]) if table[a].nunique() > 1]
     if not axes:
         return []
     out = []

@@ -4,6 +4,7 @@ divergence and the checkpoint timing of ``phasevae bench``."""
 
 from __future__ import annotations
 
+from phasevae.constants import COLLAPSED_KL
 from phasevae.spec import LATER_AXES
 
 
@@ -71,9 +72,6 @@ class Progress:
         if self.bar is not None and self.task is not None:
             self.bar.stop()
             self.task = None
-
-
-COLLAPSED_KL = 0.01  # nats: a point below it counts as collapsed in the summary
 
 
 def divergence_hint(spectrum: dict, spec) -> str:

@@ -18,12 +18,12 @@ from matplotlib.ticker import (
 )
 
 from phasevae import theory
-from phasevae.analysis import GRID_AXES, locates_collapse
-from phasevae.estimate import FLOOR, NONE
+from phasevae.analysis import locates_collapse
+from phasevae.constants import GRID_AXES, KL_AXIS_MIN
+from phasevae.estimate import HELD, NONE
 from phasevae.plotbase import (
     AXIS_LABEL,
     COLUMN_IN,
-    KL_FLOOR,
     PlotError,
     RunData,
     edges,
@@ -60,9 +60,11 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
     mesh = ax.pcolormesh(
         x_edges,
         y_edges,
-        np.maximum(table.to_numpy(), KL_FLOOR),
+        np.maximum(table.to_numpy(), KL_AXIS_MIN),
         cmap="viridis",
-        norm=LogNorm(vmin=KL_FLOOR, vmax=max(table.to_numpy().max(), 10 * KL_FLOOR)),
+        norm=LogNorm(
+            vmin=KL_AXIS_MIN, vmax=max(table.to_numpy().max(), 10 * KL_AXIS_MIN)
+        ),
     )
     fig.colorbar(mesh, ax=ax, label="KL (nats)")
     unsettled = pts[~pts["settled"]]
@@ -212,7 +214,7 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
         g = g.sort_values(axis)
         if categorical:
             g = g.assign(**{axis: g[axis].map(positions)})
-        held = g.get("verdict", pd.Series("", index=g.index)) == FLOOR
+        held = g.get("verdict", pd.Series("", index=g.index)) == HELD
         found = g[g["sigma2_c"].notna() & ~held]
         theta = found["sigma2_c"] * found["beta"]
         pairs = zip(found["ci"], found["sigma2_c"], strict=True)
@@ -237,7 +239,7 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
     verdicts = set(ts.get("verdict", []))
     if NONE in verdicts:
         ax.plot([], [], "^", color="0.4", label="no transition in grid")
-    if FLOOR in verdicts:
+    if HELD in verdicts:
         ax.plot([], [], "s", color="0.4", label="held at the free-bits floor")
     ax.axhline(lam, color="k", ls="--", lw=1, label=r"predicted $\lambda_{max}$")
     if categorical:

@@ -23,13 +23,13 @@ how large that bias can still be:
    the transition is anywhere in that cell: the estimate is the cell's middle and
    the statistical part reaches its edges. Where continuity is not rejected, the
    statistical part still reaches from the last point below the kink whose KL is
-   clearly above 0 (``COLLAPSED``) to the first grid point above it: the grid
+   clearly above 0 (``COLLAPSED_KL``) to the first grid point above it: the grid
    cannot tell a continuous kink from a drop anywhere in that span (a kink fitted
    from the active slope can sit just above points that have collapsed), and on the
    validation suite's refined grids 9 of 13 transitions were drops, 3 of them inside
    cells whose coarse values fitted a continuous kink. Where the continuous kink
-   lies further above the first collapsed point (top-dim KL below ``COLLAPSED``)
-   than its slope of 1/2 allows (2 ``COLLAPSED`` in ln sigma^2), the fit has
+   lies further above the first collapsed point (top-dim KL below ``COLLAPSED_KL``)
+   than its slope of 1/2 allows (2 ``COLLAPSED_KL`` in ln sigma^2), the fit has
    extrapolated the active slope past collapsed points, and the KL drops somewhere
    between the last active point and that collapsed one: that cell is the jump
    (:func:`_past_collapsed`). A continuous fit of a jump
@@ -98,10 +98,9 @@ import numpy as np
 import pandas as pd
 
 from phasevae import readings
-from phasevae.fit import FLOOR as KL_FLOOR
+from phasevae.constants import COLLAPSED_KL, KL_RESOLUTION
 from phasevae.fit import discontinuity, fit_curve, rank_dims, seed_average, settle
 
-COLLAPSED = 0.01  # nats: a point whose top dim has less KL than this is collapsed
 PROBE_TOL = 0.03  # ln: lambda_c this far above beta sigma^2 makes a collapsed point
 # unstable (lambda_c is measured on the evaluation subset: a few % of sampling noise,
 # mostly removed by scaling with lambda_max / lambda_max_eval)
@@ -114,7 +113,7 @@ MAX_BREAKS = 2
 NEAR = 0.25  # ln sigma^2: a point this close to the kink still trending vetoes trust
 TRUSTED, LONGER, NONE = "trusted", "train longer", "no transition in grid"
 JUMP = "jump"  # interval method: the KL jumps across a grid cell, the interval is it
-FLOOR = "held at the free-bits floor"  # free bits kept the top dim's KL up
+HELD = "held at the free-bits floor"  # free bits kept the top dim's KL up
 LEARNED = "sigma^2 learned: the grid holds its starts"  # model.sigma2 = "learned"
 
 
@@ -135,12 +134,12 @@ def relaxation_scale(
     towards their final value.
 
     A point's band is the last quarter's mean +- (3 jitters, from successive
-    differences so that a trend is not taken for noise, + 10 % of the mean + 2e-3
-    nats). A point moved when its first evaluation lies outside the band; points that
-    never did (stationary from the start) say nothing and are left out. t_r is the
-    first evaluation from which the KL stays inside the band; a point still moving at
-    the end (the quarter before the last outside the band) counts with t_r = T, a lower
-    bound. None when no point moved.
+    differences so that a trend is not taken for noise, + 10 % of the mean +
+    ``KL_RESOLUTION``). A point moved when its first evaluation lies outside the
+    band; points that never did (stationary from the start) say nothing and are left
+    out. t_r is the first evaluation from which the KL stays inside the band; a point
+    still moving at the end (the quarter before the last outside the band) counts with
+    t_r = T, a lower bound. None when no point moved.
     """
     kl = metrics[[f"kl_dim_{j}" for j in range(latent_dim)]].max(axis=1)
     curves = kl.groupby([metrics["sigma2"], metrics["step"]]).mean().unstack("step")
@@ -156,7 +155,7 @@ def relaxation_scale(
             continue
         tail, before = y[-q:], y[-2 * q : -q]
         jitter = np.std(np.diff(tail), ddof=1) / math.sqrt(2)
-        band = 3 * jitter + 0.1 * abs(tail.mean()) + 2e-3
+        band = 3 * jitter + 0.1 * abs(tail.mean()) + KL_RESOLUTION
         outside = np.nonzero(np.abs(y - tail.mean()) > band)[0]
         if len(outside) == 0 or outside[0] != 0:
             continue  # never moved: nothing to learn about its relaxation
@@ -174,7 +173,7 @@ def stability_probe(
 
     ``table`` is :func:`top_dim_table` (its ``collapse_eigenvalue`` column is each
     point's last evaluation). A point is collapsed when its top dim's KL is below
-    ``COLLAPSED``. Its threshold is lambda_c / beta, lambda_c scaled by
+    ``COLLAPSED_KL``. Its threshold is lambda_c / beta, lambda_c scaled by
     lambda_max / lambda_max_eval (lambda_c is measured on the evaluation subset, so the
     ratio lambda_c / lambda_max_eval is its sampling-robust part); it is unstable when
     the threshold exceeds its sigma^2 (the learned one, for a learned variance) by more
@@ -191,7 +190,9 @@ def stability_probe(
     """
     if "collapse_eigenvalue" not in table:
         return None
-    c = table[(table["kl_rank_0"] < COLLAPSED) & table["collapse_eigenvalue"].notna()]
+    c = table[
+        (table["kl_rank_0"] < COLLAPSED_KL) & table["collapse_eigenvalue"].notna()
+    ]
     if c.empty:
         return None
     scale = lambda_max / (lambda_max_eval or lambda_max)
@@ -237,7 +238,7 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
     before = [b for b in fit.breakpoints if b < u - 1e-9]
     support = (max(before) if before else fit.u_min, u + NEAR)
     stat = (u - math.log(ci[0]), math.log(ci[1]) - u)
-    u_pts, y, sd = seed_average(table, "kl_rank_0", KL_FLOOR)
+    u_pts, y, sd = seed_average(table, "kl_rank_0", KL_RESOLUTION)
     cell = discontinuity(u_pts, y, fit, sd) or _past_collapsed(u_pts, y, u)
     if cell is not None:
         # the KL jumps across the cell: the transition is anywhere in it
@@ -249,7 +250,7 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
         # still clearly active below it (a fit's kink can sit just above collapsed
         # points, extrapolated from the active slope) and the next point above it
         grid = np.unique(u_pts)
-        active = u_pts[(y >= COLLAPSED) & (u_pts < u)]
+        active = u_pts[(y >= COLLAPSED_KL) & (u_pts < u)]
         below = active if active.size else grid[grid < u]
         above = grid[grid >= u]
         if below.size and above.size:
@@ -260,14 +261,14 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
 def _past_collapsed(u_pts, y, u: float) -> tuple[float, float] | None:
     """The cell [last active point, first collapsed point above it] when the fit's
     kink ``u`` lies further above that collapsed point than a continuous kink can:
-    with the slope of 1/2 the top dim's KL falls below ``COLLAPSED`` only within
-    2 ``COLLAPSED`` (in ln sigma^2) of the kink, so the fit extrapolated the active
+    with the slope of 1/2 the top dim's KL falls below ``COLLAPSED_KL`` only within
+    2 ``COLLAPSED_KL`` (in ln sigma^2) of the kink, so the fit extrapolated the active
     slope past points that had collapsed, and the KL drops somewhere in the cell."""
-    active = u_pts[y >= COLLAPSED]
+    active = u_pts[y >= COLLAPSED_KL]
     if not active.size:
         return None
-    dead = u_pts[(y < COLLAPSED) & (u_pts > active.max())]
-    if dead.size and u > dead.min() + 2 * COLLAPSED:
+    dead = u_pts[(y < COLLAPSED_KL) & (u_pts > active.max())]
+    if dead.size and u > dead.min() + 2 * COLLAPSED_KL:
         return float(active.max()), float(dead.min())
     return None
 
@@ -440,7 +441,7 @@ def absorbing(probe: dict | None) -> bool:
 
 
 def grid_reading(metrics: pd.DataFrame, floor: dict | None) -> str | None:
-    """Why the grid's sigma^2 holds no collapse to locate, or None: ``FLOOR`` when
+    """Why the grid's sigma^2 holds no collapse to locate, or None: ``HELD`` when
     free bits hold the top dim's KL up at the largest sigma^2 (``floor``), ``LEARNED``
     when the decoder learned its variance and it moved off the grid's value (a kink
     in the starting sigma^2 is no collapse threshold)."""
@@ -448,7 +449,7 @@ def grid_reading(metrics: pd.DataFrame, floor: dict | None) -> str | None:
         metrics["decoder_sigma2"], metrics["sigma2"]
     ):
         return LEARNED
-    return FLOOR if floor is not None and floor["held"] else None
+    return HELD if floor is not None and floor["held"] else None
 
 
 def half_width(sigma2_c: float | None, ci) -> float:

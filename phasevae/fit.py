@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from phasevae.constants import KL_RESOLUTION
+
 OUTSIDE = 1e300  # the search's objective (finite) where breakpoints may not go
-FLOOR = 2e-3  # nats: no point's KL is trusted to better than this
 MIN_INCREMENT = 0.25  # nats per unit ln sigma^2: halfway between no dim and one (1/2)
 LEVEL = 0.95
 
@@ -313,7 +314,7 @@ def settle(
     metrics: pd.DataFrame,
     columns: list[str],
     window: int = 3,
-    atol: float = 2e-3,
+    atol: float = KL_RESOLUTION,
     rtol: float = 0.02,
     significance: float = 0.99,
     bounded: bool = False,
@@ -395,10 +396,10 @@ def fit_curve(points: pd.DataFrame, column: str = "kl", max_breaks: int = 4):
     """
     per_seed = []
     for _, g in points.groupby("seed"):
-        sd = np.hypot(g[f"{column}_se"].to_numpy(), FLOOR)
+        sd = np.hypot(g[f"{column}_se"].to_numpy(), KL_RESOLUTION)
         f = fit_piecewise(np.log(g["sigma2"]), g[column], sd, max_breaks)
         per_seed.append(None if f.transition is None else math.exp(f.transition))
-    u, y, sd = seed_average(points, column, FLOOR)
+    u, y, sd = seed_average(points, column, KL_RESOLUTION)
     fit = fit_piecewise(u, y, sd, max_breaks)
     b = fit.transition
     if b is None:

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from phasevae import estimate
+from phasevae.constants import COLLAPSED_KL
 from phasevae.errors import stop_if_terminated
 from phasevae.safeio import atomic_write_text, read_text
 from phasevae.spec import Spec, SpecError, spec_from_dict, spec_to_dict, spec_to_toml
@@ -418,7 +419,7 @@ class Locator:
         dims = [c for c in last if c.startswith("kl_dim_")]
         kl = last.groupby("sigma2")[dims].mean().max(axis=1).sort_index()
         step = math.log(sigma2[-1] / sigma2[0]) / max(len(sigma2) - 1, 1)
-        if kl.iloc[-1] >= estimate.COLLAPSED:  # still active at the top: go up
+        if kl.iloc[-1] >= COLLAPSED_KL:  # still active at the top: go up
             new, where = sigma2[-1] * np.exp(step * np.arange(1, WIDEN + 1)), "above"
         else:
             new, where = sigma2[0] * np.exp(-step * np.arange(WIDEN, 0, -1)), "below"

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from phasevae import theory
-from phasevae.analysis import ACTIVE_KL
+from phasevae.constants import COLLAPSED_KL
 from phasevae.data import Dataset
 from phasevae.errors import TERM_REQUESTED
 from phasevae.model import collapse_eigenvalue
@@ -268,7 +268,7 @@ def metrics_frame(
     df["active_directions"] = np.asarray(m.directions, np.float64)
     df["decoder_sigma2"] = np.asarray(m.decoder_sigma2, np.float64)
     df["collapse_eigenvalue"] = _collapse_eigenvalues(m.collapse_grams, len(df))
-    df["active_units"] = (m.kl_dim > ACTIVE_KL).sum(axis=1).astype(np.int64)
+    df["active_units"] = (m.kl_dim > COLLAPSED_KL).sum(axis=1).astype(np.int64)
     trace, dim = float(np.sum(data.eigenvalues)), data.x.shape[1]
     sigma2 = df["decoder_sigma2"].to_numpy()
     df["collapse_elbo"] = -theory.collapse_loss(trace, dim, sigma2)

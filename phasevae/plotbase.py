@@ -18,14 +18,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from phasevae.analysis import GRID_AXES, rank_dims, settle
+from phasevae.analysis import rank_dims, settle
+from phasevae.constants import curve_axes
 from phasevae.errors import BadInput
 from phasevae.spec import LATER_AXES, Range, Spec
 from phasevae.store import RunDir
 
 COLUMN_IN = 3.4  # width of one paper column, inches
 MAX_PANELS = 4  # transitions drawn side by side; more are subsampled evenly
-KL_FLOOR = 1e-4  # nats: where log axes bottom out
 
 
 class PlotError(BadInput):
@@ -76,9 +76,7 @@ class RunData:
         return self.spec.model.latent_dim
 
     def group_axes(self) -> list[str]:
-        return [
-            a for a in GRID_AXES if a in self.points and a not in ("sigma2", "seed")
-        ]
+        return curve_axes(self.points)
 
     def curve(self, transition: dict) -> pd.DataFrame:
         """Points (all seeds) of one transition's curve, diverged ones left out."""

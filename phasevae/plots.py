@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from phasevae import theory
+from phasevae.constants import KL_AXIS_MIN
 from phasevae.diagrams import (
     hysteresis_figure,
     phase_diagram,
@@ -28,7 +29,6 @@ from phasevae.diagrams import (
 )
 from phasevae.plotbase import (
     COLUMN_IN,
-    KL_FLOOR,
     REMEDY_AXES,
     PlotError,
     RunData,
@@ -256,17 +256,17 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
         side = "below" if s2 < center else "above"
         ax.plot(
             h["step"],
-            np.maximum(h["kl"], KL_FLOOR),
+            np.maximum(h["kl"], KL_AXIS_MIN),
             "o-",
             ms=2,
             lw=1,
             color=cmap(i / max(len(chosen) - 1, 1)),
             label=rf"$\sigma^2$={s2:.3g} ({side})",
         )
-    ax.axhline(KL_FLOOR, color="0.6", lw=0.6, ls=":")
+    ax.axhline(KL_AXIS_MIN, color="0.6", lw=0.6, ls=":")
     ax.annotate(
-        f"KL below {KL_FLOOR:g} drawn at {KL_FLOOR:g}",
-        (1.0, KL_FLOOR),
+        f"KL below {KL_AXIS_MIN:g} drawn at {KL_AXIS_MIN:g}",
+        (1.0, KL_AXIS_MIN),
         xycoords=("axes fraction", "data"),
         xytext=(-2, -2),  # below the floor, where no curve is
         textcoords="offset points",
@@ -276,7 +276,7 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
         color="0.4",
     )
     ax.set_yscale("log")
-    ax.set_ylim(bottom=KL_FLOOR / 4)  # room for the floor's words
+    ax.set_ylim(bottom=KL_AXIS_MIN / 4)  # room for the floor's words
     ax.set_xlabel("training step")
     ax.set_ylabel("KL (nats)")
     if len(chosen):  # beside the axes: no curve runs through it
@@ -357,7 +357,7 @@ def learned_variance_figure(rd: RunData, beta: float | None = None) -> Figure:
     for s2, c in zip(starts, colours, strict=True):
         h = m[m["sigma2"] == s2].sort_values("step")
         left.plot(h["step"], h["decoder_sigma2"], color=c, lw=1)
-        right.plot(h["step"], np.maximum(h["kl"], KL_FLOOR), color=c, lw=1)
+        right.plot(h["step"], np.maximum(h["kl"], KL_AXIS_MIN), color=c, lw=1)
     left.axhline(
         rd.analysis["spectrum"]["lambda_max"] / beta,
         color="k",

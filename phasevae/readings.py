@@ -8,34 +8,36 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-HELD = 0.5  # a top-dim KL at least this fraction of free_bits at the largest sigma^2
-# is held by the floor, not collapsed
-LOST = 0.01  # nats: I(x; z) below this carries no information
+from phasevae.constants import NO_INFORMATION
+
+# a top-dim KL at least this fraction of free_bits at the largest sigma^2 is held by
+# the floor, not collapsed
+HELD_FRACTION = 0.5
 
 
 def floor(points: pd.DataFrame, free_bits: float) -> dict | None:
     """With free bits lambda > 0: the top dim's KL at the largest sigma^2 (seeds
-    averaged) and whether the floor holds it there (>= ``HELD`` lambda). Then the
-    curve has no collapse: its kink (``sigma2_c``) is where the KL meets the floor,
-    and the verdict says so."""
+    averaged) and whether the floor holds it there (>= ``HELD_FRACTION`` lambda).
+    Then the curve has no collapse: its kink (``sigma2_c``) is where the KL meets the
+    floor, and the verdict says so."""
     if not free_bits:
         return None
     top = points.loc[points["sigma2"] == points["sigma2"].max(), "kl_rank_0"].mean()
     return {
         "free_bits": float(free_bits),
         "kl_top_at_max_sigma2": float(top),
-        "held": bool(top >= HELD * free_bits),
+        "held": bool(top >= HELD_FRACTION * free_bits),
     }
 
 
 def information(points: pd.DataFrame) -> dict:
     """I(x; z) along the curve (seeds averaged): at both ends of sigma^2 and the
-    smallest sigma^2 from which it stays below ``LOST`` nats (None: never),
+    smallest sigma^2 from which it stays below ``NO_INFORMATION`` nats (None: never),
     which is where the encoder's information collapses even where the KL cannot (a
     hyperspherical latent of fixed concentration has a constant KL); and the active
     directions (the participation ratio of E[z|x], 0 .. k) at both ends."""
     mi = points.groupby("sigma2")["mi"].mean().sort_index()
-    low = (mi < LOST).to_numpy()
+    low = (mi < NO_INFORMATION).to_numpy()
     above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
     lost = mi.index[above]
     out = {

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from phasevae.analysis import GRID_AXES, settle
+from phasevae.analysis import settle
+from phasevae.constants import GRID_AXES, KL_RESOLUTION, curve_axes
 from phasevae.estimate import NEAR, estimate_transition, interval, interval_values
-from phasevae.fit import FLOOR as KL_FLOOR
 from phasevae.fit import fit_piecewise, profile_interval, seed_average
 from phasevae.placement import to_host
 from phasevae.plan import point_id
@@ -215,7 +215,7 @@ def extending(sched: Schedule, frames, spec: Spec, spectrum: dict) -> set[str]:
     if spec.train.until != "trusted":
         return set()
     grid, busy = sched.grid, sched.busy
-    axes = [a for a in GRID_AXES if a in grid.columns and a not in ("sigma2", "seed")]
+    axes = curve_axes(grid.columns)
     rows = grid.iloc[sched.slot_point[busy]].assign(step=sched.slot_step[busy])
     due = rows[(rows["step"] >= spec.train.steps) & (rows["step"] < max_steps(spec))]
     if due.empty:
@@ -285,13 +285,13 @@ def refinement(
     """
     diverged = metrics.loc[metrics["diverged"], "point_id"].unique()
     table = settle(metrics[~metrics["point_id"].isin(diverged)], ["kl"])
-    axes = [a for a in GRID_AXES if a in table.columns and a not in ("sigma2", "seed")]
+    axes = curve_axes(table.columns)
     lam = spectrum or {}
     out = []
     for key, g in table.groupby(axes, sort=True):
         if g["sigma2"].nunique() < 4:
             continue  # too few points that did not diverge to fit a curve
-        u, y, sd = seed_average(g, "kl", floor=KL_FLOOR)
+        u, y, sd = seed_average(g, "kl", floor=KL_RESOLUTION)
         fit = fit_piecewise(u, y, sd, max_breaks)
         t = estimate_transition(
             metrics[metrics["point_id"].isin(g["point_id"])],

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from phasevae.constants import COLLAPSED_KL
 from phasevae.data import DataError, load_dataset
 from phasevae.errors import BadInput, stop_if_terminated
 from phasevae.loop import (
@@ -38,8 +39,6 @@ from phasevae.schedule import chains
 from phasevae.spec import LATER_AXES, Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 from phasevae.theory import grid_misses
-
-KL_COLLAPSED = 0.01  # nats: "KL ~ 0" in the summary
 
 
 def run_sweep(
@@ -420,7 +419,7 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
     """Per combination of non-sigma2 axes (seeds averaged): KL at the smallest and
-    largest sigma^2 and the first sigma^2 where KL < KL_COLLAPSED, at each point's
+    largest sigma^2 and the first sigma^2 where KL < COLLAPSED_KL, at each point's
     last evaluation."""
     last = metrics.sort_values("step").groupby("point_id").tail(1)
     keys = ["beta"] + [
@@ -431,7 +430,7 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
     rows = []
     for key, g in last.groupby(keys):
         curve = g[~g["diverged"]].groupby("sigma2")["kl"].mean().sort_index()
-        below = curve[curve < KL_COLLAPSED]
+        below = curve[curve < COLLAPSED_KL]
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         row.update(
             kl_at_min_sigma2=curve.iloc[0] if len(curve) else np.nan,

@@ -350,7 +350,7 @@ def test_the_boundary_pools_collapses_not_curves_held_up_by_free_bits():
         }
 
     plain = [curve(0.5, 16.0), curve(1.0, 8.0), curve(2.0, 4.0)]
-    floor = curve(1.0, 3.0, estimate.FLOOR)
+    floor = curve(1.0, 3.0, estimate.HELD)
     b = analysis.boundary([*plain, floor], 8.0)
     assert b["theta_c"] == pytest.approx(8.0, rel=1e-6)
     assert b["beta_exponent"] == pytest.approx(-1.0, abs=1e-6)

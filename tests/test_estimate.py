@@ -243,7 +243,7 @@ def test_a_curve_free_bits_hold_up_gets_no_train_longer_advice():
     assert estimate.estimate_transition(data, 3)["verdict"] == estimate.LONGER
     held = data.assign(free_bits=0.1, kl_dim_0=np.maximum(data["kl_dim_0"], 0.08))
     t = estimate.estimate_transition(held, 3)
-    assert t["verdict"] == estimate.FLOOR and t["train_longer"] is None
+    assert t["verdict"] == estimate.HELD and t["train_longer"] is None
     assert t["floor"]["held"] and t["floor"]["kl_top_at_max_sigma2"] >= 0.08
 
 

@@ -61,9 +61,9 @@ def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
     np.testing.assert_allclose(np.c_[line.get_ydata(), line.get_xdata()], want)
     # a kink read in a learned variance's starts or at a free-bits floor is no
     # collapse: the map leaves it out, as the pooled boundary does
-    from phasevae.estimate import FLOOR, LEARNED
+    from phasevae.estimate import HELD, LEARNED
 
-    doc["transitions"][0]["verdict"], doc["transitions"][2]["verdict"] = LEARNED, FLOOR
+    doc["transitions"][0]["verdict"], doc["transitions"][2]["verdict"] = LEARNED, HELD
     run.write_analysis(doc)
     fig = plots.phase_diagram(plots.load(run.path))
     (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
