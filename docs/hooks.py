@@ -1,5 +1,5 @@
 """mkdocs hooks: the spec reference generated from the code
-(:func:`phasevae.specdoc.reference_markdown`), and the committed results (their
+(:func:`phasevae.spec.reference.reference_markdown`), and the committed results (their
 Markdown tables and figures) published beside the pages, at results/..."""
 
 from pathlib import Path
@@ -20,7 +20,7 @@ def on_files(files, config):
 
 def on_page_markdown(markdown, page, config, files):
     if MARK in markdown:
-        from phasevae.specdoc import reference_markdown
+        from phasevae.spec.reference import reference_markdown
 
         markdown = markdown.split(MARK)[0] + reference_markdown()
     return markdown

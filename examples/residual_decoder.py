@@ -4,7 +4,7 @@ collapse criterion beta * sigma^2 = lambda_max hold for it?
 
     python examples/residual_decoder.py [RUN_DIR]
 
-The module follows the protocol of phasevae/model.py: ``__call__(x, eps)`` on ONE
+The module follows the protocol of phasevae/models/vae.py: ``__call__(x, eps)`` on ONE
 example returns ``(mu, logvar, xhat)``; the sweep does the rest (initialisation per
 seed, the decoder variance of each grid point, the loss, the vmaps, checkpoints).
 The same module can be named in a spec file instead:

@@ -25,9 +25,9 @@ _EXPORTS = {
     "as_spec": "phasevae.api",
     "Spec": "phasevae.spec",
     "load_spec": "phasevae.spec",
-    "SweepResult": "phasevae.loop",
-    "run_sweep": "phasevae.sweep",
-    "model_factory": "phasevae.plugins",
+    "SweepResult": "phasevae.engine.loop",
+    "run_sweep": "phasevae.engine.sweep",
+    "model_factory": "phasevae.models.plugins",
 }
 __all__ = list(_EXPORTS)
 

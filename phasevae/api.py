@@ -10,8 +10,9 @@ calls.
     run = pv.open_run("runs/default")   # an existing run directory, the same object
 
 A sweep trains on every CPU core as the command line does: before JAX starts, the CPU
-is split into several XLA devices (:func:`phasevae.placement.split_cpu_into_devices`),
-so import and call phasevae before anything else starts JAX in the process.
+is split into several XLA devices
+(:func:`phasevae.engine.devices.split_cpu_into_devices`), so import and call phasevae
+before anything else starts JAX in the process.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from typing import Any
 
 import pandas as pd
 
+from phasevae.engine.devices import split_cpu_into_devices
+from phasevae.engine.loop import ChunkFn, ProgressFn
 from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
-from phasevae.loop import ChunkFn, ProgressFn
-from phasevae.placement import split_cpu_into_devices
 from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 
@@ -54,12 +55,12 @@ def as_spec(spec: SpecLike = None, overrides: Sequence[str] = ()) -> Spec:
 
 def with_model(spec: Spec, model: Any) -> Spec:
     """``spec`` training ``model`` (a flax module following the protocol of
-    :mod:`phasevae.model`, or a factory returning one; ``model.options`` go to a
+    :mod:`phasevae.models.vae`, or a factory returning one; ``model.options`` go to a
     factory): ``model.kind = "module"`` with the object's label
-    (:func:`phasevae.modules.register`). None leaves the spec as it is."""
+    (:func:`phasevae.models.registry.register`). None leaves the spec as it is."""
     if model is None:
         return spec
-    from phasevae.modules import register
+    from phasevae.models.registry import register
 
     changed = dataclasses.replace(spec.model, kind="module", module=register(model))
     return spec_from_dict(
@@ -105,7 +106,7 @@ def run(
     preflight=None,
 ) -> Run:
     """Train the grid of ``spec`` into run directory ``out`` (default
-    runs/<name>), or continue it there; see :func:`phasevae.sweep.run_sweep`.
+    runs/<name>), or continue it there; see :func:`phasevae.engine.sweep.run_sweep`.
 
     ``progress(done, total, elapsed_s)`` and ``on_chunk(frame, meta)`` are called
     after every chunk; ``frame`` holds that chunk's metrics rows. A diverged model
@@ -115,9 +116,9 @@ def run(
     ``model``: your own flax module (or a factory) in place of the spec's
     (:func:`with_model`); such a run resumes only from Python with it passed again.
     ``preflight(lines)`` gets, before anything compiles, the betas whose transition
-    the sigma^2 grid may miss (:func:`phasevae.theory.grid_misses`).
+    the sigma^2 grid may miss (:func:`phasevae.analysis.theory.grid_misses`).
     """
-    from phasevae.sweep import run_sweep
+    from phasevae.engine.sweep import run_sweep
 
     s = with_model(as_spec(spec, overrides), model)
     stop_if_terminated()
@@ -146,9 +147,9 @@ def locate(
 ) -> dict:
     """Locate the collapse transition of ``source`` (a data file, a spec file or a
     finished sweep's run directory) into ``out`` (default runs/<name>-locate, or
-    RUN_DIR/locate), or continue it there: :mod:`phasevae.locate`. Returns the
+    RUN_DIR/locate), or continue it there: :mod:`phasevae.tools.locate`. Returns the
     result, one entry per curve, with ``out``; ``say`` gets the progress lines."""
-    from phasevae.locate import locate as run_locate
+    from phasevae.tools.locate import locate as run_locate
 
     stop_if_terminated()
     _start_devices()
@@ -170,7 +171,7 @@ def dry_run(
     """Compile the sweep and time one chunk without writing anything: grid size,
     static groups, devices, memory per device, compile and estimated train time;
     ``preflight`` as in :func:`run`."""
-    from phasevae.sweep import run_sweep
+    from phasevae.engine.sweep import run_sweep
 
     s = with_model(as_spec(spec, overrides), model)
     _start_devices()
@@ -229,14 +230,14 @@ class Run:
     def summary(self) -> pd.DataFrame:
         """Per curve: KL at the ends of the sigma^2 range, the first collapsed grid
         sigma^2 and the prediction lambda_max / beta."""
-        from phasevae.sweep import summary_table
+        from phasevae.engine.sweep import summary_table
 
         return summary_table(self.metrics, self.meta["spectrum"]["lambda_max"])
 
     def analyze(self) -> dict:
-        """The analysis (:func:`phasevae.analysis.analyze`), written to
+        """The analysis (:func:`phasevae.analysis.curves.analyze`), written to
         RUN_DIR/analysis.json; the run must be complete."""
-        from phasevae.analysis import analyze_run
+        from phasevae.analysis.curves import analyze_run
 
         return analyze_run(self.path)
 
@@ -254,7 +255,7 @@ class Run:
         """Every figure of the run (analysed first when it has no analysis) as
         {name: matplotlib Figure}; ``save`` = "png", "pdf" or "svg" writes them to
         RUN_DIR/figures/ instead and returns {name: path}."""
-        from phasevae.plots import figures, write_figures
+        from phasevae.report.figures import figures, write_figures
 
         self.analysed()
         if save is not None:
@@ -263,9 +264,9 @@ class Run:
 
     def report(self, out: str | Path | None = None) -> Path:
         """Write the run's report, one self-contained HTML page
-        (:func:`phasevae.report.write_report`; default RUN_DIR/report.html), analysing
-        the run first when it has no analysis, and return its path."""
-        from phasevae.report import write_report
+        (:func:`phasevae.report.html.write_report`; default RUN_DIR/report.html),
+        analysing the run first when it has no analysis, and return its path."""
+        from phasevae.report.html import write_report
 
         self.analysed()
         return write_report(self.path, out)
@@ -306,7 +307,7 @@ class Run:
 def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
     """The data's spectrum and the linear theory's predictions per beta, from a
     spec (path, dict, Spec) or a run directory; no training."""
-    from phasevae import theory as th
+    from phasevae.analysis import theory as th
     from phasevae.data import load_dataset
 
     if isinstance(target, str | Path) and Path(target).is_dir():
@@ -338,7 +339,7 @@ def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
 
 def merge(run_dirs: Sequence[str | Path], out: str | Path, force: bool = False):
     """Combine the run directories of one spec's shards into ``out``
-    (:func:`phasevae.sweep.merge_runs`); returns its report."""
-    from phasevae.sweep import merge_runs
+    (:func:`phasevae.engine.sweep.merge_runs`); returns its report."""
+    from phasevae.engine.sweep import merge_runs
 
     return merge_runs(list(run_dirs), out, force=force)

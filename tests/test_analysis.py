@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasevae import analysis, estimate, theory
+from phasevae.analysis import curves as analysis
+from phasevae.analysis import estimate, theory
+from phasevae.analysis.fit import discontinuity, fit_piecewise
 from phasevae.cli import main
-from phasevae.fit import discontinuity, fit_piecewise
 from phasevae.store import RunDir
 
 EV = [8.0, 2.0, 0.5, 0.125]
@@ -389,8 +390,8 @@ def test_a_setting_that_moves_the_transition_gets_its_own_boundary():
     """Two settings of a remedy axis, the second moving the linear-VAE transition from
     8 to 10: the pooled theta_c mixes them, ``boundary_by`` gives each its own, the
     printed lines name the setting, and a report refuses a malformed one."""
-    from phasevae.cliprint import boundary_lines
-    from phasevae.plotbase import analysis_problem
+    from phasevae.report.figbase import analysis_problem
+    from phasevae.report.text import boundary_lines
 
     betas = [0.5, 1.0, 2.0]
     kept = synthetic_metrics(betas, relative=True).assign(kl_warmup_steps=0.0)

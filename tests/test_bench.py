@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from phasevae import bench
 from phasevae.cli import main
+from phasevae.tools import bench
 
 
 def test_flop_count_of_the_paper_architecture():

@@ -1,13 +1,13 @@
-"""Orbax checkpoints (phasevae.checkpoint): sealed by a digest, read back without
+"""Orbax checkpoints (phasevae.store.checkpoint): sealed by a digest, read back without
 the padding, refused by name when damaged."""
 
 import jax
 import numpy as np
 import pytest
 
-from phasevae.checkpoint import CheckpointError, Checkpoints
-from phasevae.placement import Placement
+from phasevae.engine.devices import Placement
 from phasevae.store import RunDir, RunDirError
+from phasevae.store.checkpoint import CheckpointError, Checkpoints
 
 
 def _leaves(n: int, value: float):

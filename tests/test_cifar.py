@@ -8,9 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from phasevae.cifar import CifarError, load_cifar10
 from phasevae.cli import main
 from phasevae.data import load_dataset
+from phasevae.data.cifar import CifarError, load_cifar10
 from phasevae.spec import DataSpec
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import tomli_w
 
-from phasevae import sweep as sweep_mod
 from phasevae.cli import COMMANDS, main
+from phasevae.engine import sweep as sweep_mod
 from phasevae.spec import load_spec
 from tests.conftest import tiny_dict
 
@@ -335,7 +335,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_status_reports_progress(tmp_path, capsys, tiny_spec):
-    from phasevae.sweep import run_sweep
+    from phasevae.engine.sweep import run_sweep
 
     run_sweep(tiny_spec(), tmp_path / "run")
     assert main(["status", str(tmp_path / "run")]) == 0
@@ -364,9 +364,9 @@ def test_dry_run_plans_without_writing(tmp_path, capsys):
 def test_a_sweep_too_large_for_the_device_is_refused_before_training(
     tmp_path, capsys, monkeypatch
 ):
-    import phasevae.placement
+    import phasevae.engine.devices
 
-    monkeypatch.setattr(phasevae.placement, "device_memory", lambda place: 1000)
+    monkeypatch.setattr(phasevae.engine.devices, "device_memory", lambda place: 1000)
     out = tmp_path / "run"
     assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -512,7 +512,7 @@ def test_meta_records_the_commit_and_the_installed_packages(tmp_path):
 
 
 def test_an_installed_copy_without_git_names_its_commit_from_its_version(monkeypatch):
-    from phasevae import loop
+    from phasevae.engine import loop
 
     def no_git(*a, **k):
         raise OSError("no git here")
@@ -555,7 +555,7 @@ def test_progress_on_a_terminal_in_a_log_and_quiet():
 
     from rich.console import Console
 
-    from phasevae.cliprint import Progress
+    from phasevae.cli.progress import Progress
 
     frame = pd.DataFrame(
         {

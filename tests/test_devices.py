@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from phasevae.sweep import run_sweep
+from phasevae.engine.sweep import run_sweep
 
 GRID = {"sigma2": [0.5, 2.0, 8.0], "beta": [0.5, 1.0]}  # 6 points: padded to 8
 
@@ -18,7 +18,8 @@ def test_four_devices_give_the_metrics_of_one(tmp_path, tiny_spec):
     one = run_sweep(tiny_spec(grid=GRID), tmp_path / "one").metrics
     script = (
         "import sys, jax; from phasevae.spec import spec_from_dict;"
-        "from phasevae.sweep import run_sweep; from tests.conftest import tiny_dict;"
+        "from phasevae.engine.sweep import run_sweep;"
+        "from tests.conftest import tiny_dict;"
         "assert len(jax.local_devices()) == 4;"
         f"r = run_sweep(spec_from_dict(tiny_dict(grid={GRID!r})), sys.argv[1]);"
         "assert r.meta['grid_size'] == 6 and len(r.meta['devices']) == 4"

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasevae import estimate
-from phasevae.validate import QUICK, REFINE, run_suite
+from phasevae.analysis import estimate
+from phasevae.tools.validate import QUICK, REFINE, run_suite
 
 LAM = 8.0
 
@@ -151,7 +151,7 @@ def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
     """A network whose collapsed state has lost its escape direction (lambda_c = 0,
     dead units) collapses at 0.7 lambda_max and stays there: a shift off the theory
     with the probe as evidence, bounded above by the first stable collapsed point."""
-    from phasevae.analysis import _off_theory
+    from phasevae.analysis.curves import _off_theory
 
     kink = 0.7 * LAM
     rows = kink_rows(lambda step: kink)

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import tomli_w
 
-import phasevae.locate as locate_mod
-from phasevae.analysis import analyze_run
+import phasevae.tools.locate as locate_mod
+from phasevae.analysis.curves import analyze_run
 from phasevae.cli import main
 from phasevae.store import RunDir
 from tests.conftest import tiny_dict
@@ -69,8 +69,8 @@ def test_a_longer_stage_continues_the_models_it_forks(tmp_path):
     """A 'longer' stage starts from its parent's checkpoint and metrics: its rows up
     to the fork are the parent's, and it goes on as a run of those points trained
     to the new length from the start would (same program shape: exact)."""
+    from phasevae.engine.sweep import run_sweep
     from phasevae.spec import load_spec
-    from phasevae.sweep import run_sweep
 
     base = load_spec(small_spec(tmp_path))
     loc = locate_mod.Locator(small_spec(tmp_path), tmp_path / "loc", say=print)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phasevae.model import (
+from phasevae.models.vae import (
     VAE,
     collapse_eigenvalue,
     collapse_grams,

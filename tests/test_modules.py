@@ -11,7 +11,7 @@ import tomli_w
 
 from phasevae import api
 from phasevae.cli import main
-from phasevae.conv import ConvVAE
+from phasevae.models.conv import ConvVAE
 from tests import user_models
 from tests.conftest import tiny_dict
 
@@ -60,7 +60,7 @@ def test_a_user_module_by_spec_string_and_by_python_object_trains_the_same(
     # the object's run continues from Python with the object; a new process that
     # does not hold it is told so
     assert api.run(plain, tmp_path / "object", model=module).complete
-    monkeypatch.setattr("phasevae.modules._OBJECTS", {})
+    monkeypatch.setattr("phasevae.models.registry._OBJECTS", {})
     spec = str(tmp_path / "object" / "spec.toml")
     assert main(["sweep", spec, "--out", str(tmp_path / "again")]) == 2
     assert "continue this run from Python" in capsys.readouterr().err
@@ -182,7 +182,7 @@ def test_the_residual_decoder_example_runs(tmp_path, capsys, monkeypatch):
 def test_the_im2col_convolution_equals_lax_conv(shape, kernel):
     from jax import lax
 
-    from phasevae.conv import Conv
+    from phasevae.models.conv import Conv
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
     dn = ("NHWC", "HWIO", "NHWC")

@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phasevae import plots
-from phasevae.analysis import analyze_run
+from phasevae.analysis.curves import analyze_run
 from phasevae.cli import main
-from phasevae.sweep import run_sweep
+from phasevae.engine.sweep import run_sweep
+from phasevae.report import figures as plots
 from tests.test_analysis import run_dir, synthetic_metrics
 
 NAMES = [
@@ -61,7 +61,7 @@ def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
     np.testing.assert_allclose(np.c_[line.get_ydata(), line.get_xdata()], want)
     # a kink read in a learned variance's starts or at a free-bits floor is no
     # collapse: the map leaves it out, as the pooled boundary does
-    from phasevae.estimate import HELD, LEARNED
+    from phasevae.analysis.estimate import HELD, LEARNED
 
     doc["transitions"][0]["verdict"], doc["transitions"][2]["verdict"] = LEARNED, HELD
     run.write_analysis(doc)
@@ -168,7 +168,7 @@ def test_no_title_or_label_is_clipped_in_any_figure(run):
     run's spectrum title lost two of its eigenvalues at the edge)."""
     import matplotlib.pyplot as plt
 
-    from phasevae.plotbase import drawn_texts
+    from phasevae.report.figbase import drawn_texts
 
     path = Path(__file__).parent.parent / "results" / run
     for name, make in plots.figures(path).items():

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasevae import analysis, schedule
-from phasevae.plan import grid_table
-from phasevae.sweep import run_sweep
-from phasevae.train import Point, Static, Trainer
+from phasevae.analysis import curves as analysis
+from phasevae.engine import schedule
+from phasevae.engine.grid import grid_table
+from phasevae.engine.step import Point, Static, Trainer
+from phasevae.engine.sweep import run_sweep
 
 
 @pytest.mark.slow
@@ -179,15 +180,15 @@ def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path
     last = m[m["step"] == 20].groupby(["decoder", "skip"])["loss"].mean()
     assert last.nunique() == 6
     # analysed per group; a static axis gets its remedy figure and phase diagram
-    from phasevae.analysis import analyze_run
-    from phasevae.plots import write_figures
+    from phasevae.analysis.curves import analyze_run
+    from phasevae.report.figures import write_figures
 
     doc = analyze_run(tmp_path / "run")
     assert {(t["decoder"], t["skip"]) for t in doc["transitions"]} == set(last.index)
     names = set(write_figures(tmp_path / "run"))
     assert {"remedy_skip", "phase_diagram_skip", "remedy_decoder"} <= names
     # the gate is a parameter of the gated group only, computed from z alone
-    from phasevae.model import VAE
+    from phasevae.models.vae import VAE
 
     model = VAE(4, 2, (8,), (8,), "gated")
     params = model.init(jax.random.key(0), jnp.zeros(4), jnp.zeros(2))
@@ -213,7 +214,7 @@ def test_scaling_per_remedy_setting_tells_which_breaks_the_symmetry():
 
 
 def _linear_trainer(**flags):
-    from phasevae.train import Static, Trainer
+    from phasevae.engine.step import Static, Trainer
 
     trainer = Trainer(Static(3, 2, (), (), 4, 1, **flags))
     point = Point.one(sigma2=0.7, beta=1.5, learning_rate=1e-3, seed=0)
@@ -228,7 +229,7 @@ def _linear_trainer(**flags):
 
 
 def _terms(trainer, params, point, x, eps):
-    from phasevae.model import example_terms
+    from phasevae.models.vae import example_terms
 
     return jax.vmap(example_terms, (None, None, 0, 0, None))(
         trainer.model, {"params": params["params"]}, x, eps, point.sigma2
@@ -261,7 +262,7 @@ def test_free_bits_objective_by_hand_and_no_gradient_below_the_floor():
 
 
 def test_cyclical_annealing_schedule():
-    from phasevae.train import kl_factor
+    from phasevae.engine.step import kl_factor
 
     p = Point.one(
         sigma2=1, beta=1, learning_rate=1, seed=0, kl_cycle_steps=100, kl_cycle_ramp=0.5
@@ -294,7 +295,7 @@ def test_mutual_information_term_by_hand():
 
 @pytest.mark.slow
 def test_one_compile_for_every_value_of_the_remedy_axes(tmp_path, tiny_spec):
-    from phasevae.sweep import run_sweep
+    from phasevae.engine.sweep import run_sweep
 
     spec = tiny_spec(
         grid={
@@ -329,8 +330,8 @@ def test_a_run_from_before_the_remedy_axes_reads_them_at_their_defaults(
 ):
     """Rows written before an axis existed trained at its default, and a run resumed
     across the upgrade must not leave NaN in them (the analysis groups by axes)."""
+    from phasevae.engine.sweep import run_sweep
     from phasevae.store import RunDir
-    from phasevae.sweep import run_sweep
 
     result = run_sweep(tiny_spec(), tmp_path / "run")
     old = result.metrics.drop(columns=["free_bits", "mi_weight"])
@@ -378,8 +379,8 @@ def test_remedy_axes_through_slots_shards_and_analysis(tmp_path, tiny_spec):
     test_a_run_from_before_the_remedy_axes_reads_them_at_their_defaults)."""
     import tomli_w
 
-    from phasevae import sweep as sweep_mod
     from phasevae.cli import main
+    from phasevae.engine import sweep as sweep_mod
     from tests.conftest import tiny_dict
 
     sections = dict(

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from phasevae import plots
-from phasevae.analysis import analyze_run
+from phasevae.analysis.curves import analyze_run
 from phasevae.cli import main
+from phasevae.report import figures as plots
 from phasevae.store import RunDir
 from tests.test_analysis import run_dir, synthetic_metrics
 
@@ -63,7 +63,7 @@ def test_the_report_is_one_self_contained_page(analysed, capsys):
     assert "Nothing to do" in text or "still moving when training stopped" in text
     if "train longer" in text:
         assert "; next: phasevae " in text
-    from phasevae.report import _count
+    from phasevae.report.html import _count
 
     assert _count(1) == "1 compile of the training program" and "compiles)" not in text
 

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasevae import analysis, estimate, schedule
-from phasevae import sweep as sweep_mod
+from phasevae.analysis import curves as analysis
+from phasevae.analysis import estimate
 from phasevae.cli import main
 from phasevae.data import load_dataset
-from phasevae.placement import Program
-from phasevae.plan import grid_table
+from phasevae.engine import schedule
+from phasevae.engine import sweep as sweep_mod
+from phasevae.engine.devices import Program
+from phasevae.engine.grid import grid_table
 from phasevae.spec import SpecError, spec_from_dict, spec_to_toml
 from tests.conftest import tiny_dict
 from tests.test_analysis import K, synthetic_metrics
@@ -273,8 +275,8 @@ def test_until_trusted_trains_on_only_where_the_estimate_asks(tmp_path, tiny_spe
     sigma^2 range the estimate names train on (up to max_steps); the others stop."""
     import math
 
-    from phasevae import estimate
-    from phasevae.estimate import estimate_transition
+    from phasevae.analysis import estimate
+    from phasevae.analysis.estimate import estimate_transition
 
     s2 = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     spec = tiny_spec(

@@ -9,7 +9,7 @@ import pytest
 import tomli_w
 
 from phasevae.cli import main
-from phasevae.plan import grid_table, select_shard
+from phasevae.engine.grid import grid_table, select_shard
 from tests.conftest import tiny_dict
 
 GRID = {"sigma2": [0.5, 1.0, 2.0, 4.0, 8.0], "beta": [0.5, 1.0]}

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from jax.scipy.special import gammainc
 
-from phasevae import analysis
-from phasevae import sweep as sweep_mod
-from phasevae.spec import SpecError
-from phasevae.sphere import (
+from phasevae.analysis import curves as analysis
+from phasevae.engine import sweep as sweep_mod
+from phasevae.engine.step import Point, Static, Trainer, active_directions
+from phasevae.models.sphere import (
     GAMMA_NOISE,
     SphereVAE,
     gamma,
@@ -25,7 +25,7 @@ from phasevae.sphere import (
     noise_size,
     sample,
 )
-from phasevae.train import Point, Static, Trainer, active_directions
+from phasevae.spec import SpecError
 
 DRAWS = 100_000
 

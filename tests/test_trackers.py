@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from phasevae import trackers
 from phasevae.cli import main
 from phasevae.errors import BadInput
+from phasevae.report import trackers
 from phasevae.spec import spec_from_dict
 from tests.conftest import tiny_dict
 from tests.test_analysis import synthetic_metrics

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from phasevae.data import load_dataset
-from phasevae.plan import grid_table, static_config
-from phasevae.sweep import run_sweep
-from phasevae.train import Point, Trainer
+from phasevae.engine.grid import grid_table, static_config
+from phasevae.engine.step import Point, Trainer
+from phasevae.engine.sweep import run_sweep
 
 
 def make(spec):
@@ -112,7 +112,7 @@ def test_remedy_axes_reach_the_computation_in_one_compile(tiny_spec, tmp_path):
 
 
 def test_warmup_factor_and_init_scale():
-    from phasevae.train import kl_factor
+    from phasevae.engine.step import kl_factor
 
     p = Point.one(sigma2=1, beta=1, learning_rate=1, seed=0, kl_warmup_steps=100)
     assert float(kl_factor(p, jnp.float32(0.0))) == 0.0
@@ -120,7 +120,7 @@ def test_warmup_factor_and_init_scale():
     assert float(kl_factor(p, jnp.float32(500.0))) == 1.0
     none = p._replace(kl_warmup_steps=jnp.float32(0.0))
     assert float(kl_factor(none, jnp.float32(0.0))) == 1.0
-    from phasevae.train import Static, Trainer
+    from phasevae.engine.step import Static, Trainer
 
     trainer = Trainer(Static(3, 1, (4,), (5,), 8, 1))
     one = Point.from_table(

@@ -1,5 +1,5 @@
 """Flax modules a user might write, plugged into sweeps by the tests: one that follows
-the protocol of phasevae.model and one of each way to break it."""
+the protocol of phasevae.models.vae and one of each way to break it."""
 
 import math
 

@@ -1,9 +1,0 @@
-"""The built-in default sweep (what `phasevae sweep` runs), kept as a reference.
-
-python analysis/default_sweep.py
-"""
-
-from study import run_variant, write_summary
-
-if __name__ == "__main__":
-    write_summary("default", run_variant("default", "default", "default.toml"))

@@ -1,0 +1,52 @@
+"""What a curve shows besides its collapse transition, read from its per-point table
+(one row per grid point, :func:`phasevae.analysis.fit.settle`'s columns): whether a
+free-bits floor holds its KL up, and what happens to the information the encoder
+carries. No JAX."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from phasevae.analysis.constants import NO_INFORMATION
+
+# a top-dim KL at least this fraction of free_bits at the largest sigma^2 is held by
+# the floor, not collapsed
+HELD_FRACTION = 0.5
+
+
+def floor(points: pd.DataFrame, free_bits: float) -> dict | None:
+    """With free bits lambda > 0: the top dim's KL at the largest sigma^2 (seeds
+    averaged) and whether the floor holds it there (>= ``HELD_FRACTION`` lambda).
+    Then the curve has no collapse: its kink (``sigma2_c``) is where the KL meets the
+    floor, and the verdict says so."""
+    if not free_bits:
+        return None
+    top = points.loc[points["sigma2"] == points["sigma2"].max(), "kl_rank_0"].mean()
+    return {
+        "free_bits": float(free_bits),
+        "kl_top_at_max_sigma2": float(top),
+        "held": bool(top >= HELD_FRACTION * free_bits),
+    }
+
+
+def information(points: pd.DataFrame) -> dict:
+    """I(x; z) along the curve (seeds averaged): at both ends of sigma^2 and the
+    smallest sigma^2 from which it stays below ``NO_INFORMATION`` nats (None: never),
+    which is where the encoder's information collapses even where the KL cannot (a
+    hyperspherical latent of fixed concentration has a constant KL); and the active
+    directions (the participation ratio of E[z|x], 0 .. k) at both ends."""
+    mi = points.groupby("sigma2")["mi"].mean().sort_index()
+    low = (mi < NO_INFORMATION).to_numpy()
+    above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
+    lost = mi.index[above]
+    out = {
+        "mi_at_min_sigma2": float(mi.iloc[0]),
+        "mi_at_max_sigma2": float(mi.iloc[-1]),
+        "mi_lost_sigma2": float(lost[0]) if len(lost) else None,
+    }
+    if "active_directions" in points:  # runs made before it have none
+        d = points.groupby("sigma2")["active_directions"].mean().sort_index()
+        out["directions_at_min_sigma2"] = float(d.iloc[0])
+        out["directions_at_max_sigma2"] = float(d.iloc[-1])
+    return out

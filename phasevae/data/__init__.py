@@ -1,0 +1,411 @@
+"""Datasets and their covariance spectrum.
+
+Every source returns a :class:`Dataset`: a float32 array of shape (n, N) exactly as the
+model sees it (after normalisation), a fixed evaluation subset, and the eigenvalues of
+its covariance, which the theory needs (docs/science.md: the collapse criterion is
+beta * sigma^2 > lambda_max of the data *as the model sees it*).
+
+Sources: ``synthetic`` (a given spectrum, Gaussian or not), ``digits`` (scikit-learn's
+8x8 digits), ``patches`` (16x16 grayscale patches of the photographs shipped inside
+scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.data.cifar`)
+and ``array`` (the user's .npy, .npz, .csv or .parquet, read by
+:mod:`phasevae.data.arrays`).
+
+The package (``arrays``: the user's files; ``cifar``: the CIFAR-10 archives) may
+import ``phasevae.spec``, ``phasevae.errors`` and ``phasevae.safeio`` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+from phasevae import safeio
+from phasevae.data.arrays import MEMORY_FRACTION, load_array
+from phasevae.errors import DataError, optional
+from phasevae.spec import DataSpec
+
+# scikit-image's sample photographs that ship inside its wheel (no download), all
+# natural scenes or textures; colour ones are converted with the ITU-R 601 luma
+PATCH_IMAGES = (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "grass",
+    "gravel",
+    "brick",
+    "moon",
+)
+PATCH, PATCH_STRIDE = 16, 8
+COMPONENTS_STORED = 8  # principal components kept in meta.json for image data
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training data and its spectrum.
+
+    Attributes:
+      x: (n, N) float32, normalised training data.
+      eval_x: (n_eval, N) float32, a fixed subset of ``x`` used for every evaluation.
+      eigenvalues: (N,) float64, descending eigenvalues of the covariance of ``x``
+        (population covariance, divisor n: the model fits the empirical distribution).
+      description: one line saying what the data is.
+      components: (N, c) leading eigenvectors, kept for image data (else None).
+      image_shape: (h, w) when each row is an image, else None.
+    """
+
+    x: np.ndarray
+    eval_x: np.ndarray
+    eigenvalues: np.ndarray
+    description: str
+    components: np.ndarray | None = None
+    image_shape: tuple[int, ...] | None = field(default=None)
+
+    def fingerprint(self) -> dict:
+        """The identity of the data the models see (after loading and
+        normalisation): the SHA-256 of the training array's bytes, its shape and
+        dtype, and lambda_max. A run records it when it starts and compares it
+        whenever it is resumed, extended or merged: a file replaced (or a generator
+        or package that changed its output) is another data set."""
+        x = np.ascontiguousarray(self.x)
+        return {
+            "sha256": hashlib.sha256(memoryview(x).cast("B")).hexdigest(),  # no copy
+            "shape": list(x.shape),
+            "dtype": str(x.dtype),
+            "lambda_max": float(self.eigenvalues[0]),
+        }
+
+    def spectrum(self) -> dict:
+        """JSON-ready summary stored in the run's meta.json."""
+        ev = [float(v) for v in self.eigenvalues]
+        out = {
+            "eigenvalues": ev,
+            "lambda_max": ev[0],
+            # of the evaluation subset, on which collapse_eigenvalue is measured
+            "lambda_max_eval": top_eigenvalue(self.eval_x),
+            "trace": float(np.sum(self.eigenvalues)),
+            "samples": int(self.x.shape[0]),
+            "dim": int(self.x.shape[1]),
+            "description": self.description,
+        }
+        if self.image_shape is not None and self.components is not None:
+            out["image_shape"] = list(self.image_shape)
+            out["components"] = self.components.T.round(6).tolist()
+        return out
+
+
+def load_dataset(spec: DataSpec) -> Dataset:
+    """Build the dataset a spec describes.
+
+    Raises:
+      DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
+        more data than memory allows.
+    """
+    pixel_range, image_shape = None, None
+    if spec.source == "synthetic":
+        x = synthetic(spec.eigenvalues, spec.samples, spec.seed, spec.distribution)
+        what = (
+            f"synthetic {spec.distribution}, N={len(spec.eigenvalues)}, "
+            f"n={spec.samples}, eigenvalues {list(spec.eigenvalues)}, seed {spec.seed}"
+        )
+    elif spec.source == "digits":
+        x, pixel_range, image_shape = digits(), (0.0, 1.0), (8, 8)
+        what = "scikit-learn digits (8x8, pixels / 16)"
+    elif spec.source == "patches":
+        x, pixel_range = patches(spec.samples, spec.seed), (0.0, 255.0)
+        image_shape = (PATCH, PATCH)
+        what = (
+            f"{x.shape[0]} grayscale {PATCH}x{PATCH} patches (stride {PATCH_STRIDE}) "
+            f"of scikit-image's {', '.join(PATCH_IMAGES)}"
+        )
+    elif spec.source == "cifar10":
+        from phasevae.data.cifar import load_cifar10
+
+        images, _ = load_cifar10(spec.path, spec.split)
+        x, pixel_range, image_shape = gray16(images), (0.0, 255.0), (16, 16)
+        what = f"CIFAR-10 {spec.split} ({spec.path}), grayscale 16x16 (N=256)"
+    elif spec.source == "array":
+        raw = load_array(Path(spec.path), spec.key)
+        if raw.ndim in (3, 4):
+            image_shape = raw.shape[1:3]
+            raw = raw.reshape(raw.shape[0], -1)
+        if raw.dtype == np.uint8:
+            pixel_range = (0.0, 255.0)
+        x = raw
+        what = f"array file {spec.path}" + (f" [{spec.key}]" if spec.key else "")
+    else:  # spec validation keeps this unreachable
+        raise DataError(f"unknown data.source {spec.source!r}")
+    x = normalize(check_array(x, what), spec.normalize, pixel_range)
+    check_scale(x, what, spec.normalize)
+    if spec.normalize != "none":
+        what += f", normalize={spec.normalize}"
+    order = np.random.default_rng(spec.seed).permutation(x.shape[0])
+    eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
+    values, vectors = covariance_eig(x)
+    check_spread(float(values[0]), what, spec.normalize)
+    return Dataset(
+        x=x,
+        eval_x=eval_x,
+        eigenvalues=values,
+        description=what,
+        components=vectors[:, :COMPONENTS_STORED] if image_shape else None,
+        image_shape=tuple(int(v) for v in image_shape) if image_shape else None,
+    )
+
+
+def synthetic(
+    eigenvalues, samples: int, seed: int, distribution: str = "gaussian"
+) -> np.ndarray:
+    """Zero-mean samples whose covariance has the given eigenvalues.
+
+    x = Q (sqrt(lambda) * s): s has independent zero-mean, unit-variance components
+    (``gaussian``; ``laplace``, heavy-tailed; ``uniform`` on [-sqrt 3, sqrt 3];
+    ``bimodal``, +-0.95 plus Gaussian noise of sd sqrt(1 - 0.95^2), two clusters per
+    axis), and Q is a random rotation (Haar, from ``seed``), so no axis is special.
+    Only the covariance enters the collapse criterion; the others test that claim.
+
+    Returns:
+      (samples, N) float32.
+    """
+    lam = np.asarray(eigenvalues, np.float64)
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((lam.size, lam.size)))
+    q *= np.sign(np.diag(r))  # makes the rotation Haar-distributed
+    shape = (samples, lam.size)
+    if distribution == "gaussian":
+        s = rng.standard_normal(shape)
+    elif distribution == "laplace":
+        s = rng.laplace(0.0, 1.0 / np.sqrt(2.0), shape)
+    elif distribution == "uniform":
+        s = rng.uniform(-np.sqrt(3.0), np.sqrt(3.0), shape)
+    elif distribution == "bimodal":
+        m = 0.95
+        s = rng.choice([-m, m], shape) + np.sqrt(1 - m**2) * rng.standard_normal(shape)
+    else:  # spec validation keeps this unreachable
+        raise DataError(f"unknown data.distribution {distribution!r}")
+    return ((s * np.sqrt(lam)) @ q.T).astype(np.float32)
+
+
+def digits() -> np.ndarray:
+    """scikit-learn's 8x8 handwritten digits (shipped in its wheel), pixels / 16 so
+    they lie in [0, 1]: (1797, 64)."""
+    sets = optional("sklearn.datasets", "scikit-learn", 'data.source = "digits"')
+    return (sets.load_digits().data / 16.0).astype(np.float32)
+
+
+def patches(samples: int, seed: int) -> np.ndarray:
+    """16x16 grayscale patches cut on a stride-8 grid from every image in
+    PATCH_IMAGES, then ``samples`` of them drawn without replacement (all if fewer).
+
+    Returns:
+      (n, 256) float32 in pixel units (0 .. 255).
+    """
+    images = optional("skimage.data", "scikit-image", 'data.source = "patches"')
+    cut = []
+    for name in PATCH_IMAGES:
+        img = np.asarray(getattr(images, name)(), np.float32)
+        if img.ndim == 3:
+            img = luma(img[..., :3])
+        windows = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH))
+        cut.append(windows[::PATCH_STRIDE, ::PATCH_STRIDE].reshape(-1, PATCH * PATCH))
+    allp = np.concatenate(cut)
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(allp), min(samples, len(allp)), replace=False))
+    return allp[take]
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of RGB pixels on the last axis: 0.299 R + 0.587 G + 0.114 B."""
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def gray16(images: np.ndarray) -> np.ndarray:
+    """The paper's CIFAR-10 preprocessing: luma, then 2x2 mean pooling 32 -> 16.
+
+    Args:
+      images: (n, 32, 32, 3) uint8 RGB.
+    Returns:
+      (n, 256) float32 in pixel units (0 .. 255).
+    """
+    n = images.shape[0]
+    return luma(images).reshape(n, 16, 2, 16, 2).mean(axis=(2, 4)).reshape(n, 256)
+
+
+def check_array(x: np.ndarray, what: str) -> np.ndarray:
+    """Reject arrays that cannot be training data; return float32."""
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"{what}: data must be numeric, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise DataError(
+            f"{what}: data must be 2-D (samples, features) or images (n, h, w[, c]), "
+            f"got shape {x.shape}"
+        )
+    if x.shape[0] < 2:
+        raise DataError(f"{what}: need at least 2 samples, got {x.shape[0]}")
+    if x.shape[1] < 1:
+        raise DataError(f"{what}: data has no features")
+    side = min(x.shape)  # the covariance, or the Gram matrix of wide data
+    centred = x.size if x.shape[0] < x.shape[1] else min(x.size, CHUNK_VALUES)
+    need = 3 * 8 * side**2 + 8 * centred  # it, its eigenvectors, workspace; centred x
+    avail = safeio.available_memory()
+    if avail is not None and need > MEMORY_FRACTION * avail:
+        raise DataError(
+            f"{what}: {x.shape[0]:,} samples x {x.shape[1]:,} features need a "
+            f"{side:,} x {side:,} spectrum of about {need / 2**30:.1f} GiB, more than "
+            f"half of the {avail / 2**30:.1f} GiB of free memory; reduce the "
+            "features or the samples first"
+        )
+    out = np.empty(x.shape, np.float32)
+    count, first = 0, None
+    for rows in row_chunks(x):  # a memory-mapped file is read a chunk at a time
+        out[rows] = x[rows].astype(np.float32)
+        bad = ~np.isfinite(out[rows])
+        count += int(bad.sum())
+        if first is None and count:
+            row, col = np.argwhere(bad)[0]
+            first = (rows.start + row, col)
+    if count:
+        raise DataError(
+            f"{what}: {count} NaN or inf values (first at row {first[0]}, "
+            f"column {first[1]}); clean the data first"
+        )
+    return out
+
+
+CHUNK_VALUES = 1 << 24  # values converted at a time (128 MiB as float64)
+
+
+def row_chunks(x: np.ndarray):
+    """Slices of ``x``'s rows of about CHUNK_VALUES values each (one slice for data
+    of up to 16 M values, whose results are those of whole-array numpy)."""
+    step = max(1, CHUNK_VALUES // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], step):
+        yield slice(start, start + step)
+
+
+MAX_ABS = 1e6  # larger values (after normalize) overflow float32 training
+
+
+def check_scale(x: np.ndarray, what: str, how: str) -> None:
+    """Refuse data on a scale that float32 training cannot handle (squared errors and
+    their gradients overflow), saying which ``normalize`` fixes it."""
+    top = max(float(x.max()), -float(x.min()))  # no |x| copy
+    if not np.isfinite(top) or top > MAX_ABS:
+        raise DataError(
+            f"{what}: values up to {top:.3g} after normalize = '{how}'; training in "
+            f"float32 cannot work on that scale (at most {MAX_ABS:.0e}): set "
+            "data.normalize = 'standardize' for a table or 'unit' for images"
+        )
+
+
+MIN_VARIANCE = 1e-12  # a spread below 1e-6 is a few float32 ulps of an O(1) output
+
+
+def check_spread(lambda_max: float, what: str, how: str) -> None:
+    """Refuse data that do not vary on a scale float32 training can resolve: every
+    row the same, or a spread of a few ulps of the decoder's O(1) outputs, where the
+    transition at beta sigma^2 = lambda_max would be read in rounding noise."""
+    if not lambda_max >= MIN_VARIANCE:
+        raise DataError(
+            f"{what}: the data hardly vary (largest covariance eigenvalue "
+            f"{lambda_max:.3g} after normalize = '{how}', below {MIN_VARIANCE:.0e}): "
+            "identical rows leave nothing to encode; for a tiny scale set "
+            "data.normalize = 'standardize' or rescale the data"
+        )
+
+
+def normalize(x: np.ndarray, how: str, pixel_range=None) -> np.ndarray:
+    """``x`` (float32, from :func:`check_array`) normalised in place: ``none``;
+    ``center`` (subtract each feature's mean); ``standardize`` (also unit variance per
+    feature; constant features are only centred); ``global`` (one mean and one
+    standard deviation for all features); ``unit`` (the pixel range, or the data's
+    min..max when it has none, mapped to [-1, 1]). Statistics and arithmetic are in
+    float64 (float32 squares of large raw values overflow), a chunk of rows at a
+    time, so large data never has a float64 copy."""
+    if how == "none":
+        return x
+    if how == "unit":
+        lo, hi = pixel_range if pixel_range else (float(x.min()), float(x.max()))
+        if hi <= lo:
+            raise DataError("normalize = 'unit' needs data with more than one value")
+        return _apply(x, lambda c: 2.0 * (c - lo) / (hi - lo) - 1.0)
+    if how == "global":
+        mean = _total(x, lambda c: c) / x.size
+        std = np.sqrt(_total(x, lambda c: (c - mean) ** 2) / x.size)
+        return _apply(x, lambda c: (c - mean) / (std if std > 0 else 1.0))
+    n = x.shape[0]
+    mean = _total(x, lambda c: c, axis=0) / n
+    if how == "center":
+        return _apply(x, lambda c: c - mean)
+    shift = _total(x, lambda c: c - mean, axis=0) / n  # numpy's std, in two passes
+    std = np.sqrt(_total(x, lambda c: (c - mean - shift) ** 2, axis=0) / n)
+    return _apply(x, lambda c: (c - mean) / np.where(std > 0, std, 1.0))
+
+
+def _total(x: np.ndarray, f, axis=None):
+    """The sum of ``f`` of float64 chunks of ``x``'s rows (over ``axis``)."""
+    return sum(f(x[rows].astype(np.float64)).sum(axis=axis) for rows in row_chunks(x))
+
+
+def _apply(x: np.ndarray, f) -> np.ndarray:
+    """``x`` with each chunk of rows replaced by ``f`` of it in float64."""
+    for rows in row_chunks(x):
+        x[rows] = f(x[rows].astype(np.float64)).astype(np.float32)
+    return x
+
+
+def covariance_eig(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Descending eigenvalues (N,) and eigenvectors, as columns, of the population
+    covariance of ``x`` (n, N): all N eigenvectors when n >= N; for wide data
+    (n < N) the N x N covariance (20,000 genes: 3.2 GB) is never formed: its nonzero
+    eigenvalues are those of the n x n Gram matrix X X^T / n, the others are 0, and
+    the n leading eigenvectors are X^T u / sqrt(n lambda) (N, n)."""
+    n, dim = x.shape
+    if n >= dim:
+        values, vectors = np.linalg.eigh(_scatter(x) / n)
+        return values[::-1].clip(min=0.0), vectors[:, ::-1]
+    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    values, u = np.linalg.eigh(xc @ xc.T / n)
+    values, u = values[::-1].clip(min=0.0), u[:, ::-1]
+    scale = np.sqrt(np.maximum(n * values, 1e-300))
+    vectors = (xc.T @ u) / scale
+    return np.concatenate([values, np.zeros(dim - n)]), vectors
+
+
+def _scatter(x: np.ndarray) -> np.ndarray:
+    """sum (x - mean)^T (x - mean) in float64, a chunk of rows at a time."""
+    mean = x.mean(axis=0, dtype=np.float64)
+
+    def part(rows):
+        xc = x[rows].astype(np.float64) - mean
+        return xc.T @ xc
+
+    return sum(part(rows) for rows in row_chunks(x))
+
+
+def top_eigenvalue(x: np.ndarray) -> float:
+    """The largest eigenvalue of the population covariance of ``x`` (n, N), from
+    the smaller of the covariance and the Gram matrix."""
+    n, dim = x.shape
+    if n >= dim:
+        gram = _scatter(x)
+    else:
+        xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+        gram = xc @ xc.T
+    side = gram.shape[0]
+    return float(
+        scipy.linalg.eigh(gram / n, eigvals_only=True, subset_by_index=[side - 1] * 2)[
+            0
+        ]
+    )
+
+
+def covariance_spectrum(x: np.ndarray) -> np.ndarray:
+    """Descending eigenvalues of the population covariance of ``x`` (n, N)."""
+    return covariance_eig(x)[0]

@@ -1,0 +1,391 @@
+"""The training program: a chunk of steps for a whole stack of models, one ``jit``.
+
+What fixes array shapes or code (widths, latent dim, batch size, optimizer, chunk
+length) is the frozen :class:`Static`, closed over at build time; the swept numbers
+(sigma^2, beta, learning rate, seed) arrive as a traced :class:`Point` whose leaves
+carry the models axis first. A grid of any size compiles once per static configuration.
+
+Randomness (all from ``Static.seed``, never from a model's slot in the stack):
+  * each model's initialisation and reparameterisation noise come from its grid
+    ``seed`` value alone, so points that differ only in sigma^2 or beta share them
+    (common random numbers: smoother KL(sigma^2) curves);
+  * minibatches (drawn with replacement) depend only on the step and are shared by every
+    model when ``shared_batches`` is set, else they also depend on the grid seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax import Array
+
+from phasevae.models.sphere import SphereVAE
+from phasevae.models.vae import (
+    VAE,
+    Terms,
+    collapse_grams,
+    example_terms,
+    mutual_information,
+    objective,
+)
+from phasevae.spec import LATER_AXES
+
+
+class Point(NamedTuple):
+    """Traced hyper-parameters of one grid point (or, stacked, of many: shape (M,))."""
+
+    sigma2: Array  # float32, decoder variance
+    beta: Array  # float32, KL weight
+    learning_rate: Array  # float32
+    seed: Array  # uint32, the grid seed: chooses initialisation and noise
+    kl_warmup_steps: Array  # float32, beta ramps from 0 over this many steps (0: none)
+    decoder_init_scale: Array  # float32, scale of the decoder's last layer at init
+    free_bits: Array  # float32, floor on each dim's minibatch KL in the objective
+    kl_cycle_steps: Array  # float32, period of cyclical KL annealing (0: none)
+    kl_cycle_ramp: Array  # float32, fraction of the period beta ramps over
+    mi_weight: Array  # float32, weight of the -I(x; z) term in the objective
+
+    @classmethod
+    def from_table(cls, table) -> Point:
+        """Stacked points from columns (a grid table, or a dict of arrays); an axis
+        that is absent takes its default (:data:`phasevae.spec.LATER_AXES`)."""
+        n = len(table["sigma2"])
+        cols = {
+            f: np.asarray(table[f]) if f in table else np.full(n, LATER_AXES[f])
+            for f in cls._fields
+        }
+        return cls(
+            **{
+                f: v.astype(np.uint32 if f == "seed" else np.float32)
+                for f, v in cols.items()
+            }
+        )
+
+    @classmethod
+    def one(cls, **values) -> Point:
+        """A single point (no models axis): sigma2, beta, learning_rate and seed
+        given, the other axes at their defaults unless given."""
+        table = cls.from_table({k: [v] for k, v in values.items()})
+        return cls(*(a[0] for a in table))
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training, for one model (or a stack)."""
+
+    params: Any
+    opt_state: Any
+    diverged: Array  # bool: a NaN/inf appeared; the model is frozen since
+
+
+class Metrics(NamedTuple):
+    """Evaluation of one model on the fixed evaluation set (means over examples)."""
+
+    loss: Array  # ()  recon + beta * kl, nats (= -ELBO at beta = 1)
+    recon: Array  # () nats
+    mse: Array  # ()  ||x - f(z)||^2 summed over features
+    kl: Array  # ()   nats, summed over latent dims
+    kl_dim: Array  # (k,) nats per latent dim
+    var_dim: Array  # (k,) mean encoder variance per latent dim
+    mi: Array  # ()   estimate of I(x; z), nats, on the first MI_SAMPLES examples
+    decoder_sigma2: Array  # () the decoder variance used (learned: its current value)
+    # () the directions the encoder uses: the participation ratio (tr C)^2 / tr(C^2)
+    # of the covariance C over the evaluation examples of the posterior mean E[z|x]
+    # (1 .. k); 0 when tr C < ACTIVE_VAR, i.e. the means do not move with x
+    directions: Array
+    # (S, K, C_hh) of model.collapse_grams, finished on the host into the collapse
+    # eigenvalue (model.collapse_eigenvalue); None with a skip path
+    collapse_grams: tuple[Array, Array, Array] | None
+
+
+@dataclass(frozen=True)
+class Static:
+    """What fixes shapes and code; one compilation per distinct value."""
+
+    data_dim: int
+    latent_dim: int
+    encoder: tuple[int, ...]
+    decoder: tuple[int, ...]
+    batch_size: int
+    chunk_steps: int
+    optimizer: str = "adam"
+    seed: int = 0
+    shared_batches: bool = True
+    learned_sigma2: bool = False
+    skip: str = "none"
+    # "gaussian", or "sphere" (phasevae.models.sphere, MLP widths above) with the
+    # concentration fixed at ``concentration`` (0: learned)
+    latent: str = "gaussian"
+    concentration: float = 0.0
+    # objective terms some grid point uses (a grid without them compiles without)
+    free_bits: bool = False
+    mi_term: bool = False
+    # a module following the protocol (phasevae.models.vae) in place of the MLP VAE of
+    # the widths above, and the shape one example reaches it in (default (data_dim,))
+    module: nn.Module | None = None
+    example_shape: tuple[int, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.example_shape or (self.data_dim,)
+
+    @property
+    def probe(self) -> bool:
+        """The collapse probe needs the Gaussian MLP's layout without a skip path."""
+        return self.module is None and self.skip == "none" and self.latent == "gaussian"
+
+
+_INIT, _NOISE, _EVAL, _BATCH = range(4)
+
+
+def scale_kernel(params: dict, path: tuple[str, ...], factor: Array) -> dict:
+    """``params`` with the ``kernel`` at ``path`` multiplied by ``factor`` (the
+    decoder-init-scale remedy on the decoder's last layer); unchanged for an empty
+    path (the protocol check refuses a scale other than 1 for such a module)."""
+    if not path:
+        return params
+    head, *rest = path
+    if rest:
+        return {**params, head: scale_kernel(params[head], tuple(rest), factor)}
+    layer = params[head]
+    return {**params, head: {**layer, "kernel": layer["kernel"] * factor}}
+
+
+def kl_factor(point: Point, step: Array) -> Array:
+    """The factor on beta at ``step``: the warm-up's min(1, step / kl_warmup_steps)
+    times the cyclical annealing's min(1, (step mod P) / (ramp P)), each 1 without
+    it. Evaluation always uses the full beta: the metrics are of the final
+    objective."""
+    ramp = step / jnp.maximum(point.kl_warmup_steps, 1.0)
+    warm = jnp.where(point.kl_warmup_steps > 0, jnp.minimum(ramp, 1.0), 1.0)
+    period = jnp.maximum(point.kl_cycle_steps, 1.0)
+    phase = jnp.mod(step, period) / (point.kl_cycle_ramp * period)
+    return warm * jnp.where(point.kl_cycle_steps > 0, jnp.minimum(phase, 1.0), 1.0)
+
+
+MI_SAMPLES = 512  # the I(x; z) estimate costs n^2 per model: a subset of eval_x
+ACTIVE_VAR = 0.01  # total variance of E[z|x] over x below which no direction is used
+
+
+def active_directions(means: Array) -> Array:
+    """The participation ratio (tr C)^2 / tr(C^2) of the covariance C of ``means``
+    (n, k) over its rows: the number of directions they spread over, between 1 and
+    k; 0 when tr C < ``ACTIVE_VAR``."""
+    centred = means - jnp.mean(means, axis=0, keepdims=True)
+    cov = centred.T @ centred / means.shape[0]
+    tr = jnp.trace(cov)
+    ratio = tr**2 / jnp.maximum(jnp.sum(cov**2), 1e-30)
+    return jnp.where(tr >= ACTIVE_VAR, ratio, 0.0)
+
+
+class Trainer:
+    """Builds the jitted programs for one static configuration.
+
+    ``init(points)`` makes a stacked state; ``chunk(state, points, data, eval_x,
+    start)`` runs ``chunk_steps`` steps from global step ``start`` and evaluates, all
+    vmapped over the models axis. ``traces`` counts how often ``chunk`` was traced.
+    ``models_sharding`` (a sharding of the leading axis), when given, is where every
+    output is placed.
+    """
+
+    def __init__(self, static: Static, models_sharding=None):
+        self.static = static
+        if static.module is not None:
+            self.model = static.module
+        elif static.latent == "sphere":
+            self.model = SphereVAE(
+                static.data_dim,
+                static.latent_dim,
+                static.encoder,
+                static.decoder,
+                static.concentration,
+            )
+        else:
+            self.model = VAE(
+                static.data_dim,
+                static.latent_dim,
+                static.encoder,
+                static.decoder,
+                static.skip,
+            )
+        self.tx = (
+            optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
+        )
+        root = jax.random.key(static.seed)
+        self._point_root, self._data_root = jax.random.split(root)
+        self.traces = 0
+        # every output carries the models axis first: pin it to the models sharding so
+        # that a chunk's outputs are laid out as its next call's inputs
+        self.init = jax.jit(jax.vmap(self._init_one), out_shardings=models_sharding)
+        self.chunk = jax.jit(
+            self._chunk, donate_argnums=0, out_shardings=models_sharding
+        )
+
+    def _point_key(self, point: Point, tag: int) -> Array:
+        return jax.random.fold_in(jax.random.fold_in(self._point_root, point.seed), tag)
+
+    def _init_one(self, point: Point) -> TrainState:
+        s = self.static
+        params = self.model.init(
+            self._point_key(point, _INIT),
+            jnp.zeros(s.shape),
+            self.noise(jax.random.key(0), 1)[0],  # its shape: values do not matter
+        )
+        params = {
+            "params": scale_kernel(
+                params["params"],
+                getattr(self.model, "output_layer", None) or (),
+                point.decoder_init_scale,
+            )
+        }
+        if s.learned_sigma2:  # trained like any parameter, from the grid's value
+            params["log_sigma2"] = jnp.log(point.sigma2)
+        return TrainState(params, self.tx.init(params), jnp.zeros((), bool))
+
+    def noise(self, key: Array, n: int) -> Array:
+        """The reparameterisation noise of n examples: standard normal (n, k), or
+        the model's own (its ``latent_noise`` hook)."""
+        if hasattr(self.model, "latent_noise"):
+            return self.model.latent_noise(key, n)
+        return jax.random.normal(key, (n, self.static.latent_dim))
+
+    def mutual_information(self, terms: Terms, noise: Array) -> Array:
+        """The I(x; z) estimate of :func:`phasevae.models.vae.mutual_information`, or
+        the model's own (its ``latent_mi`` hook)."""
+        estimate = getattr(self.model, "latent_mi", mutual_information)
+        return estimate(terms.mu, terms.var_dim, noise)
+
+    def posterior_mean(self, terms: Terms) -> Array:
+        """E[z|x] per example: the encoder mean, or the model's own (its
+        ``latent_mean`` hook)."""
+        if hasattr(self.model, "latent_mean"):
+            return self.model.latent_mean(terms.mu, terms.var_dim)
+        return terms.mu
+
+    def _sigma2(self, params, point: Point) -> Array:
+        """The decoder variance: the grid's, or the learned one."""
+        if self.static.learned_sigma2:
+            return jnp.exp(params["log_sigma2"])
+        return point.sigma2
+
+    def _terms(self, params, point: Point, x: Array, eps: Array) -> Terms:
+        """Loss terms of a batch x (n, N) with noise eps (n, k); each example
+        reaches the model in its example shape."""
+        return jax.vmap(example_terms, (None, None, 0, 0, None))(
+            self.model,
+            {"params": params["params"]},
+            x.reshape(x.shape[0], *self.static.shape),
+            eps,
+            self._sigma2(params, point),
+        )
+
+    def batch_loss(
+        self, params, point: Point, xb: Array, eps: Array, step: Array
+    ) -> Array:
+        """The training objective of one model on a batch xb (n, N), noise eps
+        (n, k): the mean of recon + beta' KL, beta' = beta * :func:`kl_factor`, plus
+        beta' sum_j (max(lambda, KL_j) - KL_j) with the minibatch mean KL_j where
+        free bits lambda > 0 (below the floor a dim's KL then has no gradient),
+        minus mi_weight * I(x; z) (:func:`phasevae.models.vae.mutual_information`)."""
+        terms = self._terms(params, point, xb, eps)
+        beta = point.beta * kl_factor(point, step)
+        loss = jnp.mean(objective(terms, beta))
+        if self.static.free_bits:
+            kl = jnp.mean(terms.kl_dim, axis=0)
+            lift = jnp.where(
+                point.free_bits > 0, jnp.maximum(point.free_bits, kl) - kl, 0
+            )
+            loss = loss + beta * jnp.sum(lift)
+        if self.static.mi_term:
+            loss = loss - point.mi_weight * self.mutual_information(terms, eps)
+        return loss
+
+    def _batch_indices(self, key: Array, step: Array, n: int) -> Array:
+        return jax.random.randint(
+            jax.random.fold_in(key, step), (self.static.batch_size,), 0, n
+        )
+
+    def _step_one(
+        self, state: TrainState, point: Point, data: Array, step: Array
+    ) -> TrainState:
+        s = self.static
+        # with a step shared by every model (the usual case) and shared batches the
+        # indices do not depend on the model: vmap leaves them, and the batch, unbatched
+        root = self._data_root if s.shared_batches else self._point_key(point, _BATCH)
+        idx = self._batch_indices(root, step, data.shape[0])
+        xb = data[idx]
+        noise_key = jax.random.fold_in(self._point_key(point, _NOISE), step)
+        eps = self.noise(noise_key, s.batch_size)
+        loss, grads = jax.value_and_grad(self.batch_loss)(
+            state.params, point, xb, eps, step
+        )
+        # finite loss and gradients make a finite Adam step; deciding before the update
+        # lets the keep-or-freeze select fuse into the update's element-wise pass
+        finite = jnp.isfinite(loss) & jnp.isfinite(
+            sum(jnp.sum(g) for g in jax.tree.leaves(grads))
+        )
+        ok = finite & ~state.diverged
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+
+        def keep(new, old):
+            return jnp.where(ok, new, old)
+
+        return TrainState(
+            jax.tree.map(
+                lambda p, u: keep(p - point.learning_rate * u, p),
+                state.params,
+                updates,
+            ),
+            jax.tree.map(keep, opt_state, state.opt_state),
+            state.diverged | ~finite,
+        )
+
+    def _evaluate_one(self, params, point: Point, eval_x: Array) -> Metrics:
+        n = eval_x.shape[0]
+        m = min(n, MI_SAMPLES)
+        eps = self.noise(self._point_key(point, _EVAL), n)
+        t = self._terms(params, point, eval_x, eps)
+        kl = jnp.sum(t.kl_dim, axis=-1)
+        return Metrics(
+            loss=jnp.mean(t.recon + point.beta * kl),
+            recon=jnp.mean(t.recon),
+            mse=jnp.mean(t.sq_err),
+            kl=jnp.mean(kl),
+            kl_dim=jnp.mean(t.kl_dim, axis=0),
+            var_dim=jnp.mean(t.var_dim, axis=0),
+            mi=self.mutual_information(jax.tree.map(lambda a: a[:m], t), eps[:m]),
+            decoder_sigma2=self._sigma2(params, point),
+            directions=active_directions(self.posterior_mean(t)),
+            collapse_grams=(
+                collapse_grams(self.model, {"params": params["params"]}, eval_x)
+                if self.static.probe
+                else None
+            ),
+        )
+
+    def _chunk(
+        self, state: TrainState, points: Point, data: Array, eval_x: Array, start: Array
+    ) -> tuple[TrainState, Metrics]:
+        """Args: state and points stacked (M, ...); data (n, N); eval_x (n_eval, N);
+        start: int32, the global step of the chunk's first step, () for every model or
+        (M,) per model (a slot refilled with a new point starts again from 0)."""
+        self.traces += 1  # Python side effect: runs once per trace, never per call
+        per_model = jnp.ndim(start) == 1
+        step_all = jax.vmap(self._step_one, (0, 0, None, 0 if per_model else None))
+
+        def body(state, i):
+            return step_all(state, points, data, start + i), None
+
+        steps = jnp.arange(self.static.chunk_steps, dtype=jnp.int32)
+        state, _ = jax.lax.scan(body, state, steps)
+        metrics = jax.vmap(self._evaluate_one, (0, 0, None))(
+            state.params, points, eval_x
+        )
+        return state, metrics

@@ -1,0 +1,121 @@
+"""The convolutional VAE (``model.kind = "conv"``), for ONE image x of shape
+(h, w, c); it follows the model protocol of :mod:`phasevae.models.vae`.
+
+    encoder  len(channels) convolutions, kernel x kernel, stride 2, 'SAME' padding,
+             ReLU, flattened, then a dense layer to (mu, log s^2)
+    decoder  a dense layer from z to the encoder's last feature map (ReLU), then
+             len(channels) transposed convolutions, stride 2, with the channel counts
+             in reverse, ReLU between them, the last one linear to c channels,
+             cropped to (h, w)
+
+Each stride halves the map (rounding up), so any h and w work; the decoder's map,
+h0 * 2^depth >= h, is cropped back.
+
+Layout (measured, results/README.md, speed section): a convolution here is
+im2col, the kernel x kernel shifted slices of the padded map concatenated, times the
+kernel as a matrix (:class:`Conv`). Under the models vmap XLA turns ``lax.conv`` with a
+kernel per model into one grouped convolution (``feature_group_count`` = models),
+which XLA's CPU backend runs slowly; slices and a batched matrix product vmap into
+plain batched matmuls, and are faster for a single model as well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import Array, lax
+
+
+class Conv(nn.Module):
+    """A stride-2 convolution of one map (h, w, c_in) -> (ceil(h/2), ceil(w/2),
+    features) with 'SAME' padding, or with ``transpose`` its transpose
+    (h, w, c_in) -> (2h, 2w, features): zeros inserted between the pixels, then a
+    stride-1 convolution. The kernel is (k, k, c_in, features), as flax stores it."""
+
+    features: int
+    kernel: int = 3
+    transpose: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel
+        w = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (k, k, x.shape[-1], self.features),
+        )
+        b = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.transpose:  # as lax.conv_transpose(..., "SAME") pads for stride 2
+            lo = k - 1 if k < 3 else math.ceil(k / 2)
+            pad = ((lo, k - lo, 1), (lo, k - lo, 1), (0, 0, 0))
+            x, stride = lax.pad(x, 0.0, pad), 1
+        else:
+            total = [max((math.ceil(n / 2) - 1) * 2 + k - n, 0) for n in x.shape[:2]]
+            pad = [(t // 2, t - t // 2, 0) for t in total] + [(0, 0, 0)]
+            x, stride = lax.pad(x, 0.0, pad), 2
+        h = (x.shape[0] - k) // stride + 1
+        v = (x.shape[1] - k) // stride + 1
+        cols = [
+            x[
+                i : i + stride * (h - 1) + 1 : stride,
+                j : j + stride * (v - 1) + 1 : stride,
+            ]
+            for i in range(k)
+            for j in range(k)
+        ]
+        return (
+            jnp.concatenate(cols, axis=-1) @ w.reshape(-1, self.features)
+            + b[None, None]
+        )
+
+
+class ConvVAE(nn.Module):
+    """Attributes:
+    latent_dim: k.
+    shape: (h, w, c) of one image.
+    channels: the encoder's channel count per stride-2 layer (the decoder mirrors it).
+    kernel: the convolutions' kernel size.
+    """
+
+    latent_dim: int
+    shape: tuple[int, int, int]
+    channels: Sequence[int] = (16, 32)
+    kernel: int = 3
+
+    output_layer = ("out",)  # the protocol: the decoder's last layer
+
+    def setup(self):
+        k = self.kernel
+        self.down = [Conv(c, k) for c in self.channels]
+        self.head = nn.Dense(2 * self.latent_dim)
+        h0, w0 = self.bottom()
+        self.lift = nn.Dense(h0 * w0 * self.channels[-1])
+        self.up = [Conv(c, k, True) for c in reversed(tuple(self.channels[:-1]))]
+        self.out = Conv(self.shape[2], k, True)
+
+    def bottom(self) -> tuple[int, int]:
+        """The encoder's last feature map, (h0, w0)."""
+        depth = 2 ** len(self.channels)
+        return math.ceil(self.shape[0] / depth), math.ceil(self.shape[1] / depth)
+
+    def encode(self, x: Array) -> tuple[Array, Array]:
+        """(h, w, c) -> mu (k,), log s^2 (k,)."""
+        for conv in self.down:
+            x = nn.relu(conv(x))
+        out = self.head(x.reshape(-1))
+        return out[: self.latent_dim], out[self.latent_dim :]
+
+    def decode(self, z: Array) -> Array:
+        """(k,) -> f(z) (h, w, c)."""
+        h0, w0 = self.bottom()
+        y = nn.relu(self.lift(z)).reshape(h0, w0, self.channels[-1])
+        for conv in self.up:
+            y = nn.relu(conv(y))
+        return self.out(y)[: self.shape[0], : self.shape[1]]
+
+    def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
+        mu, logvar = self.encode(x)
+        return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps)

@@ -1,0 +1,404 @@
+"""What a sweep spec is: the frozen dataclasses of its four sections, ``[data]``,
+``[model]``, ``[train]`` and ``[grid]``, with every default, and what follows from
+them alone (the axes' values, the static groups, the grid size). Loading and
+validation are in :mod:`phasevae.spec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from phasevae.errors import BadInput
+
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+MAX_CONCENTRATION = 1e4  # a fixed power-spherical concentration (model.concentration)
+
+
+class SpecError(BadInput):
+    """A sweep spec that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Adaptive refinement of the sigma^2 axis: after the grid has trained, the KL
+    curve of every (beta, ...) group is estimated and ``points`` new sigma^2 values
+    are placed inside the transition's interval and around each other breakpoint of
+    the KL fit (over its interval, and at least the grid cell it lies in); repeated
+    ``rounds`` times, all in one run directory."""
+
+    rounds: int = 2
+    points: int = 4
+
+
+@dataclass(frozen=True)
+class Range:
+    """An axis given as ``{min, max, num, scale}``: ``num`` points from min to max
+    (``refine``, on sigma^2 only: see :class:`Refine`)."""
+
+    min: float
+    max: float
+    num: int
+    scale: str = "log"
+    refine: Refine | None = None
+
+    def values(self) -> tuple[float, ...]:
+        if self.num == 1:
+            return (float(self.min),)
+        if self.scale == "log":
+            v = np.geomspace(self.min, self.max, self.num)
+        else:
+            v = np.linspace(self.min, self.max, self.num)
+        return tuple(float(x) for x in v)
+
+
+Axis = tuple[float, ...] | Range
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the training data comes from and how it is normalised.
+
+    ``synthetic``: zero-mean data with covariance eigenvalues ``eigenvalues`` in a
+    random rotation drawn from ``seed``; its independent unit-variance components
+    follow ``distribution``. ``digits``: scikit-learn's 8x8 digits, pixels scaled to
+    [0, 1] (N = 64, n = 1797). ``patches``: ``samples`` 16x16 grayscale patches of
+    scikit-image's photographs (N = 256). ``cifar10``: the official archive at
+    ``path``, ``split`` of it, grayscale 16x16 (N = 256). ``array``: a user file
+    (``.npy``, ``.npz`` with array ``key``, ``.csv``, ``.parquet``) of shape (n, N),
+    or images (n, h, w) or (n, h, w, c), flattened. A relative ``path`` written in
+    a spec file is relative to that file's folder, one given with ``--set`` to the
+    working directory; the run stores it absolute. ``normalize`` defaults to
+    ``unit`` (pixels to [-1, 1]) for cifar10 and patches, else ``none``.
+    """
+
+    source: str = "synthetic"
+    eigenvalues: tuple[float, ...] = (8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01)
+    distribution: str = "gaussian"
+    samples: int = 20000
+    seed: int = 0
+    path: str = ""
+    key: str = ""
+    split: str = "train"
+    normalize: str = "none"
+    eval_samples: int = 2048
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The VAE (every kind follows the protocol of :mod:`phasevae.models.vae`).
+
+    ``kind``: "mlp", the paper's MLP VAE with hidden widths ``encoder`` and
+    ``decoder`` (empty = linear); "conv", the convolutional VAE of
+    :mod:`phasevae.models.conv` for image data, ``channels`` per stride-2 layer and
+    ``kernel``; "module", a user's flax module: ``module`` = "package.module:factory",
+    a callable returning the module, called with ``options`` (a table) as keyword
+    arguments, plus ``data_shape`` and ``latent_dim`` where it declares them.
+
+    ``sigma2``: "fixed" keeps the decoder variance at the grid's sigma^2; "learned"
+    starts it there and trains it with the rest (its value is recorded at every
+    evaluation as ``decoder_sigma2``). ``skip`` (MLP only): a path from x into the
+    decoder, "none", "plain" (x itself) or "gated" (x times a sigmoid gate computed
+    from z).
+
+    ``latent``: "gaussian" (a diagonal Gaussian posterior, a standard normal prior),
+    or "sphere" (MLP only, latent_dim >= 2: z on the unit sphere, a uniform prior and
+    a power-spherical posterior, :mod:`phasevae.models.sphere`) whose ``concentration``
+    is learned per example (0) or fixed at a value > 0 (at most 1e4); with a fixed one
+    the KL is a constant, and collapse can only show in I(x; z).
+    """
+
+    latent_dim: int = 3
+    encoder: tuple[int, ...] = (64, 32)
+    decoder: tuple[int, ...] = (32, 64)
+    sigma2: str = "fixed"
+    skip: str = "none"
+    kind: str = "mlp"
+    channels: tuple[int, ...] = (16, 32)
+    kernel: int = 3
+    module: str = ""
+    options: tuple[tuple[str, object], ...] = ()
+    latent: str = "gaussian"
+    concentration: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimisation; ``learning_rate`` is the default of the grid.learning_rate axis.
+
+    ``shared_batches``: every grid point sees the same minibatch sequence (common random
+    numbers); otherwise each grid seed draws its own.
+
+    Scheduling (phasevae.engine.schedule): ``slots`` > 0 trains the grid through that
+    many vmapped slots, a finished point's slot refilled with the next pending one at a
+    chunk boundary (0: every point at once). ``retire``: a point stops once its KL has
+    settled (the analysis's trend test), after at least ``min_steps``; ``steps`` is
+    then the most any point trains. ``warm_start``: a refilled point starts from the
+    parameters of the finished point nearest in sigma^2 with the same other axes
+    (cheaper near a smooth curve; can carry one side's state across the transition,
+    i.e. show hysteresis that a cold start would not). ``hysteresis``: every point is
+    trained twice, in a chain up sigma^2 and in a chain down (column ``direction``
+    +1 / -1), each point warm-started from the one before it in its chain; the
+    analysis compares the two KL curves.
+
+    ``until = "trusted"``: once every point of a curve has trained ``steps`` steps,
+    the points inside the sigma^2 range the transition estimate asks to train longer
+    (:func:`phasevae.analysis.estimate.estimate_transition`) keep training, chunk by
+    chunk, until its verdict is ``trusted`` or they reach ``max_steps`` (0: 4 x
+    ``steps``); the others stop. The estimate is redone after every chunk of that phase.
+    """
+
+    steps: int = 3000
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 2e-3
+    eval_every: int = 250
+    seed: int = 0
+    shared_batches: bool = True
+    slots: int = 0
+    retire: bool = False
+    min_steps: int = 0
+    warm_start: bool = False
+    hysteresis: bool = False
+    until: str = "steps"
+    max_steps: int = 0
+
+
+# traced axes added after the first runs, with their defaults: a point's id hashes
+# them only off the default, so the runs made before them keep their ids
+LATER_AXES = {
+    "kl_warmup_steps": 0.0,
+    "decoder_init_scale": 1.0,
+    "free_bits": 0.0,
+    "kl_cycle_steps": 0.0,
+    "kl_cycle_ramp": 0.5,
+    "mi_weight": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The traced axes; the grid is their Cartesian product.
+
+    ``learning_rate`` absent means ``[train.learning_rate]``. ``kl_warmup_steps``: beta
+    ramps linearly from 0 to its value over that many steps (0: no warm-up).
+    ``decoder_init_scale``: the decoder's last layer starts scaled by it.
+    ``free_bits``: a floor lambda (nats) on each latent dim's KL in the objective,
+    which uses max(lambda, KL_j), KL_j averaged over the minibatch (0: none).
+    ``kl_cycle_steps``, ``kl_cycle_ramp``: cyclical KL annealing, beta's factor
+    rising linearly from 0 to 1 over the first ``kl_cycle_ramp`` fraction of every
+    period of ``kl_cycle_steps`` steps and held at 1 for the rest (0: none).
+    ``mi_weight``: alpha of a mutual-information term, the objective minus
+    alpha I(x; z), I estimated on the minibatch through the aggregate posterior.
+    The training objective alone changes: evaluations report recon + beta KL.
+
+    ``decoder`` and ``skip`` are static axes: a list of decoder hidden-width lists
+    (``[]`` is a linear decoder) replacing ``model.decoder``, and a list of skip paths
+    replacing ``model.skip``. Each combination compiles once and trains as its own
+    group (:meth:`Spec.static_groups`).
+    """
+
+    sigma2: Axis = Range(0.05, 50.0, 16, "log")
+    beta: Axis = (1.0,)
+    seeds: tuple[int, ...] = (0,)
+    learning_rate: Axis | None = None
+    kl_warmup_steps: Axis = (0.0,)
+    decoder_init_scale: Axis = (1.0,)
+    free_bits: Axis = (0.0,)
+    kl_cycle_steps: Axis = (0.0,)
+    kl_cycle_ramp: Axis = (0.5,)
+    mi_weight: Axis = (0.0,)
+    decoder: tuple[tuple[int, ...], ...] | None = None
+    skip: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    grid: GridSpec = field(default_factory=GridSpec)
+
+    def static_groups(self) -> list[tuple[dict[str, str], Spec]]:
+        """({static axis: value label}, spec of that group) per combination of the
+        static axes' options; [] without any. A group's spec has its options in
+        ``model`` and no static axis left."""
+        g = self.grid
+        axes = {}
+        if g.decoder is not None:
+            axes["decoder"] = [(decoder_label(d), {"decoder": d}) for d in g.decoder]
+        if g.skip is not None:
+            axes["skip"] = [(k, {"skip": k}) for k in g.skip]
+        if not axes:
+            return []
+        bare = dataclasses.replace(g, decoder=None, skip=None)
+        groups = []
+        for combo in itertools.product(*axes.values()):
+            model = self.model
+            for _, change in combo:
+                model = dataclasses.replace(model, **change)
+            labels = dict(zip(axes, (label for label, _ in combo), strict=True))
+            groups.append((labels, dataclasses.replace(self, model=model, grid=bare)))
+        return groups
+
+    def adaptive(self) -> bool:
+        """Whether the sweep is scheduled adaptively (:mod:`phasevae.engine.schedule`:
+        ``train.slots``, ``retire``, ``hysteresis``, ``until = "trusted"`` or
+        ``grid.sigma2.refine``) rather than every point at once, in lockstep."""
+        t, s2 = self.train, self.grid.sigma2
+        refine = isinstance(s2, Range) and s2.refine is not None
+        return t.slots > 0 or t.retire or t.hysteresis or refine or t.until == "trusted"
+
+    def axes(self) -> dict[str, tuple[float, ...]]:
+        """Value lists of every grid axis, in grid (row-major) order."""
+        lr = self.grid.learning_rate
+        return {
+            "sigma2": axis_values(self.grid.sigma2),
+            "beta": axis_values(self.grid.beta),
+            "learning_rate": (
+                (self.train.learning_rate,) if lr is None else axis_values(lr)
+            ),
+            "seed": tuple(float(s) for s in self.grid.seeds),
+            **{a: axis_values(getattr(self.grid, a)) for a in LATER_AXES},
+        }
+
+
+def grid_size(spec: Spec) -> int:
+    """The number of grid points, from the axes' lengths (nothing built)."""
+    g = spec.grid
+    lengths = [
+        a.num if isinstance(a, Range) else len(a)
+        for a in (g.sigma2, g.beta, *(getattr(g, k) for k in LATER_AXES))
+    ]
+    lr = g.learning_rate
+    lengths += [
+        len(g.seeds),
+        1 if lr is None else (lr.num if isinstance(lr, Range) else len(lr)),
+    ]
+    lengths += [len(g.decoder or (None,)), len(g.skip or (None,))]
+    lengths += [2 if spec.train.hysteresis else 1]
+    return math.prod(lengths)
+
+
+def decoder_label(widths: tuple[int, ...]) -> str:
+    """How a decoder option is named in tables: "32-64", or "linear"."""
+    return "-".join(str(w) for w in widths) or "linear"
+
+
+def axis_values(axis: Axis) -> tuple[float, ...]:
+    return axis.values() if isinstance(axis, Range) else tuple(axis)
+
+
+def model_problem(spec: Spec) -> str | None:
+    """What is wrong with the ``[model]`` section given the rest, or None: the keys
+    of one kind set for another, and remedies that need the MLP's layout."""
+    m, g, default = spec.model, spec.grid, ModelSpec()
+    if m.kind == "module" and not m.module:
+        return 'model.kind = "module" needs model.module = "package.module:factory"'
+    if m.kind != "module" and (m.module or m.options):
+        return 'model.module and model.options apply to model.kind = "module"'
+    if m.kind == "mlp" and (m.channels, m.kernel) != (default.channels, default.kernel):
+        return 'model.channels and model.kernel apply to model.kind = "conv"'
+    if m.kind == "conv" and not m.channels:
+        return 'model.kind = "conv" needs at least one layer in model.channels'
+    if m.kind != "mlp":
+        if (m.encoder, m.decoder) != (default.encoder, default.decoder):
+            return (
+                f"model.encoder and model.decoder are the MLP's widths; with "
+                f'model.kind = "{m.kind}" they do not apply (use model.channels for '
+                '"conv", model.options for "module")'
+            )
+        if m.skip != "none" or g.skip is not None or g.decoder is not None:
+            return (
+                f"skip paths and the grid.decoder axis need the MLP's layout; with "
+                f'model.kind = "{m.kind}" leave model.skip = "none" and grid.skip, '
+                "grid.decoder unset"
+            )
+    if m.latent != "sphere" and m.concentration:
+        return 'model.concentration applies to model.latent = "sphere"'
+    if m.latent == "sphere":
+        if m.kind != "mlp" or m.skip != "none" or g.skip is not None:
+            return (
+                'model.latent = "sphere" is built on the MLP without a skip path: '
+                'leave model.kind = "mlp", model.skip = "none" and grid.skip unset'
+            )
+        if m.latent_dim < 2:
+            return 'model.latent = "sphere" needs model.latent_dim >= 2'
+        if m.concentration > MAX_CONCENTRATION:
+            return (
+                f"model.concentration = {m.concentration:g} is too large; at most "
+                f"{MAX_CONCENTRATION:g} (beyond it a draw is the mean direction to "
+                "float32 precision)"
+            )
+    if m.kind == "module" and not (
+        m.module.startswith("python:") or _FACTORY.fullmatch(m.module)
+    ):
+        return (
+            f"model.module = {m.module!r} is not of the form "
+            '"package.module:factory" (an importable callable)'
+        )
+    return None
+
+
+def train_problem(spec: Spec) -> str | None:
+    """What is wrong with the ``[train]`` section given the rest, or None."""
+    t = spec.train
+    refine = isinstance(spec.grid.sigma2, Range) and spec.grid.sigma2.refine
+    if t.hysteresis and refine:
+        return (
+            "train.hysteresis and grid.sigma2.refine cannot be combined (a chain up "
+            "and down sigma^2 needs its points fixed in advance)"
+        )
+    if t.min_steps > t.steps:
+        return f"train.min_steps = {t.min_steps} exceeds train.steps = {t.steps}"
+    if t.slots > grid_size(spec) and not refine:
+        return (
+            f"train.slots = {t.slots} exceeds the grid's {grid_size(spec)} points "
+            "(a slot would train nothing); at most the grid size"
+        )
+    if t.max_steps and (t.max_steps < t.steps or t.max_steps % t.eval_every):
+        return (
+            f"train.max_steps = {t.max_steps} must be 0 (4 x train.steps) or a "
+            f"multiple of train.eval_every = {t.eval_every} of at least train.steps "
+            f"= {t.steps}"
+        )
+    if t.max_steps and t.until != "trusted":
+        return 'train.max_steps applies to train.until = "trusted" only'
+    for key in ("kl_warmup_steps", "kl_cycle_steps"):
+        values = axis_values(getattr(spec.grid, key))
+        if any(v != int(v) for v in values):
+            return f"grid.{key} = {list(values)}: whole numbers of steps"
+    if any(not 0 < r <= 1 for r in axis_values(spec.grid.kl_cycle_ramp)):
+        return "grid.kl_cycle_ramp: fractions of the period in (0, 1]"
+    if t.steps % t.eval_every:
+        return (
+            f"train.steps = {t.steps} must be a multiple of train.eval_every = "
+            f"{t.eval_every} (training runs in chunks of eval_every steps)"
+        )
+    return None
+
+
+def coerce_options(value: object, bad: str) -> tuple[tuple[str, object], ...]:
+    """A table of keyword arguments (numbers, strings, booleans, lists of them) to
+    sorted, hashable (name, value) pairs."""
+    scalar = (bool, int, float, str)
+    if not isinstance(value, dict) or not all(
+        k.isidentifier()
+        and (
+            isinstance(v, scalar)
+            or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
+        )
+        for k, v in value.items()
+    ):
+        raise SpecError(
+            f"{bad} must be a table of keyword arguments whose values are numbers, "
+            "strings, booleans or lists of them"
+        )
+    return tuple(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(value.items())
+    )

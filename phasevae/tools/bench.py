@@ -1,0 +1,452 @@
+"""Throughput of the vmapped training program against the hardware, in one run.
+
+For each model count M it trains one architecture and reports model-steps per second,
+the achieved FLOP/s, the float32 matmul peak of the same device measured in the same
+run (a large jitted matrix product), their ratio, the compile time and the memory of
+the state per model. It also times the baseline a user would write without this tool:
+a Python loop over the grid, one model at a time, each step a jitted call.
+
+Architectures (``--model``):
+  mlp   the paper's synthetic one: N = 8, encoder 256-128, decoder 128-256, latent 2,
+        batch 256;
+  conv  the convolutional VAE (:mod:`phasevae.models.conv`) on 16x16 grayscale patches:
+        channels 16-32, kernel 3, latent 2, batch 64.
+
+FLOPs of one model step, counted by hand (a multiply-add is 2 FLOPs):
+  forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out, over
+            convolutions of output pixels * k^2 * C_in * C_out, over transposed
+            convolutions of input pixels * k^2 * C_in * C_out (the useful products:
+            the zeros a strided transposed convolution multiplies are not counted)
+  backward  2 * forward    (gradients with respect to weights and to activations)
+  optimizer 12 * P         (Adam: moments, bias correction, sqrt, divide, update)
+Element-wise work (ReLU, exp, the KL and the loss) is left out: it is O(B * width),
+not O(B * width^2), and the peak it is compared with is a matmul peak.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from phasevae.data import synthetic
+from phasevae.engine.step import Point, Static, Trainer
+from phasevae.models.conv import ConvVAE
+from phasevae.models.registry import footprint
+from phasevae.models.vae import VAE, example_terms, objective
+
+N, LATENT, ENCODER, DECODER, BATCH = 8, 2, (256, 128), (128, 256), 256
+IMAGE, CHANNELS, KERNEL, CONV_BATCH = (16, 16, 1), (16, 32), 3, 64
+CHUNK = 100  # steps per timed call
+EVAL = 256  # evaluation examples per chunk (small: the bench times training)
+
+
+@dataclass
+class BenchResult:
+    models: int
+    model_steps_per_s: float
+    flops_per_s: float
+    matmul_peak_flops_per_s: float
+    fraction_of_peak: float
+    compile_s: float
+    state_bytes_per_model: int  # parameters + optimizer state
+    program_bytes_per_model: int  # the compiled step's memory, shared data excluded
+    baseline_model_steps_per_s: float
+    speedup_over_baseline: float
+    device: str
+    model: str = "mlp"
+
+
+def static_for(model: str) -> Static:
+    """The training program's static configuration for ``model``."""
+    if model == "conv":
+        module = ConvVAE(LATENT, IMAGE, CHANNELS, KERNEL)
+        size = math.prod(IMAGE)
+        return Static(
+            size, LATENT, (), (), CONV_BATCH, CHUNK, module=module, example_shape=IMAGE
+        )
+    return Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK)
+
+
+def bench_data(model: str) -> np.ndarray:
+    """The training data (n, N) float32: Gaussian with the paper's spectrum for the
+    MLP, scikit-image patches scaled to [-1, 1] for the conv model."""
+    if model == "conv":
+        from phasevae.data import patches
+
+        return (patches(4096, 0) / 127.5 - 1.0).astype(np.float32)
+    return synthetic([8.0, 2.0, 0.5, 0.1, 0.05, 0.04, 0.02, 0.01], 20000, 0).astype(
+        np.float32
+    )
+
+
+def layer_sizes() -> list[tuple[int, int]]:
+    enc = [N, *ENCODER, 2 * LATENT]
+    dec = [LATENT, *DECODER, N]
+    return list(zip(enc[:-1], enc[1:], strict=True)) + list(
+        zip(dec[:-1], dec[1:], strict=True)
+    )
+
+
+def conv_macs() -> int:
+    """Multiply-adds of one example through the bench's conv VAE (module docstring)."""
+    (h, w, c), k2 = IMAGE, KERNEL * KERNEL
+    macs = 0
+    for out in CHANNELS:
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        macs += h * w * k2 * c * out
+        c = out
+    macs += h * w * c * 2 * LATENT + LATENT * h * w * c  # head, then the lift
+    for out in (*reversed(CHANNELS[:-1]), IMAGE[2]):
+        macs += h * w * k2 * c * out
+        h, w, c = 2 * h, 2 * w, out
+    return macs
+
+
+def flops_per_model_step(model: str = "mlp") -> float:
+    if model == "conv":
+        params, _ = footprint(static_for(model).module, IMAGE, LATENT)
+        return 3.0 * 2.0 * CONV_BATCH * conv_macs() + 12.0 * params
+    macs = sum(a * b for a, b in layer_sizes())
+    params = sum(a * b + b for a, b in layer_sizes())
+    forward = 2.0 * BATCH * macs
+    return 3.0 * forward + 12.0 * params
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a jitted float32 n x n matrix product on the default device."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
+    """Refuse (:class:`phasevae.engine.devices.TooLarge`, exit 2) more models than the
+    devices' memory holds, estimated as a sweep estimates it, before allocating."""
+    from phasevae.engine.devices import Placement, check_fits
+    from phasevae.spec import spec_from_dict
+
+    layout = {"latent_dim": LATENT, "encoder": list(ENCODER), "decoder": list(DECODER)}
+    spec = spec_from_dict(  # the bench's architecture, for the estimate
+        {
+            "model": layout,
+            "train": {"batch_size": CONV_BATCH if model == "conv" else BATCH},
+            "data": {"eval_samples": EVAL},
+        }
+    )
+    size = (
+        footprint(static_for(model).module, IMAGE, LATENT) if model == "conv" else None
+    )
+    where = Placement.create(m)
+    check_fits(where, spec, data_shape, size, f"{m:,} models", "use fewer --models")
+
+
+def _setup(m: int, model: str = "mlp"):
+    """The trainer and placed inputs for M models, laid out as a sweep lays them out
+    (models axis sharded over every device, data replicated)."""
+    from phasevae.engine.devices import Placement
+
+    place = Placement.create(m)
+    x = bench_data(model)
+    refuse_too_many(m, model, x.shape)
+    trainer = Trainer(static_for(model), place.shard)
+    points = Point.from_table(
+        {
+            "sigma2": np.geomspace(0.5, 20.0, m),
+            "beta": np.ones(m),
+            "learning_rate": np.full(m, 1e-3),
+            "seed": np.arange(m),
+        }
+    )
+    return (
+        trainer,
+        place.models(points),
+        place.replicated(x),
+        place.replicated(x[:EVAL]),
+    )
+
+
+def time_grid(
+    m: int, repeats: int = 3, model: str = "mlp"
+) -> tuple[float, float, int, int, int]:
+    """Model-steps/s, compile seconds, state bytes per model, the compiled
+    program's bytes per model (arguments + outputs + temporaries, less the shared
+    data) of the vmapped chunk, and the number of devices it ran on. Padding models
+    (to a multiple of the device count) are counted as work, not as models."""
+    trainer, points, x, ex = _setup(m, model)
+    state = trainer.init(points)
+    t0 = time.perf_counter()
+    compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
+    compile_s = time.perf_counter() - t0
+    state, _ = compiled(state, points, x, ex, np.int32(0))  # warm-up
+    jax.block_until_ready(state)
+    best = np.inf
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, points, x, ex, np.int32((r + 1) * CHUNK))
+        jax.block_until_ready((state, metrics))
+        best = min(best, time.perf_counter() - t0)
+    nbytes = sum(a.nbytes for a in jax.tree.leaves(state)) // m
+    mem = compiled.memory_analysis()
+    program = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        + mem.temp_size_in_bytes
+        - mem.alias_size_in_bytes
+        - x.nbytes // len(x.sharding.device_set)
+        - ex.nbytes // len(ex.sharding.device_set)
+    )
+    devices = len(x.sharding.device_set)
+    per_device = -(-m // devices)
+    return m * CHUNK / best, compile_s, nbytes, program // per_device, devices
+
+
+def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:
+    """Model-steps/s of a loop over models, each trained with a jitted step."""
+    static = static_for(model)
+    vae = static.module or VAE(N, LATENT, ENCODER, DECODER)
+    tx = optax.adam(1e-3)
+    x = jnp.asarray(bench_data(model)).reshape(-1, *static.shape)
+    batch, zero = static.batch_size, (jnp.zeros(static.shape), jnp.zeros(LATENT))
+
+    def loss(params, xb, eps, sigma2):
+        terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
+            vae, params, xb, eps, sigma2
+        )
+        return jnp.mean(objective(terms, 1.0))
+
+    @jax.jit
+    def step(params, opt_state, key, sigma2):
+        k1, k2 = jax.random.split(key)
+        xb = x[jax.random.randint(k1, (batch,), 0, x.shape[0])]
+        eps = jax.random.normal(k2, (batch, LATENT))
+        grads = jax.grad(loss)(params, xb, eps, sigma2)
+        updates, opt_state = tx.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state
+
+    key = jax.random.key(0)
+    params = vae.init(key, *zero)
+    jax.block_until_ready(step(params, tx.init(params), key, 1.0))  # compile
+    t0 = time.perf_counter()
+    for i in range(m):
+        params = vae.init(jax.random.key(i), *zero)
+        opt_state = tx.init(params)
+        for s in range(steps):
+            params, opt_state = step(params, opt_state, jax.random.key(s), 1.0)
+        jax.block_until_ready(params)
+    return m * steps / (time.perf_counter() - t0)
+
+
+def baseline_as_a_user_runs_it(m: int, model: str = "mlp") -> float:
+    """:func:`time_baseline` in a fresh process with JAX's defaults (one CPU device
+    using every core), not the device split this process may run with."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    flags = [f for f in flags if "force_host_platform_device_count" not in f]
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", XLA_FLAGS=" ".join(flags))
+    code = (
+        "from phasevae.tools.bench import time_baseline; "
+        f"print(time_baseline({m}, model={model!r}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.split()[-1])
+
+
+def run(
+    models: list[int], baseline_models: int = 4, model: str = "mlp"
+) -> list[BenchResult]:
+    """Time every M in ``models``; the baseline's rate (per model, it does not
+    depend on M) is measured once on ``baseline_models`` models."""
+    refuse_too_many(max(models), model, bench_data(model).shape)
+    peak = matmul_peak()
+    baseline = baseline_as_a_user_runs_it(baseline_models, model)
+    flops = flops_per_model_step(model)
+    out = []
+    for m in models:
+        rate, compile_s, nbytes, program, devices = time_grid(m, model=model)
+        out.append(
+            BenchResult(
+                models=m,
+                model_steps_per_s=rate,
+                flops_per_s=rate * flops,
+                matmul_peak_flops_per_s=peak,
+                fraction_of_peak=rate * flops / peak,
+                compile_s=compile_s,
+                state_bytes_per_model=nbytes,
+                program_bytes_per_model=program,
+                baseline_model_steps_per_s=baseline,
+                speedup_over_baseline=rate / baseline,
+                device=f"{devices} x {jax.devices()[0].device_kind}",
+                model=model,
+            )
+        )
+    return out
+
+
+def checkpoint_time(models: int, directory, chunks: int = 2) -> dict:
+    """What checkpointing costs a sweep of ``models`` models of the bench
+    architecture, measured in one run: ``chunks`` chunks of training alone, then the
+    same number with a checkpoint after every chunk (orbax, asynchronous: training
+    goes on while it is written; the last one is waited for), then a restore onto
+    the host and the devices.
+
+    Returns:
+      models, bytes (one save on disk), train_s (per chunk), save_blocking_s (per
+      save, what training waited for), save_cost_s (per save, the extra wall time
+      of the checkpointed chunks, writing in the background included; 0 when they
+      ran no slower than the others, the cost then being below the noise),
+      overhead_every_chunk (save_cost_s / train_s) and overhead_at_interval (a
+      sweep's: one save per chunk or per ``CHECKPOINT_SECONDS``, whichever is
+      longer), restore_s.
+    """
+    from phasevae.engine.devices import Placement
+    from phasevae.engine.loop import CHECKPOINT_SECONDS
+    from phasevae.spec import load_spec
+    from phasevae.store import RunDir
+
+    trainer, points, x, ex = _setup(models)
+    state = trainer.init(points)
+    compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
+    state, _ = jax.block_until_ready(compiled(state, points, x, ex, np.int32(0)))
+    run, ids = RunDir(directory), [str(i) for i in range(models)]
+    run.claim(load_spec())  # a run of its own: every checkpoint names its run
+
+    def train(save: bool) -> tuple[float, float]:
+        nonlocal state
+        blocked, t0 = 0.0, time.perf_counter()
+        for c in range(chunks):
+            state, metrics = compiled(state, points, x, ex, np.int32(c * CHUNK))
+            jax.device_get(metrics)  # the loop's one sync point per chunk
+            if save:
+                t1 = time.perf_counter()
+                run.save_checkpoint(jax.tree.leaves(state), models, c, ids)
+                blocked += time.perf_counter() - t1
+        if save:
+            run.wait_for_checkpoint()
+        return time.perf_counter() - t0, blocked
+
+    alone, _ = train(save=False)
+    checkpointed, blocked = train(save=True)
+    t0 = time.perf_counter()
+    loaded = run.load_checkpoint()
+    restored = jax.tree.unflatten(jax.tree.structure(state), loaded["leaves"])
+    jax.block_until_ready(Placement.create(models).models(restored))
+    restore_s = time.perf_counter() - t0
+    newest = max(p for p in run.checkpoints.dir.iterdir() if p.is_dir())
+    cost = max(checkpointed - alone, 0.0) / chunks
+    return {
+        "models": models,
+        "bytes": sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()),
+        "train_s": alone / chunks,
+        "save_blocking_s": blocked / chunks,
+        "save_cost_s": cost,
+        "overhead_every_chunk": cost / (alone / chunks),
+        "overhead_at_interval": cost / max(alone / chunks, CHECKPOINT_SECONDS),
+        "restore_s": restore_s,
+    }
+
+
+def as_dicts(results: list[BenchResult]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) -> dict:
+    """Run ``phasevae locate`` on ``sweeps/locate.toml`` (or ``spec_path``) from a
+    cold start, then find how many model-steps a uniform sigma^2 grid over the
+    range of locate's first grid (same seeds and steps) needs for an interval as
+    narrow: uniform grids of 8, 16, 32 ... points (up to ``max_uniform``) are trained
+    in full until one's interval is.
+
+    Returns:
+      locate_wall_s (compile included), locate_sigma2_c, locate_rel_error
+      (against lambda_max / beta), locate_ci, locate_half_width, locate_verdict,
+      locate_model_steps, and for the first uniform grid whose interval is as narrow
+      (or the largest tried, with ``uniform_reached`` false): uniform_points,
+      uniform_model_steps, uniform_rel_error, uniform_ci, uniform_half_width,
+      uniform_verdict and model_steps_ratio_vs_uniform.
+    """
+    import dataclasses
+    import tempfile
+
+    from phasevae.analysis import estimate
+    from phasevae.data import load_dataset
+    from phasevae.engine.sweep import run_sweep
+    from phasevae.spec import Range, load_spec
+    from phasevae.tools.locate import SPAN
+    from phasevae.tools.locate import locate as run_locate
+
+    path = spec_path or _locate_spec_path()
+    spec = load_spec(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        result = run_locate(path, f"{tmp}/locate", budget=budget, say=lambda _: None)
+        wall = time.perf_counter() - t0
+    (c,) = result["curves"]
+    beta = spec.axes()["beta"][0]
+    lam = float(load_dataset(spec.data).eigenvalues[0])
+    num = 8
+    while True:
+        grid = dataclasses.replace(
+            spec.grid,
+            sigma2=Range(SPAN[0] * lam / beta, SPAN[1] * lam / beta, num, "log"),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            run = run_sweep(dataclasses.replace(spec, grid=grid), f"{tmp}/uniform")
+        spectrum = run.meta["spectrum"]
+        t = estimate.estimate_transition(
+            run.metrics,
+            spec.model.latent_dim,
+            spectrum["lambda_max"],
+            spectrum.get("lambda_max_eval"),
+        )
+        u_half = estimate.half_width(t["sigma2_c"], t["ci"])
+        reached = c["half_width"] is not None and u_half <= c["half_width"]
+        if reached or 2 * num > max_uniform:
+            break
+        num *= 2
+    err = None if c["sigma2_c"] is None else c["sigma2_c"] / (lam / beta) - 1.0
+    u_err = None if t["sigma2_c"] is None else t["sigma2_c"] / (lam / beta) - 1.0
+    u_steps = num * len(spec.grid.seeds) * spec.train.steps
+    return {
+        "locate_wall_s": wall,
+        "locate_sigma2_c": c["sigma2_c"],
+        "locate_rel_error": err,
+        "locate_ci": c["ci"],
+        "locate_half_width": c["half_width"],
+        "locate_verdict": c["verdict"],
+        "locate_model_steps": c["model_steps"],
+        "uniform_points": num,
+        "uniform_reached": reached,
+        "uniform_model_steps": u_steps,
+        "uniform_sigma2_c": t["sigma2_c"],
+        "uniform_rel_error": u_err,
+        "uniform_ci": t["ci"],
+        "uniform_half_width": u_half,
+        "uniform_verdict": t["verdict"],
+        "model_steps_ratio_vs_uniform": u_steps / c["model_steps"],
+    }
+
+
+def _locate_spec_path():
+    from importlib import resources
+
+    return str(resources.files("phasevae.sweeps") / "locate.toml")

@@ -1,0 +1,171 @@
+"""``phasevae locate`` on the validation suite (issue 26): does one command reach a
+trusted, sharp answer, at what cost, and is it right?
+
+Each case of :mod:`phasevae.tools.cases` is located from its spec at its nominal length
+T (the validation's architecture, data and beta; locate places its own grid), into
+``results/validation/locate/<case>``. Its answer is held against two references
+from the validation's own runs (``results/validation/runs/<case>`` and
+``<case>-refined``, trained independently, 28 or 24 sigma^2):
+
+* **at T**: the estimate on those runs' evaluations up to T. A trusted answer of a
+  case whose collapse is absorbing (dead units) claims to hold for T steps, so this
+  is the reference it must not miss;
+* **at 4 T**: the validation's long-training reference, to show the drift.
+
+Cost: model-steps against the plain 24-point sweep at T (24 x T x seeds).
+
+    python studies/locate_suite.py [CASE ...]
+
+writes ``results/validation/locate.json`` and ``results/validation/locate.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tomli_w
+
+from phasevae.analysis import estimate
+from phasevae.data import covariance_spectrum
+from phasevae.store import RunDir
+from phasevae.tools.cases import CASES
+from phasevae.tools.locate import locate
+from phasevae.tools.validate import case_spec
+
+ROOT = Path(__file__).resolve().parent.parent / "results" / "validation"
+PLAIN = 24  # the plain sweep the cost is compared with: 24 sigma^2 at T
+
+
+def reference_at(case, steps: int) -> dict:
+    """The estimate on the validation's coarse and refined runs up to ``steps``."""
+    runs = [ROOT / "runs" / case.name, ROOT / "runs" / f"{case.name}-refined"]
+    frames = [RunDir(r).metrics() for r in runs if (r / "metrics.parquet").exists()]
+    metrics = pd.concat(frames, ignore_index=True)
+    spectrum = RunDir(runs[0]).meta()["spectrum"]
+    return estimate.estimate_transition(
+        metrics[metrics["step"] <= steps],
+        case.latent_dim,
+        spectrum["lambda_max"],
+        spectrum.get("lambda_max_eval"),
+    )
+
+
+def run_case(case) -> dict:
+    data = ROOT / "data" / f"{case.name}.npy"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    x = case.data(np.random.default_rng(0)).astype(np.float32)
+    if not data.exists():
+        np.save(data, x)
+    lam = float(covariance_spectrum(x)[0])
+    raw = case_spec(case, data, lam)
+    raw["train"]["steps"] = case.steps
+    raw["grid"]["sigma2"] = [lam / case.beta]  # locate places its own grid
+    spec = ROOT / "locate" / "specs" / f"{case.name}.toml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(tomli_w.dumps(raw))
+    result = locate(spec, ROOT / "locate" / case.name, say=print)
+    (c,) = result["curves"]
+    at_t = reference_at(case, case.steps)
+    long = json.loads((ROOT / "validation.json").read_text())
+    (row,) = [r for r in long["rows"] if r["case"] == case.name]
+    plain = PLAIN * case.steps * len(case.seeds)
+
+    def covers(value):
+        return bool(c["ci"] and value is not None and c["ci"][0] <= value <= c["ci"][1])
+
+    t = RunDir(ROOT / "locate" / case.name).meta()
+    return {
+        "case": case.name,
+        "lambda_max_over_beta": lam / case.beta,
+        "sigma2_c": c["sigma2_c"],
+        "ci": c["ci"],
+        "half_width": c["half_width"],
+        "verdict": c["verdict"],
+        "stopped": c["stopped"],
+        "stages": c["stages"],
+        "model_steps": c["model_steps"],
+        "cost_vs_plain": c["model_steps"] / plain,
+        "ref_t": at_t["sigma2_c"],
+        "ref_t_ci": at_t["ci"],
+        "covers_ref_t": covers(at_t["sigma2_c"]),
+        # the reference at T is known only to its own interval (a drop: its cell)
+        "overlaps_ref_t": bool(
+            c["ci"]
+            and at_t["ci"]
+            and c["ci"][0] <= at_t["ci"][1]
+            and at_t["ci"][0] <= c["ci"][1]
+        ),
+        "ref_4t": row["reference"],
+        "covers_ref_4t": covers(row["reference"]),
+        "train_s": t["wall_times"]["train_s"] if "wall_times" in t else None,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    def num(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    lines = [
+        "| case | lambda_max/beta | locate [95 %] | half-width | verdict | "
+        "model-steps / plain 24 at T | ref at T [95 %] | covers | overlaps | "
+        "ref at 4 T | covers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ci = r["ci"] or [None, None]
+        lines.append(
+            f"| {r['case']} | {num(r['lambda_max_over_beta'])} | "
+            f"{num(r['sigma2_c'])} [{num(ci[0])}, {num(ci[1])}] | "
+            f"{pct(r['half_width'])} | {r['verdict']} | {r['cost_vs_plain']:.2f} | "
+            f"{num(r['ref_t'])} {_ci(r['ref_t_ci'])} | "
+            f"{'yes' if r['covers_ref_t'] else 'no'} | "
+            f"{'yes' if r['overlaps_ref_t'] else 'no'} | "
+            f"{num(r['ref_4t'])} | {'yes' if r['covers_ref_4t'] else 'no'} |"
+        )
+    trusted = [r for r in rows if r["verdict"] == estimate.TRUSTED]
+    widths = [r["half_width"] for r in rows if r["half_width"] is not None]
+    finite = [w for w in widths if math.isfinite(w)]
+    costs = [r["cost_vs_plain"] for r in rows]
+    lines += [
+        "",
+        f"trusted: {len(trusted)} of {len(rows)}; trusted intervals that miss the "
+        f"reference at T: {sum(not r['covers_ref_t'] for r in trusted)} (that do not "
+        f"overlap its interval: {sum(not r['overlaps_ref_t'] for r in trusted)}), "
+        f"at 4 T: {sum(not r['covers_ref_4t'] for r in trusted)}",
+        f"95 % half-width: median {pct(statistics.median(finite))}, worst "
+        f"{pct(max(finite))}"
+        if finite
+        else "no interval",
+        f"model-steps against the plain 24-point sweep at T: median "
+        f"{statistics.median(costs):.2f}, worst {max(costs):.2f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
+def main(names: list[str]) -> None:
+    cases = [c for c in CASES if not names or c.name in names]
+    path = ROOT / "locate.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    for case in cases:
+        done[case.name] = run_case(case)
+        path.write_text(json.dumps(done, indent=1))
+    rows = [done[c.name] for c in CASES if c.name in done]
+    (ROOT / "locate.md").write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
