@@ -315,10 +315,13 @@ def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
             raise BadInput("--set applies to a spec file, not to a run directory")
         run = RunDir(target)
         spec = run.spec()
-        spectrum = run.meta().get("spectrum") or load_dataset(spec.data).spectrum()
+        spectrum = (
+            run.meta().get("spectrum")
+            or load_dataset(spec.data, spec.model.likelihood).spectrum()
+        )
     else:
         spec = as_spec(target, overrides)
-        spectrum = load_dataset(spec.data).spectrum()
+        spectrum = load_dataset(spec.data, spec.model.likelihood).spectrum()
     k, ev = spec.model.latent_dim, spectrum["eigenvalues"]
     predictions = [
         {

@@ -66,6 +66,9 @@ class Dataset:
     description: str
     components: np.ndarray | None = None
     image_shape: tuple[int, ...] | None = field(default=None)
+    # per feature, 1 / sqrt(the likelihood's variance at the data mean): the spectrum
+    # is of the covariance whitened by it (None: the Gaussian's, unwhitened)
+    whiten: np.ndarray | None = None
 
     def fingerprint(self) -> dict:
         """The identity of the data the models see (after loading and
@@ -88,7 +91,9 @@ class Dataset:
             "eigenvalues": ev,
             "lambda_max": ev[0],
             # of the evaluation subset, on which collapse_eigenvalue is measured
-            "lambda_max_eval": top_eigenvalue(self.eval_x),
+            "lambda_max_eval": top_eigenvalue(
+                self.eval_x if self.whiten is None else self.eval_x * self.whiten
+            ),
             "trace": float(np.sum(self.eigenvalues)),
             "samples": int(self.x.shape[0]),
             "dim": int(self.x.shape[1]),
@@ -100,8 +105,10 @@ class Dataset:
         return out
 
 
-def load_dataset(spec: DataSpec) -> Dataset:
-    """Build the dataset a spec describes.
+def load_dataset(spec: DataSpec, likelihood: str = "gaussian") -> Dataset:
+    """Build the dataset a spec describes, for a decoder of ``likelihood``
+    (``model.likelihood``: its data must be 0s and 1s or counts, and the spectrum is
+    of the covariance whitened by the likelihood's variances, :func:`whitening`).
 
     Raises:
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
@@ -147,7 +154,10 @@ def load_dataset(spec: DataSpec) -> Dataset:
         what += f", normalize={spec.normalize}"
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
-    values, vectors = covariance_eig(x)
+    whiten = whitening(x, likelihood, what)
+    if whiten is not None:
+        what += f"; spectrum whitened by the {likelihood} variances at the mean"
+    values, vectors = covariance_eig(x if whiten is None else x * whiten)
     check_spread(float(values[0]), what, spec.normalize)
     return Dataset(
         x=x,
@@ -156,6 +166,38 @@ def load_dataset(spec: DataSpec) -> Dataset:
         description=what,
         components=vectors[:, :COMPONENTS_STORED] if image_shape else None,
         image_shape=tuple(int(v) for v in image_shape) if image_shape else None,
+        whiten=whiten,
+    )
+
+
+def whitening(x: np.ndarray, likelihood: str, what: str) -> np.ndarray | None:
+    """Per feature 1 / sqrt(v), v the likelihood's variance at the data mean m:
+    m (1 - m) for the Bernoulli, m for the Poisson (0 for a constant feature, which
+    has no covariance to whiten); None for the Gaussian. The collapse transition of
+    a decoder whose output is the natural parameter is at beta sigma^2 = lambda_max
+    of the covariance whitened by it (docs/science.md, 'Other likelihoods').
+
+    Raises:
+      DataError: values the likelihood cannot take (not 0 or 1; not counts).
+    """
+    if likelihood == "gaussian":
+        return None
+    if likelihood == "bernoulli":
+        bad = (x != 0) & (x != 1)
+        need = "0s and 1s"
+    else:
+        bad = (x < 0) | (x != np.floor(x))
+        need = "counts (integers >= 0)"
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise DataError(
+            f'{what}: model.likelihood = "{likelihood}" needs {need}; row {row}, '
+            f"column {col} is {float(x[row, col]):g}"
+        )
+    m = x.mean(axis=0, dtype=np.float64)
+    v = m * (1.0 - m) if likelihood == "bernoulli" else m
+    return np.where(v > 0, 1.0 / np.sqrt(np.where(v > 0, v, 1.0)), 0.0).astype(
+        np.float32
     )
 
 

@@ -82,6 +82,7 @@ def static_config(
         skip=m.skip,
         latent=m.latent,
         concentration=m.concentration,
+        likelihood=m.likelihood,
         module=build(m, shape),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),

@@ -124,6 +124,8 @@ class Static:
     # concentration fixed at ``concentration`` (0: learned)
     latent: str = "gaussian"
     concentration: float = 0.0
+    # the decoder's likelihood (phasevae.models.vae.LIKELIHOODS)
+    likelihood: str = "gaussian"
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -214,6 +216,7 @@ class Trainer:
                 static.encoder,
                 static.decoder,
                 static.skip,
+                log_input=static.likelihood == "poisson",
             )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
@@ -278,12 +281,13 @@ class Trainer:
     def _terms(self, params, point: Point, x: Array, eps: Array) -> Terms:
         """Loss terms of a batch x (n, N) with noise eps (n, k); each example
         reaches the model in its example shape."""
-        return jax.vmap(example_terms, (None, None, 0, 0, None))(
+        return jax.vmap(example_terms, (None, None, 0, 0, None, None))(
             self.model,
             {"params": params["params"]},
             x.reshape(x.shape[0], *self.static.shape),
             eps,
             self._sigma2(params, point),
+            self.static.likelihood,
         )
 
     def batch_loss(
@@ -364,7 +368,12 @@ class Trainer:
             decoder_sigma2=self._sigma2(params, point),
             directions=active_directions(self.posterior_mean(t)),
             collapse_grams=(
-                collapse_grams(self.model, {"params": params["params"]}, eval_x)
+                collapse_grams(
+                    self.model,
+                    {"params": params["params"]},
+                    eval_x,
+                    self.static.likelihood,
+                )
                 if self.static.probe
                 else None
             ),

@@ -80,7 +80,7 @@ def run_sweep(
         return _run_static_groups(
             spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk, preflight
         )
-    data = load_dataset(spec.data)
+    data = load_dataset(spec.data, spec.model.likelihood)
     stop_if_terminated()
     if preflight is not None:
         axes = spec.axes()
@@ -179,7 +179,11 @@ def _run_static_groups(
         return _plan_groups(run, groups, shard, preflight)
     if _finished(run, spec, shard):
         name, _, first = groups[0]  # the groups share the data
-        same_data(RunDir(run.path / "groups" / name), load_dataset(first.data), spec)
+        same_data(
+            RunDir(run.path / "groups" / name),
+            load_dataset(first.data, first.model.likelihood),
+            spec,
+        )
         return make_result(run, [run.metrics()], run.meta())
     primary = jax.process_index() == 0
     with run.lock() if primary else contextlib.nullcontext():

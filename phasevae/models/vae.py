@@ -92,6 +92,8 @@ class VAE(nn.Module):
         "none"; "plain", shortcut = x (the decoder can reconstruct without z);
         "gated", shortcut = sigmoid(G z) * x, a gate computed from z alone (no bias,
         so it cannot be held open without z).
+      log_input: the encoder sees ln(1 + x) (counts: a Poisson decoder), as
+        count VAEs do; the decoder and the loss see x.
     """
 
     data_dim: int
@@ -99,6 +101,7 @@ class VAE(nn.Module):
     encoder: Sequence[int]
     decoder: Sequence[int]
     skip: str = "none"
+    log_input: bool = False
 
     def setup(self):
         self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim)
@@ -113,13 +116,13 @@ class VAE(nn.Module):
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         """(N,) -> mu (k,), log s^2 (k,)."""
-        h = self.enc(x)
+        h = self.enc(jnp.log1p(x) if self.log_input else x)
         return h[: self.latent_dim], h[self.latent_dim :]
 
     def features(self, x: Array) -> Array:
         """(N,) -> the encoder's last hidden activations h, from which (mu, log s^2)
         are affine."""
-        return self.enc(x, hidden=True)
+        return self.enc(jnp.log1p(x) if self.log_input else x, hidden=True)
 
     def decode(self, z: Array, x: Array | None = None) -> Array:
         """(k,), and x (N,) when there is a skip path -> f(z) (N,)."""
@@ -134,11 +137,44 @@ class VAE(nn.Module):
         return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps, x)
 
 
+def nll(x: Array, eta: Array, likelihood: str) -> Array:
+    """-ln p(x | eta) summed over features, for a decoder output ``eta`` that is the
+    likelihood's natural parameter: the mean of a unit-variance Gaussian, the logit
+    of a Bernoulli, the log-rate of a Poisson (docs/science.md, 'Other likelihoods')."""
+    if likelihood == "bernoulli":
+        return jnp.sum(jax.nn.softplus(eta) - x * eta)
+    if likelihood == "poisson":
+        return jnp.sum(jnp.exp(eta) - x * eta + jax.scipy.special.gammaln(x + 1.0))
+    return jnp.sum(0.5 * (x - eta) ** 2 + 0.5 * math.log(2.0 * math.pi))
+
+
+def mean_of(eta: Array, likelihood: str) -> Array:
+    """The likelihood's mean E[x | eta]."""
+    if likelihood == "bernoulli":
+        return jax.nn.sigmoid(eta)
+    if likelihood == "poisson":
+        return jnp.exp(eta)
+    return eta
+
+
+def variance_of(eta: Array, likelihood: str) -> Array:
+    """The likelihood's variance Var[x | eta] (its Fisher information in eta; the
+    Gaussian's is 1, sigma^2 being the temperature)."""
+    if likelihood == "bernoulli":
+        p = jax.nn.sigmoid(eta)
+        return p * (1.0 - p)
+    if likelihood == "poisson":
+        return jnp.exp(eta)
+    return jnp.ones_like(eta)
+
+
 class Terms(NamedTuple):
     """Loss terms of one example (nats, except ``sq_err``)."""
 
-    recon: Array  # ()  ||x - f(z)||^2 / (2 sigma^2) + (N/2) ln(2 pi sigma^2)
-    sq_err: Array  # ()  ||x - f(z)||^2
+    # ()  Gaussian: ||x - f(z)||^2 / (2 sigma^2) + (N/2) ln(2 pi sigma^2); another
+    # likelihood: -ln p(x | f(z)) / sigma^2 (sigma^2 its temperature)
+    recon: Array
+    sq_err: Array  # ()  ||x - E[x | f(z)]||^2
     kl_dim: Array  # (k,) KL of each latent dim to the prior
     var_dim: Array  # (k,) encoder variance s_j^2
     mu: Array  # (k,) encoder mean
@@ -150,16 +186,26 @@ def kl_per_dim(mu: Array, logvar: Array) -> Array:
 
 
 def example_terms(
-    model: nn.Module, params, x: Array, eps: Array, sigma2: Array
+    model: nn.Module,
+    params,
+    x: Array,
+    eps: Array,
+    sigma2: Array,
+    likelihood: str = "gaussian",
 ) -> Terms:
     """Loss terms for one example x (in the model's example shape) with noise eps
-    (k,) and decoder variance sigma2 (). A model with another latent than the
-    Gaussian gives its KL through its ``latent_kl`` hook
+    (k,) and decoder variance sigma2 () (for another likelihood than the Gaussian,
+    the temperature its negative log-likelihood is divided by). A model with another
+    latent than the Gaussian gives its KL through its ``latent_kl`` hook
     (:mod:`phasevae.models.sphere`)."""
     mu, logvar, xhat = model.apply(params, x, eps)
-    sq_err = jnp.sum((x - xhat) ** 2)
-    n = x.size
-    recon = sq_err / (2.0 * sigma2) + 0.5 * n * jnp.log(2.0 * math.pi * sigma2)
+    if likelihood == "gaussian":
+        sq_err = jnp.sum((x - xhat) ** 2)
+        n = x.size
+        recon = sq_err / (2.0 * sigma2) + 0.5 * n * jnp.log(2.0 * math.pi * sigma2)
+    else:
+        sq_err = jnp.sum((x - mean_of(xhat, likelihood)) ** 2)
+        recon = nll(x, xhat, likelihood) / sigma2
     gaussian = not hasattr(model, "latent_kl")
     kl = kl_per_dim(mu, logvar) if gaussian else model.latent_kl(mu, logvar)
     return Terms(recon, sq_err, kl, jnp.exp(logvar), mu)
@@ -186,12 +232,16 @@ def mutual_information(mu: Array, var: Array, eps: Array) -> Array:
     return jnp.mean(jnp.diagonal(log_q) - log_aggregate)
 
 
-def collapse_grams(model: VAE, params, x: Array) -> tuple[Array, Array, Array]:
+def collapse_grams(
+    model: VAE, params, x: Array, likelihood: str = "gaussian"
+) -> tuple[Array, Array, Array]:
     """The three small matrices that :func:`collapse_eigenvalue` needs, measured on
-    the data ``x`` (n, N): S = G^T G (d_1, d_1), K = G^T C_xh (d_1, d_h) and
-    C_hh (d_h, d_h), where h = model.features(x), C are covariances over x and
+    the data ``x`` (n, N): S = G^T D G (d_1, d_1), K = G^T C_xh (d_1, d_h) and
+    C_hh (d_h, d_h), where h = model.features(x), C are covariances over x,
     G = d f / d a (N, d_1) at z = 0, a being the decoder's first pre-activation
-    (obtained as the Jacobian with respect to the first layer's bias). No skip path.
+    (obtained as the Jacobian with respect to the first layer's bias), and D the
+    likelihood's variance at the decoder's output f(0) (:func:`variance_of`; 1 for
+    the Gaussian, whose sigma^2 is compared with lambda_c). No skip path.
 
     Only matrix products run here, inside the compiled training program; the
     eigen-decompositions run on the host (XLA's CPU LAPACK calls, sharded over many
@@ -207,8 +257,10 @@ def collapse_grams(model: VAE, params, x: Array) -> tuple[Array, Array, Array]:
         q = {"params": {**p, "dec": {**p["dec"], "Dense_0": dec0}}}
         return model.apply(q, jnp.zeros((model.latent_dim,)), method=VAE.decode)
 
-    g = jax.jacfwd(f_of_bias)(p["dec"]["Dense_0"]["bias"])  # (N, d_1)
-    return g.T @ g, g.T @ (xc.T @ h) / n, h.T @ h / n
+    bias = p["dec"]["Dense_0"]["bias"]
+    g = jax.jacfwd(f_of_bias)(bias)  # (N, d_1)
+    d = variance_of(f_of_bias(bias), likelihood)
+    return g.T @ (d[:, None] * g), g.T @ (xc.T @ h) / n, h.T @ h / n
 
 
 EIG_RTOL = 1e-6  # eigenvalues of a Gram matrix below this fraction of its top are 0

@@ -26,6 +26,7 @@ import tomli_w
 from phasevae.safeio import SPEC_BYTES, brief, read_text
 from phasevae.spec.types import (  # noqa: F401  (the spec's types, re-exported)
     LATER_AXES,
+    LIKELIHOODS,
     Axis,
     DataSpec,
     GridSpec,
@@ -60,6 +61,7 @@ CHOICES = {
     ("model", "skip"): ("none", "plain", "gated"),
     ("model", "kind"): ("mlp", "conv", "module"),
     ("model", "latent"): ("gaussian", "sphere"),
+    ("model", "likelihood"): LIKELIHOODS,
     ("train", "until"): ("steps", "trusted"),
 }
 # (lower bound, inclusive?) for every number that has one.

@@ -111,6 +111,15 @@ class ModelSpec:
     a power-spherical posterior, :mod:`phasevae.models.sphere`) whose ``concentration``
     is learned per example (0) or fixed at a value > 0 (at most 1e4); with a fixed one
     the KL is a constant, and collapse can only show in I(x; z).
+
+    ``likelihood``: the decoder's, its output being the natural parameter:
+    "gaussian" (the mean, variance sigma^2), "bernoulli" (the logit; data of 0s and
+    1s) or "poisson" (the log-rate; counts). For the last two the grid's sigma^2 is
+    the temperature the negative log-likelihood is divided by (the Gaussian's sigma^2
+    plays exactly that part), so collapse is again at beta sigma^2 = lambda_max, of
+    the data's covariance whitened by the likelihood's variances at the data mean
+    (docs/science.md, 'Other likelihoods'); they need ``sigma2 = "fixed"`` and
+    ``data.normalize = "none"``.
     """
 
     latent_dim: int = 3
@@ -125,6 +134,7 @@ class ModelSpec:
     options: tuple[tuple[str, object], ...] = ()
     latent: str = "gaussian"
     concentration: float = 0.0
+    likelihood: str = "gaussian"
 
 
 @dataclass(frozen=True)
@@ -294,6 +304,10 @@ def axis_values(axis: Axis) -> tuple[float, ...]:
     return axis.values() if isinstance(axis, Range) else tuple(axis)
 
 
+LIKELIHOODS = ("gaussian", "bernoulli", "poisson")  # model.likelihood
+WHAT_DATA = {"bernoulli": "0s and 1s", "poisson": "counts (integers >= 0)"}
+
+
 def model_problem(spec: Spec) -> str | None:
     """What is wrong with the ``[model]`` section given the rest, or None: the keys
     of one kind set for another, and remedies that need the MLP's layout."""
@@ -319,8 +333,23 @@ def model_problem(spec: Spec) -> str | None:
                 f'model.kind = "{m.kind}" leave model.skip = "none" and grid.skip, '
                 "grid.decoder unset"
             )
+    if m.likelihood != "gaussian" and m.sigma2 != "fixed":
+        return (
+            f'model.likelihood = "{m.likelihood}" needs model.sigma2 = "fixed": '
+            "the grid's sigma^2 is its temperature, not a variance to learn"
+        )
+    if m.likelihood != "gaussian" and spec.data.normalize != "none":
+        return (
+            f'model.likelihood = "{m.likelihood}" needs data.normalize = "none": '
+            f"its data are {WHAT_DATA[m.likelihood]}, which a rescaling would change"
+        )
     if m.latent != "sphere" and m.concentration:
         return 'model.concentration applies to model.latent = "sphere"'
+    if m.likelihood == "poisson" and (m.kind != "mlp" or m.latent != "gaussian"):
+        return (
+            'model.likelihood = "poisson" is built on the MLP VAE (its encoder sees '
+            'ln(1 + x)): leave model.kind = "mlp" and model.latent = "gaussian"'
+        )
     if m.latent == "sphere":
         if m.kind != "mlp" or m.skip != "none" or g.skip is not None:
             return (

@@ -402,7 +402,7 @@ def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) ->
         wall = time.perf_counter() - t0
     (c,) = result["curves"]
     beta = spec.axes()["beta"][0]
-    lam = float(load_dataset(spec.data).eigenvalues[0])
+    lam = float(load_dataset(spec.data, spec.model.likelihood).eigenvalues[0])
     num = 8
     while True:
         grid = dataclasses.replace(

@@ -512,7 +512,7 @@ class Locator:
                 ]
             self.spectrum = spectrum
             return
-        lam = load_dataset(self.base.data).eigenvalues[0]
+        lam = load_dataset(self.base.data, self.base.model.likelihood).eigenvalues[0]
         for b in betas:
             why = (
                 f"{COARSE} sigma^2 over {SPAN[0]:g}-{SPAN[1]:g} x lambda_max / beta "

@@ -1,0 +1,244 @@
+"""Decoder likelihoods other than the Gaussian (model.likelihood): their densities
+against scipy, the collapse criterion beta sigma^2 = lambda_max of the covariance
+whitened by the likelihood's variances (docs/science.md, 'Other likelihoods') against
+the float64 Hessian of the loss at a constructed collapsed state, the data checks,
+and a sweep of each, vmapped equal to looped."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from phasevae.cli import main
+from phasevae.data import load_dataset, whitening
+from phasevae.engine.grid import grid_table, static_config
+from phasevae.engine.step import Point, Trainer
+from phasevae.models.vae import (
+    VAE,
+    collapse_eigenvalue,
+    collapse_grams,
+    example_terms,
+    nll,
+    objective,
+)
+from phasevae.spec import SpecError, spec_from_dict
+from tests.conftest import tiny_dict
+from tests.test_cli import write_spec
+
+LIKELIHOODS = ("bernoulli", "poisson")
+
+
+def low_rank_data(likelihood: str, n: int = 600, dim: int = 6, seed: int = 0):
+    """Binary or count data from a rank-2 natural parameter (correlated features)."""
+    rng = np.random.default_rng(seed)
+    eta = rng.normal(size=(n, 2)) @ rng.normal(size=(2, dim)) * 0.8
+    if likelihood == "bernoulli":
+        return (rng.random((n, dim)) < 1 / (1 + np.exp(-eta))).astype(np.float32)
+    return rng.poisson(np.exp(eta + 0.5)).astype(np.float32)
+
+
+def whitened_top(x, likelihood):
+    w = whitening(x, likelihood, "test")
+    return np.linalg.eigvalsh(np.cov((x * w).T, bias=True))[-1]
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS + ("gaussian",))
+def test_each_negative_log_likelihood_is_scipys(likelihood):
+    rng = np.random.default_rng(1)
+    eta = rng.normal(size=7)
+    if likelihood == "bernoulli":
+        x = (rng.random(7) < 0.5).astype(float)
+        want = -stats.bernoulli.logpmf(x, 1 / (1 + np.exp(-eta))).sum()
+    elif likelihood == "poisson":
+        x = rng.poisson(3.0, size=7).astype(float)
+        want = -stats.poisson.logpmf(x, np.exp(eta)).sum()
+    else:
+        x = rng.normal(size=7)
+        want = -stats.norm.logpdf(x, eta, 1.0).sum()
+    with jax.enable_x64(True):
+        got = float(nll(jnp.asarray(x), jnp.asarray(eta), likelihood))
+    assert got == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_sigma2_is_the_temperature_of_the_likelihood(likelihood):
+    x = jnp.asarray(low_rank_data(likelihood)[0])
+    model = VAE(6, 2, (8,), (8,))
+    params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
+    eps = jnp.array([0.3, -1.0])
+    one = example_terms(model, params, x, eps, 1.0, likelihood)
+    hot = example_terms(model, params, x, eps, 4.0, likelihood)
+    assert float(hot.recon) == pytest.approx(float(one.recon) / 4.0, rel=1e-6)
+    _, _, eta = model.apply(params, x, eps)
+    assert float(one.recon) == pytest.approx(float(nll(x, eta, likelihood)), rel=1e-6)
+
+
+def _collapse(model, params, x, likelihood):
+    """The network with its latent switched off (mean head and decoder z-weights 0)
+    and its output at the natural parameter of the data mean: the collapsed state."""
+    p = jax.tree.map(lambda a: a, params["params"])
+    head = p["enc"][f"Dense_{len(model.encoder)}"]
+    head["kernel"] = jnp.zeros_like(head["kernel"])
+    head["bias"] = jnp.zeros_like(head["bias"])
+    p["dec"]["Dense_0"]["kernel"] = jnp.zeros_like(p["dec"]["Dense_0"]["kernel"])
+    out = p["dec"][f"Dense_{len(model.decoder)}"]
+    f0 = model.apply({"params": p}, jnp.zeros(model.latent_dim), method=VAE.decode)
+    m = jnp.mean(x, axis=0)
+    target = jnp.log(m / (1 - m)) if likelihood == "bernoulli" else jnp.log(m)
+    out["bias"] = out["bias"] + target - f0
+    return {"params": p}
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_the_linear_vaes_collapse_eigenvalue_is_the_whitened_lambda_max(likelihood):
+    x = low_rank_data(likelihood)
+    model = VAE(6, 2, (), ())
+    params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
+    params = _collapse(model, params, jnp.asarray(x), likelihood)
+    grams = collapse_grams(model, params, jnp.asarray(x), likelihood)
+    got = float(collapse_eigenvalue(*grams))
+    want = whitened_top(x, likelihood)
+    plain = np.linalg.eigvalsh(np.cov(x.T, bias=True))[-1]
+    assert got == pytest.approx(want, rel=1e-4)
+    assert abs(want / plain - 1) > 0.2  # the whitening matters on this data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("widths", [((), ()), ((16, 8), (5, 12))])
+def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
+    likelihood, widths
+):
+    """Brute force, as for the Gaussian (tests/test_model.py): the float64 Hessian
+    of the loss at the collapsed state, in the mean head's row and the decoder's
+    z-column, has a negative eigenvalue exactly when beta sigma^2 < lambda_c; with a
+    linear decoder lambda_c is the whitened lambda_max of the data."""
+    enc, dec = widths
+    x = jnp.asarray(low_rank_data(likelihood, n=400))
+    model = VAE(6, 1, enc, dec)
+    params = model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1))
+    params = jax.tree.map(
+        lambda a: (
+            a + 0.3 * jax.random.normal(jax.random.key(4), a.shape)
+            if a.ndim == 1
+            else a
+        ),
+        params,
+    )
+    params = _collapse(model, params, x, likelihood)
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, x, likelihood)))
+    if not enc and not dec:
+        assert lam == pytest.approx(whitened_top(np.asarray(x), likelihood), rel=1e-4)
+    p = params["params"]
+    head = f"Dense_{len(enc)}"
+    d_h = p["enc"][head]["kernel"].shape[1]
+
+    def loss(theta, beta):
+        w, w0, a = theta[:d_h], theta[d_h], theta[d_h + 1 :]
+        kern = p["enc"][head]["kernel"].at[0].set(w)
+        bias = p["enc"][head]["bias"].at[0].set(w0)
+        dec0 = {**p["dec"]["Dense_0"], "kernel": a[:, None]}
+        q = {
+            "params": {
+                "enc": {**p["enc"], head: {"kernel": kern, "bias": bias}},
+                "dec": {**p["dec"], "Dense_0": dec0},
+            }
+        }
+        total = 0.0
+        for eps in (1.0, -1.0):  # the first two moments of N(0, 1), exactly
+            terms = jax.vmap(example_terms, (None, None, 0, None, None, None))(
+                model, q, x, jnp.array([eps]), 1.0, likelihood
+            )
+            total += jnp.mean(objective(terms, beta)) / 2
+        return total
+
+    n_theta = d_h + 1 + p["dec"]["Dense_0"]["bias"].shape[0]
+    with jax.enable_x64(True):
+        p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
+        x = jnp.asarray(x, jnp.float64)
+        hessians = {
+            f: jax.hessian(loss)(jnp.zeros(n_theta, jnp.float64), f * lam)
+            for f in (0.97, 1.03)
+        }
+    for factor, negative in ((0.97, True), (1.03, False)):
+        eig = np.linalg.eigvalsh(np.asarray(hessians[factor]))
+        assert (eig[0] < -1e-9 * eig[-1]) == negative, (factor, eig[0], eig[-1])
+
+
+@pytest.mark.parametrize(
+    "likelihood, values, words",
+    [
+        ("bernoulli", [0.0, 1.0, 0.5], "needs 0s and 1s; row 0, column 2 is 0.5"),
+        ("poisson", [0.0, 2.0, -1.0], "needs counts (integers >= 0)"),
+        ("poisson", [0.0, 2.5, 1.0], "column 1 is 2.5"),
+    ],
+)
+def test_data_a_likelihood_cannot_take_is_exit_2(
+    tmp_path, capsys, likelihood, values, words
+):
+    data = np.tile(np.asarray(values, np.float32), (40, 1))
+    data[1:] = 1.0  # only the first row is wrong
+    np.save(tmp_path / "x.npy", data)
+    spec = write_spec(
+        tmp_path,
+        data={"source": "array", "path": str(tmp_path / "x.npy")},
+        model={"likelihood": likelihood},
+    )
+    for command in (
+        ["sweep", str(spec), "--out", str(tmp_path / "run")],
+        ["theory", str(spec)],
+    ):
+        assert main(command) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "model, data, words",
+    [
+        (
+            {"likelihood": "bernoulli", "sigma2": "learned"},
+            {},
+            'needs model.sigma2 = "fixed"',
+        ),
+        (
+            {"likelihood": "poisson"},
+            {"normalize": "standardize"},
+            'needs data.normalize = "none"',
+        ),
+        ({"likelihood": "student"}, {}, "model.likelihood"),
+    ],
+)
+def test_a_likelihood_with_settings_it_cannot_use_is_a_spec_error(model, data, words):
+    with pytest.raises(SpecError, match=words):
+        spec_from_dict(tiny_dict(model=model, data=data))
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
+    tmp_path, likelihood
+):
+    np.save(tmp_path / "x.npy", low_rank_data(likelihood, n=256))
+    spec = spec_from_dict(
+        tiny_dict(
+            data={"source": "array", "path": str(tmp_path / "x.npy")},
+            model={"likelihood": likelihood},
+            grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
+            train={"steps": 5, "eval_every": 5},
+        )
+    )
+    data = load_dataset(spec.data, likelihood)
+    assert data.eigenvalues[0] == pytest.approx(
+        whitened_top(data.x, likelihood), rel=1e-4
+    )
+    trainer = Trainer(static_config(spec, data.x.shape[1]))
+    points = Point.from_table(grid_table(spec))
+    x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
+    state, metrics = trainer.chunk(trainer.init(points), points, x, ex, np.int32(0))
+    assert np.all(np.isfinite(np.asarray(metrics.loss)))
+    for i in range(3):
+        one = jax.tree.map(lambda a, i=i: a[i : i + 1], points)
+        _, m1 = trainer.chunk(trainer.init(one), one, x, ex, np.int32(0))
+        for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(metrics), strict=True):
+            np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
