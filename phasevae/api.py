@@ -308,20 +308,17 @@ def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
     """The data's spectrum and the linear theory's predictions per beta, from a
     spec (path, dict, Spec) or a run directory; no training."""
     from phasevae.analysis import theory as th
-    from phasevae.data import load_dataset
+    from phasevae.data import load_for_model
 
     if isinstance(target, str | Path) and Path(target).is_dir():
         if overrides:
             raise BadInput("--set applies to a spec file, not to a run directory")
         run = RunDir(target)
         spec = run.spec()
-        spectrum = (
-            run.meta().get("spectrum")
-            or load_dataset(spec.data, spec.model.likelihood).spectrum()
-        )
+        spectrum = run.meta().get("spectrum") or load_for_model(spec).spectrum()
     else:
         spec = as_spec(target, overrides)
-        spectrum = load_dataset(spec.data, spec.model.likelihood).spectrum()
+        spectrum = load_for_model(spec).spectrum()
     k, ev = spec.model.latent_dim, spectrum["eigenvalues"]
     predictions = [
         {

@@ -26,7 +26,8 @@ from phasevae.spec import SpecError, spec_from_dict
 from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
 
-LIKELIHOODS = ("bernoulli", "poisson")
+LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial")
+R = 2.5  # the negative binomial's dispersion in these tests
 
 
 def low_rank_data(likelihood: str, n: int = 600, dim: int = 6, seed: int = 0):
@@ -35,11 +36,14 @@ def low_rank_data(likelihood: str, n: int = 600, dim: int = 6, seed: int = 0):
     eta = rng.normal(size=(n, 2)) @ rng.normal(size=(2, dim)) * 0.8
     if likelihood == "bernoulli":
         return (rng.random((n, dim)) < 1 / (1 + np.exp(-eta))).astype(np.float32)
+    if likelihood == "negative_binomial":
+        mean = np.exp(eta + 0.5)
+        return rng.negative_binomial(R, R / (R + mean)).astype(np.float32)
     return rng.poisson(np.exp(eta + 0.5)).astype(np.float32)
 
 
 def whitened_top(x, likelihood):
-    w = whitening(x, likelihood, "test")
+    w = whitening(x, likelihood, "test", R)
     return np.linalg.eigvalsh(np.cov((x * w).T, bias=True))[-1]
 
 
@@ -53,11 +57,15 @@ def test_each_negative_log_likelihood_is_scipys(likelihood):
     elif likelihood == "poisson":
         x = rng.poisson(3.0, size=7).astype(float)
         want = -stats.poisson.logpmf(x, np.exp(eta)).sum()
+    elif likelihood == "negative_binomial":
+        x = rng.poisson(3.0, size=7).astype(float)
+        mean = np.exp(eta)
+        want = -stats.nbinom.logpmf(x, R, R / (R + mean)).sum()
     else:
         x = rng.normal(size=7)
         want = -stats.norm.logpdf(x, eta, 1.0).sum()
     with jax.enable_x64(True):
-        got = float(nll(jnp.asarray(x), jnp.asarray(eta), likelihood))
+        got = float(nll(jnp.asarray(x), jnp.asarray(eta), likelihood, R))
     assert got == pytest.approx(want, rel=1e-10)
 
 
@@ -67,11 +75,13 @@ def test_sigma2_is_the_temperature_of_the_likelihood(likelihood):
     model = VAE(6, 2, (8,), (8,))
     params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
     eps = jnp.array([0.3, -1.0])
-    one = example_terms(model, params, x, eps, 1.0, likelihood)
-    hot = example_terms(model, params, x, eps, 4.0, likelihood)
+    one = example_terms(model, params, x, eps, 1.0, likelihood, R)
+    hot = example_terms(model, params, x, eps, 4.0, likelihood, R)
     assert float(hot.recon) == pytest.approx(float(one.recon) / 4.0, rel=1e-6)
     _, _, eta = model.apply(params, x, eps)
-    assert float(one.recon) == pytest.approx(float(nll(x, eta, likelihood)), rel=1e-6)
+    assert float(one.recon) == pytest.approx(
+        float(nll(x, eta, likelihood, R)), rel=1e-6
+    )
 
 
 def _collapse(model, params, x, likelihood):
@@ -96,7 +106,7 @@ def test_the_linear_vaes_collapse_eigenvalue_is_the_whitened_lambda_max(likeliho
     model = VAE(6, 2, (), ())
     params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
     params = _collapse(model, params, jnp.asarray(x), likelihood)
-    grams = collapse_grams(model, params, jnp.asarray(x), likelihood)
+    grams = collapse_grams(model, params, jnp.asarray(x), likelihood, R)
     got = float(collapse_eigenvalue(*grams))
     want = whitened_top(x, likelihood)
     plain = np.linalg.eigvalsh(np.cov(x.T, bias=True))[-1]
@@ -127,7 +137,8 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
         params,
     )
     params = _collapse(model, params, x, likelihood)
-    lam = float(collapse_eigenvalue(*collapse_grams(model, params, x, likelihood)))
+    grams = collapse_grams(model, params, x, likelihood, R)
+    lam = float(collapse_eigenvalue(*grams))
     if not enc and not dec:
         assert lam == pytest.approx(whitened_top(np.asarray(x), likelihood), rel=1e-4)
     p = params["params"]
@@ -147,8 +158,8 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
         }
         total = 0.0
         for eps in (1.0, -1.0):  # the first two moments of N(0, 1), exactly
-            terms = jax.vmap(example_terms, (None, None, 0, None, None, None))(
-                model, q, x, jnp.array([eps]), 1.0, likelihood
+            terms = jax.vmap(example_terms, (None, None, 0, None, None, None, None))(
+                model, q, x, jnp.array([eps]), 1.0, likelihood, R
             )
             total += jnp.mean(objective(terms, beta)) / 2
         return total
@@ -172,6 +183,7 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
         ("bernoulli", [0.0, 1.0, 0.5], "needs 0s and 1s; row 0, column 2 is 0.5"),
         ("poisson", [0.0, 2.0, -1.0], "needs counts (integers >= 0)"),
         ("poisson", [0.0, 2.5, 1.0], "column 1 is 2.5"),
+        ("negative_binomial", [0.0, 2.0, -1.0], "needs counts (integers >= 0)"),
     ],
 )
 def test_data_a_likelihood_cannot_take_is_exit_2(
@@ -183,7 +195,10 @@ def test_data_a_likelihood_cannot_take_is_exit_2(
     spec = write_spec(
         tmp_path,
         data={"source": "array", "path": str(tmp_path / "x.npy")},
-        model={"likelihood": likelihood},
+        model={
+            "likelihood": likelihood,
+            "dispersion": R * (likelihood == "negative_binomial"),
+        },
     )
     for command in (
         ["sweep", str(spec), "--out", str(tmp_path / "run")],
@@ -208,6 +223,13 @@ def test_data_a_likelihood_cannot_take_is_exit_2(
             'needs data.normalize = "none"',
         ),
         ({"likelihood": "student"}, {}, "model.likelihood"),
+        ({"likelihood": "negative_binomial"}, {}, "needs model.dispersion > 0"),
+        (
+            {"likelihood": "poisson", "dispersion": 2.0},
+            {},
+            "needs model.dispersion > 0",
+        ),
+        ({"likelihood": "poisson", "latent": "sphere"}, {}, "built on the MLP VAE"),
     ],
 )
 def test_a_likelihood_with_settings_it_cannot_use_is_a_spec_error(model, data, words):
@@ -223,12 +245,15 @@ def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
     spec = spec_from_dict(
         tiny_dict(
             data={"source": "array", "path": str(tmp_path / "x.npy")},
-            model={"likelihood": likelihood},
+            model={
+                "likelihood": likelihood,
+                "dispersion": R * (likelihood == "negative_binomial"),
+            },
             grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
             train={"steps": 5, "eval_every": 5},
         )
     )
-    data = load_dataset(spec.data, likelihood)
+    data = load_dataset(spec.data, likelihood, spec.model.dispersion)
     assert data.eigenvalues[0] == pytest.approx(
         whitened_top(data.x, likelihood), rel=1e-4
     )

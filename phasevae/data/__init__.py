@@ -105,7 +105,9 @@ class Dataset:
         return out
 
 
-def load_dataset(spec: DataSpec, likelihood: str = "gaussian") -> Dataset:
+def load_dataset(
+    spec: DataSpec, likelihood: str = "gaussian", dispersion: float = 0.0
+) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s or counts, and the spectrum is
     of the covariance whitened by the likelihood's variances, :func:`whitening`).
@@ -154,7 +156,7 @@ def load_dataset(spec: DataSpec, likelihood: str = "gaussian") -> Dataset:
         what += f", normalize={spec.normalize}"
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
-    whiten = whitening(x, likelihood, what)
+    whiten = whitening(x, likelihood, what, dispersion)
     if whiten is not None:
         what += f"; spectrum whitened by the {likelihood} variances at the mean"
     values, vectors = covariance_eig(x if whiten is None else x * whiten)
@@ -170,10 +172,20 @@ def load_dataset(spec: DataSpec, likelihood: str = "gaussian") -> Dataset:
     )
 
 
-def whitening(x: np.ndarray, likelihood: str, what: str) -> np.ndarray | None:
+def load_for_model(spec) -> Dataset:
+    """The data of a spec (a :class:`phasevae.spec.Spec`) as its model sees them:
+    :func:`load_dataset` with the model's likelihood."""
+    m = spec.model
+    return load_dataset(spec.data, m.likelihood, m.dispersion)
+
+
+def whitening(
+    x: np.ndarray, likelihood: str, what: str, dispersion: float = 0.0
+) -> np.ndarray | None:
     """Per feature 1 / sqrt(v), v the likelihood's variance at the data mean m:
-    m (1 - m) for the Bernoulli, m for the Poisson (0 for a constant feature, which
-    has no covariance to whiten); None for the Gaussian. The collapse transition of
+    m (1 - m) for the Bernoulli, m for the Poisson, m + m^2 / r for the negative
+    binomial of dispersion r (0 for a constant feature, which has no covariance to
+    whiten); None for the Gaussian. The collapse transition of
     a decoder whose output is the natural parameter is at beta sigma^2 = lambda_max
     of the covariance whitened by it (docs/science.md, 'Other likelihoods').
 
@@ -196,6 +208,8 @@ def whitening(x: np.ndarray, likelihood: str, what: str) -> np.ndarray | None:
         )
     m = x.mean(axis=0, dtype=np.float64)
     v = m * (1.0 - m) if likelihood == "bernoulli" else m
+    if likelihood == "negative_binomial":
+        v = m + m**2 / dispersion
     return np.where(v > 0, 1.0 / np.sqrt(np.where(v > 0, v, 1.0)), 0.0).astype(
         np.float32
     )

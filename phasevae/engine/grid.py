@@ -83,6 +83,7 @@ def static_config(
         latent=m.latent,
         concentration=m.concentration,
         likelihood=m.likelihood,
+        dispersion=m.dispersion or 1.0,
         module=build(m, shape),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),

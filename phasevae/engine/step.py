@@ -15,6 +15,7 @@ Randomness (all from ``Static.seed``, never from a model's slot in the stack):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -124,8 +125,9 @@ class Static:
     # concentration fixed at ``concentration`` (0: learned)
     latent: str = "gaussian"
     concentration: float = 0.0
-    # the decoder's likelihood (phasevae.models.vae.LIKELIHOODS)
+    # the decoder's likelihood (model.likelihood) and a negative binomial's r
     likelihood: str = "gaussian"
+    dispersion: float = 1.0
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -216,7 +218,7 @@ class Trainer:
                 static.encoder,
                 static.decoder,
                 static.skip,
-                log_input=static.likelihood == "poisson",
+                log_input=static.likelihood in ("poisson", "negative_binomial"),
             )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
@@ -281,13 +283,17 @@ class Trainer:
     def _terms(self, params, point: Point, x: Array, eps: Array) -> Terms:
         """Loss terms of a batch x (n, N) with noise eps (n, k); each example
         reaches the model in its example shape."""
-        return jax.vmap(example_terms, (None, None, 0, 0, None, None))(
+        terms = functools.partial(
+            example_terms,
+            likelihood=self.static.likelihood,
+            dispersion=self.static.dispersion,
+        )
+        return jax.vmap(terms, (None, None, 0, 0, None))(
             self.model,
             {"params": params["params"]},
             x.reshape(x.shape[0], *self.static.shape),
             eps,
             self._sigma2(params, point),
-            self.static.likelihood,
         )
 
     def batch_loss(
@@ -373,6 +379,7 @@ class Trainer:
                     {"params": params["params"]},
                     eval_x,
                     self.static.likelihood,
+                    self.static.dispersion,
                 )
                 if self.static.probe
                 else None

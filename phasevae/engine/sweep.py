@@ -23,7 +23,7 @@ import pandas as pd
 
 from phasevae.analysis.constants import COLLAPSED_KL
 from phasevae.analysis.theory import grid_misses
-from phasevae.data import DataError, load_dataset
+from phasevae.data import DataError, load_for_model
 from phasevae.engine.devices import Program, any_process
 from phasevae.engine.grid import grid_table, point_id, select_shard
 from phasevae.engine.loop import (
@@ -80,7 +80,7 @@ def run_sweep(
         return _run_static_groups(
             spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk, preflight
         )
-    data = load_dataset(spec.data, spec.model.likelihood)
+    data = load_for_model(spec)
     stop_if_terminated()
     if preflight is not None:
         axes = spec.axes()
@@ -181,7 +181,7 @@ def _run_static_groups(
         name, _, first = groups[0]  # the groups share the data
         same_data(
             RunDir(run.path / "groups" / name),
-            load_dataset(first.data, first.model.likelihood),
+            load_for_model(first),
             spec,
         )
         return make_result(run, [run.metrics()], run.meta())

@@ -137,14 +137,26 @@ class VAE(nn.Module):
         return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps, x)
 
 
-def nll(x: Array, eta: Array, likelihood: str) -> Array:
-    """-ln p(x | eta) summed over features, for a decoder output ``eta`` that is the
-    likelihood's natural parameter: the mean of a unit-variance Gaussian, the logit
-    of a Bernoulli, the log-rate of a Poisson (docs/science.md, 'Other likelihoods')."""
+def nll(x: Array, eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
+    """-ln p(x | eta) summed over features, for the decoder's output ``eta``: the
+    mean of a unit-variance Gaussian, the logit of a Bernoulli, the log-rate of a
+    Poisson, the log-mean of a negative binomial of dispersion r = ``dispersion``
+    (variance m + m^2 / r) (docs/science.md, 'Other likelihoods')."""
     if likelihood == "bernoulli":
         return jnp.sum(jax.nn.softplus(eta) - x * eta)
     if likelihood == "poisson":
         return jnp.sum(jnp.exp(eta) - x * eta + jax.scipy.special.gammaln(x + 1.0))
+    if likelihood == "negative_binomial":
+        r, gammaln = dispersion, jax.scipy.special.gammaln
+        log_r_plus_mean = jnp.logaddexp(math.log(r), eta)
+        return jnp.sum(
+            gammaln(r)
+            + gammaln(x + 1.0)
+            - gammaln(x + r)
+            - r * math.log(r)
+            - x * eta
+            + (r + x) * log_r_plus_mean
+        )
     return jnp.sum(0.5 * (x - eta) ** 2 + 0.5 * math.log(2.0 * math.pi))
 
 
@@ -152,19 +164,30 @@ def mean_of(eta: Array, likelihood: str) -> Array:
     """The likelihood's mean E[x | eta]."""
     if likelihood == "bernoulli":
         return jax.nn.sigmoid(eta)
-    if likelihood == "poisson":
+    if likelihood in ("poisson", "negative_binomial"):
         return jnp.exp(eta)
     return eta
 
 
-def variance_of(eta: Array, likelihood: str) -> Array:
-    """The likelihood's variance Var[x | eta] (its Fisher information in eta; the
-    Gaussian's is 1, sigma^2 being the temperature)."""
+def fisher_of(eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
+    """The Fisher information of -ln p(x | eta) in eta (the expected second
+    derivative): the variance for the canonical links (the Gaussian's 1, sigma^2
+    being the temperature), m r / (r + m) for the negative binomial's log-mean."""
     if likelihood == "bernoulli":
         p = jax.nn.sigmoid(eta)
         return p * (1.0 - p)
     if likelihood == "poisson":
         return jnp.exp(eta)
+    if likelihood == "negative_binomial":
+        return jnp.exp(eta) * dispersion / (dispersion + jnp.exp(eta))
+    return jnp.ones_like(eta)
+
+
+def score_scale(eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
+    """d(-ln p) / d eta = -(x - m) times this: 1 for the canonical links,
+    r / (r + m) for the negative binomial's log-mean."""
+    if likelihood == "negative_binomial":
+        return dispersion / (dispersion + jnp.exp(eta))
     return jnp.ones_like(eta)
 
 
@@ -192,6 +215,7 @@ def example_terms(
     eps: Array,
     sigma2: Array,
     likelihood: str = "gaussian",
+    dispersion: float = 1.0,
 ) -> Terms:
     """Loss terms for one example x (in the model's example shape) with noise eps
     (k,) and decoder variance sigma2 () (for another likelihood than the Gaussian,
@@ -205,7 +229,7 @@ def example_terms(
         recon = sq_err / (2.0 * sigma2) + 0.5 * n * jnp.log(2.0 * math.pi * sigma2)
     else:
         sq_err = jnp.sum((x - mean_of(xhat, likelihood)) ** 2)
-        recon = nll(x, xhat, likelihood) / sigma2
+        recon = nll(x, xhat, likelihood, dispersion) / sigma2
     gaussian = not hasattr(model, "latent_kl")
     kl = kl_per_dim(mu, logvar) if gaussian else model.latent_kl(mu, logvar)
     return Terms(recon, sq_err, kl, jnp.exp(logvar), mu)
@@ -233,15 +257,20 @@ def mutual_information(mu: Array, var: Array, eps: Array) -> Array:
 
 
 def collapse_grams(
-    model: VAE, params, x: Array, likelihood: str = "gaussian"
+    model: VAE,
+    params,
+    x: Array,
+    likelihood: str = "gaussian",
+    dispersion: float = 1.0,
 ) -> tuple[Array, Array, Array]:
     """The three small matrices that :func:`collapse_eigenvalue` needs, measured on
-    the data ``x`` (n, N): S = G^T D G (d_1, d_1), K = G^T C_xh (d_1, d_h) and
+    the data ``x`` (n, N): S = G^T D G (d_1, d_1), K = G^T R C_xh (d_1, d_h) and
     C_hh (d_h, d_h), where h = model.features(x), C are covariances over x,
     G = d f / d a (N, d_1) at z = 0, a being the decoder's first pre-activation
-    (obtained as the Jacobian with respect to the first layer's bias), and D the
-    likelihood's variance at the decoder's output f(0) (:func:`variance_of`; 1 for
-    the Gaussian, whose sigma^2 is compared with lambda_c). No skip path.
+    (obtained as the Jacobian with respect to the first layer's bias), D and R the
+    likelihood's Fisher information and score scale at the decoder's output f(0)
+    (:func:`fisher_of`, :func:`score_scale`; 1 for the Gaussian, whose sigma^2 is
+    compared with lambda_c). No skip path.
 
     Only matrix products run here, inside the compiled training program; the
     eigen-decompositions run on the host (XLA's CPU LAPACK calls, sharded over many
@@ -259,8 +288,10 @@ def collapse_grams(
 
     bias = p["dec"]["Dense_0"]["bias"]
     g = jax.jacfwd(f_of_bias)(bias)  # (N, d_1)
-    d = variance_of(f_of_bias(bias), likelihood)
-    return g.T @ (d[:, None] * g), g.T @ (xc.T @ h) / n, h.T @ h / n
+    f0 = f_of_bias(bias)
+    d = fisher_of(f0, likelihood, dispersion)
+    r = score_scale(f0, likelihood, dispersion)
+    return g.T @ (d[:, None] * g), g.T @ (r[:, None] * (xc.T @ h)) / n, h.T @ h / n
 
 
 EIG_RTOL = 1e-6  # eigenvalues of a Gram matrix below this fraction of its top are 0

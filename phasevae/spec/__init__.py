@@ -78,6 +78,7 @@ BOUNDS = {
     ("model", "channels"): (1, True),
     ("model", "kernel"): (1, True),
     ("model", "concentration"): (0.0, True),
+    ("model", "dispersion"): (0.0, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),

@@ -114,12 +114,15 @@ class ModelSpec:
 
     ``likelihood``: the decoder's, its output being the natural parameter:
     "gaussian" (the mean, variance sigma^2), "bernoulli" (the logit; data of 0s and
-    1s) or "poisson" (the log-rate; counts). For the last two the grid's sigma^2 is
-    the temperature the negative log-likelihood is divided by (the Gaussian's sigma^2
-    plays exactly that part), so collapse is again at beta sigma^2 = lambda_max, of
-    the data's covariance whitened by the likelihood's variances at the data mean
-    (docs/science.md, 'Other likelihoods'); they need ``sigma2 = "fixed"`` and
-    ``data.normalize = "none"``.
+    1s), "poisson" (the log-rate; counts) or "negative_binomial" (the log-mean;
+    counts, variance m + m^2 / r with r = ``dispersion`` > 0, fixed). For all but
+    the Gaussian the grid's sigma^2 is the temperature the negative log-likelihood is
+    divided by (the Gaussian's sigma^2 plays exactly that part), so collapse is
+    again at beta sigma^2 = lambda_max, of the data's covariance whitened by the
+    likelihood's variances at the data mean (docs/science.md, 'Other
+    likelihoods'); they need ``sigma2 = "fixed"`` and ``data.normalize = "none"``,
+    and the count likelihoods the MLP VAE with a Gaussian latent (its encoder sees
+    ln(1 + x)).
     """
 
     latent_dim: int = 3
@@ -135,6 +138,7 @@ class ModelSpec:
     latent: str = "gaussian"
     concentration: float = 0.0
     likelihood: str = "gaussian"
+    dispersion: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -304,8 +308,10 @@ def axis_values(axis: Axis) -> tuple[float, ...]:
     return axis.values() if isinstance(axis, Range) else tuple(axis)
 
 
-LIKELIHOODS = ("gaussian", "bernoulli", "poisson")  # model.likelihood
-WHAT_DATA = {"bernoulli": "0s and 1s", "poisson": "counts (integers >= 0)"}
+LIKELIHOODS = ("gaussian", "bernoulli", "poisson", "negative_binomial")
+COUNTS = "counts (integers >= 0)"
+WHAT_DATA = {"bernoulli": "0s and 1s", "poisson": COUNTS, "negative_binomial": COUNTS}
+MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
 
 
 def model_problem(spec: Spec) -> str | None:
@@ -345,10 +351,22 @@ def model_problem(spec: Spec) -> str | None:
         )
     if m.latent != "sphere" and m.concentration:
         return 'model.concentration applies to model.latent = "sphere"'
-    if m.likelihood == "poisson" and (m.kind != "mlp" or m.latent != "gaussian"):
+    counts = m.likelihood in ("poisson", "negative_binomial")
+    if counts and (m.kind != "mlp" or m.latent != "gaussian"):
         return (
-            'model.likelihood = "poisson" is built on the MLP VAE (its encoder sees '
-            'ln(1 + x)): leave model.kind = "mlp" and model.latent = "gaussian"'
+            f'model.likelihood = "{m.likelihood}" is built on the MLP VAE (its '
+            'encoder sees ln(1 + x)): leave model.kind = "mlp" and model.latent = '
+            '"gaussian"'
+        )
+    if (m.likelihood == "negative_binomial") != (m.dispersion > 0):
+        return (
+            'model.likelihood = "negative_binomial" needs model.dispersion > 0 (its '
+            "r: variance m + m^2 / r), and model.dispersion applies to it only"
+        )
+    if m.dispersion > MAX_DISPERSION:
+        return (
+            f"model.dispersion = {m.dispersion:g} is too large; at most "
+            f"{MAX_DISPERSION:g} (beyond it use the Poisson)"
         )
     if m.latent == "sphere":
         if m.kind != "mlp" or m.skip != "none" or g.skip is not None:

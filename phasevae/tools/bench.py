@@ -388,7 +388,7 @@ def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) ->
     import tempfile
 
     from phasevae.analysis import estimate
-    from phasevae.data import load_dataset
+    from phasevae.data import load_for_model
     from phasevae.engine.sweep import run_sweep
     from phasevae.spec import Range, load_spec
     from phasevae.tools.locate import SPAN
@@ -402,7 +402,7 @@ def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) ->
         wall = time.perf_counter() - t0
     (c,) = result["curves"]
     beta = spec.axes()["beta"][0]
-    lam = float(load_dataset(spec.data, spec.model.likelihood).eigenvalues[0])
+    lam = float(load_for_model(spec).eigenvalues[0])
     num = 8
     while True:
         grid = dataclasses.replace(

@@ -494,7 +494,7 @@ class Locator:
         return result
 
     def _first_stages(self) -> None:
-        from phasevae.data import load_dataset
+        from phasevae.data import load_for_model
 
         betas = sorted(set(self.base.axes()["beta"]))
         if any(b <= 0 for b in betas):
@@ -512,7 +512,7 @@ class Locator:
                 ]
             self.spectrum = spectrum
             return
-        lam = load_dataset(self.base.data, self.base.model.likelihood).eigenvalues[0]
+        lam = load_for_model(self.base).eigenvalues[0]
         for b in betas:
             why = (
                 f"{COARSE} sigma^2 over {SPAN[0]:g}-{SPAN[1]:g} x lambda_max / beta "
