@@ -392,7 +392,7 @@ def test_bad_sweep_arguments_are_refused_before_any_work(
     def no_data(*_):
         raise AssertionError("data loaded before the arguments were checked")
 
-    monkeypatch.setattr(sweep_mod, "load_dataset", no_data)
+    monkeypatch.setattr(sweep_mod, "load_for_model", no_data)
     (tmp_path / "file").write_text("x")
     extra = [e.replace("{file}", str(tmp_path / "file")) for e in extra]
     if "--out" not in extra:
