@@ -49,12 +49,15 @@ def dump(out: str) -> None:
 
 
 def compare(a: str, b: str) -> int:
+    """Runs in both files that differ (runs in one only are listed apart)."""
     before, after = json.loads(Path(a).read_text()), json.loads(Path(b).read_text())
-    keys = before.keys() | after.keys()
-    differ = sorted(k for k in keys if before.get(k) != after.get(k))
-    print(f"{len(before)} runs before, {len(after)} after; {len(differ)} differ")
+    common = sorted(before.keys() & after.keys())
+    differ = [k for k in common if before[k] != after[k]]
+    print(f"{len(common)} runs in both: {len(differ)} differ")
     for k in differ:
-        print("  ", k)
+        print("  differs:", k)
+    for k in sorted(before.keys() ^ after.keys()):
+        print("  in one file only:", k)
     return 1 if differ else 0
 
 
