@@ -7,7 +7,8 @@ tests/test_cli.py) is the first N steps of those runs. With ``--train``, advice
 beyond 4 T (up to ``CAP`` steps) is followed too: the case's grid is trained to N
 steps from the start into ``results/validation/advice/CASE`` (equal to extending the
 run at T to N, by the same test), and read at N; otherwise it is reported as not
-followed. Each advice is followed once: the advice read at N is reported, with its
+followed (a complete run trained there earlier is reused). Each advice is followed
+once: the advice read at N is reported, with its
 growth N' / N.
 
     python studies/advice_followup.py [--train]
@@ -51,6 +52,18 @@ def trained_to(case, steps: int):
     return run_sweep(spec, ROOT / "advice" / case.name).metrics
 
 
+def followed(case, steps: int):
+    """The metrics of the case's run trained to ``steps`` by an earlier ``--train``,
+    or None."""
+    run = RunDir(ROOT / "advice" / case.name)
+    if not run.spec_file.exists():
+        return None
+    meta = run.meta()
+    if meta.get("status") != "complete" or run.spec().train.steps != steps:
+        return None
+    return run.metrics()
+
+
 def follow(case, train: bool = False) -> dict:
     run = RunDir(ROOT / "runs" / case.name)
     metrics, spectrum = run.metrics(), run.meta()["spectrum"]
@@ -75,9 +88,10 @@ def follow(case, train: bool = False) -> dict:
         if nxt is None:
             break
         if nxt > metrics["step"].max():
-            if not train or nxt > CAP:
+            done = followed(case, nxt)
+            if done is None and (not train or nxt > CAP):
                 break
-            metrics = trained_to(case, nxt)
+            metrics = done if done is not None else trained_to(case, nxt)
             row["trained"] = nxt
         steps = nxt
     row["chain"] = chain
@@ -102,14 +116,17 @@ def table(rows: list[dict]) -> str:
             growth = second["advised"] / first["advised"] if second["advised"] else None
             if growth is not None:
                 growths.append(growth)
+            ci = second["ci"] or [float("nan")] * 2
+            held = second["holds_for_steps"]
             cells += [
-                second["verdict"],
+                f"{second['verdict']}{f' (for {held} steps)' if held else ''}: "
+                f"{second['sigma2_c']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]",
                 second["advised"] or "-",
                 "-" if growth is None else f"{growth:.2f}",
             ]
         else:
             beyond = first["advised"] is not None
-            beyond = "beyond the cap: not followed" if beyond else "-"
+            beyond = "not followed (no run trained there)" if beyond else "-"
             cells += [beyond, "-", "-"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     longer = sum(r["chain"][0]["verdict"] == estimate.LONGER for r in rows)
