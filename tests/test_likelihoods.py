@@ -20,11 +20,11 @@ from phasevae.models.vae import (
     collapse_grams,
     example_terms,
     nll,
-    objective,
 )
 from phasevae.spec import SpecError, spec_from_dict
 from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
+from tests.test_model import assert_turns_at_lambda_c, collapsed, collapsed_hessians
 
 LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial")
 R = 2.5  # the negative binomial's dispersion in these tests
@@ -84,28 +84,12 @@ def test_sigma2_is_the_temperature_of_the_likelihood(likelihood):
     )
 
 
-def _collapse(model, params, x, likelihood):
-    """The network with its latent switched off (mean head and decoder z-weights 0)
-    and its output at the natural parameter of the data mean: the collapsed state."""
-    p = jax.tree.map(lambda a: a, params["params"])
-    head = p["enc"][f"Dense_{len(model.encoder)}"]
-    head["kernel"] = jnp.zeros_like(head["kernel"])
-    head["bias"] = jnp.zeros_like(head["bias"])
-    p["dec"]["Dense_0"]["kernel"] = jnp.zeros_like(p["dec"]["Dense_0"]["kernel"])
-    out = p["dec"][f"Dense_{len(model.decoder)}"]
-    f0 = model.apply({"params": p}, jnp.zeros(model.latent_dim), method=VAE.decode)
-    m = jnp.mean(x, axis=0)
-    target = jnp.log(m / (1 - m)) if likelihood == "bernoulli" else jnp.log(m)
-    out["bias"] = out["bias"] + target - f0
-    return {"params": p}
-
-
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_the_linear_vaes_collapse_eigenvalue_is_the_whitened_lambda_max(likelihood):
     x = low_rank_data(likelihood)
     model = VAE(6, 2, (), ())
     params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
-    params = _collapse(model, params, jnp.asarray(x), likelihood)
+    params = collapsed(model, params, jnp.asarray(x), likelihood)
     grams = collapse_grams(model, params, jnp.asarray(x), likelihood, R)
     got = float(collapse_eigenvalue(*grams))
     want = whitened_top(x, likelihood)
@@ -136,45 +120,12 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
         ),
         params,
     )
-    params = _collapse(model, params, x, likelihood)
+    params = collapsed(model, params, x, likelihood)
     grams = collapse_grams(model, params, x, likelihood, R)
     lam = float(collapse_eigenvalue(*grams))
     if not enc and not dec:
         assert lam == pytest.approx(whitened_top(np.asarray(x), likelihood), rel=1e-4)
-    p = params["params"]
-    head = f"Dense_{len(enc)}"
-    d_h = p["enc"][head]["kernel"].shape[1]
-
-    def loss(theta, beta):
-        w, w0, a = theta[:d_h], theta[d_h], theta[d_h + 1 :]
-        kern = p["enc"][head]["kernel"].at[0].set(w)
-        bias = p["enc"][head]["bias"].at[0].set(w0)
-        dec0 = {**p["dec"]["Dense_0"], "kernel": a[:, None]}
-        q = {
-            "params": {
-                "enc": {**p["enc"], head: {"kernel": kern, "bias": bias}},
-                "dec": {**p["dec"], "Dense_0": dec0},
-            }
-        }
-        total = 0.0
-        for eps in (1.0, -1.0):  # the first two moments of N(0, 1), exactly
-            terms = jax.vmap(example_terms, (None, None, 0, None, None, None, None))(
-                model, q, x, jnp.array([eps]), 1.0, likelihood, R
-            )
-            total += jnp.mean(objective(terms, beta)) / 2
-        return total
-
-    n_theta = d_h + 1 + p["dec"]["Dense_0"]["bias"].shape[0]
-    with jax.enable_x64(True):
-        p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
-        x = jnp.asarray(x, jnp.float64)
-        hessians = {
-            f: jax.hessian(loss)(jnp.zeros(n_theta, jnp.float64), f * lam)
-            for f in (0.97, 1.03)
-        }
-    for factor, negative in ((0.97, True), (1.03, False)):
-        eig = np.linalg.eigvalsh(np.asarray(hessians[factor]))
-        assert (eig[0] < -1e-9 * eig[-1]) == negative, (factor, eig[0], eig[-1])
+    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam, likelihood, R))
 
 
 @pytest.mark.parametrize(

@@ -105,9 +105,10 @@ def test_collapse_eigenvalue_of_the_linear_vae_is_lambda_max():
     assert got == pytest.approx(top, rel=1e-4)
 
 
-def _collapsed(model, params, x):
+def collapsed(model, params, x, likelihood="gaussian"):
     """The same network with its latent switched off: mean head and decoder z-weights
-    0, encoder variance 1, decoder output the data mean."""
+    0, encoder variance 1, decoder output the natural parameter of the data mean
+    (the mean itself for the Gaussian)."""
     p = jax.tree.map(lambda a: a, params["params"])
     k = model.latent_dim
     head = p["enc"][f"Dense_{len(model.encoder)}"]
@@ -116,8 +117,58 @@ def _collapsed(model, params, x):
     p["dec"]["Dense_0"]["kernel"] = jnp.zeros_like(p["dec"]["Dense_0"]["kernel"])
     out = p["dec"][f"Dense_{len(model.decoder)}"]
     f0 = model.apply({"params": p}, jnp.zeros(k), method=VAE.decode)
-    out["bias"] = out["bias"] + jnp.mean(x, axis=0) - f0
+    m = jnp.mean(x, axis=0)
+    if likelihood == "bernoulli":
+        m = jnp.log(m / (1 - m))
+    elif likelihood != "gaussian":  # the count likelihoods' log-mean
+        m = jnp.log(m)
+    out["bias"] = out["bias"] + m - f0
     return {"params": p}
+
+
+def collapsed_hessians(model, params, x, lam, likelihood="gaussian", dispersion=1.0):
+    """{f: the float64 Hessian of the loss at the collapsed state ``params``, in the
+    mean head's first row (and bias) and the decoder's z-column, at beta sigma^2 =
+    f lambda_c} for f = 0.97, 1.03 (sigma^2 = 1). Noise eps = +-1 has the first two
+    moments of N(0, 1), all that a second-order expansion sees."""
+    p = params["params"]
+    head = f"Dense_{len(model.encoder)}"
+    d_h = p["enc"][head]["kernel"].shape[1]
+
+    def loss(theta, beta_sigma2, p, x):
+        w, w0, a = theta[:d_h], theta[d_h], theta[d_h + 1 :]
+        kern = p["enc"][head]["kernel"].at[0].set(w)
+        bias = p["enc"][head]["bias"].at[0].set(w0)
+        dec0 = {**p["dec"]["Dense_0"], "kernel": a[:, None]}
+        q = {
+            "params": {
+                "enc": {**p["enc"], head: {"kernel": kern, "bias": bias}},
+                "dec": {**p["dec"], "Dense_0": dec0},
+            }
+        }
+        total = 0.0
+        for eps in (1.0, -1.0):
+            terms = jax.vmap(example_terms, (None, None, 0, None, None, None, None))(
+                model, q, x, jnp.array([eps]), 1.0, likelihood, dispersion
+            )
+            total += jnp.mean(objective(terms, beta_sigma2)) / 2
+        return total
+
+    n_theta = d_h + 1 + p["dec"]["Dense_0"]["bias"].shape[0]
+    with jax.enable_x64(True):  # dead units leave flat directions: no float32 noise
+        p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
+        x = jnp.asarray(x, jnp.float64)
+        theta = jnp.zeros(n_theta, jnp.float64)
+        return {
+            f: np.asarray(jax.hessian(loss)(theta, f * lam, p, x)) for f in (0.97, 1.03)
+        }
+
+
+def assert_turns_at_lambda_c(hessians):
+    """Negative curvature below lambda_c, none above it."""
+    for factor, negative in ((0.97, True), (1.03, False)):
+        eig = np.linalg.eigvalsh(hessians[factor])
+        assert (eig[0] < -1e-9 * eig[-1]) == negative, (factor, eig[0], eig[-1])
 
 
 @pytest.mark.slow
@@ -141,40 +192,7 @@ def test_collapse_eigenvalue_is_where_the_hessian_of_the_collapsed_state_turns(
         ),
         params,
     )
-    params = _collapsed(model, params, x)
+    params = collapsed(model, params, x)
     lam = float(collapse_eigenvalue(*collapse_grams(model, params, x)))
     assert lam > 0
-    p = params["params"]
-    head = f"Dense_{len(enc)}"
-    d_h = p["enc"][head]["kernel"].shape[1]
-
-    def loss(theta, beta_sigma2):
-        w, w0, a = theta[:d_h], theta[d_h], theta[d_h + 1 :]
-        kern = p["enc"][head]["kernel"].at[0].set(w)
-        bias = p["enc"][head]["bias"].at[0].set(w0)
-        dec0 = {**p["dec"]["Dense_0"], "kernel": a[:, None]}
-        q = {
-            "params": {
-                "enc": {**p["enc"], head: {"kernel": kern, "bias": bias}},
-                "dec": {**p["dec"], "Dense_0": dec0},
-            }
-        }
-        total = 0.0
-        for eps in (1.0, -1.0):
-            terms = jax.vmap(example_terms, (None, None, 0, None, None))(
-                model, q, x, jnp.array([eps]), 1.0
-            )
-            total += jnp.mean(objective(terms, beta_sigma2)) / 2
-        return total
-
-    n_theta = d_h + 1 + p["dec"]["Dense_0"]["bias"].shape[0]
-    with jax.enable_x64(True):  # dead units leave flat directions: no float32 noise
-        p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
-        x = jnp.asarray(x, jnp.float64)
-        hessians = {
-            f: jax.hessian(loss)(jnp.zeros(n_theta, jnp.float64), f * lam)
-            for f in (0.97, 1.03)
-        }
-    for factor, negative in ((0.97, True), (1.03, False)):
-        eig = np.linalg.eigvalsh(np.asarray(hessians[factor]))
-        assert (eig[0] < -1e-9 * eig[-1]) == negative, (factor, eig[0], eig[-1])
+    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam))
