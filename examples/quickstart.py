@@ -44,11 +44,11 @@ print(last[["sigma2", "kl", "kl_dim_0", "kl_dim_1"]].round(3).to_string(index=Fa
 
 # %% Where is the transition, and how sure are we?
 result = run.analyze()
-t = result["transitions"][0]
-low, high = t["ci"]
+t = result.transitions[0]  # a typed record; result.to_json() is analysis.json
+low, high = t.ci
 print(
-    f"sigma2_c = {t['sigma2_c']:.3g} [{low:.3g}, {high:.3g}] ({t['verdict']}); "
-    f"theory lambda_max / beta = {t['theory_sigma2_c']:.3g}"
+    f"sigma2_c = {t.sigma2_c:.3g} [{low:.3g}, {high:.3g}] ({t.verdict}); "
+    f"theory lambda_max / beta = {t.theory_sigma2_c:.3g}"
 )
 
 # %% Figures as matplotlib Figure objects (inline in a notebook); or

@@ -53,9 +53,9 @@ spec = {
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "runs/residual_decoder"
     run = pv.run(spec, out, model=ResidualVAE(4, 2))
-    (t,) = run.analyze()["transitions"]
-    lo, hi = t["ci"] or (float("nan"), float("nan"))
+    (t,) = run.analyze().transitions
+    lo, hi = t.ci or (float("nan"), float("nan"))
     print(
-        f"residual decoder: sigma2_c = {t['sigma2_c']:.3g} [{lo:.3g}, {hi:.3g}], "
-        f"lambda_max / beta = {t['theory_sigma2_c']:.3g}, verdict: {t['verdict']}"
+        f"residual decoder: sigma2_c = {t.sigma2_c:.3g} [{lo:.3g}, {hi:.3g}], "
+        f"lambda_max / beta = {t.theory_sigma2_c:.3g}, verdict: {t.verdict}"
     )

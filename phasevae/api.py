@@ -32,6 +32,7 @@ from phasevae.engine.loop import ChunkFn, ProgressFn
 from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
 from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict, spec_to_dict
 from phasevae.store import RunDir, RunDirError
+from phasevae.store.records import Analysis
 
 SpecLike = Spec | dict | str | Path | None
 
@@ -234,14 +235,14 @@ class Run:
 
         return summary_table(self.metrics, self.meta["spectrum"]["lambda_max"])
 
-    def analyze(self) -> dict:
+    def analyze(self) -> Analysis:
         """The analysis (:func:`phasevae.analysis.curves.analyze`), written to
         RUN_DIR/analysis.json; the run must be complete."""
         from phasevae.analysis.curves import analyze_run
 
         return analyze_run(self.path)
 
-    def analysed(self) -> dict:
+    def analysed(self) -> Analysis:
         """The run's analysis: :meth:`analyze` now when it has no analysis.json,
         else analysis.json verified (one of another run, out of date or damaged is
         refused: RunDirError that says to analyze again)."""

@@ -46,8 +46,8 @@ def main() -> None:
         fits = []
         for f in FACTORS:
             part = metrics[metrics["step"] <= f * r["steps"]]
-            (t,) = analysis.analyze(part, spectrum, latent[r["case"]])["transitions"]
-            fits.append(t["sigma2_c_final"])
+            (t,) = analysis.analyze(part, spectrum, latent[r["case"]]).transitions
+            fits.append(t.sigma2_c_final)
         ref = fits[-1]
         rel = [v / ref - 1 if v is not None else np.nan for v in fits]
         drift.append(abs(rel[2]))

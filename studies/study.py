@@ -38,12 +38,13 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
         a
         for a in GRID_AXES
         if a not in ("beta", "sigma2", "seed")
-        and len({t.get(a) for t in doc["transitions"]}) > 1
+        and len({t.curve.get(a) for t in doc.transitions}) > 1
     ]
     rows = []
-    for t in doc["transitions"]:
+    for t in doc.transitions:
+        c = t.curve
         setting = ", ".join(
-            f"{a} = {t[a] if isinstance(t[a], str) else format(t[a], 'g')}"
+            f"{a} = {c[a] if isinstance(c[a], str) else format(c[a], 'g')}"
             for a in varying
         )
         rows.append(
@@ -51,19 +52,19 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
                 "study": study,
                 "variant": f"{name} ({setting})" if setting else name,
                 "command": f"{command} --out results/{study}/{name}",
-                "beta": t["beta"],
-                "sigma2_c": t["sigma2_c"],
-                "ci": t["ci"],
-                "ci_method": t["ci_method"],
-                "predicted": t["theory_sigma2_c"],
-                "rel_error": t["rel_error"],
-                "converged": t["converged"],
-                "verdict": t.get("verdict"),
-                "information": t.get("information"),
-                "per_dim": [(d["sigma2_c"], d["theory"]) for d in t["per_dim"]],
-                "theta_c": doc["boundary"]["theta_c"],
-                "theta_c_ci": doc["boundary"]["ci"],
-                "lambda_max": doc["spectrum"]["lambda_max"],
+                "beta": t.beta,
+                "sigma2_c": t.sigma2_c,
+                "ci": t.ci,
+                "ci_method": t.ci_method,
+                "predicted": t.theory_sigma2_c,
+                "rel_error": t.rel_error,
+                "converged": t.converged,
+                "verdict": t.verdict,
+                "information": t.information,
+                "per_dim": [(d.sigma2_c, d.theory) for d in t.per_dim],
+                "theta_c": doc.boundary["theta_c"],
+                "theta_c_ci": doc.boundary["ci"],
+                "lambda_max": doc.spectrum.lambda_max,
                 "train_s": result.meta["wall_times"]["train_s"],
                 "compile_s": result.meta["wall_times"]["compile_s"],
                 "models": result.meta["grid_size"],

@@ -42,6 +42,8 @@ def dump(out: str) -> None:
             doc = analyze(run.metrics(), meta["spectrum"], run.spec().model.latent_dim)
         except ValueError as e:  # too few points: the same refusal both ways
             doc = {"refused": str(e)}
+        if hasattr(doc, "to_json"):  # the typed record: its document, unversioned
+            doc = {k: v for k, v in doc.to_json().items() if k != "format_version"}
         found[name] = json.loads(json.dumps(doc, sort_keys=True, default=str))
         print(name, file=sys.stderr)
     Path(out).write_text(json.dumps(found, sort_keys=True, indent=0))

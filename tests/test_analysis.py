@@ -3,6 +3,7 @@
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from phasevae.analysis import estimate, theory
 from phasevae.analysis.fit import discontinuity, fit_piecewise
 from phasevae.cli import main
 from phasevae.store import RunDir
+from phasevae.store.records import FORMAT_VERSION, Analysis, RecordError
 
 EV = [8.0, 2.0, 0.5, 0.125]
 K = 3
@@ -65,33 +67,33 @@ def test_transitions_and_thresholds_recovered_within_1_percent(relative):
     for rng_seed in range(8):
         m = synthetic_metrics(betas, rng_seed=rng_seed, relative=relative)
         doc = analysis.analyze(m, {"eigenvalues": EV}, K)
-        assert [t["beta"] for t in doc["transitions"]] == betas
-        for t in doc["transitions"]:
-            truth = EV[0] / t["beta"]
-            assert t["theory_sigma2_c"] == pytest.approx(truth)
+        assert [t.beta for t in doc.transitions] == betas
+        for t in doc.transitions:
+            truth = EV[0] / t.beta
+            assert t.theory_sigma2_c == pytest.approx(truth)
             # the plain fit of the top dim at the last step, and the bias-corrected
             # estimate wherever the analysis trusts it (stationary noise can look
             # like a drift between T/2 and T; the verdict then says so)
-            assert t["sigma2_c_final"] == pytest.approx(truth, rel=0.01)
-            if t["verdict"] == "trusted":
-                assert t["sigma2_c"] == pytest.approx(truth, rel=0.01)
-            assert t["ci"][0] < t["sigma2_c"] < t["ci"][1]
-            covered += t["ci"][0] <= truth <= t["ci"][1]
+            assert t.sigma2_c_final == pytest.approx(truth, rel=0.01)
+            if t.verdict == "trusted":
+                assert t.sigma2_c == pytest.approx(truth, rel=0.01)
+            assert t.ci[0] < t.sigma2_c < t.ci[1]
+            covered += t.ci[0] <= truth <= t.ci[1]
             fits += 1
-            assert t["ci_method"] == "profile"
-            flagged += len(t["unsettled_sigma2"])
-            assert len(t["breakpoints"]) == 3  # the whole cascade, no more
-            assert [d["theory"] for d in t["per_dim"]] == pytest.approx(
-                [v / t["beta"] for v in EV[:K]]
+            assert t.ci_method == "profile"
+            flagged += len(t.unsettled_sigma2)
+            assert len(t.breakpoints) == 3  # the whole cascade, no more
+            assert [d.theory for d in t.per_dim] == pytest.approx(
+                [v / t.beta for v in EV[:K]]
             )
-            for d in t["per_dim"]:
-                assert d["sigma2_c"] == pytest.approx(d["theory"], rel=0.01)
-                dims_covered += d["ci"][0] <= d["theory"] <= d["ci"][1]
-                dim_errors.append(d["sigma2_c"] / d["theory"] - 1)
-        b = doc["boundary"]
+            for d in t.per_dim:
+                assert d.sigma2_c == pytest.approx(d.theory, rel=0.01)
+                dims_covered += d.ci[0] <= d.theory <= d.ci[1]
+                dim_errors.append(d.sigma2_c / d.theory - 1)
+        b = doc.boundary
         assert b["theta_c"] == pytest.approx(EV[0], rel=0.01)
         assert b["beta_exponent"] == pytest.approx(-1.0, abs=0.02)
-        assert doc["scaling"]["rms_spread"] < 0.02  # the curves collapse onto one
+        assert doc.scaling["rms_spread"] < 0.02  # the curves collapse onto one
     assert covered / fits >= 0.8, f"interval covered the truth in {covered}/{fits}"
     if relative:
         assert dims_covered / (3 * fits) >= 0.8, f"per-dim {dims_covered}/{3 * fits}"
@@ -104,14 +106,14 @@ def test_transitions_and_thresholds_recovered_within_1_percent(relative):
 
 def test_derivative_jumps_match_the_analytic_ones():
     doc = analysis.analyze(synthetic_metrics([1.0]), {"eigenvalues": EV}, K)
-    (t,) = doc["transitions"]
-    assert t["slopes_ln"] == pytest.approx([-1.5, -1.0, -0.5, 0.0], abs=0.03)
-    for bp, lam in zip(t["breakpoints"], sorted(EV[:K]), strict=True):
+    (t,) = doc.transitions
+    assert t.slopes_ln == pytest.approx([-1.5, -1.0, -0.5, 0.0], abs=0.03)
+    for bp, lam in zip(t.breakpoints, sorted(EV[:K]), strict=True):
         s2 = lam  # beta = 1
         assert bp["d1_jump_ln"] == pytest.approx(0.5, abs=0.03)
         assert bp["d1_jump"] == pytest.approx(0.5 / s2, rel=0.05)
         assert bp["d2_jump"] == pytest.approx(-0.5 / s2**2, rel=0.05)
-    last = t["breakpoints"][-1]  # at the transition: -1/(2 s2) -> 0, 1/(2 s2^2) -> 0
+    last = t.breakpoints[-1]  # at the transition: -1/(2 s2) -> 0, 1/(2 s2^2) -> 0
     assert last["d1_left"] == pytest.approx(-0.5 / EV[0], rel=0.05)
     assert last["d2_left"] == pytest.approx(0.5 / EV[0] ** 2, rel=0.05)
     assert last["d1_right"] == pytest.approx(0.0, abs=1e-3)
@@ -119,14 +121,14 @@ def test_derivative_jumps_match_the_analytic_ones():
 
 def test_seed_intervals_cover_the_truth():
     m = synthetic_metrics([1.0], seeds=(0, 1, 2, 3), noise=0.01)
-    (t,) = analysis.analyze(m, {"eigenvalues": EV}, K)["transitions"]
-    assert t["ci_method"] == "seeds" and len(t["seeds_sigma2_c"]) == 4
-    assert t["ci_method_total_kl"] == "seeds"
-    assert t["ci_total_kl"][0] <= EV[0] <= t["ci_total_kl"][1]
+    (t,) = analysis.analyze(m, {"eigenvalues": EV}, K).transitions
+    assert t.ci_method == "seeds" and len(t.seeds_sigma2_c) == 4
+    assert t.ci_method_total_kl == "seeds"
+    assert t.ci_total_kl[0] <= EV[0] <= t.ci_total_kl[1]
     # the top dim's curve: ranking 0.01-nat additive noise on collapsed dims lifts
     # the plateau's maximum, which biases its threshold low by about 1 % here
-    assert t["ci"][0] < t["sigma2_c"] < t["ci"][1]
-    assert t["sigma2_c"] == pytest.approx(EV[0], rel=0.02)
+    assert t.ci[0] < t.sigma2_c < t.ci[1]
+    assert t.sigma2_c == pytest.approx(EV[0], rel=0.02)
 
 
 def test_no_false_transition():
@@ -139,11 +141,11 @@ def test_no_false_transition():
         assert fit.transition is None and len(fit.breakpoints) == 0
     # a whole sweep whose transition lies beyond the grid reports none
     m = synthetic_metrics([1.0], ev=[400.0, 200.0, 100.0, 1.0])
-    (t,) = analysis.analyze(m, {"eigenvalues": [400.0, 200.0, 100.0, 1.0]}, K)[
-        "transitions"
-    ]
-    assert t["sigma2_c"] is None and t["ci"] is None
-    assert t["slope_at_max_sigma2"] == pytest.approx(-1.5, abs=0.05)
+    (t,) = analysis.analyze(
+        m, {"eigenvalues": [400.0, 200.0, 100.0, 1.0]}, K
+    ).transitions
+    assert t.sigma2_c is None and t.ci is None
+    assert t.slope_at_max_sigma2 == pytest.approx(-1.5, abs=0.05)
 
 
 def test_settling_flags_a_drifting_point_and_not_a_noisy_stationary_one():
@@ -171,13 +173,13 @@ def test_unsettled_points_are_not_trusted_silently():
     ramp = m["step"] / m["step"].max()
     for column in ("kl", "kl_dim_0"):
         m.loc[near, column] += 0.3 * (1 - ramp[near])  # still falling at the end
-    (t,) = analysis.analyze(m, {"eigenvalues": EV}, K)["transitions"]
-    assert not t["converged"] and t["verdict"] == "train longer"
-    assert t["unsettled_sigma2"]
-    assert all(6.0 <= s <= 9.0 for s in t["unsettled_sigma2"])
-    low, high = t["train_longer"]["sigma2"]
-    assert low < EV[0] < high and t["train_longer"]["steps"] >= 2 * t["steps"]
-    assert t["ci"][0] <= EV[0] <= t["ci"][1]
+    (t,) = analysis.analyze(m, {"eigenvalues": EV}, K).transitions
+    assert not t.converged and t.verdict == "train longer"
+    assert t.unsettled_sigma2
+    assert all(6.0 <= s <= 9.0 for s in t.unsettled_sigma2)
+    low, high = t.train_longer.sigma2
+    assert low < EV[0] < high and t.train_longer.steps >= 2 * t.steps
+    assert t.ci[0] <= EV[0] <= t.ci[1]
 
 
 def test_closed_forms_are_consistent():
@@ -219,6 +221,7 @@ def test_analyze_command_writes_analysis_json(tmp_path, capsys):
     assert "sigma2_c" in out and "theta_c" in out
     doc = json.loads((run.path / "analysis.json").read_text())
     assert doc["spectrum"]["lambda_max"] == EV[0]
+    assert doc["format_version"] == FORMAT_VERSION
     t = doc["transitions"][0]
     for key in ("beta", "learning_rate", "sigma2_c", "ci", "theory_sigma2_c"):
         assert key in t
@@ -269,12 +272,12 @@ def test_every_non_sigma2_axis_names_its_transitions():
     b["point_id"] = b["point_id"] + "w"
     doc = analysis.analyze(pd.concat([a, b]), {"eigenvalues": EV}, K)
     got = [
-        (t["beta"], t["kl_warmup_steps"], t["decoder_init_scale"])
-        for t in doc["transitions"]
+        (t.beta, t.curve["kl_warmup_steps"], t.curve["decoder_init_scale"])
+        for t in doc.transitions
     ]
     assert got == [(1.0, 0.0, 1.0), (1.0, 600.0, 1.0)]
-    for t in doc["transitions"]:
-        assert t["sigma2_c"] == pytest.approx(EV[0], rel=0.01)
+    for t in doc.transitions:
+        assert t.sigma2_c == pytest.approx(EV[0], rel=0.01)
 
 
 def test_no_fitted_segment_rests_on_a_single_grid_value():
@@ -341,14 +344,15 @@ def test_the_boundary_pools_collapses_not_curves_held_up_by_free_bits():
     """theta_c pools the curves' collapse transitions; a curve whose KL free bits
     held up (its 'kink' is where the floor takes over) is left out."""
 
-    def curve(beta, s2c, verdict="trusted"):
-        return {
-            "beta": beta,
-            "sigma2_c": s2c,
-            "theta_c": beta * s2c,
-            "ci": [0.95 * s2c, 1.05 * s2c],
-            "verdict": verdict,
-        }
+    def curve(beta, s2c, verdict="trusted", ci=None):
+        # the fields of a Transition the boundary reads
+        return SimpleNamespace(
+            beta=beta,
+            sigma2_c=s2c,
+            theta_c=beta * s2c,
+            ci=ci or (0.95 * s2c, 1.05 * s2c),
+            verdict=verdict,
+        )
 
     plain = [curve(0.5, 16.0), curve(1.0, 8.0), curve(2.0, 4.0)]
     floor = curve(1.0, 3.0, estimate.HELD)
@@ -356,7 +360,7 @@ def test_the_boundary_pools_collapses_not_curves_held_up_by_free_bits():
     assert b["theta_c"] == pytest.approx(8.0, rel=1e-6)
     assert b["beta_exponent"] == pytest.approx(-1.0, abs=1e-6)
     # one curve keeps its own (asymmetric) interval, in theta = beta sigma^2
-    one = analysis.boundary([{**curve(2.0, 4.0), "ci": [3.0, 4.4]}], 8.0)
+    one = analysis.boundary([curve(2.0, 4.0, ci=(3.0, 4.4))], 8.0)
     assert (one["theta_c"], one["ci"]) == pytest.approx((8.0, [6.0, 8.8]))
 
 
@@ -368,21 +372,21 @@ def test_a_learned_variance_kink_is_read_as_one_in_its_starting_values():
     m = synthetic_metrics([1.0, 2.0])
     spectrum = {"eigenvalues": EV}
     fixed = analysis.analyze(m.assign(decoder_sigma2=m["sigma2"]), spectrum, K)
-    assert {t["verdict"] for t in fixed["transitions"]} <= {"trusted", "train longer"}
-    assert fixed["boundary"]["theta_c"] == pytest.approx(EV[0], rel=0.03)
+    assert {t.verdict for t in fixed.transitions} <= {"trusted", "train longer"}
+    assert fixed.boundary["theta_c"] == pytest.approx(EV[0], rel=0.03)
     learned = analysis.analyze(m.assign(decoder_sigma2=1.3), spectrum, K)
-    assert {t["verdict"] for t in learned["transitions"]} == {estimate.LEARNED}
-    assert learned["boundary"]["theta_c"] is None
+    assert {t.verdict for t in learned.transitions} == {estimate.LEARNED}
+    assert learned.boundary["theta_c"] is None
     # the committed learned-variance remedy run: before, its kinks in the starting
     # sigma^2 at beta = 6 and 8 came out as transitions 90 % off, with 'train longer'
     run = RunDir(Path(__file__).parent.parent / "results/remedies/learned_variance")
     doc = analysis.analyze(
         run.metrics(), run.meta()["spectrum"], run.spec().model.latent_dim
     )
-    assert {t["verdict"] for t in doc["transitions"]} == {estimate.LEARNED}
-    assert sum(t["sigma2_c"] is not None for t in doc["transitions"]) == 2
-    assert all(t["train_longer"] is None for t in doc["transitions"])
-    assert learned["boundary"]["theta_c"] is None
+    assert {t.verdict for t in doc.transitions} == {estimate.LEARNED}
+    assert sum(t.sigma2_c is not None for t in doc.transitions) == 2
+    assert all(t.train_longer is None for t in doc.transitions)
+    assert learned.boundary["theta_c"] is None
 
 
 @pytest.mark.slow
@@ -390,7 +394,6 @@ def test_a_setting_that_moves_the_transition_gets_its_own_boundary():
     """Two settings of a remedy axis, the second moving the linear-VAE transition from
     8 to 10: the pooled theta_c mixes them, ``boundary_by`` gives each its own, the
     printed lines name the setting, and a report refuses a malformed one."""
-    from phasevae.report.figbase import analysis_problem
     from phasevae.report.text import boundary_lines
 
     betas = [0.5, 1.0, 2.0]
@@ -398,13 +401,13 @@ def test_a_setting_that_moves_the_transition_gets_its_own_boundary():
     moved = synthetic_metrics(betas, relative=True, ev=[1.25 * v for v in EV])
     moved = moved.assign(kl_warmup_steps=500.0, point_id=moved["point_id"] + "w")
     doc = analysis.analyze(pd.concat([kept, moved]), {"eigenvalues": EV}, K)
-    by = doc["boundary_by"]
+    by = doc.boundary_by
     assert [g["kl_warmup_steps"] for g in by] == [0.0, 500.0]
     assert "learning_rate" not in by[0]  # the same in every curve: no setting
     assert by[0]["theta_c"] == pytest.approx(8.0, rel=0.03)
     assert by[1]["theta_c"] == pytest.approx(10.0, rel=0.03)
     assert by[0]["ci"][1] < by[1]["ci"][0]
-    assert by[0]["theta_c"] < doc["boundary"]["theta_c"] < by[1]["theta_c"]
+    assert by[0]["theta_c"] < doc.boundary["theta_c"] < by[1]["theta_c"]
     lines = boundary_lines(doc)
     head = "theta_c = beta * sigma_c^2 = "
     assert lines[0].startswith(f"pooled over every setting: {head}")
@@ -412,8 +415,10 @@ def test_a_setting_that_moves_the_transition_gets_its_own_boundary():
     assert lines[2].startswith(f"kl_warmup_steps=500: {head}{by[1]['theta_c']:.4g} ")
     # one setting: no per-setting boundary, and one unlabelled line
     alone = analysis.analyze(kept, {"eigenvalues": EV}, K)
-    assert alone["boundary_by"] == []
+    assert alone.boundary_by == ()
     assert boundary_lines(alone)[0].startswith(head)
-    assert analysis_problem(json.loads(json.dumps(doc))) is None
-    doc["boundary_by"][1]["ci"] = "x"
-    assert analysis_problem(doc) == "boundary_by is malformed"
+    raw = json.loads(json.dumps(doc.to_json()))
+    assert Analysis.from_json(raw) == doc
+    raw["boundary_by"][1]["ci"] = "x"
+    with pytest.raises(RecordError, match="boundary_by is malformed"):
+        Analysis.from_json(raw)

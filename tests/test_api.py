@@ -54,7 +54,7 @@ def test_analyze_and_plot_return_objects_and_write_files(tmp_path):
     r.plot()  # a run without its analysis is analysed on demand
     assert (tmp_path / "analysis.json").exists()
     doc = r.analyze()
-    assert {t["beta"] for t in doc["transitions"]} == {0.5, 1.0}
+    assert {t.beta for t in doc.transitions} == {0.5, 1.0}
     figures = r.plot()
     assert "kl_vs_sigma2" in figures
     assert all(isinstance(f, Figure) for f in figures.values())

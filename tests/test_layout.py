@@ -138,7 +138,6 @@ def test_no_module_imports_a_private_name_of_another():
 LONG_FUNCTIONS = {
     "cli.args.build_parser",  # one argparse declaration per subcommand
     "analysis.estimate.estimate_transition",
-    "report.figbase.analysis_problem",
     "cli.cmd_sweep",
     "engine.sweep.merge_runs",
     "engine.sweep.run_sweep",

@@ -57,8 +57,8 @@ def test_locate_chains_stages_into_one_run_that_analyze_reads(tmp_path):
     n_points = sum(len(s["sigma2"]) for s in record["stages"] if s["kind"] != "longer")
     assert joined["point_id"].nunique() == n_points
     analysis = analyze_run(out)
-    (t,) = analysis["transitions"]
-    assert t["sigma2_c"] == pytest.approx(curve["sigma2_c"])
+    (t,) = analysis.transitions
+    assert t.sigma2_c == pytest.approx(curve["sigma2_c"])
     # a rerun of a finished locate trains nothing and says the same
     again = locate_mod.locate(spec, out, budget=4_500, say=lambda _: None)
     assert again == result
@@ -170,9 +170,9 @@ def test_every_advice_is_a_command_that_continues_the_same_run(tmp_path, capsys)
     spec = small_spec(tmp_path, grid={"sigma2": {"min": 1.0, "max": 12.0, "num": 8}})
     run = tmp_path / "run"
     assert main(["sweep", str(spec), "--out", str(run), "--set", "train.steps=60"]) == 0
-    (t,) = analyze_run(run)["transitions"]
-    advice = t["advice"]
-    assert advice is not None, t["verdict"]
+    (t,) = analyze_run(run).transitions
+    advice = t.advice
+    assert advice is not None, t.verdict
     printed = capsys.readouterr()
     assert main(["analyze", str(run)]) == 0
     assert advice["command"] in capsys.readouterr().out

@@ -56,7 +56,7 @@ def test_a_user_module_by_spec_string_and_by_python_object_trains_the_same(
     )
     # trained: the KL differs across sigma^2 and the analysis reads it
     assert a.metrics["kl"].nunique() > 1
-    assert a.analyze()["transitions"]
+    assert a.analyze().transitions
     # the object's run continues from Python with the object; a new process that
     # does not hold it is told so
     assert api.run(plain, tmp_path / "object", model=module).complete
@@ -225,7 +225,7 @@ def test_a_conv_sweep_takes_slots_shards_merge_analysis_and_figures(tmp_path):
         check_exact=False,
         rtol=1e-5,
     )
-    assert merged.analyze()["transitions"]
+    assert merged.analyze().transitions
     assert merged.plot(save="png")
 
 

@@ -53,7 +53,7 @@ def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
     doc = analyze_run(run.path)
     fig = plots.phase_diagram(plots.load(run.path))
     (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
-    want = [(t["sigma2_c"], t["beta"]) for t in doc["transitions"]]
+    want = [(t.sigma2_c, t.beta) for t in doc.transitions]
     np.testing.assert_allclose(np.c_[line.get_xdata(), line.get_ydata()], want)
     # swapped axes draw the same boundary transposed
     fig = plots.phase_diagram(plots.load(run.path), x="beta", y="sigma2")
@@ -63,18 +63,19 @@ def test_the_plotted_boundary_is_the_one_in_analysis_json(tmp_path):
     # collapse: the map leaves it out, as the pooled boundary does
     from phasevae.analysis.estimate import HELD, LEARNED
 
-    doc["transitions"][0]["verdict"], doc["transitions"][2]["verdict"] = LEARNED, HELD
-    run.write_analysis(doc)
+    raw = doc.to_json()
+    raw["transitions"][0]["verdict"], raw["transitions"][2]["verdict"] = LEARNED, HELD
+    run.write_analysis(raw)
     fig = plots.phase_diagram(plots.load(run.path))
     (line,) = [a for a in fig.axes[0].lines if a.get_gid() == "measured-boundary"]
     np.testing.assert_allclose(np.c_[line.get_xdata(), line.get_ydata()], want[1:2])
     # the KL figure's fitted curve is the stored fit, exactly
     fig = plots.kl_figure(plots.load(run.path))
     fitted = [a for a in fig.axes[0].lines if a.get_label() == "fit, active"][0]
-    t = doc["transitions"][0]
+    t = doc.transitions[0]
     u = np.log(fitted.get_xdata())
     np.testing.assert_allclose(
-        fitted.get_ydata(), np.interp(u, t["fit"]["ln_sigma2"], t["fit"]["kl"])
+        fitted.get_ydata(), np.interp(u, t.fit.ln_sigma2, t.fit.kl)
     )
 
 
@@ -148,9 +149,7 @@ def test_remedy_hysteresis_and_learned_variance_figures(tmp_path):
         if line.get_marker() == "o"
         for y in line.get_ydata()
     )
-    expect = sorted(
-        t["sigma2_c"] * t["beta"] for t in doc["transitions"] if t["sigma2_c"]
-    )
+    expect = sorted(t.sigma2_c * t.beta for t in doc.transitions if t.sigma2_c)
     np.testing.assert_allclose(drawn, expect)
 
 
@@ -190,7 +189,7 @@ def test_the_kl_figure_draws_unsettled_points_hollow_and_says_so():
     path = Path(__file__).parent.parent / "results" / "conv" / "digits_mlp"
     rd = plots.load(path)
     fig = plots.kl_figure(rd)
-    for col, t in enumerate(rd.analysis["transitions"]):
+    for col, t in enumerate(rd.analysis.transitions):
         ax = [a for a in fig.axes if a.get_ylabel() == "KL (nats)"][col]
         hollow, filled = [], []
         for line in ax.get_lines():
@@ -199,7 +198,7 @@ def test_the_kl_figure_draws_unsettled_points_hollow_and_says_so():
                     line
                 )
         (h,) = hollow
-        want = sorted(t["unsettled_sigma2"])
+        want = sorted(t.unsettled_sigma2)
         assert want and sorted(h.get_xdata()) == pytest.approx(want)
         names = ax.get_legend_handles_labels()[1]
         assert "not settled: still trending (left out of the fit)" in names

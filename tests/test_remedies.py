@@ -116,8 +116,8 @@ def test_a_hysteresis_sweep_reports_both_curves(tiny_spec, tmp_path):
     result = run_sweep(spec, tmp_path / "run")
     assert result.meta["compiles"] == 1 and result.meta["grid_size"] == 10
     a = analysis.analyze(result.metrics, result.meta["spectrum"], 2)
-    assert sorted(t["direction"] for t in a["transitions"]) == [-1.0, 1.0]
-    (h,) = a["hysteresis"]
+    assert sorted(t.curve["direction"] for t in a.transitions) == [-1.0, 1.0]
+    (h,) = a.hysteresis
     assert h["sigma2"] == [0.2, 0.5, 1.2, 3.0, 8.0]
     assert h["area"] >= 0 and len(h["kl_up"]) == len(h["kl_down"]) == 5
 
@@ -184,7 +184,9 @@ def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path
     from phasevae.report.figures import write_figures
 
     doc = analyze_run(tmp_path / "run")
-    assert {(t["decoder"], t["skip"]) for t in doc["transitions"]} == set(last.index)
+    assert {(t.curve["decoder"], t.curve["skip"]) for t in doc.transitions} == set(
+        last.index
+    )
     names = set(write_figures(tmp_path / "run"))
     assert {"remedy_skip", "phase_diagram_skip", "remedy_decoder"} <= names
     # the gate is a parameter of the gated group only, computed from z alone
@@ -318,7 +320,7 @@ def test_one_compile_for_every_value_of_the_remedy_axes(tmp_path, tiny_spec):
     # the points differ by their remedy: free bits keep the small sigma^2 dims' KL up
     small = last[
         (last["sigma2"] == 0.5)
-        & (last["kl_cycle_steps"] == 0)
+        & (last.curve["kl_cycle_steps"] == 0)
         & (last["mi_weight"] == 0)
         & (last["kl_cycle_ramp"] == 0.5)
     ]
@@ -356,18 +358,16 @@ def test_free_bits_floors_are_read_as_no_collapse_and_information_is_tracked():
     both = pd.concat([plain, held])
     both["mi"] = np.minimum(both["kl"], 1.0) * (both["free_bits"] == 0)
     doc = analysis.analyze(both, {"eigenvalues": list(EV)}, K)
-    by = {t["free_bits"]: t for t in doc["transitions"]}
-    assert (
-        by[0.0]["floor"] is None and by[0.0]["verdict"] != "held at the free-bits floor"
-    )
-    assert by[0.1]["floor"]["held"] and by[0.1]["floor"]["free_bits"] == 0.1
-    assert by[0.1]["verdict"] == "held at the free-bits floor"
+    by = {t.curve["free_bits"]: t for t in doc.transitions}
+    assert by[0.0].floor is None and by[0.0].verdict != "held at the free-bits floor"
+    assert by[0.1].floor["held"] and by[0.1].floor["free_bits"] == 0.1
+    assert by[0.1].verdict == "held at the free-bits floor"
     s2 = np.sort(plain["sigma2"].unique())
     first_low = s2[
         np.nonzero(plain.groupby("sigma2")["kl"].mean().to_numpy() < 0.01)[0][0]
     ]
-    assert by[0.0]["information"]["mi_lost_sigma2"] == pytest.approx(first_low)
-    assert by[0.1]["information"]["mi_lost_sigma2"] == pytest.approx(s2[0])
+    assert by[0.0].information["mi_lost_sigma2"] == pytest.approx(first_low)
+    assert by[0.1].information["mi_lost_sigma2"] == pytest.approx(s2[0])
 
 
 @pytest.mark.slow
@@ -424,7 +424,7 @@ def test_remedy_axes_through_slots_shards_and_analysis(tmp_path, tiny_spec):
     )
     doc = analysis.analyze_run(tmp_path / "merged")
     remedies = {
-        (t["free_bits"], t["kl_cycle_steps"], t["mi_weight"])
-        for t in doc["transitions"]
+        (t.curve["free_bits"], t.curve["kl_cycle_steps"], t.curve["mi_weight"])
+        for t in doc.transitions
     }
-    assert len(remedies) + len(doc["skipped"]) == 8 and remedies
+    assert len(remedies) + len(doc.skipped) == 8 and remedies

@@ -132,9 +132,12 @@ def test_the_report_opens_in_a_headless_browser(analysed, tmp_path):
     [
         ('{"transitions": [', "is damaged"),
         ("[]", "is damaged (its digest is missing)"),
-        ('{"spectrum": {}, "transitions": []}', "lacks lambda_max"),
+        ('{"spectrum": {}, "transitions": []}', "spectrum lacks eigenvalues"),
+        ('{"format_version": 9}', "has format_version 9; this phasevae reads"),
         (
-            '{"spectrum": {"lambda_max": 4, "eigenvalues": [4]}, "transitions": [],'
+            '{"spectrum": {"lambda_max": 4, "eigenvalues": [4]}, "latent_dim": 1,'
+            ' "settings": {}, "transitions": [], "hysteresis": [], "boundary": {},'
+            ' "boundary_by": [], "scaling": null, "scaling_by": [], "points": [],'
             ' "skipped": [{"reason": "fewer than 4 sigma^2 values"}]}',
             "no curve of",
         ),

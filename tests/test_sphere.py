@@ -162,8 +162,8 @@ def test_a_sphere_sweep_trains_analyses_and_resumes(tmp_path, tiny_spec, monkeyp
     assert m["active_directions"].between(0, 2).all()
     last = m[m["step"] == 60].sort_values("sigma2")
     assert last["kl"].iloc[0] > 10 * last["kl"].iloc[-1]  # it collapses at large s2
-    (t,) = analysis.analyze_run(tmp_path / "full")["transitions"]
-    info = t["information"]
+    (t,) = analysis.analyze_run(tmp_path / "full").transitions
+    info = t.information
     assert info["mi_at_min_sigma2"] > info["mi_at_max_sigma2"]
     assert info["directions_at_min_sigma2"] > info["directions_at_max_sigma2"]
 

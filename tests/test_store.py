@@ -378,4 +378,4 @@ def test_every_committed_run_is_of_the_current_format():
         run = RunDir(path)
         run.spec(), run.meta(), run.metrics()
         if (path / "analysis.json").exists():
-            assert run.analysis()["transitions"] is not None, path
+            assert run.analysis().transitions, path

@@ -2,6 +2,8 @@
 writer left: TensorBoard event files (tensorboardX), a W&B offline run, an MLflow file
 store."""
 
+import dataclasses
+import functools
 import glob
 import json
 import struct
@@ -11,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from phasevae.analysis import curves
 from phasevae.cli import main
 from phasevae.errors import BadInput
 from phasevae.report import trackers
 from phasevae.spec import spec_from_dict
+from phasevae.store.records import Analysis
 from tests.conftest import tiny_dict
-from tests.test_analysis import synthetic_metrics
+from tests.test_analysis import EV, K, synthetic_metrics
 from tests.test_cli import write_spec
 
 
@@ -121,27 +125,32 @@ def test_a_sweep_tracked_in_tensorboard_logs_every_evaluation(tmp_path):
     assert tensorboard_scalars(out / "tensorboard") == logged
 
 
-ANALYSIS = {  # what summary() reads of analysis.json, for two curves
-    "transitions": [
-        {
-            "beta": 1.0,
-            "sigma2_c": 2.0,
-            "ci": [1.9, 2.1],
-            "theory_sigma2_c": 2.1,
-            "rel_error": -0.0476,
-            "verdict": "trusted",
-        },
-        {
-            "beta": 2.0,
-            "free_bits": 0.1,
-            "sigma2_c": None,
-            "ci": None,
-            "theory_sigma2_c": 1.05,
-            "rel_error": None,
-            "verdict": "no transition in grid",
-        },
-    ]
-}
+@functools.cache
+def two_curves() -> Analysis:
+    """An analysis of two curves with the values summary() reads set by hand."""
+    real = curves.analyze(synthetic_metrics([1.0]), {"eigenvalues": EV}, K)
+    (t,) = real.transitions
+    one = dataclasses.replace(
+        t,
+        curve={"beta": 1.0},
+        sigma2_c=2.0,
+        ci=(1.9, 2.1),
+        theory_sigma2_c=2.1,
+        rel_error=-0.0476,
+        verdict="trusted",
+    )
+    other = dataclasses.replace(
+        t,
+        curve={"beta": 2.0, "free_bits": 0.1},
+        sigma2_c=None,
+        ci=None,
+        theory_sigma2_c=1.05,
+        rel_error=None,
+        verdict="no transition in grid",
+    )
+    return dataclasses.replace(real, transitions=(one, other))
+
+
 SUMMARY_NUMBERS = {
     "analysis/beta_1/sigma2_c": 2.0,
     "analysis/beta_1/ci_low": 1.9,
@@ -157,7 +166,7 @@ SUMMARY_TEXTS = {
 
 
 def test_the_summary_names_every_curve_and_leaves_unknown_values_out():
-    assert trackers.summary(ANALYSIS) == (SUMMARY_NUMBERS, SUMMARY_TEXTS)
+    assert trackers.summary(two_curves()) == (SUMMARY_NUMBERS, SUMMARY_TEXTS)
 
 
 def test_series_names_tell_the_points_apart():
@@ -177,7 +186,7 @@ def test_wandb_offline_run_holds_the_chunk(tmp_path, monkeypatch):
     frame.loc[frame.index[0], "diverged"] = True
     with trackers.Wandb("phasevae-test", spec, dir=str(tmp_path), mode="offline") as w:
         w(frame, {})
-        w.summarize(ANALYSIS, frame)
+        w.summarize(two_curves(), frame)
     (path,) = glob.glob(f"{tmp_path}/wandb/offline-run-*/run-*.wandb")
     want = expected(frame, "kl")
 
@@ -227,7 +236,7 @@ def test_mlflow_file_store_holds_the_spec_and_the_chunk(tmp_path, monkeypatch):
     frame = synthetic_metrics([2.0], evals=2)
     with trackers.Mlflow(uri, spec, experiment="test") as m:
         m(frame, {})
-        m.summarize(ANALYSIS, frame)
+        m.summarize(two_curves(), frame)
     run_id = m.run.info.run_id  # logged on the tracker's thread, done at close
     client = mlflow.tracking.MlflowClient(uri)
     run = client.get_run(run_id)

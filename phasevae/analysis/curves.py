@@ -10,6 +10,7 @@ hysteresis and per-point values.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -28,9 +29,17 @@ from phasevae.analysis.fit import (
     settle,
 )
 from phasevae.store import RunDir, RunDirError
+from phasevae.store.records import (
+    Analysis,
+    Fit,
+    PerDim,
+    Spectrum,
+    TrainLonger,
+    Transition,
+)
 
 
-def analyze_run(path) -> dict:
+def analyze_run(path) -> Analysis:
     """Analyse a finished run directory and write its analysis.json (atomically).
 
     Raises:
@@ -47,14 +56,19 @@ def analyze_run(path) -> dict:
         result = analyze(run.metrics(), meta["spectrum"], spec.model.latent_dim)
     except ValueError as e:
         raise RunDirError(f"{run.path}: cannot fit: {e}") from None
-    for t in result["transitions"]:
-        t["advice"] = advise(run.path, spec, meta, t)
-    run.write_analysis(result)
+    result = dataclasses.replace(
+        result,
+        transitions=tuple(
+            dataclasses.replace(t, advice=advise(run.path, spec, meta, t))
+            for t in result.transitions
+        ),
+    )
+    run.write_analysis(result.to_json())
     return result
 
 
-def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
-    """The analysis.json document for a finished sweep's metrics table.
+def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> Analysis:
+    """The analysis (analysis.json's record) of a finished sweep's metrics table.
 
     Raises:
       ValueError: fewer than 4 sigma^2 values on a curve.
@@ -84,26 +98,25 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> dict:
             "no curve can be fitted: "
             + "; ".join(f"{curve_label(s)}: {s['reason']}" for s in skipped[:4])
         )
-    return {
-        "spectrum": {
-            "eigenvalues": [float(v) for v in ev],
-            "lambda_max": float(ev[0]),
-        },
-        "latent_dim": latent_dim,
-        "settings": {
+    return Analysis(
+        spectrum=Spectrum(
+            eigenvalues=tuple(float(v) for v in ev), lambda_max=float(ev[0])
+        ),
+        latent_dim=latent_dim,
+        settings={
             "min_increment": MIN_INCREMENT,
             "level": LEVEL,
             "active_kl": COLLAPSED_KL,
         },
-        "transitions": transitions,
-        "skipped": skipped,  # curves that could not be fitted, and why
-        "hysteresis": hysteresis(table) if "direction" in table else [],
-        "boundary": boundary(transitions, float(ev[0])),
-        "boundary_by": boundary_by_group(transitions, float(ev[0]), axes),
-        "scaling": scaling_collapse(table),
-        "scaling_by": scaling_by_group(table),
-        "points": _points(table),
-    }
+        transitions=tuple(transitions),
+        skipped=tuple(skipped),  # curves that could not be fitted, and why
+        hysteresis=tuple(hysteresis(table) if "direction" in table else []),
+        boundary=boundary(transitions, float(ev[0])),
+        boundary_by=tuple(boundary_by_group(transitions, float(ev[0]), axes)),
+        scaling=scaling_collapse(table),
+        scaling_by=tuple(scaling_by_group(table)),
+        points=tuple(_points(table)),
+    )
 
 
 def curve_label(curve: dict) -> str:
@@ -122,7 +135,7 @@ def _transition(
     ev: np.ndarray,
     k: int,
     lam_eval: float | None,
-) -> dict:
+) -> Transition:
     """One curve: ``group`` its per-point table, ``rows`` its metrics rows;
     ``lam_eval`` the top eigenvalue of the evaluation subset."""
     beta = values.get("beta", 1.0)
@@ -146,35 +159,47 @@ def _transition(
         j["theory_d2_jump"] = -0.5 / j["sigma2"] ** 2
     theory_s2c = float(predicted[0]) if beta > 0 else None
     s2c_est = est["sigma2_c"]
-    return {
-        **{k_: _num(v) for k_, v in values.items()},
-        **est,
-        "theory_sigma2_c": theory_s2c,
-        "rel_error": None
+    longer = est.pop("train_longer")
+    return Transition(
+        curve={k_: _num(v) for k_, v in values.items()},
+        **{k_: _pair(v) if k_ in PAIRS else v for k_, v in est.items()},
+        train_longer=None
+        if longer is None
+        else TrainLonger(sigma2=_pair(longer["sigma2"]), steps=longer["steps"]),
+        theory_sigma2_c=theory_s2c,
+        rel_error=None
         if s2c_est is None or not theory_s2c
         else s2c_est / theory_s2c - 1,
-        "off_theory": _off_theory(est, theory_s2c),
-        "theta_c": None if s2c_est is None else s2c_est * beta,
-        "converged": est["verdict"] == estimate.TRUSTED,
-        "sigma2_c_total_kl": s2c,
-        "ci_total_kl": ci,
-        "ci_method_total_kl": method,
-        "points_settled": bool(usable["settled"].all()),
-        "unsettled_sigma2": sorted(
-            float(s) for s in usable.loc[~usable["settled"], "sigma2"].unique()
+        off_theory=_off_theory(est, theory_s2c),
+        theta_c=None if s2c_est is None else s2c_est * beta,
+        converged=est["verdict"] == estimate.TRUSTED,
+        sigma2_c_total_kl=s2c,
+        ci_total_kl=_pair(ci),
+        ci_method_total_kl=method,
+        points_settled=bool(usable["settled"].all()),
+        unsettled_sigma2=tuple(
+            sorted(float(s) for s in usable.loc[~usable["settled"], "sigma2"].unique())
         ),
-        "fit_used_unsettled": not trusted,
-        "diverged_points": int(group["diverged"].sum()),
-        "seeds_sigma2_c": seeds,
-        "plateau": fit.c,
-        "slope_at_max_sigma2": -fit.s0,
-        "slopes_ln": fit.segment_slopes(),
-        "fit": fit.knots(),
-        "breakpoints": jumps,
-        "theory_thresholds": [float(t) for t in predicted],
-        "per_dim": _per_dim(data, k, predicted),
-        "information": readings.information(usable),
-    }
+        fit_used_unsettled=not trusted,
+        diverged_points=int(group["diverged"].sum()),
+        seeds_sigma2_c=None if seeds is None else tuple(seeds),
+        plateau=fit.c,
+        slope_at_max_sigma2=-fit.s0,
+        slopes_ln=tuple(fit.segment_slopes()),
+        fit=Fit(**{k_: tuple(v) for k_, v in fit.knots().items()}),
+        breakpoints=tuple(jumps),
+        theory_thresholds=tuple(float(t) for t in predicted),
+        per_dim=tuple(_per_dim(data, k, predicted)),
+        information=readings.information(usable),
+        advice=None,
+    )
+
+
+PAIRS = ("ci", "ci_statistical", "ci_finite_training", "jump")  # lists of two
+
+
+def _pair(v):
+    return None if v is None else tuple(v)
 
 
 def _off_theory(est: dict, theory_s2c: float | None) -> dict | None:
@@ -256,74 +281,74 @@ def hysteresis(table: pd.DataFrame, tolerance: float = 0.01) -> list[dict]:
     return out
 
 
-def _per_dim(points: pd.DataFrame, k: int, predicted: np.ndarray) -> list[dict]:
+def _per_dim(points: pd.DataFrame, k: int, predicted: np.ndarray) -> list[PerDim]:
     """The collapse cascade: the r-th most informative latent dim's KL (see
     :func:`rank_dims`) fitted for its single threshold, against lambda_r / beta."""
     out = []
     for r in range(k):
         fit, s2c, ci, method, _ = fit_curve(points, f"kl_rank_{r}", max_breaks=1)
         out.append(
-            {
-                "dim": r,
-                "sigma2_c": s2c,
-                "ci": ci,
-                "ci_method": method,
-                "theory": float(predicted[r]),
-                "slope_ln": -float(fit.increments.sum() + fit.s0),
-            }
+            PerDim(
+                dim=r,
+                sigma2_c=s2c,
+                ci=_pair(ci),
+                ci_method=method,
+                theory=float(predicted[r]),
+                slope_ln=-float(fit.increments.sum() + fit.s0),
+            )
         )
     return out
 
 
-def boundary(transitions: list[dict], lambda_max: float) -> dict:
+def boundary(transitions: list[Transition], lambda_max: float) -> dict:
     """theta_c = beta * sigma_c^2 pooled over the curves (inverse-variance weights on
     ln theta_c from each interval), and the exponent of sigma_c^2 ~ beta^p (theory:
     p = -1) when there are at least 3 beta values. A curve whose KL free bits held up
     has no collapse to pool, and one whose decoder learned its variance has none in
     the grid's sigma^2. The pooled interval is symmetric in ln theta; a single curve
     keeps its own."""
-    found = [t for t in transitions if locates_collapse(t) and t["ci"]]
+    found = [t for t in transitions if locates_collapse(t) and t.ci]
     out = {"theory_theta_c": lambda_max, "theta_c": None, "ci": None}
     if not found:
         return out
-    ln_t = np.log([t["theta_c"] for t in found])
+    ln_t = np.log([t.theta_c for t in found])
     z = stats.norm.ppf(0.5 + LEVEL / 2)
-    se = np.array(
-        [(math.log(t["ci"][1]) - math.log(t["ci"][0])) / (2 * z) for t in found]
-    )
+    se = np.array([(math.log(t.ci[1]) - math.log(t.ci[0])) / (2 * z) for t in found])
     w = 1.0 / np.maximum(se, 1e-6) ** 2
     mean = float(np.sum(w * ln_t) / np.sum(w))
     half = z / math.sqrt(np.sum(w))
     ci = [math.exp(mean - half), math.exp(mean + half)]
     if len(found) == 1:  # one curve: its own (asymmetric) interval, not the pooled
-        ci = [found[0].get("beta", 1.0) * c for c in found[0]["ci"]]
+        ci = [found[0].beta * c for c in found[0].ci]
     out.update(theta_c=math.exp(mean), ci=ci, rel_error=math.exp(mean) / lambda_max - 1)
-    betas = np.array([t.get("beta", 1.0) for t in found])
+    betas = np.array([t.beta for t in found])
     if len(np.unique(betas)) >= 3 and np.all(betas > 0):
-        res = stats.linregress(np.log(betas), np.log([t["sigma2_c"] for t in found]))
+        res = stats.linregress(np.log(betas), np.log([t.sigma2_c for t in found]))
         out.update(beta_exponent=float(res.slope), beta_exponent_se=float(res.stderr))
     return out
 
 
-def locates_collapse(t: dict) -> bool:
+def locates_collapse(t: Transition) -> bool:
     """Whether a transition's sigma_c^2 is a collapse threshold: found, and not the
     kink where a free-bits floor takes over or one in a learned variance's starts."""
-    return t["sigma2_c"] is not None and t.get("verdict") not in (
+    return t.sigma2_c is not None and t.verdict not in (
         estimate.HELD,
         estimate.LEARNED,
     )
 
 
 def boundary_by_group(
-    transitions: list[dict], lambda_max: float, axes: list[str]
+    transitions: list[Transition], lambda_max: float, axes: list[str]
 ) -> list[dict]:
     """:func:`boundary` separately for each value of the curve axes other than beta
     (a remedy's strength, a decoder, a learning rate): the pooled boundary mixes
     settings that may move the transition. [] when no such axis varies."""
-    varying = [a for a in axes if a != "beta" and len({t[a] for t in transitions}) > 1]
-    groups: dict[tuple, list[dict]] = {}
+    varying = [
+        a for a in axes if a != "beta" and len({t.curve[a] for t in transitions}) > 1
+    ]
+    groups: dict[tuple, list[Transition]] = {}
     for t in transitions if varying else []:
-        groups.setdefault(tuple(t[a] for a in varying), []).append(t)
+        groups.setdefault(tuple(t.curve[a] for a in varying), []).append(t)
     return [
         {**dict(zip(varying, key, strict=True)), **boundary(ts, lambda_max)}
         for key, ts in groups.items()  # in the transitions' (sorted) order

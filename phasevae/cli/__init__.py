@@ -212,14 +212,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     result = api.Run(Path(args.run_dir)).analyze()
     print(f"wrote {Path(args.run_dir) / 'analysis.json'}")
-    print(f"lambda_max = {result['spectrum']['lambda_max']:.4g}")
+    print(f"lambda_max = {result.spectrum.lambda_max:.4g}")
     print(transition_table(result))
-    for curve in result["skipped"]:
+    for curve in result.skipped:
         print(f"not fitted ({curve_label(curve)}): {curve['reason']}")
     for line in boundary_lines(result):
         print(line)
-    if result["scaling"] and result["scaling"].get("rms_spread") is not None:
-        s = result["scaling"]
+    if result.scaling and result.scaling.get("rms_spread") is not None:
+        s = result.scaling
         print(
             f"beta*sigma^2 scaling: KL curves of all beta differ by "
             f"{s['rms_spread']:.3g} nats RMS ({100 * s['relative_spread']:.1f} % of KL)"

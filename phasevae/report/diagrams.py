@@ -113,9 +113,9 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
 
 def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
     """Draw on a (sigma2, beta) map; ``swap`` when beta is on the x axis."""
-    ev = rd.analysis["spectrum"]["eigenvalues"]
+    ev = rd.analysis.spectrum.eigenvalues
     betas = np.geomspace(ys.min(), ys.max(), 100)
-    found = [t for t in rd.analysis["transitions"] if locates_collapse(t)]
+    found = [t for t in rd.analysis.transitions if locates_collapse(t)]
     outline = [patheffects.withStroke(linewidth=2.4, foreground="k")]
 
     def xy(s2, b):
@@ -137,11 +137,11 @@ def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
             label=r"$\beta\sigma^2=\lambda_i$, $i > 1$" if i == 0 else None,
         )
     if found:
-        s2c = np.array([t["sigma2_c"] for t in found])
-        b = np.array([t["beta"] for t in found])
+        s2c = np.array([t.sigma2_c for t in found])
+        b = np.array([t.beta for t in found])
         err = np.array(
             [
-                [s - (t["ci"] or [s])[0], (t["ci"] or [s, s])[1] - s]
+                [s - (t.ci or [s])[0], (t.ci or [s, s])[1] - s]
                 for s, t in zip(s2c, found, strict=True)
             ]
         ).T
@@ -162,7 +162,7 @@ def scaling_figure(rd: RunData) -> Figure:
     """KL against theta = beta sigma^2 for every beta: one curve if scaling holds."""
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.8), layout="constrained")
     pts = rd.points[~rd.points["diverged"]]
-    ev = rd.analysis["spectrum"]["eigenvalues"]
+    ev = rd.analysis.spectrum.eigenvalues
     for i, (beta, g) in enumerate(pts.groupby("beta")):
         m = g.groupby("sigma2")["kl"].mean()
         ax.plot(m.index * beta, m, "o", ms=3, color=f"C{i}", label=rf"$\beta$={beta:g}")
@@ -177,7 +177,7 @@ def scaling_figure(rd: RunData) -> Figure:
         label="linear-VAE optimum",
     )
     ax.axvline(ev[0], color="k", ls="--", lw=1, label=r"$\lambda_{max}$")
-    s = rd.analysis.get("scaling")
+    s = rd.analysis.scaling
     if s and s.get("rms_spread") is not None:
         ax.text(
             0.97,
@@ -202,8 +202,8 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
     one line per value of the other axes, and the prediction lambda_max: does the
     remedy move the boundary? Strengths without a transition in the grid (triangles)
     or whose KL a free-bits floor holds up (squares) are marked at the top."""
-    lam = rd.analysis["spectrum"]["lambda_max"]
-    ts = pd.DataFrame(rd.analysis["transitions"])
+    lam = rd.analysis.spectrum.lambda_max
+    ts = pd.DataFrame([t.to_json() for t in rd.analysis.transitions])
     others = [a for a in rd.group_axes() if a != axis and rd.points[a].nunique() > 1]
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.9), layout="constrained")
     categorical = isinstance(ts[axis].iloc[0], str)  # a static axis: "decoder"
@@ -256,7 +256,7 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
 def hysteresis_figure(rd: RunData) -> Figure:
     """KL of the sweep up sigma^2 and of the sweep down (each point warm-started from
     the one before it), the area between them and where they part."""
-    hs = rd.analysis["hysteresis"]
+    hs = rd.analysis.hysteresis
     fig, axs = plt.subplots(
         1,
         len(hs),

@@ -12,6 +12,7 @@ Agg).
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from phasevae.analysis.curves import rank_dims, settle
 from phasevae.errors import BadInput
 from phasevae.spec import LATER_AXES, Range, Spec
 from phasevae.store import RunDir
+from phasevae.store.records import Analysis, Transition
 
 COLUMN_IN = 3.4  # width of one paper column, inches
 MAX_PANELS = 4  # transitions drawn side by side; more are subsampled evenly
@@ -42,7 +44,7 @@ class RunData:
     meta: dict
     metrics: pd.DataFrame
     points: pd.DataFrame  # one row per point: the values the analysis fitted
-    analysis: dict
+    analysis: Analysis
 
     @property
     def title(self) -> str:
@@ -53,7 +55,7 @@ class RunData:
         their defaults left out (panel titles name only what varies between them,
         :meth:`varying_axes`)."""
         text = f"{self.name}: {self.meta['spectrum']['description']}"
-        first = self.analysis["transitions"][0]
+        first = self.analysis.transitions[0].curve
         shared = [a for a in self.group_axes() if a in first]
         shared = [
             a
@@ -62,15 +64,15 @@ class RunData:
         ]
         lines = textwrap.wrap(text, width)
         if shared:
-            lines += textwrap.wrap(
-                label(self.analysis["transitions"][0], shared), width
-            )
+            lines += textwrap.wrap(label(first, shared), width)
         return "\n".join(lines)
 
     def varying_axes(self) -> list[str]:
         """The axes (but sigma^2 and seed) whose value differs between transitions."""
-        ts = self.analysis["transitions"]
-        return [a for a in self.group_axes() if len({str(t.get(a)) for t in ts}) > 1]
+        ts = self.analysis.transitions
+        return [
+            a for a in self.group_axes() if len({str(t.curve.get(a)) for t in ts}) > 1
+        ]
 
     @property
     def k(self) -> int:
@@ -79,15 +81,16 @@ class RunData:
     def group_axes(self) -> list[str]:
         return curve_axes(self.points)
 
-    def curve(self, transition: dict) -> pd.DataFrame:
+    def curve(self, transition: Transition) -> pd.DataFrame:
         """Points (all seeds) of one transition's curve, diverged ones left out."""
         mask = ~self.points["diverged"]
         # an analysis.json older than an axis lacks it: its rows are at the default
-        for a in (a for a in self.group_axes() if a in transition):
-            if isinstance(transition[a], str):
-                mask &= self.points[a] == transition[a]
+        values = transition.curve
+        for a in (a for a in self.group_axes() if a in values):
+            if isinstance(values[a], str):
+                mask &= self.points[a] == values[a]
             else:
-                mask &= np.isclose(self.points[a], transition[a])
+                mask &= np.isclose(self.points[a], values[a])
         return self.points[mask].sort_values("sigma2")
 
 
@@ -113,178 +116,19 @@ def load(run_dir: str | Path) -> RunData:
     return RunData(run.path.name, spec, meta, metrics, points, analysis)
 
 
-# keys of a transition that analyses written before them lack (their figures draw)
-OLDER_KEYS = {
-    "verdict",
-    "ci_statistical",
-    "ci_finite_training",
-    "train_longer",
-    "probe",
-    "off_theory",
-}
-
-
-def read_analysis(run: RunDir) -> dict:
-    """The run's analysis.json (:meth:`RunDir.analysis`: its own, current and
-    undamaged), checked to hold what the figures and the report read: one without
-    any fitted transition is a PlotError that says what to do."""
-    redo = f"rerun `phasevae analyze {run.path}`"
-    doc = run.analysis()
-    problem = analysis_problem(doc)
-    if problem:
-        raise PlotError(
-            f"{run.path / 'analysis.json'} is not what phasevae analyze writes "
-            f"({problem}); {redo}"
-        )
-    if not doc["transitions"]:
-        reasons = "; ".join(str(c.get("reason")) for c in doc.get("skipped", [])[:3])
+def read_analysis(run: RunDir) -> Analysis:
+    """The run's analysis (:meth:`RunDir.analysis`: its own, current, undamaged and
+    parsed): one without any fitted transition is a PlotError that says what to do."""
+    analysis = run.analysis()
+    if not analysis.transitions:
+        reasons = "; ".join(str(c.get("reason")) for c in analysis.skipped[:3])
         raise PlotError(f"no curve of {run.path} has a fitted transition ({reasons})")
-    return doc
-
-
-def analysis_problem(doc) -> str | None:
-    """What is missing or of the wrong type in an analysis document, or None."""
-    num = (int, float)
-    maybe = (int, float, type(None))
-    pair = lambda v: isinstance(v, list) and len(v) == 2 and _all(v, num)  # noqa: E731
-    checks = [
-        ("document", doc, dict),
-        ("spectrum", doc.get("spectrum") if isinstance(doc, dict) else None, dict),
-        (
-            "transitions",
-            doc.get("transitions") if isinstance(doc, dict) else None,
-            list,
-        ),
-        ("skipped", doc.get("skipped", []) if isinstance(doc, dict) else None, list),
-    ]
-    for name, value, kind in checks:
-        if not isinstance(value, kind):
-            return f"{name} is not a {kind.__name__}"
-    spectrum = doc["spectrum"]
-    if not isinstance(spectrum.get("lambda_max"), num) or not _all(
-        spectrum.get("eigenvalues"), num
-    ):
-        return "spectrum lacks lambda_max or eigenvalues"
-    if not all(isinstance(c, dict) for c in doc.get("skipped", [])):
-        return "skipped holds something else than curves"
-
-    def boundary_ok(b) -> bool:
-        if not isinstance(b, dict) or b.get("theta_c") is None:
-            return isinstance(b, dict)
-        return (
-            isinstance(b["theta_c"], num)
-            and pair(b.get("ci"))
-            and isinstance(b.get("theory_theta_c"), num)
-        )
-
-    if not boundary_ok(doc.get("boundary") or {}):
-        return "boundary is malformed"
-    by = doc.get("boundary_by", [])
-    if not isinstance(by, list) or not all(map(boundary_ok, by)):
-        return "boundary_by is malformed"
-    scaling = doc.get("scaling") or {}
-    if not isinstance(scaling, dict) or not isinstance(
-        scaling.get("rms_spread", 0.0), maybe
-    ):
-        return "scaling is malformed"
-    hysteresis = doc.get("hysteresis") or []
-    for h in hysteresis if isinstance(hysteresis, list) else [None]:
-        if not (
-            isinstance(h, dict)
-            and all(_all(h.get(k), num) for k in ("sigma2", "kl_up", "kl_down"))
-            and len(h["kl_up"]) == len(h["kl_down"]) == len(h["sigma2"]) > 0
-            and (not h.get("parted") or pair(h["parted"]))
-        ):
-            return "hysteresis is malformed"
-    for i, t in enumerate(doc["transitions"]):
-        where = f"transition {i}"
-        if not isinstance(t, dict):
-            return f"{where} is not an object"
-        axes = [a for a in ("beta", "learning_rate", *LATER_AXES) if a in t]
-        if not all(isinstance(t[a], num) and not isinstance(t[a], bool) for a in axes):
-            return f"{where}: a grid axis value is not a number"
-        dims = doc.get("latent_dim", 1)
-        if "theory_thresholds" in t and not (
-            _all(t["theory_thresholds"], num)
-            and len(t["theory_thresholds"]) >= (dims if isinstance(dims, int) else 1)
-        ):
-            return f"{where}: theory_thresholds is malformed"
-        fit = t.get("fit")
-        if "slopes_ln" in t and not (
-            _all(t["slopes_ln"], num)
-            and isinstance(fit, dict)
-            and isinstance(fit.get("ln_sigma2"), list)
-            and len(t["slopes_ln"]) == len(fit["ln_sigma2"]) - 1
-        ):
-            return f"{where}: slopes_ln is malformed"
-        for key, ok in {
-            "sigma2_c": lambda v: v is None or isinstance(v, num),
-            "theory_sigma2_c": lambda v: v is None or isinstance(v, num),
-            "rel_error": lambda v: v is None or isinstance(v, num),
-            "ci": lambda v: v is None or pair(v),
-            "ci_statistical": lambda v: v is None or pair(v),
-            "ci_finite_training": lambda v: v is None or pair(v),
-            "verdict": lambda v: isinstance(v, str),
-            "fit": lambda v: (
-                isinstance(v, dict)
-                and _all(v.get("ln_sigma2"), num)
-                and _all(v.get("kl"), num)
-                and len(v["kl"]) == len(v["ln_sigma2"]) >= 2
-            ),
-            "per_dim": lambda v: (
-                _all(v, dict)
-                and all(
-                    isinstance(d.get("sigma2_c", ""), maybe)
-                    and not isinstance(d.get("sigma2_c"), bool)
-                    and isinstance(d.get("theory"), num)
-                    for d in v
-                )
-            ),
-            "train_longer": lambda v: (
-                v is None
-                or (isinstance(v, dict) and pair(v.get("sigma2")) and "steps" in v)
-            ),
-            "probe": lambda v: (
-                v is None
-                or (
-                    isinstance(v, dict)
-                    and isinstance(v.get("collapsed"), int)
-                    and _all(v.get("unstable_sigma2"), num)
-                    and _all(v.get("dead_sigma2"), num)
-                    and isinstance(v.get("lambda_c_ratio"), num)
-                )
-            ),
-            "off_theory": lambda v: (
-                v is None
-                or (
-                    isinstance(v, dict)
-                    and isinstance(v.get("shift"), num)
-                    and isinstance(v.get("evidence"), str)
-                    and (v["evidence"] != "probe" or _all(v.get("stable_sigma2"), num))
-                    and (v["evidence"] != "probe" or len(v["stable_sigma2"]) > 0)
-                )
-            ),
-        }.items():
-            if key in OLDER_KEYS and key not in t:
-                continue
-            if key not in t or not ok(t[key]):
-                return f"{where}: {key} is missing or malformed"
-    return None
-
-
-def _all(values, kind) -> bool:
-    """A list of ``kind`` (numbers: finite, not bools, within 1e100)."""
-    return isinstance(values, list) and all(
-        isinstance(v, kind)
-        and not isinstance(v, bool)
-        and (not isinstance(v, int | float) or abs(v) < 1e100)  # NaN fails too
-        for v in values
-    )
+    return analysis
 
 
 def transition_panels(rd: RunData, rows: int, height: float, sharex="col"):
     """One column per transition (at most MAX_PANELS, evenly chosen)."""
-    ts = rd.analysis["transitions"]
+    ts = rd.analysis.transitions
     if len(ts) > MAX_PANELS:
         idx = np.linspace(0, len(ts) - 1, MAX_PANELS).round().astype(int)
         ts = [ts[i] for i in idx]
@@ -299,8 +143,9 @@ def transition_panels(rd: RunData, rows: int, height: float, sharex="col"):
     return ts, fig, axs
 
 
-def label(t: dict, axes: list[str]) -> str:
-    return ", ".join(f"{AXIS_LABEL.get(a, a)} = {value(t[a])}" for a in axes)
+def label(values: Mapping, axes: list[str]) -> str:
+    """The values of ``axes`` in ``values`` (a curve's, a hysteresis pair's)."""
+    return ", ".join(f"{AXIS_LABEL.get(a, a)} = {value(values[a])}" for a in axes)
 
 
 def value(v) -> str:

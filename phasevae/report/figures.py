@@ -56,8 +56,8 @@ def kl_figure(rd: RunData) -> Figure:
         mean = by.mean()
         # a point still trending at the end (fit.settle) is drawn hollow: the fit
         # left it out, unless too few points had settled to fit without it
-        still = np.isin(mean.index, t.get("unsettled_sigma2") or [])
-        used = "in the fit" if t.get("fit_used_unsettled") else "left out of the fit"
+        still = np.isin(mean.index, t.unsettled_sigma2 or [])
+        used = "in the fit" if t.fit_used_unsettled else "left out of the fit"
         labels = {
             "measured": "measured"
             + (" (mean ± sd over seeds)" if spread is not None else ""),
@@ -75,10 +75,10 @@ def kl_figure(rd: RunData) -> Figure:
                     mfc="0.3" if kind == "measured" else "white",
                     label=labels[kind],
                 )
-        u, kl = np.array(t["fit"]["ln_sigma2"]), np.array(t["fit"]["kl"])
+        u, kl = np.array(t.fit.ln_sigma2), np.array(t.fit.kl)
         s2 = np.exp(np.linspace(u[0], u[-1], 400))
         fitted = np.interp(np.log(s2), u, kl)
-        s2c = t["sigma2_c"]
+        s2c = t.sigma2_c
         below = s2 <= s2c if s2c else np.ones_like(s2, bool)
         ax.plot(s2[below], fitted[below], color="C0", label="fit, active")
         if s2c:
@@ -86,11 +86,11 @@ def kl_figure(rd: RunData) -> Figure:
             ax.axvline(
                 s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$ (top dim's kink)"
             )
-            if t["ci"]:  # none when the run has too few evaluations to bound it
-                ax.axvspan(*t["ci"], color="C3", alpha=0.3, lw=0, label="95 % interval")
-        if t["theory_sigma2_c"]:
+            if t.ci:  # none when the run has too few evaluations to bound it
+                ax.axvspan(*t.ci, color="C3", alpha=0.3, lw=0, label="95 % interval")
+        if t.theory_sigma2_c:
             ax.axvline(
-                t["theory_sigma2_c"],
+                t.theory_sigma2_c,
                 color="k",
                 ls="--",
                 lw=1,
@@ -98,12 +98,12 @@ def kl_figure(rd: RunData) -> Figure:
             )
         ax.set_xscale("log")
         ax.set_ylabel("KL (nats)")
-        title = label(t, rd.varying_axes())
+        title = label(t.curve, rd.varying_axes())
         if s2c:
-            lo, hi = t["ci"] or (math.nan, math.nan)
+            lo, hi = t.ci or (math.nan, math.nan)
             title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
-            if t["theory_sigma2_c"]:  # none at beta = 0
-                title += f", predicted {t['theory_sigma2_c']:.4g}"
+            if t.theory_sigma2_c:  # none at beta = 0
+                title += f", predicted {t.theory_sigma2_c:.4g}"
         ax.set_title(title, fontsize=8)
         # derivatives in sigma^2 of the fit, slope_ln / s2 and -slope_ln / s2^2,
         # around the transition (a factor ZOOM either side), where the jump is
@@ -111,7 +111,7 @@ def kl_figure(rd: RunData) -> Figure:
         window = (edges[0], edges[-1])
         if s2c:
             window = (max(edges[0], s2c / ZOOM), min(edges[-1], s2c * ZOOM))
-        slopes = np.array(t["slopes_ln"])
+        slopes = np.array(t.slopes_ln)
         for k_, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             lo, hi = max(lo, window[0]), min(hi, window[1])
             if lo >= hi:
@@ -122,7 +122,7 @@ def kl_figure(rd: RunData) -> Figure:
             d2.plot(seg, -slopes[k_] / seg**2, color=color)
         # the derivatives jump at the total-KL fit's last breakpoint; where that is
         # not sigma_c^2 (the top dim's own kink), it is marked and named
-        last = (t.get("breakpoints") or [{}])[-1].get("sigma2")
+        last = (t.breakpoints or [{}])[-1].get("sigma2")
         apart = bool(s2c and last and abs(last / s2c - 1) > 0.005)
         for a in (ax, d1, d2) if apart else ():
             a.axvline(
@@ -137,8 +137,8 @@ def kl_figure(rd: RunData) -> Figure:
         for a in (d1, d2):
             if s2c:
                 a.axvline(s2c, color="C3", lw=1)
-                if t["ci"]:
-                    a.axvspan(*t["ci"], color="C3", alpha=0.3, lw=0)
+                if t.ci:
+                    a.axvspan(*t.ci, color="C3", alpha=0.3, lw=0)
             a.axhline(0.0, color="0.6", lw=0.5)
         d1.set_xscale("log")
         d1.set_xlim(*window)
@@ -221,12 +221,12 @@ def variance_figure(rd: RunData) -> Figure:
         for r in range(rd.k):
             g = pts.groupby("sigma2")[f"var_rank_{r}"].mean()
             ax.plot(g.index, g, "o-", ms=3, lw=1, color=f"C{r}", label=f"dim {r + 1}")
-            ax.axvline(t["theory_thresholds"][r], color=f"C{r}", ls="--", lw=0.8)
+            ax.axvline(t.theory_thresholds[r], color=f"C{r}", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.1)
         ax.set_xlabel(r"decoder variance $\sigma^2$ (dashed: $\lambda_i/\beta$)")
         ax.set_ylabel(r"mean encoder variance $s_j^2$")
-        ax.set_title(label(t, rd.varying_axes()), fontsize=9)
+        ax.set_title(label(t.curve, rd.varying_axes()), fontsize=9)
     axs[0, 0].legend(fontsize=7, frameon=False, title="by KL rank", title_fontsize=7)
     fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
     return fig
@@ -235,11 +235,9 @@ def variance_figure(rd: RunData) -> Figure:
 def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     """KL against training step for grid points on both sides of the transition of
     the middle curve: near it, KL relaxes slowest (critical slowing down)."""
-    found = [t for t in rd.analysis["transitions"] if t["sigma2_c"] is not None]
-    t = (found or rd.analysis["transitions"])[
-        len(found or rd.analysis["transitions"]) // 2
-    ]
-    center = t["sigma2_c"] or t["theory_sigma2_c"]
+    found = [t for t in rd.analysis.transitions if t.sigma2_c is not None]
+    t = (found or rd.analysis.transitions)[len(found or rd.analysis.transitions) // 2]
+    center = t.sigma2_c or t.theory_sigma2_c
     pts = rd.curve(t)
     values = np.sort(pts["sigma2"].unique())
     below = values[values < center][-per_side:]
@@ -282,7 +280,7 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     if len(chosen):  # beside the axes: no curve runs through it
         ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(
-        f"{rd.name}: {label(t, rd.varying_axes())}, seed {seed}; "
+        f"{rd.name}: {label(t.curve, rd.varying_axes())}, seed {seed}; "
         rf"$\sigma_c^2$ = {center:.3g}",
         fontsize=7,
     )
@@ -359,7 +357,7 @@ def learned_variance_figure(rd: RunData, beta: float | None = None) -> Figure:
         left.plot(h["step"], h["decoder_sigma2"], color=c, lw=1)
         right.plot(h["step"], np.maximum(h["kl"], KL_AXIS_MIN), color=c, lw=1)
     left.axhline(
-        rd.analysis["spectrum"]["lambda_max"] / beta,
+        rd.analysis.spectrum.lambda_max / beta,
         color="k",
         ls="--",
         lw=1,
@@ -401,7 +399,7 @@ def figures(
         if axis in rd.points and rd.points[axis].nunique() > 1:
             out[f"remedy_{axis}"] = lambda a=axis: remedy_figure(rd, a)
             out[f"phase_diagram_{axis}"] = lambda a=axis: phase_diagram(rd, "sigma2", a)
-    if rd.analysis.get("hysteresis"):
+    if rd.analysis.hysteresis:
         out["hysteresis"] = lambda: hysteresis_figure(rd)
     if "decoder_sigma2" in rd.metrics and rd.spec.model.sigma2 == "learned":
         out["learned_variance"] = lambda: learned_variance_figure(rd)

@@ -21,6 +21,7 @@ from phasevae.report.figures import figures
 from phasevae.report.text import boundary_lines, transition_frame, transition_notes
 from phasevae.safeio import atomic_write_text
 from phasevae.store import RunDir
+from phasevae.store.records import Analysis
 
 DPI = 110  # embedded figures: sharp on screen, a page of a few MB at most
 
@@ -103,8 +104,8 @@ def _glance(rd) -> str:
     meta, analysis = rd.meta, rd.analysis
     size, steps = meta.get("grid_size", len(rd.points)), meta.get("steps", "?")
     verdicts = {}
-    for t in analysis["transitions"]:
-        v = t.get("verdict", "no verdict (an older analysis)")
+    for t in analysis.transitions:
+        v = t.verdict or "no verdict (an older analysis)"
         verdicts[v] = verdicts.get(v, 0) + 1
     items = [
         f"status: {meta.get('status', '?')}",
@@ -124,8 +125,8 @@ def _glance(rd) -> str:
     return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 
-def _transitions(analysis: dict) -> str:
-    if not analysis["transitions"]:
+def _transitions(analysis: Analysis) -> str:
+    if not analysis.transitions:
         return "<p>No curve had a transition to fit.</p>"
     frame = transition_frame(analysis)
     head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
@@ -163,17 +164,17 @@ def _warnings(rd, failed: dict[str, str]) -> str:
         )
     if meta.get("status") != "complete":
         out.append(f"the run is not complete (status {meta.get('status')!r})")
-    for curve in analysis.get("skipped", []):
+    for curve in analysis.skipped:
         out.append(f"not fitted ({_curve(curve)}): {curve['reason']}")
-    for t in analysis["transitions"]:
-        if t.get("verdict", "trusted") != "trusted":
-            advice = t.get("advice") or {}
+    for t in analysis.transitions:
+        if (t.verdict or "trusted") != "trusted":
+            advice = t.advice or {}
             todo = f"; next: {advice['command']}" if advice.get("command") else ""
-            out.append(f"{_curve(t)}: verdict '{t['verdict']}'{todo}")
-        if t.get("off_theory"):
-            off = t["off_theory"]
+            out.append(f"{_curve(t.curve)}: verdict '{t.verdict}'{todo}")
+        if t.off_theory:
+            off = t.off_theory
             out.append(
-                f"{_curve(t)}: the transition is off the linear theory by "
+                f"{_curve(t.curve)}: the transition is off the linear theory by "
                 f"{100 * off['shift']:+.1f} % (evidence: {off['evidence']})"
             )
     for name, why in failed.items():
@@ -183,11 +184,12 @@ def _warnings(rd, failed: dict[str, str]) -> str:
     return '<ul class="warnings">' + "".join(f"<li>{_e(w)}</li>" for w in out) + "</ul>"
 
 
-def _curve(t: dict) -> str:
+def _curve(values: dict) -> str:
+    """A curve's beta and learning rate (of a transition or a skipped curve)."""
     return ", ".join(
-        f"{k} = {t[k]:g}"
+        f"{k} = {values[k]:g}"
         for k in ("beta", "learning_rate")
-        if isinstance(t.get(k), int | float)
+        if isinstance(values.get(k), int | float)
     )
 
 
@@ -293,10 +295,10 @@ VERDICTS = {  # what a verdict means, and what to do about it
 }
 
 
-def _verdicts(analysis: dict) -> str:
+def _verdicts(analysis: Analysis) -> str:
     """What each verdict in the table means, and what to do (docs: Reading the
     analysis)."""
-    seen = dict.fromkeys(t.get("verdict") for t in analysis["transitions"])
+    seen = dict.fromkeys(t.verdict for t in analysis.transitions)
     items = [
         f"<li><b>{_e(v)}</b>: {_e(VERDICTS[v])}</li>" for v in seen if v in VERDICTS
     ]
@@ -306,12 +308,11 @@ def _verdicts(analysis: dict) -> str:
 def caption(name: str, rd) -> str:
     """One or two sentences on what to read in figure ``name``, with the run's own
     numbers."""
-    found = [t for t in rd.analysis["transitions"] if t.get("sigma2_c") is not None]
+    found = [t for t in rd.analysis.transitions if t.sigma2_c is not None]
     lam = rd.meta["spectrum"]["lambda_max"]
     where = "; ".join(
-        f"beta {t['beta']:g}: {t['sigma2_c']:.3g} (theory {lam / t['beta']:.3g})"
+        f"beta {t.beta:g}: {t.sigma2_c:.3g} (theory {lam / t.beta:.3g})"
         for t in found[:4]
-        if isinstance(t.get("beta"), int | float)
     )
     where = f" Measured sigma_c^2 here: {where}." if where else ""
     k = rd.spec.model.latent_dim

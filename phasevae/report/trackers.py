@@ -40,6 +40,7 @@ import pandas as pd
 
 from phasevae.errors import BadInput, optional
 from phasevae.spec import LATER_AXES, Spec, spec_to_dict
+from phasevae.store.records import Analysis
 
 METRICS = ("kl", "elbo", "mi", "active_units", "active_directions")
 KINDS = ("tensorboard", "wandb", "mlflow")
@@ -53,9 +54,10 @@ def series(row) -> str:
     return _name(row, point=True)
 
 
-def curve(transition) -> str:
-    """The name of an analysis curve (every axis but sigma^2 and seed)."""
-    return _name(transition, point=False)
+def curve(values: dict) -> str:
+    """The name of an analysis curve from its axis values (all but sigma^2 and
+    seed)."""
+    return _name(values, point=False)
 
 
 def _name(row, point: bool) -> str:
@@ -68,19 +70,19 @@ def _name(row, point: bool) -> str:
     return re.sub(r"[^\w.:/-]", "_", "/".join(parts))
 
 
-def summary(analysis: dict) -> tuple[dict[str, float], dict[str, str]]:
+def summary(analysis: Analysis) -> tuple[dict[str, float], dict[str, str]]:
     """The analysis as ({name: number}, {name: text}): per curve
     ``analysis/CURVE/`` + each of ``SUMMARY`` (where known) and ``verdict``."""
     numbers, texts = {}, {}
-    for t in analysis["transitions"]:
-        name = f"analysis/{curve(t)}"
-        ci = t.get("ci") or [None, None]
-        values = dict(t, ci_low=ci[0], ci_high=ci[1])
+    for t in analysis.transitions:
+        name = f"analysis/{curve(t.curve)}"
+        ci = t.ci or [None, None]
+        values = dict(t.to_json(), ci_low=ci[0], ci_high=ci[1])
         for key in SUMMARY:
             v = values.get(key)
             if v is not None and np.isfinite(v):
                 numbers[f"{name}/{key}"] = float(v)
-        texts[f"{name}/verdict"] = str(t["verdict"])
+        texts[f"{name}/verdict"] = str(t.verdict)
     return numbers, texts
 
 
@@ -153,7 +155,7 @@ class Tracker(ABC):
     def __call__(self, frame: pd.DataFrame, meta: dict) -> None:
         self._put(frame.copy())
 
-    def summarize(self, analysis: dict, metrics: pd.DataFrame) -> None:
+    def summarize(self, analysis: Analysis, metrics: pd.DataFrame) -> None:
         """Log a complete run's analysis (analysis.json's content) and its points'
         final values (``metrics``, the run's table) as the tracker run's summary."""
         step = int(metrics["step"].max())

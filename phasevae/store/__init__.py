@@ -69,6 +69,7 @@ from phasevae.spec import (
     spec_to_toml,
 )
 from phasevae.store.checkpoint import CheckpointError, Checkpoints
+from phasevae.store.records import Analysis, RecordError
 
 FORMAT = 2  # of a run directory's files: 2 names the run in each
 SPEC_HEADER = re.compile(
@@ -426,12 +427,14 @@ class RunDir:
         doc["digest"] = sha256_text(canonical_json(doc))
         atomic_write_text(self.path / "analysis.json", json.dumps(doc, indent=1))
 
-    def analysis(self) -> dict[str, Any]:
-        """analysis.json, verified against its digest and refused unless it was
-        computed from this run's current spec and metrics.
+    def analysis(self) -> Analysis:
+        """analysis.json, verified against its digest, refused unless it was
+        computed from this run's current spec and metrics, and parsed as its record
+        (an older format version migrated).
 
         Raises:
-          RunDirError: missing, damaged, of another run or out of date."""
+          RunDirError: missing, damaged, of another run, out of date, or not what
+            ``phasevae analyze`` writes."""
         path = self.path / "analysis.json"
         redo = f"rerun `phasevae analyze {self.path}`"
         self.existing()  # a linked analysis.json is refused as a link
@@ -453,7 +456,12 @@ class RunDir:
                 f"{path} is not an analysis of this run's current spec and metrics "
                 f"(it was copied from another run, or the run changed since); {redo}"
             )
-        return doc
+        try:
+            return Analysis.from_json(doc)
+        except RecordError as e:
+            raise RunDirError(
+                f"{path} is not what phasevae analyze writes ({e}); {redo}"
+            ) from None
 
     def save_checkpoint(
         self,

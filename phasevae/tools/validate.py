@@ -100,13 +100,12 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
     theory = spectrum["lambda_max"] / case.beta
 
     def at_t(m):
-        (t,) = analysis.analyze(m[m["step"] <= case.steps], spectrum, case.latent_dim)[
-            "transitions"
-        ]
+        result = analysis.analyze(m[m["step"] <= case.steps], spectrum, case.latent_dim)
+        (t,) = result.transitions
         return t
 
     now = at_t(metrics)
-    added = estimate.interval_values(now, metrics["sigma2"].unique(), REFINE)
+    added = estimate.interval_values(now.to_json(), metrics["sigma2"].unique(), REFINE)
     if added:
         spec = spec_from_dict(
             case_spec(case, data_path, lam, added), where=f"{case.name}-refined"
@@ -114,14 +113,14 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         more = run_sweep(spec, out / "runs" / f"{case.name}-refined", progress)
         metrics = pd.concat([metrics, more.metrics], ignore_index=True)
     refined = at_t(metrics)
-    (ref,) = analysis.analyze(metrics, spectrum, case.latent_dim)["transitions"]
+    (ref,) = analysis.analyze(metrics, spectrum, case.latent_dim).transitions
     # the probe can show that this network's collapse is stable below lambda_max
     # (e.g. its units died): then lambda_max is not its answer, on any data
-    shifted = (ref["off_theory"] or {}).get("evidence") == "probe"
+    shifted = (ref.off_theory or {}).get("evidence") == "probe"
     if case.gaussian and not shifted:
         reference, truth = theory, "lambda_max"
     else:
-        reference, truth = ref["sigma2_c_final"], "long training"
+        reference, truth = ref.sigma2_c_final, "long training"
     row = {
         "case": case.name,
         "description": case.description,
@@ -137,39 +136,39 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         "truth": truth,
         "lambda_max_is_truth": case.gaussian,
         "reference": reference,
-        "off_theory_long": ref["off_theory"],
-        "probe_long": _probe_summary(ref["probe"]),
-        "long_top_dim": ref["sigma2_c_final"],
-        "long_estimate": ref["sigma2_c"],
-        "long_verdict": ref["verdict"],
-        "long_jump": ref["jump"],
+        "off_theory_long": ref.off_theory,
+        "probe_long": _probe_summary(ref.probe),
+        "long_top_dim": ref.sigma2_c_final,
+        "long_estimate": ref.sigma2_c,
+        "long_verdict": ref.verdict,
+        "long_jump": ref.jump,
         "refined_sigma2": added,
         "estimators": {
-            "total_kl": _score(now["sigma2_c_total_kl"], now["ci_total_kl"], reference),
-            "top_dim": _score(now["sigma2_c_final"], _stat_ci(now), reference),
+            "total_kl": _score(now.sigma2_c_total_kl, now.ci_total_kl, reference),
+            "top_dim": _score(now.sigma2_c_final, _stat_ci(now), reference),
             "estimate": {
-                **_score(now["sigma2_c"], now["ci"], reference),
+                **_score(now.sigma2_c, now.ci, reference),
                 "covers_long_training": _score(
-                    now["sigma2_c"], now["ci"], ref["sigma2_c_final"]
+                    now.sigma2_c, now.ci, ref.sigma2_c_final
                 )["covers"],
-                "verdict": now["verdict"],
-                "holds_for_steps": now["holds_for_steps"],
-                "ci_statistical": now["ci_statistical"],
-                "ci_finite_training": now["ci_finite_training"],
-                "train_longer": now["train_longer"],
-                "trapped": now["trapped"],
-                "off_theory": now["off_theory"],
-                "probe": _probe_summary(now["probe"]),
-                "error_vs_lambda_max": now["sigma2_c"] / theory - 1
-                if now["sigma2_c"] is not None
+                "verdict": now.verdict,
+                "holds_for_steps": now.holds_for_steps,
+                "ci_statistical": now.ci_statistical,
+                "ci_finite_training": now.ci_finite_training,
+                "train_longer": now.train_longer and now.train_longer.to_json(),
+                "trapped": now.trapped,
+                "off_theory": now.off_theory,
+                "probe": _probe_summary(now.probe),
+                "error_vs_lambda_max": now.sigma2_c / theory - 1
+                if now.sigma2_c is not None
                 else None,
-                "jump": now["jump"],
+                "jump": now.jump,
             },
             "refined": {
-                **_score(refined["sigma2_c"], refined["ci"], reference),
-                "verdict": refined["verdict"],
-                "holds_for_steps": refined["holds_for_steps"],
-                "jump": refined["jump"],
+                **_score(refined.sigma2_c, refined.ci, reference),
+                "verdict": refined.verdict,
+                "holds_for_steps": refined.holds_for_steps,
+                "jump": refined.jump,
             },
         },
     }
