@@ -320,7 +320,7 @@ def test_one_compile_for_every_value_of_the_remedy_axes(tmp_path, tiny_spec):
     # the points differ by their remedy: free bits keep the small sigma^2 dims' KL up
     small = last[
         (last["sigma2"] == 0.5)
-        & (last.curve["kl_cycle_steps"] == 0)
+        & (last["kl_cycle_steps"] == 0)
         & (last["mi_weight"] == 0)
         & (last["kl_cycle_ramp"] == 0.5)
     ]
