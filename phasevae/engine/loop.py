@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,12 +35,12 @@ from phasevae.data import Dataset
 from phasevae.engine.devices import Program, any_process, to_host
 from phasevae.engine.schedule import (
     EMPTY,
+    Chunk,
+    Host,
     Schedule,
-    extending,
-    next_round,
     pack_warm,
+    policies,
     refill,
-    retire,
     rows_up_to,
     unpack_warm,
     warm_starts,
@@ -139,18 +140,20 @@ def train(
     """THE chunk loop: train ``grid`` with ``program`` into ``run`` (from its
     checkpoint if there is one), one chunk of ``eval_every`` steps at a time, the
     schedule (:mod:`phasevae.engine.schedule`) deciding which point each slot trains."""
-    sched, state, frames, warm = _start(program, spec, grid, run)
+    host, state = _start(program, spec, grid, run)
+    sched = host.sched
     meta = base_meta(spec, data, sched.grid, run.meta())
     meta["shard"] = list(shard) if shard else None
     if sched.done() and meta.get("status") == "complete":
-        return make_result(run, frames, meta)
+        return make_result(run, host.frames, meta)
     meta["wall_times"]["compile_s"] = program.compile_s
     meta["status"] = "running"
     trained_before = meta["wall_times"]["train_s"]
     # the first save comes after the first chunk (the compile came before it)
     t_train, last_save = time.perf_counter(), -float("inf")
     every = spec.train.eval_every
-    model_steps = meta.get("model_steps", 0)
+    host.model_steps = meta.get("model_steps", 0)
+    rules = policies(spec, meta["spectrum"])
     points = program.points_for(sched.slot_rows())
     saved = False
     try:
@@ -162,17 +165,16 @@ def train(
             )
             busy = sched.busy
             sched.slot_step[busy] += every
-            model_steps += int(busy.sum()) * every
+            host.model_steps += int(busy.sum()) * every
             rows = sched.slot_rows()
-            frames.append(
-                metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
-            )
-            keep = extending(sched, frames, spec, meta["spectrum"])
-            retire(sched, frames, frames[-1], diverged, spec, warm, state, busy, keep)
-            next_round(sched, frames, spec, meta["spectrum"])
+            frame = metrics_frame(rows, metrics, diverged, sched.slot_step, data)[busy]
+            host.frames.append(frame)
+            chunk = Chunk(frame, diverged, busy, state)
+            for policy in rules:
+                policy.after_chunk(host, chunk)
             refilled = sched.fill()
             if refilled.any():
-                state = refill(program, state, sched, refilled, warm, spec)
+                state = refill(program, state, sched, refilled, host.warm, spec)
                 points = program.points_for(sched.slot_rows())
             elapsed = time.perf_counter() - t_train
             stopping = any_process(stop.is_set())
@@ -180,12 +182,12 @@ def train(
             if sched.done() or due or stopping:
                 meta["wall_times"]["train_s"] = trained_before + elapsed
                 meta["compiles"] = program.trainer.traces  # of the chunk program: 1
-                meta["model_steps"] = model_steps
-                _save(run, frames, state, sched, warm, meta)
+                meta["model_steps"] = host.model_steps
+                _save(run, host, state, meta)
                 saved, last_save = sched.done(), time.perf_counter()
             if jax.process_index() == 0:
                 if on_chunk is not None:
-                    on_chunk(frames[-1], meta)
+                    on_chunk(frame, meta)
                 if progress is not None:
                     progress(*sched.progress(every, spec.train.steps), elapsed)
             if stopping and not sched.done():
@@ -197,17 +199,17 @@ def train(
         raise
     meta["status"] = "complete"
     if not saved:  # resumed from a final checkpoint whose meta was not written
-        meta["model_steps"] = model_steps
-        _save(run, frames, state, sched, warm, meta)
+        meta["model_steps"] = host.model_steps
+        _save(run, host, state, meta)
     run.wait_for_checkpoint()
     if jax.process_index() == 0:
         run.write_meta(meta)
-    return make_result(run, frames, meta)
+    return make_result(run, host.frames, meta)
 
 
-def _start(program, spec, grid, run):
-    """(schedule, state, metrics frames so far, warm-start parameters): from the
-    run's checkpoint, or fresh with every slot filled."""
+def _start(program, spec, grid, run) -> tuple[Host, Any]:
+    """The host state (schedule, metrics so far, warm-start parameters) and the
+    device state: from the run's checkpoint, or fresh with every slot filled."""
     lockstep = not spec.adaptive()
     checkpoint = run.load_checkpoint()
     if checkpoint is None:
@@ -220,7 +222,7 @@ def _start(program, spec, grid, run):
         )
         if not fresh or warm_starts(spec):
             state = refill(program, state, sched, refilled, warm, spec)
-        return sched, state, [], warm
+        return Host(sched, [], warm), state
     step, ids = checkpoint["step"], checkpoint["ids"]
     if lockstep:  # the step and the grid's ids are the whole schedule
         if ids != list(grid["point_id"]):
@@ -245,7 +247,7 @@ def _start(program, spec, grid, run):
     treedef = jax.tree.structure(program.state)
     state = program.place.models(jax.tree.unflatten(treedef, checkpoint["leaves"]))
     warm = unpack_warm(checkpoint["extra"])
-    return sched, state, [rows_up_to(run.metrics(), sched)], warm
+    return Host(sched, [rows_up_to(run.metrics(), sched)], warm), state
 
 
 def metrics_frame(
@@ -288,10 +290,11 @@ def _collapse_eigenvalues(grams, n: int) -> np.ndarray:
     return out
 
 
-def _save(run, frames, state, sched, warm, meta) -> None:
+def _save(run: RunDir, host: Host, state, meta: dict) -> None:
     """Metrics, then the checkpoint they belong to (state and schedule; its files
     are written while training goes on), then meta; the metrics and meta by process
     0, the checkpoint by every process, each its own shards."""
+    sched, frames = host.sched, host.frames
     diverged = pd.concat(frames).groupby("point_id")["diverged"].any()
     meta["points"] = {
         pid: ("diverged" if diverged[pid] else "ok")
@@ -318,7 +321,8 @@ def _save(run, frames, state, sched, warm, meta) -> None:
         run.save_checkpoint(leaves, n, step, list(sched.grid["point_id"]))
     else:
         ids = [str(sched.grid.at[max(i, 0), "point_id"]) for i in sched.slot_point]
-        run.save_checkpoint(leaves, n, step, ids, sched.to_json(), pack_warm(warm))
+        extra = pack_warm(host.warm)
+        run.save_checkpoint(leaves, n, step, ids, sched.to_json(), extra)
     if jax.process_index() == 0:
         run.write_meta(meta)
 

@@ -14,16 +14,25 @@ so it ends as it would have trained alone. When no point is pending or training,
 refinement round (:func:`refinement`) adds sigma^2 values inside each curve's
 transition interval and around the other breakpoints of its fitted KL, and those
 train next, until ``rounds`` are done. With ``train.until = "trusted"`` the points
-the transition estimate still needs (:func:`extending`) train on past
+the transition estimate still needs (:class:`UntilTrusted`) train on past
 ``train.steps``. The schedule (slot states, the grid with its refined rows, kept
 warm-start parameters) is saved in the run directory's checkpoint with the training
 state.
+
+The loop keeps its host-side state in one record (:class:`Host`) and, after every
+chunk, calls each policy :func:`policies` chose for the spec through one protocol
+(:class:`Policy`: ``after_chunk(host, chunk)``): :class:`UntilTrusted`,
+:class:`Retire`, :class:`Refine`; then the schedule refills free slots
+(:meth:`Schedule.fill`, :func:`refill` with warm starts). Hysteresis is the order
+the schedule hands points out (:func:`chains`) with warm starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -168,39 +177,97 @@ class Schedule:
         self.pending.extend(range(start, len(self.grid)))
 
 
-def retire(sched, frames, frame, diverged, spec, warm, state, busy, keep) -> None:
-    """Free the slots whose point has trained its steps (unless it is in ``keep``,
-    :func:`extending`), has settled (with ``retire``) or diverged (not in
+@dataclasses.dataclass
+class Host:
+    """The loop's host-side state between chunks, in one record: the schedule,
+    every evaluation so far (``frames``, one table per chunk), the parameters kept
+    for warm starts (``warm``: point id -> leaves), the points that train on past
+    ``train.steps`` this chunk (``keep``, :class:`UntilTrusted`) and the model-steps
+    trained."""
+
+    sched: Schedule
+    frames: list[pd.DataFrame]
+    warm: dict[str, list[np.ndarray]]
+    model_steps: int = 0
+    keep: set[str] = dataclasses.field(default_factory=set)
+
+    def history(self) -> pd.DataFrame:
+        return pd.concat(self.frames, ignore_index=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """What one chunk left on the host: its metrics rows (the slots that trained),
+    which models diverged, which slots trained, and the device state after it."""
+
+    frame: pd.DataFrame
+    diverged: np.ndarray
+    busy: np.ndarray
+    state: Any
+
+
+class Policy(Protocol):
+    """A scheduling policy: after every chunk the loop calls each policy of
+    :func:`policies` in turn; it reads and changes the host state (frees slots, adds
+    points, keeps points training). Slots left empty are refilled from the pending
+    points afterwards (:meth:`Schedule.fill`, :func:`refill`)."""
+
+    def after_chunk(self, host: Host, chunk: Chunk) -> None: ...
+
+
+def policies(spec: Spec, spectrum: dict) -> list[Policy]:
+    """The policies ``spec`` asks for, in the order they run after each chunk: which
+    points train on (``until``), which slots free up (always: a point done, settled
+    or diverged), then whether a refinement round starts (``refine``). A new policy
+    is one class with ``after_chunk`` and its line here."""
+    out: list[Policy] = []
+    if spec.train.until == "trusted":
+        out.append(UntilTrusted(spec, spectrum))
+    out.append(Retire(spec))
+    s2 = spec.grid.sigma2
+    if isinstance(s2, Range) and s2.refine:
+        out.append(Refine(spec, spectrum))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Retire:
+    """Free the slots whose point has trained its steps (unless it is kept,
+    :class:`UntilTrusted`), has settled (with ``train.retire``) or diverged (not in
     lockstep); keep its parameters for warm starts."""
-    t = spec.train
-    settled = {}
-    if t.retire:
-        history = pd.concat(frames, ignore_index=True)
-        ids = set(frame["point_id"])
-        table = settle(
-            history[history["point_id"].isin(ids)],
-            ["kl"],
-            significance=RETIRE_SIGNIFICANCE,
-            bounded=True,
-        )
-        settled = dict(zip(table["point_id"], table["settled"], strict=True))
-    leaving = []
-    for slot in np.flatnonzero(busy):
-        pid = sched.grid.at[sched.slot_point[slot], "point_id"]
-        steps = sched.slot_step[slot]
-        ripe = t.retire and steps >= max(t.min_steps, 1) and settled.get(pid, False)
-        done = steps >= t.steps and pid not in keep
-        if done or ripe or (diverged[slot] and not sched.lockstep):
-            leaving.append(slot)
-    if warm_starts(spec) and leaving:
-        params = to_host(jax.tree.leaves(state.params))
+
+    spec: Spec
+
+    def after_chunk(self, host: Host, chunk: Chunk) -> None:
+        t, sched = self.spec.train, host.sched
+        settled = {}
+        if t.retire:
+            history = host.history()
+            ids = set(chunk.frame["point_id"])
+            table = settle(
+                history[history["point_id"].isin(ids)],
+                ["kl"],
+                significance=RETIRE_SIGNIFICANCE,
+                bounded=True,
+            )
+            settled = dict(zip(table["point_id"], table["settled"], strict=True))
+        leaving = []
+        for slot in np.flatnonzero(chunk.busy):
+            pid = sched.grid.at[sched.slot_point[slot], "point_id"]
+            steps = sched.slot_step[slot]
+            ripe = t.retire and steps >= max(t.min_steps, 1) and settled.get(pid, False)
+            done = steps >= t.steps and pid not in host.keep
+            if done or ripe or (chunk.diverged[slot] and not sched.lockstep):
+                leaving.append(slot)
+        if warm_starts(self.spec) and leaving:
+            params = to_host(jax.tree.leaves(chunk.state.params))
+            for slot in leaving:
+                if not chunk.diverged[slot]:
+                    pid = sched.grid.at[sched.slot_point[slot], "point_id"]
+                    host.warm[pid] = [a[slot] for a in params]
         for slot in leaving:
-            if not diverged[slot]:
-                pid = sched.grid.at[sched.slot_point[slot], "point_id"]
-                warm[pid] = [a[slot] for a in params]
-    for slot in leaving:
-        sched.finished.append(int(sched.slot_point[slot]))
-        sched.slot_point[slot] = EMPTY
+            sched.finished.append(int(sched.slot_point[slot]))
+            sched.slot_point[slot] = EMPTY
 
 
 def max_steps(spec: Spec) -> int:
@@ -208,62 +275,77 @@ def max_steps(spec: Spec) -> int:
     return spec.train.max_steps or UNTIL_TRUSTED_FACTOR * spec.train.steps
 
 
-def extending(sched: Schedule, frames, spec: Spec, spectrum: dict) -> set[str]:
-    """With ``train.until = "trusted"``: the ids of the training points that go on
-    past ``train.steps``. A curve (the points sharing every axis but sigma^2 and
-    seed) is estimated once all its points have trained ``train.steps`` steps and
-    none is pending; while its verdict is ``train longer``, its points inside the
-    sigma^2 range the estimate names (the points that set the kink among them), and
-    those within ``estimate.NEAR`` of the kink, go on, up to :func:`max_steps`. A
-    curve whose points finished before it was complete (``train.slots`` smaller than
-    the grid) is not extended: their state is gone."""
-    if spec.train.until != "trusted":
-        return set()
-    grid, busy = sched.grid, sched.busy
-    axes = curve_axes(grid.columns)
-    rows = grid.iloc[sched.slot_point[busy]].assign(step=sched.slot_step[busy])
-    due = rows[(rows["step"] >= spec.train.steps) & (rows["step"] < max_steps(spec))]
-    if due.empty:
-        return set()
-    waiting = set(grid.iloc[sched.pending]["point_id"])
-    waiting |= set(rows.loc[rows["step"] < spec.train.steps, "point_id"])
-    history = pd.concat(frames, ignore_index=True)
-    keep = set()
-    for _, curve in due.groupby(axes):
-        members = grid[(grid[axes] == curve[axes].iloc[0]).all(axis=1)]["point_id"]
-        if waiting & set(members):
-            continue  # not every point of the curve has trained train.steps yet
-        rows = history[history["point_id"].isin(members)]
-        if rows.loc[~rows["diverged"], "sigma2"].nunique() < 4:
-            continue
-        est = estimate_transition(
-            rows,
-            spec.model.latent_dim,
-            spectrum["lambda_max"],
-            spectrum.get("lambda_max_eval"),
-        )
-        if est["train_longer"] is None:  # trusted, or no transition to train for
-            continue
-        # the range to train (it holds the points that set the kink, whose
-        # shortest training bounds the estimate's bias), and every point near it
-        lo, hi = est["train_longer"]["sigma2"]
-        c = math.exp(NEAR)
-        lo, hi = min(lo, est["sigma2_c"] / c), max(hi, est["sigma2_c"] * c)
-        inside = curve[(curve["sigma2"] >= lo) & (curve["sigma2"] <= hi)]
-        keep |= set(inside["point_id"])
-    return keep
+@dataclasses.dataclass(frozen=True)
+class UntilTrusted:
+    """``train.until = "trusted"``: which training points go on past ``train.steps``
+    (``host.keep``). A curve (the points sharing every axis but sigma^2 and seed) is
+    estimated once all its points have trained ``train.steps`` steps and none is
+    pending; while its verdict is ``train longer``, its points inside the sigma^2
+    range the estimate names (the points that set the kink among them), and those
+    within ``estimate.NEAR`` of the kink, go on, up to :func:`max_steps`. A curve
+    whose points finished before it was complete (``train.slots`` smaller than the
+    grid) is not extended: their state is gone."""
+
+    spec: Spec
+    spectrum: dict
+
+    def after_chunk(self, host: Host, chunk: Chunk) -> None:
+        host.keep = self._keep(host)
+
+    def _keep(self, host: Host) -> set[str]:
+        spec, sched = self.spec, host.sched
+        grid, busy = sched.grid, sched.busy
+        axes = curve_axes(grid.columns)
+        rows = grid.iloc[sched.slot_point[busy]].assign(step=sched.slot_step[busy])
+        due = rows[
+            (rows["step"] >= spec.train.steps) & (rows["step"] < max_steps(spec))
+        ]
+        if due.empty:
+            return set()
+        waiting = set(grid.iloc[sched.pending]["point_id"])
+        waiting |= set(rows.loc[rows["step"] < spec.train.steps, "point_id"])
+        history = host.history()
+        keep = set()
+        for _, curve in due.groupby(axes):
+            members = grid[(grid[axes] == curve[axes].iloc[0]).all(axis=1)]["point_id"]
+            if waiting & set(members):
+                continue  # not every point of the curve has trained train.steps yet
+            rows = history[history["point_id"].isin(members)]
+            if rows.loc[~rows["diverged"], "sigma2"].nunique() < 4:
+                continue
+            est = estimate_transition(
+                rows,
+                spec.model.latent_dim,
+                self.spectrum["lambda_max"],
+                self.spectrum.get("lambda_max_eval"),
+            )
+            if est["train_longer"] is None:  # trusted, or no transition to train for
+                continue
+            # the range to train (it holds the points that set the kink, whose
+            # shortest training bounds the estimate's bias), and every point near it
+            lo, hi = est["train_longer"]["sigma2"]
+            c = math.exp(NEAR)
+            lo, hi = min(lo, est["sigma2_c"] / c), max(hi, est["sigma2_c"] * c)
+            inside = curve[(curve["sigma2"] >= lo) & (curve["sigma2"] <= hi)]
+            keep |= set(inside["point_id"])
+        return keep
 
 
-def next_round(
-    sched: Schedule, frames: list[pd.DataFrame], spec: Spec, spectrum: dict
-) -> None:
-    """When nothing is pending or training and ``grid.sigma2.refine`` asks for more
-    rounds, add the next one."""
-    s2 = spec.grid.sigma2
-    refine = s2.refine if isinstance(s2, Range) else None
-    if refine and sched.done() and sched.round < refine.rounds:
-        history = pd.concat(frames, ignore_index=True)
-        add_refinement(sched, history, refine.points, spec.model.latent_dim, spectrum)
+@dataclasses.dataclass(frozen=True)
+class Refine:
+    """``grid.sigma2.refine``: when nothing is pending or training and rounds are
+    left, add the next refinement round (:func:`add_refinement`)."""
+
+    spec: Spec
+    spectrum: dict
+
+    def after_chunk(self, host: Host, chunk: Chunk) -> None:
+        refine = self.spec.grid.sigma2.refine
+        if host.sched.done() and host.sched.round < refine.rounds:
+            latent_dim = self.spec.model.latent_dim
+            add_refinement(
+                host.sched, host.history(), refine.points, latent_dim, self.spectrum
+            )
 
 
 def refinement(
