@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from phasevae.engine.devices import split_cpu_into_devices
+from phasevae.engine.devices import compile_cache, split_cpu_into_devices
 from phasevae.engine.loop import ChunkFn, ProgressFn
 from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
 from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict, spec_to_dict
@@ -77,6 +77,7 @@ def default_out(spec: SpecLike) -> Path:
 
 def _start_devices() -> None:
     split_cpu_into_devices()
+    compile_cache()
     import jax
 
     if jax.default_backend() == "cpu" and jax.device_count() == 1:

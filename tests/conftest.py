@@ -1,6 +1,7 @@
 """Shared fixtures: strict JAX settings and tiny specs that compile in seconds."""
 
 import copy
+import os
 
 import jax
 import pytest
@@ -8,6 +9,9 @@ import pytest
 from phasevae.spec import spec_from_dict
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# no persistent compile cache in the tests (and their subprocesses): every test
+# compiles what it checks; the cache's own test turns it on in its subprocesses
+os.environ["PHASEVAE_COMPILE_CACHE"] = "0"
 # start the backend now, on one CPU device, whatever the order of the tests: the API
 # splits the CPU into devices when it is the first to start JAX (tests of the split
 # and of several devices run in subprocesses)

@@ -361,6 +361,59 @@ def test_dry_run_plans_without_writing(tmp_path, capsys):
     assert "grid: 4 points" in capsys.readouterr().out and not out.exists()
 
 
+@pytest.mark.slow
+def test_a_dry_run_times_two_short_probes_not_a_chunk(tmp_path, capsys):
+    """With eval_every longer than the probes, the plan times chunks of 4 and 20
+    steps and extrapolates: eval_s + eval_every x step_s per chunk."""
+    from phasevae import api
+    from phasevae.engine.devices import PROBE_STEPS
+
+    spec = load_spec(write_spec(tmp_path, train={"steps": 400, "eval_every": 200}))
+    plan = api.dry_run(spec)
+    assert plan["step_s"] > 0 and plan["eval_s"] >= 0
+    assert plan["chunk_s"] == pytest.approx(plan["eval_s"] + 200 * plan["step_s"])
+    assert plan["estimated_train_s"] == pytest.approx(2 * plan["chunk_s"])
+    assert 200 > max(PROBE_STEPS)
+    # a chunk no longer than the probes is timed itself
+    short = load_spec(write_spec(tmp_path, train={"steps": 40, "eval_every": 20}))
+    plan = api.dry_run(short)
+    assert plan["step_s"] is None and plan["chunk_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_compile_cache_is_hit_on_a_second_run(tmp_path):
+    """Two runs of one spec in fresh processes: the first compiles and fills the
+    cache folder, the second loads every program from it (meta.json's counts)."""
+    env = {
+        **os.environ,
+        "PHASEVAE_COMPILE_CACHE": "1",
+        "PHASEVAE_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    spec, counts = write_spec(tmp_path), []
+    for name in ("first", "second"):
+        proc = subprocess.run(
+            _sweep_cmd(spec, tmp_path / name), env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        counts.append(meta["compile_cache"])
+    first, second = counts
+    assert first["dir"] == str(tmp_path / "cache") and any(
+        (tmp_path / "cache").iterdir()
+    )
+    assert first["hits"] == 0 and first["misses"] > 0
+    assert second["hits"] == first["misses"] and second["misses"] == 0
+    assert "(from the compile cache)" in proc.stdout
+    # off: no folder, no lookups
+    env["PHASEVAE_COMPILE_CACHE"] = "0"
+    proc = subprocess.run(
+        _sweep_cmd(spec, tmp_path / "off"), env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "off" / "meta.json").read_text())
+    assert meta["compile_cache"] == {"dir": None, "hits": 0, "misses": 0}
+
+
 def test_a_sweep_too_large_for_the_device_is_refused_before_training(
     tmp_path, capsys, monkeypatch
 ):

@@ -35,12 +35,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.set)  # a spec error is told before JAX loads
     from phasevae import api
-    from phasevae.engine.devices import init_distributed, split_cpu_into_devices
+    from phasevae.engine.devices import (
+        compile_cache,
+        init_distributed,
+        split_cpu_into_devices,
+    )
     from phasevae.engine.loop import Preempted
     from phasevae.report import trackers
 
     stop_if_terminated()
     split_cpu_into_devices()
+    compile_cache()
     primary = init_distributed(args)
     out = check_out_dir(
         args.out if args.out is not None else api.default_out(args.spec)
@@ -66,10 +71,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if need is not None:
             avail = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
             print(f"memory per device: {need / 2**30:.3f} GiB (available: {avail})")
+        if plan["step_s"] is None:
+            timed = f"one chunk ({spec.train.eval_every} steps) took"
+        else:
+            timed = (
+                f"timed {plan['step_s'] * 1e3:.1f} ms per step and "
+                f"{plan['eval_s']:.2f} s per evaluation, so one chunk "
+                f"({spec.train.eval_every} steps) takes about"
+            )
         print(
-            f"compile {plan['compile_s']:.1f} s; one chunk ({spec.train.eval_every} "
-            f"steps) took {plan['chunk_s']:.2f} s, so training should take about "
-            f"{plan['estimated_train_s']:.0f} s. Nothing was written."
+            f"compile {plan['compile_s']:.1f} s; {timed} {plan['chunk_s']:.2f} s, "
+            f"so training should take about {plan['estimated_train_s']:.0f} s. "
+            "Nothing was written."
         )
         return 0
     unit = "points finished" if spec.adaptive() else "chunks"
@@ -121,8 +134,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     else:
         work = f"{meta['grid_size']} grid points x {meta['steps']} steps"
+    cache = meta.get("compile_cache") or {}
+    cached = " (from the compile cache)" if cache.get("hits") else ""
     print(
-        f"{work}; compile {_fmt_s(wall['compile_s'])}, training "
+        f"{work}; compile {_fmt_s(wall['compile_s'])}{cached}, training "
         f"{_fmt_s(wall['train_s'])} in all, {time.perf_counter() - t0:.1f} s this call"
     )
     table = result.summary()
@@ -292,10 +307,11 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from phasevae.engine.devices import split_cpu_into_devices
+    from phasevae.engine.devices import compile_cache, split_cpu_into_devices
     from phasevae.tools.validate import run_suite
 
     split_cpu_into_devices()
+    compile_cache()
 
     def progress(case):
         print(f"case {case.name}: {case.description}", file=sys.stderr, flush=True)
@@ -371,10 +387,11 @@ def locate_text(r: dict, as_json: bool) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from phasevae.engine.devices import split_cpu_into_devices
+    from phasevae.engine.devices import compile_cache, split_cpu_into_devices
     from phasevae.tools import bench
 
     split_cpu_into_devices()
+    compile_cache()
     if args.locate:
         return locate_text(bench.locate(), args.json)
     models = args.models or [1, 8, 64, 256]

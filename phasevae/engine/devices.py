@@ -5,10 +5,13 @@ compiled chunk program with its inputs placed and its memory checked (:class:`Pr
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -49,6 +52,50 @@ def split_cpu_into_devices() -> None:
         return
     cores = len(os.sched_getaffinity(0))
     jax.config.update("jax_num_cpu_devices", CPU_DEVICES_PER_CORE * cores)
+
+
+CACHE_MAX_BYTES = 4 * 2**30  # the compile cache's size; the least recently used go
+CACHE_OFF = ("0", "off", "no", "false")
+# the persistent compile cache: its folder (None: off) and this process's lookups
+CACHE: dict = {"dir": None, "hits": 0, "misses": 0}
+_LISTENING: list = []  # the lookup counter is registered once per process
+
+
+def compile_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache, so that a rerun, a resume or an
+    extension of a sweep (and a sweep after its dry run) loads its compiled programs
+    instead of compiling them again. The folder is ``PHASEVAE_CACHE_DIR``, else
+    ``phasevae/xla`` in the user cache folder (``XDG_CACHE_HOME`` or ``~/.cache``),
+    at most ``CACHE_MAX_BYTES`` (the least recently used entries go first); a folder
+    the user gave JAX (``jax_compilation_cache_dir``) is kept. Off with
+    ``PHASEVAE_COMPILE_CACHE=0`` (or where the folder cannot be made). Lookups are
+    counted in ``CACHE`` (meta.json's ``compile_cache``). Returns the folder, or None
+    when off."""
+    if os.environ.get("PHASEVAE_COMPILE_CACHE", "").lower() in CACHE_OFF:
+        return None
+    if not _LISTENING:
+        jax.monitoring.register_event_listener(_count_cache_lookup)
+        _LISTENING.append(True)
+    where = jax.config.jax_compilation_cache_dir
+    if not where:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        where = os.environ.get("PHASEVAE_CACHE_DIR") or home / "phasevae" / "xla"
+        try:
+            Path(where).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        jax.config.update("jax_compilation_cache_dir", str(where))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    CACHE["dir"] = str(where)
+    return Path(where)
+
+
+def _count_cache_lookup(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        CACHE["hits"] += 1
+    elif event == "/jax/compilation_cache/cache_misses":
+        CACHE["misses"] += 1
 
 
 @dataclass(frozen=True)
@@ -116,15 +163,23 @@ class Program:
     its memory checked against the devices' before anything runs."""
 
     def __init__(
-        self, spec: Spec, data: Dataset, grid: pd.DataFrame, step_per_model=False
+        self,
+        spec: Spec,
+        data: Dataset,
+        grid: pd.DataFrame,
+        step_per_model=False,
+        chunk_steps: int | None = None,
     ):
         """``grid``: one row per model slot. ``step_per_model``: compile the chunk
         for a start step per model (slots refilled at different times) rather than
-        one shared by all."""
+        one shared by all. ``chunk_steps``: steps per chunk, if not
+        ``train.eval_every`` (a dry run's probes, :func:`plan`)."""
         self.grid, self.n = grid, len(grid)
         self.step_per_model = step_per_model
         self.place = Placement.create(self.n)
         static = static_config(spec, data.x.shape[1], data.image_shape)
+        if chunk_steps is not None:
+            static = dataclasses.replace(static, chunk_steps=chunk_steps)
         size = None
         if static.module is not None:
             size = footprint(static.module, static.shape, static.latent_dim)
@@ -142,14 +197,7 @@ class Program:
         self.x = self.place.replicated(data.x)
         self.eval_x = self.place.replicated(data.eval_x)
         self.state = self.trainer.init(self.points)
-        start = np.zeros(self.n, np.int32) if step_per_model else np.int32(0)
-        start = self.place.models(start) if step_per_model else start
-        t0 = time.perf_counter()
-        self.compiled = self.trainer.chunk.lower(
-            self.state, self.points, self.x, self.eval_x, start
-        ).compile()
-        self.compile_s = time.perf_counter() - t0
-        self.bytes_per_device = _bytes_needed(self.compiled)
+        self._compile()
         limit = device_memory(self.place)
         if self.bytes_per_device and limit and self.bytes_per_device > 0.9 * limit:
             parts = math.ceil(self.bytes_per_device / (0.9 * limit))
@@ -159,6 +207,24 @@ class Program:
                 f"available; split it into at least {parts} shards (--shard I/{parts}) "
                 "or shrink eval_samples / batch_size"
             )
+
+    def _compile(self) -> None:
+        start = self.start(np.zeros(self.n, np.int64))
+        t0 = time.perf_counter()
+        self.compiled = self.trainer.chunk.lower(
+            self.state, self.points, self.x, self.eval_x, start
+        ).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.bytes_per_device = _bytes_needed(self.compiled)
+
+    def probe(self, steps: int) -> Program:
+        """This program with its chunk compiled for ``steps`` steps, on the same
+        placed inputs and state (a dry run's probe, :func:`plan`)."""
+        other = copy.copy(self)
+        static = dataclasses.replace(self.trainer.static, chunk_steps=steps)
+        other.trainer = Trainer(static, self.place.shard)
+        other._compile()
+        return other
 
     def points_for(self, grid: pd.DataFrame) -> Point:
         """The traced values of ``grid``'s rows, placed on the models axis."""
@@ -178,23 +244,54 @@ class Program:
             start = np.int32(start)
         return self.compiled(state, points, self.x, self.eval_x, start)
 
-    def plan(self, spec: Spec) -> dict:
-        """Grid size, groups, memory per device and a timed one-chunk probe."""
+    def timed(self) -> float:
+        """Seconds one chunk takes: run once (allocation, threads), then timed (the
+        chunk donates its input state: each run goes on from the last)."""
+        start = self.start(np.zeros(self.n))
+        self.state = jax.block_until_ready(self.run(self.state, start))[0]
         t0 = time.perf_counter()
-        jax.block_until_ready(self.run(self.state, self.start(np.zeros(self.n))))
-        chunk_s = time.perf_counter() - t0
-        chunks = spec.train.steps // spec.train.eval_every
-        return {
-            "grid_size": self.n,
-            "static_groups": 1,
-            "devices": self.place.shard.mesh.size,
-            "padded_size": self.place.size,
-            "bytes_per_device": self.bytes_per_device,
-            "device_memory": device_memory(self.place),
-            "compile_s": self.compile_s,
-            "chunk_s": chunk_s,
-            "estimated_train_s": chunk_s * chunks,
-        }
+        self.state = jax.block_until_ready(self.run(self.state, start))[0]
+        return time.perf_counter() - t0
+
+
+PROBE_STEPS = (4, 20)  # a dry run times chunks of these many steps
+
+
+def plan(spec: Spec, data: Dataset, grid: pd.DataFrame, step_per_model=False) -> dict:
+    """A dry run's plan: grid size, memory per device, compile time and the training
+    time, extrapolated from two short probes instead of a whole chunk: the chunk
+    program compiled for each of ``PROBE_STEPS`` steps (the same step and
+    evaluation, a shorter scan), each timed (:meth:`Program.timed`). Their
+    difference is the time per step, the rest the evaluation's, so a chunk of
+    ``train.eval_every`` steps takes ``eval_s + eval_every * step_s``. Where
+    ``eval_every`` is no longer than the probes the chunk itself is timed. The
+    probes' compile time is the sweep's (the scan's length does not change what is
+    compiled), and so is their memory (a scan keeps one step's activations)."""
+    every = spec.train.eval_every
+    if every <= PROBE_STEPS[1]:
+        program = Program(spec, data, grid, step_per_model)
+        chunk_s = program.timed()
+        step_s, eval_s = None, None
+    else:
+        program = Program(spec, data, grid, step_per_model, PROBE_STEPS[0])
+        short = program.timed()
+        longer = program.probe(PROBE_STEPS[1]).timed()
+        step_s = max(longer - short, 0.0) / (PROBE_STEPS[1] - PROBE_STEPS[0])
+        eval_s = max(short - PROBE_STEPS[0] * step_s, 0.0)
+        chunk_s = eval_s + every * step_s
+    return {
+        "grid_size": program.n,
+        "static_groups": 1,
+        "devices": program.place.shard.mesh.size,
+        "padded_size": program.place.size,
+        "bytes_per_device": program.bytes_per_device,
+        "device_memory": device_memory(program.place),
+        "compile_s": program.compile_s,
+        "step_s": step_s,
+        "eval_s": eval_s,
+        "chunk_s": chunk_s,
+        "estimated_train_s": chunk_s * (spec.train.steps // every),
+    }
 
 
 def _bytes_needed(compiled) -> int | None:

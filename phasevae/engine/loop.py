@@ -32,7 +32,7 @@ import pandas as pd
 from phasevae.analysis import theory
 from phasevae.analysis.constants import COLLAPSED_KL
 from phasevae.data import Dataset
-from phasevae.engine.devices import Program, any_process, to_host
+from phasevae.engine.devices import CACHE, Program, any_process, to_host
 from phasevae.engine.schedule import (
     EMPTY,
     Chunk,
@@ -369,6 +369,8 @@ def base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
             "compile_s": wall.get("compile_s"),
             "train_s": wall.get("train_s", 0.0),
         },
+        # the persistent compile cache: its folder and this process's lookups
+        "compile_cache": dict(CACHE),
         "status": old.get("status", "running"),
     }
 

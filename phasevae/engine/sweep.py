@@ -24,7 +24,7 @@ import pandas as pd
 from phasevae.analysis.constants import COLLAPSED_KL
 from phasevae.analysis.theory import grid_misses
 from phasevae.data import DataError, load_for_model
-from phasevae.engine.devices import Program, any_process
+from phasevae.engine.devices import Program, any_process, plan
 from phasevae.engine.grid import grid_table, point_id, select_shard
 from phasevae.engine.loop import (
     CHECKPOINT_SECONDS,
@@ -100,6 +100,7 @@ def run_sweep(
         checkpoint_seconds = CHECKPOINT_SECONDS
     if not dry_run and _finished(run, spec, shard):
         return make_result(run, [run.metrics()], run.meta())
+    rows, per_model = grid, False
     if spec.adaptive():
         if shard is not None:
             raise SpecError(
@@ -108,16 +109,15 @@ def run_sweep(
             )
         slots = spec.train.slots or len(chains(grid) if spec.train.hysteresis else grid)
         rows = grid.iloc[np.arange(slots) % len(grid)].reset_index(drop=True)
-        program = Program(spec, data, rows, step_per_model=True)
-    else:
-        program = Program(spec, data, grid)
-    stop_if_terminated()
+        per_model = True
     if dry_run:
-        plan = program.plan(spec)
+        planned = plan(spec, data, rows, per_model)
         if spec.adaptive():  # the grid, every point trained the full length in turn
-            plan["estimated_train_s"] *= math.ceil(len(grid) / program.n)
-            plan["grid_size"] = len(grid)
-        return plan
+            planned["estimated_train_s"] *= math.ceil(len(grid) / len(rows))
+            planned["grid_size"] = len(grid)
+        return planned
+    program = Program(spec, data, rows, step_per_model=per_model)
+    stop_if_terminated()
     primary = jax.process_index() == 0  # the one process that writes
     with run.lock() if primary else contextlib.nullcontext(), sigterm_flag() as stop:
         error = None
