@@ -134,3 +134,45 @@ def test_warmup_factor_and_init_scale():
     )
     k = trainer.init(one).params["params"]["dec"]["Dense_1"]["kernel"]
     np.testing.assert_allclose(k[1], 0.25 * k[0], rtol=1e-6)  # same seed, scaled
+
+
+@pytest.mark.parametrize(
+    "precision, config, bf16_dots",
+    [("float32", "HIGHEST", False), ("tf32", "HIGH", False), ("bfloat16", None, True)],
+)
+def test_the_precision_reaches_the_compiled_program(
+    tiny_spec, precision, config, bf16_dots
+):
+    """train.precision sets every dot's precision config (float32: HIGHEST, tf32:
+    HIGH); bfloat16 makes the built-in layers' products bfloat16 x bfloat16 with
+    float32 results, the parameters staying float32."""
+    import re
+
+    spec = tiny_spec(train={"precision": precision})
+    trainer, points, data = make(spec)
+    x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
+    state = trainer.init(points)
+    hlo = trainer.chunk.lower(state, points, x, ex, np.int32(0)).as_text()
+    dots = re.findall(r"stablehlo\.dot_general.*", hlo)
+    assert dots
+    if config is not None:
+        assert all(f"precision = [{config}, {config}]" in d for d in dots)
+    bf16 = [
+        d for d in dots if re.search(r"\(tensor<[^)]*bf16>, tensor<[^)]*bf16>\)", d)
+    ]
+    assert bool(bf16) == bf16_dots
+    if bf16_dots:
+        assert all(d.rstrip().endswith("f32>") for d in bf16)  # accumulated in f32
+    assert {a.dtype for a in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+
+
+def test_a_run_refuses_to_resume_at_another_precision(tiny_spec, tmp_path):
+    """The precision is part of the spec meta.json records; a rerun at another one
+    is a different spec, refused in that directory."""
+    from phasevae.store import RunDir, RunDirError
+
+    run_sweep(tiny_spec(), tmp_path / "run")
+    meta = RunDir(tmp_path / "run").meta()
+    assert meta["spec"]["train"]["precision"] == "float32"
+    with pytest.raises(RunDirError, match="different spec|another spec|differs"):
+        run_sweep(tiny_spec(train={"precision": "bfloat16"}), tmp_path / "run")

@@ -407,13 +407,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             print(checkpoint_line(r))
         return 0
-    results = bench.run(models, model=args.model)
+    results = bench.run(models, model=args.model, precision=args.precision)
     if args.json:
         print(json.dumps(bench.as_dicts(results), indent=1))
         return 0
     peak = results[0].matmul_peak_flops_per_s
     print(
-        f"{args.model}: {bench.flops_per_model_step(args.model):.3g} FLOP per "
+        f"{args.model} ({args.precision}): "
+        f"{bench.flops_per_model_step(args.model):.3g} FLOP per "
         "model-step; "
         "the models axis is sharded over the devices listed per row"
     )

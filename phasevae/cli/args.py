@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's MLP (default) or the convolutional VAE on image patches",
     )
     p.add_argument(
+        "--precision",
+        choices=("float32", "tf32", "bfloat16"),
+        default="float32",
+        help="the matmuls' precision (train.precision; default float32)",
+    )
+    p.add_argument(
         "--checkpoint",
         action="store_true",
         help="time saving and restoring the state of the last --models M instead",

@@ -88,6 +88,7 @@ def static_config(
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),
         mi_term=any(axis_values(spec.grid.mi_weight)),
+        precision=t.precision,
     )
 
 

@@ -106,6 +106,14 @@ class Metrics(NamedTuple):
     collapse_grams: tuple[Array, Array, Array] | None
 
 
+# train.precision -> the precision every matmul of the chunk is traced with
+# (jax.default_matmul_precision; on a CPU XLA computes float32 for all three and only
+# the operands' dtype changes the arithmetic), and the dtype the built-in models cast
+# their layers' operands to (None: as they are)
+MATMUL = {"float32": "highest", "tf32": "tensorfloat32", "bfloat16": "bfloat16"}
+COMPUTE = {"float32": None, "tf32": None, "bfloat16": jnp.bfloat16}
+
+
 @dataclass(frozen=True)
 class Static:
     """What fixes shapes and code; one compilation per distinct value."""
@@ -131,6 +139,8 @@ class Static:
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
+    # the matmuls' precision (train.precision, MATMUL)
+    precision: str = "float32"
     # a module following the protocol (phasevae.models.vae) in place of the MLP VAE of
     # the widths above, and the shape one example reaches it in (default (data_dim,))
     module: nn.Module | None = None
@@ -210,6 +220,7 @@ class Trainer:
                 static.encoder,
                 static.decoder,
                 static.concentration,
+                compute_dtype=COMPUTE[static.precision],
             )
         else:
             self.model = VAE(
@@ -219,6 +230,7 @@ class Trainer:
                 static.decoder,
                 static.skip,
                 log_input=static.likelihood in ("poisson", "negative_binomial"),
+                compute_dtype=COMPUTE[static.precision],
             )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()
@@ -393,6 +405,10 @@ class Trainer:
         start: int32, the global step of the chunk's first step, () for every model or
         (M,) per model (a slot refilled with a new point starts again from 0)."""
         self.traces += 1  # Python side effect: runs once per trace, never per call
+        with jax.default_matmul_precision(MATMUL[self.static.precision]):
+            return self._traced_chunk(state, points, data, eval_x, start)
+
+    def _traced_chunk(self, state, points, data, eval_x, start):
         per_model = jnp.ndim(start) == 1
         step_all = jax.vmap(self._step_one, (0, 0, None, 0 if per_model else None))
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -175,11 +176,12 @@ class SphereVAE(nn.Module):
     encoder: Sequence[int]
     decoder: Sequence[int]
     concentration: float = 0.0
+    compute_dtype: Any = None  # as the Gaussian VAE's
 
     def setup(self):
         extra = 1 if self.concentration == 0 else 0
-        self.enc = MLP(tuple(self.encoder), self.latent_dim + extra)
-        self.dec = MLP(tuple(self.decoder), self.data_dim)
+        self.enc = MLP(tuple(self.encoder), self.latent_dim + extra, self.compute_dtype)
+        self.dec = MLP(tuple(self.decoder), self.data_dim, self.compute_dtype)
 
     @property
     def output_layer(self) -> tuple[str, ...]:

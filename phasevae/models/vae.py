@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -53,6 +53,7 @@ class Dense(nn.Module):
     no slower for the wide ones (measured in results/README.md, speed section)."""
 
     features: int
+    compute_dtype: Any = None  # operands cast to this, accumulated in float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -62,7 +63,10 @@ class Dense(nn.Module):
             (self.features, x.shape[-1]),
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return x @ kernel.T + bias
+        if self.compute_dtype is None:
+            return x @ kernel.T + bias
+        a, k = x.astype(self.compute_dtype), kernel.T.astype(self.compute_dtype)
+        return jnp.matmul(a, k, preferred_element_type=jnp.float32) + bias
 
 
 class MLP(nn.Module):
@@ -70,14 +74,15 @@ class MLP(nn.Module):
 
     widths: Sequence[int]
     out: int
+    compute_dtype: Any = None  # the layers' operands (Dense)
 
     @nn.compact
     def __call__(self, x: Array, hidden: bool = False) -> Array:
         """The output, or with ``hidden`` the last hidden layer's activations (x
         itself when there is none)."""
         for w in self.widths:
-            x = nn.relu(Dense(w)(x))
-        return x if hidden else Dense(self.out)(x)
+            x = nn.relu(Dense(w, self.compute_dtype)(x))
+        return x if hidden else Dense(self.out, self.compute_dtype)(x)
 
 
 class VAE(nn.Module):
@@ -94,6 +99,8 @@ class VAE(nn.Module):
         so it cannot be held open without z).
       log_input: the encoder sees ln(1 + x) (counts: a Poisson decoder), as
         count VAEs do; the decoder and the loss see x.
+      compute_dtype: the dtype the layers' matmul operands are cast to (bfloat16
+        for ``train.precision = "bfloat16"``), accumulated in float32; None: float32.
     """
 
     data_dim: int
@@ -102,10 +109,11 @@ class VAE(nn.Module):
     decoder: Sequence[int]
     skip: str = "none"
     log_input: bool = False
+    compute_dtype: Any = None
 
     def setup(self):
-        self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim)
-        self.dec = MLP(tuple(self.decoder), self.data_dim)
+        self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim, self.compute_dtype)
+        self.dec = MLP(tuple(self.decoder), self.data_dim, self.compute_dtype)
         if self.skip == "gated":
             self.gate = nn.Dense(self.data_dim, use_bias=False)
 

@@ -63,6 +63,7 @@ CHOICES = {
     ("model", "latent"): ("gaussian", "sphere"),
     ("model", "likelihood"): LIKELIHOODS,
     ("train", "until"): ("steps", "trusted"),
+    ("train", "precision"): ("float32", "tf32", "bfloat16"),
 }
 # (lower bound, inclusive?) for every number that has one.
 FLOAT32 = (1.2e-38, 3.4e38)  # float32's smallest normal and (about) largest value

@@ -165,6 +165,13 @@ class TrainSpec:
     (:func:`phasevae.analysis.estimate.estimate_transition`) keep training, chunk by
     chunk, until its verdict is ``trusted`` or they reach ``max_steps`` (0: 4 x
     ``steps``); the others stop. The estimate is redone after every chunk of that phase.
+
+    ``precision`` of the matmuls (:data:`phasevae.engine.step.MATMUL`): ``float32``
+    (the default: full float32 on every backend, also where JAX would use TF32 for
+    float32 products on NVIDIA GPUs), ``tf32`` (TensorFloat-32 where the hardware has
+    it; float32 on a CPU) or ``bfloat16`` (bfloat16 operands, float32 accumulation,
+    parameters and optimizer state: the built-in models cast their layers' operands,
+    so this holds on a CPU too; a user module gets only JAX's default precision).
     """
 
     steps: int = 3000
@@ -181,6 +188,7 @@ class TrainSpec:
     hysteresis: bool = False
     until: str = "steps"
     max_steps: int = 0
+    precision: str = "float32"
 
 
 # traced axes added after the first runs, with their defaults: a point's id hashes

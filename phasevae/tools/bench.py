@@ -63,17 +63,27 @@ class BenchResult:
     speedup_over_baseline: float
     device: str
     model: str = "mlp"
+    precision: str = "float32"  # train.precision of the timed program
 
 
-def static_for(model: str) -> Static:
-    """The training program's static configuration for ``model``."""
+def static_for(model: str, precision: str = "float32") -> Static:
+    """The training program's static configuration for ``model`` at
+    ``precision`` (train.precision)."""
     if model == "conv":
         module = ConvVAE(LATENT, IMAGE, CHANNELS, KERNEL)
         size = math.prod(IMAGE)
         return Static(
-            size, LATENT, (), (), CONV_BATCH, CHUNK, module=module, example_shape=IMAGE
+            size,
+            LATENT,
+            (),
+            (),
+            CONV_BATCH,
+            CHUNK,
+            module=module,
+            example_shape=IMAGE,
+            precision=precision,
         )
-    return Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK)
+    return Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK, precision=precision)
 
 
 def bench_data(model: str) -> np.ndarray:
@@ -155,7 +165,7 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
     check_fits(where, spec, data_shape, size, f"{m:,} models", "use fewer --models")
 
 
-def _setup(m: int, model: str = "mlp"):
+def _setup(m: int, model: str = "mlp", precision: str = "float32"):
     """The trainer and placed inputs for M models, laid out as a sweep lays them out
     (models axis sharded over every device, data replicated)."""
     from phasevae.engine.devices import Placement
@@ -163,7 +173,7 @@ def _setup(m: int, model: str = "mlp"):
     place = Placement.create(m)
     x = bench_data(model)
     refuse_too_many(m, model, x.shape)
-    trainer = Trainer(static_for(model), place.shard)
+    trainer = Trainer(static_for(model, precision), place.shard)
     points = Point.from_table(
         {
             "sigma2": np.geomspace(0.5, 20.0, m),
@@ -181,13 +191,13 @@ def _setup(m: int, model: str = "mlp"):
 
 
 def time_grid(
-    m: int, repeats: int = 3, model: str = "mlp"
+    m: int, repeats: int = 3, model: str = "mlp", precision: str = "float32"
 ) -> tuple[float, float, int, int, int]:
     """Model-steps/s, compile seconds, state bytes per model, the compiled
     program's bytes per model (arguments + outputs + temporaries, less the shared
     data) of the vmapped chunk, and the number of devices it ran on. Padding models
     (to a multiple of the device count) are counted as work, not as models."""
-    trainer, points, x, ex = _setup(m, model)
+    trainer, points, x, ex = _setup(m, model, precision)
     state = trainer.init(points)
     t0 = time.perf_counter()
     compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
@@ -272,17 +282,23 @@ def baseline_as_a_user_runs_it(m: int, model: str = "mlp") -> float:
 
 
 def run(
-    models: list[int], baseline_models: int = 4, model: str = "mlp"
+    models: list[int],
+    baseline_models: int = 4,
+    model: str = "mlp",
+    precision: str = "float32",
 ) -> list[BenchResult]:
-    """Time every M in ``models``; the baseline's rate (per model, it does not
-    depend on M) is measured once on ``baseline_models`` models."""
+    """Time every M in ``models`` at ``precision``; the baseline's rate (per model,
+    it does not depend on M; JAX's default precision) is measured once on
+    ``baseline_models`` models."""
     refuse_too_many(max(models), model, bench_data(model).shape)
     peak = matmul_peak()
     baseline = baseline_as_a_user_runs_it(baseline_models, model)
     flops = flops_per_model_step(model)
     out = []
     for m in models:
-        rate, compile_s, nbytes, program, devices = time_grid(m, model=model)
+        rate, compile_s, nbytes, program, devices = time_grid(
+            m, model=model, precision=precision
+        )
         out.append(
             BenchResult(
                 models=m,
@@ -297,6 +313,7 @@ def run(
                 speedup_over_baseline=rate / baseline,
                 device=f"{devices} x {jax.devices()[0].device_kind}",
                 model=model,
+                precision=precision,
             )
         )
     return out
