@@ -48,17 +48,17 @@ def main(names: list[str]) -> None:
         run = run_sweep(
             spec_from_dict(d, where=case.name), OUT / "refine_round" / case.name
         )
-        (t,) = analysis.analyze(run.metrics, run.meta["spectrum"], case.latent_dim)[
-            "transitions"
-        ]
+        result = analysis.analyze(run.metrics, run.meta["spectrum"], case.latent_dim)
+        (t,) = result.transitions
         want = rows[case.name]
         ref, refined = want["reference"], want["estimators"]["refined"]
-        errors.append(abs(t["sigma2_c"] / ref - 1))
-        covers.append(t["ci"] is not None and t["ci"][0] <= ref <= t["ci"][1])
+        errors.append(abs(t.sigma2_c / ref - 1))
+        covers.append(t.ci is not None and t.ci[0] <= ref <= t.ci[1])
+        now = _value(t.to_json())
         lines.append(
             f"| {case.name} | {ref:.4g} | {_value(refined)} | "
-            f"{refined['error']:+.1%} | {_value(t)} | {t['sigma2_c'] / ref - 1:+.1%} "
-            f"| {'yes' if covers[-1] else 'no'} | {t['verdict']} |"
+            f"{refined['error']:+.1%} | {now} | {t.sigma2_c / ref - 1:+.1%} "
+            f"| {'yes' if covers[-1] else 'no'} | {t.verdict} |"
         )
     lines += [
         "",

@@ -45,14 +45,13 @@ def learned_variance_ends(run: str) -> list[dict]:
 def scaling(run: str) -> list[dict]:
     """beta sigma^2 scaling per remedy setting (RMS spread of the KL curves)."""
     doc = RunDir(RESULTS / STUDY / run).analysis()
-    return doc["scaling_by"] or ([doc["scaling"]] if doc["scaling"] else [])
+    return list(doc.scaling_by) or ([doc.scaling] if doc.scaling else [])
 
 
 def hysteresis_summary(run: str) -> list[dict]:
     doc = RunDir(RESULTS / STUDY / run).analysis()
     return [
-        {k: h[k] for k in ("beta", "area", "max_gap", "parted")}
-        for h in doc["hysteresis"]
+        {k: h[k] for k in ("beta", "area", "max_gap", "parted")} for h in doc.hysteresis
     ]
 
 

@@ -52,22 +52,21 @@ def main(names) -> None:
             steps=case.steps, until="trusted", max_steps=LONG * case.steps
         )
         run = run_sweep(spec_from_dict(raw, case.name), OUT / "until" / case.name)
-        (t,) = analysis.analyze(run.metrics, run.meta["spectrum"], case.latent_dim)[
-            "transitions"
-        ]
+        result = analysis.analyze(run.metrics, run.meta["spectrum"], case.latent_dim)
+        (t,) = result.transitions
         ref = reference[case.name]
         last = run.metrics.groupby("point_id")["step"].max()
         uniform = len(last) * LONG * case.steps
-        lo, hi = t["ci"] or (np.nan, np.nan)
+        lo, hi = t.ci or (np.nan, np.nan)
         rows.append(
             {
                 "case": case.name,
                 "reference": ref["reference"],
-                "sigma2_c": t["sigma2_c"],
-                "ci": t["ci"],
-                "error": t["sigma2_c"] / ref["reference"] - 1,
+                "sigma2_c": t.sigma2_c,
+                "ci": t.ci,
+                "error": t.sigma2_c / ref["reference"] - 1,
                 "covers": bool(lo <= ref["reference"] <= hi),
-                "verdict": t["verdict"],
+                "verdict": t.verdict,
                 "extended_points": int((last > case.steps).sum()),
                 "points": int(len(last)),
                 "model_steps": int(last.sum()),
