@@ -403,7 +403,9 @@ def test_the_compile_cache_is_hit_on_a_second_run(tmp_path):
     )
     assert first["hits"] == 0 and first["misses"] > 0
     assert second["hits"] == first["misses"] and second["misses"] == 0
-    assert "(from the compile cache)" in proc.stdout
+    assert f"({second['hits']} of {second['hits']} programs from the compile" in (
+        proc.stdout
+    )
     # off: no folder, no lookups
     env["PHASEVAE_COMPILE_CACHE"] = "0"
     proc = subprocess.run(

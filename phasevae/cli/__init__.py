@@ -135,7 +135,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         work = f"{meta['grid_size']} grid points x {meta['steps']} steps"
     cache = meta.get("compile_cache") or {}
-    cached = " (from the compile cache)" if cache.get("hits") else ""
+    hits, looked = cache.get("hits", 0), cache.get("hits", 0) + cache.get("misses", 0)
+    cached = f" ({hits} of {looked} programs from the compile cache)" if hits else ""
     print(
         f"{work}; compile {_fmt_s(wall['compile_s'])}{cached}, training "
         f"{_fmt_s(wall['train_s'])} in all, {time.perf_counter() - t0:.1f} s this call"
