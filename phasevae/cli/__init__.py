@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -387,6 +388,41 @@ def locate_text(r: dict, as_json: bool) -> int:
     return 0
 
 
+def predict_text(args: argparse.Namespace) -> int:
+    """``bench --predict``: the roofline table for one device."""
+    from phasevae.tools import predict
+
+    where = predict.device(args.predict)
+    cost = predict.step_cost(64, args.model, args.precision)
+    rows = predict.roofline(cost, where, args.precision, args.models or predict.MODELS)
+    if args.json:
+        print(json.dumps({"cost": dataclasses.asdict(cost), "rows": rows}, indent=1))
+        return 0
+    peak = where.peak(args.precision)
+    print(
+        f"{where.name} ({where.source}): {peak:.3g} FLOP/s at {args.precision}, "
+        f"{where.bandwidth:.3g} B/s, {where.memory / 2**30:.0f} GiB"
+    )
+    print(
+        f"{args.model} model-step (XLA's cost analysis): {cost.flops:.3g} FLOP, "
+        f"{cost.bytes:.3g} bytes; {cost.program_bytes / 2**20:.2f} MiB per model"
+    )
+    print("models  model-steps/s (low - high)  of peak at low  fits")
+    for r in rows:
+        print(
+            f"{r['models']:>6} {r['model_steps_per_s_low']:>12.4g} - "
+            f"{r['model_steps_per_s_high']:<12.4g} "
+            f"{100 * r['fraction_of_peak_low']:>8.1f} %   "
+            f"{'yes' if r['fits'] else 'no'} (at most {r['largest_models']:,})"
+        )
+    print(
+        "a roofline range, not a measurement: low if every byte XLA counts went to "
+        "memory, high at the compute peak; it leaves out each step's fixed cost "
+        "(which dominates at small M on a GPU); docs/speed.md"
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from phasevae.engine.devices import compile_cache, split_cpu_into_devices
     from phasevae.tools import bench
@@ -395,6 +431,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     compile_cache()
     if args.locate:
         return locate_text(bench.locate(), args.json)
+    if args.predict:
+        return predict_text(args)
     models = args.models or [1, 8, 64, 256]
     if any(m < 1 for m in models):
         raise BadInput("--models: every model count must be >= 1")

@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the matmuls' precision (train.precision; default float32)",
     )
     p.add_argument(
+        "--predict",
+        metavar="DEVICE",
+        help="predict an accelerator on paper (roofline from XLA's cost analysis): "
+        "h100, h200, a100, l4, tpu-v5e, or 'this' (this device, measured) for the "
+        "--models counts (default 64 ... 16384)",
+    )
+    p.add_argument(
         "--checkpoint",
         action="store_true",
         help="time saving and restoring the state of the last --models M instead",

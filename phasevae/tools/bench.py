@@ -165,7 +165,7 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
     check_fits(where, spec, data_shape, size, f"{m:,} models", "use fewer --models")
 
 
-def _setup(m: int, model: str = "mlp", precision: str = "float32"):
+def placed_inputs(m: int, model: str = "mlp", precision: str = "float32"):
     """The trainer and placed inputs for M models, laid out as a sweep lays them out
     (models axis sharded over every device, data replicated)."""
     from phasevae.engine.devices import Placement
@@ -197,7 +197,7 @@ def time_grid(
     program's bytes per model (arguments + outputs + temporaries, less the shared
     data) of the vmapped chunk, and the number of devices it ran on. Padding models
     (to a multiple of the device count) are counted as work, not as models."""
-    trainer, points, x, ex = _setup(m, model, precision)
+    trainer, points, x, ex = placed_inputs(m, model, precision)
     state = trainer.init(points)
     t0 = time.perf_counter()
     compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
@@ -340,7 +340,7 @@ def checkpoint_time(models: int, directory, chunks: int = 2) -> dict:
     from phasevae.spec import load_spec
     from phasevae.store import RunDir
 
-    trainer, points, x, ex = _setup(models)
+    trainer, points, x, ex = placed_inputs(models)
     state = trainer.init(points)
     compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
     state, _ = jax.block_until_ready(compiled(state, points, x, ex, np.int32(0)))

@@ -47,6 +47,7 @@ import pandas as pd
 from phasevae.analysis import curves as analysis
 from phasevae.analysis import estimate
 from phasevae.safeio import atomic_write_text
+from phasevae.store.records import Transition
 from phasevae.tools.cases import CASES, QUICK, Case
 
 LONG = 4  # the reference trains this many times longer
@@ -184,11 +185,11 @@ def _probe_summary(probe: dict | None) -> dict | None:
     }
 
 
-def _stat_ci(t: dict) -> list[float] | None:
-    if t["sigma2_c_final"] is None or t["ci_statistical"] is None:
+def _stat_ci(t: Transition) -> list[float] | None:
+    if t.sigma2_c_final is None or t.ci_statistical is None:
         return None
-    u = math.log(t["sigma2_c_final"])
-    below, above = t["ci_statistical"]
+    u = math.log(t.sigma2_c_final)
+    below, above = t.ci_statistical
     return [math.exp(u - below), math.exp(u + above)]
 
 
