@@ -635,13 +635,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files, never a window
 
     trains = args.command in ("sweep", "validate", "locate")
+    # a flag, not an exception (raised in the handler it could land in a callback
+    # that swallows it, as XLA's garbage-collection hook does): start-up checks it
+    # between phases, training at its chunks, bench between its timed runs. The
+    # other commands write nothing but whole files and are quick: they stop now
+    flag_only = trains or args.command == "bench"
 
     def on_sigterm(*_):
-        # training: a flag, not an exception (raised here it could land in a
-        # callback that swallows it); start-up checks it between phases, training
-        # at its chunks. The other commands write nothing but whole files: stop now
         TERM_REQUESTED.set()
-        if not trains:
+        if not flag_only:
             raise Terminated
 
     TERM_REQUESTED.clear()

@@ -39,6 +39,7 @@ import optax
 
 from phasevae.data import synthetic
 from phasevae.engine.step import Point, Static, Trainer
+from phasevae.errors import stop_if_terminated
 from phasevae.models.conv import ConvVAE
 from phasevae.models.registry import footprint
 from phasevae.models.vae import VAE, example_terms, objective
@@ -138,6 +139,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     f(a).block_until_ready()
     best = np.inf
     for _ in range(repeats):
+        stop_if_terminated()
         t0 = time.perf_counter()
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t0)
@@ -206,6 +208,7 @@ def time_grid(
     jax.block_until_ready(state)
     best = np.inf
     for r in range(repeats):
+        stop_if_terminated()
         t0 = time.perf_counter()
         state, metrics = compiled(state, points, x, ex, np.int32((r + 1) * CHUNK))
         jax.block_until_ready((state, metrics))
@@ -271,14 +274,27 @@ def baseline_as_a_user_runs_it(m: int, model: str = "mlp") -> float:
         "from phasevae.tools.bench import time_baseline; "
         f"print(time_baseline({m}, model={model!r}))"
     )
-    out = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-c", code],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
     )
-    return float(out.stdout.split()[-1])
+    try:
+        while True:  # SIGTERM (a flag, stop_if_terminated) kills the child too
+            try:
+                out, err = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                stop_if_terminated()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+    return float(out.split()[-1])
 
 
 def run(
@@ -296,6 +312,7 @@ def run(
     flops = flops_per_model_step(model)
     out = []
     for m in models:
+        stop_if_terminated()
         rate, compile_s, nbytes, program, devices = time_grid(
             m, model=model, precision=precision
         )
