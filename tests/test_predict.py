@@ -10,6 +10,7 @@ from phasevae.errors import BadInput
 from phasevae.tools import bench, predict
 
 
+@pytest.mark.slow
 def test_the_step_cost_is_positive_per_model_and_matches_the_hand_count():
     """The per-model cost does not depend on M (the work scales linearly with M) and
     one step's FLOPs are the hand count of bench.py plus the element-wise work."""
@@ -36,6 +37,7 @@ def test_the_roofline_takes_the_slower_bound_and_the_memory_that_fits():
     assert small["fits"] and not big["fits"] and small["largest_models"] == 90
 
 
+@pytest.mark.slow
 def test_predict_from_the_command_line(capsys):
     assert main(["bench", "--predict", "h100", "--models", "64", "100000"]) == 0
     out = capsys.readouterr().out
