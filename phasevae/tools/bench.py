@@ -214,8 +214,18 @@ def time_grid(
         jax.block_until_ready((state, metrics))
         best = min(best, time.perf_counter() - t0)
     nbytes = sum(a.nbytes for a in jax.tree.leaves(state)) // m
+    program = program_bytes(compiled, x, ex)
+    devices = len(x.sharding.device_set)
+    per_device = -(-m // devices)
+    return m * CHUNK / best, compile_s, nbytes, program // per_device, devices
+
+
+def program_bytes(compiled, x, ex) -> int:
+    """One device's bytes of the compiled chunk (arguments, outputs, temporaries;
+    donated buffers once), less its share of the data ``x`` and ``ex`` the models
+    share."""
     mem = compiled.memory_analysis()
-    program = (
+    return (
         mem.argument_size_in_bytes
         + mem.output_size_in_bytes
         + mem.temp_size_in_bytes
@@ -223,9 +233,6 @@ def time_grid(
         - x.nbytes // len(x.sharding.device_set)
         - ex.nbytes // len(ex.sharding.device_set)
     )
-    devices = len(x.sharding.device_set)
-    per_device = -(-m // devices)
-    return m * CHUNK / best, compile_s, nbytes, program // per_device, devices
 
 
 def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:

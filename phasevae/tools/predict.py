@@ -149,15 +149,7 @@ def step_cost(models: int, model: str = "mlp", precision: str = "float32") -> St
         state = trainer.init(points)
         compiled = trainer.chunk.lower(state, points, x, ex, np.int32(0)).compile()
         counts.append(_cost(compiled))
-    mem = compiled.memory_analysis()
-    program = (
-        mem.argument_size_in_bytes
-        + mem.output_size_in_bytes
-        + mem.temp_size_in_bytes
-        - mem.alias_size_in_bytes
-        - x.nbytes // len(x.sharding.device_set)  # the data, shared by the models
-        - ex.nbytes // len(ex.sharding.device_set)
-    )
+    program = bench.program_bytes(compiled, x, ex)
     (f0, b0), (f1, b1) = counts
     # XLA counts one device's share of the sharded program
     per = -(-models // len(x.sharding.device_set))
