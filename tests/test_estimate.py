@@ -210,6 +210,38 @@ def test_points_that_stopped_early_bound_the_training_length(tau):
     assert r["ci"][0] <= LAM <= r["ci"][1]
 
 
+@pytest.mark.parametrize("tau", [60.0, 1000.0])
+def test_far_points_bound_the_training_length_until_they_have_relaxed(tau):
+    """The far end of the active side (|u - u_c| > NEAR) stopped at 6000 steps, the
+    rest trained to 12000, with enough common evaluations to measure tau_0. A far
+    point that trained long enough to relax (its steps x distance >= RELAXED tau_0)
+    no longer bounds the length: with fast relaxation the mixed run is as good as
+    the uniform one and is not asked to train the far points again; with slow
+    relaxation they still bound it, and the advice includes them. Either way the
+    range to train holds its own end points (locate trains what lies inside)."""
+    full = trajectories("collapsed", 12000, tau=tau)
+    far = np.log(full["sigma2"] / LAM) < -estimate.NEAR
+    mixed = full[~far | (full["step"] <= 6000)]
+    uniform = estimate.estimate_transition(full, 3)
+    r = estimate.estimate_transition(mixed, 3)
+    assert uniform["verdict"] == r["verdict"] == estimate.LONGER
+    assert r["ci"][0] <= LAM <= r["ci"][1]
+    lo, hi = r["train_longer"]["sigma2"]
+    far_max = full.loc[far, "sigma2"].max()
+    if tau < 100:
+        assert r["ci_finite_training"][0] == pytest.approx(
+            uniform["ci_finite_training"][0], rel=0.1
+        )
+        assert lo > far_max
+    else:
+        assert r["ci_finite_training"][0] > 1.5 * uniform["ci_finite_training"][0]
+        assert lo <= far_max
+    grid = full["sigma2"].unique()
+    ends = grid[np.isclose(grid, lo, rtol=1e-6) | np.isclose(grid, hi, rtol=1e-6)]
+    assert all(lo <= s <= hi for s in ends)
+    assert len(ends) or tau < 100  # slow: the range ends at an unrelaxed point
+
+
 @pytest.mark.parametrize("at", [0.91, 1.07])
 def test_a_jump_is_located_to_its_cell_and_no_better(at):
     """A small network's units die: its top dim's KL drops from the active branch

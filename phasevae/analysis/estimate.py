@@ -64,20 +64,26 @@ last is the
    probe's tolerance; verdict ``train longer``). A stable collapse does not make
    the interval one-sided: active points just below the kink can still be growing
    slowly out of near-collapse, which moves the kink up with training.
-   Where points trained for different lengths (``train.until = "trusted"``), T is
-   the shortest training among the points that set the kink (the fit's support: the
-   active segment that ends at the kink, from the breakpoint before it or the grid's
-   first point, and ``NEAR`` past it), and tau_0 is measured over the steps every
-   point has. A fit is as trained as the least-trained point it depends on: with T
-   taken near the kink only, points of the active side stopped early kept their bias
-   in the slope, and a run trained longer only near the kink came out ``trusted``
-   where the same grid trained longer everywhere did not (tests/test_estimate.py).
+   Where points trained for different lengths (``train.until = "trusted"``,
+   ``phasevae locate``), T is the shortest training among the points that set the
+   kink (the fit's support: the active segment that ends at the kink, from the
+   breakpoint before it or the grid's first point, and ``NEAR`` past it) and have
+   not relaxed, and tau_0 is measured over the steps every point has. A point at
+   distance |u - u_c| relaxes in t_r ~ tau_0 / |u - u_c| steps, so one that trained
+   ``RELAXED`` x that long no longer biases the fit, however short its training:
+   without that, a fit is as trained as its least-trained point, and the far end of
+   the active side (which relaxes first) would have to train as long as the kink's
+   neighbours. Without a tau_0 (too few common evaluations) every point of the
+   support counts: points of the active side stopped early can keep their bias in
+   the slope, and a run trained longer only near the kink must not come out
+   ``trusted`` where the same grid trained longer everywhere did not
+   (tests/test_estimate.py).
 6. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
    point of the fit's support still trends (the per-point trend test of
    :func:`phasevae.analysis.fit.settle` on the KL over the last half of the evaluations)
    and the kink lies inside the grid with sampled values on both sides; ``train longer``
-   otherwise, with the sigma^2 range to train (the interval and the fit's support)
-   and the step count at
+   otherwise, with the sigma^2 range to train (the interval, and the points of the
+   fit's support that have not relaxed or still trend) and the step count at
    which the finite-training part, falling like 1/t, would be within the tolerance;
    ``no transition in grid`` when the top dim's KL still falls at the largest sigma^2.
 7. Absorbing collapse (:func:`absorbing`): where the collapsed points nearest the
@@ -119,6 +125,7 @@ TOLERANCE = 0.01  # finite-training part (ln sigma^2, ~ relative) a trusted esti
 SLOW_DECAY = 1.5  # see the module docstring, step 3
 MAX_BREAKS = 2
 NEAR = 0.25  # ln sigma^2: a point this close to the kink still trending vetoes trust
+RELAXED = 2.0  # a point has relaxed when its steps x |u - u_c| reach this x tau_0
 TRUSTED, LONGER, NONE = "trusted", "train longer", "no transition in grid"
 JUMP = "jump"  # interval method: the KL jumps across a grid cell, the interval is it
 HELD = "held at the free-bits floor"  # free bits kept the top dim's KL up
@@ -350,12 +357,21 @@ def estimate_transition(
     # measured over the length every point has
     last = lengths.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
     u_last = np.log(last["s2"].to_numpy())
-    near = last[(u_last >= support[0] - 1e-9) & (u_last <= support[1])]
-    final = int(near["step"].min()) if len(near) else final
     common = metrics[metrics["step"] <= last["step"].min()]
+    tau0 = relaxation_scale(common, latent_dim, u_t)
+    # a point of the support far enough from the kink to have relaxed in its own
+    # training (t_r ~ tau_0 / |u - u_c|) no longer biases the fit, however short that
+    # training was; the rest bound the length (all of the support without tau_0)
+    relaxed = (
+        np.abs(u_last - u_t) * last["step"].to_numpy() >= RELAXED * tau0
+        if tau0 is not None
+        else np.zeros(len(last), bool)
+    )
+    sets_kink = (u_last >= support[0] - 1e-9) & (u_last <= support[1])
+    near = last[sets_kink & ~relaxed] if np.any(sets_kink & ~relaxed) else last[sets_kink]
+    final = int(near["step"].min()) if len(near) else final
     by_steps = fits_by_steps(metrics, latent_dim, final)
     u_h = by_steps.get(final // 2)
-    tau0 = relaxation_scale(common, latent_dim, u_t)
     delta = None if u_h is None else u_t - u_h
     parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
     parts += [tau0 / final] if tau0 is not None else []
@@ -417,10 +433,15 @@ def estimate_transition(
         width = finite if not math.isnan(finite) else 2 * TOLERANCE
         lo_u = min(lo, u_c - stat[0] - width) if not math.isnan(lo) else u_c - width
         hi_u = max(hi, u_c + stat[1] + width) if not math.isnan(hi) else u_c + width
-        lo_u, hi_u = min(lo_u, support[0]), max(hi_u, support[1])
+        # and every point of the support still unrelaxed or trending
+        unsettled = table.loc[sets & ~table["settled"].to_numpy(), "sigma2"]
+        train = np.log(np.concatenate([near["s2"].to_numpy(), unsettled.to_numpy()]))
+        if train.size:
+            lo_u, hi_u = min(lo_u, train.min()), max(hi_u, train.max())
         need = final * max(2.0, width / TOLERANCE)
         out["train_longer"] = {
-            "sigma2": [math.exp(lo_u), math.exp(hi_u)],
+            # padded by a rounding's width: the points at its ends belong to it
+            "sigma2": [math.exp(lo_u - 1e-9), math.exp(hi_u + 1e-9)],
             "steps": int(math.ceil(need / 100.0) * 100),
         }
     return out

@@ -321,8 +321,9 @@ class UntilTrusted:
             )
             if est["train_longer"] is None:  # trusted, or no transition to train for
                 continue
-            # the range to train (it holds the points that set the kink, whose
-            # shortest training bounds the estimate's bias), and every point near it
+            # the range to train (it holds the points that set the kink and have not
+            # relaxed, whose shortest training bounds the estimate's bias), and every
+            # point near it
             lo, hi = est["train_longer"]["sigma2"]
             c = math.exp(NEAR)
             lo, hi = min(lo, est["sigma2_c"] / c), max(hi, est["sigma2_c"] * c)

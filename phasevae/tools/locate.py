@@ -15,7 +15,7 @@ It chains what a user would otherwise do by hand, curve by curve (one per beta):
    (:func:`phasevae.analysis.estimate.interval_values`), trained as long as the curve's
    points that set the kink.
 4. **longer** while the verdict is ``train longer``: the points that set the kink
-   (the estimate's ``train_longer`` range) continue from their checkpoints to twice
+   and have not relaxed (the estimate's ``train_longer`` range) continue from their checkpoints to twice
    their length (the stage forks them from the stage they trained in: their state,
    optimizer and metrics are copied, so the continuation is the one a longer run
    would have trained).
