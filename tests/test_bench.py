@@ -76,3 +76,30 @@ def test_bench_locate_reports_an_interval_and_an_error(tmp_path):
     assert r["model_steps_ratio_vs_uniform"] == pytest.approx(
         r["uniform_model_steps"] / r["locate_model_steps"]
     )
+
+
+@pytest.mark.slow
+def test_bench_locate_scores_a_boundary_over_several_betas(tmp_path, capsys):
+    """With several betas (a phase diagram's boundary) every curve is located and
+    compared with its own uniform grid; the medians and the totals are theirs."""
+    from tests.test_locate import small_spec
+
+    spec = small_spec(tmp_path, grid={"beta": [0.8, 1.25]})
+    r = bench.locate(str(spec), max_uniform=8, budget=9_000)
+    assert [c["beta"] for c in r["curves"]] == [0.8, 1.25]
+    lams = []  # each error is against the same data's lambda_max / beta
+    for c in r["curves"]:
+        assert c["ci"] is not None and c["ci"][0] <= c["sigma2_c"] <= c["ci"][1]
+        lams.append(c["sigma2_c"] * c["beta"] / (1 + c["rel_error"]))
+        assert c["uniform_model_steps"] == 8 * 200
+    assert lams[0] == pytest.approx(lams[1]) and lams[0] == pytest.approx(4.0, rel=0.1)
+    assert r["locate_model_steps"] == sum(c["model_steps"] for c in r["curves"])
+    assert r["uniform_model_steps"] == 2 * 8 * 200
+    halves = sorted(c["half_width"] for c in r["curves"])
+    assert r["locate_half_width"] == pytest.approx(sum(halves) / 2)
+    assert "locate_sigma2_c" not in r  # one value per curve, not one for the run
+    from phasevae.cli import locate_text
+
+    assert locate_text(r, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "2 beta" in out and "beta 0.8: locate" in out and "beta 1.25: uniform" in out

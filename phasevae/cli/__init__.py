@@ -358,31 +358,39 @@ def locate_text(r: dict, as_json: bool) -> int:
         print(json.dumps(r, indent=1))
         return 0
 
-    def found(prefix):
-        if r[f"{prefix}_sigma2_c"] is None:
+    def found(c: dict, prefix: str) -> str:
+        if c[f"{prefix}sigma2_c"] is None:
             return "no transition found"
-        ci, half = r[f"{prefix}_ci"], r[f"{prefix}_half_width"]
+        ci, half = c[f"{prefix}ci"], c[f"{prefix}half_width"]
         interval = (
             "no interval"
             if not ci
             else f"95 % interval {ci[0]:.4g} .. {ci[1]:.4g} (+-{100 * half:.1f} %)"
         )
         return (
-            f"sigma2_c = {r[f'{prefix}_sigma2_c']:.4g}, "
-            f"{100 * r[f'{prefix}_rel_error']:+.2f} % from lambda_max / beta, "
-            f"{interval}, {r[f'{prefix}_verdict']}"
+            f"sigma2_c = {c[f'{prefix}sigma2_c']:.4g}, "
+            f"{100 * c[f'{prefix}rel_error']:+.2f} % from lambda_max / beta, "
+            f"{interval}, {c[f'{prefix}verdict']}"
         )
 
+    def width(half: float) -> str:
+        return f"+-{100 * half:.1f} %" if math.isfinite(half) else "no interval"
+
+    betas = len(r["curves"])
     print(
-        f"phasevae locate (sweeps/locate.toml, cold start): {r['locate_wall_s']:.1f} s "
-        f"wall with compilation, {r['locate_model_steps']:,} model-steps: "
-        + found("locate")
+        f"phasevae locate (cold start, {betas} beta): {r['locate_wall_s']:.1f} s "
+        f"wall with compilation, {r['locate_model_steps']:,} model-steps, median "
+        f"half-width {width(r['locate_half_width'])}"
     )
-    reach = "reaches that width" if r["uniform_reached"] else "does NOT reach it"
+    reach = "reach that width" if r["uniform_reached"] else "do NOT reach it"
     print(
-        f"uniform grid of {r['uniform_points']} sigma^2 {reach}: "
-        f"{r['uniform_model_steps']:,} model-steps: " + found("uniform")
+        f"uniform grids of {r['uniform_points']} sigma^2 per beta {reach}: "
+        f"{r['uniform_model_steps']:,} model-steps, median half-width "
+        f"{width(r['uniform_half_width'])}"
     )
+    for c in r["curves"]:
+        print(f"  beta {c['beta']:g}: locate {found(c, '')}")
+        print(f"  beta {c['beta']:g}: uniform {found(c, 'uniform_')}")
     ratio = r["model_steps_ratio_vs_uniform"]
     print(f"model-steps, uniform / locate: {ratio:.1f}x")
     return 0
@@ -429,8 +437,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     split_cpu_into_devices()
     compile_cache()
-    if args.locate:
-        return locate_text(bench.locate(), args.json)
+    if args.locate is not None:
+        return locate_text(bench.locate(args.locate or None), args.json)
     if args.predict:
         return predict_text(args)
     models = args.models or [1, 8, 64, 256]

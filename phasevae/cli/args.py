@@ -29,7 +29,8 @@ EXAMPLES = {
     "bench": """examples:
   phasevae bench --models 1 64 256
   phasevae bench --model conv --models 1 16 64
-  phasevae bench --models 1000 --checkpoint --json""",
+  phasevae bench --models 1000 --checkpoint --json
+  phasevae bench --locate sweeps/locate_2d.toml""",
     "status": "examples:\n  phasevae status runs/default\n"
     "  phasevae status            # every run under runs/",
     "merge": "example:\n  phasevae merge runs/s0 runs/s1 runs/s2 --out runs/all",
@@ -160,8 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--locate",
-        action="store_true",
-        help="time locating sigma_c^2 (sweeps/locate.toml) against uniform grids",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SPEC",
+        help="time locating sigma_c^2 against uniform grids, on sweeps/locate.toml "
+        "or SPEC (several betas: a phase diagram's boundary, e.g. "
+        "sweeps/locate_2d.toml)",
     )
 
     p = add("status", help="progress of a run directory (all under runs/ without one)")

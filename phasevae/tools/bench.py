@@ -412,27 +412,28 @@ def as_dicts(results: list[BenchResult]) -> list[dict]:
 
 def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) -> dict:
     """Run ``phasevae locate`` on ``sweeps/locate.toml`` (or ``spec_path``) from a
-    cold start, then find how many model-steps a uniform sigma^2 grid over the
-    range of locate's first grid (same seeds and steps) needs for an interval as
-    narrow: uniform grids of 8, 16, 32 ... points (up to ``max_uniform``) are trained
-    in full until one's interval is.
+    cold start, then find how many model-steps uniform sigma^2 grids need for
+    intervals as narrow: at every beta of the spec (one curve each; several betas
+    make a phase diagram's boundary), a uniform grid over the range of locate's
+    first grid at that beta (same seeds and steps), of 8, 16, 32 ... points (up to
+    ``max_uniform``), trained in full until the median half-width over the betas is
+    at most locate's.
 
     Returns:
-      locate_wall_s (compile included), locate_sigma2_c, locate_rel_error
-      (against lambda_max / beta), locate_ci, locate_half_width, locate_verdict,
-      locate_model_steps, and for the first uniform grid whose interval is as narrow
-      (or the largest tried, with ``uniform_reached`` false): uniform_points,
-      uniform_model_steps, uniform_rel_error, uniform_ci, uniform_half_width,
-      uniform_verdict and model_steps_ratio_vs_uniform.
+      locate_wall_s (compile included), locate_model_steps, and for the first
+      uniform size whose intervals are as narrow (or the largest tried, with
+      ``uniform_reached`` false): uniform_points, uniform_model_steps and
+      model_steps_ratio_vs_uniform; ``curves``, one per beta: beta, sigma2_c,
+      rel_error (against lambda_max / beta), ci, half_width, verdict and
+      model_steps of locate and of that uniform grid (``uniform_`` prefixed).
+      With one beta its locate_ and uniform_ values are also at the top level
+      (locate_sigma2_c, locate_ci, ...); with several, locate_half_width and
+      uniform_half_width are the medians over the betas.
     """
-    import dataclasses
     import tempfile
 
-    from phasevae.analysis import estimate
     from phasevae.data import load_for_model
-    from phasevae.engine.sweep import run_sweep
-    from phasevae.spec import Range, load_spec
-    from phasevae.tools.locate import SPAN
+    from phasevae.spec import load_spec
     from phasevae.tools.locate import locate as run_locate
 
     path = spec_path or _locate_spec_path()
@@ -441,50 +442,89 @@ def locate(spec_path=None, max_uniform: int = 128, budget: int | None = None) ->
         t0 = time.perf_counter()
         result = run_locate(path, f"{tmp}/locate", budget=budget, say=lambda _: None)
         wall = time.perf_counter() - t0
-    (c,) = result["curves"]
-    beta = spec.axes()["beta"][0]
     lam = float(load_for_model(spec).eigenvalues[0])
+    curves = [
+        {
+            "beta": c["beta"],
+            **{k: c[k] for k in ("sigma2_c", "ci", "half_width", "verdict")},
+            "rel_error": _rel(c["sigma2_c"], lam / c["beta"]),
+            "model_steps": c["model_steps"],
+        }
+        for c in result["curves"]
+    ]
+    goal = _median([c["half_width"] for c in curves])
+
     num = 8
     while True:
-        grid = dataclasses.replace(
-            spec.grid,
-            sigma2=Range(SPAN[0] * lam / beta, SPAN[1] * lam / beta, num, "log"),
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            run = run_sweep(dataclasses.replace(spec, grid=grid), f"{tmp}/uniform")
-        spectrum = run.meta["spectrum"]
-        t = estimate.estimate_transition(
-            run.metrics,
-            spec.model.latent_dim,
-            spectrum["lambda_max"],
-            spectrum.get("lambda_max_eval"),
-        )
-        u_half = estimate.half_width(t["sigma2_c"], t["ci"])
-        reached = c["half_width"] is not None and u_half <= c["half_width"]
+        stop_if_terminated()
+        scored = [c | _uniform(spec, lam, c["beta"], num) for c in curves]
+        u_half = _median([c["uniform_half_width"] for c in scored])
+        reached = math.isfinite(goal) and u_half <= goal
         if reached or 2 * num > max_uniform:
             break
         num *= 2
-    err = None if c["sigma2_c"] is None else c["sigma2_c"] / (lam / beta) - 1.0
-    u_err = None if t["sigma2_c"] is None else t["sigma2_c"] / (lam / beta) - 1.0
-    u_steps = num * len(spec.grid.seeds) * spec.train.steps
-    return {
+    spent = sum(c["model_steps"] for c in scored)
+    u_steps = sum(c["uniform_model_steps"] for c in scored)
+    out = {
         "locate_wall_s": wall,
-        "locate_sigma2_c": c["sigma2_c"],
-        "locate_rel_error": err,
-        "locate_ci": c["ci"],
-        "locate_half_width": c["half_width"],
-        "locate_verdict": c["verdict"],
-        "locate_model_steps": c["model_steps"],
+        "locate_model_steps": spent,
+        "locate_half_width": goal,
         "uniform_points": num,
         "uniform_reached": reached,
         "uniform_model_steps": u_steps,
-        "uniform_sigma2_c": t["sigma2_c"],
-        "uniform_rel_error": u_err,
-        "uniform_ci": t["ci"],
         "uniform_half_width": u_half,
-        "uniform_verdict": t["verdict"],
-        "model_steps_ratio_vs_uniform": u_steps / c["model_steps"],
+        "model_steps_ratio_vs_uniform": u_steps / spent,
+        "curves": scored,
     }
+    if len(scored) == 1:
+        (c,) = scored
+        out |= {f"locate_{k}": c[k] for k in ("sigma2_c", "rel_error", "ci", "verdict")}
+        out |= {k: c[k] for k in c if k.startswith("uniform_")}
+    return out
+
+
+def _uniform(spec, lam: float, beta: float, num: int) -> dict:
+    """A uniform grid of ``num`` sigma^2 over locate's first range at ``beta``,
+    trained in full and estimated: its ``uniform_`` values."""
+    import dataclasses
+    import tempfile
+
+    from phasevae.analysis import estimate
+    from phasevae.engine.sweep import run_sweep
+    from phasevae.spec import Range
+    from phasevae.tools.locate import SPAN
+
+    grid = dataclasses.replace(
+        spec.grid,
+        sigma2=Range(SPAN[0] * lam / beta, SPAN[1] * lam / beta, num, "log"),
+        beta=(beta,),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        run = run_sweep(dataclasses.replace(spec, grid=grid), f"{tmp}/uniform")
+    spectrum = run.meta["spectrum"]
+    t = estimate.estimate_transition(
+        run.metrics,
+        spec.model.latent_dim,
+        spectrum["lambda_max"],
+        spectrum.get("lambda_max_eval"),
+    )
+    return {
+        "uniform_sigma2_c": t["sigma2_c"],
+        "uniform_rel_error": _rel(t["sigma2_c"], lam / beta),
+        "uniform_ci": t["ci"],
+        "uniform_half_width": estimate.half_width(t["sigma2_c"], t["ci"]),
+        "uniform_verdict": t["verdict"],
+        "uniform_model_steps": num * len(spec.grid.seeds) * spec.train.steps,
+    }
+
+
+def _rel(value: float | None, theory: float) -> float | None:
+    return None if value is None else value / theory - 1.0
+
+
+def _median(values) -> float:
+    """The median half-width, a curve without an interval counting as infinite."""
+    return float(np.median([math.inf if v is None else v for v in values]))
 
 
 def _locate_spec_path():
