@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from phasevae.cli import main
-from phasevae.data import load_dataset, whitening
+from phasevae.data import load_dataset, one_hot, whitened, whitening
 from phasevae.engine.grid import grid_table, static_config
 from phasevae.engine.step import Point, Trainer
 from phasevae.models.vae import (
@@ -26,14 +26,30 @@ from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
 from tests.test_model import assert_turns_at_lambda_c, collapsed, collapsed_hessians
 
-LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial")
+LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial", "categorical")
 R = 2.5  # the negative binomial's dispersion in these tests
+K = 3  # the categorical's categories per position (2 positions: 6 one-hot features)
+
+
+def low_rank_tokens(n: int = 600, seed: int = 0) -> np.ndarray:
+    """Token ids (n, 2) of two correlated positions, each from a softmax of a rank-2
+    natural parameter."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(n, 2)) @ rng.normal(size=(2, 2 * K)) * 1.2).reshape(
+        n, 2, K
+    )
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    u = rng.random((n, 2, 1))
+    return (u > np.cumsum(p, axis=-1)).sum(-1).astype(np.float32)
 
 
 def low_rank_data(likelihood: str, n: int = 600, dim: int = 6, seed: int = 0):
-    """Binary or count data from a rank-2 natural parameter (correlated features)."""
+    """Binary, count or one-hot data from a rank-2 natural parameter (correlated
+    features; the categorical's 6 features are 2 positions of K = 3)."""
     rng = np.random.default_rng(seed)
     eta = rng.normal(size=(n, 2)) @ rng.normal(size=(2, dim)) * 0.8
+    if likelihood == "categorical":
+        return one_hot(low_rank_tokens(n, seed), K, "test")
     if likelihood == "bernoulli":
         return (rng.random((n, dim)) < 1 / (1 + np.exp(-eta))).astype(np.float32)
     if likelihood == "negative_binomial":
@@ -43,8 +59,8 @@ def low_rank_data(likelihood: str, n: int = 600, dim: int = 6, seed: int = 0):
 
 
 def whitened_top(x, likelihood):
-    w = whitening(x, likelihood, "test", R)
-    return np.linalg.eigvalsh(np.cov((x * w).T, bias=True))[-1]
+    w = whitening(x, likelihood, "test", R, K)
+    return np.linalg.eigvalsh(np.cov(whitened(x, w).T, bias=True))[-1]
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS + ("gaussian",))
@@ -61,11 +77,20 @@ def test_each_negative_log_likelihood_is_scipys(likelihood):
         x = rng.poisson(3.0, size=7).astype(float)
         mean = np.exp(eta)
         want = -stats.nbinom.logpmf(x, R, R / (R + mean)).sum()
+    elif likelihood == "categorical":  # 3 positions of K = 3 logits
+        eta = rng.normal(size=3 * K)
+        x = one_hot(rng.integers(0, K, size=(1, 3)), K, "test")[0].astype(float)
+        p = np.exp(eta.reshape(3, K))
+        p /= p.sum(-1, keepdims=True)
+        want = -sum(
+            stats.multinomial.logpmf(xb, 1, pb)
+            for xb, pb in zip(x.reshape(3, K), p, strict=True)
+        )
     else:
         x = rng.normal(size=7)
         want = -stats.norm.logpdf(x, eta, 1.0).sum()
     with jax.enable_x64(True):
-        got = float(nll(jnp.asarray(x), jnp.asarray(eta), likelihood, R))
+        got = float(nll(jnp.asarray(x), jnp.asarray(eta), likelihood, R, K))
     assert got == pytest.approx(want, rel=1e-10)
 
 
@@ -75,12 +100,12 @@ def test_sigma2_is_the_temperature_of_the_likelihood(likelihood):
     model = VAE(6, 2, (8,), (8,))
     params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
     eps = jnp.array([0.3, -1.0])
-    one = example_terms(model, params, x, eps, 1.0, likelihood, R)
-    hot = example_terms(model, params, x, eps, 4.0, likelihood, R)
+    one = example_terms(model, params, x, eps, 1.0, likelihood, R, K)
+    hot = example_terms(model, params, x, eps, 4.0, likelihood, R, K)
     assert float(hot.recon) == pytest.approx(float(one.recon) / 4.0, rel=1e-6)
     _, _, eta = model.apply(params, x, eps)
     assert float(one.recon) == pytest.approx(
-        float(nll(x, eta, likelihood, R)), rel=1e-6
+        float(nll(x, eta, likelihood, R, K)), rel=1e-6
     )
 
 
@@ -90,12 +115,32 @@ def test_the_linear_vaes_collapse_eigenvalue_is_the_whitened_lambda_max(likeliho
     model = VAE(6, 2, (), ())
     params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
     params = collapsed(model, params, jnp.asarray(x), likelihood)
-    grams = collapse_grams(model, params, jnp.asarray(x), likelihood, R)
+    grams = collapse_grams(model, params, jnp.asarray(x), likelihood, R, K)
     got = float(collapse_eigenvalue(*grams))
     want = whitened_top(x, likelihood)
     plain = np.linalg.eigvalsh(np.cov(x.T, bias=True))[-1]
     assert got == pytest.approx(want, rel=1e-4)
     assert abs(want / plain - 1) > 0.2  # the whitening matters on this data
+
+
+def test_the_categorical_criterion_reads_dependence_between_positions():
+    """docs/science.md: one position's whitened covariance is a projection
+    (lambda_max = 1 whatever its frequencies); independent positions stay at 1 up to
+    sampling; two positions that always agree reach 2, the number of positions."""
+    rng = np.random.default_rng(5)
+    skewed = rng.choice(4, size=(5000, 1), p=[0.7, 0.2, 0.08, 0.02])
+    one = one_hot(skewed.astype(np.float32), 4, "test")
+    w = whitening(one, "categorical", "test", categories=4)
+    top = np.linalg.eigvalsh(np.cov(whitened(one, w).T, bias=True))[-1]
+    assert top == pytest.approx(1.0, abs=1e-4)
+    free = one_hot(rng.integers(0, 4, size=(20000, 3)).astype(np.float32), 4, "t")
+    w = whitening(free, "categorical", "test", categories=4)
+    top = np.linalg.eigvalsh(np.cov(whitened(free, w).T, bias=True))[-1]
+    assert 1.0 < top < 1.05
+    same = one_hot(np.repeat(skewed, 2, axis=1).astype(np.float32), 4, "test")
+    w = whitening(same, "categorical", "test", categories=4)
+    top = np.linalg.eigvalsh(np.cov(whitened(same, w).T, bias=True))[-1]
+    assert top == pytest.approx(2.0, abs=1e-4)
 
 
 @pytest.mark.slow
@@ -121,11 +166,13 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
         params,
     )
     params = collapsed(model, params, x, likelihood)
-    grams = collapse_grams(model, params, x, likelihood, R)
+    grams = collapse_grams(model, params, x, likelihood, R, K)
     lam = float(collapse_eigenvalue(*grams))
     if not enc and not dec:
         assert lam == pytest.approx(whitened_top(np.asarray(x), likelihood), rel=1e-4)
-    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam, likelihood, R))
+    assert_turns_at_lambda_c(
+        collapsed_hessians(model, params, x, lam, likelihood, R, K)
+    )
 
 
 @pytest.mark.parametrize(
@@ -135,6 +182,8 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
         ("poisson", [0.0, 2.0, -1.0], "needs counts (integers >= 0)"),
         ("poisson", [0.0, 2.5, 1.0], "column 1 is 2.5"),
         ("negative_binomial", [0.0, 2.0, -1.0], "needs counts (integers >= 0)"),
+        ("categorical", [0.0, 2.0, 3.0], "needs token ids 0 .. 2"),
+        ("categorical", [0.0, 1.5, 1.0], "column 1 is 1.5"),
     ],
 )
 def test_data_a_likelihood_cannot_take_is_exit_2(
@@ -149,6 +198,7 @@ def test_data_a_likelihood_cannot_take_is_exit_2(
         model={
             "likelihood": likelihood,
             "dispersion": R * (likelihood == "negative_binomial"),
+            "categories": K * (likelihood == "categorical"),
         },
     )
     for command in (
@@ -181,6 +231,14 @@ def test_data_a_likelihood_cannot_take_is_exit_2(
             "needs model.dispersion > 0",
         ),
         ({"likelihood": "poisson", "latent": "sphere"}, {}, "built on the MLP VAE"),
+        ({"likelihood": "categorical"}, {}, "needs model.categories >= 2"),
+        ({"likelihood": "bernoulli", "categories": 3}, {}, "applies to it only"),
+        ({"likelihood": "categorical", "categories": 1}, {}, "must be 2 .. 4096"),
+        (
+            {"likelihood": "categorical", "categories": 3, "latent": "sphere"},
+            {},
+            "built on the MLP VAE",
+        ),
     ],
 )
 def test_a_likelihood_with_settings_it_cannot_use_is_a_spec_error(model, data, words):
@@ -192,19 +250,26 @@ def test_a_likelihood_with_settings_it_cannot_use_is_a_spec_error(model, data, w
 def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
     tmp_path, likelihood
 ):
-    np.save(tmp_path / "x.npy", low_rank_data(likelihood, n=256))
+    categorical = likelihood == "categorical"  # its file holds token ids
+    np.save(
+        tmp_path / "x.npy",
+        low_rank_tokens(256) if categorical else low_rank_data(likelihood, n=256),
+    )
     spec = spec_from_dict(
         tiny_dict(
             data={"source": "array", "path": str(tmp_path / "x.npy")},
             model={
                 "likelihood": likelihood,
                 "dispersion": R * (likelihood == "negative_binomial"),
+                "categories": K * categorical,
             },
             grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
             train={"steps": 5, "eval_every": 5},
         )
     )
-    data = load_dataset(spec.data, likelihood, spec.model.dispersion)
+    data = load_dataset(spec.data, likelihood, spec.model.dispersion, K * categorical)
+    if categorical:  # the model sees the one-hot codes
+        assert data.x.shape == (256, 2 * K) and np.all(data.x.sum(1) == 2)
     assert data.eigenvalues[0] == pytest.approx(
         whitened_top(data.x, likelihood), rel=1e-4
     )

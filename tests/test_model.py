@@ -120,13 +120,15 @@ def collapsed(model, params, x, likelihood="gaussian"):
     m = jnp.mean(x, axis=0)
     if likelihood == "bernoulli":
         m = jnp.log(m / (1 - m))
-    elif likelihood != "gaussian":  # the count likelihoods' log-mean
-        m = jnp.log(m)
+    elif likelihood != "gaussian":  # the count likelihoods' log-mean, the
+        m = jnp.log(m)  # categorical's logits (softmax(ln m) = m per position)
     out["bias"] = out["bias"] + m - f0
     return {"params": p}
 
 
-def collapsed_hessians(model, params, x, lam, likelihood="gaussian", dispersion=1.0):
+def collapsed_hessians(
+    model, params, x, lam, likelihood="gaussian", dispersion=1.0, categories=0
+):
     """{f: the float64 Hessian of the loss at the collapsed state ``params``, in the
     mean head's first row (and bias) and the decoder's z-column, at beta sigma^2 =
     f lambda_c} for f = 0.97, 1.03 (sigma^2 = 1). Noise eps = +-1 has the first two
@@ -148,9 +150,9 @@ def collapsed_hessians(model, params, x, lam, likelihood="gaussian", dispersion=
         }
         total = 0.0
         for eps in (1.0, -1.0):
-            terms = jax.vmap(example_terms, (None, None, 0, None, None, None, None))(
-                model, q, x, jnp.array([eps]), 1.0, likelihood, dispersion
-            )
+            terms = jax.vmap(
+                example_terms, (None, None, 0, None, None, None, None, None)
+            )(model, q, x, jnp.array([eps]), 1.0, likelihood, dispersion, categories)
             total += jnp.mean(objective(terms, beta_sigma2)) / 2
         return total
 

@@ -66,8 +66,9 @@ class Dataset:
     description: str
     components: np.ndarray | None = None
     image_shape: tuple[int, ...] | None = field(default=None)
-    # per feature, 1 / sqrt(the likelihood's variance at the data mean): the spectrum
-    # is of the covariance whitened by it (None: the Gaussian's, unwhitened)
+    # per feature, 1 / sqrt(the likelihood's variance at the data mean), or for the
+    # categorical the (N, N) matrix doing it per position: the spectrum is of the
+    # covariance whitened by it (None: the Gaussian's, unwhitened)
     whiten: np.ndarray | None = None
 
     def fingerprint(self) -> dict:
@@ -91,9 +92,7 @@ class Dataset:
             "eigenvalues": ev,
             "lambda_max": ev[0],
             # of the evaluation subset, on which collapse_eigenvalue is measured
-            "lambda_max_eval": top_eigenvalue(
-                self.eval_x if self.whiten is None else self.eval_x * self.whiten
-            ),
+            "lambda_max_eval": top_eigenvalue(whitened(self.eval_x, self.whiten)),
             "trace": float(np.sum(self.eigenvalues)),
             "samples": int(self.x.shape[0]),
             "dim": int(self.x.shape[1]),
@@ -106,11 +105,15 @@ class Dataset:
 
 
 def load_dataset(
-    spec: DataSpec, likelihood: str = "gaussian", dispersion: float = 0.0
+    spec: DataSpec,
+    likelihood: str = "gaussian",
+    dispersion: float = 0.0,
+    categories: int = 0,
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
-    (``model.likelihood``: its data must be 0s and 1s or counts, and the spectrum is
-    of the covariance whitened by the likelihood's variances, :func:`whitening`).
+    (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
+    ``categories``, which become one-hot codes, and the spectrum is of the
+    covariance whitened by the likelihood's variances, :func:`whitening`).
 
     Raises:
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
@@ -151,15 +154,18 @@ def load_dataset(
     else:  # spec validation keeps this unreachable
         raise DataError(f"unknown data.source {spec.source!r}")
     x = normalize(check_array(x, what), spec.normalize, pixel_range)
+    if likelihood == "categorical":
+        x = one_hot(x, categories, what)
+        what += f", one-hot ({categories} categories per position)"
     check_scale(x, what, spec.normalize)
     if spec.normalize != "none":
         what += f", normalize={spec.normalize}"
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
-    whiten = whitening(x, likelihood, what, dispersion)
+    whiten = whitening(x, likelihood, what, dispersion, categories)
     if whiten is not None:
         what += f"; spectrum whitened by the {likelihood} variances at the mean"
-    values, vectors = covariance_eig(x if whiten is None else x * whiten)
+    values, vectors = covariance_eig(whitened(x, whiten))
     check_spread(float(values[0]), what, spec.normalize)
     return Dataset(
         x=x,
@@ -176,16 +182,48 @@ def load_for_model(spec) -> Dataset:
     """The data of a spec (a :class:`phasevae.spec.Spec`) as its model sees them:
     :func:`load_dataset` with the model's likelihood."""
     m = spec.model
-    return load_dataset(spec.data, m.likelihood, m.dispersion)
+    return load_dataset(spec.data, m.likelihood, m.dispersion, m.categories)
+
+
+def one_hot(tokens: np.ndarray, categories: int, what: str) -> np.ndarray:
+    """Token ids (n, B) in 0 .. ``categories`` - 1 as one-hot codes (n, B x K),
+    position by position.
+
+    Raises:
+      DataError: a value that is not such a token id.
+    """
+    bad = (tokens < 0) | (tokens >= categories) | (tokens != np.floor(tokens))
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise DataError(
+            f'{what}: model.likelihood = "categorical" needs token ids 0 .. '
+            f"{categories - 1} (model.categories = {categories}); row {row}, column "
+            f"{col} is {float(tokens[row, col]):g}"
+        )
+    codes = np.eye(categories, dtype=np.float32)[tokens.astype(np.int64)]
+    return codes.reshape(tokens.shape[0], -1)
+
+
+def whitened(x: np.ndarray, whiten: np.ndarray | None) -> np.ndarray:
+    """``x`` whitened by :func:`whitening`'s answer (unchanged for None)."""
+    if whiten is None:
+        return x
+    return x * whiten if whiten.ndim == 1 else x @ whiten
 
 
 def whitening(
-    x: np.ndarray, likelihood: str, what: str, dispersion: float = 0.0
+    x: np.ndarray,
+    likelihood: str,
+    what: str,
+    dispersion: float = 0.0,
+    categories: int = 0,
 ) -> np.ndarray | None:
     """Per feature 1 / sqrt(v), v the likelihood's variance at the data mean m:
     m (1 - m) for the Bernoulli, m for the Poisson, m + m^2 / r for the negative
     binomial of dispersion r (0 for a constant feature, which has no covariance to
-    whiten); None for the Gaussian. The collapse transition of
+    whiten); for the categorical (``x`` one-hot in blocks of ``categories``) the
+    (N, N) block-diagonal matrix V^{+1/2}, V = diag(m) - m m^T per position (a
+    position's covariance); None for the Gaussian. The collapse transition of
     a decoder whose output is the natural parameter is at beta sigma^2 = lambda_max
     of the covariance whitened by it (docs/science.md, 'Other likelihoods').
 
@@ -194,6 +232,8 @@ def whitening(
     """
     if likelihood == "gaussian":
         return None
+    if likelihood == "categorical":
+        return _block_whitening(x.mean(axis=0, dtype=np.float64), categories)
     if likelihood == "bernoulli":
         bad = (x != 0) & (x != 1)
         need = "0s and 1s"
@@ -213,6 +253,21 @@ def whitening(
     return np.where(v > 0, 1.0 / np.sqrt(np.where(v > 0, v, 1.0)), 0.0).astype(
         np.float32
     )
+
+
+def _block_whitening(m: np.ndarray, categories: int) -> np.ndarray:
+    """blockdiag over positions of (diag(m_b) - m_b m_b^T)^{+1/2}: the inverse
+    square root on the range (a category never seen and the all-ones direction, in
+    which one-hot codes do not vary, are left out)."""
+    out = np.zeros((m.size, m.size), np.float64)
+    for start in range(0, m.size, categories):
+        mb = m[start : start + categories]
+        e, v = np.linalg.eigh(np.diag(mb) - np.outer(mb, mb))
+        keep = e > 1e-9
+        inv = np.where(keep, 1.0 / np.sqrt(np.where(keep, e, 1.0)), 0.0)
+        end = start + categories
+        out[start:end, start:end] = (v * inv) @ v.T
+    return out.astype(np.float32)
 
 
 def synthetic(

@@ -84,6 +84,7 @@ def static_config(
         concentration=m.concentration,
         likelihood=m.likelihood,
         dispersion=m.dispersion or 1.0,
+        categories=m.categories,
         module=build(m, shape),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),

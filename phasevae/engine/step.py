@@ -133,9 +133,11 @@ class Static:
     # concentration fixed at ``concentration`` (0: learned)
     latent: str = "gaussian"
     concentration: float = 0.0
-    # the decoder's likelihood (model.likelihood) and a negative binomial's r
+    # the decoder's likelihood (model.likelihood), a negative binomial's r and a
+    # categorical's categories per position
     likelihood: str = "gaussian"
     dispersion: float = 1.0
+    categories: int = 0
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -299,6 +301,7 @@ class Trainer:
             example_terms,
             likelihood=self.static.likelihood,
             dispersion=self.static.dispersion,
+            categories=self.static.categories,
         )
         return jax.vmap(terms, (None, None, 0, 0, None))(
             self.model,
@@ -392,6 +395,7 @@ class Trainer:
                     eval_x,
                     self.static.likelihood,
                     self.static.dispersion,
+                    self.static.categories,
                 )
                 if self.static.probe
                 else None

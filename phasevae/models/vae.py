@@ -145,11 +145,20 @@ class VAE(nn.Module):
         return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps, x)
 
 
-def nll(x: Array, eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
+def nll(
+    x: Array, eta: Array, likelihood: str, dispersion: float = 1.0, categories: int = 0
+) -> Array:
     """-ln p(x | eta) summed over features, for the decoder's output ``eta``: the
     mean of a unit-variance Gaussian, the logit of a Bernoulli, the log-rate of a
     Poisson, the log-mean of a negative binomial of dispersion r = ``dispersion``
-    (variance m + m^2 / r) (docs/science.md, 'Other likelihoods')."""
+    (variance m + m^2 / r), the logits of a categorical per position (x one-hot in
+    blocks of ``categories``) (docs/science.md, 'Other likelihoods')."""
+    if likelihood == "categorical":
+        logits = blocks(eta, categories)
+        return jnp.sum(
+            jax.nn.logsumexp(logits, axis=-1)
+            - jnp.sum(blocks(x, categories) * logits, axis=-1)
+        )
     if likelihood == "bernoulli":
         return jnp.sum(jax.nn.softplus(eta) - x * eta)
     if likelihood == "poisson":
@@ -168,8 +177,15 @@ def nll(x: Array, eta: Array, likelihood: str, dispersion: float = 1.0) -> Array
     return jnp.sum(0.5 * (x - eta) ** 2 + 0.5 * math.log(2.0 * math.pi))
 
 
-def mean_of(eta: Array, likelihood: str) -> Array:
+def blocks(v: Array, categories: int) -> Array:
+    """(..., B x K) -> (..., B, K): a categorical's positions, K = ``categories``."""
+    return v.reshape(*v.shape[:-1], -1, categories)
+
+
+def mean_of(eta: Array, likelihood: str, categories: int = 0) -> Array:
     """The likelihood's mean E[x | eta]."""
+    if likelihood == "categorical":
+        return jax.nn.softmax(blocks(eta, categories), axis=-1).reshape(eta.shape)
     if likelihood == "bernoulli":
         return jax.nn.sigmoid(eta)
     if likelihood in ("poisson", "negative_binomial"):
@@ -189,6 +205,19 @@ def fisher_of(eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
     if likelihood == "negative_binomial":
         return jnp.exp(eta) * dispersion / (dispersion + jnp.exp(eta))
     return jnp.ones_like(eta)
+
+
+def fisher_times(
+    eta: Array, g: Array, likelihood: str, dispersion: float = 1.0, categories: int = 0
+) -> Array:
+    """F g for the Fisher information F of -ln p(x | eta) in eta and g (N, d):
+    :func:`fisher_of` on the diagonal, and for the categorical, whose positions are
+    blocks of ``categories`` logits, diag(p) - p p^T per position (p the softmax)."""
+    if likelihood == "categorical":
+        p = blocks(mean_of(eta, likelihood, categories), categories)[..., None]
+        gb = g.reshape(p.shape[0], categories, -1)
+        return (p * gb - p * jnp.sum(p * gb, axis=1, keepdims=True)).reshape(g.shape)
+    return fisher_of(eta, likelihood, dispersion)[:, None] * g
 
 
 def score_scale(eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
@@ -224,6 +253,7 @@ def example_terms(
     sigma2: Array,
     likelihood: str = "gaussian",
     dispersion: float = 1.0,
+    categories: int = 0,
 ) -> Terms:
     """Loss terms for one example x (in the model's example shape) with noise eps
     (k,) and decoder variance sigma2 () (for another likelihood than the Gaussian,
@@ -236,8 +266,8 @@ def example_terms(
         n = x.size
         recon = sq_err / (2.0 * sigma2) + 0.5 * n * jnp.log(2.0 * math.pi * sigma2)
     else:
-        sq_err = jnp.sum((x - mean_of(xhat, likelihood)) ** 2)
-        recon = nll(x, xhat, likelihood, dispersion) / sigma2
+        sq_err = jnp.sum((x - mean_of(xhat, likelihood, categories)) ** 2)
+        recon = nll(x, xhat, likelihood, dispersion, categories) / sigma2
     gaussian = not hasattr(model, "latent_kl")
     kl = kl_per_dim(mu, logvar) if gaussian else model.latent_kl(mu, logvar)
     return Terms(recon, sq_err, kl, jnp.exp(logvar), mu)
@@ -270,6 +300,7 @@ def collapse_grams(
     x: Array,
     likelihood: str = "gaussian",
     dispersion: float = 1.0,
+    categories: int = 0,
 ) -> tuple[Array, Array, Array]:
     """The three small matrices that :func:`collapse_eigenvalue` needs, measured on
     the data ``x`` (n, N): S = G^T D G (d_1, d_1), K = G^T R C_xh (d_1, d_h) and
@@ -277,8 +308,8 @@ def collapse_grams(
     G = d f / d a (N, d_1) at z = 0, a being the decoder's first pre-activation
     (obtained as the Jacobian with respect to the first layer's bias), D and R the
     likelihood's Fisher information and score scale at the decoder's output f(0)
-    (:func:`fisher_of`, :func:`score_scale`; 1 for the Gaussian, whose sigma^2 is
-    compared with lambda_c). No skip path.
+    (:func:`fisher_times`, :func:`score_scale`; 1 for the Gaussian, whose sigma^2 is
+    compared with lambda_c; D block-diagonal for the categorical). No skip path.
 
     Only matrix products run here, inside the compiled training program; the
     eigen-decompositions run on the host (XLA's CPU LAPACK calls, sharded over many
@@ -297,9 +328,9 @@ def collapse_grams(
     bias = p["dec"]["Dense_0"]["bias"]
     g = jax.jacfwd(f_of_bias)(bias)  # (N, d_1)
     f0 = f_of_bias(bias)
-    d = fisher_of(f0, likelihood, dispersion)
+    fg = fisher_times(f0, g, likelihood, dispersion, categories)
     r = score_scale(f0, likelihood, dispersion)
-    return g.T @ (d[:, None] * g), g.T @ (r[:, None] * (xc.T @ h)) / n, h.T @ h / n
+    return g.T @ fg, g.T @ (r[:, None] * (xc.T @ h)) / n, h.T @ h / n
 
 
 EIG_RTOL = 1e-6  # eigenvalues of a Gram matrix below this fraction of its top are 0

@@ -80,6 +80,7 @@ BOUNDS = {
     ("model", "kernel"): (1, True),
     ("model", "concentration"): (0.0, True),
     ("model", "dispersion"): (0.0, True),
+    ("model", "categories"): (0, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),

@@ -114,15 +114,18 @@ class ModelSpec:
 
     ``likelihood``: the decoder's, its output being the natural parameter:
     "gaussian" (the mean, variance sigma^2), "bernoulli" (the logit; data of 0s and
-    1s), "poisson" (the log-rate; counts) or "negative_binomial" (the log-mean;
-    counts, variance m + m^2 / r with r = ``dispersion`` > 0, fixed). For all but
+    1s), "poisson" (the log-rate; counts), "negative_binomial" (the log-mean;
+    counts, variance m + m^2 / r with r = ``dispersion`` > 0, fixed) or
+    "categorical" (K = ``categories`` >= 2 logits per position; data of token ids
+    0 .. K - 1, one column per position, which the model sees one-hot). For all but
     the Gaussian the grid's sigma^2 is the temperature the negative log-likelihood is
     divided by (the Gaussian's sigma^2 plays exactly that part), so collapse is
     again at beta sigma^2 = lambda_max, of the data's covariance whitened by the
-    likelihood's variances at the data mean (docs/science.md, 'Other
-    likelihoods'); they need ``sigma2 = "fixed"`` and ``data.normalize = "none"``,
-    and the count likelihoods the MLP VAE with a Gaussian latent (its encoder sees
-    ln(1 + x)).
+    likelihood's variances at the data mean (the categorical's: the covariance of
+    each position's one-hot code) (docs/science.md, 'Other likelihoods'); they need
+    ``sigma2 = "fixed"`` and ``data.normalize = "none"``, and the count and
+    categorical likelihoods the MLP VAE with a Gaussian latent (the count models'
+    encoder sees ln(1 + x)).
     """
 
     latent_dim: int = 3
@@ -139,6 +142,7 @@ class ModelSpec:
     concentration: float = 0.0
     likelihood: str = "gaussian"
     dispersion: float = 0.0
+    categories: int = 0
 
 
 @dataclass(frozen=True)
@@ -316,9 +320,15 @@ def axis_values(axis: Axis) -> tuple[float, ...]:
     return axis.values() if isinstance(axis, Range) else tuple(axis)
 
 
-LIKELIHOODS = ("gaussian", "bernoulli", "poisson", "negative_binomial")
+LIKELIHOODS = ("gaussian", "bernoulli", "poisson", "negative_binomial", "categorical")
 COUNTS = "counts (integers >= 0)"
-WHAT_DATA = {"bernoulli": "0s and 1s", "poisson": COUNTS, "negative_binomial": COUNTS}
+WHAT_DATA = {
+    "bernoulli": "0s and 1s",
+    "poisson": COUNTS,
+    "negative_binomial": COUNTS,
+    "categorical": "token ids",
+}
+MAX_CATEGORIES = 4096  # a categorical's K: its one-hot code is K wide per position
 MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
 
 
@@ -359,12 +369,21 @@ def model_problem(spec: Spec) -> str | None:
         )
     if m.latent != "sphere" and m.concentration:
         return 'model.concentration applies to model.latent = "sphere"'
-    counts = m.likelihood in ("poisson", "negative_binomial")
-    if counts and (m.kind != "mlp" or m.latent != "gaussian"):
+    mlp_only = m.likelihood in ("poisson", "negative_binomial", "categorical")
+    if mlp_only and (m.kind != "mlp" or m.latent != "gaussian"):
         return (
-            f'model.likelihood = "{m.likelihood}" is built on the MLP VAE (its '
-            'encoder sees ln(1 + x)): leave model.kind = "mlp" and model.latent = '
-            '"gaussian"'
+            f'model.likelihood = "{m.likelihood}" is built on the MLP VAE: leave '
+            'model.kind = "mlp" and model.latent = "gaussian"'
+        )
+    if (m.likelihood == "categorical") != (m.categories > 0):
+        return (
+            'model.likelihood = "categorical" needs model.categories >= 2 (K, the '
+            "token ids' range 0 .. K - 1), and model.categories applies to it only"
+        )
+    if m.likelihood == "categorical" and not 2 <= m.categories <= MAX_CATEGORIES:
+        return (
+            f"model.categories = {m.categories} must be 2 .. {MAX_CATEGORIES} (a "
+            "one-hot code per position of that width)"
         )
     if (m.likelihood == "negative_binomial") != (m.dispersion > 0):
         return (
