@@ -1,18 +1,20 @@
 """Decoder likelihoods (issue 30): is the measured transition where the derived
 criterion puts it? For each likelihood, data with a known low-rank natural parameter
-(binary for the Bernoulli, counts for the Poisson) are made here, and ``phasevae
-locate`` (3 seeds, beta = 1, the default MLP) finds the transition, held against
-lambda_max of the covariance whitened by the likelihood's variances at the mean
-(docs/science.md, 'Other likelihoods').
+(binary for the Bernoulli, counts for the Poisson, token ids for the categorical) are
+made here, and ``phasevae locate`` (3 seeds, beta = 1, the default MLP) finds the
+transition, held against lambda_max of the covariance whitened by the likelihood's
+variances at the mean (docs/science.md, 'Other likelihoods').
 
-    python studies/likelihoods.py
+    python studies/likelihoods.py [LIKELIHOOD ...]
 
-writes results/likelihoods/<likelihood>/ (the located run), table.md and table.json.
+writes results/likelihoods/<likelihood>/ (the located run), table.md and table.json
+(the rows of the likelihoods not named are kept from table.json).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,23 @@ from phasevae.api import locate, open_run
 ROOT = Path(__file__).resolve().parent.parent / "results" / "likelihoods"
 
 
+K, POSITIONS = 4, 5  # the categorical's data: 5 positions of 4 tokens
+
+
 def make_data(likelihood: str, n: int = 5000, dim: int = 10) -> np.ndarray:
     """Rank-3 natural parameters eta (scales 1.6, 1.0, 0.6 along random orthogonal
-    directions); x ~ Bernoulli(sigmoid(2 eta)) or Poisson(exp(eta / 2 + 0.3))."""
+    directions); x ~ Bernoulli(sigmoid(2 eta)) or Poisson(exp(eta / 2 + 0.3)); for
+    the categorical, token ids (n, 5) drawn from the softmax of such logits (5
+    positions x K = 4)."""
     rng = np.random.default_rng(0)
+    if likelihood == "categorical":
+        basis = np.linalg.qr(rng.normal(size=(POSITIONS * K, 3)))[0]
+        eta = rng.normal(size=(n, 3)) * np.array([1.6, 1.0, 0.6]) @ basis.T * 2.0
+        logits = eta.reshape(n, POSITIONS, K)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        u = rng.random((n, POSITIONS, 1))
+        return (u > np.cumsum(p, axis=-1)).sum(-1).astype(np.float32)
     basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0]
     eta = rng.normal(size=(n, 3)) * np.array([1.6, 1.0, 0.6]) @ basis.T * 2.0
     if likelihood == "bernoulli":
@@ -41,7 +56,8 @@ def run(likelihood: str) -> dict:
     np.save(data, make_data(likelihood))
     spec = {
         "data": {"source": "array", "path": str(data)},
-        "model": {"likelihood": likelihood, "latent_dim": 3},
+        "model": {"likelihood": likelihood, "latent_dim": 3}
+        | ({"categories": K} if likelihood == "categorical" else {}),
         "train": {"steps": 3000},
         "grid": {"beta": [1.0], "seeds": [0, 1, 2]},
     }
@@ -81,7 +97,11 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    rows = [run(lik) for lik in ("bernoulli", "poisson")]
+    names = sys.argv[1:] or ["bernoulli", "poisson", "categorical"]
+    path = ROOT / "table.json"
+    kept = json.loads(path.read_text()) if path.exists() else []
+    rows = [r for r in kept if r["likelihood"] not in names]
+    rows += [run(lik) for lik in names]
     (ROOT / "table.json").write_text(json.dumps(rows, indent=1))
     (ROOT / "table.md").write_text(table(rows))
     print(table(rows))
