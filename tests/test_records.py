@@ -21,6 +21,7 @@ from phasevae.store.records import (
 from tests.test_analysis import EV, K, synthetic_metrics
 
 RESULTS = Path(__file__).parent.parent / "results"
+DATA = Path(__file__).parent / "data"
 
 
 def test_every_committed_analysis_parses_and_writes_back_its_values():
@@ -37,7 +38,24 @@ def test_every_committed_analysis_parses_and_writes_back_its_values():
         record = RunDir(path.parent).analysis()  # digest, identity, then the parser
         want = {k: v for k, v in want.items() if k not in ("run", "digest")}
         assert record.to_json() == want, path
-    assert 0 in versions  # the migration of version 0 is exercised
+    assert versions == {FORMAT_VERSION}
+
+
+def test_a_version_0_file_as_written_then_parses_to_the_same_transitions():
+    """tests/data/analysis_v0.json is the default run's analysis.json as committed
+    before records had a version (753c410). Through the migration it parses, and its
+    transitions are today's apart from what changed since on purpose (the advice,
+    and the train-longer range, since the relaxed-point rule)."""
+    old = Analysis.from_json(json.loads((DATA / "analysis_v0.json").read_text()))
+    now = RunDir(RESULTS / "default" / "default").analysis()
+    assert len(old.transitions) == len(now.transitions) == 3
+    for a, b in zip(old.transitions, now.transitions, strict=True):
+        assert (a.sigma2_c, a.ci, a.verdict, a.curve) == (
+            b.sigma2_c,
+            b.ci,
+            b.verdict,
+            b.curve,
+        )
 
 
 def test_a_fresh_analysis_round_trips_and_carries_the_version():

@@ -332,31 +332,9 @@ MAX_CATEGORIES = 4096  # a categorical's K: its one-hot code is K wide per posit
 MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
 
 
-def model_problem(spec: Spec) -> str | None:
-    """What is wrong with the ``[model]`` section given the rest, or None: the keys
-    of one kind set for another, and remedies that need the MLP's layout."""
-    m, g, default = spec.model, spec.grid, ModelSpec()
-    if m.kind == "module" and not m.module:
-        return 'model.kind = "module" needs model.module = "package.module:factory"'
-    if m.kind != "module" and (m.module or m.options):
-        return 'model.module and model.options apply to model.kind = "module"'
-    if m.kind == "mlp" and (m.channels, m.kernel) != (default.channels, default.kernel):
-        return 'model.channels and model.kernel apply to model.kind = "conv"'
-    if m.kind == "conv" and not m.channels:
-        return 'model.kind = "conv" needs at least one layer in model.channels'
-    if m.kind != "mlp":
-        if (m.encoder, m.decoder) != (default.encoder, default.decoder):
-            return (
-                f"model.encoder and model.decoder are the MLP's widths; with "
-                f'model.kind = "{m.kind}" they do not apply (use model.channels for '
-                '"conv", model.options for "module")'
-            )
-        if m.skip != "none" or g.skip is not None or g.decoder is not None:
-            return (
-                f"skip paths and the grid.decoder axis need the MLP's layout; with "
-                f'model.kind = "{m.kind}" leave model.skip = "none" and grid.skip, '
-                "grid.decoder unset"
-            )
+def likelihood_problem(spec: Spec) -> str | None:
+    """What is wrong with ``model.likelihood`` and its settings, or None."""
+    m = spec.model
     if m.likelihood != "gaussian" and m.sigma2 != "fixed":
         return (
             f'model.likelihood = "{m.likelihood}" needs model.sigma2 = "fixed": '
@@ -367,8 +345,6 @@ def model_problem(spec: Spec) -> str | None:
             f'model.likelihood = "{m.likelihood}" needs data.normalize = "none": '
             f"its data are {WHAT_DATA[m.likelihood]}, which a rescaling would change"
         )
-    if m.latent != "sphere" and m.concentration:
-        return 'model.concentration applies to model.latent = "sphere"'
     mlp_only = m.likelihood in ("poisson", "negative_binomial", "categorical")
     if mlp_only and (m.kind != "mlp" or m.latent != "gaussian"):
         return (
@@ -395,6 +371,39 @@ def model_problem(spec: Spec) -> str | None:
             f"model.dispersion = {m.dispersion:g} is too large; at most "
             f"{MAX_DISPERSION:g} (beyond it use the Poisson)"
         )
+    return None
+
+
+def model_problem(spec: Spec) -> str | None:
+    """What is wrong with the ``[model]`` section given the rest, or None: the keys
+    of one kind set for another, and remedies that need the MLP's layout."""
+    m, g, default = spec.model, spec.grid, ModelSpec()
+    if m.kind == "module" and not m.module:
+        return 'model.kind = "module" needs model.module = "package.module:factory"'
+    if m.kind != "module" and (m.module or m.options):
+        return 'model.module and model.options apply to model.kind = "module"'
+    if m.kind == "mlp" and (m.channels, m.kernel) != (default.channels, default.kernel):
+        return 'model.channels and model.kernel apply to model.kind = "conv"'
+    if m.kind == "conv" and not m.channels:
+        return 'model.kind = "conv" needs at least one layer in model.channels'
+    if m.kind != "mlp":
+        if (m.encoder, m.decoder) != (default.encoder, default.decoder):
+            return (
+                f"model.encoder and model.decoder are the MLP's widths; with "
+                f'model.kind = "{m.kind}" they do not apply (use model.channels for '
+                '"conv", model.options for "module")'
+            )
+        if m.skip != "none" or g.skip is not None or g.decoder is not None:
+            return (
+                f"skip paths and the grid.decoder axis need the MLP's layout; with "
+                f'model.kind = "{m.kind}" leave model.skip = "none" and grid.skip, '
+                "grid.decoder unset"
+            )
+    if m.latent != "sphere" and m.concentration:
+        return 'model.concentration applies to model.latent = "sphere"'
+    problem = likelihood_problem(spec)
+    if problem:
+        return problem
     if m.latent == "sphere":
         if m.kind != "mlp" or m.skip != "none" or g.skip is not None:
             return (
