@@ -193,17 +193,28 @@ def test_quick_validation_suite_writes_its_table(tmp_path):
     assert again["rows"] == doc["rows"]
 
 
+def far_stopped_early(tau: float, at: int):
+    """Trajectories to 12000 steps, the points further than NEAR below the kink
+    stopped at ``at``: (the full table, which rows are far, the estimate of the
+    full table, the estimate of the mixed one)."""
+    full = trajectories("collapsed", 12000, tau=tau)
+    far = np.log(full["sigma2"] / LAM) < -estimate.NEAR
+    mixed = full[~far | (full["step"] <= at)]
+    return (
+        full,
+        far,
+        estimate.estimate_transition(full, 3),
+        estimate.estimate_transition(mixed, 3),
+    )
+
+
 @pytest.mark.parametrize("tau", [60.0, 100.0])
 def test_points_that_stopped_early_bound_the_training_length(tau):
     """train.until = "trusted" trains on only some points. With the points near the
     kink trained 4x longer than the rest of the active side, the estimate is no more
     trusted than with every point trained that long: the kink's fit depends on the
     whole segment that ends there, and its shortest-trained point bounds the bias."""
-    full = trajectories("collapsed", 12000, tau=tau)
-    far = np.log(full["sigma2"] / LAM) < -estimate.NEAR
-    mixed = full[~far | (full["step"] <= 3000)]
-    uniform = estimate.estimate_transition(full, 3)
-    r = estimate.estimate_transition(mixed, 3)
+    full, far, uniform, r = far_stopped_early(tau, at=3000)
     assert uniform["verdict"] == r["verdict"] == estimate.LONGER
     assert r["ci_finite_training"][0] >= uniform["ci_finite_training"][0]
     assert r["train_longer"]["sigma2"][0] <= full.loc[far, "sigma2"].min()
@@ -219,11 +230,7 @@ def test_far_points_bound_the_training_length_until_they_have_relaxed(tau):
     the uniform one and is not asked to train the far points again; with slow
     relaxation they still bound it, and the advice includes them. Either way the
     range to train holds its own end points (locate trains what lies inside)."""
-    full = trajectories("collapsed", 12000, tau=tau)
-    far = np.log(full["sigma2"] / LAM) < -estimate.NEAR
-    mixed = full[~far | (full["step"] <= 6000)]
-    uniform = estimate.estimate_transition(full, 3)
-    r = estimate.estimate_transition(mixed, 3)
+    full, far, uniform, r = far_stopped_early(tau, at=6000)
     assert uniform["verdict"] == r["verdict"] == estimate.LONGER
     assert r["ci"][0] <= LAM <= r["ci"][1]
     lo, hi = r["train_longer"]["sigma2"]

@@ -368,7 +368,8 @@ def estimate_transition(
         else np.zeros(len(last), bool)
     )
     sets_kink = (u_last >= support[0] - 1e-9) & (u_last <= support[1])
-    near = last[sets_kink & ~relaxed] if np.any(sets_kink & ~relaxed) else last[sets_kink]
+    unrelaxed = sets_kink & ~relaxed
+    near = last[unrelaxed] if np.any(unrelaxed) else last[sets_kink]
     final = int(near["step"].min()) if len(near) else final
     by_steps = fits_by_steps(metrics, latent_dim, final)
     u_h = by_steps.get(final // 2)

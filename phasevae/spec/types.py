@@ -329,6 +329,10 @@ WHAT_DATA = {
     "categorical": "token ids",
 }
 MAX_CATEGORIES = 4096  # a categorical's K: its one-hot code is K wide per position
+OWN_SETTINGS = (  # (likelihood, the setting only it has, what it must be)
+    ("negative_binomial", "dispersion", "> 0 (its r: variance m + m^2 / r)"),
+    ("categorical", "categories", ">= 2 (K, the token ids' range 0 .. K - 1)"),
+)
 MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
 
 
@@ -351,20 +355,16 @@ def likelihood_problem(spec: Spec) -> str | None:
             f'model.likelihood = "{m.likelihood}" is built on the MLP VAE: leave '
             'model.kind = "mlp" and model.latent = "gaussian"'
         )
-    if (m.likelihood == "categorical") != (m.categories > 0):
-        return (
-            'model.likelihood = "categorical" needs model.categories >= 2 (K, the '
-            "token ids' range 0 .. K - 1), and model.categories applies to it only"
-        )
+    for owner, key, what in OWN_SETTINGS:
+        if (m.likelihood == owner) != (getattr(m, key) > 0):
+            return (
+                f'model.likelihood = "{owner}" needs model.{key} {what}, and '
+                f"model.{key} applies to it only"
+            )
     if m.likelihood == "categorical" and not 2 <= m.categories <= MAX_CATEGORIES:
         return (
             f"model.categories = {m.categories} must be 2 .. {MAX_CATEGORIES} (a "
             "one-hot code per position of that width)"
-        )
-    if (m.likelihood == "negative_binomial") != (m.dispersion > 0):
-        return (
-            'model.likelihood = "negative_binomial" needs model.dispersion > 0 (its '
-            "r: variance m + m^2 / r), and model.dispersion applies to it only"
         )
     if m.dispersion > MAX_DISPERSION:
         return (

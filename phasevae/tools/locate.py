@@ -15,10 +15,10 @@ It chains what a user would otherwise do by hand, curve by curve (one per beta):
    (:func:`phasevae.analysis.estimate.interval_values`), trained as long as the curve's
    points that set the kink.
 4. **longer** while the verdict is ``train longer``: the points that set the kink
-   and have not relaxed (the estimate's ``train_longer`` range) continue from their checkpoints to twice
-   their length (the stage forks them from the stage they trained in: their state,
-   optimizer and metrics are copied, so the continuation is the one a longer run
-   would have trained).
+   and have not relaxed (the estimate's ``train_longer`` range) continue from their
+   checkpoints to twice their length (the stage forks them from the stage they
+   trained in: their state, optimizer and metrics are copied, so the continuation is
+   the one a longer run would have trained).
 5. stop when the verdict is ``trusted`` and the whole 95 % interval is within the
    target, or when the next stage would spend more than the budget (model-steps,
    default ``BUDGET_POINTS`` x ``train.steps`` x seeds x curves: twice a plain
