@@ -2,8 +2,8 @@
 TensorBoard event files written locally, and adapters for Weights & Biases and
 MLflow (the ``[trackers]`` extra). Each tracker is a callable ``(frame, meta)`` that
 logs every evaluation of the chunk, one series per grid point and metric, named
-``METRIC/beta_B/sigma2_S/seed_K`` (plus the learning rate and the other axes where
-they are off their defaults), at the point's own training step::
+``METRIC/beta_B/sigma2_S/seed_K`` (plus the other axes where they are off their
+defaults), at the point's own training step::
 
     import phasevae as pv
     from phasevae.report.trackers import TensorBoard
@@ -39,12 +39,11 @@ import numpy as np
 import pandas as pd
 
 from phasevae.errors import BadInput, optional
-from phasevae.spec import LATER_AXES, Spec, TrainSpec, spec_to_dict
+from phasevae.spec import LATER_AXES, Spec, spec_to_dict
 from phasevae.store.records import Analysis
 
 METRICS = ("kl", "elbo", "mi", "active_units", "active_directions")
 KINDS = ("tensorboard", "wandb", "mlflow")
-LEARNING_RATE = TrainSpec().learning_rate  # off it, a point's name says its own
 
 
 SUMMARY = ("sigma2_c", "ci_low", "ci_high", "theory_sigma2_c", "rel_error")
@@ -65,8 +64,7 @@ def _name(row, point: bool) -> str:
     parts = [f"beta_{row['beta']:g}"]
     if point:
         parts += [f"sigma2_{row['sigma2']:.4g}", f"seed_{int(row['seed'])}"]
-    off = {"learning_rate": LEARNING_RATE, **LATER_AXES}
-    parts += [f"{k}_{row[k]:g}" for k, d in off.items() if row.get(k, d) != d]
+    parts += [f"{k}_{row[k]:g}" for k, d in LATER_AXES.items() if row.get(k, d) != d]
     parts += [f"{k}_{row[k]}" for k in ("decoder", "skip") if k in row]
     # the characters every tracker accepts in a name (MLflow's set is the smallest)
     return re.sub(r"[^\w.:/-]", "_", "/".join(parts))
