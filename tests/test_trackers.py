@@ -125,6 +125,17 @@ def test_a_sweep_tracked_in_tensorboard_logs_every_evaluation(tmp_path):
     assert tensorboard_scalars(out / "tensorboard") == logged
 
 
+def test_two_tensorboard_writers_in_one_second_keep_both_logs(tmp_path):
+    # tensorboardX names event files by the second: a resume started in the second
+    # its run began must not truncate that run's file (it failed a CI run)
+    for tag in ("first", "second"):
+        t = trackers.TensorBoard(tmp_path)
+        t.start()
+        t.log(10, {tag: 1.0})
+        t.finish()
+    assert tensorboard_scalars(tmp_path) == {("first", 10): 1.0, ("second", 10): 1.0}
+
+
 @functools.cache
 def two_curves() -> Analysis:
     """An analysis of two curves with the values summary() reads set by hand."""

@@ -28,9 +28,11 @@ ELBO, I(x; z) and active units). From the API::
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
+import uuid
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -254,7 +256,11 @@ class TensorBoard(Tracker):
         self.logdir = Path(logdir)
 
     def start(self) -> None:
-        self.writer = self.tbx.SummaryWriter(str(self.logdir))
+        # tensorboardX names an event file by the second and the host alone: a
+        # second writer in the same second (a resume right after a short run) would
+        # truncate the first's file, so each writer's file gets its own suffix
+        suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self.writer = self.tbx.SummaryWriter(str(self.logdir), filename_suffix=suffix)
         if self.spec is not None:
             self.writer.add_text("spec", _spec_text(self.spec))
 
