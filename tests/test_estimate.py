@@ -147,6 +147,56 @@ def test_stable_collapse_is_not_trapped_and_keeps_a_two_sided_interval():
     assert r["ci"][0] <= LAM <= r["ci"][1]
 
 
+def test_an_active_point_just_below_the_kink_is_not_trapped():
+    """Within 2 COLLAPSED_KL below a continuous kink an active point's KL (slope 1/2)
+    is below COLLAPSED_KL. When the probe calls its collapsed state unstable (here it
+    overstates lambda_c there by 5 %), that confirms the fit, which puts the kink
+    above it: the point is not trapped and the estimate stays the fit's. The same
+    point 0.1 below the kink with KL 0 is trapped."""
+    near = LAM * math.exp(-0.012)
+    rows = trajectories("collapsed", 3000, tau=30.0)
+    extra = rows[rows["point_id"] == "p12"].assign(point_id="near", sigma2=near)
+    top = 0.5 * math.log(LAM / near)  # 0.006 nats, at equilibrium
+    extra = extra.assign(kl_dim_0=top, kl=top + extra["kl_dim_1"] + extra["kl_dim_2"])
+    lam_c = lambda s: 1.05 * LAM if s == near else LAM  # noqa: E731
+    data = with_probe(pd.concat([rows, extra], ignore_index=True), lam_c)
+    r = estimate.estimate_transition(data, 3, LAM, LAM)
+    assert r["probe"]["unstable_sigma2"] == [near]
+    assert not r["trapped"]
+    assert r["sigma2_c"] == pytest.approx(r["sigma2_c_final"])
+    assert r["sigma2_c"] == pytest.approx(LAM, rel=0.02)
+    # at 0.1 below the kink with KL 0 (trapped on the saddle) it moves the estimate
+    far = LAM * math.exp(-0.1)
+    extra = extra.assign(sigma2=far, kl_dim_0=0.0, kl=extra["kl_dim_1"])
+    data = with_probe(pd.concat([rows, extra], ignore_index=True), lambda s: LAM)
+    assert estimate.estimate_transition(data, 3, LAM, LAM)["trapped"]
+
+
+@pytest.mark.parametrize("start", ["collapsed", "active"])
+def test_collapsed_points_at_rest_bound_no_training_length(start):
+    """The collapsed side (sigma^2 > lambda) stopped at 3000 steps, the active side
+    trained to 12000. From a collapsed start those points sat at KL 0 throughout,
+    stable by the probe (lambda_c < sigma^2): at rest, they bound nothing, the mixed
+    run is as good as the uniform one, and the advice leaves them out. From an
+    active start the ones near the kink were still decaying at 3000: they bound the
+    length, as before."""
+    full = with_probe(trajectories(start, 12000, tau=300.0), lambda s: LAM)
+    mixed = full[(full["sigma2"] < LAM) | (full["step"] <= 3000)]
+    uniform = estimate.estimate_transition(full, 3, LAM, LAM)
+    r = estimate.estimate_transition(mixed, 3, LAM, LAM)
+    assert r["ci"][0] <= LAM <= r["ci"][1]
+    stopped = set(full.loc[full["sigma2"] > LAM, "sigma2"])
+    if start == "collapsed":
+        assert r["ci_finite_training"] == pytest.approx(
+            uniform["ci_finite_training"], rel=0.01
+        )
+        assert stopped <= set(r["train_longer"]["at_rest"])
+    else:
+        assert r["ci_finite_training"][0] > 1.5 * uniform["ci_finite_training"][0]
+        near = {s for s in stopped if math.log(s / LAM) <= estimate.NEAR}
+        assert near and not near & set(r["train_longer"]["at_rest"])
+
+
 def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
     """A network whose collapsed state has lost its escape direction (lambda_c = 0,
     dead units) collapses at 0.7 lambda_max and stays there: a shift off the theory
