@@ -116,8 +116,11 @@ def collapsed(model, params, x, likelihood="gaussian"):
     head["bias"] = jnp.zeros_like(head["bias"])
     p["dec"]["Dense_0"]["kernel"] = jnp.zeros_like(p["dec"]["Dense_0"]["kernel"])
     out = p["dec"][f"Dense_{len(model.decoder)}"]
-    f0 = model.apply({"params": p}, jnp.zeros(k), method=VAE.decode)
-    m = jnp.mean(x, axis=0)
+    f0 = model.apply({"params": p}, jnp.zeros(k), method=lambda mod, z: mod.dec(z))
+    # what the decoder's z path must output: the mean of x less an autoregressive
+    # head's prediction (none without a context)
+    ahead = jax.vmap(lambda xi: model.apply({"params": p}, xi, method=VAE.predicted))
+    m = jnp.mean(x - ahead(x), axis=0)
     if likelihood == "bernoulli":
         m = jnp.log(m / (1 - m))
     elif likelihood != "gaussian":  # the count likelihoods' log-mean, the
@@ -144,6 +147,7 @@ def collapsed_hessians(
         dec0 = {**p["dec"]["Dense_0"], "kernel": a[:, None]}
         q = {
             "params": {
+                **p,
                 "enc": {**p["enc"], head: {"kernel": kern, "bias": bias}},
                 "dec": {**p["dec"], "Dense_0": dec0},
             }

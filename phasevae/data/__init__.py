@@ -68,7 +68,8 @@ class Dataset:
     image_shape: tuple[int, ...] | None = field(default=None)
     # per feature, 1 / sqrt(the likelihood's variance at the data mean), or for the
     # categorical the (N, N) matrix doing it per position: the spectrum is of the
-    # covariance whitened by it (None: the Gaussian's, unwhitened)
+    # covariance whitened by it (None: the Gaussian's, unwhitened); for an
+    # autoregressive decoder the (N, N) matrix taking x to its innovations
     whiten: np.ndarray | None = None
 
     def fingerprint(self) -> dict:
@@ -109,6 +110,7 @@ def load_dataset(
     likelihood: str = "gaussian",
     dispersion: float = 0.0,
     categories: int = 0,
+    context: int = 0,
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
@@ -165,6 +167,9 @@ def load_dataset(
     whiten = whitening(x, likelihood, what, dispersion, categories)
     if whiten is not None:
         what += f"; spectrum whitened by the {likelihood} variances at the mean"
+    if context:
+        whiten = innovations(x, context, what)
+        what += f"; spectrum of the innovations given {context} predecessors"
     values, vectors = covariance_eig(whitened(x, whiten))
     check_spread(float(values[0]), what, spec.normalize)
     return Dataset(
@@ -182,7 +187,33 @@ def load_for_model(spec) -> Dataset:
     """The data of a spec (a :class:`phasevae.spec.Spec`) as its model sees them:
     :func:`load_dataset` with the model's likelihood."""
     m = spec.model
-    return load_dataset(spec.data, m.likelihood, m.dispersion, m.categories)
+    return load_dataset(spec.data, m.likelihood, m.dispersion, m.categories, m.context)
+
+
+def innovations(x: np.ndarray, context: int, what: str = "the data") -> np.ndarray:
+    """The (N, N) matrix (I - B)^T that takes centred rows of ``x`` to their
+    innovations: feature i less its best linear prediction (least squares on ``x``)
+    from the ``context`` features before it, B's row i holding those coefficients.
+    What an autoregressive decoder of that context leaves for z to explain: its
+    collapse is at beta sigma^2 = lambda_max of the innovations' covariance
+    (docs/science.md, 'Autoregressive decoders').
+
+    Raises:
+      DataError: a context of N or more features (the first has none before it).
+    """
+    n = x.shape[1]
+    if context >= n:
+        raise DataError(
+            f"{what}: model.context = {context} must be below the data's {n} "
+            "features (the first has no predecessors)"
+        )
+    c = np.cov(x, rowvar=False, dtype=np.float64).reshape(n, n)
+    m = np.eye(n)
+    for i in range(1, n):
+        before = np.arange(max(0, i - context), i)
+        coef = np.linalg.lstsq(c[np.ix_(before, before)], c[before, i], rcond=None)[0]
+        m[before, i] = -coef
+    return m
 
 
 def one_hot(tokens: np.ndarray, categories: int, what: str) -> np.ndarray:
@@ -205,7 +236,8 @@ def one_hot(tokens: np.ndarray, categories: int, what: str) -> np.ndarray:
 
 
 def whitened(x: np.ndarray, whiten: np.ndarray | None) -> np.ndarray:
-    """``x`` whitened by :func:`whitening`'s answer (unchanged for None)."""
+    """``x`` whitened by :func:`whitening`'s answer (or taken to its innovations
+    by :func:`innovations`; unchanged for None)."""
     if whiten is None:
         return x
     return x * whiten if whiten.ndim == 1 else x @ whiten

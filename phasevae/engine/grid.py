@@ -85,6 +85,7 @@ def static_config(
         likelihood=m.likelihood,
         dispersion=m.dispersion or 1.0,
         categories=m.categories,
+        context=m.context,
         module=build(m, shape),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),
@@ -111,7 +112,7 @@ def estimate_bytes(
     skip = 0 if m.skip == "none" else dim
     widths_enc = [dim, *m.encoder, 2 * k]
     widths_dec = [k + skip, *m.decoder, dim]
-    params = sum(
+    params = dim * m.context + sum(
         (a + 1) * b for w in (widths_enc, widths_dec) for a, b in itertools.pairwise(w)
     )
     units = sum(widths_enc) + sum(widths_dec)

@@ -138,6 +138,8 @@ class Static:
     likelihood: str = "gaussian"
     dispersion: float = 1.0
     categories: int = 0
+    # an autoregressive decoder's context (model.context; 0: none)
+    context: int = 0
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -233,6 +235,7 @@ class Trainer:
                 static.skip,
                 log_input=static.likelihood in ("poisson", "negative_binomial"),
                 compute_dtype=COMPUTE[static.precision],
+                context=static.context,
             )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()

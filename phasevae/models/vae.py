@@ -99,6 +99,10 @@ class VAE(nn.Module):
         so it cannot be held open without z).
       log_input: the encoder sees ln(1 + x) (counts: a Poisson decoder), as
         count VAEs do; the decoder and the loss see x.
+      context: an autoregressive decoder when > 0: feature i's output also gets
+        sum_j A[i, j] x[i - 1 - j] over the ``context`` features before it (a causal,
+        banded linear head, A starting at 0), so the decoder can model what x's
+        predecessors predict without z (docs/science.md, 'Autoregressive decoders').
       compute_dtype: the dtype the layers' matmul operands are cast to (bfloat16
         for ``train.precision = "bfloat16"``), accumulated in float32; None: float32.
     """
@@ -110,12 +114,17 @@ class VAE(nn.Module):
     skip: str = "none"
     log_input: bool = False
     compute_dtype: Any = None
+    context: int = 0
 
     def setup(self):
         self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim, self.compute_dtype)
         self.dec = MLP(tuple(self.decoder), self.data_dim, self.compute_dtype)
         if self.skip == "gated":
             self.gate = nn.Dense(self.data_dim, use_bias=False)
+        if self.context:
+            self.ar = self.param(
+                "ar", nn.initializers.zeros, (self.data_dim, self.context)
+            )
 
     @property
     def output_layer(self) -> tuple[str, ...]:
@@ -133,11 +142,25 @@ class VAE(nn.Module):
         return self.enc(jnp.log1p(x) if self.log_input else x, hidden=True)
 
     def decode(self, z: Array, x: Array | None = None) -> Array:
-        """(k,), and x (N,) when there is a skip path -> f(z) (N,)."""
+        """(k,), and x (N,) with a skip path or a context -> f(z) (N,), plus the
+        autoregressive head's prediction from x's predecessors."""
         if self.skip == "none":
-            return self.dec(z)
-        shortcut = x if self.skip == "plain" else nn.sigmoid(self.gate(z)) * x
-        return self.dec(jnp.concatenate([z, shortcut]))
+            out = self.dec(z)
+        else:
+            shortcut = x if self.skip == "plain" else nn.sigmoid(self.gate(z)) * x
+            out = self.dec(jnp.concatenate([z, shortcut]))
+        return out + self.predicted(x) if self.context else out
+
+    def predicted(self, x: Array) -> Array:
+        """(N,) -> the autoregressive head's part of the output: feature i's
+        sum_j A[i, j] x[i - 1 - j] (0 without a context)."""
+        if not self.context:
+            return jnp.zeros_like(x)
+        n = x.shape[-1]
+        lagged = jnp.stack(
+            [jnp.pad(x, (j + 1, 0))[:n] for j in range(self.context)], axis=-1
+        )  # (N, context): x[i - 1 - j], 0 before the first feature
+        return jnp.sum(self.ar * lagged, axis=-1)
 
     def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
         """x (N,), eps (k,) standard normal -> (mu, logvar, f(mu + s * eps))."""
@@ -294,6 +317,10 @@ def mutual_information(mu: Array, var: Array, eps: Array) -> Array:
     return jnp.mean(jnp.diagonal(log_q) - log_aggregate)
 
 
+def _z_path(model: VAE, z: Array) -> Array:
+    return model.dec(z)
+
+
 def collapse_grams(
     model: VAE,
     params,
@@ -310,6 +337,9 @@ def collapse_grams(
     likelihood's Fisher information and score scale at the decoder's output f(0)
     (:func:`fisher_times`, :func:`score_scale`; 1 for the Gaussian, whose sigma^2 is
     compared with lambda_c; D block-diagonal for the categorical). No skip path.
+    With an autoregressive head (``model.context``) x is replaced by its
+    innovations r = x - the head's prediction from x's predecessors: at collapse
+    that is what is left for z to explain (docs/science.md).
 
     Only matrix products run here, inside the compiled training program; the
     eigen-decompositions run on the host (XLA's CPU LAPACK calls, sharded over many
@@ -317,13 +347,17 @@ def collapse_grams(
     p = params["params"]
     h = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.features))(x)
     h = h - jnp.mean(h, axis=0, keepdims=True)
-    xc = x - jnp.mean(x, axis=0, keepdims=True)
+    # what z must explain: x, less an autoregressive head's prediction from x's
+    # predecessors (its innovations, at the head's current weights)
+    r = x - jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))(x)
+    xc = r - jnp.mean(r, axis=0, keepdims=True)
     n = x.shape[0]
 
     def f_of_bias(b):
         dec0 = {**p["dec"]["Dense_0"], "bias": b}
         q = {"params": {**p, "dec": {**p["dec"], "Dense_0": dec0}}}
-        return model.apply(q, jnp.zeros((model.latent_dim,)), method=VAE.decode)
+        # the decoder's z path (no skip path here; the head does not depend on z)
+        return model.apply(q, jnp.zeros((model.latent_dim,)), method=_z_path)
 
     bias = p["dec"]["Dense_0"]["bias"]
     g = jax.jacfwd(f_of_bias)(bias)  # (N, d_1)

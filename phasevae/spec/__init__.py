@@ -81,6 +81,7 @@ BOUNDS = {
     ("model", "concentration"): (0.0, True),
     ("model", "dispersion"): (0.0, True),
     ("model", "categories"): (0, True),
+    ("model", "context"): (0, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),

@@ -126,6 +126,14 @@ class ModelSpec:
     ``sigma2 = "fixed"`` and ``data.normalize = "none"``, and the count and
     categorical likelihoods the MLP VAE with a Gaussian latent (the count models'
     encoder sees ln(1 + x)).
+
+    ``context`` > 0 (MLP, Gaussian likelihood and latent, no skip path): an
+    autoregressive decoder, whose output for feature i also gets a learned linear
+    prediction from the ``context`` features before it (in the data's column order),
+    so it can model what x's predecessors predict without z. Collapse is then at
+    beta sigma^2 = lambda_max of the covariance of x's innovations, x less its best
+    linear prediction from that context (docs/science.md, 'Autoregressive
+    decoders'), which ``phasevae theory`` prints.
     """
 
     latent_dim: int = 3
@@ -143,6 +151,7 @@ class ModelSpec:
     likelihood: str = "gaussian"
     dispersion: float = 0.0
     categories: int = 0
+    context: int = 0
 
 
 @dataclass(frozen=True)
@@ -374,6 +383,33 @@ def likelihood_problem(spec: Spec) -> str | None:
     return None
 
 
+def context_problem(spec: Spec) -> str | None:
+    """What is wrong with ``model.context`` (an autoregressive decoder), or None."""
+    m = spec.model
+    if not m.context:
+        return None
+    plain = (m.kind, m.likelihood, m.latent, m.skip) == (
+        "mlp",
+        "gaussian",
+        "gaussian",
+        "none",
+    )
+    if not plain or spec.grid.skip is not None:
+        return (
+            "model.context (an autoregressive decoder) is built on the MLP VAE with "
+            "a Gaussian likelihood and latent, without a skip path: leave model.kind "
+            '= "mlp", model.likelihood and model.latent = "gaussian", model.skip = '
+            '"none" and grid.skip unset'
+        )
+    d = spec.data
+    if d.source == "synthetic" and m.context >= len(d.eigenvalues):
+        return (
+            f"model.context = {m.context} must be below the data's "
+            f"{len(d.eigenvalues)} features (the first has no predecessors)"
+        )
+    return None
+
+
 def model_problem(spec: Spec) -> str | None:
     """What is wrong with the ``[model]`` section given the rest, or None: the keys
     of one kind set for another, and remedies that need the MLP's layout."""
@@ -401,7 +437,7 @@ def model_problem(spec: Spec) -> str | None:
             )
     if m.latent != "sphere" and m.concentration:
         return 'model.concentration applies to model.latent = "sphere"'
-    problem = likelihood_problem(spec)
+    problem = likelihood_problem(spec) or context_problem(spec)
     if problem:
         return problem
     if m.latent == "sphere":

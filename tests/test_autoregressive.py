@@ -1,0 +1,156 @@
+"""Autoregressive decoders (model.context): the head is causal and banded, the
+innovations matrix is exact, and the collapse criterion beta sigma^2 = lambda_max of
+the innovations' covariance (docs/science.md, 'Autoregressive decoders') holds
+against the linear VAE's probe and the float64 Hessian of the collapsed state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phasevae.cli import main
+from phasevae.data import innovations, whitened
+from phasevae.errors import DataError
+from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
+from phasevae.spec import SpecError, spec_from_dict
+from tests.conftest import tiny_dict
+from tests.test_cli import write_spec
+from tests.test_model import assert_turns_at_lambda_c, collapsed, collapsed_hessians
+
+PHI = 0.9  # the AR(1) process's coefficient
+
+
+def ar1_windows(n: int = 800, dim: int = 6, seed: int = 0) -> np.ndarray:
+    """``n`` windows of ``dim`` consecutive values of a stationary AR(1) process
+    x_t = PHI x_{t-1} + e_t, e_t ~ N(0, 1): the first value of a window has
+    variance 1 / (1 - PHI^2) = 5.26, each later one 1 given its predecessor."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, dim))
+    x[:, 0] = rng.normal(size=n) / np.sqrt(1 - PHI**2)
+    for t in range(1, dim):
+        x[:, t] = PHI * x[:, t - 1] + rng.normal(size=n)
+    return x.astype(np.float32)
+
+
+def top(c: np.ndarray) -> float:
+    return float(np.linalg.eigvalsh(c)[-1])
+
+
+def with_head(model: VAE, params, x: np.ndarray) -> dict:
+    """``params`` with the head's weights at the least-squares prediction of each
+    feature from its ``model.context`` predecessors (the collapsed state's)."""
+    m = innovations(x, model.context)
+    ar = np.zeros((model.data_dim, model.context), np.float32)
+    for i in range(model.data_dim):
+        for j in range(min(model.context, i)):
+            ar[i, j] = -m[i - 1 - j, i]
+    return {"params": {**params["params"], "ar": jnp.asarray(ar)}}
+
+
+def test_the_head_is_causal_and_banded():
+    model = VAE(6, 2, (8,), (8,), context=2)
+    params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
+    params = {"params": {**params["params"], "ar": jnp.ones((6, 2))}}
+    jac = jax.jacfwd(lambda x: model.apply(params, jnp.zeros(2), x, method=VAE.decode))(
+        jnp.arange(6.0)
+    )
+    i, j = np.indices((6, 6))
+    assert np.array_equal(np.asarray(jac) != 0, (j < i) & (j >= i - 2))
+
+
+def test_innovations_are_the_conditional_residuals():
+    """With the whole past as context the innovations are uncorrelated, with the
+    conditional variances of C = L D L^T (Cholesky) as their variances; with a
+    context of 1 on an AR(1) window they are too, up to sampling, and the first
+    value's variance (5.26) is the top eigenvalue, far below C's."""
+    x = ar1_windows()
+    c = np.cov(x, rowvar=False, dtype=np.float64)
+    ce = np.cov(whitened(x, innovations(x, 5)), rowvar=False, dtype=np.float64)
+    chol = np.linalg.cholesky(c)
+    assert np.allclose(ce, np.diag(np.diag(chol) ** 2), atol=1e-8)
+    ce1 = np.cov(whitened(x, innovations(x, 1)), rowvar=False, dtype=np.float64)
+    assert top(ce1) == pytest.approx(c[0, 0], rel=0.01)
+    assert top(ce1) < 0.3 * top(c)
+    with pytest.raises(DataError, match="must be below the data's 6 features"):
+        innovations(x, 6)
+
+
+@pytest.mark.parametrize("context", [1, 3])
+def test_the_linear_vaes_collapse_eigenvalue_is_the_innovations_lambda_max(context):
+    x = ar1_windows()
+    model = VAE(6, 2, (), (), context=context)
+    params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
+    params = collapsed(model, with_head(model, params, x), jnp.asarray(x))
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
+    ce = np.cov(whitened(x, innovations(x, context)), rowvar=False, bias=True)
+    assert lam == pytest.approx(top(ce), rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("widths", [((), ()), ((16, 8), (5, 12))])
+def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(widths):
+    """The float64 Hessian of the loss at the collapsed state (the head at its
+    least-squares weights), in the mean head's row and the decoder's z-column, has a
+    negative eigenvalue exactly when beta sigma^2 < lambda_c."""
+    enc, dec = widths
+    x = ar1_windows(n=400)
+    model = VAE(6, 1, enc, dec, context=2)
+    params = model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1))
+    params = jax.tree.map(
+        lambda a: (
+            a + 0.3 * jax.random.normal(jax.random.key(4), a.shape)
+            if a.ndim == 1
+            else a
+        ),
+        params,
+    )
+    params = collapsed(model, with_head(model, params, x), jnp.asarray(x))
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
+    if not enc:
+        ce = np.cov(whitened(x, innovations(x, 2)), rowvar=False, bias=True)
+        assert lam == pytest.approx(top(ce), rel=1e-4)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        ({"context": 2, "likelihood": "bernoulli"}, "built on the MLP VAE"),
+        ({"context": 2, "skip": "plain"}, "without a skip path"),
+        ({"context": 4}, "must be below the data's 4 features"),
+    ],
+)
+def test_a_context_the_model_cannot_use_is_a_spec_error(model, words):
+    data = {"normalize": "none"} if "likelihood" in model else {}
+    with pytest.raises(SpecError, match=words):
+        spec_from_dict(tiny_dict(model=model, data=data))
+
+
+def test_a_sweep_with_a_context_compares_with_the_innovations(tmp_path, capsys):
+    x = ar1_windows(n=400, dim=5)
+    np.save(tmp_path / "ar.npy", x)
+    spec = write_spec(
+        tmp_path,
+        data={"source": "array", "path": str(tmp_path / "ar.npy"), "normalize": "none"},
+        model={"context": 1, "encoder": [8], "decoder": [8]},
+        grid={"sigma2": [0.5, 2.0, 5.0, 12.0], "beta": [1.0]},
+    )
+    assert main(["theory", str(spec)]) == 0
+    printed = capsys.readouterr().out
+    ce = np.cov(whitened(x, innovations(x, 1)), rowvar=False, bias=True)
+    assert f"{top(ce):.4g}" in printed and "innovations" in printed
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    meta = (out / "meta.json").read_text()
+    assert "innovations given 1 predecessors" in meta
+    too_long = write_spec(
+        tmp_path,
+        data={"source": "array", "path": str(tmp_path / "ar.npy"), "normalize": "none"},
+        model={"context": 5},
+    )
+    assert main(["sweep", str(too_long), "--out", str(tmp_path / "bad")]) == 2
+    assert "must be below the data's 5 features" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
