@@ -172,31 +172,6 @@ def test_an_active_point_just_below_the_kink_is_not_trapped():
     assert estimate.estimate_transition(data, 3, LAM, LAM)["trapped"]
 
 
-@pytest.mark.parametrize("start", ["collapsed", "active"])
-def test_collapsed_points_at_rest_bound_no_training_length(start):
-    """The collapsed side (sigma^2 > lambda) stopped at 3000 steps, the active side
-    trained to 12000. From a collapsed start those points sat at KL 0 throughout,
-    stable by the probe (lambda_c < sigma^2): at rest, they bound nothing, the mixed
-    run is as good as the uniform one, and the advice leaves them out. From an
-    active start the ones near the kink were still decaying at 3000: they bound the
-    length, as before."""
-    full = with_probe(trajectories(start, 12000, tau=300.0), lambda s: LAM)
-    mixed = full[(full["sigma2"] < LAM) | (full["step"] <= 3000)]
-    uniform = estimate.estimate_transition(full, 3, LAM, LAM)
-    r = estimate.estimate_transition(mixed, 3, LAM, LAM)
-    assert r["ci"][0] <= LAM <= r["ci"][1]
-    stopped = set(full.loc[full["sigma2"] > LAM, "sigma2"])
-    if start == "collapsed":
-        assert r["ci_finite_training"] == pytest.approx(
-            uniform["ci_finite_training"], rel=0.01
-        )
-        assert stopped <= set(r["train_longer"]["at_rest"])
-    else:
-        assert r["ci_finite_training"][0] > 1.5 * uniform["ci_finite_training"][0]
-        near = {s for s in stopped if math.log(s / LAM) <= estimate.NEAR}
-        assert near and not near & set(r["train_longer"]["at_rest"])
-
-
 def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
     """A network whose collapsed state has lost its escape direction (lambda_c = 0,
     dead units) collapses at 0.7 lambda_max and stays there: a shift off the theory

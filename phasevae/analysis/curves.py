@@ -165,11 +165,7 @@ def _transition(
         **{k_: _pair(v) if k_ in PAIRS else v for k_, v in est.items()},
         train_longer=None
         if longer is None
-        else TrainLonger(
-            sigma2=_pair(longer["sigma2"]),
-            steps=longer["steps"],
-            at_rest=tuple(longer["at_rest"]),
-        ),
+        else TrainLonger(sigma2=_pair(longer["sigma2"]), steps=longer["steps"]),
         theory_sigma2_c=theory_s2c,
         rel_error=None
         if s2c_est is None or not theory_s2c

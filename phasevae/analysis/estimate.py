@@ -70,17 +70,15 @@ last is the
    Where points trained for different lengths (``train.until = "trusted"``,
    ``phasevae locate``), T is the shortest training among the points that set the
    kink (the fit's support: the active segment that ends at the kink, from the
-   breakpoint before it or the grid's first point, and ``NEAR`` past it) and have not
-   relaxed (the longest, when all have), and tau_0 is measured over the steps every
-   point not at rest has. A point at distance |u - u_c| relaxes in t_r ~ tau_0 / |u -
-   u_c| steps, so one that trained ``RELAXED`` x that long no longer biases the fit,
-   however short its training: without that, a fit is as trained as its least-trained
-   point, and the far end of the active side (which relaxes first) would have to
-   train as long as the kink's neighbours. Nor does a collapsed point that the probe
-   calls a stable equilibrium and whose KL is settled at 0 (:func:`at_rest`): it
-   stays where it is. Without a tau_0 (too few common evaluations) every other point
-   of the support counts: points of the active side stopped early can keep their bias
-   in the slope, and a run trained longer only near the kink must not come out
+   breakpoint before it or the grid's first point, and ``NEAR`` past it) and have
+   not relaxed, and tau_0 is measured over the steps every point has. A point at
+   distance |u - u_c| relaxes in t_r ~ tau_0 / |u - u_c| steps, so one that trained
+   ``RELAXED`` x that long no longer biases the fit, however short its training:
+   without that, a fit is as trained as its least-trained point, and the far end of
+   the active side (which relaxes first) would have to train as long as the kink's
+   neighbours. Without a tau_0 (too few common evaluations) every point of the
+   support counts: points of the active side stopped early can keep their bias in
+   the slope, and a run trained longer only near the kink must not come out
    ``trusted`` where the same grid trained longer everywhere did not
    (tests/test_estimate.py).
 6. Verdict: ``trusted`` when the finite-training part is at most ``TOLERANCE``, no
@@ -206,8 +204,7 @@ def stability_probe(
       ``NEAREST`` smallest collapsed sigma^2, the ones nearest the kink),
       ``lambda_c_ratio`` (their median lambda_c / lambda_max),
       ``first_stable_sigma2`` (the smallest sigma^2 of a stable collapsed point) and
-      ``points``: per collapsed point its sigma2, threshold and unstable flag (and
-      point_id where ``table`` has it).
+      ``points``: per collapsed point its sigma2, threshold and unstable flag.
     """
     if "collapse_eigenvalue" not in table:
         return None
@@ -235,7 +232,6 @@ def stability_probe(
         "lambda_c_ratio": float(np.median(lam_c[near]) / lambda_max),
         "first_stable_sigma2": float(stable.min()) if len(stable) else None,
         "points": {
-            **({"point_id": c["point_id"].tolist()} if "point_id" in c else {}),
             "sigma2": sigma2.tolist(),
             "threshold": threshold.tolist(),
             "unstable": unstable.tolist(),
@@ -316,8 +312,7 @@ def estimate_transition(
       (``jump`` where the KL jumps), ``jump`` (the cell [sigma2_low, sigma2_high]
       the top dim's KL jumps across, or None for a continuous kink), ``floor``
       (:func:`phasevae.analysis.readings.floor`, with free bits), ``verdict``, and for
-      ``train longer`` ``train_longer`` = {sigma2: [low, high], steps, at_rest: the
-      sigma^2 in the range whose points are :func:`at_rest`}. Where the
+      ``train longer`` ``train_longer`` = {sigma2: [low, high], steps}. Where the
       grid's sigma^2 holds no collapse (:func:`grid_reading`: a free-bits floor
       holds the KL up, or the decoder learned its variance) the verdict says so and
       there is no ``train_longer``: longer training would locate nothing.
@@ -365,11 +360,7 @@ def estimate_transition(
     # measured over the length every point has
     last = lengths.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
     u_last = np.log(last["s2"].to_numpy())
-    # (a collapsed point at rest in a stable equilibrium stays where it is: it bounds
-    # no length, and says nothing of the relaxation)
-    rest = at_rest(table, probe)
-    moves = ~last.index.isin(rest)
-    common = metrics[metrics["step"] <= last[moves | ~moves.any()]["step"].min()]
+    common = metrics[metrics["step"] <= last["step"].min()]
     tau0 = relaxation_scale(common, latent_dim, u_t)
     # a point of the support far enough from the kink to have relaxed in its own
     # training (t_r ~ tau_0 / |u - u_c|) no longer biases the fit, however short that
@@ -379,21 +370,10 @@ def estimate_transition(
         if tau0 is not None
         else np.zeros(len(last), bool)
     )
-    relaxed |= ~moves
     sets_kink = (u_last >= support[0] - 1e-9) & (u_last <= support[1])
     unrelaxed = sets_kink & ~relaxed
-    if np.any(unrelaxed):
-        near = last[unrelaxed]
-        final = int(near["step"].min())
-    elif np.any(sets_kink):
-        # every point that sets the kink has relaxed (or rests): the bias is that
-        # of the longest training among those that can move, and so is the claim
-        near = last[sets_kink & moves]
-        near = near if len(near) else last[sets_kink]
-        final = int(near["step"].max())
-        near = near[near["step"] == final]
-    else:
-        near = last[sets_kink]
+    near = last[unrelaxed] if np.any(unrelaxed) else last[sets_kink]
+    final = int(near["step"].min()) if len(near) else final
     by_steps = fits_by_steps(metrics, latent_dim, final)
     u_h = by_steps.get(final // 2)
     delta = None if u_h is None else u_t - u_h
@@ -460,19 +440,14 @@ def estimate_transition(
         hi_u = max(hi, u_c + stat[1] + width) if not math.isnan(hi) else u_c + width
         # and every point of the support still unrelaxed or trending
         unsettled = table.loc[sets & ~table["settled"].to_numpy(), "sigma2"]
-        pending = last.loc[unrelaxed, "s2"].to_numpy()
-        train = np.log(np.concatenate([pending, unsettled.to_numpy()]))
+        train = np.log(np.concatenate([near["s2"].to_numpy(), unsettled.to_numpy()]))
         if train.size:
             lo_u, hi_u = min(lo_u, train.min()), max(hi_u, train.max())
         need = final * max(2.0, width / TOLERANCE)
-        moving_s2 = set(last.loc[moves, "s2"])
         out["train_longer"] = {
             # padded by a rounding's width: the points at its ends belong to it
             "sigma2": [math.exp(lo_u - 1e-9), math.exp(hi_u + 1e-9)],
             "steps": int(math.ceil(need / 100.0) * 100),
-            "at_rest": sorted(
-                float(v) for v in set(last.loc[~moves, "s2"]) if v not in moving_s2
-            ),
         }
     return out
 
@@ -489,21 +464,6 @@ def fits_by_steps(metrics: pd.DataFrame, latent_dim: int, final: int) -> dict:
             if u is not None:
                 out[steps] = u
     return out
-
-
-def at_rest(table: pd.DataFrame, probe: dict | None) -> set:
-    """The point_ids of :func:`top_dim_table` ``table`` that are collapsed stable
-    equilibria at rest: the probe calls them stable (dead ones included), their top
-    dim's KL is below ``KL_RESOLUTION`` (indistinguishable from 0) and settled.
-    Longer training leaves such a point where it is, so it bounds no training
-    length. Empty without the probe."""
-    if probe is None or "point_id" not in probe["points"]:
-        return set()
-    pts = pd.DataFrame(probe["points"]).merge(
-        table[["point_id", "kl_rank_0", "settled"]], on="point_id"
-    )
-    keep = ~pts["unstable"] & (pts["kl_rank_0"] < KL_RESOLUTION) & pts["settled"]
-    return set(pts.loc[keep, "point_id"])
 
 
 def _trapped(probe: dict | None, u_t: float) -> np.ndarray:

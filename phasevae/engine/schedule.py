@@ -282,8 +282,7 @@ class UntilTrusted:
     estimated once all its points have trained ``train.steps`` steps and none is
     pending; while its verdict is ``train longer``, its points inside the sigma^2
     range the estimate names (the points that set the kink among them), and those
-    within ``estimate.NEAR`` of the kink, go on, up to :func:`max_steps`, but those
-    at rest in a stable collapse (:func:`phasevae.analysis.estimate.at_rest`). A curve
+    within ``estimate.NEAR`` of the kink, go on, up to :func:`max_steps`. A curve
     whose points finished before it was complete (``train.slots`` smaller than the
     grid) is not extended: their state is gone."""
 
@@ -329,7 +328,6 @@ class UntilTrusted:
             c = math.exp(NEAR)
             lo, hi = min(lo, est["sigma2_c"] / c), max(hi, est["sigma2_c"] * c)
             inside = curve[(curve["sigma2"] >= lo) & (curve["sigma2"] <= hi)]
-            inside = inside[~inside["sigma2"].isin(est["train_longer"]["at_rest"])]
             keep |= set(inside["point_id"])
         return keep
 

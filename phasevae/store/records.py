@@ -157,13 +157,10 @@ class Spectrum(Record):
 
 @dataclasses.dataclass(frozen=True)
 class TrainLonger(Record):
-    """What a ``train longer`` verdict asks for: the sigma^2 in ``sigma2`` to
-    ``steps``, but those ``at_rest`` (collapsed stable equilibria, by the probe:
-    longer training leaves them where they are)."""
+    """What a ``train longer`` verdict asks for: these sigma^2 to ``steps``."""
 
     sigma2: Pair
     steps: int
-    at_rest: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

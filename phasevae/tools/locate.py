@@ -429,14 +429,11 @@ class Locator:
         return Stage(name, "widen", beta, _vals(new), steps, why), why
 
     def _longer(self, beta: float, est: dict, reach: pd.DataFrame, owner: dict):
-        """The points that set the kink (the estimate's ``train_longer`` range, less
-        those at rest in a stable collapse), the least trained first, continued to
-        twice their length from the stage holding them (trained anew where that
-        stage kept no checkpoint)."""
+        """The points that set the kink (the estimate's ``train_longer`` range), the
+        least trained first, continued to twice their length from the stage holding
+        them (trained anew where that stage kept no checkpoint)."""
         lo, hi = est["train_longer"]["sigma2"]
-        rest = est["train_longer"]["at_rest"]
         inside = reach[(reach["s2"] >= lo) & (reach["s2"] <= hi)]
-        inside = inside[~inside["s2"].isin(rest)]
         if inside.empty:
             return None, f"{est['verdict']}: no point in the range to train longer"
         base = int(inside["step"].min())
