@@ -62,6 +62,10 @@ def test_locate_chains_stages_into_one_run_that_analyze_reads(tmp_path):
     # a rerun of a finished locate trains nothing and says the same
     again = locate_mod.locate(spec, out, budget=4_500, say=lambda _: None)
     assert again == result
+    # as does one whose record was written before a spec key existed (at its default)
+    record["base"]["model"].pop("context")
+    (out / "locate.json").write_text(json.dumps(record))
+    assert locate_mod.locate(spec, out, budget=4_500, say=lambda _: None) == result
 
 
 @pytest.mark.slow

@@ -224,9 +224,11 @@ class Locator:
             doc = json.loads(read_text(path, "locate record", 1 << 22, RunDirError))
             if doc["format"] != FORMAT:
                 raise ValueError(f"format {doc['format']}")
-            # the budget and the target may change: the stages so far stand
-            same = doc["source"] == self.source and doc["base"] == spec_to_dict(
-                self.base
+            # the budget and the target may change: the stages so far stand; the
+            # stored spec is read as a spec, so that a key added to phasevae since
+            # (at its default) is no difference
+            same = doc["source"] == self.source and (
+                spec_from_dict(doc["base"], "the stored spec") == self.base
             )
             stages = [
                 Stage(
@@ -238,7 +240,7 @@ class Locator:
                 )
                 for s in doc["stages"]
             ]
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, SpecError) as e:
             raise RunDirError(f"{path} is damaged ({e}); use a new --out") from None
         if not same:
             raise RunDirError(
