@@ -15,7 +15,12 @@ from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
 from phasevae.spec import SpecError, spec_from_dict
 from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
-from tests.test_model import assert_turns_at_lambda_c, collapsed, collapsed_hessians
+from tests.test_model import (
+    assert_turns_at_lambda_c,
+    biased,
+    collapsed,
+    collapsed_hessians,
+)
 
 PHI = 0.9  # the AR(1) process's coefficient
 
@@ -96,14 +101,7 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(widths):
     x = ar1_windows(n=400)
     model = VAE(6, 1, enc, dec, context=2)
     params = model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1))
-    params = jax.tree.map(
-        lambda a: (
-            a + 0.3 * jax.random.normal(jax.random.key(4), a.shape)
-            if a.ndim == 1
-            else a
-        ),
-        params,
-    )
+    params = biased(params)
     params = collapsed(model, with_head(model, params, x), jnp.asarray(x))
     lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
     if not enc:

@@ -24,7 +24,12 @@ from phasevae.models.vae import (
 from phasevae.spec import SpecError, spec_from_dict
 from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
-from tests.test_model import assert_turns_at_lambda_c, collapsed, collapsed_hessians
+from tests.test_model import (
+    assert_turns_at_lambda_c,
+    biased,
+    collapsed,
+    collapsed_hessians,
+)
 
 LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial", "categorical")
 R = 2.5  # the negative binomial's dispersion in these tests
@@ -157,14 +162,7 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
     x = jnp.asarray(low_rank_data(likelihood, n=400))
     model = VAE(6, 1, enc, dec)
     params = model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1))
-    params = jax.tree.map(
-        lambda a: (
-            a + 0.3 * jax.random.normal(jax.random.key(4), a.shape)
-            if a.ndim == 1
-            else a
-        ),
-        params,
-    )
+    params = biased(params)
     params = collapsed(model, params, x, likelihood)
     grams = collapse_grams(model, params, x, likelihood, R, K)
     lam = float(collapse_eigenvalue(*grams))

@@ -129,6 +129,18 @@ def collapsed(model, params, x, likelihood="gaussian"):
     return {"params": p}
 
 
+def biased(params):
+    """``params`` with every bias moved off 0, as a trained network's are."""
+    return jax.tree.map(
+        lambda a: (
+            a + 0.3 * jax.random.normal(jax.random.key(4), a.shape)
+            if a.ndim == 1
+            else a
+        ),
+        params,
+    )
+
+
 def collapsed_hessians(
     model, params, x, lam, likelihood="gaussian", dispersion=1.0, categories=0
 ):
@@ -190,14 +202,7 @@ def test_collapse_eigenvalue_is_where_the_hessian_of_the_collapsed_state_turns(
     x = jnp.asarray(_correlated_data(6, n=500))
     model = VAE(6, 1, enc, dec)
     params = model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1))
-    params = jax.tree.map(  # trained networks have biases away from 0
-        lambda a: (
-            a + 0.3 * jax.random.normal(jax.random.key(4), a.shape)
-            if a.ndim == 1
-            else a
-        ),
-        params,
-    )
+    params = biased(params)
     params = collapsed(model, params, x)
     lam = float(collapse_eigenvalue(*collapse_grams(model, params, x)))
     assert lam > 0
