@@ -8,16 +8,20 @@ An answer of absorbing collapse (dead units) holds for the length its kink's poi
 trained, and its reference trains that long; any other claims the equilibrium
 transition, and its reference trains ``LONG`` x T.
 
-    python studies/locate_heldout.py
+    python studies/locate_heldout.py [--fresh]
 
 writes ``results/heldout/locate.md`` and ``locate.json``; the data files are made in
-``results/heldout/data/`` (ignored by git) from the seeds below.
+``results/heldout/data/`` (ignored by git) from the seeds below. Runs that exist
+are resumed (finished ones only re-read); ``--fresh`` deletes every locate run and
+reference first, as after a change to the estimate or to locate.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +104,12 @@ def reference(path: Path, answer: float, out: Path, steps: int) -> dict:
     )
 
 
-def main() -> None:
+def main(fresh: bool = False) -> None:
     rows = {}
     for name, x in datasets().items():
+        if fresh:
+            for folder in ("locate", "reference"):
+                shutil.rmtree(ROOT / folder / name, ignore_errors=True)
         data = ROOT / "data" / f"{name}.npy"
         data.parent.mkdir(parents=True, exist_ok=True)
         np.save(data, x.astype(np.float32))
@@ -167,4 +174,4 @@ def _num(v) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(fresh="--fresh" in sys.argv[1:])

@@ -18,15 +18,19 @@ from the validation's own runs (``results/validation/runs/<case>`` and
 
 Cost: model-steps against the plain 24-point sweep at T (24 x T x seeds).
 
-    python studies/locate_suite.py [CASE ...]
+    python studies/locate_suite.py [--fresh] [CASE ...]
 
-writes ``results/validation/locate.json`` and ``results/validation/locate.md``.
+writes ``results/validation/locate.json`` and ``results/validation/locate.md``. A
+case whose locate run exists resumes it (a finished one is only re-read); with
+``--fresh`` the named cases' runs (every case's, when none is named) are deleted
+first and located anew, as after a change to the estimate or to locate.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -198,11 +202,13 @@ def _ci(ci) -> str:
     return "" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], fresh: bool = False) -> None:
     cases = [c for c in CASES if not names or c.name in names]
     path = ROOT / "locate.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     for case in cases:
+        if fresh:
+            shutil.rmtree(ROOT / "locate" / case.name, ignore_errors=True)
         done[case.name] = run_case(case)
         path.write_text(json.dumps(done, indent=1))
     rows = [done[c.name] for c in CASES if c.name in done]
@@ -211,4 +217,5 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--fresh"], fresh="--fresh" in args)
