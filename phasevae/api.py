@@ -33,6 +33,7 @@ from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
 from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict, spec_to_dict
 from phasevae.store import RunDir, RunDirError
 from phasevae.store.records import Analysis
+from phasevae.store.runmeta import RUNNING, RunMeta
 
 SpecLike = Spec | dict | str | Path | None
 
@@ -196,7 +197,7 @@ class Run:
 
     path: Path
     _metrics: pd.DataFrame | None = None
-    _meta: dict | None = None
+    _meta: RunMeta | None = None
 
     @property
     def store(self) -> RunDir:
@@ -207,7 +208,8 @@ class Run:
         return self.store.spec()
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> RunMeta | None:
+        """meta.json, parsed (None before the run's first save)."""
         if self._meta is None:
             self._meta = self.store.meta()
         return self._meta
@@ -221,20 +223,19 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.meta.get("status") == "complete"
+        return self.meta is not None and self.meta.complete
 
     @property
     def diverged(self) -> list[str]:
         """Ids of the points that diverged (flagged, frozen; the others trained)."""
-        points = self.meta.get("points", {})
-        return [pid for pid, s in points.items() if s == "diverged"]
+        return self.meta.diverged if self.meta else []
 
     def summary(self) -> pd.DataFrame:
         """Per curve: KL at the ends of the sigma^2 range, the first collapsed grid
         sigma^2 and the prediction lambda_max / beta."""
         from phasevae.engine.sweep import summary_table
 
-        return summary_table(self.metrics, self.meta["spectrum"]["lambda_max"])
+        return summary_table(self.metrics, self.meta.spectrum["lambda_max"])
 
     def analyze(self) -> Analysis:
         """The analysis (:func:`phasevae.analysis.curves.analyze`), written to
@@ -277,21 +278,19 @@ class Run:
         """Progress of the run from its meta: status, grid points, steps, diverged,
         the last checkpoint's age and an ETA while it trains."""
         meta, store = self.meta, self.store
-        points = meta.get("points", {})
-        size = meta.get("grid_size", len(points))
-        status = meta.get("status", "not started")
-        if status == "running" and not store.in_use():
+        status = meta.status if meta else "not started"
+        if status == RUNNING and not store.in_use():
             status = "interrupted"  # no process trains it: a rerun resumes it
         out = {
             "status": status,
-            "shard": meta.get("shard"),
-            "grid_size": size,
-            "diverged": sum(1 for s in points.values() if s == "diverged"),
+            "shard": list(meta.shard) if meta and meta.shard else None,
+            "grid_size": meta.grid_size if meta else 0,
+            "diverged": len(meta.diverged) if meta else 0,
             "steps": self.spec.train.steps,
-            "steps_done": meta.get("steps_done", 0),
-            "schedule": meta.get("schedule"),  # adaptive: per-point progress
-            "rounds": meta.get("rounds", 0),
-            "data": meta.get("data"),  # the fingerprint of the data it trains on
+            "steps_done": meta.steps_done if meta else 0,
+            "schedule": meta and meta.schedule,  # adaptive: per-point progress
+            "rounds": (meta and meta.rounds) or 0,
+            "data": meta and meta.data,  # the fingerprint of the data it trains on
             "checkpoint_age_s": None,
             "eta_s": None,
         }
@@ -299,7 +298,7 @@ class Run:
         if sealed is not None:
             out["checkpoint_age_s"] = time.time() - sealed
         done, steps = out["steps_done"], out["steps"]
-        train_s = meta.get("wall_times", {}).get("train_s") or 0.0
+        train_s = meta.wall_times.train_s if meta else 0.0
         training = status == "running" and out["schedule"] is None
         if training and 0 < done < steps and train_s > 0:
             out["eta_s"] = train_s / done * (steps - done)
@@ -317,7 +316,8 @@ def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
             raise BadInput("--set applies to a spec file, not to a run directory")
         run = RunDir(target)
         spec = run.spec()
-        spectrum = run.meta().get("spectrum") or load_for_model(spec).spectrum()
+        meta = run.meta()
+        spectrum = meta.spectrum if meta else load_for_model(spec).spectrum()
     else:
         spec = as_spec(target, overrides)
         spectrum = load_for_model(spec).spectrum()

@@ -59,14 +59,14 @@ def followed(case, steps: int):
     if not run.spec_file.exists():
         return None
     meta = run.meta()
-    if meta.get("status") != "complete" or run.spec().train.steps != steps:
+    if meta is None or not meta.complete or run.spec().train.steps != steps:
         return None
     return run.metrics()
 
 
 def follow(case, train: bool = False) -> dict:
     run = RunDir(ROOT / "runs" / case.name)
-    metrics, spectrum = run.metrics(), run.meta()["spectrum"]
+    metrics, spectrum = run.metrics(), run.meta().spectrum
     row = {"case": case.name, "T": case.steps}
     steps, chain = case.steps, []
     while len(chain) < 2:  # T, then its advice followed once

@@ -55,7 +55,7 @@ def run(context: int) -> dict:
     path.write_text(tomli_w.dumps(spec))
     result = locate(path, ROOT / f"context-{context}")
     (curve,) = result["curves"]
-    derived = open_run(ROOT / f"context-{context}").meta["spectrum"]["lambda_max"]
+    derived = open_run(ROOT / f"context-{context}").meta.spectrum["lambda_max"]
     plain = float(covariance_eig(x - x.mean(axis=0))[0][0])
     return {
         "context": context,

@@ -65,7 +65,7 @@ def run(likelihood: str) -> dict:
     path.write_text(tomli_w.dumps(spec))
     result = locate(path, ROOT / likelihood)
     (curve,) = result["curves"]
-    theory = open_run(ROOT / likelihood).meta["spectrum"]["lambda_max"]
+    theory = open_run(ROOT / likelihood).meta.spectrum["lambda_max"]
     return {
         "likelihood": likelihood,
         "whitened_lambda_max": theory,

@@ -95,7 +95,7 @@ def reference(path: Path, answer: float, out: Path, steps: int) -> dict:
     grid = tuple(np.exp(np.linspace(-SPREAD, SPREAD, DENSE)) * answer)
     stage = Stage("dense", "coarse", 1.0, grid, steps, "reference")
     run = run_sweep(stage_spec(base, stage), out)
-    spectrum = run.meta["spectrum"]
+    spectrum = run.meta.spectrum
     return estimate.estimate_transition(
         run.metrics,
         base.model.latent_dim,
@@ -115,7 +115,7 @@ def main(fresh: bool = False) -> None:
         np.save(data, x.astype(np.float32))
         result = locate(data, ROOT / "locate" / name, say=print)
         (c,) = result["curves"]
-        lam = RunDir(ROOT / "locate" / name).meta()["spectrum"]["lambda_max"]
+        lam = RunDir(ROOT / "locate" / name).meta().spectrum["lambda_max"]
         base = data_file_spec(data, [])
         steps = base.train.steps
         holds = held_for(ROOT / "locate" / name, base.model.latent_dim)

@@ -55,7 +55,7 @@ def reference_at(case, steps: int) -> dict:
     runs = [ROOT / "runs" / case.name, ROOT / "runs" / f"{case.name}-refined"]
     frames = [RunDir(r).metrics() for r in runs if (r / "metrics.parquet").exists()]
     metrics = pd.concat(frames, ignore_index=True)
-    spectrum = RunDir(runs[0]).meta()["spectrum"]
+    spectrum = RunDir(runs[0]).meta().spectrum
     return estimate.estimate_transition(
         metrics[metrics["step"] <= steps],
         case.latent_dim,
@@ -68,7 +68,7 @@ def held_for(out: Path, latent_dim: int) -> int | None:
     """The length a located answer of absorbing collapse holds for (None: it
     claims the equilibrium transition), from the located run's joined metrics."""
     run = RunDir(out)
-    spectrum = run.meta()["spectrum"]
+    spectrum = run.meta().spectrum
     return estimate.estimate_transition(
         run.metrics(),
         latent_dim,
@@ -135,7 +135,7 @@ def run_case(case) -> dict:
         "ref_claimed_ci": claimed_ci,
         "covers_claimed": None if claimed is None else covers(claimed),
         "overlaps_claimed": None if claimed_ci is None else overlaps(claimed_ci),
-        "train_s": t["wall_times"]["train_s"] if "wall_times" in t else None,
+        "train_s": t.wall_times.train_s if t else None,
     }
 
 

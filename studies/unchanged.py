@@ -35,6 +35,8 @@ def dump(out: str) -> None:
     for spec in sorted(ROOT.rglob("spec.toml")):
         run = RunDir(spec.parent)
         meta = run.meta()
+        if not isinstance(meta, dict):  # the typed record (since RunMeta)
+            meta = meta.to_json() if meta else {}
         if meta.get("status") != "complete":
             continue
         name = spec.parent.relative_to(ROOT).as_posix()

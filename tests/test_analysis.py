@@ -15,6 +15,7 @@ from phasevae.analysis.fit import discontinuity, fit_piecewise
 from phasevae.cli import main
 from phasevae.store import RunDir
 from phasevae.store.records import FORMAT_VERSION, Analysis, RecordError
+from phasevae.store.runmeta import RunMeta
 
 EV = [8.0, 2.0, 0.5, 0.125]
 K = 3
@@ -201,7 +202,7 @@ def test_closed_forms_are_consistent():
 
 def run_dir(tmp_path, status="complete", **grid):
     """A minimal finished run directory around a synthetic metrics table."""
-    from phasevae.spec import spec_from_dict
+    from phasevae.spec import spec_from_dict, spec_to_dict
     from phasevae.store import RunDir
     from tests.conftest import tiny_dict
 
@@ -209,7 +210,15 @@ def run_dir(tmp_path, status="complete", **grid):
     spec = spec_from_dict(tiny_dict(model={"latent_dim": K}, grid=grid or {}))
     run.claim(spec)
     spectrum = {"eigenvalues": EV, "lambda_max": EV[0], "description": "test curves"}
-    run.write_meta({"status": status, "steps_done": 0, "spectrum": spectrum})
+    run.write_meta(
+        RunMeta(
+            spec=spec_to_dict(spec),
+            spectrum=spectrum,
+            grid_size=0,
+            steps=spec.train.steps,
+            status=status,
+        )
+    )
     return run
 
 
@@ -381,7 +390,7 @@ def test_a_learned_variance_kink_is_read_as_one_in_its_starting_values():
     # sigma^2 at beta = 6 and 8 came out as transitions 90 % off, with 'train longer'
     run = RunDir(Path(__file__).parent.parent / "results/remedies/learned_variance")
     doc = analysis.analyze(
-        run.metrics(), run.meta()["spectrum"], run.spec().model.latent_dim
+        run.metrics(), run.meta().spectrum, run.spec().model.latent_dim
     )
     assert {t.verdict for t in doc.transitions} == {estimate.LEARNED}
     assert sum(t.sigma2_c is not None for t in doc.transitions) == 2

@@ -43,7 +43,7 @@ def test_on_chunk_sees_every_chunk_once_and_in_order(tmp_path):
     r = pv.run(tiny_dict(), tmp_path / "run", on_chunk=lambda f, m: seen.append((f, m)))
     steps = [int(f["step"].unique().item()) for f, _ in seen]
     assert steps == [10, 20]  # steps 20, eval_every 10
-    assert all(m["spec"]["train"]["steps"] == 20 for _, m in seen)
+    assert all(m.spec["train"]["steps"] == 20 for _, m in seen)
     chunks = pd.concat([f for f, _ in seen], ignore_index=True)
     pd.testing.assert_frame_equal(chunks, r.metrics)
 
@@ -118,4 +118,4 @@ def test_the_example_runs_on_every_cpu_device_as_the_cli_does(tmp_path):
     assert "sigma2_c =" in proc.stdout and "kl_vs_sigma2" in proc.stdout
     meta = pv.open_run(tmp_path / "r").meta
     cores = len(os.sched_getaffinity(0))
-    assert len(meta["devices"]) == 4 * cores
+    assert len(meta.devices) == 4 * cores

@@ -148,7 +148,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(
     assert sorted(partial["step"].unique()) == [10, 20]
 
     resumed = sweep_mod.run_sweep(spec, tmp_path / "cut")
-    assert resumed.meta["status"] == "complete"
+    assert resumed.meta.status == "complete"
     on_disk = pd.read_parquet(tmp_path / "cut" / "metrics.parquet")
     assert len(on_disk) == len(full)  # no duplicated or missing rows
     key = ["point_id", "step"]
@@ -176,7 +176,7 @@ def test_a_longer_train_steps_extends_the_run_to_the_from_scratch_result(
         tiny_spec(train={"steps": 40}), short, progress=lambda d, t, e: chunks.append(d)
     )
     assert chunks == [3, 4]  # only the new chunks were trained
-    assert extended.meta["status"] == "complete" and extended.meta["steps"] == 40
+    assert extended.meta.status == "complete" and extended.meta.steps == 40
     on_disk = pd.read_parquet(short / "metrics.parquet")
     key = ["point_id", "step"]
     pd.testing.assert_frame_equal(
@@ -718,7 +718,7 @@ def test_status_lists_the_runs_and_tells_an_interrupted_run(
     shutil.copytree(committed, tmp_path / "runs/cut")
     run = RunDir(tmp_path / "runs/cut")
     meta = run.meta()
-    run.write_meta({**meta, "status": "running", "steps_done": 1000})
+    run.write_meta(meta.replace(status="running", steps_done=1000))
     assert main(["status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["run", "state", "points", "steps", "last", "write"]
@@ -765,7 +765,7 @@ def test_a_rerun_says_whether_it_resumes_extends_or_finds_the_run_complete(
     assert main(argv) == 0
     assert "is complete: nothing to train" in capsys.readouterr().err
     run = RunDir(out)
-    run.write_meta({**run.meta(), "status": "running", "steps_done": 10})
+    run.write_meta(run.meta().replace(status="running", steps_done=10))
     assert main(argv) == 0
     assert "from its last save, step 10 of 20" in capsys.readouterr().err
     assert main([*argv, "--set", "train.steps=30"]) == 0

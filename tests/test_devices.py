@@ -22,7 +22,7 @@ def test_four_devices_give_the_metrics_of_one(tmp_path, tiny_spec):
         "from tests.conftest import tiny_dict;"
         "assert len(jax.local_devices()) == 4;"
         f"r = run_sweep(spec_from_dict(tiny_dict(grid={GRID!r})), sys.argv[1]);"
-        "assert r.meta['grid_size'] == 6 and len(r.meta['devices']) == 4"
+        "assert r.meta.grid_size == 6 and len(r.meta.devices) == 4"
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.run(
@@ -108,7 +108,7 @@ def test_a_run_checkpointed_on_eight_devices_resumes_on_one(tmp_path, tiny_spec)
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["steps_done"] == 10 and len(meta["devices"]) == 8
     resumed = run_sweep(spec, tmp_path / "run")
-    assert len(resumed.meta["devices"]) == 1 and resumed.meta["status"] == "complete"
+    assert len(resumed.meta.devices) == 1 and resumed.meta.status == "complete"
     alone = run_sweep(spec, tmp_path / "alone").metrics
     key = ["point_id", "step"]
     a = alone.sort_values(key).reset_index(drop=True)

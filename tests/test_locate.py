@@ -48,7 +48,7 @@ def test_locate_chains_stages_into_one_run_that_analyze_reads(tmp_path):
     assert kinds[0] == "coarse" and len(kinds) >= 2  # it did more than one sweep
     assert curve["model_steps"] <= 4_500 and curve["stopped"]
     # the coarse grid is placed by the theory: around lambda_max / beta
-    lam = RunDir(out).meta()["spectrum"]["lambda_max"]
+    lam = RunDir(out).meta().spectrum["lambda_max"]
     coarse = record["stages"][0]["sigma2"]
     assert coarse[0] < lam < coarse[-1]
     # OUT holds every stage's points, each step once, and reads as any run

@@ -126,7 +126,7 @@ def test_conv_refuses_tables_and_the_mlp_only_options(tmp_path, capsys):
 def test_vmapped_conv_equals_the_models_trained_one_at_a_time(tmp_path):
     run = api.run(CONV, tmp_path / "grid")
     grid = run.metrics
-    assert run.meta["compiles"] == 1
+    assert run.meta.compiles == 1
     for s2 in CONV["grid"]["sigma2"][::2]:  # the two ends
         alone = api.run(
             {**CONV, "grid": {**CONV["grid"], "sigma2": [s2]}}, tmp_path / f"alone{s2}"

@@ -26,7 +26,7 @@ def test_linear_vae_matches_the_closed_form_on_both_sides_of_each_threshold(tmp_
         "grid": {"sigma2": [0.5, 2.0, 3.0, 6.0], "beta": [1.0], "seeds": [0]},
     }
     result = run_sweep(spec_from_dict(raw), tmp_path / "run")
-    ev = result.meta["spectrum"]["eigenvalues"]
+    ev = result.meta.spectrum["eigenvalues"]
     last = result.metrics[result.metrics["step"] == 4000]
     s2 = last["sigma2"].to_numpy()
 
@@ -51,7 +51,7 @@ def test_linear_vae_matches_the_closed_form_on_both_sides_of_each_threshold(tmp_
     # (features h = x, decoder Jacobian I), measured on the evaluation subset
     np.testing.assert_allclose(
         result.metrics["collapse_eigenvalue"],
-        result.meta["spectrum"]["lambda_max_eval"],
+        result.meta.spectrum["lambda_max_eval"],
         rtol=1e-4,
     )
-    assert abs(result.meta["spectrum"]["lambda_max_eval"] / ev[0] - 1) < 0.1
+    assert abs(result.meta.spectrum["lambda_max_eval"] / ev[0] - 1) < 0.1

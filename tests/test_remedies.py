@@ -20,7 +20,7 @@ def test_the_learned_variance_receives_gradients_and_is_recorded(tiny_spec, tmp_
         tiny_spec(model={"sigma2": "learned"}, grid=grid), tmp_path / "learned"
     )
     fixed = run_sweep(tiny_spec(grid=grid), tmp_path / "fixed")
-    assert learned.meta["compiles"] == 1
+    assert learned.meta.compiles == 1
     f = fixed.metrics
     np.testing.assert_allclose(f["decoder_sigma2"], f["sigma2"], rtol=1e-6)
     m = learned.metrics.sort_values("step")
@@ -114,8 +114,8 @@ def test_a_hysteresis_sweep_reports_both_curves(tiny_spec, tmp_path):
         grid={"sigma2": [0.2, 0.5, 1.2, 3.0, 8.0], "beta": [1.0]},
     )
     result = run_sweep(spec, tmp_path / "run")
-    assert result.meta["compiles"] == 1 and result.meta["grid_size"] == 10
-    a = analysis.analyze(result.metrics, result.meta["spectrum"], 2)
+    assert result.meta.compiles == 1 and result.meta.grid_size == 10
+    a = analysis.analyze(result.metrics, result.meta.spectrum, 2)
     assert sorted(t.curve["direction"] for t in a.transitions) == [-1.0, 1.0]
     (h,) = a.hysteresis
     assert h["sigma2"] == [0.2, 0.5, 1.2, 3.0, 8.0]
@@ -127,8 +127,8 @@ def test_static_decoder_groups_compile_once_each(tiny_spec, tmp_path):
     grid = {"sigma2": [0.5, 2.0, 8.0], "beta": [1.0]}
     spec = tiny_spec(grid={**grid, "decoder": [[8], [16, 16], []]})
     result = run_sweep(spec, tmp_path / "run")
-    assert result.meta["static_groups"] == ["8", "16-16", "linear"]
-    assert result.meta["compiles"] == 3 and result.meta["grid_size"] == 9
+    assert result.meta.static_groups == ("8", "16-16", "linear")
+    assert result.meta.compiles == 3 and result.meta.grid_size == 9
     m = result.metrics
     assert m["point_id"].nunique() == 9 and set(m["decoder"]) == {
         "8",
@@ -174,8 +174,8 @@ def test_skip_paths_are_static_groups_that_reach_the_decoder(tiny_spec, tmp_path
     grid = {"sigma2": [0.3, 1.0, 3.0, 10.0], "beta": [1.0], "decoder": [[8], []]}
     spec = tiny_spec(grid={**grid, "skip": ["none", "plain", "gated"]})
     result = run_sweep(spec, tmp_path / "run")
-    assert result.meta["compiles"] == 6 and result.meta["grid_size"] == 24
-    assert result.meta["static_groups"][:2] == ["8__none", "8__plain"]
+    assert result.meta.compiles == 6 and result.meta.grid_size == 24
+    assert result.meta.static_groups[:2] == ("8__none", "8__plain")
     m = result.metrics
     last = m[m["step"] == 20].groupby(["decoder", "skip"])["loss"].mean()
     assert last.nunique() == 6
@@ -310,8 +310,8 @@ def test_one_compile_for_every_value_of_the_remedy_axes(tmp_path, tiny_spec):
         }
     )
     result = run_sweep(spec, tmp_path / "run")
-    assert result.meta["grid_size"] == 2 * 3 * 2 * 2 * 2
-    assert result.meta["compiles"] == 1
+    assert result.meta.grid_size == 2 * 3 * 2 * 2 * 2
+    assert result.meta.compiles == 1
     m = result.metrics
     for axis in ("free_bits", "kl_cycle_steps", "kl_cycle_ramp", "mi_weight"):
         assert m[axis].nunique() > 1

@@ -13,6 +13,7 @@ from phasevae.analysis.curves import analyze_run
 from phasevae.cli import main
 from phasevae.report import figures as plots
 from phasevae.store import RunDir
+from phasevae.store.runmeta import WallTimes
 from tests.test_analysis import run_dir, synthetic_metrics
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,13 +25,19 @@ def analysed(tmp_path):
     run = run_dir(tmp_path, beta=[0.5, 1.0, 2.0])
     metrics = synthetic_metrics([0.5, 1.0, 2.0])
     run.write_metrics(metrics)
-    meta = run.meta()
     points = dict.fromkeys(metrics["point_id"].unique(), "ok")
     points["b1.0s0p3"] = "diverged"
-    meta.update(points=points, grid_size=len(points), steps=600)
-    meta.update(wall_times={"compile_s": 2.5, "train_s": 9.0}, platform="cpu")
-    meta.update(devices=["cpu"] * 8, cores=2, processes=1)
-    meta["data"] = {"sha256": "ab" * 32, "shape": [512, 4], "dtype": "float32"}
+    meta = run.meta().replace(
+        points=points,
+        grid_size=len(points),
+        steps=600,
+        wall_times=WallTimes(compile_s=2.5, train_s=9.0),
+        platform="cpu",
+        devices=("cpu",) * 8,
+        cores=2,
+        processes=1,
+        data={"sha256": "ab" * 32, "shape": [512, 4], "dtype": "float32"},
+    )
     run.write_meta(meta)
     analyze_run(run.path)
     return run.path

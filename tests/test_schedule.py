@@ -36,8 +36,8 @@ def test_a_refilled_slot_ends_as_the_point_trained_alone(tmp_path, tiny_spec):
     slotted = sweep_mod.run_sweep(
         tiny_spec(train={"slots": 2}, grid=grid), tmp_path / "slots"
     )
-    assert slotted.meta["compiles"] == 1
-    assert slotted.meta["model_steps"] == 3 * 20
+    assert slotted.meta.compiles == 1
+    assert slotted.meta.model_steps == 3 * 20
     alone = {
         s2: final(
             sweep_mod.run_sweep(
@@ -71,9 +71,9 @@ def test_retired_points_stop_early_and_free_their_slot(tmp_path, tiny_spec):
     )
     result = sweep_mod.run_sweep(spec, tmp_path / "run")
     last = final(result.metrics)
-    assert len(last) == 3 and result.meta["compiles"] == 1
+    assert len(last) == 3 and result.meta.compiles == 1
     assert (last["step"] >= 100).all() and (last["step"] <= 600).all()
-    assert result.meta["model_steps"] == int(last["step"].sum())
+    assert result.meta.model_steps == int(last["step"].sum())
     early = last[last["step"] < 600]
     assert 50.0 in set(early["sigma2"])
     # each early retirement passed the analysis's bounded settling test right there
@@ -129,12 +129,12 @@ def test_a_refined_sweep_adds_rounds_where_the_fit_says(tmp_path, tiny_spec):
         },
     )
     result = sweep_mod.run_sweep(spec, tmp_path / "run")
-    assert result.meta["rounds"] == 2 and result.meta["compiles"] == 1
+    assert result.meta.rounds == 2 and result.meta.compiles == 1
     grid = result.metrics.drop_duplicates("point_id")
     assert set(grid.groupby("seed")["sigma2"].apply(frozenset).map(len)) == {
         grid["sigma2"].nunique()
     }  # every seed got every new sigma^2
-    spectrum = result.meta["spectrum"]
+    spectrum = result.meta.spectrum
     for r in (1, 2):
         before = result.metrics[result.metrics["round"] < r]
         expect = {
@@ -170,7 +170,7 @@ def test_an_interrupted_adaptive_sweep_resumes_to_the_uninterrupted_result(
     with pytest.raises(KeyboardInterrupt):
         sweep_mod.run_sweep(spec, tmp_path / "cut", progress=stop_after_three)
     resumed = sweep_mod.run_sweep(spec, tmp_path / "cut")
-    assert resumed.meta["status"] == "complete"
+    assert resumed.meta.status == "complete"
     on_disk = pd.read_parquet(tmp_path / "cut" / "metrics.parquet")
     key = ["point_id", "step"]
     assert len(on_disk) == len(full)
@@ -287,11 +287,11 @@ def test_until_trusted_trains_on_only_where_the_estimate_asks(tmp_path, tiny_spe
     last = r.metrics.groupby("sigma2")["step"].max()
     assert last.min() == 40 and last.max() <= 80
     first = r.metrics[r.metrics["step"] <= 40]
-    sp = r.meta["spectrum"]
+    sp = r.meta.spectrum
     est = estimate_transition(first, 2, sp["lambda_max"], sp["lambda_max_eval"])
     assert est["verdict"] == "train longer"  # 40 steps cannot be trusted
     lo, hi = est["train_longer"]["sigma2"]
     near = math.exp(estimate.NEAR)
     lo, hi = min(lo, est["sigma2_c"] / near), max(hi, est["sigma2_c"] * near)
     assert set(last[last > 40].index) == {s for s in s2 if lo <= s <= hi} != set()
-    assert r.meta["model_steps"] == int(last.sum())  # one seed: steps per point
+    assert r.meta.model_steps == int(last.sum())  # one seed: steps per point

@@ -155,7 +155,7 @@ def test_a_sphere_sweep_trains_analyses_and_resumes(tmp_path, tiny_spec, monkeyp
         grid={"sigma2": [0.3, 1.0, 3.0, 10.0, 30.0], "beta": [1.0]},
     )
     full = sweep_mod.run_sweep(spec, tmp_path / "full")
-    assert full.meta["compiles"] == 1
+    assert full.meta.compiles == 1
     m = full.metrics
     assert np.all(m["kl_dim_1"] == 0) and np.all(np.isfinite(m[["kl", "mi"]]))
     assert m["collapse_eigenvalue"].isna().all()  # the probe is the Gaussian MLP's

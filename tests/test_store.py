@@ -31,8 +31,7 @@ def runs(tmp_path_factory):
     short.write_text(tomli_w.dumps(tiny_dict(train={"steps": 20}, grid=grid)))
     assert main(["sweep", str(short), "--out", str(half)]) == 0
     rd = RunDir(half)
-    meta = rd.meta()
-    meta.update(status="running")
+    meta = rd.meta().replace(status="running")
     rd.write_spec(spec_to_toml(RunDir(root / "done").spec()), rd.run_id())
     rd.write_meta(meta)
     return root, spec
@@ -129,7 +128,7 @@ def test_an_intact_run_verifies_and_continues(runs, tmp_path):
     a = pd.read_parquet(root / "done" / "metrics.parquet")
     b = RunDir(run).metrics()
     assert len(a) == len(b)
-    assert RunDir(run).meta()["status"] == "complete"
+    assert RunDir(run).meta().status == "complete"
 
 
 @pytest.mark.slow

@@ -43,9 +43,9 @@ def test_one_trace_for_a_whole_grid_over_many_chunks(tiny_spec, tmp_path):
         train={"steps": 40, "eval_every": 10},
     )
     result = run_sweep(spec, tmp_path / "run")
-    assert result.meta["grid_size"] == 36
+    assert result.meta.grid_size == 36
     assert result.metrics["step"].nunique() == 4
-    assert result.meta["compiles"] == 1
+    assert result.meta.compiles == 1
 
     trainer, points, data = make(spec)
     x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
@@ -72,7 +72,7 @@ def test_a_diverging_model_is_flagged_and_does_not_disturb_the_others(
     cols = ["loss", "kl", "kl_dim_0", "kl_dim_1", "var_dim_0", "mse"]
     assert np.isfinite(healthy[cols].to_numpy()).all()
     np.testing.assert_allclose(healthy[cols], alone[cols], rtol=1e-5, atol=1e-6)
-    assert set(mixed.meta["points"].values()) == {"ok", "diverged"}
+    assert set(mixed.meta.points.values()) == {"ok", "diverged"}
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_remedy_axes_reach_the_computation_in_one_compile(tiny_spec, tmp_path):
     }
     result = run_sweep(tiny_spec(grid=grid), tmp_path / "remedies")
     m = result.metrics
-    assert result.meta["grid_size"] == 16 and result.meta["compiles"] == 1
+    assert result.meta.grid_size == 16 and result.meta.compiles == 1
     last = m[m["step"] == 20].set_index(
         ["sigma2", "learning_rate", "kl_warmup_steps", "decoder_init_scale"]
     )
@@ -173,6 +173,6 @@ def test_a_run_refuses_to_resume_at_another_precision(tiny_spec, tmp_path):
 
     run_sweep(tiny_spec(), tmp_path / "run")
     meta = RunDir(tmp_path / "run").meta()
-    assert meta["spec"]["train"]["precision"] == "float32"
+    assert meta.spec["train"]["precision"] == "float32"
     with pytest.raises(RunDirError, match="different spec|another spec|differs"):
         run_sweep(tiny_spec(train={"precision": "bfloat16"}), tmp_path / "run")

@@ -23,6 +23,7 @@ from pathlib import Path
 from phasevae.analysis.estimate import LONGER, NONE, TRUSTED, half_width
 from phasevae.spec import Spec
 from phasevae.store.records import Transition
+from phasevae.store.runmeta import RunMeta
 
 SHARP = 0.02  # a trusted interval wider than +-this (relative) is worth sharpening
 
@@ -32,14 +33,14 @@ def round_steps(steps: int, every: int) -> int:
     return int(math.ceil(steps / every) * every)
 
 
-def advise(run: Path, spec: Spec, meta: dict, t: Transition) -> dict | None:
+def advise(run: Path, spec: Spec, meta: RunMeta, t: Transition) -> dict | None:
     """The next step for transition ``t`` of the run at ``run``: ``why`` (one line)
     and ``command`` (a shell line), with ``alternative`` where there is a cheaper
     or a different route; None when there is nothing to do."""
     q = shlex.quote(str(run))
     verdict = t.verdict
     half = half_width(t.sigma2_c, t.ci)
-    locate = meta.get("locate")
+    locate = meta.locate
     if locate is not None:
         result = locate.get("result") or {}
         budget = int(result.get("budget") or 0)
@@ -68,7 +69,7 @@ def advise(run: Path, spec: Spec, meta: dict, t: Transition) -> dict | None:
     }
     if verdict == LONGER and t.train_longer:
         steps = round_steps(t.train_longer.steps, spec.train.eval_every)
-        more = int(meta.get("grid_size", 0)) * (steps - spec.train.steps)
+        more = meta.grid_size * (steps - spec.train.steps)
         return {
             "why": f"train every point to {steps} steps, continuing this run "
             f"({more:,} model-steps more)",

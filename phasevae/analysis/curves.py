@@ -47,13 +47,13 @@ def analyze_run(path) -> Analysis:
     """
     run = RunDir(path).existing()
     spec, meta = run.spec(), run.meta()
-    if meta.get("status") != "complete":
+    if meta is None or not meta.complete:
         raise RunDirError(
-            f"{run.path} is unfinished ({meta.get('steps_done', 0)} of "
+            f"{run.path} is unfinished ({meta.steps_done if meta else 0} of "
             f"{spec.train.steps} steps); run `phasevae sweep` on it again to finish it"
         )
     try:
-        result = analyze(run.metrics(), meta["spectrum"], spec.model.latent_dim)
+        result = analyze(run.metrics(), meta.spectrum, spec.model.latent_dim)
     except ValueError as e:
         raise RunDirError(f"{run.path}: cannot fit: {e}") from None
     result = dataclasses.replace(

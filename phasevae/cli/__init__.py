@@ -120,27 +120,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             log.close()
     if not primary:
         return args.diverged_status if result.diverged else 0
-    meta, spectrum = result.meta, result.meta["spectrum"]
-    wall = meta["wall_times"]
+    meta, spectrum = result.meta, result.meta.spectrum
+    wall = meta.wall_times
     print(f"run directory: {out}")
     print(f"data: {spectrum['description']}")
     top = ", ".join(
         f"{v:.4g}" for v in spectrum["eigenvalues"][: spec.model.latent_dim]
     )
     print(f"lambda_max = {spectrum['lambda_max']:.4g}; top eigenvalues {top}")
-    if "model_steps" in meta:  # adaptive: points trained for different lengths
+    if meta.adaptive:  # points trained for different lengths
         work = (
-            f"{meta['grid_size']} grid points ({meta['rounds']} refinement rounds), "
-            f"{meta['model_steps']:,} model-steps (at most {meta['steps']} each)"
+            f"{meta.grid_size} grid points ({meta.rounds} refinement rounds), "
+            f"{meta.model_steps:,} model-steps (at most {meta.steps} each)"
         )
     else:
-        work = f"{meta['grid_size']} grid points x {meta['steps']} steps"
-    cache = meta.get("compile_cache") or {}
+        work = f"{meta.grid_size} grid points x {meta.steps} steps"
+    cache = meta.compile_cache or {}
     hits, looked = cache.get("hits", 0), cache.get("hits", 0) + cache.get("misses", 0)
     cached = f" ({hits} of {looked} programs from the compile cache)" if hits else ""
     print(
-        f"{work}; compile {_fmt_s(wall['compile_s'])}{cached}, training "
-        f"{_fmt_s(wall['train_s'])} in all, {time.perf_counter() - t0:.1f} s this call"
+        f"{work}; compile {_fmt_s(wall.compile_s)}{cached}, training "
+        f"{_fmt_s(wall.train_s)} in all, {time.perf_counter() - t0:.1f} s this call"
     )
     table = result.summary()
     print("final KL (nats, mean over seeds); predicted sigma2_c = lambda_max / beta")
@@ -148,11 +148,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if result.diverged:
         others = (
             "No model trained."
-            if len(result.diverged) == meta["grid_size"]
+            if len(result.diverged) == meta.grid_size
             else "The other models trained normally."
         )
         print(
-            f"phasevae: error: {len(result.diverged)} of {meta['grid_size']} models "
+            f"phasevae: error: {len(result.diverged)} of {meta.grid_size} models "
             f"diverged (a NaN or inf appeared) and were frozen there: "
             f"{', '.join(result.diverged[:8])}"
             f"{' ...' if len(result.diverged) > 8 else ''}."
@@ -536,22 +536,22 @@ def _say_where(out: Path, spec) -> None:
 
     run = RunDir(out)
     try:
-        meta = run.meta() if run.spec_file.exists() else {}
+        meta = run.meta() if run.spec_file.exists() else None
         stored = run.spec() if meta else None
     except BadInput:
         return  # the sweep itself refuses it, with the message
-    done, status = meta.get("steps_done", 0), meta.get("status")
     if stored is None:
         return
+    done = meta.steps_done
     if stored.train.steps < spec.train.steps:
         print(
             f"extending {out} from {stored.train.steps} to {spec.train.steps} steps "
             "(its models continue from their last save)",
             file=sys.stderr,
         )
-    elif status == "complete":
+    elif meta.complete:
         print(f"{out} is complete: nothing to train; its summary:", file=sys.stderr)
-    elif "model_steps" in meta or spec.adaptive():
+    elif meta.adaptive or spec.adaptive():
         print(
             f"resuming {out} from its last save ({done:,} model-steps trained)",
             file=sys.stderr,

@@ -50,21 +50,33 @@ from phasevae.errors import TERM_REQUESTED
 from phasevae.models.vae import collapse_eigenvalue
 from phasevae.spec import Spec, spec_to_dict
 from phasevae.store import RunDir, RunDirError
+from phasevae.store.runmeta import (
+    COMPLETE,
+    DIVERGED,
+    OK,
+    RUNNING,
+    RunMeta,
+    WallTimes,
+)
 
 CHECKPOINT_SECONDS = 30.0
 
 # called after each chunk with (chunks done, chunks in all, seconds since start)
 ProgressFn = Callable[[int, int, float], None]
 # called after each chunk with (that chunk's metrics rows, the run's meta)
-ChunkFn = Callable[[pd.DataFrame, dict], None]
+ChunkFn = Callable[[pd.DataFrame, RunMeta], None]
 
 
 @dataclass
 class SweepResult:
     run: RunDir
     metrics: pd.DataFrame  # the full table, as in metrics.parquet
-    meta: dict
-    diverged: list[str]  # point ids flagged diverged
+    meta: RunMeta
+
+    @property
+    def diverged(self) -> list[str]:
+        """The ids of the points flagged diverged."""
+        return self.meta.diverged
 
 
 class Preempted(Exception):
@@ -142,18 +154,18 @@ def train(
     schedule (:mod:`phasevae.engine.schedule`) deciding which point each slot trains."""
     host, state = _start(program, spec, grid, run)
     sched = host.sched
-    meta = base_meta(spec, data, sched.grid, run.meta())
-    meta["shard"] = list(shard) if shard else None
-    if sched.done() and meta.get("status") == "complete":
+    meta = base_meta(spec, data, sched.grid, run.meta(), shard)
+    if sched.done() and meta.complete:
         return make_result(run, host.frames, meta)
-    meta["wall_times"]["compile_s"] = program.compile_s
-    meta["status"] = "running"
-    trained_before = meta["wall_times"]["train_s"]
+    trained_before = meta.wall_times.train_s
+    meta = meta.replace(
+        wall_times=WallTimes(program.compile_s, trained_before), status=RUNNING
+    )
     # the first save comes after the first chunk (the compile came before it)
     t_train, last_save = time.perf_counter(), -float("inf")
     every = spec.train.eval_every
-    host.model_steps = meta.get("model_steps", 0)
-    rules = policies(spec, meta["spectrum"])
+    host.model_steps = meta.model_steps or 0
+    rules = policies(spec, meta.spectrum)
     points = program.points_for(sched.slot_rows())
     saved = False
     try:
@@ -180,10 +192,11 @@ def train(
             stopping = any_process(stop.is_set())
             due = any_process(time.perf_counter() - last_save >= checkpoint_seconds)
             if sched.done() or due or stopping:
-                meta["wall_times"]["train_s"] = trained_before + elapsed
-                meta["compiles"] = program.trainer.traces  # of the chunk program: 1
-                meta["model_steps"] = host.model_steps
-                _save(run, host, state, meta)
+                meta = meta.replace(
+                    wall_times=WallTimes(program.compile_s, trained_before + elapsed),
+                    compiles=program.trainer.traces,  # of the chunk program: 1
+                )
+                meta = _save(run, host, state, meta)
                 saved, last_save = sched.done(), time.perf_counter()
             if jax.process_index() == 0:
                 if on_chunk is not None:
@@ -197,10 +210,9 @@ def train(
         with contextlib.suppress(Exception):  # keep what was being written
             run.wait_for_checkpoint()
         raise
-    meta["status"] = "complete"
+    meta = meta.replace(status=COMPLETE)
     if not saved:  # resumed from a final checkpoint whose meta was not written
-        meta["model_steps"] = host.model_steps
-        _save(run, host, state, meta)
+        meta = _save(run, host, state, meta)
     run.wait_for_checkpoint()
     if jax.process_index() == 0:
         run.write_meta(meta)
@@ -290,30 +302,34 @@ def _collapse_eigenvalues(grams, n: int) -> np.ndarray:
     return out
 
 
-def _save(run: RunDir, host: Host, state, meta: dict) -> None:
+def _save(run: RunDir, host: Host, state, meta: RunMeta) -> RunMeta:
     """Metrics, then the checkpoint they belong to (state and schedule; its files
     are written while training goes on), then meta; the metrics and meta by process
-    0, the checkpoint by every process, each its own shards."""
+    0, the checkpoint by every process, each its own shards. Returns the meta saved:
+    ``meta`` with the points' status and the schedule's progress."""
     sched, frames = host.sched, host.frames
     diverged = pd.concat(frames).groupby("point_id")["diverged"].any()
-    meta["points"] = {
-        pid: ("diverged" if diverged[pid] else "ok")
+    points = {
+        pid: (DIVERGED if diverged[pid] else OK)
         for pid in sched.grid["point_id"]
         if pid in diverged.index
     }
     step = int(sched.slot_step.max())
     if sched.lockstep:  # every point at this step
-        meta["steps_done"] = step
-        meta.pop("model_steps", None)
+        meta = meta.replace(points=points, steps_done=step, model_steps=None)
     else:
-        meta["steps_done"] = int(meta["model_steps"])
-        meta["grid_size"] = len(sched.grid)
-        meta["rounds"] = sched.round
-        meta["schedule"] = {
-            "finished": len(sched.finished),
-            "training": int(sched.busy.sum()),
-            "pending": len(sched.pending),
-        }
+        meta = meta.replace(
+            points=points,
+            steps_done=host.model_steps,
+            model_steps=host.model_steps,
+            grid_size=len(sched.grid),
+            rounds=sched.round,
+            schedule={
+                "finished": len(sched.finished),
+                "training": int(sched.busy.sum()),
+                "pending": len(sched.pending),
+            },
+        )
     if jax.process_index() == 0:
         run.write_metrics(pd.concat(frames, ignore_index=True))
     leaves, n = jax.tree.leaves(state), len(sched.slot_point)
@@ -325,54 +341,62 @@ def _save(run: RunDir, host: Host, state, meta: dict) -> None:
         run.save_checkpoint(leaves, n, step, ids, sched.to_json(), extra)
     if jax.process_index() == 0:
         run.write_meta(meta)
+    return meta
 
 
-def make_result(run: RunDir, frames: list[pd.DataFrame], meta: dict) -> SweepResult:
-    df = pd.concat(frames, ignore_index=True)
-    diverged = [pid for pid, s in meta.get("points", {}).items() if s == "diverged"]
-    return SweepResult(run, df, meta, diverged)
+def make_result(run: RunDir, frames: list[pd.DataFrame], meta: RunMeta) -> SweepResult:
+    return SweepResult(run, pd.concat(frames, ignore_index=True), meta)
 
 
-def base_meta(spec: Spec, data: Dataset, grid: pd.DataFrame, old: dict) -> dict:
+def base_meta(
+    spec: Spec,
+    data: Dataset,
+    grid: pd.DataFrame,
+    old: RunMeta | None,
+    shard: tuple[int, int] | None = None,
+) -> RunMeta:
+    """This process's meta for ``spec``'s run of ``grid``: where and with what it
+    runs, and from ``old`` (the run's meta so far) how far it trained."""
     versions = {"python": platform.python_version()}
     for pkg in ("phasevae", "jax", "jaxlib", "flax", "optax", "numpy", "pandas"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    wall = old.get("wall_times", {})
-    return {
-        **old,
-        "spec": spec_to_dict(spec),
-        "versions": versions,
-        "git_revision": _git_revision(),
-        "packages": {
+    return RunMeta(
+        spec=spec_to_dict(spec),
+        spectrum=data.spectrum(),
+        data=data.fingerprint(),
+        grid_size=len(grid),
+        steps=spec.train.steps,
+        steps_done=old.steps_done if old else 0,
+        status=old.status if old else RUNNING,
+        points=old.points if old else {},
+        wall_times=old.wall_times if old else WallTimes(),
+        shard=tuple(shard) if shard else None,
+        compiles=old.compiles if old else None,
+        model_steps=old.model_steps if old else None,
+        rounds=old.rounds if old else None,
+        schedule=old.schedule if old else None,
+        versions=versions,
+        git_revision=_git_revision(),
+        packages={
             d.metadata["Name"]: d.version
             for d in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"])
         },
-        "argv": sys.argv,
-        "host": platform.node(),
+        argv=tuple(sys.argv),
+        host=platform.node(),
         # the settings that change how JAX and XLA run (device split, threads, ...)
-        "environment": {
+        environment={
             k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_"))
         },
-        "devices": [str(d) for d in jax.devices()],
-        "cores": len(os.sched_getaffinity(0)),  # a CPU split into XLA devices
-        "processes": jax.process_count(),
-        "platform": jax.default_backend(),
-        "spectrum": data.spectrum(),
-        "data": data.fingerprint(),
-        "grid_size": len(grid),
-        "steps": spec.train.steps,
-        "steps_done": old.get("steps_done", 0),
-        "wall_times": {
-            "compile_s": wall.get("compile_s"),
-            "train_s": wall.get("train_s", 0.0),
-        },
+        devices=tuple(str(d) for d in jax.devices()),
+        cores=len(os.sched_getaffinity(0)),  # a CPU split into XLA devices
+        processes=jax.process_count(),
+        platform=jax.default_backend(),
         # the persistent compile cache: its folder and this process's lookups
-        "compile_cache": dict(CACHE),
-        "status": old.get("status", "running"),
-    }
+        compile_cache=dict(CACHE),
+    )
 
 
 def _git_revision() -> str | None:

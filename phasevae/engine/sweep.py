@@ -40,6 +40,7 @@ from phasevae.errors import BadInput, stop_if_terminated
 from phasevae.models.registry import verify
 from phasevae.spec import LATER_AXES, Spec, SpecError, spec_to_dict
 from phasevae.store import RunDir, RunDirError
+from phasevae.store.runmeta import COMPLETE, RunMeta
 
 
 def run_sweep(
@@ -124,8 +125,9 @@ def run_sweep(
         if primary:
             try:
                 run.claim(spec, extendable=not spec.adaptive())
-                old = run.meta().get("shard")
-                if run.meta() and old != (list(shard) if shard else None):
+                had = run.meta()
+                old = had.shard if had else None
+                if had and old != (tuple(shard) if shard else None):
                     raise RunDirError(
                         f"{run.path} holds shard {old} of this spec, not {shard}; "
                         "choose another --out"
@@ -151,7 +153,8 @@ def run_sweep(
 def same_data(run: RunDir, data, spec: Spec) -> None:
     """Refuse (RunDirError) to resume, extend or reuse ``run`` on data other than
     the data it was started on: its recorded fingerprint against ``data``'s."""
-    had = run.meta().get("data") if run.meta_file.exists() else None
+    meta = run.meta()
+    had = meta.data if meta else None
     now = data.fingerprint()
     if had is not None and had != now:
         where = f" ({spec.data.path})" if spec.data.path else ""
@@ -205,32 +208,24 @@ def _run_static_groups(
             )
             for i, (name, labels, g) in enumerate(groups)
         ]
-        frames, points = [], {}
-        for _, labels, r in results:
-            frames.append(_with_labels(r.metrics, labels))
-            points.update(
-                {
-                    point_id({"point": p, **labels}): v
-                    for p, v in r.meta.get("points", {}).items()
-                }
-            )
-        metas = [r.meta for _, _, r in results]
-        meta = {
-            **metas[0],
-            "spec": spec_to_dict(spec),
-            "grid_size": sum(m["grid_size"] for m in metas),
-            "static_groups": [name for name, _, _ in results],
-            "compiles": sum(m.get("compiles", 0) for m in metas),
-            "points": points,
-            "wall_times": {
-                "compile_s": sum(m["wall_times"]["compile_s"] or 0 for m in metas),
-                "train_s": sum(m["wall_times"]["train_s"] for m in metas),
-            },
-            "shard": list(shard) if shard else None,
-            "status": "complete",
-        }
-        if "model_steps" in metas[0]:
-            meta["model_steps"] = sum(m["model_steps"] for m in metas)
+        frames = [_with_labels(r.metrics, labels) for _, labels, r in results]
+        metas = [  # each group's, its points named as the joined table names them
+            r.meta.replace(points={_named(p, at): v for p, v in r.meta.points.items()})
+            for _, at, r in results
+        ]
+        meta = RunMeta.joined(
+            metas,
+            parallel=False,
+            spec=spec_to_dict(spec),
+            grid_size=sum(m.grid_size for m in metas),
+            static_groups=tuple(name for name, _, _ in results),
+            compiles=sum(m.compiles or 0 for m in metas),
+            shard=tuple(shard) if shard else None,
+            status=COMPLETE,
+            model_steps=(
+                sum(m.model_steps for m in metas) if metas[0].adaptive else None
+            ),
+        )
         if primary:
             run.write_metrics(pd.concat(frames, ignore_index=True))
             run.write_meta(meta)
@@ -262,9 +257,14 @@ def _with_labels(df: pd.DataFrame, labels: dict) -> pd.DataFrame:
     """A group's rows as the joined table has them: a column per static axis and
     ids that include it."""
     df = df.assign(**labels)
-    ids = {p: point_id({"point": p, **labels}) for p in df["point_id"].unique()}
+    ids = {p: _named(p, labels) for p in df["point_id"].unique()}
     df["point_id"] = df["point_id"].map(ids)
     return df
+
+
+def _named(point: str, labels: dict) -> str:
+    """A group's point id as the joined run names it."""
+    return point_id({"point": point, **labels})
 
 
 def _labelled(on_chunk: ChunkFn | None, labels: dict) -> ChunkFn | None:
@@ -275,9 +275,10 @@ def _labelled(on_chunk: ChunkFn | None, labels: dict) -> ChunkFn | None:
 
 def _finished(run: RunDir, spec: Spec, shard) -> bool:
     """A complete run of this very spec and shard: nothing to compile or train."""
-    if not run.spec_file.exists() or run.meta().get("status") != "complete":
+    meta = run.meta() if run.spec_file.exists() else None
+    if meta is None or not meta.complete:
         return False
-    same_shard = run.meta().get("shard") == (list(shard) if shard else None)
+    same_shard = meta.shard == (tuple(shard) if shard else None)
     return same_shard and run.spec() == spec
 
 
@@ -325,7 +326,7 @@ def merge_runs(
         if r.spec() != spec:
             raise RunDirError(f"{r.path} holds a different spec than {runs[0].path}")
     metas = [r.meta() for r in runs]
-    prints = {json.dumps(m.get("data"), sort_keys=True) for m in metas}
+    prints = {json.dumps(m.data if m else None, sort_keys=True) for m in metas}
     if len(prints) > 1:
         raise RunDirError(
             "the shards were trained on different data (their meta.json 'data' "
@@ -334,7 +335,7 @@ def merge_runs(
     unfinished = [
         str(r.path)
         for r, m in zip(runs, metas, strict=True)
-        if m.get("status") != "complete"
+        if m is None or not m.complete
     ]
     if unfinished:
         raise RunDirError(
@@ -376,17 +377,13 @@ def merge_runs(
         dest.claim(spec)
         merged = pd.concat(keep, ignore_index=True)
         dest.write_metrics(merged.sort_values(["step", "point_id"], ignore_index=True))
-        meta = dict(metas[0])
-        meta.update(
+        meta = RunMeta.joined(
+            metas,
+            parallel=True,
             grid_size=len(full),
             shard=None,
-            merged_from=[str(r.path) for r in runs],
-            points={k: v for m in metas for k, v in m.get("points", {}).items()},
-            wall_times={
-                "compile_s": max(m["wall_times"]["compile_s"] or 0 for m in metas),
-                "train_s": sum(m["wall_times"]["train_s"] for m in metas),
-            },
-            status="complete",
+            merged_from=tuple(str(r.path) for r in runs),
+            status=COMPLETE,
         )
         dest.write_meta(meta)
         with RunDir(dest_path).lock():  # not while a sweep runs in it

@@ -26,6 +26,7 @@ from phasevae.errors import BadInput
 from phasevae.spec import LATER_AXES, Range, Spec
 from phasevae.store import RunDir
 from phasevae.store.records import Analysis, Transition
+from phasevae.store.runmeta import RunMeta
 
 COLUMN_IN = 3.4  # width of one paper column, inches
 MAX_PANELS = 4  # transitions drawn side by side; more are subsampled evenly
@@ -41,7 +42,7 @@ class RunData:
 
     name: str
     spec: Spec
-    meta: dict
+    meta: RunMeta
     metrics: pd.DataFrame
     points: pd.DataFrame  # one row per point: the values the analysis fitted
     analysis: Analysis
@@ -54,7 +55,7 @@ class RunData:
         """The run and its data, then the axes every transition shares, remedies at
         their defaults left out (panel titles name only what varies between them,
         :meth:`varying_axes`)."""
-        text = f"{self.name}: {self.meta['spectrum']['description']}"
+        text = f"{self.name}: {self.meta.spectrum['description']}"
         first = self.analysis.transitions[0].curve
         shared = [a for a in self.group_axes() if a in first]
         shared = [

@@ -169,7 +169,7 @@ def elbo_figure(rd: RunData) -> Figure:
     linear-VAE optimum, and for Gaussian synthetic data the exact E[log p(x)]
     (paper Fig. 2a)."""
     fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.4, 3.0), layout="constrained")
-    ev = np.array(rd.meta["spectrum"]["eigenvalues"])
+    ev = np.array(rd.meta.spectrum["eigenvalues"])
     pts = rd.points[~rd.points["diverged"]]
     s2 = np.geomspace(pts["sigma2"].min(), pts["sigma2"].max(), 300)
     betas = sorted(pts["beta"].unique())
@@ -290,7 +290,7 @@ def training_figure(rd: RunData, per_side: int = 3) -> Figure:
 def components_figure(rd: RunData, count: int = 8) -> Figure:
     """The leading principal components of image data as images, with their
     eigenvalues and the collapse threshold each sets (paper Fig. 3)."""
-    spectrum = rd.meta["spectrum"]
+    spectrum = rd.meta.spectrum
     comps = np.array(spectrum["components"])[:count]
     h, w = spectrum["image_shape"]
     ev = spectrum["eigenvalues"]
@@ -317,7 +317,7 @@ def components_figure(rd: RunData, count: int = 8) -> Figure:
 def spectrum_figure(rd: RunData, count: int = 32) -> Figure:
     """The data's covariance eigenvalues, the top latent_dim of which set the kinks
     (beta sigma^2 = lambda_i), with the band of beta sigma^2 the grid covers."""
-    ev = np.array(rd.meta["spectrum"]["eigenvalues"][:count])
+    ev = np.array(rd.meta.spectrum["eigenvalues"][:count])
     k = rd.spec.model.latent_dim
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.4), layout="constrained")
     idx = np.arange(1, len(ev) + 1)
@@ -393,7 +393,7 @@ def figures(
     }
     if rd.points["beta"].nunique() > 1 or (x, y) != ("sigma2", "beta"):
         out["phase_diagram"] = lambda: phase_diagram(rd, x, y)
-    if "components" in rd.meta["spectrum"]:
+    if "components" in rd.meta.spectrum:
         out["components"] = lambda: components_figure(rd)
     for axis in REMEDY_AXES:
         if axis in rd.points and rd.points[axis].nunique() > 1:

@@ -22,6 +22,7 @@ from phasevae.report.text import boundary_lines, transition_frame, transition_no
 from phasevae.safeio import atomic_write_text
 from phasevae.store import RunDir
 from phasevae.store.records import Analysis
+from phasevae.store.runmeta import RunMeta
 
 DPI = 110  # embedded figures: sharp on screen, a page of a few MB at most
 
@@ -65,7 +66,7 @@ def report_html(run_dir: str | Path) -> str:
     pictures, failed = _pictures(run_dir, rd)
     body = [
         f"<h1>{_e(rd.name)}</h1>",
-        f'<p class="sub">{_e(rd.meta["spectrum"]["description"])}</p>',
+        f'<p class="sub">{_e(rd.meta.spectrum["description"])}</p>',
         _glance(rd),
         "<h2>Transitions</h2>",
         _transitions(rd.analysis),
@@ -96,27 +97,27 @@ def _e(value) -> str:
     return html.escape(str(value))
 
 
-def _version(meta: dict) -> str:
-    return meta.get("versions", {}).get("phasevae", "?")
+def _version(meta: RunMeta) -> str:
+    return meta.versions.get("phasevae") or "?"
 
 
 def _glance(rd) -> str:
     meta, analysis = rd.meta, rd.analysis
-    size, steps = meta.get("grid_size", len(rd.points)), meta.get("steps", "?")
+    size, steps = meta.grid_size, meta.steps
     verdicts = {}
     for t in analysis.transitions:
         v = t.verdict or "no verdict (an older analysis)"
         verdicts[v] = verdicts.get(v, 0) + 1
     items = [
-        f"status: {meta.get('status', '?')}",
+        f"status: {meta.status}",
         f"{size} grid points, {steps} steps each (at most)",
-        f"lambda_max = {meta['spectrum']['lambda_max']:.4g}: the linear theory puts "
+        f"lambda_max = {meta.spectrum['lambda_max']:.4g}: the linear theory puts "
         "collapse at beta sigma^2 = lambda_max",
         "verdicts: "
         + (", ".join(f"{n} {v}" for v, n in verdicts.items()) or "no curve fitted"),
     ]
     items += [f"boundary over beta: {line}" for line in boundary_lines(analysis)]
-    data = meta.get("data")  # the fingerprint of the data the models saw
+    data = meta.data  # the fingerprint of the data the models saw
     if isinstance(data, dict) and isinstance(data.get("sha256"), str):
         items.append(
             f"data: sha256 {data['sha256'][:16]}..., shape {data.get('shape')}, "
@@ -156,14 +157,14 @@ def _fmt(v) -> str:
 def _warnings(rd, failed: dict[str, str]) -> str:
     meta, analysis = rd.meta, rd.analysis
     out = []
-    diverged = [p for p, s in meta.get("points", {}).items() if s == "diverged"]
+    diverged = meta.diverged
     if diverged:
         out.append(
-            f"{len(diverged)} of {meta.get('grid_size', '?')} models diverged and were "
+            f"{len(diverged)} of {meta.grid_size} models diverged and were "
             f"frozen: {', '.join(diverged[:8])}{' ...' if len(diverged) > 8 else ''}"
         )
-    if meta.get("status") != "complete":
-        out.append(f"the run is not complete (status {meta.get('status')!r})")
+    if not meta.complete:
+        out.append(f"the run is not complete (status {meta.status!r})")
     for curve in analysis.skipped:
         out.append(f"not fitted ({_curve(curve)}): {curve['reason']}")
     for t in analysis.transitions:
@@ -218,7 +219,7 @@ def _pictures(run_dir, rd) -> tuple[list[str], dict[str, str]]:
 
 
 def _spectrum(rd) -> str:
-    s = rd.meta["spectrum"]
+    s = rd.meta.spectrum
     ev = s["eigenvalues"]
     k = rd.spec.model.latent_dim
     betas = sorted(rd.points["beta"].unique())
@@ -243,14 +244,14 @@ def _spectrum(rd) -> str:
     return f"<p>{_e(facts)}</p><table>{head}</tr>{''.join(rows)}</table>"
 
 
-def _timings(meta: dict) -> str:
-    wall = meta.get("wall_times", {})
+def _timings(meta: RunMeta) -> str:
+    wall = meta.wall_times
     facts = {
-        "compile": f"{wall.get('compile_s', 0):.1f} s ({_count(meta.get('compiles'))})",
-        "training": f"{wall.get('train_s', 0):.1f} s",
+        "compile": f"{wall.compile_s or 0:.1f} s ({_count(meta.compiles)})",
+        "training": f"{wall.train_s:.1f} s",
         "platform": _machine(meta),
-        "git revision": meta.get("git_revision") or "-",
-        "versions": json.dumps(meta.get("versions", {})),
+        "git revision": meta.git_revision or "-",
+        "versions": json.dumps(meta.versions),
     }
     rows = "".join(
         f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items()
@@ -258,15 +259,15 @@ def _timings(meta: dict) -> str:
     return f"<table>{rows}</table>"
 
 
-def _machine(meta: dict) -> str:
+def _machine(meta: RunMeta) -> str:
     """ "cpu, 8 XLA devices on 2 cores, 1 process" (cores where the run recorded
     them: the CPU is split into more devices than it has cores)."""
-    n, cores = len(meta.get("devices", [])), meta.get("cores")
+    n, cores = len(meta.devices), meta.cores
     devices = f"{n} XLA device{'s' if n != 1 else ''}"
-    if meta.get("platform") == "cpu" and isinstance(cores, int):
+    if meta.platform == "cpu" and isinstance(cores, int):
         devices += f" on {cores} core{'s' if cores != 1 else ''}"
-    procs = meta.get("processes", 1)
-    return f"{meta.get('platform', '?')}, {devices}, {procs} process" + (
+    procs = meta.processes or 1
+    return f"{meta.platform or '?'}, {devices}, {procs} process" + (
         "es" if procs != 1 else ""
     )
 
@@ -309,7 +310,7 @@ def caption(name: str, rd) -> str:
     """One or two sentences on what to read in figure ``name``, with the run's own
     numbers."""
     found = [t for t in rd.analysis.transitions if t.sigma2_c is not None]
-    lam = rd.meta["spectrum"]["lambda_max"]
+    lam = rd.meta.spectrum["lambda_max"]
     where = "; ".join(
         f"beta {t.beta:g}: {t.sigma2_c:.3g} (theory {lam / t.beta:.3g})"
         for t in found[:4]

@@ -43,6 +43,7 @@ import pandas as pd
 from phasevae.errors import BadInput, optional
 from phasevae.spec import LATER_AXES, Spec, spec_to_dict
 from phasevae.store.records import Analysis
+from phasevae.store.runmeta import RunMeta
 
 METRICS = ("kl", "elbo", "mi", "active_units", "active_directions")
 KINDS = ("tensorboard", "wandb", "mlflow")
@@ -154,7 +155,7 @@ class Tracker(ABC):
         self._worker: threading.Thread | None = None
         self._problem: str | None = None  # set by the worker, warned by the caller
 
-    def __call__(self, frame: pd.DataFrame, meta: dict) -> None:
+    def __call__(self, frame: pd.DataFrame, meta: RunMeta) -> None:
         self._put(frame.copy())
 
     def summarize(self, analysis: Analysis, metrics: pd.DataFrame) -> None:
@@ -375,7 +376,7 @@ def chained(*callbacks):
     """One chunk callback calling each of ``callbacks`` (None left out) in turn."""
     live = [c for c in callbacks if c is not None]
 
-    def call(frame: pd.DataFrame, meta: dict) -> None:
+    def call(frame: pd.DataFrame, meta: RunMeta) -> None:
         for c in live:
             c(frame, meta)
 

@@ -70,6 +70,7 @@ from phasevae.spec import (
 )
 from phasevae.store.checkpoint import CheckpointError, Checkpoints
 from phasevae.store.records import Analysis, RecordError
+from phasevae.store.runmeta import RunMeta
 
 FORMAT = 2  # of a run directory's files: 2 names the run in each
 SPEC_HEADER = re.compile(
@@ -288,13 +289,15 @@ class RunDir:
             "are: upgrade only runs you trust)"
         )
 
-    def meta(self) -> dict[str, Any]:
-        """meta.json verified against its digest ({} before the first save).
+    def meta(self) -> RunMeta | None:
+        """meta.json verified against its digest and parsed (None before the first
+        save).
 
         Raises:
-          RunDirError: a damaged meta.json."""
+          RunDirError: a damaged meta.json; RecordError: one that is not what
+          phasevae writes."""
         if not self.meta_file.exists():  # before the first save finished
-            return {}
+            return None
         self.run_id()  # an older run is refused as one
         text = read_text(self.meta_file, "run meta", META_BYTES, RunDirError)
         try:
@@ -309,10 +312,10 @@ class RunDir:
         if digest != sha256_text(canonical_json(meta)):
             raise self._damaged(self.meta_file, "its digest does not match")
         self._mine(self.meta_file, meta.pop("run", None))
-        return meta
+        return RunMeta.from_json(meta, str(self.meta_file))
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        doc = {**meta, "run": self.run_id()}
+    def write_meta(self, meta: RunMeta) -> None:
+        doc = {**meta.to_json(), "run": self.run_id()}
         doc["digest"] = sha256_text(canonical_json(doc))
         atomic_write_text(self.meta_file, json.dumps(doc, indent=1, sort_keys=True))
 

@@ -144,6 +144,35 @@ class Record:
         return None
 
 
+class Versioned(Record):
+    """A record that is a file of its own: its documents carry ``format_version``
+    (the class's :attr:`FORMAT_VERSION`). An older document is brought up to date by
+    :attr:`MIGRATIONS` (version -> the function that takes a document of that version
+    to the next), applied in turn before parsing; a newer one is refused."""
+
+    FORMAT_VERSION: typing.ClassVar[int]
+    MIGRATIONS: typing.ClassVar[dict]
+    FILE: typing.ClassVar[str]  # the file's name, for messages
+    REMEDY: typing.ClassVar[str]  # what to do with a file of an unknown version
+
+    @classmethod
+    def from_json(cls, doc, where: str | None = None):
+        """Parse a document of any known version."""
+        where = where or cls.FILE
+        if not isinstance(doc, dict):
+            raise RecordError(f"{where} is not an object")
+        version = doc.get("format_version", 0)
+        if not isinstance(version, int) or not 0 <= version <= cls.FORMAT_VERSION:
+            raise RecordError(
+                f"{where} has format_version {version!r}; this phasevae reads "
+                f"versions 0 to {cls.FORMAT_VERSION}: upgrade phasevae or "
+                f"{cls.REMEDY}"
+            )
+        for v in range(version, cls.FORMAT_VERSION):
+            doc = cls.MIGRATIONS[v](doc)
+        return super().from_json(doc, where)
+
+
 # -- the records --------------------------------------------------------------------
 
 
@@ -286,7 +315,7 @@ def _numbers(values, at_least: int = 0) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Analysis(Record):
+class Analysis(Versioned):
     """analysis.json: the transitions of a run's curves and what is read across
     them (:func:`phasevae.analysis.curves.analyze`). ``run`` and ``digest`` are the
     store's (:meth:`phasevae.store.RunDir.write_analysis`)."""
@@ -306,29 +335,16 @@ class Analysis(Record):
     run: dict[str, Json] | None = None
     digest: str | None = None
 
+    FORMAT_VERSION = FORMAT_VERSION
+    FILE = "analysis.json"
+    REMEDY = "rerun `phasevae analyze`"
+
     def to_json(self) -> dict:
         doc = super().to_json()
         for key in ("run", "digest"):  # the store adds them when it writes
             if doc[key] is None:
                 del doc[key]
         return doc
-
-    @classmethod
-    def from_json(cls, doc, where: str | None = None) -> Analysis:
-        """Parse an analysis.json document of any known version."""
-        where = where or "analysis.json"
-        if not isinstance(doc, dict):
-            raise RecordError(f"{where} is not an object")
-        version = doc.get("format_version", 0)
-        if not isinstance(version, int) or not 0 <= version <= FORMAT_VERSION:
-            raise RecordError(
-                f"{where} has format_version {version!r}; this phasevae reads "
-                f"versions 0 to {FORMAT_VERSION}: upgrade phasevae or rerun "
-                "`phasevae analyze`"
-            )
-        for v in range(version, FORMAT_VERSION):
-            doc = MIGRATIONS[v](doc)
-        return super().from_json(doc, where)
 
     def _problem(self):
         if len(self.spectrum.eigenvalues) < 1:
@@ -392,3 +408,4 @@ def _from_v0(doc: dict) -> dict:
 
 
 MIGRATIONS = {0: _from_v0}  # version -> the function that brings it to version + 1
+Analysis.MIGRATIONS = MIGRATIONS

@@ -33,6 +33,7 @@ from phasevae.store import (
     frame_digest,
     sha256_text,
 )
+from phasevae.store.runmeta import RunMeta
 
 FORMAT_1_HEADER = "# phasevae run spec, sha256 "
 
@@ -66,7 +67,7 @@ def upgrade(path: str | Path) -> list[str] | None:
         if run.metrics_file.exists():
             _upgrade_metrics(run, vouched)
         if run.meta_file.exists():
-            run.write_meta(meta)
+            run.write_meta(RunMeta.from_json(meta, str(run.meta_file)))
         analysis = run.path / "analysis.json"
         if analysis.exists():
             doc = _old_json(run, analysis, MAX_ANALYSIS_BYTES, vouched)

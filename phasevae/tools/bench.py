@@ -501,7 +501,7 @@ def _uniform(spec, lam: float, beta: float, num: int) -> dict:
     )
     with tempfile.TemporaryDirectory() as tmp:
         run = run_sweep(dataclasses.replace(spec, grid=grid), f"{tmp}/uniform")
-    spectrum = run.meta["spectrum"]
+    spectrum = run.meta.spectrum
     t = estimate.estimate_transition(
         run.metrics,
         spec.model.latent_dim,

@@ -54,6 +54,7 @@ from phasevae.errors import stop_if_terminated
 from phasevae.safeio import atomic_write_text, read_text
 from phasevae.spec import Spec, SpecError, spec_from_dict, spec_to_dict, spec_to_toml
 from phasevae.store import RunDir, RunDirError
+from phasevae.store.runmeta import COMPLETE, RUNNING, RunMeta
 
 COARSE = 10  # sigma^2 of the first grid
 SPAN = (0.3, 2.5)  # the first grid's range, x lambda_max / beta
@@ -153,7 +154,7 @@ def check_base(spec: Spec, given: Path | None) -> None:
         raise SpecError("locate trains cold starts; drop train.hysteresis")
     if given is not None:
         meta = RunDir(given).meta()
-        if meta.get("status") != "complete":
+        if meta is None or not meta.complete:
             raise RunDirError(f"{given} is unfinished: run its sweep again first")
         if spec.adaptive():
             raise RunDirError(
@@ -288,7 +289,8 @@ class Locator:
             spec = stage_spec(self.base, stage)
             if stage.parents and not run.spec_file.exists():
                 self._fork(stage, spec, where)
-            finished = run.spec_file.exists() and run.meta().get("status") == "complete"
+            meta = run.meta() if run.spec_file.exists() else None
+            finished = meta is not None and meta.complete
             if not (finished and run.spec() == spec):
                 self.say(f"beta {stage.beta:g}, stage {stage.name}: {stage.why}")
                 run_sweep(spec, where)
@@ -505,7 +507,7 @@ class Locator:
                 "beta)"
             )
         if self.given is not None:
-            spectrum = RunDir(self.given).meta()["spectrum"]
+            spectrum = RunDir(self.given).meta().spectrum
             given = self.base.axes()["sigma2"]
             for b in betas:
                 why = f"the finished sweep {self.given}"
@@ -567,28 +569,32 @@ class Locator:
     def _spectrum(self) -> dict:
         if self.spectrum is None:
             first = next(iter(self.stages.values()))[0]
-            self.spectrum = RunDir(self._dir(first)).meta()["spectrum"]
+            self.spectrum = RunDir(self._dir(first)).meta().spectrum
         return self.spectrum
 
     def _join(self, complete: bool = False, result: dict | None = None) -> None:
-        """OUT's metrics (every stage, each point's steps once) and meta."""
-        frames = []
+        """OUT's metrics (every stage, each point's steps once) and meta (the
+        stages', joined: every point's status, the time they took together)."""
+        frames, metas = [], {}
         for stages in self.stages.values():
             for s in stages:
                 if (self._dir(s) / "metrics.parquet").exists():
-                    m = RunDir(self._dir(s)).metrics()
+                    run = RunDir(self._dir(s))
+                    m = run.metrics()
                     frames.append(m[np.isclose(m["beta"], s.beta)])
-        if not frames:
+                    metas[run.path] = run.meta()  # a stage several betas share: once
+        metas = [m for m in metas.values() if m is not None]
+        if not metas:  # nothing saved yet
             return
         joined = pd.concat(frames, ignore_index=True)
         joined = joined.drop_duplicates(["point_id", "step"], keep="last")
         joined = joined.sort_values(["step", "point_id"], ignore_index=True)
-        first = next(iter(self.stages.values()))[0]
-        meta = dict(RunDir(self._dir(first)).meta())
-        meta.update(
+        meta = RunMeta.joined(
+            metas,
+            parallel=False,
             grid_size=int(joined["point_id"].nunique()),
             model_steps=self.spent(),
-            status="complete" if complete else "running",
+            status=COMPLETE if complete else RUNNING,
             locate={"record": RECORD, "source": self.source, "result": result},
         )
         self.out.write_metrics(joined)

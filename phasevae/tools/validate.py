@@ -97,7 +97,7 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
     lam = float(covariance_spectrum(x)[0])
     spec = spec_from_dict(case_spec(case, data_path, lam), where=case.name)
     result = run_sweep(spec, out / "runs" / case.name, progress)
-    metrics, spectrum = result.metrics, result.meta["spectrum"]
+    metrics, spectrum = result.metrics, result.meta.spectrum
     theory = spectrum["lambda_max"] / case.beta
 
     def at_t(m):
