@@ -71,15 +71,15 @@ def follow(case, train: bool = False) -> dict:
     steps, chain = case.steps, []
     while len(chain) < 2:  # T, then its advice followed once
         t = at(metrics, steps, case, spectrum)
-        advice = t["train_longer"]
+        advice = t.train_longer
         chain.append(
             {
                 "steps": steps,
-                "verdict": t["verdict"],
-                "holds_for_steps": t["holds_for_steps"],
-                "sigma2_c": t["sigma2_c"],
-                "ci": t["ci"],
-                "advised": round_steps(advice["steps"], case.eval_every)
+                "verdict": t.verdict,
+                "holds_for_steps": t.holds_for_steps,
+                "sigma2_c": t.sigma2_c,
+                "ci": t.ci,
+                "advised": round_steps(advice.steps, case.eval_every)
                 if advice
                 else None,
             }

@@ -121,7 +121,7 @@ def main(fresh: bool = False) -> None:
         holds = held_for(ROOT / "locate" / name, base.model.latent_dim)
         length = holds or LONG * steps
         ref = reference(data, c["sigma2_c"], ROOT / "reference" / name, length)
-        found = ref["sigma2_c"]
+        found = ref.sigma2_c
         covers = bool(found and c["ci"] and c["ci"][0] <= found <= c["ci"][1])
         rows[name] = {
             "n": int(x.shape[0]),
@@ -132,15 +132,15 @@ def main(fresh: bool = False) -> None:
             "cost_vs_plain": c["model_steps"] / (24 * steps),
             "holds_for_steps": holds,
             "reference_steps": length,
-            "reference": ref["sigma2_c"],
-            "reference_ci": ref["ci"],
-            "reference_jump": ref["jump"],
+            "reference": ref.sigma2_c,
+            "reference_ci": ref.ci,
+            "reference_jump": ref.jump,
             "covers_reference": covers,
             "overlaps_reference": bool(
                 c["ci"]
-                and ref["ci"]
-                and c["ci"][0] <= ref["ci"][1]
-                and ref["ci"][0] <= c["ci"][1]
+                and ref.ci
+                and c["ci"][0] <= ref.ci[1]
+                and ref.ci[0] <= c["ci"][1]
             ),
         }
         (ROOT / "locate.json").write_text(json.dumps(rows, indent=1))

@@ -74,7 +74,7 @@ def held_for(out: Path, latent_dim: int) -> int | None:
         latent_dim,
         spectrum["lambda_max"],
         spectrum.get("lambda_max_eval"),
-    )["holds_for_steps"]
+    ).holds_for_steps
 
 
 def run_case(case) -> dict:
@@ -109,7 +109,7 @@ def run_case(case) -> dict:
         claimed, claimed_ci = row["reference"], None
     elif holds <= row["reference_steps"]:
         at_holds = reference_at(case, holds)
-        claimed, claimed_ci = at_holds["sigma2_c"], at_holds["ci"]
+        claimed, claimed_ci = at_holds.sigma2_c, at_holds.ci
     else:  # the reference runs stop at 4 T
         claimed, claimed_ci = None, None
     return {
@@ -123,11 +123,11 @@ def run_case(case) -> dict:
         "stages": c["stages"],
         "model_steps": c["model_steps"],
         "cost_vs_plain": c["model_steps"] / plain,
-        "ref_t": at_t["sigma2_c"],
-        "ref_t_ci": at_t["ci"],
-        "covers_ref_t": covers(at_t["sigma2_c"]),
+        "ref_t": at_t.sigma2_c,
+        "ref_t_ci": at_t.ci,
+        "covers_ref_t": covers(at_t.sigma2_c),
         # the reference at T is known only to its own interval (a drop: its cell)
-        "overlaps_ref_t": overlaps(at_t["ci"]),
+        "overlaps_ref_t": overlaps(at_t.ci),
         "ref_4t": row["reference"],
         "covers_ref_4t": covers(row["reference"]),
         "holds_for_steps": holds,

@@ -47,12 +47,12 @@ def test_slow_relaxation_is_caught_on_both_sides(start):
     widths = []
     for steps in (3000, 12000, 48000):
         r = estimate.estimate_transition(trajectories(start, steps, tau=300.0), 3)
-        assert r["verdict"] == estimate.LONGER
-        assert r["ci"][0] <= LAM <= r["ci"][1]
-        assert r["train_longer"]["steps"] > steps
-        assert r["train_longer"]["sigma2"][0] < LAM < r["train_longer"]["sigma2"][1]
-        assert min(r["ci_finite_training"]) > estimate.TOLERANCE
-        widths.append(math.log(r["ci"][1] / r["ci"][0]))
+        assert r.verdict == estimate.LONGER
+        assert r.ci[0] <= LAM <= r.ci[1]
+        assert r.train_longer.steps > steps
+        assert r.train_longer.sigma2[0] < LAM < r.train_longer.sigma2[1]
+        assert min(r.ci_finite_training) > estimate.TOLERANCE
+        widths.append(math.log(r.ci[1] / r.ci[0]))
     assert widths[0] > widths[1] > widths[2]
 
 
@@ -60,10 +60,10 @@ def test_fast_relaxation_is_trusted_and_accurate():
     for start, seed in [("collapsed", 0), ("active", 1)]:
         data = trajectories(start, 12000, tau=2.0, seed=seed)
         r = estimate.estimate_transition(data, 3)
-        assert r["verdict"] == estimate.TRUSTED
-        assert r["sigma2_c"] == pytest.approx(LAM, rel=0.01)
-        assert r["ci"][0] <= LAM <= r["ci"][1]
-        assert max(r["ci_finite_training"]) <= estimate.TOLERANCE
+        assert r.verdict == estimate.TRUSTED
+        assert r.sigma2_c == pytest.approx(LAM, rel=0.01)
+        assert r.ci[0] <= LAM <= r.ci[1]
+        assert max(r.ci_finite_training) <= estimate.TOLERANCE
 
 
 def test_a_point_that_diverged_does_not_shorten_the_training_length():
@@ -75,8 +75,8 @@ def test_a_point_that_diverged_does_not_shorten_the_training_length():
     data = data[~gone].copy()
     data.loc[(data["sigma2"] == near) & (data["step"] == 500), "diverged"] = True
     r = estimate.estimate_transition(data, 3)
-    assert r["verdict"] == estimate.TRUSTED and r["steps"] == 12000
-    assert r["sigma2_c"] == pytest.approx(LAM, rel=0.01)
+    assert r.verdict == estimate.TRUSTED and r.steps == 12000
+    assert r.sigma2_c == pytest.approx(LAM, rel=0.01)
 
 
 def kink_rows(kink_at) -> pd.DataFrame:
@@ -103,13 +103,13 @@ def test_a_one_over_t_drift_is_held_by_the_interval(sign):
     left of the bias, and the verdict says to train longer."""
     rows = kink_rows(lambda step: LAM * math.exp(sign * 40.0 / step))
     r = estimate.estimate_transition(rows, 2)
-    bias = math.log(r["sigma2_c"] / LAM)
+    bias = math.log(r.sigma2_c / LAM)
     assert np.sign(bias) == sign and abs(bias) > 0.005  # still biased at T
-    drift = math.log(r["sigma2_c"] / r["sigma2_c_half"])
+    drift = math.log(r.sigma2_c / r.sigma2_c_half)
     assert drift == pytest.approx(-bias, rel=0.2)  # 1/t: what is left = the drift
-    assert min(r["ci_finite_training"]) >= abs(bias)
-    assert r["ci"][0] <= LAM <= r["ci"][1]
-    assert r["verdict"] == estimate.LONGER
+    assert min(r.ci_finite_training) >= abs(bias)
+    assert r.ci[0] <= LAM <= r.ci[1]
+    assert r.verdict == estimate.LONGER
 
 
 def with_probe(data: pd.DataFrame, lambda_c) -> pd.DataFrame:
@@ -126,12 +126,12 @@ def test_trapped_collapsed_points_move_the_estimate_to_the_probe():
     equilibria, so the estimate is the probe's threshold, not the biased kink."""
     data = with_probe(trajectories("collapsed", 3000, tau=3000.0), lambda s: LAM)
     plain = estimate.estimate_transition(data, 3)
-    assert plain["sigma2_c"] < 0.9 * LAM  # the fit alone is biased low
+    assert plain.sigma2_c < 0.9 * LAM  # the fit alone is biased low
     r = estimate.estimate_transition(data, 3, LAM, LAM)
-    assert r["trapped"] and r["verdict"] == estimate.LONGER
-    assert r["probe"]["unstable_sigma2"] and max(r["probe"]["unstable_sigma2"]) < LAM
-    assert r["sigma2_c"] == pytest.approx(LAM, rel=0.01)
-    assert r["ci"][0] <= LAM <= r["ci"][1]
+    assert r.trapped and r.verdict == estimate.LONGER
+    assert r.probe["unstable_sigma2"] and max(r.probe["unstable_sigma2"]) < LAM
+    assert r.sigma2_c == pytest.approx(LAM, rel=0.01)
+    assert r.ci[0] <= LAM <= r.ci[1]
 
 
 def test_stable_collapse_is_not_trapped_and_keeps_a_two_sided_interval():
@@ -140,11 +140,11 @@ def test_stable_collapse_is_not_trapped_and_keeps_a_two_sided_interval():
     both finite-training parts and holds the truth."""
     data = with_probe(trajectories("active", 3000, tau=300.0), lambda s: LAM)
     r = estimate.estimate_transition(data, 3, LAM, LAM)
-    assert not r["trapped"] and not r["probe"]["unstable_sigma2"]
-    assert r["probe"]["lambda_c_ratio"] == 1.0 and not r["probe"]["dead_sigma2"]
-    below, above = r["ci_finite_training"]
+    assert not r.trapped and not r.probe["unstable_sigma2"]
+    assert r.probe["lambda_c_ratio"] == 1.0 and not r.probe["dead_sigma2"]
+    below, above = r.ci_finite_training
     assert below == above > estimate.TOLERANCE
-    assert r["ci"][0] <= LAM <= r["ci"][1]
+    assert r.ci[0] <= LAM <= r.ci[1]
 
 
 def test_an_active_point_just_below_the_kink_is_not_trapped():
@@ -161,15 +161,15 @@ def test_an_active_point_just_below_the_kink_is_not_trapped():
     lam_c = lambda s: 1.05 * LAM if s == near else LAM  # noqa: E731
     data = with_probe(pd.concat([rows, extra], ignore_index=True), lam_c)
     r = estimate.estimate_transition(data, 3, LAM, LAM)
-    assert r["probe"]["unstable_sigma2"] == [near]
-    assert not r["trapped"]
-    assert r["sigma2_c"] == pytest.approx(r["sigma2_c_final"])
-    assert r["sigma2_c"] == pytest.approx(LAM, rel=0.02)
+    assert r.probe["unstable_sigma2"] == [near]
+    assert not r.trapped
+    assert r.sigma2_c == pytest.approx(r.sigma2_c_final)
+    assert r.sigma2_c == pytest.approx(LAM, rel=0.02)
     # at 0.1 below the kink with KL 0 (trapped on the saddle) it moves the estimate
     far = LAM * math.exp(-0.1)
     extra = extra.assign(sigma2=far, kl_dim_0=0.0, kl=extra["kl_dim_1"])
     data = with_probe(pd.concat([rows, extra], ignore_index=True), lambda s: LAM)
-    assert estimate.estimate_transition(data, 3, LAM, LAM)["trapped"]
+    assert estimate.estimate_transition(data, 3, LAM, LAM).trapped
 
 
 def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
@@ -182,8 +182,8 @@ def test_dead_collapse_below_the_theory_is_reported_as_a_finding():
     rows = kink_rows(lambda step: kink)
     data = with_probe(rows, lambda s: LAM if s < kink else 0.0)
     r = estimate.estimate_transition(data, 2, LAM, LAM)
-    assert not r["trapped"] and r["probe"]["lambda_c_ratio"] == 0.0
-    assert r["sigma2_c"] == pytest.approx(kink, rel=0.02)
+    assert not r.trapped and r.probe["lambda_c_ratio"] == 0.0
+    assert r.sigma2_c == pytest.approx(kink, rel=0.02)
     off = _off_theory(r, LAM)
     assert off["evidence"] == "probe" and off["shift"] == pytest.approx(-0.3, abs=0.02)
     assert off["ci"][1] <= off["stable_sigma2"][0] / LAM - 1 < 0
@@ -240,10 +240,10 @@ def test_points_that_stopped_early_bound_the_training_length(tau):
     trusted than with every point trained that long: the kink's fit depends on the
     whole segment that ends there, and its shortest-trained point bounds the bias."""
     full, far, uniform, r = far_stopped_early(tau, at=3000)
-    assert uniform["verdict"] == r["verdict"] == estimate.LONGER
-    assert r["ci_finite_training"][0] >= uniform["ci_finite_training"][0]
-    assert r["train_longer"]["sigma2"][0] <= full.loc[far, "sigma2"].min()
-    assert r["ci"][0] <= LAM <= r["ci"][1]
+    assert uniform.verdict == r.verdict == estimate.LONGER
+    assert r.ci_finite_training[0] >= uniform.ci_finite_training[0]
+    assert r.train_longer.sigma2[0] <= full.loc[far, "sigma2"].min()
+    assert r.ci[0] <= LAM <= r.ci[1]
 
 
 @pytest.mark.parametrize("tau", [60.0, 1000.0])
@@ -256,17 +256,17 @@ def test_far_points_bound_the_training_length_until_they_have_relaxed(tau):
     relaxation they still bound it, and the advice includes them. Either way the
     range to train holds its own end points (locate trains what lies inside)."""
     full, far, uniform, r = far_stopped_early(tau, at=6000)
-    assert uniform["verdict"] == r["verdict"] == estimate.LONGER
-    assert r["ci"][0] <= LAM <= r["ci"][1]
-    lo, hi = r["train_longer"]["sigma2"]
+    assert uniform.verdict == r.verdict == estimate.LONGER
+    assert r.ci[0] <= LAM <= r.ci[1]
+    lo, hi = r.train_longer.sigma2
     far_max = full.loc[far, "sigma2"].max()
     if tau < 100:
-        assert r["ci_finite_training"][0] == pytest.approx(
-            uniform["ci_finite_training"][0], rel=0.1
+        assert r.ci_finite_training[0] == pytest.approx(
+            uniform.ci_finite_training[0], rel=0.1
         )
         assert lo > far_max
     else:
-        assert r["ci_finite_training"][0] > 1.5 * uniform["ci_finite_training"][0]
+        assert r.ci_finite_training[0] > 1.5 * uniform.ci_finite_training[0]
         assert lo <= far_max
     grid = full["sigma2"].unique()
     ends = grid[np.isclose(grid, lo, rtol=1e-6) | np.isclose(grid, hi, rtol=1e-6)]
@@ -287,16 +287,16 @@ def test_a_jump_is_located_to_its_cell_and_no_better(at):
     grid = np.sort(data["sigma2"].unique())
     cell = [grid[grid < at * LAM].max(), grid[grid >= at * LAM].min()]
     r = estimate.estimate_transition(data, 3)
-    assert r["ci_method"] == estimate.JUMP
-    assert r["jump"] == pytest.approx(cell)
-    assert r["sigma2_c"] == pytest.approx(math.sqrt(cell[0] * cell[1]))
+    assert r.ci_method == estimate.JUMP
+    assert r.jump == pytest.approx(cell)
+    assert r.sigma2_c == pytest.approx(math.sqrt(cell[0] * cell[1]))
     # the interval reaches the cell's edges (the finite-training part adds to them)
-    assert r["ci"][0] == pytest.approx(min(r["ci"][0], cell[0]), rel=1e-12)
-    assert r["ci"][1] == pytest.approx(max(r["ci"][1], cell[1]), rel=1e-12)
-    assert r["ci"][0] <= at * LAM <= r["ci"][1]
+    assert r.ci[0] == pytest.approx(min(r.ci[0], cell[0]), rel=1e-12)
+    assert r.ci[1] == pytest.approx(max(r.ci[1], cell[1]), rel=1e-12)
+    assert r.ci[0] <= at * LAM <= r.ci[1]
     # the continuous kink of the same data (fast relaxation: no jump) is not one
     plain = estimate.estimate_transition(trajectories("active", 12000, tau=2.0), 3)
-    assert plain["jump"] is None and plain["ci_method"] != estimate.JUMP
+    assert plain.jump is None and plain.ci_method != estimate.JUMP
 
 
 def test_a_curve_free_bits_hold_up_gets_no_train_longer_advice():
@@ -304,11 +304,11 @@ def test_a_curve_free_bits_hold_up_gets_no_train_longer_advice():
     collapse, so the estimate says so and advises no longer training (which
     train.until = "trusted" would otherwise spend on it)."""
     data = trajectories("collapsed", 3000, tau=300.0)
-    assert estimate.estimate_transition(data, 3)["verdict"] == estimate.LONGER
+    assert estimate.estimate_transition(data, 3).verdict == estimate.LONGER
     held = data.assign(free_bits=0.1, kl_dim_0=np.maximum(data["kl_dim_0"], 0.08))
     t = estimate.estimate_transition(held, 3)
-    assert t["verdict"] == estimate.HELD and t["train_longer"] is None
-    assert t["floor"]["held"] and t["floor"]["kl_top_at_max_sigma2"] >= 0.08
+    assert t.verdict == estimate.HELD and t.train_longer is None
+    assert t.floor["held"] and t.floor["kl_top_at_max_sigma2"] >= 0.08
 
 
 def test_a_kink_fitted_above_collapsed_points_keeps_the_span_below_them():
@@ -332,7 +332,7 @@ def test_a_kink_fitted_above_collapsed_points_keeps_the_span_below_them():
             )
     r = estimate.estimate_transition(pd.DataFrame(rows), 2)
     last_active = grid[grid < 7.1].max()
-    assert r["ci"][0] <= last_active < 7.1 < r["ci"][1]
+    assert r.ci[0] <= last_active < 7.1 < r.ci[1]
     added = estimate.interval_values(r, grid, 6)
     assert any(last_active < v < 7.1 for v in added)
 
@@ -356,6 +356,6 @@ def test_a_kink_extrapolated_past_collapsed_points_becomes_their_cell():
                 | {"kl_dim_0": top, "kl_dim_1": 0.0}
             )
     r = estimate.estimate_transition(pd.DataFrame(rows), 2)
-    assert r["jump"] == pytest.approx([7.2, 7.373])
-    assert 7.2 < r["sigma2_c"] < 7.373
-    assert r["ci"][0] <= 7.2 and r["ci"][1] >= 7.373
+    assert r.jump == pytest.approx([7.2, 7.373])
+    assert 7.2 < r.sigma2_c < 7.373
+    assert r.ci[0] <= 7.2 and r.ci[1] >= 7.373

@@ -103,7 +103,7 @@ def test_refinement_spreads_points_inside_the_transition_and_around_lower_kinks(
     np.testing.assert_allclose(np.sort(breaks), [0.5, 2.0, 8.0], rtol=0.03)
     assert group["sigma2_c"] == pytest.approx(8.0, rel=0.03)
     t = estimate.estimate_transition(metrics, K)
-    low, high = np.log(t["ci"])
+    low, high = np.log(t.ci)
     assert low < np.log(8.0) < high
     new = np.log(group["sigma2"])
     sampled = np.log(metrics["sigma2"].unique())
@@ -289,9 +289,9 @@ def test_until_trusted_trains_on_only_where_the_estimate_asks(tmp_path, tiny_spe
     first = r.metrics[r.metrics["step"] <= 40]
     sp = r.meta.spectrum
     est = estimate_transition(first, 2, sp["lambda_max"], sp["lambda_max_eval"])
-    assert est["verdict"] == "train longer"  # 40 steps cannot be trusted
-    lo, hi = est["train_longer"]["sigma2"]
+    assert est.verdict == "train longer"  # 40 steps cannot be trusted
+    lo, hi = est.train_longer.sigma2
     near = math.exp(estimate.NEAR)
-    lo, hi = min(lo, est["sigma2_c"] / near), max(hi, est["sigma2_c"] * near)
+    lo, hi = min(lo, est.sigma2_c / near), max(hi, est.sigma2_c * near)
     assert set(last[last > 40].index) == {s for s in s2 if lo <= s <= hi} != set()
     assert r.meta.model_steps == int(last.sum())  # one seed: steps per point

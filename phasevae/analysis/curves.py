@@ -31,10 +31,10 @@ from phasevae.analysis.fit import (
 from phasevae.store import RunDir, RunDirError
 from phasevae.store.records import (
     Analysis,
+    Estimate,
     Fit,
     PerDim,
     Spectrum,
-    TrainLonger,
     Transition,
 )
 
@@ -158,21 +158,17 @@ def _transition(
         j["theory_d1_jump"] = 0.5 / j["sigma2"]
         j["theory_d2_jump"] = -0.5 / j["sigma2"] ** 2
     theory_s2c = float(predicted[0]) if beta > 0 else None
-    s2c_est = est["sigma2_c"]
-    longer = est.pop("train_longer")
+    s2c_est = est.sigma2_c
     return Transition(
+        **{f.name: getattr(est, f.name) for f in dataclasses.fields(est)},
         curve={k_: _num(v) for k_, v in values.items()},
-        **{k_: _pair(v) if k_ in PAIRS else v for k_, v in est.items()},
-        train_longer=None
-        if longer is None
-        else TrainLonger(sigma2=_pair(longer["sigma2"]), steps=longer["steps"]),
         theory_sigma2_c=theory_s2c,
         rel_error=None
         if s2c_est is None or not theory_s2c
         else s2c_est / theory_s2c - 1,
         off_theory=_off_theory(est, theory_s2c),
         theta_c=None if s2c_est is None else s2c_est * beta,
-        converged=est["verdict"] == estimate.TRUSTED,
+        converged=est.verdict == estimate.TRUSTED,
         sigma2_c_total_kl=s2c,
         ci_total_kl=_pair(ci),
         ci_method_total_kl=method,
@@ -195,14 +191,11 @@ def _transition(
     )
 
 
-PAIRS = ("ci", "ci_statistical", "ci_finite_training", "jump")  # lists of two
-
-
 def _pair(v):
     return None if v is None else tuple(v)
 
 
-def _off_theory(est: dict, theory_s2c: float | None) -> dict | None:
+def _off_theory(est: Estimate, theory_s2c: float | None) -> dict | None:
     """A finding, not an error: the transition sits off the theory's lambda_max / beta,
     with the shift (relative), its interval and the evidence:
 
@@ -213,10 +206,10 @@ def _off_theory(est: dict, theory_s2c: float | None) -> dict | None:
       the collapsed network can still reach: 0 when its units have died);
     * ``"trusted interval"``: a trusted interval that excludes lambda_max / beta.
     """
-    if not theory_s2c or est["sigma2_c"] is None or est["ci"] is None:
+    if not theory_s2c or est.sigma2_c is None or est.ci is None:
         return None
-    lo, hi = est["ci"]
-    probe = est["probe"]
+    lo, hi = est.ci
+    probe = est.probe
     if probe is not None:
         pts = probe["points"]
         stable = sorted(
@@ -228,16 +221,16 @@ def _off_theory(est: dict, theory_s2c: float | None) -> dict | None:
         )
         if stable:
             return {
-                "shift": est["sigma2_c"] / theory_s2c - 1,
+                "shift": est.sigma2_c / theory_s2c - 1,
                 "ci": [lo / theory_s2c - 1, min(hi, stable[0]) / theory_s2c - 1],
                 "evidence": "probe",
                 "stable_sigma2": stable,
                 "lambda_c_ratio": probe["lambda_c_ratio"],
             }
-    if est["verdict"] != estimate.TRUSTED or lo <= theory_s2c <= hi:
+    if est.verdict != estimate.TRUSTED or lo <= theory_s2c <= hi:
         return None
     return {
-        "shift": est["sigma2_c"] / theory_s2c - 1,
+        "shift": est.sigma2_c / theory_s2c - 1,
         "ci": [lo / theory_s2c - 1, hi / theory_s2c - 1],
         "evidence": "trusted interval",
     }

@@ -103,6 +103,7 @@ last is the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -117,6 +118,7 @@ from phasevae.analysis.fit import (
     seed_average,
     settle,
 )
+from phasevae.store.records import Estimate, TrainLonger
 
 PROBE_TOL = 0.03  # ln: lambda_c this far above beta sigma^2 makes a collapsed point
 # unstable (lambda_c is measured on the evaluation subset: a few % of sampling noise,
@@ -296,7 +298,7 @@ def estimate_transition(
     latent_dim: int,
     lambda_max: float | None = None,
     lambda_max_eval: float | None = None,
-) -> dict:
+) -> Estimate:
     """The transition of one curve (one value of every axis but sigma^2 and seed) from
     the metrics rows of its points, every evaluation included; rows flagged
     ``diverged`` are left out, and a point that diverged does not count towards the
@@ -304,18 +306,19 @@ def estimate_transition(
     (of the evaluation subset) enable the stability probe.
 
     Returns:
-      a dict: ``sigma2_c``, ``ci`` [low, high], ``ci_statistical`` and
-      ``ci_finite_training`` (half-widths in ln sigma^2, [below, above]),
-      ``sigma2_c_final`` and ``sigma2_c_half`` (the fits at T and T/2),
-      ``relaxation_scale`` (tau_0), ``probe`` (:func:`stability_probe`), ``trapped``
-      (collapsed points that are not equilibria moved the estimate), ``ci_method``
-      (``jump`` where the KL jumps), ``jump`` (the cell [sigma2_low, sigma2_high]
-      the top dim's KL jumps across, or None for a continuous kink), ``floor``
-      (:func:`phasevae.analysis.readings.floor`, with free bits), ``verdict``, and for
-      ``train longer`` ``train_longer`` = {sigma2: [low, high], steps}. Where the
-      grid's sigma^2 holds no collapse (:func:`grid_reading`: a free-bits floor
-      holds the KL up, or the decoder learned its variance) the verdict says so and
-      there is no ``train_longer``: longer training would locate nothing.
+      an :class:`phasevae.store.records.Estimate`: ``sigma2_c``, ``ci`` (low, high),
+      ``ci_statistical`` and ``ci_finite_training`` (half-widths in ln sigma^2,
+      (below, above)), ``sigma2_c_final`` and ``sigma2_c_half`` (the fits at T and
+      T/2), ``relaxation_scale`` (tau_0), ``probe`` (:func:`stability_probe`),
+      ``trapped`` (collapsed points that are not equilibria moved the estimate),
+      ``ci_method`` (``jump`` where the KL jumps), ``jump`` (the cell (sigma2_low,
+      sigma2_high) the top dim's KL jumps across, or None for a continuous kink),
+      ``floor`` (:func:`phasevae.analysis.readings.floor`, with free bits),
+      ``verdict``, and for ``train longer`` ``train_longer`` (sigma2 (low, high),
+      steps). Where the grid's sigma^2 holds no collapse (:func:`grid_reading`: a
+      free-bits floor holds the KL up, or the decoder learned its variance) the
+      verdict says so and there is no ``train_longer``: longer training would
+      locate nothing.
     """
     lengths = metrics
     if "diverged" in metrics:
@@ -332,28 +335,28 @@ def estimate_transition(
     free_bits = float(metrics["free_bits"].iloc[0]) if "free_bits" in metrics else 0.0
     floor = readings.floor(table, free_bits)
     reading = grid_reading(metrics, floor)
-    out = {
-        "sigma2_c": None,
-        "ci": None,
-        "ci_statistical": None,
-        "ci_finite_training": None,
-        "sigma2_c_final": None,
-        "sigma2_c_half": None,
-        "sigma2_c_by_steps": {},
-        "drift_per_doubling": None,
-        "holds_for_steps": None,
-        "relaxation_scale": None,
-        "probe": probe,
-        "trapped": False,
-        "ci_method": method,
-        "jump": None if cell is None else [math.exp(cell[0]), math.exp(cell[1])],
-        "floor": floor,
-        "verdict": reading or NONE,
-        "train_longer": None,
-        "steps": final,
-    }
+    none = Estimate(
+        sigma2_c=None,
+        ci=None,
+        ci_statistical=None,
+        ci_finite_training=None,
+        sigma2_c_final=None,
+        sigma2_c_half=None,
+        sigma2_c_by_steps={},
+        drift_per_doubling=None,
+        holds_for_steps=None,
+        relaxation_scale=None,
+        probe=probe,
+        trapped=False,
+        ci_method=method,
+        jump=None if cell is None else (math.exp(cell[0]), math.exp(cell[1])),
+        floor=floor,
+        verdict=reading or NONE,
+        train_longer=None,
+        steps=final,
+    )
     if u_t is None:
-        return out
+        return none
     # points may have trained for different lengths (train.until = "trusted"
     # trains on only some): the length that bounds the bias is the shortest among
     # the points that set the kink, and tau_0, a property of the dynamics, is
@@ -420,20 +423,7 @@ def estimate_transition(
         and not trapped
         and (held or (finite <= TOLERANCE and not moving))
     )
-    out.update(
-        sigma2_c=math.exp(u_c),
-        ci=None if math.isnan(lo + hi) else [math.exp(lo), math.exp(hi)],
-        ci_statistical=list(stat),
-        ci_finite_training=None if math.isnan(finite) else finite_ci,
-        sigma2_c_final=math.exp(u_t),
-        sigma2_c_half=None if u_h is None else math.exp(u_h),
-        sigma2_c_by_steps={str(k): math.exp(v) for k, v in sorted(by_steps.items())},
-        drift_per_doubling=delta,
-        holds_for_steps=final if held else None,
-        relaxation_scale=tau0,
-        trapped=trapped,
-        verdict=reading or (TRUSTED if trusted else LONGER),
-    )
+    train_longer = None
     if not trusted and not reading:
         width = finite if not math.isnan(finite) else 2 * TOLERANCE
         lo_u = min(lo, u_c - stat[0] - width) if not math.isnan(lo) else u_c - width
@@ -444,12 +434,27 @@ def estimate_transition(
         if train.size:
             lo_u, hi_u = min(lo_u, train.min()), max(hi_u, train.max())
         need = final * max(2.0, width / TOLERANCE)
-        out["train_longer"] = {
+        train_longer = TrainLonger(
             # padded by a rounding's width: the points at its ends belong to it
-            "sigma2": [math.exp(lo_u - 1e-9), math.exp(hi_u + 1e-9)],
-            "steps": int(math.ceil(need / 100.0) * 100),
-        }
-    return out
+            sigma2=(math.exp(lo_u - 1e-9), math.exp(hi_u + 1e-9)),
+            steps=int(math.ceil(need / 100.0) * 100),
+        )
+    return dataclasses.replace(
+        none,
+        sigma2_c=math.exp(u_c),
+        ci=None if math.isnan(lo + hi) else (math.exp(lo), math.exp(hi)),
+        ci_statistical=tuple(stat),
+        ci_finite_training=None if math.isnan(finite) else tuple(finite_ci),
+        sigma2_c_final=math.exp(u_t),
+        sigma2_c_half=None if u_h is None else math.exp(u_h),
+        sigma2_c_by_steps={str(k): math.exp(v) for k, v in sorted(by_steps.items())},
+        drift_per_doubling=delta,
+        holds_for_steps=final if held else None,
+        relaxation_scale=tau0,
+        trapped=trapped,
+        verdict=reading or (TRUSTED if trusted else LONGER),
+        train_longer=train_longer,
+    )
 
 
 def fits_by_steps(metrics: pd.DataFrame, latent_dim: int, final: int) -> dict:
@@ -509,20 +514,19 @@ def half_width(sigma2_c: float | None, ci) -> float:
     return max(u - math.log(ci[0]), math.log(ci[1]) - u)
 
 
-def interval(t: dict) -> tuple[float, float] | None:
-    """Where the transition ``t`` (:func:`estimate_transition`) may be and may still
-    move with training, as [low, high] in ln sigma^2: its interval, or the
-    statistical part alone where the finite-training part could not be measured;
-    None without a transition."""
-    if t["sigma2_c"] is None or t["ci_statistical"] is None:
+def interval(t: Estimate) -> tuple[float, float] | None:
+    """Where the transition ``t`` may be and may still move with training, as
+    [low, high] in ln sigma^2: its interval, or the statistical part alone where the
+    finite-training part could not be measured; None without a transition."""
+    if t.sigma2_c is None or t.ci_statistical is None:
         return None
-    if t["ci"]:
-        return math.log(t["ci"][0]), math.log(t["ci"][1])
-    u = math.log(t["sigma2_c"])
-    return u - t["ci_statistical"][0], u + t["ci_statistical"][1]
+    if t.ci:
+        return math.log(t.ci[0]), math.log(t.ci[1])
+    u = math.log(t.sigma2_c)
+    return u - t.ci_statistical[0], u + t.ci_statistical[1]
 
 
-def interval_values(t: dict, grid, points: int) -> list[float]:
+def interval_values(t: Estimate, grid, points: int) -> list[float]:
     """``points`` values of sigma^2 spread evenly in ln sigma^2 strictly inside the
     :func:`interval` of the transition ``t``, less values already on ``grid``; none
     without a transition."""

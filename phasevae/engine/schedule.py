@@ -319,14 +319,14 @@ class UntilTrusted:
                 self.spectrum["lambda_max"],
                 self.spectrum.get("lambda_max_eval"),
             )
-            if est["train_longer"] is None:  # trusted, or no transition to train for
+            if est.train_longer is None:  # trusted, or no transition to train for
                 continue
             # the range to train (it holds the points that set the kink and have not
             # relaxed, whose shortest training bounds the estimate's bias), and every
             # point near it
-            lo, hi = est["train_longer"]["sigma2"]
+            lo, hi = est.train_longer.sigma2
             c = math.exp(NEAR)
-            lo, hi = min(lo, est["sigma2_c"] / c), max(hi, est["sigma2_c"] * c)
+            lo, hi = min(lo, est.sigma2_c / c), max(hi, est.sigma2_c * c)
             inside = curve[(curve["sigma2"] >= lo) & (curve["sigma2"] <= hi)]
             keep |= set(inside["point_id"])
         return keep
@@ -403,7 +403,7 @@ def refinement(
             {
                 **dict(zip(axes, key, strict=True)),
                 "breakpoints": [math.exp(b) for b in fit.breakpoints],
-                "sigma2_c": t["sigma2_c"],
+                "sigma2_c": t.sigma2_c,
                 "sigma2": sorted(new),
             }
         )

@@ -1,14 +1,17 @@
 """Typed, versioned records of what the analysis writes and every reader reads back:
 analysis.json as :class:`Analysis`, one :class:`Transition` per curve, with its
-:class:`Spectrum`, :class:`TrainLonger`, :class:`Fit` and :class:`PerDim` parts.
+:class:`Spectrum`, :class:`TrainLonger`, :class:`Fit` and :class:`PerDim` parts; a
+transition is its curve's :class:`Estimate` (what the engine's policies and
+``phasevae locate`` read) and what is read against the theory.
 
-Each record is a frozen dataclass, built in one place (:mod:`phasevae.analysis.curves`)
+Each record is a frozen dataclass, built in one place (the estimate in
+:mod:`phasevae.analysis.estimate`, the rest in :mod:`phasevae.analysis.curves`)
 and written with ``to_json``; ``from_json`` is the parser every reader goes through.
 It checks each field against its annotated type (a float is a number and not a bool,
 a pair has two numbers, a record nested in a field is parsed as its own type) and the
-few invariants the types cannot say (:func:`_checks`), and names the first field that
-is wrong: a :class:`RecordError` (exit status 2) instead of a KeyError deep in a
-figure.
+few invariants the types cannot say (each record's ``_problem``), and names the first
+field that is wrong: a :class:`RecordError` (exit status 2) instead of a KeyError
+deep in a figure.
 
 analysis.json carries ``format_version`` (:data:`FORMAT_VERSION`). A document of an
 older version is brought up to date by the migrations of :data:`MIGRATIONS`, one per
@@ -218,13 +221,14 @@ class PerDim(Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class Transition(Record):
-    """One curve's collapse transition (:mod:`phasevae.analysis.estimate` and
-    :func:`phasevae.analysis.curves.analyze`; docs/analysis.md says what each means).
-    ``curve`` holds the value of every grid axis but sigma^2 and seed, written under
-    the axis's own name."""
+class Estimate(Record):
+    """The collapse transition of one curve as its training trajectories locate it
+    (:func:`phasevae.analysis.estimate.estimate_transition`; docs/analysis.md says
+    what each field means): the estimate, its interval and that interval's parts,
+    the fits by training length, the stability probe, the verdict and, for ``train
+    longer``, what to train. Every field is None (or empty, or False) where the
+    curve has no transition to fit."""
 
-    curve: dict[str, Json]
     sigma2_c: float | None
     ci: Pair | None
     ci_statistical: Pair | None
@@ -243,6 +247,17 @@ class Transition(Record):
     verdict: str | None
     train_longer: TrainLonger | None
     steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition(Estimate):
+    """One curve's collapse transition: its :class:`Estimate`, read against the
+    theory, with the fits of the total KL and of each latent dim
+    (:func:`phasevae.analysis.curves.analyze`; docs/analysis.md). ``curve`` holds the
+    value of every grid axis but sigma^2 and seed, written under the axis's own name
+    (first, then the estimate's fields, then the rest)."""
+
+    curve: dict[str, Json]
     theory_sigma2_c: float | None
     rel_error: float | None
     off_theory: dict[str, Json] | None

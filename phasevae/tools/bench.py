@@ -509,11 +509,11 @@ def _uniform(spec, lam: float, beta: float, num: int) -> dict:
         spectrum.get("lambda_max_eval"),
     )
     return {
-        "uniform_sigma2_c": t["sigma2_c"],
-        "uniform_rel_error": _rel(t["sigma2_c"], lam / beta),
-        "uniform_ci": t["ci"],
-        "uniform_half_width": estimate.half_width(t["sigma2_c"], t["ci"]),
-        "uniform_verdict": t["verdict"],
+        "uniform_sigma2_c": t.sigma2_c,
+        "uniform_rel_error": _rel(t.sigma2_c, lam / beta),
+        "uniform_ci": t.ci,
+        "uniform_half_width": estimate.half_width(t.sigma2_c, t.ci),
+        "uniform_verdict": t.verdict,
         "uniform_model_steps": num * len(spec.grid.seeds) * spec.train.steps,
     }
 

@@ -54,6 +54,7 @@ from phasevae.errors import stop_if_terminated
 from phasevae.safeio import atomic_write_text, read_text
 from phasevae.spec import Spec, SpecError, spec_from_dict, spec_to_dict, spec_to_toml
 from phasevae.store import RunDir, RunDirError
+from phasevae.store.records import Estimate
 from phasevae.store.runmeta import COMPLETE, RUNNING, RunMeta
 
 COARSE = 10  # sigma^2 of the first grid
@@ -363,31 +364,31 @@ class Locator:
         joined = joined.drop_duplicates(["point_id", "step"], keep="last")
         return joined.reset_index(drop=True), owner
 
-    def _next(self, beta: float, rows: pd.DataFrame, owner: dict, est: dict):
+    def _next(self, beta: float, rows: pd.DataFrame, owner: dict, est: Estimate):
         """The next stage for the curve, or None when it is done; and the reason."""
         reach = rows.groupby("point_id").agg(
             step=("step", "max"), s2=("sigma2", "first")
         )
-        if est["sigma2_c"] is None:
-            if est["verdict"] != estimate.NONE:  # a floor or a learned variance
-                return None, f"no collapse to locate ({est['verdict']})"
+        if est.sigma2_c is None:
+            if est.verdict != estimate.NONE:  # a floor or a learned variance
+                return None, f"no collapse to locate ({est.verdict})"
             return self._widen(beta, rows, reach)
         stat, whole = (
-            max(est["ci_statistical"]),
-            estimate.half_width(est["sigma2_c"], est["ci"]),
+            max(est.ci_statistical),
+            estimate.half_width(est.sigma2_c, est.ci),
         )
         goal = math.log1p(self.target)
-        if est["verdict"] == estimate.TRUSTED and whole <= goal:
+        if est.verdict == estimate.TRUSTED and whole <= goal:
             return None, (
                 f"trusted, the interval within +-{100 * whole:.1f} % "
                 f"(target {100 * self.target:g} %)"
             )
         last = self.stages[beta][-1]
         stalled = last.kind == "refine" and stat > STALL * (last.stat or math.inf)
-        finite = max(est["ci_finite_training"] or [0.0])
+        finite = max(est.ci_finite_training or [0.0])
         # the larger part first: more sigma^2 narrow the statistical part, longer
         # training the finite-training part (and the verdict)
-        longer_first = est["train_longer"] is not None and finite > stat
+        longer_first = est.train_longer is not None and finite > stat
         if stat > goal / 2 and not stalled and not longer_first:
             new = estimate.interval_values(
                 est, np.sort(rows["sigma2"].unique()), REFINE
@@ -404,10 +405,10 @@ class Locator:
                     f"{n:02d}-refine", "refine", beta, _vals(new), steps, why, stat=stat
                 )
                 return stage, why
-        if est["train_longer"] is None:
+        if est.train_longer is None:
             why = "" if not stalled else "; more sigma^2 no longer narrow it"
             return None, (
-                f"{est['verdict']}, the interval +-{100 * whole:.1f} %, its "
+                f"{est.verdict}, the interval +-{100 * whole:.1f} %, its "
                 f"statistical part +-{100 * stat:.1f} %{why} (SGD noise: more seeds "
                 "or longer training narrow it)"
             )
@@ -432,14 +433,14 @@ class Locator:
         name = f"{len(stages):02d}-widen"
         return Stage(name, "widen", beta, _vals(new), steps, why), why
 
-    def _longer(self, beta: float, est: dict, reach: pd.DataFrame, owner: dict):
+    def _longer(self, beta: float, est: Estimate, reach: pd.DataFrame, owner: dict):
         """The points that set the kink (the estimate's ``train_longer`` range), the
         least trained first, continued to twice their length from the stage holding
         them (trained anew where that stage kept no checkpoint)."""
-        lo, hi = est["train_longer"]["sigma2"]
+        lo, hi = est.train_longer.sigma2
         inside = reach[(reach["s2"] >= lo) & (reach["s2"] <= hi)]
         if inside.empty:
-            return None, f"{est['verdict']}: no point in the range to train longer"
+            return None, f"{est.verdict}: no point in the range to train longer"
         base = int(inside["step"].min())
         short = inside[inside["step"] == base]
         owners = sorted(set(short.index.map(owner)))
@@ -450,7 +451,7 @@ class Locator:
         else:
             parents = ()
         chosen = np.sort(short["s2"].unique())
-        finite = max(est["ci_finite_training"] or [math.nan])
+        finite = max(est.ci_finite_training or [math.nan])
         how = "" if parents else f" (anew: {', '.join(owners)} kept no checkpoint)"
         why = (
             f"train longer (finite-training part +-{100 * finite:.1f} %): the "
@@ -542,11 +543,11 @@ class Locator:
             nxt, why = self._next(beta, rows, owner, est)
             done = {
                 "beta": beta,
-                "sigma2_c": est["sigma2_c"],
-                "ci": est["ci"],
-                "verdict": est["verdict"],
-                "half_width": estimate.half_width(est["sigma2_c"], est["ci"])
-                if est["ci"]
+                "sigma2_c": est.sigma2_c,
+                "ci": list(est.ci) if est.ci else None,
+                "verdict": est.verdict,
+                "half_width": estimate.half_width(est.sigma2_c, est.ci)
+                if est.ci
                 else None,
                 "model_steps": self.spent(beta),
                 "stages": len(self.stages[beta]),

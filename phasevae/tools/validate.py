@@ -106,7 +106,7 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         return t
 
     now = at_t(metrics)
-    added = estimate.interval_values(now.to_json(), metrics["sigma2"].unique(), REFINE)
+    added = estimate.interval_values(now, metrics["sigma2"].unique(), REFINE)
     if added:
         spec = spec_from_dict(
             case_spec(case, data_path, lam, added), where=f"{case.name}-refined"
