@@ -303,31 +303,13 @@ def estimate_transition(
     the metrics rows of its points, every evaluation included; rows flagged
     ``diverged`` are left out, and a point that diverged does not count towards the
     training length. ``lambda_max`` (of the training data) and ``lambda_max_eval``
-    (of the evaluation subset) enable the stability probe.
-
-    Returns:
-      an :class:`phasevae.store.records.Estimate`: ``sigma2_c``, ``ci`` (low, high),
-      ``ci_statistical`` and ``ci_finite_training`` (half-widths in ln sigma^2,
-      (below, above)), ``sigma2_c_final`` and ``sigma2_c_half`` (the fits at T and
-      T/2), ``relaxation_scale`` (tau_0), ``probe`` (:func:`stability_probe`),
-      ``trapped`` (collapsed points that are not equilibria moved the estimate),
-      ``ci_method`` (``jump`` where the KL jumps), ``jump`` (the cell (sigma2_low,
-      sigma2_high) the top dim's KL jumps across, or None for a continuous kink),
-      ``floor`` (:func:`phasevae.analysis.readings.floor`, with free bits),
-      ``verdict``, and for ``train longer`` ``train_longer`` (sigma2 (low, high),
-      steps). Where the grid's sigma^2 holds no collapse (:func:`grid_reading`: a
-      free-bits floor holds the KL up, or the decoder learned its variance) the
-      verdict says so and there is no ``train_longer``: longer training would
-      locate nothing.
+    (of the evaluation subset) enable the stability probe. Returns the curve's
+    :class:`phasevae.store.records.Estimate`; where the grid's sigma^2 holds no
+    collapse (:func:`grid_reading`: a free-bits floor, a learned variance) the
+    verdict says so, with no ``train_longer``: training longer would locate nothing.
     """
-    lengths = metrics
-    if "diverged" in metrics:
-        diverged = metrics.loc[metrics["diverged"], "point_id"].unique()
-        whole = metrics[~metrics["point_id"].isin(diverged)]
-        lengths = whole if len(whole) else metrics[~metrics["diverged"]]
-        metrics = metrics[~metrics["diverged"]]
-    steps = np.sort(metrics["step"].unique())
-    final = int(steps[-1])
+    metrics, lengths = _usable(metrics)
+    final = int(metrics["step"].max())
     u_t, stat, method, table, support, cell = _fit_top(metrics, latent_dim)
     probe = None
     if lambda_max is not None:
@@ -335,54 +317,15 @@ def estimate_transition(
     free_bits = float(metrics["free_bits"].iloc[0]) if "free_bits" in metrics else 0.0
     floor = readings.floor(table, free_bits)
     reading = grid_reading(metrics, floor)
-    none = Estimate(
-        sigma2_c=None,
-        ci=None,
-        ci_statistical=None,
-        ci_finite_training=None,
-        sigma2_c_final=None,
-        sigma2_c_half=None,
-        sigma2_c_by_steps={},
-        drift_per_doubling=None,
-        holds_for_steps=None,
-        relaxation_scale=None,
-        probe=probe,
-        trapped=False,
-        ci_method=method,
-        jump=None if cell is None else (math.exp(cell[0]), math.exp(cell[1])),
-        floor=floor,
-        verdict=reading or NONE,
-        train_longer=None,
-        steps=final,
-    )
+    none = _unlocated(probe, method, cell, floor, reading or NONE, final)
     if u_t is None:
         return none
-    # points may have trained for different lengths (train.until = "trusted"
-    # trains on only some): the length that bounds the bias is the shortest among
-    # the points that set the kink, and tau_0, a property of the dynamics, is
-    # measured over the length every point has
-    last = lengths.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
-    u_last = np.log(last["s2"].to_numpy())
-    common = metrics[metrics["step"] <= last["step"].min()]
-    tau0 = relaxation_scale(common, latent_dim, u_t)
-    # a point of the support far enough from the kink to have relaxed in its own
-    # training (t_r ~ tau_0 / |u - u_c|) no longer biases the fit, however short that
-    # training was; the rest bound the length (all of the support without tau_0)
-    relaxed = (
-        np.abs(u_last - u_t) * last["step"].to_numpy() >= RELAXED * tau0
-        if tau0 is not None
-        else np.zeros(len(last), bool)
-    )
-    sets_kink = (u_last >= support[0] - 1e-9) & (u_last <= support[1])
-    unrelaxed = sets_kink & ~relaxed
-    near = last[unrelaxed] if np.any(unrelaxed) else last[sets_kink]
+    near, tau0 = _bounding_points(metrics, lengths, latent_dim, u_t, support)
     final = int(near["step"].min()) if len(near) else final
     by_steps = fits_by_steps(metrics, latent_dim, final)
     u_h = by_steps.get(final // 2)
     delta = None if u_h is None else u_t - u_h
-    parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
-    parts += [tau0 / final] if tau0 is not None else []
-    finite = max(parts) if parts else math.nan
+    finite = _finite_part(delta, tau0, final)
     trapped_at = _trapped(probe, u_t)
     trapped = bool(trapped_at.any())
     # absorbing collapse, the points that set the kink trained one length: the
@@ -396,49 +339,23 @@ def estimate_transition(
     # suite the kink moved up with training in every case)
     finite_ci = [finite, finite]
     u_c, lo, hi = u_t, u_t - stat[0] - finite_ci[0], u_t + stat[1] + finite_ci[1]
-    if trapped:
-        # the equilibrium transition lies above every unstable collapsed point and
-        # below the first stable one above them: there, at the probe's threshold
-        pts = pd.DataFrame(probe["points"]).assign(trapped=trapped_at)
-        top = pts.loc[pts["trapped"], "sigma2"].max()
-        stable_above = pts.loc[~pts["unstable"] & (pts["sigma2"] > top), "sigma2"]
-        u_c = math.log(pts.loc[pts["trapped"], "threshold"].median())
-        lo = math.log(top)
-        hi = math.log(stable_above.min()) if len(stable_above) else u_c + PROBE_TOL
-        u_c = min(max(u_c, lo), hi)
-        # the probe brackets the transition itself: the fit's parts no longer apply;
-        # what is left is the bracket and the probe's sampling tolerance
-        stat, finite_ci = (PROBE_TOL, PROBE_TOL), [u_c - lo, hi - u_c]
-        lo, hi = lo - PROBE_TOL, hi + PROBE_TOL
+    if trapped:  # the probe brackets the transition itself
+        u_c, lo, hi, finite_ci = _probe_bracket(probe, trapped_at)
+        stat = (PROBE_TOL, PROBE_TOL)
     us = np.log(np.sort(metrics["sigma2"].unique()))
     inside = (us < lo).sum() >= 2 and (us > hi).sum() >= 2
     # a point that sets the kink and whose KL still trends (settle's test) is still
     # moving it
     u_pts = np.log(table["sigma2"].to_numpy())
-    sets = (u_pts >= support[0] - 1e-9) & (u_pts <= support[1])
-    moving = bool(np.any(~table["settled"].to_numpy() & sets))
-    trusted = (
-        delta is not None
-        and inside
-        and not trapped
-        and (held or (finite <= TOLERANCE and not moving))
-    )
+    unsettled = ~table["settled"].to_numpy() & (u_pts >= support[0] - 1e-9)
+    unsettled &= u_pts <= support[1]
+    relaxed = held or (finite <= TOLERANCE and not unsettled.any())
+    trusted = delta is not None and inside and not trapped and relaxed
     train_longer = None
-    if not trusted and not reading:
-        width = finite if not math.isnan(finite) else 2 * TOLERANCE
-        lo_u = min(lo, u_c - stat[0] - width) if not math.isnan(lo) else u_c - width
-        hi_u = max(hi, u_c + stat[1] + width) if not math.isnan(hi) else u_c + width
-        # and every point of the support still unrelaxed or trending
-        unsettled = table.loc[sets & ~table["settled"].to_numpy(), "sigma2"]
-        train = np.log(np.concatenate([near["s2"].to_numpy(), unsettled.to_numpy()]))
-        if train.size:
-            lo_u, hi_u = min(lo_u, train.min()), max(hi_u, train.max())
-        need = final * max(2.0, width / TOLERANCE)
-        train_longer = TrainLonger(
-            # padded by a rounding's width: the points at its ends belong to it
-            sigma2=(math.exp(lo_u - 1e-9), math.exp(hi_u + 1e-9)),
-            steps=int(math.ceil(need / 100.0) * 100),
-        )
+    if not trusted and not reading:  # the points that set it and have not relaxed
+        moving = table.loc[unsettled, "sigma2"].to_numpy()
+        train = np.concatenate([near["s2"].to_numpy(), moving])
+        train_longer = _train_longer((u_c, lo, hi), stat, finite, train, final)
     return dataclasses.replace(
         none,
         sigma2_c=math.exp(u_c),
@@ -454,6 +371,114 @@ def estimate_transition(
         trapped=trapped,
         verdict=reading or (TRUSTED if trusted else LONGER),
         train_longer=train_longer,
+    )
+
+
+def _usable(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows that did not diverge, and the rows that tell training lengths: those
+    of points that never diverged (a diverged point's length does not count), or
+    where every point diverged at some step, every row that did not."""
+    if "diverged" not in metrics:
+        return metrics, metrics
+    diverged = metrics.loc[metrics["diverged"], "point_id"].unique()
+    whole = metrics[~metrics["point_id"].isin(diverged)]
+    usable = metrics[~metrics["diverged"]]
+    return usable, (whole if len(whole) else usable)
+
+
+def _finite_part(delta: float | None, tau0: float | None, final: int) -> float:
+    """The finite-training half-width (ln sigma^2): the larger of SLOW_DECAY x the
+    drift u_T - u_{T/2} and tau_0 / T (NaN where neither can be measured)."""
+    parts = [SLOW_DECAY * abs(delta)] if delta is not None else []
+    parts += [tau0 / final] if tau0 is not None else []
+    return max(parts) if parts else math.nan
+
+
+def _unlocated(probe, method, cell, floor, verdict: str, steps: int) -> Estimate:
+    """The estimate of a curve whose transition is not (yet) located: what the
+    probe, the fit's method and cell, and the free-bits floor say."""
+    return Estimate(
+        sigma2_c=None,
+        ci=None,
+        ci_statistical=None,
+        ci_finite_training=None,
+        sigma2_c_final=None,
+        sigma2_c_half=None,
+        sigma2_c_by_steps={},
+        drift_per_doubling=None,
+        holds_for_steps=None,
+        relaxation_scale=None,
+        probe=probe,
+        trapped=False,
+        ci_method=method,
+        jump=None if cell is None else (math.exp(cell[0]), math.exp(cell[1])),
+        floor=floor,
+        verdict=verdict,
+        train_longer=None,
+        steps=steps,
+    )
+
+
+def _bounding_points(metrics, lengths, latent_dim: int, u_t: float, support):
+    """The points whose training length bounds the bias (``step``: their last
+    evaluation, ``s2``: their sigma^2), and tau_0 (None where it cannot be
+    measured).
+
+    Points may have trained for different lengths (train.until = "trusted" trains
+    on only some): the length that bounds the bias is the shortest among the points
+    that set the kink, and tau_0, a property of the dynamics, is measured over the
+    length every point has. A point of the support far enough from the kink to have
+    relaxed in its own training (t_r ~ tau_0 / |u - u_c|) no longer biases the fit,
+    however short that training was; the rest bound the length (all of the support
+    without tau_0)."""
+    last = lengths.groupby("point_id").agg(step=("step", "max"), s2=("sigma2", "first"))
+    u_last = np.log(last["s2"].to_numpy())
+    common = metrics[metrics["step"] <= last["step"].min()]
+    tau0 = relaxation_scale(common, latent_dim, u_t)
+    relaxed = (
+        np.abs(u_last - u_t) * last["step"].to_numpy() >= RELAXED * tau0
+        if tau0 is not None
+        else np.zeros(len(last), bool)
+    )
+    sets_kink = (u_last >= support[0] - 1e-9) & (u_last <= support[1])
+    unrelaxed = sets_kink & ~relaxed
+    return (last[unrelaxed] if np.any(unrelaxed) else last[sets_kink]), tau0
+
+
+def _probe_bracket(probe: dict, trapped_at: np.ndarray):
+    """Where trapped points put the transition, in ln sigma^2: the estimate, the
+    interval's ends and its finite-training part [below, above]. The equilibrium
+    transition lies above every unstable collapsed point and below the first stable
+    one above them: there, at the probe's threshold. The fit's parts no longer
+    apply; what is left is the bracket and the probe's sampling tolerance."""
+    pts = pd.DataFrame(probe["points"]).assign(trapped=trapped_at)
+    top = pts.loc[pts["trapped"], "sigma2"].max()
+    stable_above = pts.loc[~pts["unstable"] & (pts["sigma2"] > top), "sigma2"]
+    u_c = math.log(pts.loc[pts["trapped"], "threshold"].median())
+    lo = math.log(top)
+    hi = math.log(stable_above.min()) if len(stable_above) else u_c + PROBE_TOL
+    u_c = min(max(u_c, lo), hi)
+    return u_c, lo - PROBE_TOL, hi + PROBE_TOL, [u_c - lo, hi - u_c]
+
+
+def _train_longer(at, stat, finite: float, train, final: int) -> TrainLonger:
+    """What ``train longer`` asks for: the sigma^2 from the interval ``at`` = (u_c,
+    lo, hi) widened by the finite-training part (or twice the tolerance where it
+    could not be measured) and by the points ``train`` (sigma^2) that must train on,
+    to at least twice ``final`` steps, more where that part exceeds the
+    tolerance."""
+    u_c, lo, hi = at
+    width = finite if not math.isnan(finite) else 2 * TOLERANCE
+    lo_u = min(lo, u_c - stat[0] - width) if not math.isnan(lo) else u_c - width
+    hi_u = max(hi, u_c + stat[1] + width) if not math.isnan(hi) else u_c + width
+    train = np.log(train)
+    if train.size:
+        lo_u, hi_u = min(lo_u, train.min()), max(hi_u, train.max())
+    need = final * max(2.0, width / TOLERANCE)
+    return TrainLonger(
+        # padded by a rounding's width: the points at its ends belong to it
+        sigma2=(math.exp(lo_u - 1e-9), math.exp(hi_u + 1e-9)),
+        steps=int(math.ceil(need / 100.0) * 100),
     )
 
 

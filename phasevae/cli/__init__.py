@@ -62,28 +62,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     preflight = _preflight(args.strict_grid)
     if args.dry_run:
-        plan = api.dry_run(spec, shard=_shard(args.shard), preflight=preflight)
-        need, have = plan["bytes_per_device"], plan["device_memory"]
-        print(
-            f"grid: {plan['grid_size']} points in {plan['static_groups']} static "
-            f"group(s), on {plan['devices']} device(s) "
-            f"(padded to {plan['padded_size']})"
-        )
-        if need is not None:
-            avail = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
-            print(f"memory per device: {need / 2**30:.3f} GiB (available: {avail})")
-        if plan["step_s"] is None:
-            timed = f"one chunk ({spec.train.eval_every} steps) took"
-        else:
-            timed = (
-                f"timed {plan['step_s'] * 1e3:.1f} ms per step and "
-                f"{plan['eval_s']:.2f} s per evaluation, so one chunk "
-                f"({spec.train.eval_every} steps) takes about"
-            )
-        print(
-            f"compile {plan['compile_s']:.1f} s; {timed} {plan['chunk_s']:.2f} s, "
-            f"so training should take about {plan['estimated_train_s']:.0f} s. "
-            "Nothing was written."
+        _print_plan(
+            api.dry_run(spec, shard=_shard(args.shard), preflight=preflight), spec
         )
         return 0
     unit = "points finished" if spec.adaptive() else "chunks"
@@ -120,6 +100,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             log.close()
     if not primary:
         return args.diverged_status if result.diverged else 0
+    return _print_result(result, spec, out, args.diverged_status, t0)
+
+
+def _print_plan(plan: dict, spec) -> None:
+    """A dry run's plan: the grid, the memory per device, the compile and the
+    timed chunk, and the training time they predict."""
+    need, have = plan["bytes_per_device"], plan["device_memory"]
+    print(
+        f"grid: {plan['grid_size']} points in {plan['static_groups']} static "
+        f"group(s), on {plan['devices']} device(s) "
+        f"(padded to {plan['padded_size']})"
+    )
+    if need is not None:
+        avail = "unknown" if have is None else f"{have / 2**30:.2f} GiB"
+        print(f"memory per device: {need / 2**30:.3f} GiB (available: {avail})")
+    if plan["step_s"] is None:
+        timed = f"one chunk ({spec.train.eval_every} steps) took"
+    else:
+        timed = (
+            f"timed {plan['step_s'] * 1e3:.1f} ms per step and "
+            f"{plan['eval_s']:.2f} s per evaluation, so one chunk "
+            f"({spec.train.eval_every} steps) takes about"
+        )
+    print(
+        f"compile {plan['compile_s']:.1f} s; {timed} {plan['chunk_s']:.2f} s, "
+        f"so training should take about {plan['estimated_train_s']:.0f} s. "
+        "Nothing was written."
+    )
+
+
+def _print_result(result, spec, out, diverged_status: int, t0: float) -> int:
+    """A finished sweep: its data, its work and times, the final KL per curve and
+    the diverged models; the exit status (``diverged_status`` when some diverged)."""
     meta, spectrum = result.meta, result.meta.spectrum
     wall = meta.wall_times
     print(f"run directory: {out}")
@@ -161,7 +174,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"{others} {divergence_hint(spectrum, spec)}",
             file=sys.stderr,
         )
-        return args.diverged_status
+        return diverged_status
     print(f"next: phasevae analyze {out}")
     return 0
 

@@ -81,17 +81,7 @@ def run_sweep(
         return _run_static_groups(
             spec, out, progress, checkpoint_seconds, shard, dry_run, on_chunk, preflight
         )
-    data = load_for_model(spec)
-    stop_if_terminated()
-    if preflight is not None:
-        axes = spec.axes()
-        preflight(grid_misses(data.eigenvalues[0], axes["sigma2"], axes["beta"]))
-    if spec.model.latent_dim > data.x.shape[1]:
-        raise DataError(
-            f"model.latent_dim = {spec.model.latent_dim} exceeds the data dimension "
-            f"{data.x.shape[1]}"
-        )
-    verify(spec, data.x, data.image_shape)
+    data = _checked_data(spec, preflight)
     grid = select_shard(grid_table(spec), shard)
     if grid.empty:
         raise SpecError(f"shard {shard[0]}/{shard[1]} holds no grid points")
@@ -101,16 +91,7 @@ def run_sweep(
         checkpoint_seconds = CHECKPOINT_SECONDS
     if not dry_run and _finished(run, spec, shard):
         return make_result(run, [run.metrics()], run.meta())
-    rows, per_model = grid, False
-    if spec.adaptive():
-        if shard is not None:
-            raise SpecError(
-                "--shard splits a fixed grid; an adaptive sweep (train.slots, "
-                "train.retire, grid.sigma2.refine) decides its points as it runs"
-            )
-        slots = spec.train.slots or len(chains(grid) if spec.train.hysteresis else grid)
-        rows = grid.iloc[np.arange(slots) % len(grid)].reset_index(drop=True)
-        per_model = True
+    rows, per_model = _slot_rows(spec, grid, shard)
     if dry_run:
         planned = plan(spec, data, rows, per_model)
         if spec.adaptive():  # the grid, every point trained the full length in turn
@@ -121,21 +102,7 @@ def run_sweep(
     stop_if_terminated()
     primary = jax.process_index() == 0  # the one process that writes
     with run.lock() if primary else contextlib.nullcontext(), sigterm_flag() as stop:
-        error = None
-        if primary:
-            try:
-                run.claim(spec, extendable=not spec.adaptive())
-                had = run.meta()
-                old = had.shard if had else None
-                if had and old != (tuple(shard) if shard else None):
-                    raise RunDirError(
-                        f"{run.path} holds shard {old} of this spec, not {shard}; "
-                        "choose another --out"
-                    )
-            except BadInput as e:
-                error = e
-        if any_process(error is not None):  # the others must not train alone
-            raise error or RunDirError(f"process 0 refused {run.path}; see its message")
+        _claim(run, spec, shard, primary)
         return train(
             program,
             spec,
@@ -148,6 +115,57 @@ def run_sweep(
             progress,
             on_chunk,
         )
+
+
+def _checked_data(spec: Spec, preflight):
+    """The spec's data, once the preflight has seen the grid against its spectrum
+    and the model has been checked to fit it (BadInput otherwise)."""
+    data = load_for_model(spec)
+    stop_if_terminated()
+    if preflight is not None:
+        axes = spec.axes()
+        preflight(grid_misses(data.eigenvalues[0], axes["sigma2"], axes["beta"]))
+    if spec.model.latent_dim > data.x.shape[1]:
+        raise DataError(
+            f"model.latent_dim = {spec.model.latent_dim} exceeds the data dimension "
+            f"{data.x.shape[1]}"
+        )
+    verify(spec, data.x, data.image_shape)
+    return data
+
+
+def _slot_rows(spec: Spec, grid: pd.DataFrame, shard) -> tuple[pd.DataFrame, bool]:
+    """The rows the program trains side by side, and whether each has its own step:
+    the grid, or for an adaptive sweep one row per slot (filled as it runs)."""
+    if not spec.adaptive():
+        return grid, False
+    if shard is not None:
+        raise SpecError(
+            "--shard splits a fixed grid; an adaptive sweep (train.slots, "
+            "train.retire, grid.sigma2.refine) decides its points as it runs"
+        )
+    slots = spec.train.slots or len(chains(grid) if spec.train.hysteresis else grid)
+    return grid.iloc[np.arange(slots) % len(grid)].reset_index(drop=True), True
+
+
+def _claim(run: RunDir, spec: Spec, shard, primary: bool) -> None:
+    """Process 0 claims ``run`` for ``spec`` (and the same shard as before); every
+    process raises if it refused, so that none trains alone."""
+    error = None
+    if primary:
+        try:
+            run.claim(spec, extendable=not spec.adaptive())
+            had = run.meta()
+            old = had.shard if had else None
+            if had and old != (tuple(shard) if shard else None):
+                raise RunDirError(
+                    f"{run.path} holds shard {old} of this spec, not {shard}; "
+                    "choose another --out"
+                )
+        except BadInput as e:
+            error = e
+    if any_process(error is not None):  # the others must not train alone
+        raise error or RunDirError(f"process 0 refused {run.path}; see its message")
 
 
 def same_data(run: RunDir, data, spec: Spec) -> None:
@@ -299,66 +317,9 @@ def merge_runs(
     """
     runs = [RunDir(p) for p in run_dirs]
     dest_path = Path(out)
-    where = dest_path.resolve()
-    for r in runs:
-        shard = r.path.resolve()
-        if where == shard or where in shard.parents or shard in where.parents:
-            what = (
-                "is one of the shards"
-                if where == shard
-                else "holds a shard"
-                if where in shard.parents
-                else "lies inside a shard"
-            )
-            raise RunDirError(
-                f"--out {out} {what} being merged ({r.path}); merge into a new "
-                "directory beside them (the shards are only read, whatever --force "
-                "says)"
-            )
-        r.spec()  # a run, its spec intact
-    if dest_path.exists() and any(dest_path.iterdir()) and not force:
-        raise RunDirError(
-            f"--out {out} exists and is not empty; choose a new directory, or add "
-            "--force to replace it with the merged run"
-        )
-    spec = runs[0].spec()
-    for r in runs[1:]:
-        if r.spec() != spec:
-            raise RunDirError(f"{r.path} holds a different spec than {runs[0].path}")
-    metas = [r.meta() for r in runs]
-    prints = {json.dumps(m.data if m else None, sort_keys=True) for m in metas}
-    if len(prints) > 1:
-        raise RunDirError(
-            "the shards were trained on different data (their meta.json 'data' "
-            "fingerprints differ): they are not shares of one run"
-        )
-    unfinished = [
-        str(r.path)
-        for r, m in zip(runs, metas, strict=True)
-        if m is None or not m.complete
-    ]
-    if unfinished:
-        raise RunDirError(
-            f"unfinished shards (resume them first): {', '.join(unfinished)}"
-        )
-    tables = [r.metrics() for r in runs]
+    spec, metas = _shards(runs, dest_path, force)
     full = grid_table(spec)
-    seen: dict[str, int] = {}
-    duplicated, keep = [], []
-    for i, t in enumerate(tables):
-        for pid, rows in t.groupby("point_id", sort=False):
-            if pid in seen:
-                first = tables[seen[pid]]
-                first = first[first["point_id"] == pid].reset_index(drop=True)
-                if not _same_rows(first, rows.reset_index(drop=True)):
-                    where = f"{runs[seen[pid]].path} and {runs[i].path}"
-                    raise RunDirError(
-                        f"point {pid} was run in {where} with different results"
-                    )
-                duplicated.append(pid)
-                continue
-            seen[pid] = i
-            keep.append(rows)
+    keep, seen, duplicated = _points(runs)
     missing = sorted(set(full["point_id"]) - set(seen))
     if missing:
         raise RunDirError(
@@ -391,6 +352,79 @@ def merge_runs(
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return {"points": len(seen), "duplicated": sorted(set(duplicated))}
+
+
+def _shards(runs: list[RunDir], out: Path, force: bool) -> tuple[Spec, list]:
+    """The shards' spec and metas, once they are checked to be finished shards of one
+    spec on one data set, none of them ``out`` or inside it, and ``out`` empty unless
+    ``force`` (RunDirError otherwise)."""
+    where = out.resolve()
+    for r in runs:
+        shard = r.path.resolve()
+        if where == shard or where in shard.parents or shard in where.parents:
+            what = (
+                "is one of the shards"
+                if where == shard
+                else "holds a shard"
+                if where in shard.parents
+                else "lies inside a shard"
+            )
+            raise RunDirError(
+                f"--out {out} {what} being merged ({r.path}); merge into a new "
+                "directory beside them (the shards are only read, whatever --force "
+                "says)"
+            )
+        r.spec()  # a run, its spec intact
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RunDirError(
+            f"--out {out} exists and is not empty; choose a new directory, or add "
+            "--force to replace it with the merged run"
+        )
+    spec = runs[0].spec()
+    for r in runs[1:]:
+        if r.spec() != spec:
+            raise RunDirError(f"{r.path} holds a different spec than {runs[0].path}")
+    metas = [r.meta() for r in runs]
+    prints = {json.dumps(m.data if m else None, sort_keys=True) for m in metas}
+    if len(prints) > 1:
+        raise RunDirError(
+            "the shards were trained on different data (their meta.json 'data' "
+            "fingerprints differ): they are not shares of one run"
+        )
+    unfinished = [
+        str(r.path)
+        for r, m in zip(runs, metas, strict=True)
+        if m is None or not m.complete
+    ]
+    if unfinished:
+        raise RunDirError(
+            f"unfinished shards (resume them first): {', '.join(unfinished)}"
+        )
+    return spec, metas
+
+
+def _points(runs: list[RunDir]) -> tuple[list[pd.DataFrame], dict[str, int], list]:
+    """Each point's rows once, from the first shard that has it; which shard that
+    is, by point id; and the ids found in several shards (RunDirError where their
+    results differ)."""
+    tables = [r.metrics() for r in runs]
+    seen: dict[str, int] = {}
+    duplicated, keep = [], []
+    for i, t in enumerate(tables):
+        for pid, rows in t.groupby("point_id", sort=False):
+            if pid in seen:
+                first = tables[seen[pid]]
+                first = first[first["point_id"] == pid].reset_index(drop=True)
+                if not _same_rows(first, rows.reset_index(drop=True)):
+                    where = f"{runs[seen[pid]].path} and {runs[i].path}"
+                    raise RunDirError(
+                        f"point {pid} was run in {where} with different results"
+                    )
+                duplicated.append(pid)
+                continue
+            seen[pid] = i
+            keep.append(rows)
+    return keep, seen, duplicated
 
 
 def _umask() -> int:

@@ -37,6 +37,7 @@ from phasevae.report.figbase import (
     load,
     transition_panels,
 )
+from phasevae.store.records import Transition
 
 MAX_BETAS = 4  # the ELBO figure draws at most this many beta values
 ZOOM = 2.5  # the derivative panels span sigma_c^2 / ZOOM .. sigma_c^2 * ZOOM
@@ -50,104 +51,8 @@ def kl_figure(rd: RunData) -> Figure:
     for col, t in enumerate(ts):
         ax, d1, d2 = axs[:, col]
         d2.sharex(d1)
-        pts = rd.curve(t)
-        by = pts.groupby("sigma2")["kl"]
-        spread = by.std(ddof=1).fillna(0.0) if pts["seed"].nunique() > 1 else None
-        mean = by.mean()
-        # a point still trending at the end (fit.settle) is drawn hollow: the fit
-        # left it out, unless too few points had settled to fit without it
-        still = np.isin(mean.index, t.unsettled_sigma2 or [])
-        used = "in the fit" if t.fit_used_unsettled else "left out of the fit"
-        labels = {
-            "measured": "measured"
-            + (" (mean ± sd over seeds)" if spread is not None else ""),
-            "unsettled": f"not settled: still trending ({used})",
-        }
-        for part, kind in ((~still, "measured"), (still, "unsettled")):
-            if part.any():
-                ax.errorbar(
-                    mean.index[part],
-                    mean[part],
-                    yerr=None if spread is None else spread[part],
-                    fmt="o",
-                    ms=3 if kind == "measured" else 4,
-                    color="0.3",
-                    mfc="0.3" if kind == "measured" else "white",
-                    label=labels[kind],
-                )
-        u, kl = np.array(t.fit.ln_sigma2), np.array(t.fit.kl)
-        s2 = np.exp(np.linspace(u[0], u[-1], 400))
-        fitted = np.interp(np.log(s2), u, kl)
-        s2c = t.sigma2_c
-        below = s2 <= s2c if s2c else np.ones_like(s2, bool)
-        ax.plot(s2[below], fitted[below], color="C0", label="fit, active")
-        if s2c:
-            ax.plot(s2[~below], fitted[~below], color="C1", label="fit, collapsed")
-            ax.axvline(
-                s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$ (top dim's kink)"
-            )
-            if t.ci:  # none when the run has too few evaluations to bound it
-                ax.axvspan(*t.ci, color="C3", alpha=0.3, lw=0, label="95 % interval")
-        if t.theory_sigma2_c:
-            ax.axvline(
-                t.theory_sigma2_c,
-                color="k",
-                ls="--",
-                lw=1,
-                label=r"predicted $\lambda_{max}/\beta$",
-            )
-        ax.set_xscale("log")
-        ax.set_ylabel("KL (nats)")
-        title = label(t.curve, rd.varying_axes())
-        if s2c:
-            lo, hi = t.ci or (math.nan, math.nan)
-            title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
-            if t.theory_sigma2_c:  # none at beta = 0
-                title += f", predicted {t.theory_sigma2_c:.4g}"
-        ax.set_title(title, fontsize=8)
-        # derivatives in sigma^2 of the fit, slope_ln / s2 and -slope_ln / s2^2,
-        # around the transition (a factor ZOOM either side), where the jump is
-        edges = np.exp(u)
-        window = (edges[0], edges[-1])
-        if s2c:
-            window = (max(edges[0], s2c / ZOOM), min(edges[-1], s2c * ZOOM))
-        slopes = np.array(t.slopes_ln)
-        for k_, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-            lo, hi = max(lo, window[0]), min(hi, window[1])
-            if lo >= hi:
-                continue
-            seg = np.geomspace(lo, hi, 50)
-            color = "C1" if s2c and lo >= s2c * (1 - 1e-9) else "C0"
-            d1.plot(seg, slopes[k_] / seg, color=color)
-            d2.plot(seg, -slopes[k_] / seg**2, color=color)
-        # the derivatives jump at the total-KL fit's last breakpoint; where that is
-        # not sigma_c^2 (the top dim's own kink), it is marked and named
-        last = (t.breakpoints or [{}])[-1].get("sigma2")
-        apart = bool(s2c and last and abs(last / s2c - 1) > 0.005)
-        for a in (ax, d1, d2) if apart else ():
-            a.axvline(
-                last,
-                color="0.3",
-                ls=":",
-                lw=1,
-                label="total-KL fit's breakpoint (the derivatives' jump)"
-                if a is ax
-                else None,
-            )
-        for a in (d1, d2):
-            if s2c:
-                a.axvline(s2c, color="C3", lw=1)
-                if t.ci:
-                    a.axvspan(*t.ci, color="C3", alpha=0.3, lw=0)
-            a.axhline(0.0, color="0.6", lw=0.5)
-        d1.set_xscale("log")
-        d1.set_xlim(*window)
-        ticks = [window[0], s2c, window[1]] if s2c else list(window)
-        d1.set_xticks(ticks, [f"{v:.3g}" for v in ticks])
-        d1.xaxis.set_minor_formatter(NullFormatter())
-        d1.set_ylabel(r"$dKL/d\sigma^2$")
-        d2.set_ylabel(r"$d^2KL/d(\sigma^2)^2$")
-        d2.set_xlabel(r"decoder variance $\sigma^2$ (near $\sigma_c^2$)")
+        _kl_panel(ax, rd, t)
+        _derivative_panels(ax, d1, d2, t)
     named = {}  # every entry of the KL panels once (a breakpoint may be in one only)
     for a in axs[0]:
         for handle, name in zip(*a.get_legend_handles_labels(), strict=True):
@@ -162,6 +67,116 @@ def kl_figure(rd: RunData) -> Figure:
     )
     fig.suptitle(rd.wrapped_title(60 * len(ts)), fontsize=8)
     return fig
+
+
+def _kl_panel(ax, rd: RunData, t: Transition) -> None:
+    """One transition's KL panel: the measured points, the fit on either side of
+    sigma_c^2, its interval and the prediction."""
+    pts = rd.curve(t)
+    by = pts.groupby("sigma2")["kl"]
+    spread = by.std(ddof=1).fillna(0.0) if pts["seed"].nunique() > 1 else None
+    mean = by.mean()
+    # a point still trending at the end (fit.settle) is drawn hollow: the fit
+    # left it out, unless too few points had settled to fit without it
+    still = np.isin(mean.index, t.unsettled_sigma2 or [])
+    used = "in the fit" if t.fit_used_unsettled else "left out of the fit"
+    labels = {
+        "measured": "measured"
+        + (" (mean ± sd over seeds)" if spread is not None else ""),
+        "unsettled": f"not settled: still trending ({used})",
+    }
+    for part, kind in ((~still, "measured"), (still, "unsettled")):
+        if part.any():
+            ax.errorbar(
+                mean.index[part],
+                mean[part],
+                yerr=None if spread is None else spread[part],
+                fmt="o",
+                ms=3 if kind == "measured" else 4,
+                color="0.3",
+                mfc="0.3" if kind == "measured" else "white",
+                label=labels[kind],
+            )
+    u, kl = np.array(t.fit.ln_sigma2), np.array(t.fit.kl)
+    s2 = np.exp(np.linspace(u[0], u[-1], 400))
+    fitted = np.interp(np.log(s2), u, kl)
+    s2c = t.sigma2_c
+    below = s2 <= s2c if s2c else np.ones_like(s2, bool)
+    ax.plot(s2[below], fitted[below], color="C0", label="fit, active")
+    if s2c:
+        ax.plot(s2[~below], fitted[~below], color="C1", label="fit, collapsed")
+        ax.axvline(
+            s2c, color="C3", lw=1, label=r"measured $\sigma_c^2$ (top dim's kink)"
+        )
+        if t.ci:  # none when the run has too few evaluations to bound it
+            ax.axvspan(*t.ci, color="C3", alpha=0.3, lw=0, label="95 % interval")
+    if t.theory_sigma2_c:
+        ax.axvline(
+            t.theory_sigma2_c,
+            color="k",
+            ls="--",
+            lw=1,
+            label=r"predicted $\lambda_{max}/\beta$",
+        )
+    ax.set_xscale("log")
+    ax.set_ylabel("KL (nats)")
+    title = label(t.curve, rd.varying_axes())
+    if s2c:
+        lo, hi = t.ci or (math.nan, math.nan)
+        title += "\n" + rf"$\sigma_c^2$ = {s2c:.4g} [{lo:.4g}, {hi:.4g}]"
+        if t.theory_sigma2_c:  # none at beta = 0
+            title += f", predicted {t.theory_sigma2_c:.4g}"
+    ax.set_title(title, fontsize=8)
+
+
+def _derivative_panels(ax, d1, d2, t: Transition) -> None:
+    """One transition's derivative panels: the fit's first and second derivatives in
+    sigma^2 around the transition, and the total-KL fit's breakpoint where it is
+    not sigma_c^2."""
+    u, s2c = np.array(t.fit.ln_sigma2), t.sigma2_c
+    # derivatives in sigma^2 of the fit, slope_ln / s2 and -slope_ln / s2^2,
+    # around the transition (a factor ZOOM either side), where the jump is
+    edges = np.exp(u)
+    window = (edges[0], edges[-1])
+    if s2c:
+        window = (max(edges[0], s2c / ZOOM), min(edges[-1], s2c * ZOOM))
+    slopes = np.array(t.slopes_ln)
+    for k_, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        lo, hi = max(lo, window[0]), min(hi, window[1])
+        if lo >= hi:
+            continue
+        seg = np.geomspace(lo, hi, 50)
+        color = "C1" if s2c and lo >= s2c * (1 - 1e-9) else "C0"
+        d1.plot(seg, slopes[k_] / seg, color=color)
+        d2.plot(seg, -slopes[k_] / seg**2, color=color)
+    # the derivatives jump at the total-KL fit's last breakpoint; where that is
+    # not sigma_c^2 (the top dim's own kink), it is marked and named
+    last = (t.breakpoints or [{}])[-1].get("sigma2")
+    apart = bool(s2c and last and abs(last / s2c - 1) > 0.005)
+    for a in (ax, d1, d2) if apart else ():
+        a.axvline(
+            last,
+            color="0.3",
+            ls=":",
+            lw=1,
+            label="total-KL fit's breakpoint (the derivatives' jump)"
+            if a is ax
+            else None,
+        )
+    for a in (d1, d2):
+        if s2c:
+            a.axvline(s2c, color="C3", lw=1)
+            if t.ci:
+                a.axvspan(*t.ci, color="C3", alpha=0.3, lw=0)
+        a.axhline(0.0, color="0.6", lw=0.5)
+    d1.set_xscale("log")
+    d1.set_xlim(*window)
+    ticks = [window[0], s2c, window[1]] if s2c else list(window)
+    d1.set_xticks(ticks, [f"{v:.3g}" for v in ticks])
+    d1.xaxis.set_minor_formatter(NullFormatter())
+    d1.set_ylabel(r"$dKL/d\sigma^2$")
+    d2.set_ylabel(r"$d^2KL/d(\sigma^2)^2$")
+    d2.set_xlabel(r"decoder variance $\sigma^2$ (near $\sigma_c^2$)")
 
 
 def elbo_figure(rd: RunData) -> Figure:

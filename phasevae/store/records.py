@@ -224,10 +224,18 @@ class PerDim(Record):
 class Estimate(Record):
     """The collapse transition of one curve as its training trajectories locate it
     (:func:`phasevae.analysis.estimate.estimate_transition`; docs/analysis.md says
-    what each field means): the estimate, its interval and that interval's parts,
-    the fits by training length, the stability probe, the verdict and, for ``train
-    longer``, what to train. Every field is None (or empty, or False) where the
-    curve has no transition to fit."""
+    more): ``sigma2_c``, ``ci`` (low, high), ``ci_statistical`` and
+    ``ci_finite_training`` (half-widths in ln sigma^2, (below, above)),
+    ``sigma2_c_final`` and ``sigma2_c_half`` (the fits at T and T/2),
+    ``sigma2_c_by_steps`` (the fit at each evaluated length), ``drift_per_doubling``
+    (u_T - u_{T/2}), ``holds_for_steps`` (absorbing collapse: the length the answer
+    holds for), ``relaxation_scale`` (tau_0), ``probe`` (the stability probe),
+    ``trapped`` (collapsed points that are not equilibria moved the estimate),
+    ``ci_method`` (``jump`` where the KL jumps), ``jump`` (the cell (sigma2_low,
+    sigma2_high) the top dim's KL jumps across, or None for a continuous kink),
+    ``floor`` (with free bits), ``verdict``, for ``train longer`` ``train_longer``
+    (what to train), and ``steps`` (T). The fields of the fit are None (or empty, or
+    False) where the curve has no transition to fit."""
 
     sigma2_c: float | None
     ci: Pair | None

@@ -144,36 +144,43 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         "long_verdict": ref.verdict,
         "long_jump": ref.jump,
         "refined_sigma2": added,
-        "estimators": {
-            "total_kl": _score(now.sigma2_c_total_kl, now.ci_total_kl, reference),
-            "top_dim": _score(now.sigma2_c_final, _stat_ci(now), reference),
-            "estimate": {
-                **_score(now.sigma2_c, now.ci, reference),
-                "covers_long_training": _score(
-                    now.sigma2_c, now.ci, ref.sigma2_c_final
-                )["covers"],
-                "verdict": now.verdict,
-                "holds_for_steps": now.holds_for_steps,
-                "ci_statistical": now.ci_statistical,
-                "ci_finite_training": now.ci_finite_training,
-                "train_longer": now.train_longer and now.train_longer.to_json(),
-                "trapped": now.trapped,
-                "off_theory": now.off_theory,
-                "probe": _probe_summary(now.probe),
-                "error_vs_lambda_max": now.sigma2_c / theory - 1
-                if now.sigma2_c is not None
-                else None,
-                "jump": now.jump,
-            },
-            "refined": {
-                **_score(refined.sigma2_c, refined.ci, reference),
-                "verdict": refined.verdict,
-                "holds_for_steps": refined.holds_for_steps,
-                "jump": refined.jump,
-            },
-        },
+        "estimators": _estimators(now, refined, ref, reference, theory),
     }
     return row
+
+
+def _estimators(now, refined, ref, reference: float, theory: float) -> dict:
+    """Each estimator at T against the case's ``reference``: the total-KL fit, the
+    top dim's fit, the estimate (with its parts, and against the long run ``ref``)
+    and the estimate after refinement."""
+    return {
+        "total_kl": _score(now.sigma2_c_total_kl, now.ci_total_kl, reference),
+        "top_dim": _score(now.sigma2_c_final, _stat_ci(now), reference),
+        "estimate": {
+            **_score(now.sigma2_c, now.ci, reference),
+            "covers_long_training": _score(now.sigma2_c, now.ci, ref.sigma2_c_final)[
+                "covers"
+            ],
+            "verdict": now.verdict,
+            "holds_for_steps": now.holds_for_steps,
+            "ci_statistical": now.ci_statistical,
+            "ci_finite_training": now.ci_finite_training,
+            "train_longer": now.train_longer and now.train_longer.to_json(),
+            "trapped": now.trapped,
+            "off_theory": now.off_theory,
+            "probe": _probe_summary(now.probe),
+            "error_vs_lambda_max": now.sigma2_c / theory - 1
+            if now.sigma2_c is not None
+            else None,
+            "jump": now.jump,
+        },
+        "refined": {
+            **_score(refined.sigma2_c, refined.ci, reference),
+            "verdict": refined.verdict,
+            "holds_for_steps": refined.holds_for_steps,
+            "jump": refined.jump,
+        },
+    }
 
 
 def _probe_summary(probe: dict | None) -> dict | None:
@@ -297,57 +304,13 @@ def summarize(rows: list[dict]) -> dict:
 
 def table(rows: list[dict], summary: dict) -> str:
     """The suite as a markdown table, then the summary."""
-
-    def pct(v):
-        return "-" if v is None else f"{100 * v:+.1f} %"
-
-    def absolute(v):
-        return "-" if v is None else f"{100 * v:.1f} %"
-
-    def ci(s):
-        return "-" if s["ci"] is None else f"[{s['ci'][0]:.4g}, {s['ci'][1]:.4g}]"
-
-    def value(s):
-        return f"{_fmt(s['sigma2_c'])} {ci(s)}" + (" jump" if s["jump"] else "")
-
     lines = [
         "| case | N | n | beta | lambda_max/beta | reference | total-KL fit | "
         "top-dim fit | estimate [95 %] | error | covers | verdict | "
         "refined at T [95 %] | error | covers | verdict | "
         "probe: lambda_c/lambda_max, trapped, dead |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        e = r["estimators"]
-        ref = f"{r['reference']:.4g}" + (
-            " (lambda_max)" if r["truth"] == "lambda_max" else ""
-        )
-        if (r["off_theory_long"] or {}).get("evidence") == "probe":
-            ref += " (collapse stable below lambda_max)"
-        if r["long_jump"]:
-            lo, hi = r["long_jump"]
-            ref += f" jump +-{100 * (math.sqrt(hi / lo) - 1):.1f} %"
-        cells = [
-            r["case"],
-            r["N"],
-            r["n"],
-            f"{r['beta']:g}",
-            f"{r['lambda_max_over_beta']:.4g}",
-            ref,
-            f"{pct(e['total_kl']['error'])} {_yes(e['total_kl']['covers'])}",
-            f"{pct(e['top_dim']['error'])} {_yes(e['top_dim']['covers'])}",
-            value(e["estimate"]),
-            pct(e["estimate"]["error"]),
-            _yes(e["estimate"]["covers"]),
-            e["estimate"]["verdict"],
-            value(e["refined"]),
-            pct(e["refined"]["error"]),
-            _yes(e["refined"]["covers"]),
-            e["refined"]["verdict"],
-            _probe_cell(e["estimate"]["probe"]),
-        ]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    lines += [
+        *(_case_line(r) for r in rows),
         "",
         "| estimator | median abs error | worst abs error | coverage | "
         "median half-width | worst half-width | median interval score |",
@@ -356,18 +319,19 @@ def table(rows: list[dict], summary: dict) -> str:
     for name in ESTIMATORS:
         s = summary[name]
         lines.append(
-            f"| {name} | {absolute(s['median_abs_error'])} | "
-            f"{absolute(s['worst_abs_error'])} | "
+            f"| {name} | {_absolute(s['median_abs_error'])} | "
+            f"{_absolute(s['worst_abs_error'])} | "
             f"{s['coverage']:.0%} ({round(s['coverage'] * s['cases'])}/{s['cases']}) | "
-            f"{absolute(s['median_half_width'])} | {absolute(s['worst_half_width'])} | "
+            f"{_absolute(s['median_half_width'])} | "
+            f"{_absolute(s['worst_half_width'])} | "
             f"{_fmt(s['median_interval_score'])} |"
         )
     est, th = summary["estimate"], summary["estimate_vs_lambda_max"]
     lines += [
         "",
         f"Against lambda_max / beta itself in the {th['cases']} large-n Gaussian "
-        f"cases: median |error| {absolute(th['median_abs_error'])}, worst "
-        f"{absolute(th['worst_abs_error'])}; intervals covering it: {th['covers']}; "
+        f"cases: median |error| {_absolute(th['median_abs_error'])}, worst "
+        f"{_absolute(th['worst_abs_error'])}; intervals covering it: {th['covers']}; "
         f"transitions the analysis reports off the theory with the stability probe "
         f"as evidence (collapse stable below lambda_max / beta): "
         f"{th['off_theory_by_probe']}.",
@@ -388,6 +352,53 @@ def table(rows: list[dict], summary: dict) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _case_line(r: dict) -> str:
+    """One case's row of the table."""
+    e = r["estimators"]
+    ref = f"{r['reference']:.4g}" + (
+        " (lambda_max)" if r["truth"] == "lambda_max" else ""
+    )
+    if (r["off_theory_long"] or {}).get("evidence") == "probe":
+        ref += " (collapse stable below lambda_max)"
+    if r["long_jump"]:
+        lo, hi = r["long_jump"]
+        ref += f" jump +-{100 * (math.sqrt(hi / lo) - 1):.1f} %"
+    cells = [
+        r["case"],
+        r["N"],
+        r["n"],
+        f"{r['beta']:g}",
+        f"{r['lambda_max_over_beta']:.4g}",
+        ref,
+        f"{_pct(e['total_kl']['error'])} {_yes(e['total_kl']['covers'])}",
+        f"{_pct(e['top_dim']['error'])} {_yes(e['top_dim']['covers'])}",
+        _value(e["estimate"]),
+        _pct(e["estimate"]["error"]),
+        _yes(e["estimate"]["covers"]),
+        e["estimate"]["verdict"],
+        _value(e["refined"]),
+        _pct(e["refined"]["error"]),
+        _yes(e["refined"]["covers"]),
+        e["refined"]["verdict"],
+        _probe_cell(e["estimate"]["probe"]),
+    ]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:+.1f} %"
+
+
+def _absolute(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def _value(s: dict) -> str:
+    """An estimator's value and interval, and whether the KL jumps there."""
+    ci = "-" if s["ci"] is None else f"[{s['ci'][0]:.4g}, {s['ci'][1]:.4g}]"
+    return f"{_fmt(s['sigma2_c'])} {ci}" + (" jump" if s["jump"] else "")
 
 
 def _probe_cell(p: dict | None) -> str:
