@@ -1,16 +1,22 @@
 """Autoregressive decoders (issue 30): does a decoder that sees x's predecessors
 collapse where the derived criterion puts it, lambda_max of the innovations'
 covariance (docs/science.md, 'Autoregressive decoders'), and not at lambda_max of
-the data's? Windows of a stationary AR(1) process (PHI = 0.9, 8 values) are made
-here; ``phasevae locate`` (beta = 1, the default MLP, 3000 steps) finds the
-transition for each context k: 0 (the plain decoder, lambda_max(C) about 32), then
-1 and 4 (the criterion about 5.3, the first value's variance, whatever the
-context: the later values are predicted from the one before).
+the data's? Windows of 8 values of a stationary autoregressive process are made
+here, and ``phasevae locate`` (beta = 1, 3000 steps) finds the transition for each
+context k.
 
-    python studies/autoregressive.py [CONTEXT ...]
+* ``ar1``: x_t = 0.9 x_{t-1} + e_t, the default MLP, 1 seed, k = 0, 1, 4. The
+  criterion falls from about 32 (k = 0) to the first value's variance, about 5.3,
+  for every k >= 1 (the later values are predicted from the one before).
+* ``ar2``: x_t = 0.2 x_{t-1} + 0.7 x_{t-2} + e_t, 3 seeds, k = 0, 1, 2, 4, for the
+  linear VAE (no hidden layers: the exact oracle) and the default MLP. Here each k
+  up to the process's order moves the criterion: about 20.2, 6.75, 3.52 and 3.52.
 
-writes results/autoregressive/context-<k>/ (the located run), table.md and
-table.json (the rows of contexts not named are kept from table.json).
+    python studies/autoregressive.py [PROCESS:ARCH:CONTEXT ...]
+
+(e.g. ``ar2:linear:2``; none: every ``ar2`` run) writes results/autoregressive/
+<name>/ (the located run), table.md and table.json (the rows not named are kept
+from table.json).
 """
 
 from __future__ import annotations
@@ -26,38 +32,59 @@ from phasevae.api import locate, open_run
 from phasevae.data import covariance_eig
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "autoregressive"
-PHI, WINDOW, SAMPLES = 0.9, 8, 4000
+WINDOW, SAMPLES, BURN = 8, 4000, 200
+PROCESSES = {"ar1": (0.9,), "ar2": (0.2, 0.7)}  # the coefficients phi_1, phi_2, ...
+ARCHS = {"mlp": {}, "linear": {"encoder": [], "decoder": []}}
+SEEDS = {"ar1": [0], "ar2": [0, 1, 2]}
+RUNS = [("ar2", arch, k) for arch in ("linear", "mlp") for k in (0, 1, 2, 4)]
 
 
-def windows() -> np.ndarray:
-    """``SAMPLES`` windows of ``WINDOW`` consecutive values of x_t = PHI x_{t-1} +
-    e_t, e_t ~ N(0, 1), stationary from the first value."""
+def windows(process: str) -> np.ndarray:
+    """``SAMPLES`` windows of ``WINDOW`` consecutive values of x_t = sum_j phi_j
+    x_{t-j} + e_t, e_t ~ N(0, 1): AR(1) stationary from its first value, higher
+    orders after ``BURN`` values."""
+    phis = PROCESSES[process]
     rng = np.random.default_rng(0)
-    x = np.empty((SAMPLES, WINDOW))
-    x[:, 0] = rng.normal(size=SAMPLES) / np.sqrt(1 - PHI**2)
-    for t in range(1, WINDOW):
-        x[:, t] = PHI * x[:, t - 1] + rng.normal(size=SAMPLES)
-    return x.astype(np.float32)
+    if len(phis) == 1:
+        x = np.empty((SAMPLES, WINDOW))
+        x[:, 0] = rng.normal(size=SAMPLES) / np.sqrt(1 - phis[0] ** 2)
+        for t in range(1, WINDOW):
+            x[:, t] = phis[0] * x[:, t - 1] + rng.normal(size=SAMPLES)
+        return x.astype(np.float32)
+    x = np.zeros((SAMPLES, BURN + WINDOW))
+    for t in range(x.shape[1]):
+        past = sum(p * x[:, t - 1 - j] for j, p in enumerate(phis) if t - 1 - j >= 0)
+        x[:, t] = past + rng.normal(size=SAMPLES)
+    return x[:, BURN:].astype(np.float32)
 
 
-def run(context: int) -> dict:
-    data = ROOT / "data" / "ar1.npy"
+def name(process: str, arch: str, context: int) -> str:
+    """The run's folder: ``context-<k>`` for the first study's (AR(1), MLP) runs."""
+    if (process, arch) == ("ar1", "mlp"):
+        return f"context-{context}"
+    return f"{process}-{arch}-context-{context}"
+
+
+def run(process: str, arch: str, context: int) -> dict:
+    data = ROOT / "data" / f"{process}.npy"
     data.parent.mkdir(parents=True, exist_ok=True)
-    x = windows()
+    x = windows(process)
     np.save(data, x)
     spec = {
         "data": {"source": "array", "path": str(data)},
-        "model": {"context": context},
+        "model": {"context": context, **ARCHS[arch]},
         "train": {"steps": 3000},
-        "grid": {"beta": [1.0]},
+        "grid": {"beta": [1.0], "seeds": SEEDS[process]},
     }
-    path = ROOT / f"context-{context}.toml"
+    path = ROOT / f"{name(process, arch, context)}.toml"
     path.write_text(tomli_w.dumps(spec))
-    result = locate(path, ROOT / f"context-{context}")
+    result = locate(path, ROOT / name(process, arch, context))
     (curve,) = result["curves"]
-    derived = open_run(ROOT / f"context-{context}").meta.spectrum["lambda_max"]
+    derived = open_run(ROOT / name(process, arch, context)).meta.spectrum["lambda_max"]
     plain = float(covariance_eig(x - x.mean(axis=0))[0][0])
     return {
+        "process": process,
+        "arch": arch,
         "context": context,
         "lambda_max_data": plain,
         "derived": derived,
@@ -71,29 +98,36 @@ def run(context: int) -> dict:
     }
 
 
+def key(r: dict) -> tuple:
+    return r.get("process", "ar1"), r.get("arch", "mlp"), r["context"]
+
+
 def table(rows: list[dict]) -> str:
     lines = [
-        "| context | lambda_max(C) | derived sigma2_c (innovations) | located [95 %] "
-        "| error | verdict | model-steps |",
-        "|---|---|---|---|---|---|---|",
+        "| process | decoder | context | lambda_max(C) | derived sigma2_c "
+        "(innovations) | located [95 %] | error | verdict | model-steps |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: r["context"]):
+    for r in sorted(rows, key=key):
+        process, arch, context = key(r)
         ci = "-" if not r["ci"] else f"[{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
         s2c = "-" if r["sigma2_c"] is None else f"{r['sigma2_c']:.4g}"
         err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f} %"
         lines.append(
-            f"| {r['context']} | {r['lambda_max_data']:.4g} | {r['derived']:.4g} | "
-            f"{s2c} {ci} | {err} | {r['verdict']} | {r['model_steps']:,} |"
+            f"| {process.upper()} | {arch} | {context} | {r['lambda_max_data']:.4g} | "
+            f"{r['derived']:.4g} | {s2c} {ci} | {err} | {r['verdict']} | "
+            f"{r['model_steps']:,} |"
         )
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    contexts = [int(a) for a in sys.argv[1:]] or [0, 1, 4]
+    named = [a.split(":") for a in sys.argv[1:]]
+    runs = [(p, a, int(k)) for p, a, k in named] or RUNS
     path = ROOT / "table.json"
     kept = json.loads(path.read_text()) if path.exists() else []
-    rows = [r for r in kept if r["context"] not in contexts]
-    rows += [run(k) for k in contexts]
+    rows = [r for r in kept if key(r) not in runs]
+    rows += [run(*r) for r in runs]
     path.write_text(json.dumps(rows, indent=1))
     (ROOT / "table.md").write_text(table(rows))
     print(table(rows))
