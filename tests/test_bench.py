@@ -13,6 +13,29 @@ def test_flop_count_of_the_paper_architecture():
     assert bench.flops_per_model_step() == 3 * 2 * 256 * macs + 12 * params
 
 
+def test_flop_count_of_the_autoregressive_model():
+    """The ar model is the paper's MLP plus a banded head of N x context weights, one
+    multiply-add each per example."""
+    head = 8 * bench.AR_CONTEXT
+    extra = 3 * 2 * 256 * head + 12 * head
+    assert bench.flops_per_model_step("ar") == bench.flops_per_model_step() + extra
+    assert bench.static_for("ar").context == bench.AR_CONTEXT > 0
+
+
+@pytest.mark.slow
+def test_the_autoregressive_step_costs_what_the_hand_count_says(capsys):
+    """XLA's count of one ar model-step is the hand count plus the element-wise work
+    (as for the MLP), and the bench times it against the loop."""
+    from phasevae.tools import predict
+
+    hand = bench.flops_per_model_step("ar")
+    assert hand <= predict.step_cost(4, "ar").flops <= 1.05 * hand
+    assert main(["bench", "--model", "ar", "--models", "2", "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    assert r["model"] == "ar" and r["model_steps_per_s"] > 0
+    assert r["baseline_model_steps_per_s"] > 0
+
+
 @pytest.mark.slow
 def test_bench_json_interface(capsys):
     assert main(["bench", "--models", "2", "--json"]) == 0

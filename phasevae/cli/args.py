@@ -137,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, one object per M")
     p.add_argument(
         "--model",
-        choices=("mlp", "conv"),
+        choices=("mlp", "conv", "ar"),
         default="mlp",
-        help="the paper's MLP (default) or the convolutional VAE on image patches",
+        help="the paper's MLP (default), the convolutional VAE on image patches, or "
+        "the MLP with an autoregressive decoder (model.context = 4)",
     )
     p.add_argument(
         "--precision",

@@ -10,10 +10,13 @@ Architectures (``--model``):
   mlp   the paper's synthetic one: N = 8, encoder 256-128, decoder 128-256, latent 2,
         batch 256;
   conv  the convolutional VAE (:mod:`phasevae.models.conv`) on 16x16 grayscale patches:
-        channels 16-32, kernel 3, latent 2, batch 64.
+        channels 16-32, kernel 3, latent 2, batch 64;
+  ar    the MLP with an autoregressive decoder (``model.context`` = 4: each output
+        also gets a learned linear prediction from the 4 features before it).
 
 FLOPs of one model step, counted by hand (a multiply-add is 2 FLOPs):
-  forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out, over
+  forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out (and the
+            autoregressive head's N * context), over
             convolutions of output pixels * k^2 * C_in * C_out, over transposed
             convolutions of input pixels * k^2 * C_in * C_out (the useful products:
             the zeros a strided transposed convolution multiplies are not counted)
@@ -46,6 +49,7 @@ from phasevae.models.vae import VAE, example_terms, objective
 
 N, LATENT, ENCODER, DECODER, BATCH = 8, 2, (256, 128), (128, 256), 256
 IMAGE, CHANNELS, KERNEL, CONV_BATCH = (16, 16, 1), (16, 32), 3, 64
+AR_CONTEXT = 4  # the ``ar`` model's context: half the features
 CHUNK = 100  # steps per timed call
 EVAL = 256  # evaluation examples per chunk (small: the bench times training)
 
@@ -84,7 +88,10 @@ def static_for(model: str, precision: str = "float32") -> Static:
             example_shape=IMAGE,
             precision=precision,
         )
-    return Static(N, LATENT, ENCODER, DECODER, BATCH, CHUNK, precision=precision)
+    context = AR_CONTEXT if model == "ar" else 0
+    return Static(
+        N, LATENT, ENCODER, DECODER, BATCH, CHUNK, precision=precision, context=context
+    )
 
 
 def bench_data(model: str) -> np.ndarray:
@@ -126,8 +133,9 @@ def flops_per_model_step(model: str = "mlp") -> float:
     if model == "conv":
         params, _ = footprint(static_for(model).module, IMAGE, LATENT)
         return 3.0 * 2.0 * CONV_BATCH * conv_macs() + 12.0 * params
-    macs = sum(a * b for a, b in layer_sizes())
-    params = sum(a * b + b for a, b in layer_sizes())
+    head = N * AR_CONTEXT if model == "ar" else 0  # the autoregressive head
+    macs = sum(a * b for a, b in layer_sizes()) + head
+    params = sum(a * b + b for a, b in layer_sizes()) + head
     forward = 2.0 * BATCH * macs
     return 3.0 * forward + 12.0 * params
 
@@ -153,6 +161,7 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
     from phasevae.spec import spec_from_dict
 
     layout = {"latent_dim": LATENT, "encoder": list(ENCODER), "decoder": list(DECODER)}
+    layout["context"] = AR_CONTEXT if model == "ar" else 0
     spec = spec_from_dict(  # the bench's architecture, for the estimate
         {
             "model": layout,
@@ -238,7 +247,7 @@ def program_bytes(compiled, x, ex) -> int:
 def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:
     """Model-steps/s of a loop over models, each trained with a jitted step."""
     static = static_for(model)
-    vae = static.module or VAE(N, LATENT, ENCODER, DECODER)
+    vae = static.module or VAE(N, LATENT, ENCODER, DECODER, context=static.context)
     tx = optax.adam(1e-3)
     x = jnp.asarray(bench_data(model)).reshape(-1, *static.shape)
     batch, zero = static.batch_size, (jnp.zeros(static.shape), jnp.zeros(LATENT))
