@@ -19,8 +19,8 @@ context k.
     python studies/autoregressive.py [PROCESS:ARCH:CONTEXT ...]
 
 (e.g. ``ar2:linear:2``; none: every ``ar2`` run) writes results/autoregressive/
-<name>/ (the located run), table.md and table.json (the rows not named are kept
-from table.json).
+<name>/ (the located run), table.md, table.json (the rows not named are kept from
+table.json) and context.png (located against derived, per context).
 """
 
 from __future__ import annotations
@@ -126,6 +126,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figure(rows: list[dict], path: Path) -> None:
+    """Located sigma_c^2 (with its interval) over the context k, beside the derived
+    criterion, one panel per process (each in its data's units, log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    processes = sorted({key(r)[0] for r in rows})
+    fig, axes = plt.subplots(
+        1, len(processes), figsize=(4.2 * len(processes), 3.4), squeeze=False
+    )
+    for ax, process in zip(axes[0], processes, strict=True):
+        mine = sorted((r for r in rows if key(r)[0] == process), key=key)
+        for i, arch in enumerate(sorted({key(r)[1] for r in mine})):
+            got = [r for r in mine if key(r)[1] == arch and r["sigma2_c"] is not None]
+            k = np.array([r["context"] for r in got]) + 0.08 * (i - 0.5)
+            y = np.array([r["sigma2_c"] for r in got])
+            ci = np.array([r["ci"] or (r["sigma2_c"],) * 2 for r in got])
+            lo, hi = y - ci[:, 0], ci[:, 1] - y
+            ax.errorbar(k, y, yerr=[lo, hi], fmt="o", ms=4, label=f"located, {arch}")
+        ks = sorted({r["context"] for r in mine})
+        derived = {r["context"]: r["derived"] for r in mine}
+        ax.plot(ks, [derived[c] for c in ks], "k_", ms=18, mew=1.5, label="derived")
+        ax.set(
+            xlabel="context k (predecessors the decoder sees)",
+            ylabel=r"$\sigma_c^2$ at $\beta$ = 1",
+            yscale="log",
+            title=f"{process.upper()} windows of {WINDOW}",
+            xticks=ks,
+        )
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 if __name__ == "__main__":
     named = [a.split(":") for a in sys.argv[1:]]
     runs = [(p, a, int(k)) for p, a, k in named] or RUNS
@@ -135,4 +171,5 @@ if __name__ == "__main__":
     rows += [run(*r) for r in runs]
     path.write_text(json.dumps(rows, indent=1))
     (ROOT / "table.md").write_text(table(rows))
+    figure(rows, ROOT / "context.png")
     print(table(rows))
