@@ -176,3 +176,58 @@ def test_a_run_refuses_to_resume_at_another_precision(tiny_spec, tmp_path):
     assert meta.spec["train"]["precision"] == "float32"
     with pytest.raises(RunDirError, match="different spec|another spec|differs"):
         run_sweep(tiny_spec(train={"precision": "bfloat16"}), tmp_path / "run")
+
+
+def test_the_decoder_gains_are_the_singular_values_of_a_linear_decoder():
+    """For the linear VAE the decoder's Jacobian in z is its kernel W (N, k; stored
+    (out, in)), whatever z: E[J^T J] = W^T W, and the gains (largest first) are W's
+    singular values; a decoder whose z-weights are 0 (collapsed) has gains 0."""
+    from phasevae.engine.loop import _decoder_gains
+    from phasevae.engine.step import Static, Trainer
+
+    trainer = Trainer(Static(5, 3, (), (), 4, 1))
+    points = Point.from_table(
+        {"sigma2": [1.0], "beta": [1.0], "learning_rate": [1e-3], "seed": [3]}
+    )
+    params = jax.tree.map(lambda a: a[0], trainer.init(points).params)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(7, 5)), jnp.float32)
+    z = jnp.asarray(np.random.default_rng(1).normal(size=(7, 3)), jnp.float32)
+    w = np.asarray(params["params"]["dec"]["Dense_0"]["kernel"], np.float64)
+    gram = np.asarray(trainer._decoder_gram(params, z, x), np.float64)
+    np.testing.assert_allclose(gram, w.T @ w, rtol=1e-5, atol=1e-6)
+    gains = _decoder_gains(gram[None], 1, 3)[:, 0]
+    np.testing.assert_allclose(gains, np.linalg.svd(w, compute_uv=False), rtol=1e-5)
+    dead = jax.tree.map(jnp.zeros_like, params)
+    assert not _decoder_gains(
+        np.asarray(trainer._decoder_gram(dead, z, x))[None], 1, 3
+    ).any()
+
+
+def test_the_decoder_gram_of_a_deep_decoder_is_its_jacobian_by_differences():
+    """A deep MLP decoder (with a skip path, so x enters f): E[J^T J] from the
+    trainer against J by central differences of model.decode, one example."""
+    from phasevae.engine.step import Static, Trainer
+
+    trainer = Trainer(Static(4, 2, (6,), (5, 3), 4, 1, skip="gated"))
+    points = Point.from_table(
+        {"sigma2": [1.0], "beta": [1.0], "learning_rate": [1e-3], "seed": [0]}
+    )
+    params = jax.tree.map(lambda a: a[0], trainer.init(points).params)
+    x = jnp.asarray([[0.3, -1.2, 0.8, 2.0]], jnp.float32)
+    z = np.array([0.4, -0.7])
+    gram = np.asarray(trainer._decoder_gram(params, jnp.asarray(z[None]), x))
+
+    def f(zv):
+        return np.asarray(
+            trainer.model.apply(
+                {"params": params["params"]},
+                jnp.asarray(zv, jnp.float32),
+                x[0],
+                method="decode",
+            ),
+            np.float64,
+        )
+
+    h = 1e-2
+    j = np.stack([(f(z + h * e) - f(z - h * e)) / (2 * h) for e in np.eye(2)], 1)
+    np.testing.assert_allclose(gram, j.T @ j, rtol=2e-3, atol=1e-5)

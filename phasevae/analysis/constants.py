@@ -19,6 +19,9 @@ KL_RESOLUTION = 2e-3
 KL_AXIS_MIN = 1e-4
 # nats: I(x; z) below this carries no information
 NO_INFORMATION = 0.01
+# the metrics column of the decoder's largest gain (the top singular value of its
+# Jacobian in z, engine/step.py: Metrics.decoder_gram); runs made before it lack it
+GAIN = "decoder_gain_0"
 
 GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "sigma2",

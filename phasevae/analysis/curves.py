@@ -19,7 +19,7 @@ from scipy import stats
 
 from phasevae.analysis import estimate, readings, theory
 from phasevae.analysis.advice import advise
-from phasevae.analysis.constants import COLLAPSED_KL, GRID_AXES, curve_axes
+from phasevae.analysis.constants import COLLAPSED_KL, GAIN, GRID_AXES, curve_axes
 from phasevae.analysis.fit import (
     LEVEL,
     MIN_INCREMENT,
@@ -75,7 +75,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> Analysis:
     """
     columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
     columns += [f"var_dim_{j}" for j in range(latent_dim)]
-    columns += ["active_directions"] if "active_directions" in metrics else []
+    columns += [c for c in ("active_directions", GAIN) if c in metrics]
     with np.errstate(invalid="ignore", over="ignore"):  # diverged points: NaN, inf
         table = rank_dims(settle(metrics, columns), latent_dim)
     axes = curve_axes(table)
@@ -403,7 +403,7 @@ def _points(table: pd.DataFrame) -> list[dict]:
     at the last evaluation, and the convergence verdict."""
     cols = [c for c in ("point_id", *GRID_AXES) if c in table]
     cols += ["kl", "kl_se", "kl_drift", "settled", "active_units", "mi", "diverged"]
-    cols += ["active_directions"] if "active_directions" in table else []
+    cols += [c for c in ("active_directions", GAIN) if c in table]
     return [{k: _num(v) for k, v in r.items()} for r in table[cols].to_dict("records")]
 
 

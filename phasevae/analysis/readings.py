@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from phasevae.analysis.constants import NO_INFORMATION
+from phasevae.analysis.constants import GAIN, NO_INFORMATION
 
 # a top-dim KL at least this fraction of free_bits at the largest sigma^2 is held by
 # the floor, not collapsed
@@ -35,7 +35,8 @@ def information(points: pd.DataFrame) -> dict:
     smallest sigma^2 from which it stays below ``NO_INFORMATION`` nats (None: never),
     which is where the encoder's information collapses even where the KL cannot (a
     hyperspherical latent of fixed concentration has a constant KL); and the active
-    directions (the participation ratio of E[z|x], 0 .. k) at both ends."""
+    directions (the participation ratio of E[z|x], 0 .. k) and the decoder's largest
+    gain (the top singular value of d f / d z, 0 when f ignores z) at both ends."""
     mi = points.groupby("sigma2")["mi"].mean().sort_index()
     low = (mi < NO_INFORMATION).to_numpy()
     above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
@@ -49,4 +50,8 @@ def information(points: pd.DataFrame) -> dict:
         d = points.groupby("sigma2")["active_directions"].mean().sort_index()
         out["directions_at_min_sigma2"] = float(d.iloc[0])
         out["directions_at_max_sigma2"] = float(d.iloc[-1])
+    if GAIN in points:  # nor these
+        g = points.groupby("sigma2")[GAIN].mean().sort_index()
+        out["decoder_gain_at_min_sigma2"] = float(g.iloc[0])
+        out["decoder_gain_at_max_sigma2"] = float(g.iloc[-1])
     return out

@@ -282,6 +282,9 @@ def metrics_frame(
     df["active_directions"] = np.asarray(m.directions, np.float64)
     df["decoder_sigma2"] = np.asarray(m.decoder_sigma2, np.float64)
     df["collapse_eigenvalue"] = _collapse_eigenvalues(m.collapse_grams, len(df))
+    gains = _decoder_gains(m.decoder_gram, len(df), m.kl_dim.shape[1])
+    for j, gain in enumerate(gains):
+        df[f"decoder_gain_{j}"] = gain
     df["active_units"] = (m.kl_dim > COLLAPSED_KL).sum(axis=1).astype(np.int64)
     trace, dim = float(np.sum(data.eigenvalues)), data.x.shape[1]
     sigma2 = df["decoder_sigma2"].to_numpy()
@@ -299,6 +302,20 @@ def _collapse_eigenvalues(grams, n: int) -> np.ndarray:
     ok = np.all([np.isfinite(g).all(axis=(1, 2)) for g in grams], axis=0)
     if ok.any():
         out[ok] = collapse_eigenvalue(*(g[ok] for g in grams))
+    return out
+
+
+def _decoder_gains(grams, n: int, k: int) -> np.ndarray:
+    """(k, n): the decoder's gains per model, largest first: the square roots of the
+    eigenvalues of E[J^T J] (NaN without them or where not finite)."""
+    out = np.full((k, n), np.nan)
+    if grams is None:
+        return out
+    grams = np.asarray(grams, np.float64)
+    ok = np.isfinite(grams).all(axis=(1, 2))
+    if ok.any():
+        ev = np.linalg.eigvalsh(grams[ok])[:, ::-1]  # descending
+        out[:, ok] = np.sqrt(np.clip(ev, 0.0, None)).T
     return out
 
 

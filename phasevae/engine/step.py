@@ -104,6 +104,11 @@ class Metrics(NamedTuple):
     # (S, K, C_hh) of model.collapse_grams, finished on the host into the collapse
     # eigenvalue (model.collapse_eigenvalue); None with a skip path
     collapse_grams: tuple[Array, Array, Array] | None
+    # (k, k) E[J^T J] over the first GAIN_SAMPLES evaluation examples, J = d f / d z
+    # (the decoder's output in its latent) at z = E[z|x]: its eigenvalues' square
+    # roots are the decoder's gains (finished on the host); None for a module
+    # without ``decode``
+    decoder_gram: Array | None
 
 
 # train.precision -> the precision every matmul of the chunk is traced with
@@ -189,6 +194,7 @@ def kl_factor(point: Point, step: Array) -> Array:
 
 
 MI_SAMPLES = 512  # the I(x; z) estimate costs n^2 per model: a subset of eval_x
+GAIN_SAMPLES = 256  # the decoder's Jacobian costs k decoder passes per example
 ACTIVE_VAR = 0.01  # total variance of E[z|x] over x below which no direction is used
 
 
@@ -403,7 +409,28 @@ class Trainer:
                 if self.static.probe
                 else None
             ),
+            decoder_gram=self._decoder_gram(params, self.posterior_mean(t), eval_x),
         )
+
+    def _decoder_gram(self, params, z: Array, eval_x: Array) -> Array | None:
+        """E[J^T J] (k, k) over the first GAIN_SAMPLES examples, J the Jacobian of the
+        decoder's output (the likelihood's natural parameter, flattened) in z at
+        ``z`` (E[z|x]); None for a module without ``decode``: the guide's
+        "landscape" diagnostic, whose largest singular value goes to 0 at collapse."""
+        if not hasattr(self.model, "decode"):
+            return None
+        m = min(eval_x.shape[0], GAIN_SAMPLES)
+        variables = {"params": params["params"]}
+
+        def jacobian(zi, xi):
+            def out(z):
+                f = self.model.apply(variables, z, xi, method="decode")
+                return f.reshape(-1).astype(jnp.float32)
+
+            return jax.jacfwd(out)(zi)  # (D, k)
+
+        j = jax.vmap(jacobian)(z[:m], eval_x[:m])
+        return jnp.einsum("mdi,mdj->ij", j, j) / m
 
     def _chunk(
         self, state: TrainState, points: Point, data: Array, eval_x: Array, start: Array

@@ -108,8 +108,8 @@ class ConvVAE(nn.Module):
         out = self.head(x.reshape(-1))
         return out[: self.latent_dim], out[self.latent_dim :]
 
-    def decode(self, z: Array) -> Array:
-        """(k,) -> f(z) (h, w, c)."""
+    def decode(self, z: Array, x: Array | None = None) -> Array:
+        """(k,) -> f(z) (h, w, c) (``x`` is not used: the protocol's signature)."""
         h0, w0 = self.bottom()
         y = nn.relu(self.lift(z)).reshape(h0, w0, self.channels[-1])
         for conv in self.up:

@@ -201,7 +201,11 @@ class SphereVAE(nn.Module):
         ln(1 - E[m^T z]) for every dim (k,), f(z)) with z ~ PS(m, kappa)."""
         m, kappa = self.encode(x)
         spread = jnp.full((self.latent_dim,), kappa_to_spread(kappa, self.latent_dim))
-        return m, spread, self.dec(sample(noise, m, kappa))
+        return m, spread, self.decode(sample(noise, m, kappa))
+
+    def decode(self, z: Array, x: Array | None = None) -> Array:
+        """z (k,) on the sphere -> f(z) (N,) (``x`` is not used)."""
+        return self.dec(z)
 
     # the latent's hooks (phasevae.models.vae.example_terms and the trainer use them in
     # place of the Gaussian's): pure functions, no parameters

@@ -9,7 +9,10 @@ the MLP takes every example flat) and standard normal noise ``eps`` (k,), and re
 ``(mu, logvar, xhat)``: the encoder's mean and log-variance (k,) and the decoder's mean
 f(z) at z = mu + exp(logvar / 2) eps, of x's shape. Optionally ``output_layer``: the
 path in ``params["params"]`` of the decoder's last layer, whose ``kernel`` the sweep
-scales by grid.decoder_init_scale. The sweep supplies the rest: the initialisation from
+scales by grid.decoder_init_scale; and ``decode(z, x)``: the decoder's output for a
+latent z (k,) and the example x (for a skip path or an autoregressive head; others
+ignore it), whose Jacobian in z gives the decoder's gains (the metrics'
+``decoder_gain_<j>``). The sweep supplies the rest: the initialisation from
 the point's seed (``module.init(key, x, eps)``), the decoder variance sigma^2 (the
 grid's, or learned), the loss below and the optimiser. Skip paths and the collapse probe
 need the MLP's layout and are offered for it alone. A latent other than this Gaussian
