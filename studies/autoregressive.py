@@ -85,8 +85,12 @@ def run(process: str, arch: str, context: int) -> dict:
     path.write_text(tomli_w.dumps(spec))
     result = locate(path, ROOT / name(process, arch, context))
     (curve,) = result["curves"]
-    derived = open_run(ROOT / name(process, arch, context)).meta.spectrum["lambda_max"]
+    located = open_run(ROOT / name(process, arch, context))
+    derived = located.meta.spectrum["lambda_max"]
+    if NORMALIZE[process]:  # the units the run trained in (global: one scale)
+        x = (x - x.mean(dtype=np.float64)) / x.std(dtype=np.float64)
     plain = float(covariance_eig(x - x.mean(axis=0))[0][0])
+    (t,) = located.analyze().transitions  # the probe's reading, and off_theory
     return {
         "process": process,
         "arch": arch,
@@ -100,6 +104,8 @@ def run(process: str, arch: str, context: int) -> dict:
         if curve["sigma2_c"] is None
         else curve["sigma2_c"] / derived - 1,
         "model_steps": curve["model_steps"],
+        "lambda_c_ratio": t.probe and t.probe["lambda_c_ratio"],
+        "stable_below": (t.off_theory or {}).get("evidence") == "probe",
     }
 
 
@@ -110,8 +116,9 @@ def key(r: dict) -> tuple:
 def table(rows: list[dict]) -> str:
     lines = [
         "| process | decoder | context | lambda_max(C) | derived sigma2_c "
-        "(innovations) | located [95 %] | error | verdict | model-steps |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(innovations) | located [95 %] | error | verdict | model-steps | probe: "
+        "lambda_c/lambda_max |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=key):
         process, arch, context = key(r)
@@ -121,9 +128,18 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {process.upper()} | {arch} | {context} | {r['lambda_max_data']:.4g} | "
             f"{r['derived']:.4g} | {s2c} {ci} | {err} | {r['verdict']} | "
-            f"{r['model_steps']:,} |"
+            f"{r['model_steps']:,} | {_probe(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _probe(r: dict) -> str:
+    """The probe's lambda_c / lambda_max near the kink (0: dead units), and whether
+    it shows collapse stable below the criterion."""
+    ratio = r.get("lambda_c_ratio")
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}" + (", stable below" if r.get("stable_below") else "")
 
 
 def figure(rows: list[dict], path: Path) -> None:
