@@ -7,12 +7,13 @@ from phasevae.analysis.curves import analyze_run
 from phasevae.cli import main
 from phasevae.engine.sweep import run_sweep
 from phasevae.report import figures as plots
-from tests.test_analysis import run_dir, synthetic_metrics
+from tests.test_analysis import EV, K, run_dir, synthetic_metrics
 
 NAMES = [
     "kl_vs_sigma2",
     "elbo_vs_sigma2",
     "latent_variance",
+    "decoder_gains",
     "scaling",
     "training_curves",
     "spectrum",
@@ -206,3 +207,28 @@ def test_the_kl_figure_draws_unsettled_points_hollow_and_says_so():
         assert not drawn & set(want) and len(drawn) + len(want) == len(
             rd.curve(t)["sigma2"].unique()
         )
+
+
+def test_the_gains_figure_draws_what_the_run_logged_and_only_then(tmp_path):
+    """A run whose metrics hold the decoder's gains gets the decoder_gains figure,
+    each gain's curve its seed mean per sigma^2; a run made before them (the
+    committed default run) does not."""
+    import matplotlib.pyplot as plt
+
+    run = run_dir(tmp_path)
+    metrics = synthetic_metrics([1.0], seeds=(0, 1))
+    for j in range(K):
+        fall = np.clip(1.0 - metrics["sigma2"] / EV[j], 0.0, None)
+        metrics[f"decoder_gain_{j}"] = np.sqrt(fall) * (1.0 + 0.1 * metrics["seed"])
+    run.write_metrics(metrics)
+    analyze_run(run.path)
+    made = plots.figures(run.path)
+    assert "decoder_gains" in made
+    fig = made["decoder_gains"]()
+    top = fig.axes[0].get_lines()[0]  # gain 1, then its threshold's line
+    want = metrics.groupby("sigma2")["decoder_gain_0"].mean()
+    np.testing.assert_allclose(top.get_xdata(), want.index)
+    np.testing.assert_allclose(top.get_ydata(), want.to_numpy())
+    plt.close(fig)
+    committed = Path(__file__).parent.parent / "results" / "default" / "default"
+    assert "decoder_gains" not in plots.figures(committed)

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from phasevae.analysis.constants import curve_axes
+from phasevae.analysis.constants import GAIN, curve_axes
 from phasevae.analysis.curves import rank_dims, settle
 from phasevae.errors import BadInput
 from phasevae.spec import LATER_AXES, Range, Spec
@@ -108,6 +108,8 @@ def load(run_dir: str | Path) -> RunData:
     k = spec.model.latent_dim
     columns = ["kl", *(f"kl_dim_{j}" for j in range(k)), "mi", "elbo"]
     columns += [f"var_dim_{j}" for j in range(k)]
+    if GAIN in metrics:  # runs made before the decoder's gains have none
+        columns += [f"decoder_gain_{j}" for j in range(k)]
     points = rank_dims(settle(metrics, columns), k)
     kl = points[[f"kl_dim_{j}" for j in range(k)]].to_numpy()
     var = points[[f"var_dim_{j}" for j in range(k)]].to_numpy()

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from phasevae.analysis import theory
-from phasevae.analysis.constants import KL_AXIS_MIN
+from phasevae.analysis.constants import GAIN, KL_AXIS_MIN
 from phasevae.report.diagrams import (
     hysteresis_figure,
     phase_diagram,
@@ -247,6 +247,27 @@ def variance_figure(rd: RunData) -> Figure:
     return fig
 
 
+def gains_figure(rd: RunData) -> Figure:
+    """The decoder's gains (the singular values of its Jacobian in z, largest first)
+    vs sigma^2: the decoder side of collapse, each falling towards 0 near its
+    threshold, marked."""
+    ts, fig, axs = transition_panels(rd, rows=1, height=2.8)
+    for ax, t in zip(axs[0], ts, strict=True):
+        pts = rd.curve(t)
+        for r in range(rd.k):
+            g = pts.groupby("sigma2")[f"decoder_gain_{r}"].mean()
+            ax.plot(g.index, g, "o-", ms=3, lw=1, color=f"C{r}", label=f"gain {r + 1}")
+            ax.axvline(t.theory_thresholds[r], color=f"C{r}", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0.0)
+        ax.set_xlabel(r"decoder variance $\sigma^2$ (dashed: $\lambda_i/\beta$)")
+        ax.set_ylabel(r"decoder gain in $z$")
+        ax.set_title(label(t.curve, rd.varying_axes()), fontsize=9)
+    axs[0, 0].legend(fontsize=7, frameon=False, title="largest first", title_fontsize=7)
+    fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
+    return fig
+
+
 def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     """KL against training step for grid points on both sides of the transition of
     the middle curve: near it, KL relaxes slowest (critical slowing down)."""
@@ -402,6 +423,7 @@ def figures(
         "kl_vs_sigma2": lambda: kl_figure(rd),
         "elbo_vs_sigma2": lambda: elbo_figure(rd),
         "latent_variance": lambda: variance_figure(rd),
+        **({"decoder_gains": lambda: gains_figure(rd)} if GAIN in rd.points else {}),
         "scaling": lambda: scaling_figure(rd),
         "training_curves": lambda: training_figure(rd),
         "spectrum": lambda: spectrum_figure(rd),
