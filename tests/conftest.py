@@ -2,6 +2,7 @@
 
 import copy
 import os
+import sys
 
 import jax
 import pytest
@@ -28,6 +29,16 @@ TINY = {
     "train": {"steps": 20, "batch_size": 16, "eval_every": 10, "learning_rate": 1e-2},
     "grid": {"sigma2": [0.5, 8.0], "beta": [0.5, 1.0], "seeds": [0]},
 }
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every figure a test left open (``Run.plot()`` returns open figures): a
+    worker that runs many tests would otherwise pass matplotlib's limit of 20 open
+    figures, whose warning the suite turns into an error."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 def tiny_dict(**sections):
