@@ -21,6 +21,7 @@ import numpy as np
 import tomli_w
 
 from phasevae.api import locate, open_run
+from phasevae.tools.cases import natural_data
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "likelihoods"
 
@@ -30,24 +31,14 @@ K, POSITIONS = 4, 5  # the categorical's data: 5 positions of 4 tokens
 
 def make_data(likelihood: str, n: int = 5000, dim: int = 10) -> np.ndarray:
     """Rank-3 natural parameters eta (scales 1.6, 1.0, 0.6 along random orthogonal
-    directions); x ~ Bernoulli(sigmoid(2 eta)) or Poisson(exp(eta / 2 + 0.3)); for
-    the categorical, token ids (n, 5) drawn from the softmax of such logits (5
-    positions x K = 4)."""
-    rng = np.random.default_rng(0)
+    directions, :func:`phasevae.tools.cases.natural_data`); x ~ Bernoulli(sigmoid(2
+    eta)) or Poisson(exp(eta + 0.3)); for the categorical, token ids (n, 5) drawn from
+    the softmax of such logits (5 positions x K = 4)."""
     if likelihood == "categorical":
-        basis = np.linalg.qr(rng.normal(size=(POSITIONS * K, 3)))[0]
-        eta = rng.normal(size=(n, 3)) * np.array([1.6, 1.0, 0.6]) @ basis.T * 2.0
-        logits = eta.reshape(n, POSITIONS, K)
-        p = np.exp(logits - logits.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        u = rng.random((n, POSITIONS, 1))
-        return (u > np.cumsum(p, axis=-1)).sum(-1).astype(np.float32)
-    basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0]
-    eta = rng.normal(size=(n, 3)) * np.array([1.6, 1.0, 0.6]) @ basis.T * 2.0
-    if likelihood == "bernoulli":
-        return (rng.random((n, dim)) < 1 / (1 + np.exp(-eta))).astype(np.float32)
-    rng.random((n, dim))  # the same draws as the Bernoulli's before the counts
-    return rng.poisson(np.exp(eta * 0.5 + 0.3)).astype(np.float32)
+        make = natural_data(likelihood, n, POSITIONS, categories=K)
+    else:
+        make = natural_data(likelihood, n, dim)
+    return make(np.random.default_rng(0)).astype(np.float32)
 
 
 def run(likelihood: str) -> dict:

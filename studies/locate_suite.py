@@ -35,16 +35,14 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import tomli_w
 
 from phasevae.analysis import estimate
-from phasevae.data import covariance_spectrum
 from phasevae.store import RunDir
 from phasevae.tools.cases import CASES
 from phasevae.tools.locate import locate
-from phasevae.tools.validate import case_spec
+from phasevae.tools.validate import case_data, case_spec
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "validation"
 PLAIN = 24  # the plain sweep the cost is compared with: 24 sigma^2 at T
@@ -78,12 +76,7 @@ def held_for(out: Path, latent_dim: int) -> int | None:
 
 
 def run_case(case) -> dict:
-    data = ROOT / "data" / f"{case.name}.npy"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    x = case.data(np.random.default_rng(0)).astype(np.float32)
-    if not data.exists():
-        np.save(data, x)
-    lam = float(covariance_spectrum(x)[0])
+    _, data, lam = case_data(case, ROOT / "data")
     raw = case_spec(case, data, lam)
     raw["train"]["steps"] = case.steps
     raw["grid"]["sigma2"] = [lam / case.beta]  # locate places its own grid

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from phasevae.analysis import curves as analysis
-from phasevae.data import covariance_spectrum
 from phasevae.engine.sweep import run_sweep
 from phasevae.safeio import atomic_write_text
 from phasevae.spec import spec_from_dict
@@ -40,15 +39,14 @@ def main(names: list[str]) -> None:
     ]
     errors, covers = [], []
     for case in (c for c in CASES if c.name in names or not names):
-        path = OUT / "data" / f"{case.name}.npy"
-        lam = float(covariance_spectrum(np.load(path))[0])
+        _, path, lam = validate.case_data(case, OUT / "data")
         d = validate.case_spec(case, path, lam)
         d["train"]["steps"] = case.steps
         d["grid"]["sigma2"]["refine"] = {"rounds": 1, "points": validate.REFINE}
         run = run_sweep(
             spec_from_dict(d, where=case.name), OUT / "refine_round" / case.name
         )
-        result = analysis.analyze(run.metrics, run.meta["spectrum"], case.latent_dim)
+        result = analysis.analyze(run.metrics, run.meta.spectrum, case.latent_dim)
         (t,) = result.transitions
         want = rows[case.name]
         ref, refined = want["reference"], want["estimators"]["refined"]

@@ -65,11 +65,11 @@ def run_variant(study: str, name: str, spec: str, overrides: list[str] = ()) -> 
                 "theta_c": doc.boundary["theta_c"],
                 "theta_c_ci": doc.boundary["ci"],
                 "lambda_max": doc.spectrum.lambda_max,
-                "train_s": result.meta["wall_times"]["train_s"],
-                "compile_s": result.meta["wall_times"]["compile_s"],
-                "models": result.meta["grid_size"],
+                "train_s": result.meta.wall_times.train_s,
+                "compile_s": result.meta.wall_times.compile_s,
+                "models": result.meta.grid_size,
                 "machine": f"{platform.machine()}, {_cores()} cores, "
-                f"{result.meta['platform']}",
+                f"{result.meta.platform}",
             }
         )
     return rows

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from phasevae.analysis import curves as analysis
-from phasevae.data import covariance_spectrum
 from phasevae.engine.devices import split_cpu_into_devices
 from phasevae.engine.sweep import run_sweep
 from phasevae.safeio import atomic_write_text
 from phasevae.spec import spec_from_dict
 from phasevae.tools.cases import CASES
-from phasevae.tools.validate import LONG, case_spec
+from phasevae.tools.validate import LONG, case_data, case_spec
 
 OUT = Path("results/validation")
 DEFAULT = (
@@ -43,16 +42,13 @@ def main(names) -> None:
     }
     rows = []
     for case in (c for c in CASES if c.name in names):
-        x = case.data(np.random.default_rng(0)).astype(np.float32)
-        path = OUT / "data" / f"{case.name}.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, x)
-        raw = case_spec(case, path, float(covariance_spectrum(x)[0]))
+        _, path, lam = case_data(case, OUT / "data")
+        raw = case_spec(case, path, lam)
         raw["train"].update(
             steps=case.steps, until="trusted", max_steps=LONG * case.steps
         )
         run = run_sweep(spec_from_dict(raw, case.name), OUT / "until" / case.name)
-        result = analysis.analyze(run.metrics, run.meta["spectrum"], case.latent_dim)
+        result = analysis.analyze(run.metrics, run.meta.spectrum, case.latent_dim)
         (t,) = result.transitions
         ref = reference[case.name]
         last = run.metrics.groupby("point_id")["step"].max()

@@ -216,6 +216,10 @@ def test_quick_validation_suite_writes_its_table(tmp_path):
     assert all(c.name in table for c in QUICK) and "coverage" in table
     again = run_suite(tmp_path, quick=True)  # reuses the finished runs
     assert again["rows"] == doc["rows"]
+    # one case named: its row is redone, the other's kept from validation.json
+    (tmp_path / "runs" / QUICK[0].name).rename(tmp_path / "moved")
+    one = run_suite(tmp_path, quick=True, only=[QUICK[1].name])
+    assert one["rows"] == doc["rows"]
 
 
 def far_stopped_early(tau: float, at: int):

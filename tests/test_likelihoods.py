@@ -281,3 +281,32 @@ def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
         _, m1 = trainer.chunk(trainer.init(one), one, x, ex, np.int32(0))
         for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(metrics), strict=True):
             np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
+
+
+def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_path):
+    """The validation cases of the likelihoods and the autoregressive decoder make
+    data their model accepts, and the suite centres their grid on the derived
+    criterion (the whitened covariance's or the innovations' lambda_max), not on the
+    raw covariance's."""
+    from phasevae.data import covariance_spectrum, innovations
+    from phasevae.tools.cases import CASES
+    from phasevae.tools.validate import case_data
+
+    decoders = [c for c in CASES if c.model]
+    got = {dict(c.model).get("likelihood", "gaussian") for c in decoders}
+    assert got == {"gaussian", *LIKELIHOODS}  # every likelihood, and a context
+    for case in decoders:
+        model = dict(case.model)
+        x, _, lam = case_data(case, tmp_path)
+        if "context" in model:
+            expect = covariance_spectrum(x @ innovations(x, model["context"]))[0]
+        else:
+            lik = model["likelihood"]
+            if lik == "categorical":
+                x = one_hot(x, model["categories"], "case")
+            w = whitening(
+                x, lik, "case", model.get("dispersion", 0.0), model.get("categories", 0)
+            )
+            expect = covariance_spectrum(whitened(x, w))[0]
+        assert lam == pytest.approx(expect, rel=1e-4)
+        assert abs(lam / covariance_spectrum(x)[0] - 1) > 0.05  # not the raw one

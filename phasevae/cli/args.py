@@ -246,5 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="results/validation", help="where runs and tables go"
     )
     p.add_argument("--quick", action="store_true", help="the two test-sized cases")
-    p.add_argument("--case", action="append", default=[], help="only this case")
+    p.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        help="only this case (repeatable); the other cases' rows are kept from "
+        "OUT/validation.json",
+    )
     return parser

@@ -2,7 +2,10 @@
 spectrum, chosen to be hard: Gaussian, Laplace, Student-t and bimodal factors; N from 4
 to 256; flat tops, separated tops and power-law spectra; n from a few hundred to 10^5;
 offset means; beta in {0.5, 1, 2}; the default and the paper architecture; real
-tables that ship with scikit-learn.
+tables that ship with scikit-learn; and one case per decoder likelihood (binary,
+count and token data made from a low-rank natural parameter, binarised digits) and
+for the autoregressive decoder (windows of a Gaussian AR(2) process), whose
+criterion is lambda_max of the whitened covariance or of the innovations'.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Case:
     points: int = 20
     seeds: tuple[int, ...] = (0,)
     gaussian: bool = False  # large-n Gaussian: the truth is lambda_max / beta
+    model: tuple[tuple[str, object], ...] = ()  # model settings beside the arch
 
 
 def _rotation(rng, n: int) -> np.ndarray:
@@ -78,6 +82,66 @@ def _sklearn(name: str, scale: str = "standardize"):
         return x / 16.0  # digits: pixels 0..16 to [0, 1]
 
     return make
+
+
+def natural_data(
+    likelihood: str,
+    n: int,
+    dim: int,
+    scales=(1.6, 1.0, 0.6),
+    categories: int = 0,
+    dispersion: float = 0.0,
+) -> Callable[[np.random.Generator], np.ndarray]:
+    """Data of a decoder ``likelihood`` from a low-rank natural parameter: eta = 2 f
+    B^T, f Gaussian factors of standard deviations ``scales``, B orthonormal columns
+    in a random rotation; x ~ Bernoulli(sigmoid(eta)), Poisson(exp(eta / 2 + 0.3)),
+    or negative binomial of that mean and ``dispersion`` r (a Gamma-Poisson mixture);
+    for the categorical, token ids (n, ``dim``) drawn from the softmax of eta's
+    ``categories`` logits per position."""
+    scales = np.asarray(scales, np.float64)
+
+    def make(rng):
+        width = dim * categories if likelihood == "categorical" else dim
+        basis = np.linalg.qr(rng.normal(size=(width, len(scales))))[0]
+        eta = rng.normal(size=(n, len(scales))) * scales @ basis.T * 2.0
+        if likelihood == "categorical":
+            logits = eta.reshape(n, dim, categories)
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            u = rng.random((n, dim, 1))
+            return (u > np.cumsum(p, axis=-1)).sum(-1).astype(np.float64)
+        u = rng.random((n, dim))
+        if likelihood == "bernoulli":
+            return (u < 1 / (1 + np.exp(-eta))).astype(np.float64)
+        mean = np.exp(eta * 0.5 + 0.3)
+        if likelihood == "negative_binomial":
+            mean = rng.gamma(dispersion, mean / dispersion)
+        return rng.poisson(mean).astype(np.float64)
+
+    return make
+
+
+def ar_data(
+    phis, window: int, n: int, burn: int = 200
+) -> Callable[[np.random.Generator], np.ndarray]:
+    """``n`` windows of ``window`` consecutive values of x_t = sum_j phi_j x_{t-j} +
+    e_t, e_t ~ N(0, 1), after ``burn`` values, scaled to unit variance overall (which
+    keeps the covariance's shape)."""
+
+    def make(rng):
+        x = np.zeros((n, burn + window))
+        for t in range(x.shape[1]):
+            past = sum(p * x[:, t - 1 - j] for j, p in enumerate(phis) if t > j)
+            x[:, t] = past + rng.normal(size=n)
+        x = x[:, burn:]
+        return x / x.std()
+
+    return make
+
+
+def _binary_digits(rng):
+    sets = optional("sklearn.datasets", "scikit-learn", "the case 'binary_digits'")
+    return (sets.load_digits().data > 8).astype(np.float64)
 
 
 def _power_law(n_dims: int, top: float, exponent: float = 1.0) -> np.ndarray:
@@ -169,6 +233,46 @@ CASES = (
         batch_size=256,
         learning_rate=1e-3,
         points=16,
+    ),
+    Case(
+        "bernoulli16_rank4",
+        "Bernoulli decoder, N=16 binary, logits of rank 4, n=8000",
+        natural_data("bernoulli", 8000, 16, scales=(1.6, 1.2, 0.8, 0.5)),
+        model=(("likelihood", "bernoulli"),),
+    ),
+    Case(
+        "binary_digits",
+        "Bernoulli decoder, scikit-learn digits binarised (pixel > 8 of 16), 1797 x 64",
+        _binary_digits,
+        latent_dim=4,
+        model=(("likelihood", "bernoulli"),),
+    ),
+    Case(
+        "poisson12_rank3",
+        "Poisson decoder, N=12 counts, log-rates of rank 3, n=5000",
+        natural_data("poisson", 5000, 12, scales=(1.4, 1.0, 0.7)),
+        model=(("likelihood", "poisson"),),
+    ),
+    Case(
+        "negbin12_rank3",
+        "negative-binomial decoder (dispersion 4), N=12 counts, rank 3, n=5000, beta 2",
+        natural_data("negative_binomial", 5000, 12, dispersion=4.0),
+        beta=2.0,
+        model=(("likelihood", "negative_binomial"), ("dispersion", 4.0)),
+    ),
+    Case(
+        "categorical6x3",
+        "categorical decoder, 6 positions of 3 tokens, logits of rank 3, n=5000",
+        natural_data("categorical", 5000, 6, categories=3),
+        model=(("likelihood", "categorical"), ("categories", 3)),
+    ),
+    Case(
+        "ar2_context1",
+        "autoregressive decoder (context 1), windows of 10 of x_t = 0.6 x_{t-1} - "
+        "0.5 x_{t-2} + e_t, unit variance, n=8000",
+        ar_data((0.6, -0.5), 10, 8000),
+        gaussian=True,
+        model=(("context", 1),),
     ),
 )
 

@@ -68,6 +68,7 @@ def case_spec(
             "latent_dim": case.latent_dim,
             "encoder": list(case.arch[0]),
             "decoder": list(case.arch[1]),
+            **dict(case.model),
         },
         "train": {
             "steps": LONG * case.steps,
@@ -83,18 +84,28 @@ def case_spec(
     }
 
 
-def run_case(case: Case, out: Path, progress=None) -> dict:
-    """Train (or reuse) one case and compare the estimators. Returns its row."""
-    from phasevae.data import covariance_spectrum
-    from phasevae.engine.sweep import run_sweep
+def case_data(case: Case, folder: Path) -> tuple[np.ndarray, Path, float]:
+    """A case's data (made once into ``folder/<case>.npy``, reused after), its path
+    and lambda_max as its model sees it (whitened by its likelihood's variances, or
+    of the innovations for an autoregressive decoder)."""
+    from phasevae.data import load_for_model
     from phasevae.spec import spec_from_dict
 
     x = case.data(np.random.default_rng(0)).astype(np.float32)
-    data_path = out / "data" / f"{case.name}.npy"
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    if not data_path.exists():
-        np.save(data_path, x)
-    lam = float(covariance_spectrum(x)[0])
+    path = folder / f"{case.name}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        np.save(path, x)
+    spec = spec_from_dict(case_spec(case, path, 1.0), where=case.name)
+    return x, path, float(load_for_model(spec).eigenvalues[0])
+
+
+def run_case(case: Case, out: Path, progress=None) -> dict:
+    """Train (or reuse) one case and compare the estimators. Returns its row."""
+    from phasevae.engine.sweep import run_sweep
+    from phasevae.spec import spec_from_dict
+
+    x, data_path, lam = case_data(case, out / "data")
     spec = spec_from_dict(case_spec(case, data_path, lam), where=case.name)
     result = run_sweep(spec, out / "runs" / case.name, progress)
     metrics, spectrum = result.metrics, result.meta.spectrum
@@ -420,7 +431,8 @@ def _fmt(v):
 
 def run_suite(out: str | Path, quick: bool = False, only=(), progress=None) -> dict:
     """Run the suite (or ``only`` the named cases) into ``out``; write
-    validation.json and table.md there. Returns {rows, summary}."""
+    validation.json and table.md there (with ``only``, the rows of the other cases
+    are kept from the validation.json already there). Returns {rows, summary}."""
     out = Path(out)
     cases = QUICK if quick else CASES
     if only:
@@ -433,11 +445,16 @@ def run_suite(out: str | Path, quick: bool = False, only=(), progress=None) -> d
                 f"{', '.join(c.name for c in cases)}"
             )
         cases = [c for c in cases if c.name in only]
-    rows = []
+    done = {}
+    if only and (out / "validation.json").exists():  # the cases not named are kept
+        kept = json.loads((out / "validation.json").read_text()).get("rows", [])
+        done = {r["case"]: r for r in kept}
     for case in cases:
         if progress:
             progress(case)
-        rows.append(run_case(case, out))
+        done[case.name] = run_case(case, out)
+    order = [c.name for c in (QUICK if quick else CASES)]
+    rows = [done[name] for name in order if name in done]
     summary = summarize(rows)
     doc = {"long_factor": LONG, "rows": rows, "summary": summary}
     atomic_write_text(out / "validation.json", json.dumps(doc, indent=1))
