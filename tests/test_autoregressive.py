@@ -1,7 +1,9 @@
-"""Autoregressive decoders (model.context): the head is causal and banded, the
-innovations matrix is exact, and the collapse criterion beta sigma^2 = lambda_max of
-the innovations' covariance (docs/science.md, 'Autoregressive decoders') holds
-against the linear VAE's probe and the float64 Hessian of the collapsed state."""
+"""Autoregressive decoders (model.context, model.recurrent): the linear head is causal
+and banded and the GRU head causal, the innovations matrix is exact, the collapse
+criterion beta sigma^2 = lambda_max of the innovations' covariance (docs/science.md,
+'Autoregressive decoders') holds against the linear VAE's probe and the float64
+Hessian of the collapsed state (for the GRU head: of its own innovations), and a
+vmapped sweep of each head equals its models run alone."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,9 @@ import numpy as np
 import pytest
 
 from phasevae.cli import main
-from phasevae.data import innovations, whitened
+from phasevae.data import innovations, load_dataset, whitened
+from phasevae.engine.grid import grid_table, static_config
+from phasevae.engine.step import Point, Trainer
 from phasevae.errors import DataError
 from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
 from phasevae.spec import SpecError, spec_from_dict
@@ -63,6 +67,25 @@ def test_the_head_is_causal_and_banded():
     assert np.array_equal(np.asarray(jac) != 0, (j < i) & (j >= i - 2))
 
 
+def gru_params(model: VAE, seed: int = 0) -> dict:
+    """A GRU head's parameters, its readout moved off 0 (it starts there)."""
+    params = model.init(jax.random.key(seed), jnp.zeros(model.data_dim), jnp.zeros(1))
+    readout = params["params"]["readout"]
+    kernel = 0.5 * jax.random.normal(jax.random.key(seed + 1), readout["kernel"].shape)
+    return {"params": {**params["params"], "readout": {**readout, "kernel": kernel}}}
+
+
+def test_the_gru_head_is_causal_and_sees_the_whole_past():
+    model = VAE(6, 1, (8,), (8,), recurrent=4)
+    params = gru_params(model)
+    jac = jax.jacfwd(lambda x: model.apply(params, jnp.zeros(1), x, method=VAE.decode))(
+        jnp.arange(6.0) / 6
+    )
+    i, j = np.indices((6, 6))
+    assert np.all(np.asarray(jac)[j >= i] == 0)  # nothing from x[i] on
+    assert np.all(np.abs(np.asarray(jac)[j < i]) > 1e-6)  # every predecessor
+
+
 def test_innovations_are_the_conditional_residuals():
     """With the whole past as context the innovations are uncorrelated, with the
     conditional variances of C = L D L^T (Cholesky) as their variances; with a
@@ -113,9 +136,63 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(widths):
         assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("widths", [((), ()), ((16, 8), (5, 12))])
+def test_the_gru_heads_collapsed_state_turns_at_its_own_innovations(widths):
+    """With a GRU head (random weights) the probe reads x less the head's own
+    prediction, and the float64 Hessian of the collapsed state turns there, for a
+    linear and a deep network. For the linear VAE lambda_c is the top eigenvalue of
+    the covariance of those residuals' best linear prediction from x (C_rx C_xx^-1
+    C_xr): a linear encoder reaches only the part of r linear in x, all of r for a
+    linear head, less for a nonlinear one."""
+    enc, dec = widths
+    x = ar1_windows(n=400)
+    model = VAE(6, 1, enc, dec, recurrent=3)
+    params = collapsed(model, biased(gru_params(model, 3)), jnp.asarray(x))
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
+    if not enc:
+        ahead = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))
+        r = np.asarray(x - ahead(jnp.asarray(x)), np.float64)
+        c = np.cov(np.hstack([r, x]), rowvar=False, bias=True)
+        c_rx, c_xx = c[:6, 6:], c[6:, 6:]
+        linear_part = c_rx @ np.linalg.solve(c_xx, c_rx.T)
+        assert lam == pytest.approx(top(linear_part), rel=1e-4)
+        assert top(linear_part) < top(c[:6, :6]) * (1 - 1e-3)  # r is not linear in x
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+
+
+@pytest.mark.parametrize("head", [{"context": 2}, {"recurrent": 3}])
+def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head):
+    np.save(tmp_path / "x.npy", ar1_windows(n=256, dim=5))
+    spec = spec_from_dict(
+        tiny_dict(
+            data={"source": "array", "path": str(tmp_path / "x.npy")},
+            model=head,
+            grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
+            train={"steps": 5, "eval_every": 5},
+        )
+    )
+    data = load_dataset(spec.data, context=2, recurrent="recurrent" in head)
+    trainer = Trainer(static_config(spec, data.x.shape[1]))
+    points = Point.from_table(grid_table(spec))
+    x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
+    state, metrics = trainer.chunk(trainer.init(points), points, x, ex, np.int32(0))
+    assert np.all(np.isfinite(np.asarray(metrics.loss)))
+    for i in range(3):
+        one = jax.tree.map(lambda a, i=i: a[i : i + 1], points)
+        _, m1 = trainer.chunk(trainer.init(one), one, x, ex, np.int32(0))
+        for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(metrics), strict=True):
+            np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize(
     "model, words",
     [
+        ({"context": 2, "recurrent": 4}, "set one"),
+        ({"recurrent": 4, "skip": "gated"}, "model.recurrent .* without a skip path"),
         ({"context": 2, "likelihood": "bernoulli"}, "built on the MLP VAE"),
         ({"context": 2, "skip": "plain"}, "without a skip path"),
         ({"context": 4}, "must be below the data's 4 features"),

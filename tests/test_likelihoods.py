@@ -237,6 +237,22 @@ def test_data_a_likelihood_cannot_take_is_exit_2(
             {},
             "built on the MLP VAE",
         ),
+        ({}, {"source": "text"}, "model.categories = 11"),
+        (
+            {"likelihood": "categorical", "categories": 4},
+            {"source": "text", "alphabet": "ab"},
+            r"model.categories = 3 \(len\(data.alphabet\) \+ 1",
+        ),
+        (
+            {"likelihood": "categorical", "categories": 3},
+            {"source": "text", "alphabet": "aa"},
+            "each once",
+        ),
+        (
+            {"likelihood": "categorical", "categories": 3},
+            {"source": "text", "alphabet": "ab", "window": 0},
+            "data.window",
+        ),
     ],
 )
 def test_a_likelihood_with_settings_it_cannot_use_is_a_spec_error(model, data, words):
@@ -310,3 +326,28 @@ def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_
             expect = covariance_spectrum(whitened(x, w))[0]
         assert lam == pytest.approx(expect, rel=1e-4)
         assert abs(lam / covariance_spectrum(x)[0] - 1) > 0.05  # not the raw one
+
+
+def test_text_windows_are_the_corpus_read_through_the_alphabet():
+    """Each window, its ids read back through the alphabet (the last id: any other
+    character), is a stretch of the docstring corpus; the offsets follow the seed;
+    a sweep's data are the one-hot codes of those ids."""
+    from phasevae.data.text import corpus, text_windows
+
+    alphabet = " etaoinshr"
+    text = "".join(c if c in alphabet else "?" for c in corpus())
+    x, what = text_windows(alphabet, 12, 50, seed=3)
+    assert x.shape == (50, 12) and "Python" in what
+    for row in x.astype(int):
+        assert "".join((alphabet + "?")[i] for i in row) in text
+    assert np.array_equal(x, text_windows(alphabet, 12, 50, seed=3)[0])
+    assert not np.array_equal(x, text_windows(alphabet, 12, 50, seed=4)[0])
+    spec = spec_from_dict(
+        tiny_dict(
+            model={"likelihood": "categorical", "categories": 3},
+            data={"source": "text", "alphabet": "e ", "window": 5, "samples": 40},
+        )
+    )
+    data = load_dataset(spec.data, "categorical", categories=3)
+    ids = text_windows("e ", 5, 40, 0)[0]
+    assert np.array_equal(data.x, one_hot(ids, 3, "text"))

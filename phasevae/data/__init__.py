@@ -8,10 +8,12 @@ beta * sigma^2 > lambda_max of the data *as the model sees it*).
 Sources: ``synthetic`` (a given spectrum, Gaussian or not), ``digits`` (scikit-learn's
 8x8 digits), ``patches`` (16x16 grayscale patches of the photographs shipped inside
 scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.data.cifar`)
-and ``array`` (the user's .npy, .npz, .csv or .parquet, read by
-:mod:`phasevae.data.arrays`).
+``array`` (the user's .npy, .npz, .csv or .parquet, read by
+:mod:`phasevae.data.arrays`) and ``text`` (windows of characters of Python's own
+docstrings, :mod:`phasevae.data.text`).
 
-The package (``arrays``: the user's files; ``cifar``: the CIFAR-10 archives) may
+The package (``arrays``: the user's files; ``cifar``: the CIFAR-10 archives;
+``text``: the character corpus) may
 import ``phasevae.spec``, ``phasevae.errors`` and ``phasevae.safeio`` only.
 """
 
@@ -26,6 +28,7 @@ import scipy.linalg
 
 from phasevae import safeio
 from phasevae.data.arrays import MEMORY_FRACTION, load_array
+from phasevae.data.text import text_windows
 from phasevae.errors import DataError, optional
 from phasevae.spec import DataSpec
 
@@ -111,11 +114,14 @@ def load_dataset(
     dispersion: float = 0.0,
     categories: int = 0,
     context: int = 0,
+    recurrent: bool = False,
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
     ``categories``, which become one-hot codes, and the spectrum is of the
-    covariance whitened by the likelihood's variances, :func:`whitening`).
+    covariance whitened by the likelihood's variances, :func:`whitening`); with an
+    autoregressive head, the spectrum is of the innovations given ``context``
+    predecessors, or given the whole past for a ``recurrent`` (GRU) head.
 
     Raises:
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
@@ -144,6 +150,8 @@ def load_dataset(
         images, _ = load_cifar10(spec.path, spec.split)
         x, pixel_range, image_shape = gray16(images), (0.0, 255.0), (16, 16)
         what = f"CIFAR-10 {spec.split} ({spec.path}), grayscale 16x16 (N=256)"
+    elif spec.source == "text":
+        x, what = text_windows(spec.alphabet, spec.window, spec.samples, spec.seed)
     elif spec.source == "array":
         raw = load_array(Path(spec.path), spec.key)
         if raw.ndim in (3, 4):
@@ -167,6 +175,8 @@ def load_dataset(
     whiten = whitening(x, likelihood, what, dispersion, categories)
     if whiten is not None:
         what += f"; spectrum whitened by the {likelihood} variances at the mean"
+    if recurrent:  # a GRU head: at best the linear prediction from the whole past
+        context = x.shape[1] - 1
     if context:
         whiten = innovations(x, context, what)
         what += f"; spectrum of the innovations given {context} predecessors"
@@ -187,7 +197,9 @@ def load_for_model(spec) -> Dataset:
     """The data of a spec (a :class:`phasevae.spec.Spec`) as its model sees them:
     :func:`load_dataset` with the model's likelihood."""
     m = spec.model
-    return load_dataset(spec.data, m.likelihood, m.dispersion, m.categories, m.context)
+    return load_dataset(
+        spec.data, m.likelihood, m.dispersion, m.categories, m.context, m.recurrent > 0
+    )
 
 
 def innovations(x: np.ndarray, context: int, what: str = "the data") -> np.ndarray:

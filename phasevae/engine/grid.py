@@ -86,6 +86,7 @@ def static_config(
         dispersion=m.dispersion or 1.0,
         categories=m.categories,
         context=m.context,
+        recurrent=m.recurrent,
         module=build(m, shape),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),
@@ -112,7 +113,9 @@ def estimate_bytes(
     skip = 0 if m.skip == "none" else dim
     widths_enc = [dim, *m.encoder, 2 * k]
     widths_dec = [k + skip, *m.decoder, dim]
-    params = dim * m.context + sum(
+    h = m.recurrent  # a GRU head's width: its 3 gates' weights and biases, readout
+    head = dim * m.context + (3 * h * h + 7 * h + h + 1 if h else 0)
+    params = head + sum(
         (a + 1) * b for w in (widths_enc, widths_dec) for a, b in itertools.pairwise(w)
     )
     units = sum(widths_enc) + sum(widths_dec)

@@ -143,8 +143,10 @@ class Static:
     likelihood: str = "gaussian"
     dispersion: float = 1.0
     categories: int = 0
-    # an autoregressive decoder's context (model.context; 0: none)
+    # an autoregressive decoder's context (model.context; 0: none) or the width of
+    # its GRU (model.recurrent; 0: none)
     context: int = 0
+    recurrent: int = 0
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -242,6 +244,7 @@ class Trainer:
                 log_input=static.likelihood in ("poisson", "negative_binomial"),
                 compute_dtype=COMPUTE[static.precision],
                 context=static.context,
+                recurrent=static.recurrent,
             )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()

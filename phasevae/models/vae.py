@@ -106,6 +106,10 @@ class VAE(nn.Module):
         sum_j A[i, j] x[i - 1 - j] over the ``context`` features before it (a causal,
         banded linear head, A starting at 0), so the decoder can model what x's
         predecessors predict without z (docs/science.md, 'Autoregressive decoders').
+      recurrent: a recurrent autoregressive decoder when > 0: feature i's output also
+        gets a linear readout of the state of a GRU of that width that has read
+        x[0], ..., x[i - 1] in column order (the readout starting at 0): a nonlinear
+        head that sees the whole past. Not with ``context``.
       compute_dtype: the dtype the layers' matmul operands are cast to (bfloat16
         for ``train.precision = "bfloat16"``), accumulated in float32; None: float32.
     """
@@ -118,6 +122,7 @@ class VAE(nn.Module):
     log_input: bool = False
     compute_dtype: Any = None
     context: int = 0
+    recurrent: int = 0
 
     def setup(self):
         self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim, self.compute_dtype)
@@ -128,6 +133,9 @@ class VAE(nn.Module):
             self.ar = self.param(
                 "ar", nn.initializers.zeros, (self.data_dim, self.context)
             )
+        if self.recurrent:
+            self.gru = nn.GRUCell(features=self.recurrent)
+            self.readout = nn.Dense(1, kernel_init=nn.initializers.zeros)
 
     @property
     def output_layer(self) -> tuple[str, ...]:
@@ -152,18 +160,30 @@ class VAE(nn.Module):
         else:
             shortcut = x if self.skip == "plain" else nn.sigmoid(self.gate(z)) * x
             out = self.dec(jnp.concatenate([z, shortcut]))
-        return out + self.predicted(x) if self.context else out
+        return out + self.predicted(x) if self.context or self.recurrent else out
 
     def predicted(self, x: Array) -> Array:
         """(N,) -> the autoregressive head's part of the output: feature i's
-        sum_j A[i, j] x[i - 1 - j] (0 without a context)."""
+        sum_j A[i, j] x[i - 1 - j], or the readout of the GRU's state after x[i - 1]
+        (0 without a head)."""
+        n = x.shape[-1]
+        if self.recurrent:
+            return self.readout(self._states(jnp.pad(x, (1, 0))[:n, None]))[:, 0]
         if not self.context:
             return jnp.zeros_like(x)
-        n = x.shape[-1]
         lagged = jnp.stack(
             [jnp.pad(x, (j + 1, 0))[:n] for j in range(self.context)], axis=-1
         )  # (N, context): x[i - 1 - j], 0 before the first feature
         return jnp.sum(self.ar * lagged, axis=-1)
+
+    def _states(self, inputs: Array) -> Array:
+        """The GRU's state after each of ``inputs`` (N, 1), from a zero state."""
+
+        def step(cell, carry, xi):
+            return cell(carry, xi)
+
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
+        return scan(self.gru, jnp.zeros((self.recurrent,), inputs.dtype), inputs)[1]
 
     def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
         """x (N,), eps (k,) standard normal -> (mu, logvar, f(mu + s * eps))."""
@@ -340,9 +360,10 @@ def collapse_grams(
     likelihood's Fisher information and score scale at the decoder's output f(0)
     (:func:`fisher_times`, :func:`score_scale`; 1 for the Gaussian, whose sigma^2 is
     compared with lambda_c; D block-diagonal for the categorical). No skip path.
-    With an autoregressive head (``model.context``) x is replaced by its
-    innovations r = x - the head's prediction from x's predecessors: at collapse
-    that is what is left for z to explain (docs/science.md).
+    With an autoregressive head (``model.context`` or ``model.recurrent``) x is
+    replaced by its innovations r = x - the head's prediction from x's
+    predecessors: at collapse that is what is left for z to explain
+    (docs/science.md).
 
     Only matrix products run here, inside the compiled training program; the
     eigen-decompositions run on the host (XLA's CPU LAPACK calls, sharded over many

@@ -52,7 +52,7 @@ MAX_POINTS = 1_000_000  # grid points in one spec (the grid table is built first
 IMAGES = ("cifar10", "patches")  # sources whose normalize defaults to "unit"
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
 CHOICES = {
-    ("data", "source"): ("synthetic", "digits", "patches", "cifar10", "array"),
+    ("data", "source"): ("synthetic", "digits", "patches", "cifar10", "array", "text"),
     ("data", "split"): ("train", "test", "all"),
     ("data", "distribution"): ("gaussian", "laplace", "uniform", "bimodal"),
     ("data", "normalize"): ("none", "center", "standardize", "global", "unit"),
@@ -72,6 +72,7 @@ BOUNDS = {
     ("data", "samples"): (2, True),
     ("data", "eval_samples"): (1, True),
     ("data", "seed"): (0, True),
+    ("data", "window"): (1, True),
     ("train", "seed"): (0, True),
     ("model", "latent_dim"): (1, True),
     ("model", "encoder"): (1, True),
@@ -82,6 +83,7 @@ BOUNDS = {
     ("model", "dispersion"): (0.0, True),
     ("model", "categories"): (0, True),
     ("model", "context"): (0, True),
+    ("model", "recurrent"): (0, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),

@@ -71,7 +71,12 @@ class DataSpec:
     scikit-image's photographs (N = 256). ``cifar10``: the official archive at
     ``path``, ``split`` of it, grayscale 16x16 (N = 256). ``array``: a user file
     (``.npy``, ``.npz`` with array ``key``, ``.csv``, ``.parquet``) of shape (n, N),
-    or images (n, h, w) or (n, h, w, c), flattened. A relative ``path`` written in
+    or images (n, h, w) or (n, h, w, c), flattened. ``text``: ``samples`` windows of
+    ``window`` characters of a corpus that ships with Python (the docstrings of 20
+    standard-library modules, lower-cased: :mod:`phasevae.data.text`) at offsets
+    drawn from ``seed``, as token ids: a character's place in ``alphabet``, any
+    other character len(alphabet); for ``model.likelihood = "categorical"`` with
+    ``model.categories`` = len(alphabet) + 1. A relative ``path`` written in
     a spec file is relative to that file's folder, one given with ``--set`` to the
     working directory; the run stores it absolute. ``normalize`` defaults to
     ``unit`` (pixels to [-1, 1]) for cifar10 and patches, else ``none``.
@@ -87,6 +92,8 @@ class DataSpec:
     split: str = "train"
     normalize: str = "none"
     eval_samples: int = 2048
+    alphabet: str = " etaoinshr"
+    window: int = 8
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,12 @@ class ModelSpec:
     so it can model what x's predecessors predict without z. Collapse is then at
     beta sigma^2 = lambda_max of the covariance of x's innovations, x less its best
     linear prediction from that context (docs/science.md, 'Autoregressive
-    decoders'), which ``phasevae theory`` prints.
+    decoders'), which ``phasevae theory`` prints. ``recurrent`` > 0 (the same
+    models; not with ``context``): the head is a GRU of that width reading x's
+    predecessors in column order, a nonlinear head that sees the whole past; the
+    criterion printed is then that of the best linear prediction from the whole
+    past (for Gaussian data no head does better), and the collapse probe reads the
+    trained head's own innovations.
     """
 
     latent_dim: int = 3
@@ -152,6 +164,7 @@ class ModelSpec:
     dispersion: float = 0.0
     categories: int = 0
     context: int = 0
+    recurrent: int = 0
 
 
 @dataclass(frozen=True)
@@ -342,6 +355,7 @@ OWN_SETTINGS = (  # (likelihood, the setting only it has, what it must be)
     ("negative_binomial", "dispersion", "> 0 (its r: variance m + m^2 / r)"),
     ("categorical", "categories", ">= 2 (K, the token ids' range 0 .. K - 1)"),
 )
+MAX_RECURRENT = 4096  # a GRU head's width
 MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
 
 
@@ -383,11 +397,38 @@ def likelihood_problem(spec: Spec) -> str | None:
     return None
 
 
-def context_problem(spec: Spec) -> str | None:
-    """What is wrong with ``model.context`` (an autoregressive decoder), or None."""
-    m = spec.model
-    if not m.context:
+def text_problem(spec: Spec) -> str | None:
+    """What is wrong with ``data.source = "text"`` and its settings, or None."""
+    d, m = spec.data, spec.model
+    if d.source != "text":
         return None
+    if len(set(d.alphabet)) != len(d.alphabet) or not d.alphabet:
+        return (
+            f"data.alphabet = {d.alphabet!r} must list at least one character, each "
+            "once"
+        )
+    if m.likelihood != "categorical" or m.categories != len(d.alphabet) + 1:
+        return (
+            'data.source = "text" gives token ids for the categorical decoder: set '
+            f'model.likelihood = "categorical" and model.categories = '
+            f"{len(d.alphabet) + 1} (len(data.alphabet) + 1: the last is any other "
+            "character)"
+        )
+    return None
+
+
+def context_problem(spec: Spec) -> str | None:
+    """What is wrong with ``model.context`` or ``model.recurrent`` (an
+    autoregressive decoder), or None."""
+    m = spec.model
+    if not (m.context or m.recurrent):
+        return None
+    key = "model.context" if m.context else "model.recurrent"
+    if m.context and m.recurrent:
+        return (
+            "model.context (a linear head) and model.recurrent (a GRU head) are two "
+            "autoregressive decoders: set one"
+        )
     plain = (m.kind, m.likelihood, m.latent, m.skip) == (
         "mlp",
         "gaussian",
@@ -396,7 +437,7 @@ def context_problem(spec: Spec) -> str | None:
     )
     if not plain or spec.grid.skip is not None:
         return (
-            "model.context (an autoregressive decoder) is built on the MLP VAE with "
+            f"{key} (an autoregressive decoder) is built on the MLP VAE with "
             "a Gaussian likelihood and latent, without a skip path: leave model.kind "
             '= "mlp", model.likelihood and model.latent = "gaussian", model.skip = '
             '"none" and grid.skip unset'
@@ -407,6 +448,8 @@ def context_problem(spec: Spec) -> str | None:
             f"model.context = {m.context} must be below the data's "
             f"{len(d.eigenvalues)} features (the first has no predecessors)"
         )
+    if m.recurrent > MAX_RECURRENT:
+        return f"model.recurrent = {m.recurrent} is too wide; at most {MAX_RECURRENT}"
     return None
 
 
@@ -437,7 +480,7 @@ def model_problem(spec: Spec) -> str | None:
             )
     if m.latent != "sphere" and m.concentration:
         return 'model.concentration applies to model.latent = "sphere"'
-    problem = likelihood_problem(spec) or context_problem(spec)
+    problem = likelihood_problem(spec) or text_problem(spec) or context_problem(spec)
     if problem:
         return problem
     if m.latent == "sphere":
