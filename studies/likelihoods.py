@@ -3,12 +3,16 @@ criterion puts it? For each likelihood, data with a known low-rank natural param
 (binary for the Bernoulli, counts for the Poisson, token ids for the categorical) are
 made here, and ``phasevae locate`` (3 seeds, beta = 1, the default MLP) finds the
 transition, held against lambda_max of the covariance whitened by the likelihood's
-variances at the mean (docs/science.md, 'Other likelihoods').
+variances at the mean (docs/science.md, 'Other likelihoods'). Two real sets: the
+Bernoulli on scikit-learn's digits binarised (pixel > 8 of 16) and the categorical on
+windows of 8 characters of Python's docstrings (``data.source = "text"``, 11
+categories: ``sweeps/text.toml``).
 
-    python studies/likelihoods.py [LIKELIHOOD ...]
+    python studies/likelihoods.py [SET ...]
 
-writes results/likelihoods/<likelihood>/ (the located run), table.md and table.json
-(the rows of the likelihoods not named are kept from table.json).
+(sets: bernoulli, poisson, categorical, bernoulli-digits, categorical-text) writes
+results/likelihoods/<set>/ (the located run), table.md and table.json (the rows of
+the sets not named are kept from table.json; a finished run is only re-read).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import tomli_w
+from sklearn.datasets import load_digits
 
 from phasevae.api import locate, open_run
 from phasevae.tools.cases import natural_data
@@ -27,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent / "results" / "likelihoods"
 
 
 K, POSITIONS = 4, 5  # the categorical's data: 5 positions of 4 tokens
+SETS = ("bernoulli", "poisson", "categorical", "bernoulli-digits", "categorical-text")
 
 
 def make_data(likelihood: str, n: int = 5000, dim: int = 10) -> np.ndarray:
@@ -41,24 +47,40 @@ def make_data(likelihood: str, n: int = 5000, dim: int = 10) -> np.ndarray:
     return make(np.random.default_rng(0)).astype(np.float32)
 
 
-def run(likelihood: str) -> dict:
-    data = ROOT / "data" / f"{likelihood}.npy"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    np.save(data, make_data(likelihood))
+def data_of(name: str) -> tuple[str, dict, dict]:
+    """(likelihood, [data] table, extra [model] keys) of a set."""
+    likelihood = name.split("-")[0]
+    model = {"categories": K} if likelihood == "categorical" else {}
+    if name == "categorical-text":
+        return likelihood, {"source": "text", "window": 8}, {"categories": 11}
+    path = ROOT / "data" / f"{name}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if name == "bernoulli-digits":
+        np.save(path, (load_digits().data > 8).astype(np.float32))
+    else:
+        np.save(path, make_data(likelihood))
+    return likelihood, {"source": "array", "path": str(path)}, model
+
+
+def run(name: str) -> dict:
+    likelihood, data, model = data_of(name)
     spec = {
-        "data": {"source": "array", "path": str(data)},
-        "model": {"likelihood": likelihood, "latent_dim": 3}
-        | ({"categories": K} if likelihood == "categorical" else {}),
+        "data": data,
+        "model": {"likelihood": likelihood, "latent_dim": 3} | model,
         "train": {"steps": 3000},
         "grid": {"beta": [1.0], "seeds": [0, 1, 2]},
     }
-    path = ROOT / f"{likelihood}.toml"
+    path = ROOT / f"{name}.toml"
     path.write_text(tomli_w.dumps(spec))
-    result = locate(path, ROOT / likelihood)
+    result = locate(path, ROOT / name)
     (curve,) = result["curves"]
-    theory = open_run(ROOT / likelihood).meta.spectrum["lambda_max"]
+    located = open_run(ROOT / name)
+    theory = located.meta.spectrum["lambda_max"]
+    (t,) = located.analyze().transitions  # the probe's reading, and off_theory
     return {
+        "set": name,
         "likelihood": likelihood,
+        "data": located.meta.spectrum["description"].split(";")[0],
         "whitened_lambda_max": theory,
         "sigma2_c": curve["sigma2_c"],
         "ci": curve["ci"],
@@ -67,32 +89,39 @@ def run(likelihood: str) -> dict:
         if curve["sigma2_c"] is None
         else curve["sigma2_c"] / theory - 1,
         "model_steps": curve["model_steps"],
+        "lambda_c_ratio": t.probe and t.probe["lambda_c_ratio"],
+        "stable_below": (t.off_theory or {}).get("evidence") == "probe",
     }
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| likelihood | derived sigma2_c (whitened lambda_max) | located [95 %] "
-        "| error | verdict | model-steps |",
-        "|---|---|---|---|---|---|",
+        "| set | likelihood | derived sigma2_c (whitened lambda_max) | located [95 %] "
+        "| error | verdict | model-steps | probe: lambda_c/lambda_max |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = "-" if not r["ci"] else f"[{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
         s2c = "-" if r["sigma2_c"] is None else f"{r['sigma2_c']:.4g}"
         err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f} %"
+        ratio = r["lambda_c_ratio"]
+        probe = "-" if ratio is None else f"{ratio:.2f}"
+        probe += ", stable below" if r["stable_below"] else ""
         lines.append(
-            f"| {r['likelihood']} | {r['whitened_lambda_max']:.4g} | {s2c} {ci} | "
-            f"{err} | {r['verdict']} | {r['model_steps']:,} |"
+            f"| {r['set']} | {r['likelihood']} | {r['whitened_lambda_max']:.4g} | "
+            f"{s2c} {ci} | {err} | {r['verdict']} | {r['model_steps']:,} | {probe} |"
         )
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["bernoulli", "poisson", "categorical"]
+    names = sys.argv[1:] or list(SETS)
     path = ROOT / "table.json"
     kept = json.loads(path.read_text()) if path.exists() else []
-    rows = [r for r in kept if r["likelihood"] not in names]
-    rows += [run(lik) for lik in names]
+    done = {r.get("set", r["likelihood"]): r for r in kept}
+    for name in names:
+        done[name] = run(name)
+    rows = [done[name] for name in SETS if name in done]
     (ROOT / "table.json").write_text(json.dumps(rows, indent=1))
     (ROOT / "table.md").write_text(table(rows))
     print(table(rows))
