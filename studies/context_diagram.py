@@ -1,0 +1,171 @@
+"""The "overly expressive decoder" made a number (issue 30): the phase diagram over
+beta x the autoregressive decoder's context k, at sigma^2 = 1, on the AR(2) windows of
+``studies/autoregressive.py`` (x_t = 0.2 x_{t-1} + 0.7 x_{t-2} + e_t, windows of 8,
+scaled to unit variance). For each k one sweep trains 11 beta (0.25 to 8, factors of
+sqrt 2) for 3000 steps, seed 0, for the linear VAE (the exact oracle) and the default
+MLP. The derived boundary is beta_c(k) = lambda_max of the innovations' covariance
+given k predecessors (docs/science.md, 'Autoregressive decoders'); for the linear VAE
+the whole diagram has a closed form, its KL (docs/science.md, the linear VAE), drawn
+beside the measured one.
+
+    python studies/context_diagram.py
+
+writes results/autoregressive/diagram/<arch>-context-<k>/ (the runs: a rerun reuses
+them), diagram.md, diagram.json and diagram.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from autoregressive import ARCHS, ROOT, windows
+
+from phasevae.analysis.constants import COLLAPSED_KL, KL_AXIS_MIN
+from phasevae.analysis.theory import kl_per_dim
+from phasevae.api import run as train
+
+OUT = ROOT / "diagram"
+CONTEXTS = (0, 1, 2, 3, 4, 6)
+BETAS = tuple(float(f"{0.25 * 2 ** (i / 2):.6g}") for i in range(11))  # 0.25 .. 8
+LATENT = 3
+
+
+def run(arch: str, context: int) -> dict:
+    """One context's sweep over beta: the final KL per beta, the derived boundary
+    and, for the linear VAE, the closed-form KL."""
+    data = ROOT / "data" / "ar2.npy"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    np.save(data, windows("ar2"))
+    spec = {
+        "data": {"source": "array", "path": str(data), "normalize": "global"},
+        "model": {"context": context, "latent_dim": LATENT, **ARCHS[arch]},
+        "train": {"steps": 3000},
+        "grid": {"sigma2": [1.0], "beta": list(BETAS), "seeds": [0]},
+    }
+    result = train(spec, OUT / f"{arch}-context-{context}")
+    m = result.metrics
+    last = m[m["step"] == m["step"].max()].sort_values("beta")
+    eigenvalues = result.meta.spectrum["eigenvalues"]
+    exact = [float(kl_per_dim(eigenvalues, 1.0, b, LATENT).sum()) for b in BETAS]
+    kl = last["kl"].tolist()
+    return {
+        "arch": arch,
+        "context": context,
+        "beta_c": result.meta.spectrum["lambda_max"],
+        "betas": list(BETAS),
+        "kl": kl,
+        "exact_kl": exact,
+        "boundary_cell": boundary_cell(kl),
+        "used_at_beta_1": kl[BETAS.index(1.0)] > COLLAPSED_KL,
+        "exact_used_at_beta_1": exact[BETAS.index(1.0)] > COLLAPSED_KL,
+    }
+
+
+def boundary_cell(kl: list[float]) -> list[float] | None:
+    """The beta cell where the KL first falls to collapse (at most COLLAPSED_KL) and
+    stays there: [last beta with the latent used, first beta collapsed]; None when
+    the latent is used at every beta or at none."""
+    used = [v > COLLAPSED_KL for v in kl]
+    if all(used) or not used[0]:
+        return None
+    i = max(j for j, u in enumerate(used) if u)
+    return [BETAS[i], BETAS[i + 1]] if i + 1 < len(BETAS) else None
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| decoder | context k | derived beta_c = lambda_max(innovations) | "
+        "measured boundary (beta cell) | derived in cell | latent used at beta = 1 "
+        "(measured / derived) | max abs KL - closed form (nats) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cell = r["boundary_cell"]
+        inside = "-" if cell is None else _yes(cell[0] <= r["beta_c"] <= cell[1])
+        cells = "-" if cell is None else f"[{cell[0]:.3g}, {cell[1]:.3g}]"
+        gap = (
+            f"{np.max(np.abs(np.subtract(r['kl'], r['exact_kl']))):.3f}"
+            if r["arch"] == "linear"
+            else "- (no closed form)"
+        )
+        lines.append(
+            f"| {r['arch']} | {r['context']} | {r['beta_c']:.3g} | {cells} | {inside} "
+            f"| {_yes(r['used_at_beta_1'])} / {_yes(r['exact_used_at_beta_1'])} "
+            f"| {gap} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """Per decoder a panel: the final total KL over (context, beta) as a colour map
+    (log scale, bottoming out at KL_AXIS_MIN), the derived boundary beta_c(k) and
+    the line beta = 1; for the linear VAE the closed form's boundary is the same
+    line, and its KL is a third panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    panels = [("linear", "kl"), ("linear", "exact_kl"), ("mlp", "kl")]
+    titles = ["linear VAE, measured", "linear VAE, closed form", "MLP VAE, measured"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    norm = LogNorm(KL_AXIS_MIN, 10.0)
+    ks = np.array(CONTEXTS)
+    for ax, (arch, column), title in zip(axes, panels, titles, strict=True):
+        mine = [r for r in rows if r["arch"] == arch]  # in context order
+        z = np.array([np.maximum(r[column], KL_AXIS_MIN) for r in mine]).T
+        image = ax.pcolormesh(
+            np.arange(len(ks) + 1) - 0.5,
+            _edges(np.array(BETAS)),
+            z,
+            norm=norm,
+            cmap="viridis",
+        )
+        ax.plot(
+            np.arange(len(ks)),
+            [r["beta_c"] for r in mine],
+            "w_",
+            ms=22,
+            mew=2.5,
+            label=r"derived $\beta_c(k)$ = $\lambda_{max}$(innovations)",
+        )
+        ax.axhline(1.0, color="w", ls=":", lw=1, label=r"$\beta$ = 1")
+        ax.set(
+            yscale="log",
+            title=title,
+            xlabel="context k",
+            xticks=np.arange(len(ks)),
+            xticklabels=[str(k) for k in ks],
+        )
+    axes[0].set_ylabel(r"$\beta$ ($\sigma^2$ = 1)")
+    fig.suptitle(
+        "AR(2) windows of 8 (unit variance): total KL over beta x the decoder's "
+        "context k (the predecessors it sees), 3000 steps, seed 0",
+        fontsize=10,
+    )
+    axes[0].legend(fontsize=7, loc="upper right", facecolor="0.4", labelcolor="w")
+    fig.colorbar(image, ax=axes, label="total KL (nats; closed form: equilibrium)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    """Cell edges of log-spaced values: geometric midpoints, the ends mirrored."""
+    mid = np.sqrt(values[1:] * values[:-1])
+    return np.concatenate([[values[0] ** 2 / mid[0]], mid, [values[-1] ** 2 / mid[-1]]])
+
+
+if __name__ == "__main__":
+    rows = [run(arch, k) for arch in ("linear", "mlp") for k in CONTEXTS]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "diagram.json").write_text(json.dumps(rows, indent=1))
+    (OUT / "diagram.md").write_text(table(rows))
+    figure(rows, OUT / "diagram.png")
+    print(table(rows))
