@@ -14,11 +14,15 @@ context k.
   covariance's shape: unscaled, one seed of the linear VAE started with a posterior
   variance near 190 and took over 6000 steps to shed it). Here each k up to the
   process's order moves the criterion: in the data's units about 20.8, 6.71, 3.44
-  and 3.44, scaled 5.84, 1.88, 0.963 and 0.963.
+  and 3.44, scaled 5.84, 1.88, 0.963 and 0.963. Also the MLP with a GRU head
+  (``model.recurrent`` = 1, 2, 4, 16), which sees the whole past: its derived
+  criterion is that of the best linear prediction from the whole past (0.963; for
+  Gaussian data no head does better), and the probe reads its own residuals.
 
-    python studies/autoregressive.py [PROCESS:ARCH:CONTEXT ...]
+    python studies/autoregressive.py [PROCESS:ARCH:HEAD ...]
 
-(e.g. ``ar2:linear:2``; none: every ``ar2`` run) writes results/autoregressive/
+(e.g. ``ar2:linear:2`` for a context of 2, ``ar2:mlp:gru4`` for a GRU of width 4;
+none: every ``ar2`` run) writes results/autoregressive/
 <name>/ (the located run), table.md, table.json (the rows not named are kept from
 table.json) and context.png (located against derived, per context).
 """
@@ -41,7 +45,8 @@ PROCESSES = {"ar1": (0.9,), "ar2": (0.2, 0.7)}  # the coefficients phi_1, phi_2,
 ARCHS = {"mlp": {}, "linear": {"encoder": [], "decoder": []}}
 SEEDS = {"ar1": [0], "ar2": [0, 1, 2]}
 NORMALIZE = {"ar1": {}, "ar2": {"normalize": "global"}}
-RUNS = [("ar2", arch, k) for arch in ("linear", "mlp") for k in (0, 1, 2, 4)]
+RUNS = [("ar2", arch, str(k)) for arch in ("linear", "mlp") for k in (0, 1, 2, 4)]
+RUNS += [("ar2", "mlp", f"gru{h}") for h in (1, 2, 4, 16)]  # model.recurrent = h
 
 
 def windows(process: str) -> np.ndarray:
@@ -63,29 +68,39 @@ def windows(process: str) -> np.ndarray:
     return x[:, BURN:].astype(np.float32)
 
 
-def name(process: str, arch: str, context: int) -> str:
+def head_of(head: str) -> dict:
+    """The [model] keys of a head: "k", a linear head of context k; "gruH", a GRU
+    head of width H."""
+    if head.startswith("gru"):
+        return {"recurrent": int(head[3:])}
+    return {"context": int(head)}
+
+
+def name(process: str, arch: str, head: str) -> str:
     """The run's folder: ``context-<k>`` for the first study's (AR(1), MLP) runs."""
     if (process, arch) == ("ar1", "mlp"):
-        return f"context-{context}"
-    return f"{process}-{arch}-context-{context}"
+        return f"context-{head}"
+    if head.startswith("gru"):
+        return f"{process}-{arch}-gru-{head[3:]}"
+    return f"{process}-{arch}-context-{head}"
 
 
-def run(process: str, arch: str, context: int) -> dict:
+def run(process: str, arch: str, head: str) -> dict:
     data = ROOT / "data" / f"{process}.npy"
     data.parent.mkdir(parents=True, exist_ok=True)
     x = windows(process)
     np.save(data, x)
     spec = {
         "data": {"source": "array", "path": str(data)} | NORMALIZE[process],
-        "model": {"context": context, **ARCHS[arch]},
+        "model": head_of(head) | ARCHS[arch],
         "train": {"steps": 3000},
         "grid": {"beta": [1.0], "seeds": SEEDS[process]},
     }
-    path = ROOT / f"{name(process, arch, context)}.toml"
+    path = ROOT / f"{name(process, arch, head)}.toml"
     path.write_text(tomli_w.dumps(spec))
-    result = locate(path, ROOT / name(process, arch, context))
+    result = locate(path, ROOT / name(process, arch, head))
     (curve,) = result["curves"]
-    located = open_run(ROOT / name(process, arch, context))
+    located = open_run(ROOT / name(process, arch, head))
     derived = located.meta.spectrum["lambda_max"]
     if NORMALIZE[process]:  # the units the run trained in (global: one scale)
         x = (x - x.mean(dtype=np.float64)) / x.std(dtype=np.float64)
@@ -94,7 +109,7 @@ def run(process: str, arch: str, context: int) -> dict:
     return {
         "process": process,
         "arch": arch,
-        "context": context,
+        **head_of(head),  # "context" or "recurrent"
         "lambda_max_data": plain,
         "derived": derived,
         "sigma2_c": curve["sigma2_c"],
@@ -110,23 +125,31 @@ def run(process: str, arch: str, context: int) -> dict:
 
 
 def key(r: dict) -> tuple:
-    return r.get("process", "ar1"), r.get("arch", "mlp"), r["context"]
+    """(process, decoder, head) of a row, the head as the command line names it."""
+    head = f"gru{r['recurrent']}" if "recurrent" in r else str(r["context"])
+    return r.get("process", "ar1"), r.get("arch", "mlp"), head
+
+
+def order(r: dict) -> tuple:
+    """Rows by process and decoder, the linear heads by context, then the GRUs."""
+    return key(r)[:2] + ("recurrent" in r, r.get("recurrent", r.get("context")))
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| process | decoder | context | lambda_max(C) | derived sigma2_c "
+        "| process | decoder | head | lambda_max(C) | derived sigma2_c "
         "(innovations) | located [95 %] | error | verdict | model-steps | probe: "
         "lambda_c/lambda_max |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=key):
-        process, arch, context = key(r)
+    for r in sorted(rows, key=order):
+        process, arch, _ = key(r)
+        head = f"GRU {r['recurrent']}" if "recurrent" in r else f"k = {r['context']}"
         ci = "-" if not r["ci"] else f"[{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
         s2c = "-" if r["sigma2_c"] is None else f"{r['sigma2_c']:.4g}"
         err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f} %"
         lines.append(
-            f"| {process.upper()} | {arch} | {context} | {r['lambda_max_data']:.4g} | "
+            f"| {process.upper()} | {arch} | {head} | {r['lambda_max_data']:.4g} | "
             f"{r['derived']:.4g} | {s2c} {ci} | {err} | {r['verdict']} | "
             f"{r['model_steps']:,} | {_probe(r)} |"
         )
@@ -144,12 +167,14 @@ def _probe(r: dict) -> str:
 
 def figure(rows: list[dict], path: Path) -> None:
     """Located sigma_c^2 (with its interval) over the context k, beside the derived
-    criterion, one panel per process (each in its data's units, log scale)."""
+    criterion, one panel per process (each in its data's units, log scale); the
+    linear heads' rows only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if "recurrent" not in r]
     processes = sorted({key(r)[0] for r in rows})
     fig, axes = plt.subplots(
         1, len(processes), figsize=(4.2 * len(processes), 3.4), squeeze=False
@@ -180,7 +205,7 @@ def figure(rows: list[dict], path: Path) -> None:
 
 if __name__ == "__main__":
     named = [a.split(":") for a in sys.argv[1:]]
-    runs = [(p, a, int(k)) for p, a, k in named] or RUNS
+    runs = [(p, a, h) for p, a, h in named] or RUNS
     path = ROOT / "table.json"
     kept = json.loads(path.read_text()) if path.exists() else []
     rows = [r for r in kept if key(r) not in runs]

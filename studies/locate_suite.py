@@ -15,6 +15,11 @@ from the validation's own runs (``results/validation/runs/<case>`` and
   (``holds_for_steps``): its reference is the estimate on the reference runs up to
   that length, known to its own interval (none past their 4 T). Any other trusted
   answer claims the equilibrium transition: its reference is the one at 4 T.
+* **pooled drop cell** (absorbing collapse): every evaluation at that length, of
+  the validation's two runs and of the located run, pooled; the cell between
+  neighbouring sigma^2 where the top dim's KL falls most steeply. The claimed
+  reference is a fit on the validation's runs alone and known only to its interval;
+  the pooled cell is where the drop sits as densely as all runs sample it.
 
 Cost: model-steps against the plain 24-point sweep at T (24 x T x seeds).
 
@@ -35,10 +40,12 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import tomli_w
 
 from phasevae.analysis import estimate
+from phasevae.analysis.constants import KL_RESOLUTION
 from phasevae.store import RunDir
 from phasevae.tools.cases import CASES
 from phasevae.tools.locate import locate
@@ -60,6 +67,29 @@ def reference_at(case, steps: int) -> dict:
         spectrum["lambda_max"],
         spectrum.get("lambda_max_eval"),
     )
+
+
+def pooled_drop(case, steps: int) -> list[float] | None:
+    """The cell of the steepest fall of the top dim's KL between neighbouring sigma^2
+    of every evaluation at ``steps`` (the validation's coarse and refined runs and
+    the located run pooled; KL floored at KL_RESOLUTION, seeds averaged): where a
+    drop (dead units) sits, as densely as all three runs sample it. None: fewer
+    than two sigma^2 at that length."""
+    runs = [
+        ROOT / "runs" / case.name,
+        ROOT / "runs" / f"{case.name}-refined",
+        ROOT / "locate" / case.name,
+    ]
+    frames = [RunDir(r).metrics() for r in runs if (r / "metrics.parquet").exists()]
+    m = pd.concat(frames, ignore_index=True)
+    m = m[m["step"] == steps]
+    dims = [c for c in m.columns if c.startswith("kl_dim_")]
+    kl = m[dims].max(axis=1).groupby(m["sigma2"]).mean().sort_index()
+    if len(kl) < 2:
+        return None
+    fall = -np.diff(np.log(np.maximum(kl.to_numpy(), KL_RESOLUTION)))
+    i = int(np.argmax(fall))
+    return [float(kl.index[i]), float(kl.index[i + 1])]
 
 
 def held_for(out: Path, latent_dim: int) -> int | None:
@@ -98,11 +128,13 @@ def run_case(case) -> dict:
 
     t = RunDir(ROOT / "locate" / case.name).meta()
     holds = held_for(ROOT / "locate" / case.name, case.latent_dim)
+    pooled = None  # absorbing collapse only: a drop at a training length
     if holds is None:
         claimed, claimed_ci = row["reference"], None
     elif holds <= row["reference_steps"]:
         at_holds = reference_at(case, holds)
         claimed, claimed_ci = at_holds.sigma2_c, at_holds.ci
+        pooled = pooled_drop(case, holds)
     else:  # the reference runs stop at 4 T
         claimed, claimed_ci = None, None
     return {
@@ -128,6 +160,8 @@ def run_case(case) -> dict:
         "ref_claimed_ci": claimed_ci,
         "covers_claimed": None if claimed is None else covers(claimed),
         "overlaps_claimed": None if claimed_ci is None else overlaps(claimed_ci),
+        "pooled_drop": pooled,
+        "overlaps_pooled_drop": None if pooled is None else overlaps(pooled),
         "train_s": t.wall_times.train_s if t else None,
     }
 
@@ -142,8 +176,9 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| case | lambda_max/beta | locate [95 %] | half-width | verdict | "
         "model-steps / plain 24 at T | ref at T [95 %] | covers | overlaps | "
-        "ref at 4 T | covers | holds for | claimed ref [95 %] | covers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "ref at 4 T | covers | holds for | claimed ref [95 %] | covers | pooled "
+        "drop cell | overlaps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = r["ci"] or [None, None]
@@ -157,7 +192,8 @@ def table(rows: list[dict]) -> str:
             f"{num(r['ref_4t'])} | {'yes' if r['covers_ref_4t'] else 'no'} | "
             f"{'equilibrium' if r['holds_for_steps'] is None else r['holds_for_steps']}"
             f" | {num(r['ref_claimed'])} {_ci(r['ref_claimed_ci'])} | "
-            f"{_claimed(r)} |"
+            f"{_claimed(r)} | {_ci(r.get('pooled_drop'))} | "
+            f"{_yes(r.get('overlaps_pooled_drop'))} |"
         )
     trusted = [r for r in rows if r["verdict"] == estimate.TRUSTED]
     widths = [r["half_width"] for r in rows if r["half_width"] is not None]
@@ -172,7 +208,10 @@ def table(rows: list[dict]) -> str:
         f"reference they claim: {sum(r['covers_claimed'] is False for r in trusted)} "
         "(that do not overlap its interval: "
         f"{sum(r['overlaps_claimed'] is False for r in trusted)}; without one: "
-        f"{sum(r['ref_claimed'] is None for r in trusted)})",
+        f"{sum(r['ref_claimed'] is None for r in trusted)}); trusted answers of "
+        "absorbing collapse whose interval misses the pooled drop cell: "
+        f"{sum(r.get('overlaps_pooled_drop') is False for r in trusted)} of "
+        f"{sum(r.get('pooled_drop') is not None for r in trusted)}",
         f"95 % half-width: median {pct(statistics.median(finite))}, worst "
         f"{pct(max(finite))}"
         if finite
@@ -189,6 +228,10 @@ def _claimed(r: dict) -> str:
     if r["covers_claimed"]:
         return "yes"
     return "no (overlaps)" if r["overlaps_claimed"] else "no"
+
+
+def _yes(flag) -> str:
+    return "-" if flag is None else ("yes" if flag else "no")
 
 
 def _ci(ci) -> str:
