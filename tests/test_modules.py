@@ -179,7 +179,8 @@ def test_the_residual_decoder_example_runs(tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", [2, 3, 4])
 @pytest.mark.parametrize("shape", [(8, 8, 3), (7, 5, 2)])
-def test_the_im2col_convolution_equals_lax_conv(shape, kernel):
+def test_the_convolution_and_its_transpose_equal_lax_conv(shape, kernel):
+    """im2col for the stride-2 convolution, overlap-add for its transpose."""
     from jax import lax
 
     from phasevae.models.conv import Conv

@@ -16,7 +16,10 @@ im2col, the kernel x kernel shifted slices of the padded map concatenated, times
 kernel as a matrix (:class:`Conv`). Under the models vmap XLA turns ``lax.conv`` with a
 kernel per model into one grouped convolution (``feature_group_count`` = models),
 which XLA's CPU backend runs slowly; slices and a batched matrix product vmap into
-plain batched matmuls, and are faster for a single model as well.
+plain batched matmuls, and are faster for a single model as well. A transposed
+convolution is one matrix product per input pixel (its k x k taps at once) and an
+overlap-add of the taps into the output, so no inserted zero is multiplied or held
+(im2col of the zero-dilated map held 4x the products, three quarters zeros).
 """
 
 from __future__ import annotations
@@ -48,21 +51,15 @@ class Conv(nn.Module):
             (k, k, x.shape[-1], self.features),
         )
         b = self.param("bias", nn.initializers.zeros, (self.features,))
-        if self.transpose:  # as lax.conv_transpose(..., "SAME") pads for stride 2
-            lo = k - 1 if k < 3 else math.ceil(k / 2)
-            pad = ((lo, k - lo, 1), (lo, k - lo, 1), (0, 0, 0))
-            x, stride = lax.pad(x, 0.0, pad), 1
-        else:
-            total = [max((math.ceil(n / 2) - 1) * 2 + k - n, 0) for n in x.shape[:2]]
-            pad = [(t // 2, t - t // 2, 0) for t in total] + [(0, 0, 0)]
-            x, stride = lax.pad(x, 0.0, pad), 2
-        h = (x.shape[0] - k) // stride + 1
-        v = (x.shape[1] - k) // stride + 1
+        if self.transpose:
+            return _overlap_add(x, w) + b[None, None]
+        total = [max((math.ceil(n / 2) - 1) * 2 + k - n, 0) for n in x.shape[:2]]
+        pad = [(t // 2, t - t // 2, 0) for t in total] + [(0, 0, 0)]
+        x = lax.pad(x, 0.0, pad)
+        h = (x.shape[0] - k) // 2 + 1
+        v = (x.shape[1] - k) // 2 + 1
         cols = [
-            x[
-                i : i + stride * (h - 1) + 1 : stride,
-                j : j + stride * (v - 1) + 1 : stride,
-            ]
+            x[i : i + 2 * (h - 1) + 1 : 2, j : j + 2 * (v - 1) + 1 : 2]
             for i in range(k)
             for j in range(k)
         ]
@@ -70,6 +67,29 @@ class Conv(nn.Module):
             jnp.concatenate(cols, axis=-1) @ w.reshape(-1, self.features)
             + b[None, None]
         )
+
+
+def _overlap_add(x: Array, w: Array) -> Array:
+    """The stride-2 transposed convolution of x (h, w, c_in) by w (k, k, c_in, c_out)
+    with lax.conv_transpose's 'SAME' padding, (2h, 2w, c_out). As lax does it, it is
+    a stride-1 convolution of x with zeros inserted between its pixels, padded by lo
+    = k - 1 (k < 3) or ceil(k / 2) before: output pixel t gets x[p] w[i] wherever
+    2p + lo - i = t. Here each input pixel's k x k products are one matrix product
+    (no zeros multiplied), and tap (i, j)'s products are added at rows 2p + lo - i,
+    columns 2q + lo - j: its map with one zero between pixels, shifted (lax.pad
+    with interior padding, negative low padding cropping)."""
+    h, v, _ = x.shape
+    k, c_out = w.shape[0], w.shape[-1]
+    lo = k - 1 if k < 3 else math.ceil(k / 2)
+    taps = (x @ jnp.moveaxis(w, 2, 0).reshape(x.shape[-1], -1)).reshape(
+        h, v, k, k, c_out
+    )
+    out = jnp.zeros((2 * h, 2 * v, c_out), taps.dtype)
+    for i in range(k):
+        for j in range(k):
+            pad = ((lo - i, 1 - lo + i, 1), (lo - j, 1 - lo + j, 1), (0, 0, 0))
+            out = out + lax.pad(taps[:, :, i, j], jnp.zeros((), taps.dtype), pad)
+    return out
 
 
 class ConvVAE(nn.Module):
