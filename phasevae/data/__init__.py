@@ -127,6 +127,40 @@ def load_dataset(
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
         more data than memory allows.
     """
+    x, what, pixel_range, image_shape = _read_source(spec)
+    x = normalize(check_array(x, what), spec.normalize, pixel_range)
+    if likelihood == "categorical":
+        x = one_hot(x, categories, what)
+        what += f", one-hot ({categories} categories per position)"
+    check_scale(x, what, spec.normalize)
+    if spec.normalize != "none":
+        what += f", normalize={spec.normalize}"
+    order = np.random.default_rng(spec.seed).permutation(x.shape[0])
+    eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
+    whiten = whitening(x, likelihood, what, dispersion, categories)
+    if whiten is not None:
+        what += f"; spectrum whitened by the {likelihood} variances at the mean"
+    if recurrent:  # a GRU head: at best the linear prediction from the whole past
+        context = x.shape[1] - 1
+    if context:
+        whiten = innovations(x, context, what)
+        what += f"; spectrum of the innovations given {context} predecessors"
+    values, vectors = covariance_eig(whitened(x, whiten))
+    check_spread(float(values[0]), what, spec.normalize)
+    return Dataset(
+        x=x,
+        eval_x=eval_x,
+        eigenvalues=values,
+        description=what,
+        components=vectors[:, :COMPONENTS_STORED] if image_shape else None,
+        image_shape=tuple(int(v) for v in image_shape) if image_shape else None,
+        whiten=whiten,
+    )
+
+
+def _read_source(spec: DataSpec) -> tuple[np.ndarray, str, tuple | None, tuple | None]:
+    """The raw rows of ``data.source``, their description, pixel range (images of
+    a known range, else None) and image shape (h, w) (None for tables)."""
     pixel_range, image_shape = None, None
     if spec.source == "synthetic":
         x = synthetic(spec.eigenvalues, spec.samples, spec.seed, spec.distribution)
@@ -163,34 +197,7 @@ def load_dataset(
         what = f"array file {spec.path}" + (f" [{spec.key}]" if spec.key else "")
     else:  # spec validation keeps this unreachable
         raise DataError(f"unknown data.source {spec.source!r}")
-    x = normalize(check_array(x, what), spec.normalize, pixel_range)
-    if likelihood == "categorical":
-        x = one_hot(x, categories, what)
-        what += f", one-hot ({categories} categories per position)"
-    check_scale(x, what, spec.normalize)
-    if spec.normalize != "none":
-        what += f", normalize={spec.normalize}"
-    order = np.random.default_rng(spec.seed).permutation(x.shape[0])
-    eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
-    whiten = whitening(x, likelihood, what, dispersion, categories)
-    if whiten is not None:
-        what += f"; spectrum whitened by the {likelihood} variances at the mean"
-    if recurrent:  # a GRU head: at best the linear prediction from the whole past
-        context = x.shape[1] - 1
-    if context:
-        whiten = innovations(x, context, what)
-        what += f"; spectrum of the innovations given {context} predecessors"
-    values, vectors = covariance_eig(whitened(x, whiten))
-    check_spread(float(values[0]), what, spec.normalize)
-    return Dataset(
-        x=x,
-        eval_x=eval_x,
-        eigenvalues=values,
-        description=what,
-        components=vectors[:, :COMPONENTS_STORED] if image_shape else None,
-        image_shape=tuple(int(v) for v in image_shape) if image_shape else None,
-        whiten=whiten,
-    )
+    return x, what, pixel_range, image_shape
 
 
 def load_for_model(spec) -> Dataset:
