@@ -12,8 +12,6 @@ import pytest
 
 from phasevae.cli import main
 from phasevae.data import innovations, load_dataset, whitened
-from phasevae.engine.grid import grid_table, static_config
-from phasevae.engine.step import Point, Trainer
 from phasevae.errors import DataError
 from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
 from phasevae.spec import SpecError, spec_from_dict
@@ -25,6 +23,7 @@ from tests.test_model import (
     collapsed,
     collapsed_hessians,
 )
+from tests.test_train import assert_vmapped_equals_alone
 
 PHI = 0.9  # the AR(1) process's coefficient
 
@@ -176,16 +175,7 @@ def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head
         )
     )
     data = load_dataset(spec.data, context=2, recurrent="recurrent" in head)
-    trainer = Trainer(static_config(spec, data.x.shape[1]))
-    points = Point.from_table(grid_table(spec))
-    x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
-    state, metrics = trainer.chunk(trainer.init(points), points, x, ex, np.int32(0))
-    assert np.all(np.isfinite(np.asarray(metrics.loss)))
-    for i in range(3):
-        one = jax.tree.map(lambda a, i=i: a[i : i + 1], points)
-        _, m1 = trainer.chunk(trainer.init(one), one, x, ex, np.int32(0))
-        for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(metrics), strict=True):
-            np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
+    assert_vmapped_equals_alone(spec, data)
 
 
 @pytest.mark.parametrize(

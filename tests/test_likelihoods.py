@@ -12,8 +12,6 @@ from scipy import stats
 
 from phasevae.cli import main
 from phasevae.data import load_dataset, one_hot, whitened, whitening
-from phasevae.engine.grid import grid_table, static_config
-from phasevae.engine.step import Point, Trainer
 from phasevae.models.vae import (
     VAE,
     collapse_eigenvalue,
@@ -30,6 +28,7 @@ from tests.test_model import (
     collapsed,
     collapsed_hessians,
 )
+from tests.test_train import assert_vmapped_equals_alone
 
 LIKELIHOODS = ("bernoulli", "poisson", "negative_binomial", "categorical")
 R = 2.5  # the negative binomial's dispersion in these tests
@@ -287,16 +286,7 @@ def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
     assert data.eigenvalues[0] == pytest.approx(
         whitened_top(data.x, likelihood), rel=1e-4
     )
-    trainer = Trainer(static_config(spec, data.x.shape[1]))
-    points = Point.from_table(grid_table(spec))
-    x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
-    state, metrics = trainer.chunk(trainer.init(points), points, x, ex, np.int32(0))
-    assert np.all(np.isfinite(np.asarray(metrics.loss)))
-    for i in range(3):
-        one = jax.tree.map(lambda a, i=i: a[i : i + 1], points)
-        _, m1 = trainer.chunk(trainer.init(one), one, x, ex, np.int32(0))
-        for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(metrics), strict=True):
-            np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
+    assert_vmapped_equals_alone(spec, data)
 
 
 def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_path):
