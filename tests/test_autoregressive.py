@@ -1,5 +1,6 @@
-"""Autoregressive decoders (model.context, model.recurrent): the linear head is causal
-and banded and the GRU head causal, the innovations matrix is exact, the collapse
+"""Autoregressive decoders (model.context, model.recurrent, model.mask): the linear
+head is causal and banded, the GRU head causal, the masked convolution reads its
+mask and nothing else, the innovations matrices are exact, the collapse
 criterion beta sigma^2 = lambda_max of the innovations' covariance (docs/science.md,
 'Autoregressive decoders') holds against the linear VAE's probe and the float64
 Hessian of the collapsed state (for the GRU head: of its own innovations), and a
@@ -11,10 +12,16 @@ import numpy as np
 import pytest
 
 from phasevae.cli import main
-from phasevae.data import innovations, load_dataset, whitened
+from phasevae.data import (
+    innovations,
+    load_dataset,
+    masked_innovations,
+    masked_weights,
+    whitened,
+)
 from phasevae.errors import DataError
 from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
-from phasevae.spec import SpecError, spec_from_dict
+from phasevae.spec import SpecError, mask_offsets, spec_from_dict
 from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
 from tests.test_model import (
@@ -83,6 +90,54 @@ def test_the_gru_head_is_causal_and_sees_the_whole_past():
     i, j = np.indices((6, 6))
     assert np.all(np.asarray(jac)[j >= i] == 0)  # nothing from x[i] on
     assert np.all(np.abs(np.asarray(jac)[j < i]) > 1e-6)  # every predecessor
+
+
+IMAGE = (3, 4)  # the masked head's test images
+
+
+def ar1_images(n: int = 400) -> np.ndarray:
+    """(n, 12) rows of 3 x 4 images: AR(1) windows of 12 values, read row by row (so
+    each pixel is correlated with its left and upper neighbours)."""
+    return ar1_windows(n=n, dim=12)
+
+
+def test_the_masked_head_reads_its_mask_and_nothing_else():
+    model = VAE(12, 1, (8,), (8,), mask=1, image=IMAGE)
+    params = model.init(jax.random.key(0), jnp.zeros(12), jnp.zeros(1))
+    weights = jnp.arange(1.0, len(mask_offsets(1)) + 1)
+    params = {"params": {**params["params"], "masked": weights}}
+    jac = jax.jacfwd(lambda x: model.apply(params, jnp.zeros(1), x, method=VAE.decode))(
+        jnp.arange(12.0)
+    )
+    h, w = IMAGE
+    want = np.zeros((12, 12))
+    for r in range(h):
+        for c in range(w):
+            for (dy, dx), weight in zip(mask_offsets(1), weights, strict=True):
+                if 0 <= r + dy and 0 <= c + dx < w:
+                    want[r * w + c, (r + dy) * w + c + dx] = weight
+    np.testing.assert_array_equal(np.asarray(jac), want)
+    # causal in raster order: nothing from pixel p itself or after it
+    assert np.all(np.triu(want) == 0)
+
+
+def with_masked_head(model: VAE, params, x: np.ndarray) -> dict:
+    """``params`` with the masked head at its pooled least-squares weights."""
+    weights = masked_weights(x, model.image, model.mask).astype(np.float32)
+    return {"params": {**params["params"], "masked": jnp.asarray(weights)}}
+
+
+def test_the_linear_vaes_collapse_eigenvalue_is_the_masked_innovations_lambda_max():
+    """With the masked head at its least-squares weights the linear VAE's probe
+    eigenvalue is lambda_max of the masked innovations' covariance, below C's."""
+    x = ar1_images()
+    model = VAE(12, 2, (), (), mask=1, image=IMAGE)
+    params = model.init(jax.random.key(0), jnp.zeros(12), jnp.zeros(2))
+    params = collapsed(model, with_masked_head(model, params, x), jnp.asarray(x))
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
+    ce = np.cov(whitened(x, masked_innovations(x, IMAGE, 1)), rowvar=False, bias=True)
+    assert lam == pytest.approx(top(ce), rel=1e-4)
+    assert top(ce) < 0.5 * top(np.cov(x, rowvar=False, bias=True))
 
 
 def test_innovations_are_the_conditional_residuals():
@@ -163,9 +218,26 @@ def test_the_gru_heads_collapsed_state_turns_at_its_own_innovations(widths):
         assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
 
 
-@pytest.mark.parametrize("head", [{"context": 2}, {"recurrent": 3}])
+@pytest.mark.slow
+def test_the_masked_heads_collapsed_state_turns_at_the_collapse_eigenvalue():
+    """The float64 Hessian of the collapsed state with the masked head at its
+    least-squares weights, for a deep network, turns at the probe's lambda_c."""
+    x = ar1_images()
+    model = VAE(12, 1, (16, 8), (5, 12), mask=1, image=IMAGE)
+    params = model.init(jax.random.key(3), jnp.zeros(12), jnp.zeros(1))
+    params = with_masked_head(model, biased(params), x)
+    params = collapsed(model, params, jnp.asarray(x))
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+
+
+@pytest.mark.parametrize("head", [{"context": 2}, {"recurrent": 3}, {"mask": 1}])
 def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head):
-    np.save(tmp_path / "x.npy", ar1_windows(n=256, dim=5))
+    x = ar1_windows(n=256, dim=6)
+    np.save(tmp_path / "x.npy", x.reshape(256, 2, 3) if "mask" in head else x)
     spec = spec_from_dict(
         tiny_dict(
             data={"source": "array", "path": str(tmp_path / "x.npy")},
@@ -174,7 +246,12 @@ def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head
             train={"steps": 5, "eval_every": 5},
         )
     )
-    data = load_dataset(spec.data, context=2, recurrent="recurrent" in head)
+    data = load_dataset(
+        spec.data,
+        context=head.get("context", 0),
+        recurrent="recurrent" in head,
+        mask=head.get("mask", 0),
+    )
     assert_vmapped_equals_alone(spec, data)
 
 
@@ -182,6 +259,8 @@ def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head
     "model, words",
     [
         ({"context": 2, "recurrent": 4}, "set one"),
+        ({"mask": 1, "recurrent": 4}, "set one"),
+        ({"mask": 1}, "needs image data"),
         ({"recurrent": 4, "skip": "gated"}, "model.recurrent .* without a skip path"),
         ({"context": 2, "likelihood": "bernoulli"}, "built on the MLP VAE"),
         ({"context": 2, "skip": "plain"}, "without a skip path"),
@@ -218,4 +297,12 @@ def test_a_sweep_with_a_context_compares_with_the_innovations(tmp_path, capsys):
     )
     assert main(["sweep", str(too_long), "--out", str(tmp_path / "bad")]) == 2
     assert "must be below the data's 5 features" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    table = write_spec(  # a masked convolution on rows that are not images
+        tmp_path,
+        data={"source": "array", "path": str(tmp_path / "ar.npy"), "normalize": "none"},
+        model={"mask": 1},
+    )
+    assert main(["sweep", str(table), "--out", str(tmp_path / "bad")]) == 2
+    assert "needs images of one channel" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -20,7 +20,7 @@ def make(spec):
 def assert_vmapped_equals_alone(spec, data):
     """One chunk of the whole grid of ``spec``, vmapped, is finite and equals each
     model's chunk run alone, parameters and metrics. Returns the grid's metrics."""
-    trainer = Trainer(static_config(spec, data.x.shape[1]))
+    trainer = Trainer(static_config(spec, data.x.shape[1], data.image_shape))
     points = Point.from_table(grid_table(spec))
     x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
     state, metrics = trainer.chunk(trainer.init(points), points, x, ex, np.int32(0))

@@ -30,7 +30,7 @@ from phasevae import safeio
 from phasevae.data.arrays import MEMORY_FRACTION, load_array
 from phasevae.data.text import text_windows
 from phasevae.errors import DataError, optional
-from phasevae.spec import DataSpec
+from phasevae.spec import DataSpec, mask_offsets
 
 # scikit-image's sample photographs that ship inside its wheel (no download), all
 # natural scenes or textures; colour ones are converted with the ITU-R 601 luma
@@ -115,13 +115,15 @@ def load_dataset(
     categories: int = 0,
     context: int = 0,
     recurrent: bool = False,
+    mask: int = 0,
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
     ``categories``, which become one-hot codes, and the spectrum is of the
     covariance whitened by the likelihood's variances, :func:`whitening`); with an
     autoregressive head, the spectrum is of the innovations given ``context``
-    predecessors, or given the whole past for a ``recurrent`` (GRU) head.
+    predecessors, or given the whole past for a ``recurrent`` (GRU) head, or of
+    the innovations of a ``mask`` head (:func:`masked_innovations`).
 
     Raises:
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
@@ -145,6 +147,9 @@ def load_dataset(
     if context:
         whiten = innovations(x, context, what)
         what += f"; spectrum of the innovations given {context} predecessors"
+    if mask:
+        whiten = masked_innovations(x, image_shape, mask, what)
+        what += f"; spectrum of the innovations of a radius-{mask} masked convolution"
     values, vectors = covariance_eig(whitened(x, whiten))
     check_spread(float(values[0]), what, spec.normalize)
     return Dataset(
@@ -205,7 +210,13 @@ def load_for_model(spec) -> Dataset:
     :func:`load_dataset` with the model's likelihood."""
     m = spec.model
     return load_dataset(
-        spec.data, m.likelihood, m.dispersion, m.categories, m.context, m.recurrent > 0
+        spec.data,
+        m.likelihood,
+        m.dispersion,
+        m.categories,
+        m.context,
+        m.recurrent > 0,
+        m.mask,
     )
 
 
@@ -233,6 +244,57 @@ def innovations(x: np.ndarray, context: int, what: str = "the data") -> np.ndarr
         coef = np.linalg.lstsq(c[np.ix_(before, before)], c[before, i], rcond=None)[0]
         m[before, i] = -coef
     return m
+
+
+def masked_weights(x: np.ndarray, image_shape, radius: int) -> np.ndarray:
+    """The least-squares weights, one per offset of
+    :func:`phasevae.spec.mask_offsets`, predicting every pixel of the centred
+    images ``x`` (n, h * w) from its masked neighbours (zero outside the image),
+    pooled over pixels and rows: a masked-convolution head's at collapse."""
+    n = x.shape[0]
+    h, w = image_shape[:2]
+    xc = (x - x.mean(axis=0)).reshape(n, h, w).astype(np.float64)
+    padded = np.pad(xc, ((0, 0), (radius, 0), (radius, radius)))
+    offsets = mask_offsets(radius)
+    views = np.stack(
+        [
+            padded[:, radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+            for dy, dx in offsets
+        ],
+        axis=-1,
+    ).reshape(-1, len(offsets))
+    return np.linalg.lstsq(views, xc.reshape(-1), rcond=None)[0]
+
+
+def masked_innovations(
+    x: np.ndarray, image_shape, radius: int, what: str = "the data"
+) -> np.ndarray:
+    """The (N, N) matrix (I - B)^T that takes centred rows of ``x`` (images of
+    ``image_shape``, one channel) to the innovations of a masked-convolution head of
+    ``radius`` (``model.mask``): B applies :func:`masked_weights` at every pixel,
+    x zero outside the image. At collapse, where z explains nothing, that is what
+    the head learns, and the residual is what is left for z.
+
+    Raises:
+      DataError: data that are not single-channel images.
+    """
+    dim = x.shape[1]
+    if not image_shape or dim != image_shape[0] * image_shape[1]:
+        raise DataError(
+            f"{what}: model.mask (a masked convolution over an image) needs images "
+            f"of one channel (data of shape (n, h, w), or digits, patches, cifar10); "
+            f"these have {dim} features"
+            + (f" for {tuple(image_shape)} images" if image_shape else ", no images")
+        )
+    h, w = image_shape[:2]
+    weights = masked_weights(x, image_shape, radius)
+    b = np.zeros((dim, dim))
+    rows, cols = np.indices((h, w))
+    for (dy, dx), weight in zip(mask_offsets(radius), weights, strict=True):
+        inside = (rows + dy >= 0) & (cols + dx >= 0) & (cols + dx < w)
+        p = (rows * w + cols)[inside]
+        b[p, p + dy * w + dx] = weight
+    return (np.eye(dim) - b).T
 
 
 def one_hot(tokens: np.ndarray, categories: int, what: str) -> np.ndarray:

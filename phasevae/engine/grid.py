@@ -87,6 +87,8 @@ def static_config(
         categories=m.categories,
         context=m.context,
         recurrent=m.recurrent,
+        mask=m.mask,
+        image=tuple(image_shape[:2]) if m.mask and image_shape else (),
         module=build(m, shape),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),
@@ -115,6 +117,7 @@ def estimate_bytes(
     widths_dec = [k + skip, *m.decoder, dim]
     h = m.recurrent  # a GRU head's width: its 3 gates' weights and biases, readout
     head = dim * m.context + (3 * h * h + 7 * h + h + 1 if h else 0)
+    head += 2 * m.mask * (m.mask + 1)  # a masked convolution's weights
     params = head + sum(
         (a + 1) * b for w in (widths_enc, widths_dec) for a, b in itertools.pairwise(w)
     )

@@ -147,6 +147,9 @@ class Static:
     # its GRU (model.recurrent; 0: none)
     context: int = 0
     recurrent: int = 0
+    # a masked-convolution head's radius (model.mask; 0: none) and the image (h, w)
+    mask: int = 0
+    image: tuple[int, ...] = ()
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -245,6 +248,8 @@ class Trainer:
                 compute_dtype=COMPUTE[static.precision],
                 context=static.context,
                 recurrent=static.recurrent,
+                mask=static.mask,
+                image=static.image,
             )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()

@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from phasevae.spec import mask_offsets
+
 
 class Dense(nn.Module):
     """y = x K^T + b with the kernel stored (out, in), as in torch.
@@ -110,6 +112,11 @@ class VAE(nn.Module):
         gets a linear readout of the state of a GRU of that width that has read
         x[0], ..., x[i - 1] in column order (the readout starting at 0): a nonlinear
         head that sees the whole past. Not with ``context``.
+      mask: a masked-convolution head when > 0, for images of shape ``image`` (h,
+        w), one channel: pixel p's output also gets sum_o M[o] x[p + o] over the
+        offsets o of PixelCNN's mask A of radius ``mask`` (the rows above within
+        the radius, and the pixels to the left in p's own row), one weight per
+        offset shared by every pixel, x zero outside the image (M starting at 0).
       compute_dtype: the dtype the layers' matmul operands are cast to (bfloat16
         for ``train.precision = "bfloat16"``), accumulated in float32; None: float32.
     """
@@ -123,6 +130,8 @@ class VAE(nn.Module):
     compute_dtype: Any = None
     context: int = 0
     recurrent: int = 0
+    mask: int = 0
+    image: tuple[int, ...] = ()
 
     def setup(self):
         self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim, self.compute_dtype)
@@ -132,6 +141,10 @@ class VAE(nn.Module):
         if self.context:
             self.ar = self.param(
                 "ar", nn.initializers.zeros, (self.data_dim, self.context)
+            )
+        if self.mask:
+            self.masked = self.param(
+                "masked", nn.initializers.zeros, (len(mask_offsets(self.mask)),)
             )
         if self.recurrent:
             self.gru = nn.GRUCell(features=self.recurrent)
@@ -160,13 +173,16 @@ class VAE(nn.Module):
         else:
             shortcut = x if self.skip == "plain" else nn.sigmoid(self.gate(z)) * x
             out = self.dec(jnp.concatenate([z, shortcut]))
-        return out + self.predicted(x) if self.context or self.recurrent else out
+        head = self.context or self.recurrent or self.mask
+        return out + self.predicted(x) if head else out
 
     def predicted(self, x: Array) -> Array:
         """(N,) -> the autoregressive head's part of the output: feature i's
-        sum_j A[i, j] x[i - 1 - j], or the readout of the GRU's state after x[i - 1]
-        (0 without a head)."""
+        sum_j A[i, j] x[i - 1 - j], the readout of the GRU's state after x[i - 1],
+        or the masked convolution's sum_o M[o] x[p + o] (0 without a head)."""
         n = x.shape[-1]
+        if self.mask:
+            return masked_views(x.reshape(self.image), self.mask) @ self.masked
         if self.recurrent:
             return self.readout(self._states(jnp.pad(x, (1, 0))[:n, None]))[:, 0]
         if not self.context:
@@ -189,6 +205,18 @@ class VAE(nn.Module):
         """x (N,), eps (k,) standard normal -> (mu, logvar, f(mu + s * eps))."""
         mu, logvar = self.encode(x)
         return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps, x)
+
+
+def masked_views(image: Array, radius: int) -> Array:
+    """(h, w) -> (h * w, offsets): pixel p's neighbours x[p + o] over the offsets
+    of PixelCNN's mask A (:func:`phasevae.spec.mask_offsets`), zero outside."""
+    h, w = image.shape
+    padded = jnp.pad(image, ((radius, 0), (radius, radius)))
+    views = [
+        padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+        for dy, dx in mask_offsets(radius)
+    ]
+    return jnp.stack(views, axis=-1).reshape(h * w, len(views))
 
 
 def nll(

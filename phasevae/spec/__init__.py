@@ -40,6 +40,7 @@ from phasevae.spec.types import (  # noqa: F401  (the spec's types, re-exported)
     coerce_options,
     decoder_label,
     grid_size,
+    mask_offsets,
     model_problem,
     train_problem,
 )
@@ -84,6 +85,7 @@ BOUNDS = {
     ("model", "categories"): (0, True),
     ("model", "context"): (0, True),
     ("model", "recurrent"): (0, True),
+    ("model", "mask"): (0, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),

@@ -145,7 +145,11 @@ class ModelSpec:
     predecessors in column order, a nonlinear head that sees the whole past; the
     criterion printed is then that of the best linear prediction from the whole
     past (for Gaussian data no head does better), and the collapse probe reads the
-    trained head's own innovations.
+    trained head's own innovations. ``mask`` = r > 0 (the same models, on images of
+    one channel; not with the other heads): a masked convolution, PixelCNN's mask A
+    of radius r (:func:`mask_offsets`), one weight per offset shared by every
+    pixel; the criterion is then lambda_max of the innovations of the best such
+    shared prediction (``phasevae.data.masked_innovations``).
     """
 
     latent_dim: int = 3
@@ -165,6 +169,7 @@ class ModelSpec:
     categories: int = 0
     context: int = 0
     recurrent: int = 0
+    mask: int = 0
 
 
 @dataclass(frozen=True)
@@ -356,6 +361,7 @@ OWN_SETTINGS = (  # (likelihood, the setting only it has, what it must be)
     ("categorical", "categories", ">= 2 (K, the token ids' range 0 .. K - 1)"),
 )
 MAX_RECURRENT = 4096  # a GRU head's width
+MAX_MASK = 64  # a masked-convolution head's radius
 MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
 
 
@@ -417,17 +423,31 @@ def text_problem(spec: Spec) -> str | None:
     return None
 
 
+def mask_offsets(radius: int) -> list[tuple[int, int]]:
+    """The offsets (dy, dx) ``model.mask`` = ``radius`` covers, PixelCNN's mask A:
+    every pixel of the ``radius`` rows above within ``radius`` columns either side,
+    and the ``radius`` pixels to the left in the pixel's own row."""
+    return [
+        (dy, dx)
+        for dy in range(-radius, 1)
+        for dx in range(-radius, radius + 1)
+        if dy < 0 or dx < 0
+    ]
+
+
 def context_problem(spec: Spec) -> str | None:
-    """What is wrong with ``model.context`` or ``model.recurrent`` (an
-    autoregressive decoder), or None."""
+    """What is wrong with ``model.context``, ``model.recurrent`` or ``model.mask``
+    (an autoregressive decoder), or None."""
     m = spec.model
-    if not (m.context or m.recurrent):
+    heads = [k for k in ("context", "recurrent", "mask") if getattr(m, k)]
+    if not heads:
         return None
-    key = "model.context" if m.context else "model.recurrent"
-    if m.context and m.recurrent:
+    key = f"model.{heads[0]}"
+    if len(heads) > 1:
         return (
-            "model.context (a linear head) and model.recurrent (a GRU head) are two "
-            "autoregressive decoders: set one"
+            "model.context (a linear head), model.recurrent (a GRU head) and "
+            "model.mask (a masked-convolution head) are autoregressive decoders: set "
+            f"one (set: {', '.join(heads)})"
         )
     plain = (m.kind, m.likelihood, m.latent, m.skip) == (
         "mlp",
@@ -450,6 +470,13 @@ def context_problem(spec: Spec) -> str | None:
         )
     if m.recurrent > MAX_RECURRENT:
         return f"model.recurrent = {m.recurrent} is too wide; at most {MAX_RECURRENT}"
+    if m.mask and d.source in ("synthetic", "text"):
+        return (
+            f"model.mask (a masked convolution over an image) needs image data, not "
+            f'data.source = "{d.source}"'
+        )
+    if m.mask > MAX_MASK:
+        return f"model.mask = {m.mask} is too wide; at most {MAX_MASK}"
     return None
 
 
