@@ -19,10 +19,11 @@ context k.
   criterion is that of the best linear prediction from the whole past (0.963; for
   Gaussian data no head does better), and the probe reads its own residuals.
 
-    python studies/autoregressive.py [PROCESS:ARCH:HEAD ...]
+    python studies/autoregressive.py [--budget MODEL_STEPS] [PROCESS:ARCH:HEAD ...]
 
 (e.g. ``ar2:linear:2`` for a context of 2, ``ar2:mlp:gru4`` for a GRU of width 4;
-none: every ``ar2`` run) writes results/autoregressive/
+none: every ``ar2`` run; ``--budget``: locate's budget per curve, with which a
+finished run continues) writes results/autoregressive/
 <name>/ (the located run), table.md, table.json (the rows not named are kept from
 table.json) and context.png (located against derived, per context).
 """
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import tomli_w
+from sklearn.datasets import load_digits
 
 from phasevae.api import locate, open_run
 from phasevae.data import covariance_eig
@@ -43,10 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent / "results" / "autoregressive"
 WINDOW, SAMPLES, BURN = 8, 4000, 200
 PROCESSES = {"ar1": (0.9,), "ar2": (0.2, 0.7)}  # the coefficients phi_1, phi_2, ...
 ARCHS = {"mlp": {}, "linear": {"encoder": [], "decoder": []}}
-SEEDS = {"ar1": [0], "ar2": [0, 1, 2]}
-NORMALIZE = {"ar1": {}, "ar2": {"normalize": "global"}}
+SEEDS = {"ar1": [0], "ar2": [0, 1, 2], "digits": [0, 1, 2]}
+NORMALIZE = {"ar1": {}, "ar2": {"normalize": "global"}, "digits": {}}
 RUNS = [("ar2", arch, str(k)) for arch in ("linear", "mlp") for k in (0, 1, 2, 4)]
 RUNS += [("ar2", "mlp", f"gru{h}") for h in (1, 2, 4, 16)]  # model.recurrent = h
+# scikit-learn's digits with a masked-convolution head (model.mask = r)
+RUNS += [("digits", arch, f"mask{r}") for arch in ("linear", "mlp") for r in (1, 2)]
 
 
 def windows(process: str) -> np.ndarray:
@@ -68,11 +72,15 @@ def windows(process: str) -> np.ndarray:
     return x[:, BURN:].astype(np.float32)
 
 
+HEADS = {"gru": "recurrent", "mask": "mask"}  # a head's prefix: its [model] key
+
+
 def head_of(head: str) -> dict:
     """The [model] keys of a head: "k", a linear head of context k; "gruH", a GRU
-    head of width H."""
-    if head.startswith("gru"):
-        return {"recurrent": int(head[3:])}
+    head of width H; "maskR", a masked convolution of radius R."""
+    for prefix, key in HEADS.items():
+        if head.startswith(prefix):
+            return {key: int(head[len(prefix) :])}
     return {"context": int(head)}
 
 
@@ -80,25 +88,30 @@ def name(process: str, arch: str, head: str) -> str:
     """The run's folder: ``context-<k>`` for the first study's (AR(1), MLP) runs."""
     if (process, arch) == ("ar1", "mlp"):
         return f"context-{head}"
-    if head.startswith("gru"):
-        return f"{process}-{arch}-gru-{head[3:]}"
+    for prefix in HEADS:
+        if head.startswith(prefix):
+            return f"{process}-{arch}-{prefix}-{head[len(prefix) :]}"
     return f"{process}-{arch}-context-{head}"
 
 
-def run(process: str, arch: str, head: str) -> dict:
-    data = ROOT / "data" / f"{process}.npy"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    x = windows(process)
-    np.save(data, x)
+def run(process: str, arch: str, head: str, budget: int | None = None) -> dict:
+    if process == "digits":  # the images as the digits source gives them
+        x, source = load_digits().data / 16.0, {"source": "digits"}
+    else:
+        data = ROOT / "data" / f"{process}.npy"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        x = windows(process)
+        np.save(data, x)
+        source = {"source": "array", "path": str(data)}
     spec = {
-        "data": {"source": "array", "path": str(data)} | NORMALIZE[process],
+        "data": source | NORMALIZE[process],
         "model": head_of(head) | ARCHS[arch],
         "train": {"steps": 3000},
         "grid": {"beta": [1.0], "seeds": SEEDS[process]},
     }
     path = ROOT / f"{name(process, arch, head)}.toml"
     path.write_text(tomli_w.dumps(spec))
-    result = locate(path, ROOT / name(process, arch, head))
+    result = locate(path, ROOT / name(process, arch, head), budget=budget)
     (curve,) = result["curves"]
     located = open_run(ROOT / name(process, arch, head))
     derived = located.meta.spectrum["lambda_max"]
@@ -124,15 +137,23 @@ def run(process: str, arch: str, head: str) -> dict:
     }
 
 
+def head_label(r: dict) -> tuple[str, str, int]:
+    """A row's head: (as the command line names it, as the table does, its size)."""
+    for prefix, k in HEADS.items():
+        if k in r:
+            return f"{prefix}{r[k]}", f"{prefix.upper()} {r[k]}", r[k]
+    return str(r["context"]), f"k = {r['context']}", r["context"]
+
+
 def key(r: dict) -> tuple:
     """(process, decoder, head) of a row, the head as the command line names it."""
-    head = f"gru{r['recurrent']}" if "recurrent" in r else str(r["context"])
-    return r.get("process", "ar1"), r.get("arch", "mlp"), head
+    return r.get("process", "ar1"), r.get("arch", "mlp"), head_label(r)[0]
 
 
 def order(r: dict) -> tuple:
-    """Rows by process and decoder, the linear heads by context, then the GRUs."""
-    return key(r)[:2] + ("recurrent" in r, r.get("recurrent", r.get("context")))
+    """Rows by process and decoder, the linear heads by context, then the others."""
+    name, _, size = head_label(r)
+    return key(r)[:2] + (not name[0].isdigit(), name.rstrip("0123456789"), size)
 
 
 def table(rows: list[dict]) -> str:
@@ -144,7 +165,7 @@ def table(rows: list[dict]) -> str:
     ]
     for r in sorted(rows, key=order):
         process, arch, _ = key(r)
-        head = f"GRU {r['recurrent']}" if "recurrent" in r else f"k = {r['context']}"
+        head = head_label(r)[1]
         ci = "-" if not r["ci"] else f"[{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
         s2c = "-" if r["sigma2_c"] is None else f"{r['sigma2_c']:.4g}"
         err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f} %"
@@ -174,7 +195,7 @@ def figure(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if "recurrent" not in r]
+    rows = [r for r in rows if "context" in r]
     processes = sorted({key(r)[0] for r in rows})
     fig, axes = plt.subplots(
         1, len(processes), figsize=(4.2 * len(processes), 3.4), squeeze=False
@@ -204,12 +225,18 @@ def figure(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    named = [a.split(":") for a in sys.argv[1:]]
+    args = sys.argv[1:]
+    budget = None
+    if "--budget" in args:  # model-steps per curve; a finished run continues
+        i = args.index("--budget")
+        budget = int(args[i + 1])
+        args = args[:i] + args[i + 2 :]
+    named = [a.split(":") for a in args]
     runs = [(p, a, h) for p, a, h in named] or RUNS
     path = ROOT / "table.json"
     kept = json.loads(path.read_text()) if path.exists() else []
     rows = [r for r in kept if key(r) not in runs]
-    rows += [run(*r) for r in runs]
+    rows += [run(*r, budget=budget) for r in runs]
     path.write_text(json.dumps(rows, indent=1))
     (ROOT / "table.md").write_text(table(rows))
     figure(rows, ROOT / "context.png")
