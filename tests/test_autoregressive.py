@@ -234,6 +234,7 @@ def test_the_masked_heads_collapsed_state_turns_at_the_collapse_eigenvalue():
         assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", [{"context": 2}, {"recurrent": 3}, {"mask": 1}])
 def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head):
     x = ar1_windows(n=256, dim=6)

@@ -259,6 +259,7 @@ def test_a_likelihood_with_settings_it_cannot_use_is_a_spec_error(model, data, w
         spec_from_dict(tiny_dict(model=model, data=data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
     tmp_path, likelihood
