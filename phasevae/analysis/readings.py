@@ -35,8 +35,9 @@ def information(points: pd.DataFrame) -> dict:
     smallest sigma^2 from which it stays below ``NO_INFORMATION`` nats (None: never),
     which is where the encoder's information collapses even where the KL cannot (a
     hyperspherical latent of fixed concentration has a constant KL); and the active
-    directions (the participation ratio of E[z|x], 0 .. k) and the decoder's largest
-    gain (the top singular value of d f / d z, 0 when f ignores z) at both ends."""
+    directions (the participation ratio of E[z|x], 0 .. k), the decoder's largest
+    gain (the top singular value of d f / d z, 0 when f ignores z) and, for a
+    categorical latent, the codes' mean usage (perplexity, 1 .. K) at both ends."""
     mi = points.groupby("sigma2")["mi"].mean().sort_index()
     low = (mi < NO_INFORMATION).to_numpy()
     above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
@@ -54,4 +55,9 @@ def information(points: pd.DataFrame) -> dict:
         g = points.groupby("sigma2")[GAIN].mean().sort_index()
         out["decoder_gain_at_min_sigma2"] = float(g.iloc[0])
         out["decoder_gain_at_max_sigma2"] = float(g.iloc[-1])
+    usage = [c for c in points if c.startswith("usage_dim_")]
+    if usage:
+        u = points.groupby("sigma2")[usage].mean().mean(axis=1).sort_index()
+        out["usage_at_min_sigma2"] = float(u.iloc[0])
+        out["usage_at_max_sigma2"] = float(u.iloc[-1])
     return out

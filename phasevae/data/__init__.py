@@ -13,13 +13,15 @@ scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.data.c
 docstrings, :mod:`phasevae.data.text`).
 
 The package (``arrays``: the user's files; ``cifar``: the CIFAR-10 archives;
-``text``: the character corpus) may
-import ``phasevae.spec``, ``phasevae.errors`` and ``phasevae.safeio`` only.
+``text``: the character corpus; ``relaxation``: a categorical latent's factor on
+the criterion) may import ``phasevae.spec``, ``phasevae.errors`` and
+``phasevae.safeio`` only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import scipy.linalg
 
 from phasevae import safeio
 from phasevae.data.arrays import MEMORY_FRACTION, load_array
+from phasevae.data.relaxation import latent_factor
 from phasevae.data.text import text_windows
 from phasevae.errors import DataError, optional
 from phasevae.spec import DataSpec, mask_offsets
@@ -116,6 +119,7 @@ def load_dataset(
     context: int = 0,
     recurrent: bool = False,
     mask: int = 0,
+    factor: float = 1.0,
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
@@ -123,7 +127,10 @@ def load_dataset(
     covariance whitened by the likelihood's variances, :func:`whitening`); with an
     autoregressive head, the spectrum is of the innovations given ``context``
     predecessors, or given the whole past for a ``recurrent`` (GRU) head, or of
-    the innovations of a ``mask`` head (:func:`masked_innovations`).
+    the innovations of a ``mask`` head (:func:`masked_innovations`). The spectrum
+    is scaled by the latent's ``factor`` rho (a categorical latent's,
+    :func:`phasevae.data.relaxation.latent_factor`), so that its lambda_max is the
+    criterion in every case.
 
     Raises:
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
@@ -150,6 +157,10 @@ def load_dataset(
     if mask:
         whiten = masked_innovations(x, image_shape, mask, what)
         what += f"; spectrum of the innovations of a radius-{mask} masked convolution"
+    if factor != 1.0:
+        scale = math.sqrt(factor)
+        whiten = np.full(x.shape[1], scale) if whiten is None else whiten * scale
+        what += f"; spectrum times the latent's factor rho = {factor:.4g}"
     values, vectors = covariance_eig(whitened(x, whiten))
     check_spread(float(values[0]), what, spec.normalize)
     return Dataset(
@@ -207,7 +218,7 @@ def _read_source(spec: DataSpec) -> tuple[np.ndarray, str, tuple | None, tuple |
 
 def load_for_model(spec) -> Dataset:
     """The data of a spec (a :class:`phasevae.spec.Spec`) as its model sees them:
-    :func:`load_dataset` with the model's likelihood."""
+    :func:`load_dataset` with the model's likelihood, head and latent."""
     m = spec.model
     return load_dataset(
         spec.data,
@@ -217,6 +228,7 @@ def load_for_model(spec) -> Dataset:
         m.context,
         m.recurrent > 0,
         m.mask,
+        latent_factor(m.latent, m.latent_categories, m.estimator, m.temperature),
     )
 
 

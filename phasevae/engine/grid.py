@@ -82,6 +82,9 @@ def static_config(
         skip=m.skip,
         latent=m.latent,
         concentration=m.concentration,
+        latent_categories=m.latent_categories,
+        estimator=m.estimator,
+        temperature=m.temperature,
         likelihood=m.likelihood,
         dispersion=m.dispersion or 1.0,
         categories=m.categories,
@@ -93,6 +96,7 @@ def static_config(
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),
         mi_term=any(axis_values(spec.grid.mi_weight)),
+        entropy_term=any(axis_values(spec.grid.entropy_target)),
         precision=t.precision,
     )
 

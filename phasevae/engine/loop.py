@@ -285,6 +285,9 @@ def metrics_frame(
     gains = _decoder_gains(m.decoder_gram, len(df), m.kl_dim.shape[1])
     for j, gain in enumerate(gains):
         df[f"decoder_gain_{j}"] = gain
+    if m.usage is not None:
+        for j in range(m.usage.shape[1]):
+            df[f"usage_dim_{j}"] = np.asarray(m.usage[:, j], np.float64)
     df["active_units"] = (m.kl_dim > COLLAPSED_KL).sum(axis=1).astype(np.int64)
     trace, dim = float(np.sum(data.eigenvalues)), data.x.shape[1]
     sigma2 = df["decoder_sigma2"].to_numpy()
@@ -306,15 +309,16 @@ def _collapse_eigenvalues(grams, n: int) -> np.ndarray:
 
 
 def _decoder_gains(grams, n: int, k: int) -> np.ndarray:
-    """(k, n): the decoder's gains per model, largest first: the square roots of the
-    eigenvalues of E[J^T J] (NaN without them or where not finite)."""
+    """(k, n): the decoder's k largest gains per model, largest first: the square
+    roots of the eigenvalues of E[J^T J] (NaN without them or where not finite; a
+    categorical latent's decoder reads k K inputs)."""
     out = np.full((k, n), np.nan)
     if grams is None:
         return out
     grams = np.asarray(grams, np.float64)
     ok = np.isfinite(grams).all(axis=(1, 2))
     if ok.any():
-        ev = np.linalg.eigvalsh(grams[ok])[:, ::-1]  # descending
+        ev = np.linalg.eigvalsh(grams[ok])[:, ::-1][:, :k]  # descending
         out[:, ok] = np.sqrt(np.clip(ev, 0.0, None)).T
     return out
 

@@ -27,6 +27,7 @@ import optax
 from flax import struct
 from jax import Array
 
+from phasevae.models.discrete import CategoricalVAE
 from phasevae.models.sphere import SphereVAE
 from phasevae.models.vae import (
     VAE,
@@ -52,6 +53,7 @@ class Point(NamedTuple):
     kl_cycle_steps: Array  # float32, period of cyclical KL annealing (0: none)
     kl_cycle_ramp: Array  # float32, fraction of the period beta ramps over
     mi_weight: Array  # float32, weight of the -I(x; z) term in the objective
+    entropy_target: Array  # float32, a target for each code's usage entropy (0: none)
 
     @classmethod
     def from_table(cls, table) -> Point:
@@ -109,6 +111,9 @@ class Metrics(NamedTuple):
     # roots are the decoder's gains (finished on the host); None for a module
     # without ``decode``
     decoder_gram: Array | None
+    # (k,) a categorical latent's usage of each code, the perplexity exp H of its
+    # aggregate posterior over the evaluation examples; None for other latents
+    usage: Array | None
 
 
 # train.precision -> the precision every matmul of the chunk is traced with
@@ -134,10 +139,15 @@ class Static:
     shared_batches: bool = True
     learned_sigma2: bool = False
     skip: str = "none"
-    # "gaussian", or "sphere" (phasevae.models.sphere, MLP widths above) with the
-    # concentration fixed at ``concentration`` (0: learned)
+    # "gaussian"; "sphere" (phasevae.models.sphere, MLP widths above) with the
+    # concentration fixed at ``concentration`` (0: learned); "categorical"
+    # (phasevae.models.discrete): ``latent_categories`` values per code, drawn by
+    # ``estimator`` at ``temperature``
     latent: str = "gaussian"
     concentration: float = 0.0
+    latent_categories: int = 0
+    estimator: str = "gumbel"
+    temperature: float = 1.0
     # the decoder's likelihood (model.likelihood), a negative binomial's r and a
     # categorical's categories per position
     likelihood: str = "gaussian"
@@ -153,6 +163,7 @@ class Static:
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
+    entropy_term: bool = False
     # the matmuls' precision (train.precision, MATMUL)
     precision: str = "float32"
     # a module following the protocol (phasevae.models.vae) in place of the MLP VAE of
@@ -228,6 +239,17 @@ class Trainer:
         self.static = static
         if static.module is not None:
             self.model = static.module
+        elif static.latent == "categorical":
+            self.model = CategoricalVAE(
+                static.data_dim,
+                static.latent_dim,
+                static.encoder,
+                static.decoder,
+                static.latent_categories,
+                static.estimator,
+                static.temperature,
+                compute_dtype=COMPUTE[static.precision],
+            )
         elif static.latent == "sphere":
             self.model = SphereVAE(
                 static.data_dim,
@@ -335,7 +357,9 @@ class Trainer:
         (n, k): the mean of recon + beta' KL, beta' = beta * :func:`kl_factor`, plus
         beta' sum_j (max(lambda, KL_j) - KL_j) with the minibatch mean KL_j where
         free bits lambda > 0 (below the floor a dim's KL then has no gradient),
-        minus mi_weight * I(x; z) (:func:`phasevae.models.vae.mutual_information`)."""
+        minus mi_weight * I(x; z) (:func:`phasevae.models.vae.mutual_information`),
+        plus beta' sum_d max(0, H - H_d) for a categorical latent's entropy target H
+        > 0, H_d the usage entropy of code d on the minibatch."""
         terms = self._terms(params, point, xb, eps)
         beta = point.beta * kl_factor(point, step)
         loss = jnp.mean(objective(terms, beta))
@@ -347,6 +371,9 @@ class Trainer:
             loss = loss + beta * jnp.sum(lift)
         if self.static.mi_term:
             loss = loss - point.mi_weight * self.mutual_information(terms, eps)
+        if self.static.entropy_term:
+            short = point.entropy_target - self.model.latent_usage(terms.mu)
+            loss = loss + beta * jnp.sum(jnp.maximum(short, 0.0))
         return loss
 
     def _batch_indices(self, key: Array, step: Array, n: int) -> Array:
@@ -418,6 +445,11 @@ class Trainer:
                 else None
             ),
             decoder_gram=self._decoder_gram(params, self.posterior_mean(t), eval_x),
+            usage=(
+                jnp.exp(self.model.latent_usage(t.mu))
+                if hasattr(self.model, "latent_usage")
+                else None
+            ),
         )
 
     def _decoder_gram(self, params, z: Array, eval_x: Array) -> Array | None:
@@ -438,6 +470,8 @@ class Trainer:
             return jax.jacfwd(out)(zi)  # (D, k)
 
         j = jax.vmap(jacobian)(z[:m], eval_x[:m])
+        if hasattr(self.model, "latent_tangent"):  # only where a draw can move
+            j = j @ self.model.latent_tangent()
         return jnp.einsum("mdi,mdj->ij", j, j) / m
 
     def _chunk(

@@ -18,7 +18,8 @@ grid's, or learned), the loss below and the optimiser. Skip paths and the collap
 need the MLP's layout and are offered for it alone. A latent other than this Gaussian
 one gives four hooks, ``latent_noise(key, n)``, ``latent_kl(mu, logvar)``,
 ``latent_mi(mu, var, noise)`` and ``latent_mean(mu, var)`` (the hyperspherical
-latent of :mod:`phasevae.models.sphere`; a user's module has the Gaussian latent).
+latent of :mod:`phasevae.models.sphere`, the categorical one of
+:mod:`phasevae.models.discrete`; a user's module has the Gaussian latent).
 
     encoder q(z|x) = N(mu(x), diag(s^2(x)))   MLP with ReLU, outputs (mu, log s^2)
     decoder p(x|z) = N(f(z), sigma^2 I)       MLP with ReLU, sigma^2 fixed

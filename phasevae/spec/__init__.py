@@ -61,7 +61,8 @@ CHOICES = {
     ("model", "sigma2"): ("fixed", "learned"),
     ("model", "skip"): ("none", "plain", "gated"),
     ("model", "kind"): ("mlp", "conv", "module"),
-    ("model", "latent"): ("gaussian", "sphere"),
+    ("model", "latent"): ("gaussian", "sphere", "categorical"),
+    ("model", "estimator"): ("gumbel", "straight_through"),
     ("model", "likelihood"): LIKELIHOODS,
     ("train", "until"): ("steps", "trusted"),
     ("train", "precision"): ("float32", "tf32", "bfloat16"),
@@ -82,6 +83,8 @@ BOUNDS = {
     ("model", "kernel"): (1, True),
     ("model", "concentration"): (0.0, True),
     ("model", "dispersion"): (0.0, True),
+    ("model", "latent_categories"): (0, True),
+    ("model", "temperature"): (0.0, False),
     ("model", "categories"): (0, True),
     ("model", "context"): (0, True),
     ("model", "recurrent"): (0, True),
@@ -103,6 +106,7 @@ BOUNDS = {
     ("grid", "kl_cycle_steps"): (0.0, True),
     ("grid", "kl_cycle_ramp"): (0.0, False),
     ("grid", "mi_weight"): (0.0, True),
+    ("grid", "entropy_target"): (0.0, True),
 }
 
 

@@ -117,7 +117,14 @@ class ModelSpec:
     or "sphere" (MLP only, latent_dim >= 2: z on the unit sphere, a uniform prior and
     a power-spherical posterior, :mod:`phasevae.models.sphere`) whose ``concentration``
     is learned per example (0) or fixed at a value > 0 (at most 1e4); with a fixed one
-    the KL is a constant, and collapse can only show in I(x; z).
+    the KL is a constant, and collapse can only show in I(x; z); or "categorical"
+    (MLP only, Gaussian or Bernoulli likelihood, no skip path or head: ``latent_dim``
+    codes of ``latent_categories`` = K >= 2 values each, a uniform prior, exact KL,
+    :mod:`phasevae.models.discrete`), sampled by the ``estimator`` "gumbel" (the
+    Gumbel-softmax relaxation at ``temperature``) or "straight_through" (one-hot
+    forward, the relaxation's gradient backward). Collapse is then at beta sigma^2 =
+    rho lambda_max with rho the relaxation's factor (docs/science.md, 'Discrete
+    latents'), which the spectrum includes.
 
     ``likelihood``: the decoder's, its output being the natural parameter:
     "gaussian" (the mean, variance sigma^2), "bernoulli" (the logit; data of 0s and
@@ -164,6 +171,9 @@ class ModelSpec:
     options: tuple[tuple[str, object], ...] = ()
     latent: str = "gaussian"
     concentration: float = 0.0
+    latent_categories: int = 0
+    estimator: str = "gumbel"
+    temperature: float = 1.0
     likelihood: str = "gaussian"
     dispersion: float = 0.0
     categories: int = 0
@@ -231,6 +241,7 @@ LATER_AXES = {
     "kl_cycle_steps": 0.0,
     "kl_cycle_ramp": 0.5,
     "mi_weight": 0.0,
+    "entropy_target": 0.0,
 }
 
 
@@ -248,6 +259,9 @@ class GridSpec:
     period of ``kl_cycle_steps`` steps and held at 1 for the rest (0: none).
     ``mi_weight``: alpha of a mutual-information term, the objective minus
     alpha I(x; z), I estimated on the minibatch through the aggregate posterior.
+    ``entropy_target`` (a categorical latent only): a target H (nats) for each
+    code's usage entropy, the entropy of its aggregate posterior over the
+    minibatch; the objective adds beta' sum_d max(0, H - H_d) (0: none).
     The training objective alone changes: evaluations report recon + beta KL.
 
     ``decoder`` and ``skip`` are static axes: a list of decoder hidden-width lists
@@ -266,6 +280,7 @@ class GridSpec:
     kl_cycle_steps: Axis = (0.0,)
     kl_cycle_ramp: Axis = (0.5,)
     mi_weight: Axis = (0.0,)
+    entropy_target: Axis = (0.0,)
     decoder: tuple[tuple[int, ...], ...] | None = None
     skip: tuple[str, ...] | None = None
 
@@ -480,6 +495,74 @@ def context_problem(spec: Spec) -> str | None:
     return None
 
 
+MAX_LATENT_CATEGORIES = 256  # a categorical latent's K per code
+TEMPERATURES = (0.1, 10.0)  # a Gumbel-softmax temperature's range
+
+
+def latent_problem(spec: Spec) -> str | None:
+    """What is wrong with ``model.latent`` and its settings, or None."""
+    m, g, default = spec.model, spec.grid, ModelSpec()
+    if m.latent != "sphere" and m.concentration:
+        return 'model.concentration applies to model.latent = "sphere"'
+    own = (m.latent_categories, m.estimator, m.temperature)
+    if m.latent != "categorical" and own != (0, default.estimator, default.temperature):
+        return (
+            "model.latent_categories, model.estimator and model.temperature apply to "
+            'model.latent = "categorical"'
+        )
+    if m.latent != "categorical" and any(axis_values(g.entropy_target)):
+        return 'grid.entropy_target applies to model.latent = "categorical"'
+    if m.latent == "gaussian":
+        return None
+    if m.kind != "mlp" or m.skip != "none" or g.skip is not None:
+        return (
+            f'model.latent = "{m.latent}" is built on the MLP without a skip path: '
+            'leave model.kind = "mlp", model.skip = "none" and grid.skip unset'
+        )
+    if m.latent == "sphere":
+        if m.latent_dim < 2:
+            return 'model.latent = "sphere" needs model.latent_dim >= 2'
+        if m.concentration > MAX_CONCENTRATION:
+            return (
+                f"model.concentration = {m.concentration:g} is too large; at most "
+                f"{MAX_CONCENTRATION:g} (beyond it a draw is the mean direction to "
+                "float32 precision)"
+            )
+        return None
+    return categorical_latent_problem(spec)
+
+
+def categorical_latent_problem(spec: Spec) -> str | None:
+    """What is wrong with a ``model.latent = "categorical"`` spec, or None."""
+    m, g = spec.model, spec.grid
+    k = m.latent_categories
+    if not 2 <= k <= MAX_LATENT_CATEGORIES:
+        return (
+            f'model.latent = "categorical" needs model.latent_categories = K, 2 .. '
+            f"{MAX_LATENT_CATEGORIES} values per code (got {k})"
+        )
+    if m.likelihood not in ("gaussian", "bernoulli"):
+        return (
+            'model.latent = "categorical" is built for model.likelihood = '
+            f'"gaussian" or "bernoulli" (got "{m.likelihood}")'
+        )
+    if m.context or m.recurrent or m.mask:
+        return 'model.latent = "categorical" takes no autoregressive head'
+    low, high = TEMPERATURES
+    if not low <= m.temperature <= high:
+        return (
+            f"model.temperature = {m.temperature:g} must be {low:g} .. {high:g} "
+            "(the Gumbel-softmax relaxation's)"
+        )
+    top = max(axis_values(g.entropy_target))
+    if top > math.log(k):
+        return (
+            f"grid.entropy_target = {top:g} nats exceeds ln K = {math.log(k):.4g}, "
+            f"the most a code of K = {k} values can have"
+        )
+    return None
+
+
 def model_problem(spec: Spec) -> str | None:
     """What is wrong with the ``[model]`` section given the rest, or None: the keys
     of one kind set for another, and remedies that need the MLP's layout."""
@@ -505,25 +588,14 @@ def model_problem(spec: Spec) -> str | None:
                 f'model.kind = "{m.kind}" leave model.skip = "none" and grid.skip, '
                 "grid.decoder unset"
             )
-    if m.latent != "sphere" and m.concentration:
-        return 'model.concentration applies to model.latent = "sphere"'
-    problem = likelihood_problem(spec) or text_problem(spec) or context_problem(spec)
+    problem = (
+        latent_problem(spec)
+        or likelihood_problem(spec)
+        or text_problem(spec)
+        or context_problem(spec)
+    )
     if problem:
         return problem
-    if m.latent == "sphere":
-        if m.kind != "mlp" or m.skip != "none" or g.skip is not None:
-            return (
-                'model.latent = "sphere" is built on the MLP without a skip path: '
-                'leave model.kind = "mlp", model.skip = "none" and grid.skip unset'
-            )
-        if m.latent_dim < 2:
-            return 'model.latent = "sphere" needs model.latent_dim >= 2'
-        if m.concentration > MAX_CONCENTRATION:
-            return (
-                f"model.concentration = {m.concentration:g} is too large; at most "
-                f"{MAX_CONCENTRATION:g} (beyond it a draw is the mean direction to "
-                "float32 precision)"
-            )
     if m.kind == "module" and not (
         m.module.startswith("python:") or _FACTORY.fullmatch(m.module)
     ):
