@@ -2,12 +2,14 @@
 latent where the derived criterion beta sigma^2 = rho lambda_max puts it, for both
 estimators, and what does the practitioner's guide's entropy target do to it?
 
-    python studies/discrete.py [locate] [entropy]
+    python studies/discrete.py [locate] [entropy] [--budget MODEL_STEPS]
 
 ``locate``: sweeps/discrete.toml (scikit-learn's digits, 2 codes of 4 values, tau =
 1, 3 seeds), the linear model and the default MLP, Gumbel-softmax and
 straight-through, each located by ``phasevae locate`` into
-results/discrete/<model>-<estimator>/ and held against rho lambda_max.
+results/discrete/<model>-<estimator>/ and held against rho lambda_max
+(``--budget``: continue them with that budget per curve, as ``phasevae locate
+--budget`` does).
 ``entropy``: the MLP with Gumbel-softmax, grid.entropy_target = 0, 0.69 and 1.25
 nats (0, 1/2 and 9/10 of ln 4), 3 seeds, one sweep into
 results/discrete/entropy_target/: each target's transition and the codes' usage
@@ -32,10 +34,10 @@ ESTIMATORS = ("gumbel", "straight_through")
 TARGETS = (0.0, round(0.5 * math.log(4), 2), round(0.9 * math.log(4), 2))
 
 
-def locate_one(model: str, estimator: str) -> dict:
+def locate_one(model: str, estimator: str, budget: int | None) -> dict:
     name = f"{model}-{estimator}"
     overrides = [*MODELS[model], f'model.estimator="{estimator}"']
-    result = locate(SPEC, OUT / name, overrides=overrides)
+    result = locate(SPEC, OUT / name, overrides=overrides, budget=budget)
     (curve,) = result["curves"]
     located = open_run(OUT / name)
     theory = located.meta.spectrum["lambda_max"]
@@ -51,7 +53,8 @@ def locate_one(model: str, estimator: str) -> dict:
         else curve["sigma2_c"] / theory - 1,
         "model_steps": curve["model_steps"],
         "command": f"phasevae locate sweeps/discrete.toml --out results/discrete/{name}"
-        + "".join(f" --set {o}" for o in overrides),
+        + "".join(f" --set {o}" for o in overrides)
+        + (f" --budget {budget}" if budget else ""),
     }
 
 
@@ -119,11 +122,17 @@ def table(doc: dict) -> str:
 
 
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["locate", "entropy"]
+    args = sys.argv[1:]
+    budget = None
+    if "--budget" in args:
+        at = args.index("--budget")
+        budget = int(args[at + 1])
+        del args[at : at + 2]
+    parts = args or ["locate", "entropy"]
     path = OUT / "table.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
     if "locate" in parts:
-        doc["locate"] = [locate_one(m, e) for m in MODELS for e in ESTIMATORS]
+        doc["locate"] = [locate_one(m, e, budget) for m in MODELS for e in ESTIMATORS]
     if "entropy" in parts:
         doc["entropy"] = entropy_rows()
     OUT.mkdir(parents=True, exist_ok=True)

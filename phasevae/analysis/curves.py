@@ -53,7 +53,7 @@ def analyze_run(path) -> Analysis:
             f"{spec.train.steps} steps); run `phasevae sweep` on it again to finish it"
         )
     try:
-        result = analyze(run.metrics(), meta.spectrum, spec.model.latent_dim)
+        result = analyze(run.metrics(), meta.spectrum, spec.model.kl_dims)
     except ValueError as e:
         raise RunDirError(f"{run.path}: cannot fit: {e}") from None
     result = dataclasses.replace(
@@ -76,6 +76,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> Analysis:
     columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
     columns += [f"var_dim_{j}" for j in range(latent_dim)]
     columns += [c for c in ("active_directions", GAIN) if c in metrics]
+    columns += [c for c in metrics if c.startswith(("usage_dim_", "kl_layer_"))]
     with np.errstate(invalid="ignore", over="ignore"):  # diverged points: NaN, inf
         table = rank_dims(settle(metrics, columns), latent_dim)
     axes = curve_axes(table)
@@ -150,7 +151,11 @@ def _transition(
     data = settled if trusted else usable
     fit, s2c, ci, method, seeds = fit_curve(data)
     est = estimate.estimate_transition(rows, k, float(ev[0]), lam_eval)
-    predicted = theory.thresholds(ev, beta, k)
+    # a ladder's information goes to its layer of cheapest KL: the criterion's
+    # weight is beta min(1, kappa) (docs/science.md, 'Hierarchical latents')
+    predicted = theory.thresholds(
+        ev, beta * min(1.0, values.get("top_kl_weight", 1)), k
+    )
     jumps = derivative_jumps(fit)
     for j in jumps:
         # the theory's jump at a threshold: slope -1/2 -> 0 in u for one dim

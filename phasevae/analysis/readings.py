@@ -1,7 +1,7 @@
 """What a curve shows besides its collapse transition, read from its per-point table
 (one row per grid point, :func:`phasevae.analysis.fit.settle`'s columns): whether a
 free-bits floor holds its KL up, and what happens to the information the encoder
-carries. No JAX."""
+carries, and for a ladder latent where each layer's KL collapses. No JAX."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from phasevae.analysis.constants import GAIN, NO_INFORMATION
+from phasevae.analysis.fit import fit_curve
 
 # a top-dim KL at least this fraction of free_bits at the largest sigma^2 is held by
 # the floor, not collapsed
@@ -60,4 +61,23 @@ def information(points: pd.DataFrame) -> dict:
         u = points.groupby("sigma2")[usage].mean().mean(axis=1).sort_index()
         out["usage_at_min_sigma2"] = float(u.iloc[0])
         out["usage_at_max_sigma2"] = float(u.iloc[-1])
+    layers = sorted(c for c in points if c.startswith("kl_layer_") and "_se" not in c)
+    if layers:
+        out["layers"] = [_layer(points, c) for c in layers]
     return out
+
+
+def _layer(points: pd.DataFrame, column: str) -> dict:
+    """One layer of a ladder latent: its KL (the sum over its dims, seeds averaged)
+    at both ends of sigma^2, and where it collapses, fitted as the total KL is
+    (one break, :func:`phasevae.analysis.fit.fit_curve`; None: no transition)."""
+    _, s2c, ci, method, _ = fit_curve(points, column, max_breaks=1)
+    kl = points.groupby("sigma2")[column].mean().sort_index()
+    return {
+        "layer": int(column.rsplit("_", 1)[1]),
+        "sigma2_c": None if s2c is None else float(s2c),
+        "ci": None if ci is None else [float(ci[0]), float(ci[1])],
+        "ci_method": method,
+        "kl_at_min_sigma2": float(kl.iloc[0]),
+        "kl_at_max_sigma2": float(kl.iloc[-1]),
+    }

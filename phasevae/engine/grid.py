@@ -85,6 +85,8 @@ def static_config(
         latent_categories=m.latent_categories,
         estimator=m.estimator,
         temperature=m.temperature,
+        top_dim=m.top_dim,
+        top_skip=m.top_skip,
         likelihood=m.likelihood,
         dispersion=m.dispersion or 1.0,
         categories=m.categories,

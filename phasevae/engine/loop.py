@@ -285,6 +285,9 @@ def metrics_frame(
     gains = _decoder_gains(m.decoder_gram, len(df), m.kl_dim.shape[1])
     for j, gain in enumerate(gains):
         df[f"decoder_gain_{j}"] = gain
+    if m.kl_layer is not None:
+        for j in range(m.kl_layer.shape[1]):
+            df[f"kl_layer_{j}"] = np.asarray(m.kl_layer[:, j], np.float64)
     if m.usage is not None:
         for j in range(m.usage.shape[1]):
             df[f"usage_dim_{j}"] = np.asarray(m.usage[:, j], np.float64)

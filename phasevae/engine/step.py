@@ -28,6 +28,7 @@ from flax import struct
 from jax import Array
 
 from phasevae.models.discrete import CategoricalVAE
+from phasevae.models.ladder import LadderVAE
 from phasevae.models.sphere import SphereVAE
 from phasevae.models.vae import (
     VAE,
@@ -54,6 +55,7 @@ class Point(NamedTuple):
     kl_cycle_ramp: Array  # float32, fraction of the period beta ramps over
     mi_weight: Array  # float32, weight of the -I(x; z) term in the objective
     entropy_target: Array  # float32, a target for each code's usage entropy (0: none)
+    top_kl_weight: Array  # float32, a ladder's weight on its top layer's KL (kappa)
 
     @classmethod
     def from_table(cls, table) -> Point:
@@ -114,6 +116,8 @@ class Metrics(NamedTuple):
     # (k,) a categorical latent's usage of each code, the perplexity exp H of its
     # aggregate posterior over the evaluation examples; None for other latents
     usage: Array | None
+    # (layers,) a ladder latent's KL per layer (bottom first); None for others
+    kl_layer: Array | None
 
 
 # train.precision -> the precision every matmul of the chunk is traced with
@@ -148,6 +152,10 @@ class Static:
     latent_categories: int = 0
     estimator: str = "gumbel"
     temperature: float = 1.0
+    # "ladder" (phasevae.models.ladder): a top layer of ``top_dim`` dims above the
+    # ``latent_dim`` ones, the decoder reading it too with ``top_skip``
+    top_dim: int = 0
+    top_skip: bool = False
     # the decoder's likelihood (model.likelihood), a negative binomial's r and a
     # categorical's categories per position
     likelihood: str = "gaussian"
@@ -250,6 +258,16 @@ class Trainer:
                 static.temperature,
                 compute_dtype=COMPUTE[static.precision],
             )
+        elif static.latent == "ladder":
+            self.model = LadderVAE(
+                static.data_dim,
+                static.latent_dim,
+                static.top_dim,
+                static.encoder,
+                static.decoder,
+                static.top_skip,
+                compute_dtype=COMPUTE[static.precision],
+            )
         elif static.latent == "sphere":
             self.model = SphereVAE(
                 static.data_dim,
@@ -327,6 +345,14 @@ class Trainer:
             return self.model.latent_mean(terms.mu, terms.var_dim)
         return terms.mu
 
+    def kl_weights(self, point: Point) -> Array | None:
+        """Each latent dim's weight on its KL in the objective: a ladder's top
+        layer's are ``top_kl_weight``; None (all 1) for the other latents."""
+        if not hasattr(self.model, "layers"):
+            return None
+        bottom, top = self.model.layers
+        return jnp.concatenate([jnp.ones(bottom), jnp.full(top, point.top_kl_weight)])
+
     def _sigma2(self, params, point: Point) -> Array:
         """The decoder variance: the grid's, or the learned one."""
         if self.static.learned_sigma2:
@@ -362,7 +388,7 @@ class Trainer:
         > 0, H_d the usage entropy of code d on the minibatch."""
         terms = self._terms(params, point, xb, eps)
         beta = point.beta * kl_factor(point, step)
-        loss = jnp.mean(objective(terms, beta))
+        loss = jnp.mean(objective(terms, beta, self.kl_weights(point)))
         if self.static.free_bits:
             kl = jnp.mean(terms.kl_dim, axis=0)
             lift = jnp.where(
@@ -423,7 +449,7 @@ class Trainer:
         t = self._terms(params, point, eval_x, eps)
         kl = jnp.sum(t.kl_dim, axis=-1)
         return Metrics(
-            loss=jnp.mean(t.recon + point.beta * kl),
+            loss=jnp.mean(objective(t, point.beta, self.kl_weights(point))),
             recon=jnp.mean(t.recon),
             mse=jnp.mean(t.sq_err),
             kl=jnp.mean(kl),
@@ -450,7 +476,16 @@ class Trainer:
                 if hasattr(self.model, "latent_usage")
                 else None
             ),
+            kl_layer=self._kl_layers(t.kl_dim),
         )
+
+    def _kl_layers(self, kl_dim: Array) -> Array | None:
+        """A ladder's mean KL per layer (bottom first); None for other latents."""
+        if not hasattr(self.model, "layers"):
+            return None
+        bottom = self.model.layers[0]
+        kl = jnp.mean(kl_dim, axis=0)
+        return jnp.stack([jnp.sum(kl[:bottom]), jnp.sum(kl[bottom:])])
 
     def _decoder_gram(self, params, z: Array, eval_x: Array) -> Array | None:
         """E[J^T J] (k, k) over the first GAIN_SAMPLES examples, J the Jacobian of the

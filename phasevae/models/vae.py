@@ -470,6 +470,11 @@ def _inv_sqrt(a: np.ndarray) -> np.ndarray:
     return (v * scale[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 
-def objective(terms: Terms, beta: Array) -> Array:
-    """The minimised loss, recon + beta * KL (= -ELBO when beta = 1)."""
-    return terms.recon + beta * jnp.sum(terms.kl_dim, axis=-1)
+def objective(terms: Terms, beta: Array, weights: Array | None = None) -> Array:
+    """The minimised loss, recon + beta * KL (= -ELBO when beta = 1), each dim's KL
+    times its weight where ``weights`` (k,) are given (a ladder's top layer)."""
+    if weights is None:
+        kl = terms.kl_dim
+    else:
+        kl = terms.kl_dim * jnp.broadcast_to(weights, terms.kl_dim.shape)
+    return terms.recon + beta * jnp.sum(kl, axis=-1)

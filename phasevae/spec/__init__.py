@@ -61,7 +61,7 @@ CHOICES = {
     ("model", "sigma2"): ("fixed", "learned"),
     ("model", "skip"): ("none", "plain", "gated"),
     ("model", "kind"): ("mlp", "conv", "module"),
-    ("model", "latent"): ("gaussian", "sphere", "categorical"),
+    ("model", "latent"): ("gaussian", "sphere", "categorical", "ladder"),
     ("model", "estimator"): ("gumbel", "straight_through"),
     ("model", "likelihood"): LIKELIHOODS,
     ("train", "until"): ("steps", "trusted"),
@@ -85,6 +85,7 @@ BOUNDS = {
     ("model", "dispersion"): (0.0, True),
     ("model", "latent_categories"): (0, True),
     ("model", "temperature"): (0.0, False),
+    ("model", "top_dim"): (0, True),
     ("model", "categories"): (0, True),
     ("model", "context"): (0, True),
     ("model", "recurrent"): (0, True),
@@ -107,6 +108,7 @@ BOUNDS = {
     ("grid", "kl_cycle_ramp"): (0.0, False),
     ("grid", "mi_weight"): (0.0, True),
     ("grid", "entropy_target"): (0.0, True),
+    ("grid", "top_kl_weight"): (0.0, True),
 }
 
 

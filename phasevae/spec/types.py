@@ -124,7 +124,11 @@ class ModelSpec:
     Gumbel-softmax relaxation at ``temperature``) or "straight_through" (one-hot
     forward, the relaxation's gradient backward). Collapse is then at beta sigma^2 =
     rho lambda_max with rho the relaxation's factor (docs/science.md, 'Discrete
-    latents'), which the spectrum includes.
+    latents'), which the spectrum includes; or "ladder" (MLP only, Gaussian or
+    Bernoulli likelihood, no skip path or head: two latent layers, ``latent_dim``
+    dims below ``top_dim`` >= 1, top-down inference as in a Ladder VAE,
+    :mod:`phasevae.models.ladder`; ``top_skip`` lets the decoder read the top layer
+    too, and grid.top_kl_weight weights the top layer's KL).
 
     ``likelihood``: the decoder's, its output being the natural parameter:
     "gaussian" (the mean, variance sigma^2), "bernoulli" (the logit; data of 0s and
@@ -174,12 +178,20 @@ class ModelSpec:
     latent_categories: int = 0
     estimator: str = "gumbel"
     temperature: float = 1.0
+    top_dim: int = 0
+    top_skip: bool = False
     likelihood: str = "gaussian"
     dispersion: float = 0.0
     categories: int = 0
     context: int = 0
     recurrent: int = 0
     mask: int = 0
+
+    @property
+    def kl_dims(self) -> int:
+        """The latent dims whose KL the metrics carry (``kl_dim_j``): a ladder's two
+        layers, else ``latent_dim`` (a categorical latent's codes)."""
+        return self.latent_dim + self.top_dim
 
 
 @dataclass(frozen=True)
@@ -242,6 +254,7 @@ LATER_AXES = {
     "kl_cycle_ramp": 0.5,
     "mi_weight": 0.0,
     "entropy_target": 0.0,
+    "top_kl_weight": 1.0,
 }
 
 
@@ -262,6 +275,8 @@ class GridSpec:
     ``entropy_target`` (a categorical latent only): a target H (nats) for each
     code's usage entropy, the entropy of its aggregate posterior over the
     minibatch; the objective adds beta' sum_d max(0, H - H_d) (0: none).
+    ``top_kl_weight`` (a ladder latent only): kappa, the objective's weight on the
+    top layer's KL relative to the bottom's, beta (KL_1 + kappa KL_2) (1: the ELBO's).
     The training objective alone changes: evaluations report recon + beta KL.
 
     ``decoder`` and ``skip`` are static axes: a list of decoder hidden-width lists
@@ -281,6 +296,7 @@ class GridSpec:
     kl_cycle_ramp: Axis = (0.5,)
     mi_weight: Axis = (0.0,)
     entropy_target: Axis = (0.0,)
+    top_kl_weight: Axis = (1.0,)
     decoder: tuple[tuple[int, ...], ...] | None = None
     skip: tuple[str, ...] | None = None
 
@@ -497,6 +513,7 @@ def context_problem(spec: Spec) -> str | None:
 
 MAX_LATENT_CATEGORIES = 256  # a categorical latent's K per code
 TEMPERATURES = (0.1, 10.0)  # a Gumbel-softmax temperature's range
+MAX_TOP_DIM = 4096  # a ladder's top layer
 
 
 def latent_problem(spec: Spec) -> str | None:
@@ -512,6 +529,12 @@ def latent_problem(spec: Spec) -> str | None:
         )
     if m.latent != "categorical" and any(axis_values(g.entropy_target)):
         return 'grid.entropy_target applies to model.latent = "categorical"'
+    ladder = (m.top_dim, m.top_skip, axis_values(g.top_kl_weight))
+    if m.latent != "ladder" and ladder != (0, False, (1.0,)):
+        return (
+            "model.top_dim, model.top_skip and grid.top_kl_weight apply to "
+            'model.latent = "ladder"'
+        )
     if m.latent == "gaussian":
         return None
     if m.kind != "mlp" or m.skip != "none" or g.skip is not None:
@@ -529,6 +552,20 @@ def latent_problem(spec: Spec) -> str | None:
                 "float32 precision)"
             )
         return None
+    if m.likelihood not in ("gaussian", "bernoulli"):
+        return (
+            f'model.latent = "{m.latent}" is built for model.likelihood = '
+            f'"gaussian" or "bernoulli" (got "{m.likelihood}")'
+        )
+    if m.context or m.recurrent or m.mask:
+        return f'model.latent = "{m.latent}" takes no autoregressive head'
+    if m.latent == "ladder":
+        if not 1 <= m.top_dim <= MAX_TOP_DIM:
+            return (
+                f'model.latent = "ladder" needs model.top_dim, the top layer\'s '
+                f"dims, 1 .. {MAX_TOP_DIM} (got {m.top_dim})"
+            )
+        return None
     return categorical_latent_problem(spec)
 
 
@@ -541,13 +578,6 @@ def categorical_latent_problem(spec: Spec) -> str | None:
             f'model.latent = "categorical" needs model.latent_categories = K, 2 .. '
             f"{MAX_LATENT_CATEGORIES} values per code (got {k})"
         )
-    if m.likelihood not in ("gaussian", "bernoulli"):
-        return (
-            'model.latent = "categorical" is built for model.likelihood = '
-            f'"gaussian" or "bernoulli" (got "{m.likelihood}")'
-        )
-    if m.context or m.recurrent or m.mask:
-        return 'model.latent = "categorical" takes no autoregressive head'
     low, high = TEMPERATURES
     if not low <= m.temperature <= high:
         return (

@@ -513,7 +513,7 @@ def _uniform(spec, lam: float, beta: float, num: int) -> dict:
     spectrum = run.meta.spectrum
     t = estimate.estimate_transition(
         run.metrics,
-        spec.model.latent_dim,
+        spec.model.kl_dims,
         spectrum["lambda_max"],
         spectrum.get("lambda_max_eval"),
     )
