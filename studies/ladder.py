@@ -5,8 +5,9 @@ the top layer's KL.
 
     python studies/ladder.py
 
-Runs sweeps/ladder.toml (kappa = 0.5, 1, 2; 3 seeds) for the linear ladder and the
-default MLP into results/ladder/<model>/, and writes table.md and table.json there:
+Runs sweeps/ladder.toml (kappa = 0.5, 1, 2; 3 seeds) for the linear ladder (3000
+and 12000 steps) and the default MLP into results/ladder/<model>/, and writes
+table.md and table.json there:
 per kappa, the model's transition (the most informative dim) against the derived
 one, and each layer's own transition and KL at the smallest sigma^2.
 """
@@ -21,7 +22,12 @@ from phasevae.api import run
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "ladder"
 SPEC = ROOT / "sweeps" / "ladder.toml"
-MODELS = {"linear": ["model.encoder=[]", "model.decoder=[]"], "mlp": []}
+LINEAR = ["model.encoder=[]", "model.decoder=[]"]
+MODELS = {
+    "linear": LINEAR,
+    "linear_12k": [*LINEAR, "train.steps=12000", "train.eval_every=500"],
+    "mlp": [],
+}
 
 
 def rows_of(model: str) -> list[dict]:

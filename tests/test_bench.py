@@ -22,6 +22,34 @@ def test_flop_count_of_the_autoregressive_model():
     assert bench.static_for("ar").context == bench.AR_CONTEXT > 0
 
 
+@pytest.mark.parametrize("model", ["categorical", "ladder"])
+def test_flop_count_of_the_structured_latents(model):
+    """The categorical latent's encoder outputs 2 codes x 4 logits and its decoder
+    reads them one-hot; the ladder's encoder outputs both layers' means and
+    log-variances, and its top-down map is one 2 x 2 layer more."""
+    if model == "categorical":
+        macs = 8 * 256 + 256 * 128 + 128 * 8 + 8 * 128 + 128 * 256 + 256 * 8
+        params = macs + (256 + 128 + 8) + (128 + 256 + 8)
+    else:
+        macs = 8 * 256 + 256 * 128 + 128 * 8 + 2 * 2 + 2 * 128 + 128 * 256 + 256 * 8
+        params = macs + (256 + 128 + 8) + 2 + (128 + 256 + 8)
+    assert bench.flops_per_model_step(model) == 3 * 2 * 256 * macs + 12 * params
+    assert bench.static_for(model).latent == model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["categorical", "ladder"])
+def test_the_structured_latents_are_timed_against_the_loop(capsys, model):
+    from phasevae.tools import predict
+
+    hand = bench.flops_per_model_step(model)
+    assert hand <= predict.step_cost(2, model).flops <= 1.1 * hand
+    assert main(["bench", "--model", model, "--models", "2", "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    assert r["model"] == model and r["model_steps_per_s"] > 0
+    assert r["baseline_model_steps_per_s"] > 0
+
+
 @pytest.mark.slow
 def test_the_autoregressive_step_costs_what_the_hand_count_says(capsys):
     """XLA's count of one ar model-step is the hand count plus the element-wise work

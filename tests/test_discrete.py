@@ -8,7 +8,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 
 from phasevae.analysis import curves as analysis
@@ -18,7 +17,10 @@ from phasevae.engine import sweep as sweep_mod
 from phasevae.engine.step import Point, Static, Trainer
 from phasevae.models.discrete import code_kl, entropy, relaxed, usage_entropy
 from phasevae.spec import SpecError
-from tests.test_train import assert_vmapped_equals_alone
+from tests.test_train import (
+    assert_resume_is_uninterrupted,
+    assert_vmapped_equals_alone,
+)
 
 
 def test_the_kl_and_entropies_match_their_definitions():
@@ -225,19 +227,7 @@ def test_a_categorical_sweep_is_vmapped_exactly_and_resumes(
     assert np.all(np.isfinite(m[["kl", "mi", "usage_dim_1", "decoder_gain_1"]]))
     assert analysis.analyze_run(tmp_path / "full").transitions
 
-    monkeypatch.setattr(sweep_mod, "CHECKPOINT_SECONDS", 0.0)
-
-    def stop_after_one(done, total, elapsed):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        sweep_mod.run_sweep(spec, tmp_path / "cut", progress=stop_after_one)
-    resumed = sweep_mod.run_sweep(spec, tmp_path / "cut").metrics
-    key = ["point_id", "step"]
-    pd.testing.assert_frame_equal(
-        resumed.sort_values(key).reset_index(drop=True),
-        m.sort_values(key).reset_index(drop=True),
-    )
+    assert_resume_is_uninterrupted(spec, tmp_path / "cut", m, monkeypatch)
 
 
 @pytest.mark.parametrize(

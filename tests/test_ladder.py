@@ -8,7 +8,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 
 from phasevae.analysis import curves as analysis
@@ -17,7 +16,10 @@ from phasevae.engine import sweep as sweep_mod
 from phasevae.models.ladder import LadderVAE
 from phasevae.models.vae import example_terms, objective
 from phasevae.spec import SpecError
-from tests.test_train import assert_vmapped_equals_alone
+from tests.test_train import (
+    assert_resume_is_uninterrupted,
+    assert_vmapped_equals_alone,
+)
 
 
 def _linear_ladder(top_skip=False):
@@ -186,19 +188,7 @@ def test_a_ladder_sweep_is_vmapped_exactly_analysed_per_layer_and_resumes(
         layers = t.information["layers"]
         assert [layer["layer"] for layer in layers] == [0, 1]
 
-    monkeypatch.setattr(sweep_mod, "CHECKPOINT_SECONDS", 0.0)
-
-    def stop_after_one(done, total, elapsed):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        sweep_mod.run_sweep(spec, tmp_path / "cut", progress=stop_after_one)
-    resumed = sweep_mod.run_sweep(spec, tmp_path / "cut").metrics
-    key = ["point_id", "step"]
-    pd.testing.assert_frame_equal(
-        resumed.sort_values(key).reset_index(drop=True),
-        m.sort_values(key).reset_index(drop=True),
-    )
+    assert_resume_is_uninterrupted(spec, tmp_path / "cut", m, monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 from jax.scipy.special import gammainc
 
@@ -26,6 +25,7 @@ from phasevae.models.sphere import (
     sample,
 )
 from phasevae.spec import SpecError
+from tests.test_train import assert_resume_is_uninterrupted
 
 DRAWS = 100_000
 
@@ -167,19 +167,7 @@ def test_a_sphere_sweep_trains_analyses_and_resumes(tmp_path, tiny_spec, monkeyp
     assert info["mi_at_min_sigma2"] > info["mi_at_max_sigma2"]
     assert info["directions_at_min_sigma2"] > info["directions_at_max_sigma2"]
 
-    monkeypatch.setattr(sweep_mod, "CHECKPOINT_SECONDS", 0.0)
-
-    def stop_after_one(done, total, elapsed):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        sweep_mod.run_sweep(spec, tmp_path / "cut", progress=stop_after_one)
-    resumed = sweep_mod.run_sweep(spec, tmp_path / "cut").metrics
-    key = ["point_id", "step"]
-    pd.testing.assert_frame_equal(
-        resumed.sort_values(key).reset_index(drop=True),
-        m.sort_values(key).reset_index(drop=True),
-    )
+    assert_resume_is_uninterrupted(spec, tmp_path / "cut", m, monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from phasevae.data import load_dataset
+from phasevae.engine import sweep as sweep_mod
 from phasevae.engine.grid import grid_table, static_config
 from phasevae.engine.step import Point, Trainer
 from phasevae.engine.sweep import run_sweep
@@ -35,6 +36,25 @@ def assert_vmapped_equals_alone(spec, data):
         for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(metrics), strict=True):
             np.testing.assert_allclose(a[0], b[i], rtol=2e-5, atol=2e-6)
     return metrics
+
+
+def assert_resume_is_uninterrupted(spec, where, metrics, monkeypatch):
+    """A sweep of ``spec`` interrupted after its first chunk (a checkpoint at every
+    chunk) and rerun into ``where`` ends with ``metrics``, those of the same sweep
+    run straight through."""
+    monkeypatch.setattr(sweep_mod, "CHECKPOINT_SECONDS", 0.0)
+
+    def stop_after_one(done, total, elapsed):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_mod.run_sweep(spec, where, progress=stop_after_one)
+    resumed = sweep_mod.run_sweep(spec, where).metrics
+    key = ["point_id", "step"]
+    pd.testing.assert_frame_equal(
+        resumed.sort_values(key).reset_index(drop=True),
+        metrics.sort_values(key).reset_index(drop=True),
+    )
 
 
 def test_vmapped_chunk_equals_single_model_runs(tiny_spec):

@@ -12,7 +12,11 @@ Architectures (``--model``):
   conv  the convolutional VAE (:mod:`phasevae.models.conv`) on 16x16 grayscale patches:
         channels 16-32, kernel 3, latent 2, batch 64;
   ar    the MLP with an autoregressive decoder (``model.context`` = 4: each output
-        also gets a learned linear prediction from the 4 features before it).
+        also gets a learned linear prediction from the 4 features before it);
+  categorical  the MLP with a categorical latent (``model.latent = "categorical"``:
+        2 codes of 4 values, Gumbel-softmax draws);
+  ladder  the MLP with a two-layer ladder latent (``model.latent = "ladder"``: a
+        top layer of 2 dims above the 2, top-down inference).
 
 FLOPs of one model step, counted by hand (a multiply-add is 2 FLOPs):
   forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out (and the
@@ -45,11 +49,13 @@ from phasevae.engine.step import Point, Static, Trainer
 from phasevae.errors import stop_if_terminated
 from phasevae.models.conv import ConvVAE
 from phasevae.models.registry import footprint
-from phasevae.models.vae import VAE, example_terms, objective
+from phasevae.models.vae import example_terms, objective
 
 N, LATENT, ENCODER, DECODER, BATCH = 8, 2, (256, 128), (128, 256), 256
 IMAGE, CHANNELS, KERNEL, CONV_BATCH = (16, 16, 1), (16, 32), 3, 64
 AR_CONTEXT = 4  # the ``ar`` model's context: half the features
+CODES = 4  # the ``categorical`` model's values per code (LATENT codes)
+TOP = 2  # the ``ladder`` model's top layer
 CHUNK = 100  # steps per timed call
 EVAL = 256  # evaluation examples per chunk (small: the bench times training)
 
@@ -88,9 +94,19 @@ def static_for(model: str, precision: str = "float32") -> Static:
             example_shape=IMAGE,
             precision=precision,
         )
-    context = AR_CONTEXT if model == "ar" else 0
+    latent = {"categorical": "categorical", "ladder": "ladder"}.get(model, "gaussian")
     return Static(
-        N, LATENT, ENCODER, DECODER, BATCH, CHUNK, precision=precision, context=context
+        N,
+        LATENT,
+        ENCODER,
+        DECODER,
+        BATCH,
+        CHUNK,
+        precision=precision,
+        context=AR_CONTEXT if model == "ar" else 0,
+        latent=latent,
+        latent_categories=CODES if model == "categorical" else 0,
+        top_dim=TOP if model == "ladder" else 0,
     )
 
 
@@ -106,11 +122,20 @@ def bench_data(model: str) -> np.ndarray:
     )
 
 
-def layer_sizes() -> list[tuple[int, int]]:
-    enc = [N, *ENCODER, 2 * LATENT]
-    dec = [LATENT, *DECODER, N]
-    return list(zip(enc[:-1], enc[1:], strict=True)) + list(
-        zip(dec[:-1], dec[1:], strict=True)
+def layer_sizes(model: str = "mlp") -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of every dense layer of the bench's MLP ``model``: the
+    encoder's output is 2 k (mean and log-variance), a categorical latent's k codes
+    of CODES logits, or a ladder's two layers' (2 (k + TOP)), whose top-down map
+    (TOP -> k) is one layer more; the decoder reads k, or k CODES one-hot inputs."""
+    out = {"categorical": LATENT * CODES, "ladder": 2 * (LATENT + TOP)}
+    reads = LATENT * CODES if model == "categorical" else LATENT
+    enc = [N, *ENCODER, out.get(model, 2 * LATENT)]
+    dec = [reads, *DECODER, N]
+    down = [(TOP, LATENT)] if model == "ladder" else []
+    return (
+        list(zip(enc[:-1], enc[1:], strict=True))
+        + down
+        + list(zip(dec[:-1], dec[1:], strict=True))
     )
 
 
@@ -134,8 +159,8 @@ def flops_per_model_step(model: str = "mlp") -> float:
         params, _ = footprint(static_for(model).module, IMAGE, LATENT)
         return 3.0 * 2.0 * CONV_BATCH * conv_macs() + 12.0 * params
     head = N * AR_CONTEXT if model == "ar" else 0  # the autoregressive head
-    macs = sum(a * b for a, b in layer_sizes()) + head
-    params = sum(a * b + b for a, b in layer_sizes()) + head
+    macs = sum(a * b for a, b in layer_sizes(model)) + head
+    params = sum(a * b + b for a, b in layer_sizes(model)) + head
     forward = 2.0 * BATCH * macs
     return 3.0 * forward + 12.0 * params
 
@@ -160,8 +185,13 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
     from phasevae.engine.devices import Placement, check_fits
     from phasevae.spec import spec_from_dict
 
+    static = static_for(model)
     layout = {"latent_dim": LATENT, "encoder": list(ENCODER), "decoder": list(DECODER)}
-    layout["context"] = AR_CONTEXT if model == "ar" else 0
+    layout["context"] = static.context
+    if static.latent == "categorical":
+        layout |= {"latent": "categorical", "latent_categories": CODES}
+    if static.latent == "ladder":
+        layout |= {"latent": "ladder", "top_dim": TOP}
     spec = spec_from_dict(  # the bench's architecture, for the estimate
         {
             "model": layout,
@@ -247,10 +277,12 @@ def program_bytes(compiled, x, ex) -> int:
 def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:
     """Model-steps/s of a loop over models, each trained with a jitted step."""
     static = static_for(model)
-    vae = static.module or VAE(N, LATENT, ENCODER, DECODER, context=static.context)
+    trainer = Trainer(static)  # for its model and reparameterisation noise
+    vae = trainer.model
     tx = optax.adam(1e-3)
     x = jnp.asarray(bench_data(model)).reshape(-1, *static.shape)
-    batch, zero = static.batch_size, (jnp.zeros(static.shape), jnp.zeros(LATENT))
+    batch = static.batch_size
+    zero = (jnp.zeros(static.shape), trainer.noise(jax.random.key(0), 1)[0])
 
     def loss(params, xb, eps, sigma2):
         terms = jax.vmap(example_terms, (None, None, 0, 0, None))(
@@ -262,7 +294,7 @@ def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:
     def step(params, opt_state, key, sigma2):
         k1, k2 = jax.random.split(key)
         xb = x[jax.random.randint(k1, (batch,), 0, x.shape[0])]
-        eps = jax.random.normal(k2, (batch, LATENT))
+        eps = trainer.noise(k2, batch)
         grads = jax.grad(loss)(params, xb, eps, sigma2)
         updates, opt_state = tx.update(grads, opt_state)
         return optax.apply_updates(params, updates), opt_state
