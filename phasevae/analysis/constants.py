@@ -22,6 +22,8 @@ NO_INFORMATION = 0.01
 # the metrics column of the decoder's largest gain (the top singular value of its
 # Jacobian in z, engine/step.py: Metrics.decoder_gram); runs made before it lack it
 GAIN = "decoder_gain_0"
+# the metrics column of a ladder latent's bottom layer's KL (the top's: kl_layer_1)
+LAYER = "kl_layer_0"
 
 GRID_AXES = (  # the metrics table's axis columns (those a grid has)
     "sigma2",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from phasevae.analysis.constants import GAIN, NO_INFORMATION
+from phasevae.analysis.constants import GAIN, LAYER, NO_INFORMATION
 from phasevae.analysis.fit import fit_curve
 
 # a top-dim KL at least this fraction of free_bits at the largest sigma^2 is held by
@@ -61,9 +61,8 @@ def information(points: pd.DataFrame) -> dict:
         u = points.groupby("sigma2")[usage].mean().mean(axis=1).sort_index()
         out["usage_at_min_sigma2"] = float(u.iloc[0])
         out["usage_at_max_sigma2"] = float(u.iloc[-1])
-    layers = sorted(c for c in points if c.startswith("kl_layer_") and "_se" not in c)
-    if layers:
-        out["layers"] = [_layer(points, c) for c in layers]
+    if LAYER in points:
+        out["layers"] = [_layer(points, c) for c in (LAYER, "kl_layer_1")]
     return out
 
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from phasevae.analysis import theory
-from phasevae.analysis.constants import GAIN, KL_AXIS_MIN
+from phasevae.analysis.constants import GAIN, KL_AXIS_MIN, LAYER
 from phasevae.report.diagrams import (
     hysteresis_figure,
     phase_diagram,
@@ -268,6 +268,34 @@ def gains_figure(rd: RunData) -> Figure:
     return fig
 
 
+def layers_figure(rd: RunData) -> Figure:
+    """A ladder latent's KL per layer (bottom and top, seeds averaged) vs sigma^2,
+    each layer's fitted collapse marked (dotted, when the fit found one) and the
+    model's derived one dashed: which layer holds the information, and which dies
+    first."""
+    ts, fig, axs = transition_panels(rd, rows=1, height=2.8)
+    names = ("layer 1 (bottom)", "layer 2 (top)")
+    for ax, t in zip(axs[0], ts, strict=True):
+        pts = rd.curve(t)
+        for layer in t.information["layers"]:
+            i = layer["layer"]
+            kl = pts.groupby("sigma2")[f"kl_layer_{i}"].mean()
+            ax.plot(kl.index, kl, "o-", ms=3, lw=1, color=f"C{i}", label=names[i])
+            if layer["sigma2_c"] is not None:
+                ax.axvline(layer["sigma2_c"], color=f"C{i}", ls=":", lw=1)
+        ax.axvline(t.theory_sigma2_c, color="k", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0.0)
+        ax.set_xlabel(r"decoder variance $\sigma^2$ (dashed: derived collapse)")
+        ax.set_ylabel("KL of the layer (nats)")
+        ax.set_title(label(t.curve, rd.varying_axes()), fontsize=9)
+    axs[0, 0].legend(
+        fontsize=7, frameon=False, title="dotted: fitted", title_fontsize=7
+    )
+    fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
+    return fig
+
+
 def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     """KL against training step for grid points on both sides of the transition of
     the middle curve: near it, KL relaxes slowest (critical slowing down)."""
@@ -424,6 +452,7 @@ def figures(
         "elbo_vs_sigma2": lambda: elbo_figure(rd),
         "latent_variance": lambda: variance_figure(rd),
         **({"decoder_gains": lambda: gains_figure(rd)} if GAIN in rd.points else {}),
+        **({"layers": lambda: layers_figure(rd)} if LAYER in rd.points else {}),
         "scaling": lambda: scaling_figure(rd),
         "training_curves": lambda: training_figure(rd),
         "spectrum": lambda: spectrum_figure(rd),

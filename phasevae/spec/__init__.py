@@ -112,6 +112,13 @@ BOUNDS = {
 }
 
 
+def _dims(m: ModelSpec) -> str:
+    """The latent dims a model has, as a spec names them."""
+    if m.top_dim:
+        return f"model.latent_dim + model.top_dim = {m.kl_dims}"
+    return f"model.latent_dim = {m.latent_dim}"
+
+
 def default_spec_path() -> Path:
     """The built-in default sweep (``sweeps/default.toml``, shipped in the package)."""
     return Path(str(resources.files("phasevae.sweeps") / "default.toml"))
@@ -476,10 +483,10 @@ def _check_spec(spec: Spec, where: str) -> None:
     d = spec.data
     if d.source == "synthetic" and len(d.eigenvalues) < 1:
         raise SpecError(f"{where}: data.eigenvalues must list at least one eigenvalue")
-    if d.source == "synthetic" and spec.model.latent_dim > len(d.eigenvalues):
+    if d.source == "synthetic" and spec.model.kl_dims > len(d.eigenvalues):
         raise SpecError(
-            f"{where}: model.latent_dim = {spec.model.latent_dim} exceeds the data "
-            f"dimension {len(d.eigenvalues)} (len(data.eigenvalues))"
+            f"{where}: {_dims(spec.model)} exceeds the data dimension "
+            f"{len(d.eigenvalues)} (len(data.eigenvalues))"
         )
     if d.source in ("array", "cifar10") and not d.path:
         raise SpecError(f"{where}: data.source = {d.source!r} needs data.path (a file)")
