@@ -53,7 +53,11 @@ def analyze_run(path) -> Analysis:
             f"{spec.train.steps} steps); run `phasevae sweep` on it again to finish it"
         )
     try:
-        result = analyze(run.metrics(), meta.spectrum, spec.model.kl_dims)
+        result = analyze(
+            run.metrics(),
+            meta.spectrum,
+            spec.model.kl_dims(meta.spectrum.get("dim", 0)),
+        )
     except ValueError as e:
         raise RunDirError(f"{run.path}: cannot fit: {e}") from None
     result = dataclasses.replace(

@@ -226,7 +226,7 @@ def load_for_model(spec) -> Dataset:
         m.dispersion,
         m.categories,
         m.context,
-        m.recurrent > 0,
+        m.recurrent > 0 or m.kind == "vrnn",  # a state that reads the whole past
         m.mask,
         latent_factor(m.latent, m.latent_categories, m.estimator, m.temperature),
     )

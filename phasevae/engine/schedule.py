@@ -315,7 +315,7 @@ class UntilTrusted:
                 continue
             est = estimate_transition(
                 rows,
-                spec.model.kl_dims,
+                spec.model.kl_dims(self.spectrum.get("dim", 0)),
                 self.spectrum["lambda_max"],
                 self.spectrum.get("lambda_max_eval"),
             )
@@ -343,7 +343,7 @@ class Refine:
     def after_chunk(self, host: Host, chunk: Chunk) -> None:
         refine = self.spec.grid.sigma2.refine
         if host.sched.done() and host.sched.round < refine.rounds:
-            latent_dim = self.spec.model.kl_dims
+            latent_dim = self.spec.model.kl_dims(self.spectrum.get("dim", 0))
             add_refinement(
                 host.sched, host.history(), refine.points, latent_dim, self.spectrum
             )

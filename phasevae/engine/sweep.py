@@ -125,10 +125,11 @@ def _checked_data(spec: Spec, preflight):
     if preflight is not None:
         axes = spec.axes()
         preflight(grid_misses(data.eigenvalues[0], axes["sigma2"], axes["beta"]))
-    if spec.model.kl_dims > data.x.shape[1]:
+    dims = spec.model.latent_dim + spec.model.top_dim
+    if dims > data.x.shape[1]:
         raise DataError(
             f"model.latent_dim{' + model.top_dim' if spec.model.top_dim else ''} = "
-            f"{spec.model.kl_dims} exceeds the data dimension {data.x.shape[1]}"
+            f"{dims} exceeds the data dimension {data.x.shape[1]}"
         )
     verify(spec, data.x, data.image_shape)
     return data

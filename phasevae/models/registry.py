@@ -28,6 +28,7 @@ import numpy as np
 from phasevae.errors import BadInput
 from phasevae.models.conv import ConvVAE
 from phasevae.models.plugins import GROUP, declared
+from phasevae.models.vrnn import VRNN
 from phasevae.spec import ModelSpec, Spec, axis_values
 
 _OBJECTS: dict[str, nn.Module | Callable] = {}  # labels of register()
@@ -68,7 +69,7 @@ def example_shape(
 ) -> tuple[int, ...]:
     """The shape one example reaches the model in: flat (N,) for the MLP and for
     tables, (h, w, c) for images otherwise."""
-    if kind != "mlp" and image_shape:
+    if kind not in ("mlp", "vrnn") and image_shape:
         h, w = image_shape[:2]
         return (h, w, data_dim // (h * w))
     if kind == "conv":
@@ -84,6 +85,8 @@ def build(m: ModelSpec, shape: tuple[int, ...]) -> nn.Module | None:
     trainer builds from its widths."""
     if m.kind == "mlp":
         return None
+    if m.kind == "vrnn":
+        return VRNN(shape[0], m.latent_dim, m.state, m.encoder, m.decoder)
     if m.kind == "conv":
         side = min(shape[:2])
         if 2 ** len(m.channels) > side or m.kernel > side:
@@ -125,6 +128,8 @@ def footprint(module: nn.Module, shape: tuple[int, ...], k: int) -> tuple[int, i
     sizes of its parameters and of every submodule's output (flax's intermediates),
     for the memory estimate made before anything is allocated."""
     x, eps = jnp.zeros(shape), jnp.zeros((k,))
+    if hasattr(module, "latent_noise"):  # a built-in latent with its own noise
+        eps = jnp.zeros(module.latent_noise(jax.random.key(0), 1).shape[1:])
     params = jax.eval_shape(module.init, jax.random.key(0), x, eps)
 
     def run(p):

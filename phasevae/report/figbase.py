@@ -77,7 +77,7 @@ class RunData:
 
     @property
     def k(self) -> int:
-        return self.spec.model.kl_dims
+        return self.spec.model.kl_dims(self.meta.spectrum.get("dim", 0))
 
     def group_axes(self) -> list[str]:
         return curve_axes(self.points)
@@ -105,7 +105,7 @@ def load(run_dir: str | Path) -> RunData:
     run = RunDir(run_dir).existing()
     analysis = read_analysis(run)
     spec, meta, metrics = run.spec(), run.meta(), run.metrics()
-    k = spec.model.kl_dims
+    k = spec.model.kl_dims(meta.spectrum.get("dim", 0))
     columns = ["kl", *(f"kl_dim_{j}" for j in range(k)), "mi", "elbo"]
     columns += [f"var_dim_{j}" for j in range(k)]
     if GAIN in metrics:  # runs made before the decoder's gains have none

@@ -382,7 +382,7 @@ def spectrum_figure(rd: RunData, count: int = 32) -> Figure:
     """The data's covariance eigenvalues, the top latent_dim of which set the kinks
     (beta sigma^2 = lambda_i), with the band of beta sigma^2 the grid covers."""
     ev = np.array(rd.meta.spectrum["eigenvalues"][:count])
-    k = rd.spec.model.kl_dims
+    k = rd.k
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.4), layout="constrained")
     idx = np.arange(1, len(ev) + 1)
     top = idx <= k

@@ -221,7 +221,7 @@ def _pictures(run_dir, rd) -> tuple[list[str], dict[str, str]]:
 def _spectrum(rd) -> str:
     s = rd.meta.spectrum
     ev = s["eigenvalues"]
-    k = rd.spec.model.kl_dims
+    k = rd.k
     betas = sorted(rd.points["beta"].unique())
     head = "<tr><th>i</th><th>lambda_i</th>" + "".join(
         f"<th>sigma^2 at beta {b:g}</th>" for b in betas
@@ -316,7 +316,7 @@ def caption(name: str, rd) -> str:
         for t in found[:4]
     )
     where = f" Measured sigma_c^2 here: {where}." if where else ""
-    k = rd.spec.model.kl_dims
+    k = rd.k
     text = {
         "kl_vs_sigma2": "KL against sigma^2 (top), its first and second derivatives "
         "below, one column per curve. Collapse is where the KL reaches ~0 and the "

@@ -60,7 +60,7 @@ CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
     ("model", "sigma2"): ("fixed", "learned"),
     ("model", "skip"): ("none", "plain", "gated"),
-    ("model", "kind"): ("mlp", "conv", "module"),
+    ("model", "kind"): ("mlp", "conv", "module", "vrnn"),
     ("model", "latent"): ("gaussian", "sphere", "categorical", "ladder"),
     ("model", "estimator"): ("gumbel", "straight_through"),
     ("model", "likelihood"): LIKELIHOODS,
@@ -86,6 +86,7 @@ BOUNDS = {
     ("model", "latent_categories"): (0, True),
     ("model", "temperature"): (0.0, False),
     ("model", "top_dim"): (0, True),
+    ("model", "state"): (0, True),
     ("model", "categories"): (0, True),
     ("model", "context"): (0, True),
     ("model", "recurrent"): (0, True),
@@ -115,7 +116,7 @@ BOUNDS = {
 def _dims(m: ModelSpec) -> str:
     """The latent dims a model has, as a spec names them."""
     if m.top_dim:
-        return f"model.latent_dim + model.top_dim = {m.kl_dims}"
+        return f"model.latent_dim + model.top_dim = {m.latent_dim + m.top_dim}"
     return f"model.latent_dim = {m.latent_dim}"
 
 
@@ -483,7 +484,8 @@ def _check_spec(spec: Spec, where: str) -> None:
     d = spec.data
     if d.source == "synthetic" and len(d.eigenvalues) < 1:
         raise SpecError(f"{where}: data.eigenvalues must list at least one eigenvalue")
-    if d.source == "synthetic" and spec.model.kl_dims > len(d.eigenvalues):
+    dims = spec.model.latent_dim + spec.model.top_dim
+    if d.source == "synthetic" and dims > len(d.eigenvalues):
         raise SpecError(
             f"{where}: {_dims(spec.model)} exceeds the data dimension "
             f"{len(d.eigenvalues)} (len(data.eigenvalues))"

@@ -101,7 +101,12 @@ class ModelSpec:
     """The VAE (every kind follows the protocol of :mod:`phasevae.models.vae`).
 
     ``kind``: "mlp", the paper's MLP VAE with hidden widths ``encoder`` and
-    ``decoder`` (empty = linear); "conv", the convolutional VAE of
+    ``decoder`` (empty = linear); "vrnn", a variational recurrent network over each
+    example's features read as a sequence in column order (:mod:`phasevae.models.vrnn`:
+    a latent of one dim per step, a GRU state of ``state`` units, encoder and decoder
+    MLPs of those widths; its steps collapse one by one, at beta sigma^2 = each
+    step's innovation variance given the steps before, which the spectrum holds);
+    "conv", the convolutional VAE of
     :mod:`phasevae.models.conv` for image data, ``channels`` per stride-2 layer and
     ``kernel``; "module", a user's flax module: ``module`` = "package.module:factory",
     a callable returning the module, called with ``options`` (a table) as keyword
@@ -180,6 +185,7 @@ class ModelSpec:
     temperature: float = 1.0
     top_dim: int = 0
     top_skip: bool = False
+    state: int = 0
     likelihood: str = "gaussian"
     dispersion: float = 0.0
     categories: int = 0
@@ -187,10 +193,12 @@ class ModelSpec:
     recurrent: int = 0
     mask: int = 0
 
-    @property
-    def kl_dims(self) -> int:
-        """The latent dims whose KL the metrics carry (``kl_dim_j``): a ladder's two
+    def kl_dims(self, data_dim: int) -> int:
+        """The latent dims whose KL the metrics carry (``kl_dim_j``) for data of
+        ``data_dim`` features: a VRNN's one per step (``data_dim``), a ladder's two
         layers, else ``latent_dim`` (a categorical latent's codes)."""
+        if self.kind == "vrnn":
+            return self.latent_dim * data_dim
         return self.latent_dim + self.top_dim
 
 
@@ -593,6 +601,25 @@ def categorical_latent_problem(spec: Spec) -> str | None:
     return None
 
 
+def vrnn_problem(spec: Spec) -> str | None:
+    """What is wrong with a ``model.kind = "vrnn"`` spec, or None."""
+    m = spec.model
+    plain = (m.latent, m.likelihood, m.skip) == ("gaussian", "gaussian", "none")
+    if not plain or spec.grid.skip is not None or m.context or m.recurrent or m.mask:
+        return (
+            'model.kind = "vrnn" is built with a Gaussian latent and likelihood, '
+            "without a skip path or an autoregressive head (its state is one)"
+        )
+    if m.latent_dim != 1:
+        return (
+            'model.kind = "vrnn" has one latent dim per step: set model.latent_dim '
+            "= 1 (more per step is not built)"
+        )
+    if m.state > MAX_RECURRENT:
+        return f"model.state = {m.state} is too wide; at most {MAX_RECURRENT}"
+    return None
+
+
 def model_problem(spec: Spec) -> str | None:
     """What is wrong with the ``[model]`` section given the rest, or None: the keys
     of one kind set for another, and remedies that need the MLP's layout."""
@@ -601,11 +628,19 @@ def model_problem(spec: Spec) -> str | None:
         return 'model.kind = "module" needs model.module = "package.module:factory"'
     if m.kind != "module" and (m.module or m.options):
         return 'model.module and model.options apply to model.kind = "module"'
-    if m.kind == "mlp" and (m.channels, m.kernel) != (default.channels, default.kernel):
+    mlp = m.kind in ("mlp", "vrnn")  # the kinds built of the MLP's widths
+    if mlp and (m.channels, m.kernel) != (default.channels, default.kernel):
         return 'model.channels and model.kernel apply to model.kind = "conv"'
     if m.kind == "conv" and not m.channels:
         return 'model.kind = "conv" needs at least one layer in model.channels'
-    if m.kind != "mlp":
+    if (m.kind == "vrnn") != (m.state > 0):
+        return (
+            'model.kind = "vrnn" needs model.state >= 1 (its GRU\'s units), and '
+            "model.state applies to it only"
+        )
+    if m.kind == "vrnn" and (problem := vrnn_problem(spec)):
+        return problem
+    if not mlp:
         if (m.encoder, m.decoder) != (default.encoder, default.decoder):
             return (
                 f"model.encoder and model.decoder are the MLP's widths; with "

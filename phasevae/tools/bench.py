@@ -16,7 +16,11 @@ Architectures (``--model``):
   categorical  the MLP with a categorical latent (``model.latent = "categorical"``:
         2 codes of 4 values, Gumbel-softmax draws);
   ladder  the MLP with a two-layer ladder latent (``model.latent = "ladder"``: a
-        top layer of 2 dims above the 2, top-down inference).
+        top layer of 2 dims above the 2, top-down inference);
+  vrnn  the variational recurrent network (``model.kind = "vrnn"``) over the N = 8
+        features as 8 steps: a GRU state of 32 units, encoder and decoder 64 wide.
+        XLA's cost analysis counts a scanned step once, not once per step, so
+        ``--predict`` undercounts this model's FLOPs and bytes by about N.
 
 FLOPs of one model step, counted by hand (a multiply-add is 2 FLOPs):
   forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out (and the
@@ -50,12 +54,14 @@ from phasevae.errors import stop_if_terminated
 from phasevae.models.conv import ConvVAE
 from phasevae.models.registry import footprint
 from phasevae.models.vae import example_terms, objective
+from phasevae.models.vrnn import VRNN
 
 N, LATENT, ENCODER, DECODER, BATCH = 8, 2, (256, 128), (128, 256), 256
 IMAGE, CHANNELS, KERNEL, CONV_BATCH = (16, 16, 1), (16, 32), 3, 64
 AR_CONTEXT = 4  # the ``ar`` model's context: half the features
 CODES = 4  # the ``categorical`` model's values per code (LATENT codes)
 TOP = 2  # the ``ladder`` model's top layer
+STATE, STEP_WIDTH = 32, 64  # the ``vrnn`` model's GRU and its MLPs' hidden width
 CHUNK = 100  # steps per timed call
 EVAL = 256  # evaluation examples per chunk (small: the bench times training)
 
@@ -80,6 +86,9 @@ class BenchResult:
 def static_for(model: str, precision: str = "float32") -> Static:
     """The training program's static configuration for ``model`` at
     ``precision`` (train.precision)."""
+    if model == "vrnn":
+        module = VRNN(N, 1, STATE, (STEP_WIDTH,), (STEP_WIDTH,))
+        return Static(N, 1, (), (), BATCH, CHUNK, module=module, precision=precision)
     if model == "conv":
         module = ConvVAE(LATENT, IMAGE, CHANNELS, KERNEL)
         size = math.prod(IMAGE)
@@ -122,6 +131,17 @@ def bench_data(model: str) -> np.ndarray:
     )
 
 
+def vrnn_layer_sizes() -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of the dense layers the ``vrnn`` model applies at one step
+    (it applies them at each of its N steps): the prior (state -> 2), the encoder
+    ([x_t, h] -> 64 -> 2), the decoder ([z_t, h] -> 64 -> 1) and the GRU's six
+    (its three gates from the input [x_t, z_t], three from the state)."""
+    h, w = STATE, STEP_WIDTH
+    return (
+        [(h, 2), (1 + h, w), (w, 2), (1 + h, w), (w, 1)] + [(2, h)] * 3 + [(h, h)] * 3
+    )
+
+
 def layer_sizes(model: str = "mlp") -> list[tuple[int, int]]:
     """(fan_in, fan_out) of every dense layer of the bench's MLP ``model``: the
     encoder's output is 2 k (mean and log-variance), a categorical latent's k codes
@@ -158,6 +178,11 @@ def flops_per_model_step(model: str = "mlp") -> float:
     if model == "conv":
         params, _ = footprint(static_for(model).module, IMAGE, LATENT)
         return 3.0 * 2.0 * CONV_BATCH * conv_macs() + 12.0 * params
+    if model == "vrnn":  # N steps of the same layers; the GRU's hr, hz lack a bias
+        sizes = vrnn_layer_sizes()
+        macs = N * sum(a * b for a, b in sizes)
+        params = sum(a * b + b for a, b in sizes) - 2 * STATE
+        return 3.0 * 2.0 * BATCH * macs + 12.0 * params
     head = N * AR_CONTEXT if model == "ar" else 0  # the autoregressive head
     macs = sum(a * b for a, b in layer_sizes(model)) + head
     params = sum(a * b + b for a, b in layer_sizes(model)) + head
@@ -192,6 +217,10 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
         layout |= {"latent": "categorical", "latent_categories": CODES}
     if static.latent == "ladder":
         layout |= {"latent": "ladder", "top_dim": TOP}
+    if model == "vrnn":
+        width = [STEP_WIDTH]
+        layout = {"kind": "vrnn", "latent_dim": 1, "state": STATE}
+        layout |= {"encoder": width, "decoder": width}
     spec = spec_from_dict(  # the bench's architecture, for the estimate
         {
             "model": layout,
@@ -199,9 +228,8 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
             "data": {"eval_samples": EVAL},
         }
     )
-    size = (
-        footprint(static_for(model).module, IMAGE, LATENT) if model == "conv" else None
-    )
+    shapes = {"conv": (IMAGE, LATENT), "vrnn": ((N,), 1)}
+    size = footprint(static.module, *shapes[model]) if model in shapes else None
     where = Placement.create(m)
     check_fits(where, spec, data_shape, size, f"{m:,} models", "use fewer --models")
 
@@ -545,7 +573,7 @@ def _uniform(spec, lam: float, beta: float, num: int) -> dict:
     spectrum = run.meta.spectrum
     t = estimate.estimate_transition(
         run.metrics,
-        spec.model.kl_dims,
+        spec.model.kl_dims(spectrum.get("dim", 0)),
         spectrum["lambda_max"],
         spectrum.get("lambda_max_eval"),
     )

@@ -536,7 +536,7 @@ class Locator:
             spectrum = self._spectrum()
             est = estimate.estimate_transition(
                 rows,
-                self.base.model.kl_dims,
+                self.base.model.kl_dims(spectrum.get("dim", 0)),
                 spectrum["lambda_max"],
                 spectrum.get("lambda_max_eval"),
             )

@@ -1,0 +1,141 @@
+"""The VRNN (phasevae.models.vrnn): its scanned step against the unrolled loop, the
+per-step KL against the two-Gaussian closed form, temporal collapse at each step's
+innovation variance, sweeps of it, and its spec checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phasevae.analysis import curves as analysis
+from phasevae.data import load_for_model
+from phasevae.engine import sweep as sweep_mod
+from phasevae.models.vae import kl_per_dim
+from phasevae.models.vrnn import VRNN, Step
+from phasevae.spec import SpecError
+from tests.test_train import (
+    assert_resume_is_uninterrupted,
+    assert_vmapped_equals_alone,
+)
+
+
+def test_the_scanned_steps_equal_the_unrolled_loop():
+    model = VRNN(5, 1, 4, (6,), (6,))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=5), jnp.float32)
+    eps = jnp.asarray(np.random.default_rng(1).normal(size=5), jnp.float32)
+    params = model.init(jax.random.key(0), x, eps)
+    mu, logvar, xhat = model.apply(params, x, eps)
+    step = Step(1, 4, (6,), (6,))
+    h, outs = jnp.zeros(4), []
+    for t in range(5):
+        h, out = step.apply(
+            {"params": params["params"]["steps"]},
+            h,
+            (x[t], eps[t : t + 1], jnp.float32(0)),
+        )
+        outs.append(out)
+    for got, want in zip((mu, logvar, xhat), zip(*outs, strict=True), strict=True):
+        np.testing.assert_allclose(got, jnp.stack(want).reshape(-1), rtol=1e-5)
+    # decode(z, x): every step's latent given, the same recurrence
+    z = jnp.asarray(np.random.default_rng(2).normal(size=5), jnp.float32)
+    h, want = jnp.zeros(4), []
+    for t in range(5):
+        h, out = step.apply(
+            {"params": params["params"]["steps"]}, h, (x[t], z[t : t + 1], 1.0)
+        )
+        want.append(out[2])
+    got = model.apply(params, z, x, method="decode")
+    np.testing.assert_allclose(got, jnp.stack(want), rtol=1e-5, atol=1e-6)
+    # the state carries the past: x_2 changes its own step (through z_2) and the
+    # later ones, not the earlier
+    later = model.apply(params, x.at[2].add(1.0), eps)[2]
+    assert np.allclose(later[:2], xhat[:2]) and not np.allclose(later[3:], xhat[3:])
+
+
+def test_the_standardised_posterior_gives_the_kl_to_the_steps_prior():
+    rng = np.random.default_rng(0)
+    mu_q, mu_p, lv_q, lv_p = rng.normal(size=(4, 6))
+    closed = 0.5 * (
+        lv_p - lv_q + (np.exp(lv_q) + (mu_q - mu_p) ** 2) / np.exp(lv_p) - 1.0
+    )
+    mu = (mu_q - mu_p) * np.exp(-0.5 * lv_p)
+    got = kl_per_dim(jnp.asarray(mu), jnp.asarray(lv_q - lv_p))
+    np.testing.assert_allclose(got, closed, rtol=1e-5)
+
+
+VRNN_MODEL = {
+    "kind": "vrnn",
+    "latent_dim": 1,
+    "state": 8,
+    "encoder": [16],
+    "decoder": [16],
+}
+DATA = {"eigenvalues": [4.0, 2.0, 1.0, 0.5, 0.25, 0.12], "samples": 2048}
+
+
+def test_each_step_collapses_at_its_innovation_variance(tmp_path, tiny_spec):
+    """docs/science.md, 'Recurrent latents': step t's latent is alive where beta
+    sigma^2 is well below D_t, the variance of x_t given x_1 .. x_{t-1}, and dead
+    well above it; the spectrum a run stores is the D_t."""
+    spec = tiny_spec(
+        data=DATA,
+        model=VRNN_MODEL,
+        train={
+            "steps": 3000,
+            "eval_every": 3000,
+            "batch_size": 128,
+            "learning_rate": 0.005,
+        },
+        grid={"sigma2": [0.3, 0.8, 3.0], "beta": [1.0]},
+    )
+    x = load_for_model(spec).x
+    d = np.diag(np.linalg.cholesky(np.cov(x.T, bias=True))) ** 2  # D_t
+    result = sweep_mod.run_sweep(spec, tmp_path / "run")
+    stored = result.meta.spectrum["eigenvalues"]
+    np.testing.assert_allclose(stored, np.sort(d)[::-1], rtol=1e-3)
+    for _, row in result.metrics.iterrows():
+        s2 = row["sigma2"]
+        for t, dt in enumerate(d):
+            kl = row[f"kl_dim_{t}"]
+            if dt > 1.3 * s2:
+                assert kl > 0.02, (s2, t, dt, kl)
+            if dt < 0.75 * s2:
+                assert kl < 0.02, (s2, t, dt, kl)
+
+
+@pytest.mark.slow
+def test_a_vrnn_sweep_is_vmapped_exactly_analysed_and_resumes(
+    tmp_path, tiny_spec, monkeypatch
+):
+    spec = tiny_spec(
+        data=DATA,
+        model={**VRNN_MODEL, "state": 4, "encoder": [8], "decoder": [8]},
+        train={"steps": 60, "eval_every": 20},
+        grid={"sigma2": [0.1, 0.3, 1.0, 3.0, 10.0], "beta": [1.0], "seeds": [0, 1]},
+    )
+    assert_vmapped_equals_alone(spec, load_for_model(spec))
+    full = sweep_mod.run_sweep(spec, tmp_path / "full")
+    m = full.metrics
+    assert full.meta.compiles == 1
+    assert np.all(np.isfinite(m[["kl_dim_5", "mi", "decoder_gain_5"]]))
+    (t,) = analysis.analyze_run(tmp_path / "full").transitions
+    assert len(t.per_dim) == 6  # one per step
+    assert_resume_is_uninterrupted(spec, tmp_path / "cut", m, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"kind": "vrnn"}, "needs model.state >= 1"),
+        ({"state": 4}, "needs model.state >= 1"),
+        ({**VRNN_MODEL, "latent_dim": 2}, "one latent dim per step"),
+        ({**VRNN_MODEL, "latent": "sphere"}, "built with a Gaussian latent"),
+        ({**VRNN_MODEL, "skip": "plain"}, "built with a Gaussian latent"),
+        ({**VRNN_MODEL, "context": 1}, "built with a Gaussian latent"),
+        ({**VRNN_MODEL, "state": 5000}, "too wide"),
+        ({**VRNN_MODEL, "channels": [4]}, "apply to model.kind"),
+    ],
+)
+def test_impossible_vrnn_specs_are_refused(tiny_spec, model, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_spec(model=model)
