@@ -181,7 +181,7 @@ def test_a_linear_categorical_vae_collapses_on_the_side_rho_predicts(
     assert usage.between(1.0, 3.0 + 1e-4).all()
 
 
-def test_the_entropy_target_adds_beta_times_the_shortfall():
+def test_the_entropy_target_adds_its_weight_times_the_shortfall():
     static = Static(
         3, 2, (), (), 64, 1, latent="categorical", latent_categories=4,
         entropy_term=True,
@@ -199,11 +199,17 @@ def test_the_entropy_target_adds_beta_times_the_shortfall():
     logits = np.asarray(trainer._terms(params, point, x, eps).mu).reshape(64, 2, 4)
     usage = np.asarray(usage_entropy(jnp.asarray(logits)))
     target = float(np.max(usage)) + 0.1
-    with_target = trainer.batch_loss(
-        params, point._replace(entropy_target=jnp.float32(target)), x, eps, step
-    )
     shortfall = np.sum(np.maximum(target - usage, 0))
-    assert float(with_target - base) == pytest.approx(2.0 * shortfall, rel=1e-4)
+    for weight in (3.0, 30.0):  # not beta's (2): it must act at small beta too
+        aimed = point._replace(
+            entropy_target=jnp.float32(target), entropy_weight=jnp.float32(weight)
+        )
+        with_target = trainer.batch_loss(params, aimed, x, eps, step)
+        # float32: the loss is large beside the shortfall
+        tolerance = 4 * float(np.finfo(np.float32).eps) * abs(float(base))
+        assert float(with_target - base) == pytest.approx(
+            weight * shortfall, abs=tolerance
+        )
 
 
 @pytest.mark.slow
@@ -243,7 +249,8 @@ def test_a_categorical_sweep_is_vmapped_exactly_and_resumes(
         (CATEGORICAL, {"entropy_target": [2.0]}, "exceeds ln K"),
         ({"latent_categories": 3}, {}, 'apply to model.latent = "categorical"'),
         ({"temperature": 0.5}, {}, 'apply to model.latent = "categorical"'),
-        ({}, {"entropy_target": [0.5]}, 'applies to model.latent = "categorical"'),
+        ({}, {"entropy_target": [0.5]}, 'apply to model.latent = "categorical"'),
+        ({}, {"entropy_weight": [3.0]}, 'apply to model.latent = "categorical"'),
         (CATEGORICAL, {"entropy_target": [-1.0]}, "impossible"),
     ],
 )

@@ -55,6 +55,7 @@ class Point(NamedTuple):
     kl_cycle_ramp: Array  # float32, fraction of the period beta ramps over
     mi_weight: Array  # float32, weight of the -I(x; z) term in the objective
     entropy_target: Array  # float32, a target for each code's usage entropy (0: none)
+    entropy_weight: Array  # float32, the weight of the entropy target's penalty
     top_kl_weight: Array  # float32, a ladder's weight on its top layer's KL (kappa)
 
     @classmethod
@@ -384,8 +385,8 @@ class Trainer:
         beta' sum_j (max(lambda, KL_j) - KL_j) with the minibatch mean KL_j where
         free bits lambda > 0 (below the floor a dim's KL then has no gradient),
         minus mi_weight * I(x; z) (:func:`phasevae.models.vae.mutual_information`),
-        plus beta' sum_d max(0, H - H_d) for a categorical latent's entropy target H
-        > 0, H_d the usage entropy of code d on the minibatch."""
+        plus w sum_d max(0, H - H_d) for a categorical latent's entropy target H > 0
+        (w its entropy_weight), H_d the usage entropy of code d on the minibatch."""
         terms = self._terms(params, point, xb, eps)
         beta = point.beta * kl_factor(point, step)
         loss = jnp.mean(objective(terms, beta, self.kl_weights(point)))
@@ -399,7 +400,7 @@ class Trainer:
             loss = loss - point.mi_weight * self.mutual_information(terms, eps)
         if self.static.entropy_term:
             short = point.entropy_target - self.model.latent_usage(terms.mu)
-            loss = loss + beta * jnp.sum(jnp.maximum(short, 0.0))
+            loss = loss + point.entropy_weight * jnp.sum(jnp.maximum(short, 0.0))
         return loss
 
     def _batch_indices(self, key: Array, step: Array, n: int) -> Array:

@@ -109,6 +109,7 @@ BOUNDS = {
     ("grid", "kl_cycle_ramp"): (0.0, False),
     ("grid", "mi_weight"): (0.0, True),
     ("grid", "entropy_target"): (0.0, True),
+    ("grid", "entropy_weight"): (0.0, True),
     ("grid", "top_kl_weight"): (0.0, True),
 }
 

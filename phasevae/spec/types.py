@@ -262,6 +262,7 @@ LATER_AXES = {
     "kl_cycle_ramp": 0.5,
     "mi_weight": 0.0,
     "entropy_target": 0.0,
+    "entropy_weight": 1.0,
     "top_kl_weight": 1.0,
 }
 
@@ -282,7 +283,9 @@ class GridSpec:
     alpha I(x; z), I estimated on the minibatch through the aggregate posterior.
     ``entropy_target`` (a categorical latent only): a target H (nats) for each
     code's usage entropy, the entropy of its aggregate posterior over the
-    minibatch; the objective adds beta' sum_d max(0, H - H_d) (0: none).
+    minibatch; the objective adds w sum_d max(0, H - H_d) (0: none), w =
+    ``entropy_weight`` (independent of beta: the target must act at small beta,
+    where usage concentrates).
     ``top_kl_weight`` (a ladder latent only): kappa, the objective's weight on the
     top layer's KL relative to the bottom's, beta (KL_1 + kappa KL_2) (1: the ELBO's).
     The training objective alone changes: evaluations report recon + beta KL.
@@ -304,6 +307,7 @@ class GridSpec:
     kl_cycle_ramp: Axis = (0.5,)
     mi_weight: Axis = (0.0,)
     entropy_target: Axis = (0.0,)
+    entropy_weight: Axis = (1.0,)
     top_kl_weight: Axis = (1.0,)
     decoder: tuple[tuple[int, ...], ...] | None = None
     skip: tuple[str, ...] | None = None
@@ -535,8 +539,12 @@ def latent_problem(spec: Spec) -> str | None:
             "model.latent_categories, model.estimator and model.temperature apply to "
             'model.latent = "categorical"'
         )
-    if m.latent != "categorical" and any(axis_values(g.entropy_target)):
-        return 'grid.entropy_target applies to model.latent = "categorical"'
+    entropy = (any(axis_values(g.entropy_target)), axis_values(g.entropy_weight))
+    if m.latent != "categorical" and entropy != (False, (1.0,)):
+        return (
+            "grid.entropy_target and grid.entropy_weight apply to model.latent = "
+            '"categorical"'
+        )
     ladder = (m.top_dim, m.top_skip, axis_values(g.top_kl_weight))
     if m.latent != "ladder" and ladder != (0, False, (1.0,)):
         return (
