@@ -247,14 +247,17 @@ def variance_figure(rd: RunData) -> Figure:
     return fig
 
 
+GAINS_SHOWN = 4  # the decoder's largest gains drawn (a VRNN has one per step)
+
+
 def gains_figure(rd: RunData) -> Figure:
-    """The decoder's gains (the singular values of its Jacobian in z, largest first)
-    vs sigma^2: the decoder side of collapse, each falling towards 0 near its
-    threshold, marked."""
+    """The decoder's gains (the singular values of its Jacobian in z, largest first,
+    at most ``GAINS_SHOWN``) vs sigma^2: the decoder side of collapse, each falling
+    towards 0 near its threshold, marked."""
     ts, fig, axs = transition_panels(rd, rows=1, height=2.8)
     for ax, t in zip(axs[0], ts, strict=True):
         pts = rd.curve(t)
-        for r in range(rd.k):
+        for r in range(min(rd.k, GAINS_SHOWN)):
             g = pts.groupby("sigma2")[f"decoder_gain_{r}"].mean()
             ax.plot(g.index, g, "o-", ms=3, lw=1, color=f"C{r}", label=f"gain {r + 1}")
             ax.axvline(t.theory_thresholds[r], color=f"C{r}", ls="--", lw=0.8)
