@@ -299,7 +299,7 @@ def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_
     from phasevae.tools.cases import CASES
     from phasevae.tools.validate import case_data
 
-    decoders = [c for c in CASES if c.model]
+    decoders = [c for c in CASES if {"likelihood", "context"} & set(dict(c.model))]
     got = {dict(c.model).get("likelihood", "gaussian") for c in decoders}
     assert got == {"gaussian", *LIKELIHOODS}  # every likelihood, and a context
     for case in decoders:
@@ -317,6 +317,35 @@ def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_
             expect = covariance_spectrum(whitened(x, w))[0]
         assert lam == pytest.approx(expect, rel=1e-4)
         assert abs(lam / covariance_spectrum(x)[0] - 1) > 0.05  # not the raw one
+
+
+def test_each_validation_case_of_a_structured_latent_has_its_criterion(tmp_path):
+    """The validation cases of a categorical latent, a ladder and a VRNN: the suite
+    centres their grid on rho lambda_max (the relaxation's factor), lambda_max (a
+    ladder at kappa = 1) and max_t D_t (the Cholesky conditional variances)."""
+    from phasevae.data import covariance_spectrum
+    from phasevae.data.relaxation import latent_factor
+    from phasevae.tools.cases import CASES
+    from phasevae.tools.validate import case_data
+
+    found = set()
+    for case in CASES:
+        model = dict(case.model)
+        family = model.get("latent", model.get("kind"))
+        if family not in ("categorical", "ladder", "vrnn"):
+            continue
+        found.add(family)
+        x, _, lam = case_data(case, tmp_path)
+        if family == "vrnn":
+            cov = np.cov(x.T.astype(np.float64), bias=True)
+            expect = float(np.max(np.diag(np.linalg.cholesky(cov)) ** 2))
+        else:
+            expect = covariance_spectrum(x)[0]
+        if family == "categorical":
+            k = model["latent_categories"]
+            expect *= latent_factor("categorical", k, "gumbel", 1.0)
+        assert lam == pytest.approx(expect, rel=2e-3), case.name
+    assert found == {"categorical", "ladder", "vrnn"}
 
 
 def test_text_windows_are_the_corpus_read_through_the_alphabet():

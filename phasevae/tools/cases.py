@@ -5,7 +5,9 @@ offset means; beta in {0.5, 1, 2}; the default and the paper architecture; real
 tables that ship with scikit-learn; and one case per decoder likelihood (binary,
 count and token data made from a low-rank natural parameter, binarised digits) and
 for the autoregressive decoder (windows of a Gaussian AR(2) process), whose
-criterion is lambda_max of the whitened covariance or of the innovations'.
+criterion is lambda_max of the whitened covariance or of the innovations'; and one
+per structured latent (a categorical latent, a ladder, a VRNN), scored against long
+training.
 """
 
 from __future__ import annotations
@@ -273,6 +275,31 @@ CASES = (
         ar_data((0.6, -0.5), 10, 8000),
         gaussian=True,
         model=(("context", 1),),
+    ),
+    Case(
+        "categorical_latent8",
+        "2 codes of 4 values (Gumbel-softmax, tau 1), N=8 Gaussian as gauss8, "
+        "n=20000: the criterion rho lambda_max",
+        factor_data([8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01], 20000),
+        latent_dim=2,
+        model=(("latent", "categorical"), ("latent_categories", 4)),
+    ),
+    Case(
+        "ladder8",
+        "ladder latent, 2 dims below 1 on top, N=8 Gaussian as gauss8, n=20000",
+        factor_data([8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01], 20000),
+        latent_dim=2,
+        model=(("latent", "ladder"), ("top_dim", 1)),
+    ),
+    Case(
+        "vrnn_ar2",
+        "VRNN (GRU state of 16), windows of 10 of x_t = 0.5 x_{t-1} + 0.3 x_{t-2} + "
+        "e_t, n=5000: one latent per step, the criterion max_t D_t",
+        ar_data((0.5, 0.3), 10, 5000),
+        latent_dim=1,
+        arch=((32,), (32,)),
+        learning_rate=5e-3,
+        model=(("kind", "vrnn"), ("state", 16)),
     ),
 )
 

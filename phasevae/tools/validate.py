@@ -110,9 +110,10 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
     result = run_sweep(spec, out / "runs" / case.name, progress)
     metrics, spectrum = result.metrics, result.meta.spectrum
     theory = spectrum["lambda_max"] / case.beta
+    k = spec.model.kl_dims(x.shape[1])  # a ladder's two layers, a VRNN's steps
 
     def at_t(m):
-        result = analysis.analyze(m[m["step"] <= case.steps], spectrum, case.latent_dim)
+        result = analysis.analyze(m[m["step"] <= case.steps], spectrum, k)
         (t,) = result.transitions
         return t
 
@@ -125,7 +126,7 @@ def run_case(case: Case, out: Path, progress=None) -> dict:
         more = run_sweep(spec, out / "runs" / f"{case.name}-refined", progress)
         metrics = pd.concat([metrics, more.metrics], ignore_index=True)
     refined = at_t(metrics)
-    (ref,) = analysis.analyze(metrics, spectrum, case.latent_dim).transitions
+    (ref,) = analysis.analyze(metrics, spectrum, k).transitions
     # the probe can show that this network's collapse is stable below lambda_max
     # (e.g. its units died): then lambda_max is not its answer, on any data
     shifted = (ref.off_theory or {}).get("evidence") == "probe"
