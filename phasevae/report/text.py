@@ -27,7 +27,8 @@ BOUNDARY_KEYS |= {"beta_exponent", "beta_exponent_se"}
 def boundary_lines(result: Analysis) -> list[str]:
     """The pooled boundary theta_c = beta sigma_c^2 against lambda_max, then, when an
     axis other than beta varies (a remedy's strength, ...), the boundary of each of
-    its settings: the pooled one mixes settings that may move the transition."""
+    its settings against its own criterion: the pooled one mixes settings that may
+    move the transition."""
     by = result.boundary_by or []
     pooled = (result.boundary or {}, "pooled over every setting" if by else "")
     lines = []
@@ -40,7 +41,7 @@ def boundary_lines(result: Analysis) -> list[str]:
         err = f", {100 * (b['theta_c'] / theory - 1):+.1f} %" if theory > 0 else ""
         lines.append(
             f"{head}theta_c = beta * sigma_c^2 = {b['theta_c']:.4g} [{lo:.4g}, "
-            f"{hi:.4g}] (theory lambda_max = {theory:.4g}{err})"
+            f"{hi:.4g}] (theory {theory:.4g}{err})"
         )
     return lines
 
@@ -91,16 +92,17 @@ def transition_frame(result: Analysis):
 def transition_notes(result: Analysis) -> list[str]:
     """Lines under the table: the interval's statistical and finite-training parts,
     jumps, missing intervals, the stability probe and the 'train longer' advice,
-    per beta."""
+    per beta (per curve when another axis varies)."""
+    per, who = _curve_names(result)
     notes = [
-        f"  {t.beta:g}: train longer over sigma^2 in "
+        f"  {who(t)}: train longer over sigma^2 in "
         f"[{t.train_longer.sigma2[0]:.4g}, {t.train_longer.sigma2[1]:.4g}]"
         f", to about {t.train_longer.steps} steps"
         for t in result.transitions
         if t.train_longer
     ]
     parts = [
-        f"  {t.beta:g}: interval = statistical "
+        f"  {who(t)}: interval = statistical "
         f"-{t.ci_statistical[0]:.3f} / +{t.ci_statistical[1]:.3f} and "
         f"finite-training -{t.ci_finite_training[0]:.3f} / "
         f"+{t.ci_finite_training[1]:.3f} (in ln sigma^2)"
@@ -108,7 +110,7 @@ def transition_notes(result: Analysis) -> list[str]:
         if t.ci_statistical and t.ci_finite_training is not None
     ]
     jumps = [
-        f"  {t.beta:g}: the top dim's KL falls to 0 between sigma^2 = "
+        f"  {who(t)}: the top dim's KL falls to 0 between sigma^2 = "
         f"{t.jump[0]:.4g} and {t.jump[1]:.4g} faster than a kink can (a jump "
         "or a steep fall); the transition is somewhere in that cell: add sigma^2 "
         "there (grid.sigma2.refine) to narrow it"
@@ -116,14 +118,14 @@ def transition_notes(result: Analysis) -> list[str]:
         if t.jump
     ]
     blind = [
-        f"  {t.beta:g}: too few evaluations to measure the finite-training "
+        f"  {who(t)}: too few evaluations to measure the finite-training "
         "part, so no interval: evaluate more often (train.eval_every) or train longer"
         for t in result.transitions
         if t.sigma2_c is not None and t.ci is None and t.ci_finite_training is None
     ]
-    probes = [probe_line(t) for t in result.transitions if t.probe]
+    probes = [probe_line(t, who(t)) for t in result.transitions if t.probe]
     held = [
-        f"  {t.beta:g}: trusted for {t.holds_for_steps} steps of "
+        f"  {who(t)}: trusted for {t.holds_for_steps} steps of "
         "training: collapse is absorbing (the collapsed points' units died), so "
         "the transition moves with the training length; it moved "
         f"{_drift(t)} per doubling of the steps"
@@ -134,19 +136,17 @@ def transition_notes(result: Analysis) -> list[str]:
         line
         for t in result.transitions
         if t.advice
-        for line in _advice_lines(t.beta, t.advice)
+        for line in _advice_lines(who(t), t.advice)
     ]
-    extra = ["interval parts, per beta:", *parts] if parts else []
-    extra += ["discontinuous collapse, per beta:", *jumps] if jumps else []
-    extra += ["no interval, per beta:", *blind] if blind else []
+    extra = [f"interval parts, {per}:", *parts] if parts else []
+    extra += [f"discontinuous collapse, {per}:", *jumps] if jumps else []
+    extra += [f"no interval, {per}:", *blind] if blind else []
     extra += (
-        ["stability probe of the collapsed points, per beta:", *probes]
-        if probes
-        else []
+        [f"stability probe of the collapsed points, {per}:", *probes] if probes else []
     )
-    extra += ["verdict 'train longer', per beta:", *notes] if notes else []
-    extra += ["for this training length, per beta:", *held] if held else []
-    extra += ["next, per beta:", *nexts] if nexts else []
+    extra += [f"verdict 'train longer', {per}:", *notes] if notes else []
+    extra += [f"for this training length, {per}:", *held] if held else []
+    extra += [f"next, {per}:", *nexts] if nexts else []
     return extra
 
 
@@ -155,18 +155,30 @@ def _drift(t: Transition) -> str:
     return "by an unmeasured amount" if d is None else f"{100 * d:+.1f} %"
 
 
-def _advice_lines(beta: float, a: dict) -> list[str]:
-    lines = [f"  {beta:g}: {a['why']}:", f"      {a['command']}"]
+def _curve_names(result: Analysis):
+    """("per beta", a transition's beta) or, when an axis other than beta varies
+    among the transitions, ("per curve", its varying axes' values)."""
+    ts = result.transitions
+    axes = list(ts[0].curve) if ts else []
+    varying = [a for a in axes if len({t.curve.get(a) for t in ts}) > 1]
+    if set(varying) <= {"beta"}:
+        return "per beta", lambda t: f"{t.beta:g}"
+    return "per curve", lambda t: _setting({a: t.curve[a] for a in varying})
+
+
+def _advice_lines(who: str, a: dict) -> list[str]:
+    lines = [f"  {who}: {a['why']}:", f"      {a['command']}"]
     if a.get("alternative"):
         alt = a["alternative"]
         lines += [f"    or, {alt['why']}:", f"      {alt['command']}"]
     return lines
 
 
-def probe_line(t: Transition) -> str:
-    p, beta = t.probe, t.beta
+def probe_line(t: Transition, who: str = "") -> str:
+    """The stability probe's line for ``t``, labelled ``who`` (default: its beta)."""
+    p, who = t.probe, who or f"{t.beta:g}"
     line = (
-        f"  {beta:g}: {p['collapsed']} collapsed, {len(p['unstable_sigma2'])} "
+        f"  {who}: {p['collapsed']} collapsed, {len(p['unstable_sigma2'])} "
         f"unstable (trapped), {len(p['dead_sigma2'])} dead; lambda_c / lambda_max "
         f"= {p['lambda_c_ratio']:.3f} near the kink"
     )
