@@ -18,6 +18,7 @@ before anything else starts JAX in the process.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import warnings
 from collections.abc import Sequence
@@ -30,7 +31,14 @@ import pandas as pd
 from phasevae.engine.devices import compile_cache, split_cpu_into_devices
 from phasevae.engine.loop import ChunkFn, ProgressFn
 from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
-from phasevae.spec import Spec, SpecError, load_spec, spec_from_dict, spec_to_dict
+from phasevae.spec import (
+    LATER_AXES,
+    Spec,
+    SpecError,
+    load_spec,
+    spec_from_dict,
+    spec_to_dict,
+)
 from phasevae.store import RunDir, RunDirError
 from phasevae.store.records import Analysis
 from phasevae.store.runmeta import RUNNING, RunMeta
@@ -235,7 +243,7 @@ class Run:
         sigma^2 and the prediction lambda_max / beta."""
         from phasevae.engine.sweep import summary_table
 
-        return summary_table(self.metrics, self.meta.spectrum["lambda_max"])
+        return summary_table(self.metrics, self.meta.spectrum)
 
     def analyze(self) -> Analysis:
         """The analysis (:func:`phasevae.analysis.curves.analyze`), written to
@@ -305,9 +313,15 @@ class Run:
         return out
 
 
+# the grid axes the criterion depends on (phasevae.analysis.theory.weight and
+# curve_eigenvalues)
+CRITERION_AXES = ("beta", "top_kl_weight", "state_noise")
+
+
 def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
-    """The data's spectrum and the linear theory's predictions per beta, from a
-    spec (path, dict, Spec) or a run directory; no training."""
+    """The data's spectrum and the theory's predictions per beta (and per ladder
+    kappa and VRNN state noise where they vary), from a spec (path, dict, Spec) or
+    a run directory; no training."""
     from phasevae.analysis import theory as th
     from phasevae.data import load_for_model
 
@@ -321,21 +335,30 @@ def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:
     else:
         spec = as_spec(target, overrides)
         spectrum = load_for_model(spec).spectrum()
-    k, ev = spec.model.latent_dim, spectrum["eigenvalues"]
-    predictions = [
-        {
-            "beta": beta,
-            "sigma2_c": float(ev[0] / beta) if beta > 0 else None,
-            "thresholds": [float(t) for t in th.thresholds(ev, beta, k)]
-            if beta > 0
-            else None,
-        }
-        for beta in spec.axes()["beta"]
-    ]
-    grid = spec.axes()["sigma2"]
+    k, ev = spec.model.kl_dims(spectrum["dim"]), spectrum["eigenvalues"]
+    axes = spec.axes()
+    # the axes that move the criterion: beta, and a ladder's kappa and a VRNN's
+    # state noise where they vary from their defaults
+    moving = [a for a in CRITERION_AXES if a == "beta" or axes[a] != (LATER_AXES[a],)]
+    predictions = []
+    for values in itertools.product(*(axes[a] for a in moving)):
+        curve = dict(zip(moving, values, strict=True))
+        weight = th.weight(curve)
+        own = th.curve_eigenvalues(spectrum, curve)
+        predictions.append(
+            {
+                **curve,
+                "sigma2_c": float(own[0] / weight) if weight > 0 else None,
+                "thresholds": [float(t) for t in th.thresholds(own, weight, k)]
+                if weight > 0
+                else None,
+            }
+        )
     for p in predictions:
-        p["cell_half_width"] = p["sigma2_c"] and th.cell_half_width(grid, p["sigma2_c"])
-    misses = th.grid_misses(ev[0], grid, spec.axes()["beta"])
+        p["cell_half_width"] = p["sigma2_c"] and th.cell_half_width(
+            axes["sigma2"], p["sigma2_c"]
+        )
+    misses = th.grid_misses(ev[0], axes["sigma2"], axes["beta"])
     return {**spectrum, "latent_dim": k, "predictions": predictions, "misses": misses}
 
 

@@ -80,18 +80,22 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> Analysis:
     columns = ["kl", *(f"kl_dim_{j}" for j in range(latent_dim)), "mi"]
     columns += [f"var_dim_{j}" for j in range(latent_dim)]
     columns += [c for c in ("active_directions", GAIN) if c in metrics]
-    columns += [c for c in metrics if c.startswith(("usage_dim_", "kl_layer_"))]
+    own = ("usage_dim_", "kl_layer_", "mi_step_")  # a model's own columns
+    columns += [c for c in metrics if c.startswith(own)]
     with np.errstate(invalid="ignore", over="ignore"):  # diverged points: NaN, inf
         table = rank_dims(settle(metrics, columns), latent_dim)
     axes = curve_axes(table)
-    ev = np.asarray(spectrum["eigenvalues"], np.float64)
+    stored = np.asarray(spectrum["eigenvalues"], np.float64)
     lam_eval = spectrum.get("lambda_max_eval")  # absent in runs made before it
     transitions, skipped = [], []
     for key, group in table.groupby(axes, sort=True):
         values = dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))
         rows = metrics[metrics["point_id"].isin(group["point_id"])]
+        ev = theory.curve_eigenvalues(spectrum, values)
+        # the evaluation subset's top value, moved as the curve's criterion moves
+        scaled = lam_eval and lam_eval * ev[0] / stored[0]
         try:
-            t = _transition(group, rows, values, ev, latent_dim, lam_eval)
+            t = _transition(group, rows, values, ev, latent_dim, scaled)
         except ValueError as e:  # e.g. every point of this curve diverged
             skipped.append(
                 {**{k: _num(v) for k, v in values.items()}, "reason": str(e)}
@@ -105,7 +109,7 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> Analysis:
         )
     return Analysis(
         spectrum=Spectrum(
-            eigenvalues=tuple(float(v) for v in ev), lambda_max=float(ev[0])
+            eigenvalues=tuple(float(v) for v in stored), lambda_max=float(stored[0])
         ),
         latent_dim=latent_dim,
         settings={
@@ -116,8 +120,8 @@ def analyze(metrics: pd.DataFrame, spectrum: dict, latent_dim: int) -> Analysis:
         transitions=tuple(transitions),
         skipped=tuple(skipped),  # curves that could not be fitted, and why
         hysteresis=tuple(hysteresis(table) if "direction" in table else []),
-        boundary=boundary(transitions, float(ev[0])),
-        boundary_by=tuple(boundary_by_group(transitions, float(ev[0]), axes)),
+        boundary=boundary(transitions, float(stored[0])),
+        boundary_by=tuple(boundary_by_group(transitions, float(stored[0]), axes)),
         scaling=scaling_collapse(table),
         scaling_by=tuple(scaling_by_group(table)),
         points=tuple(_points(table)),
@@ -155,11 +159,7 @@ def _transition(
     data = settled if trusted else usable
     fit, s2c, ci, method, seeds = fit_curve(data)
     est = estimate.estimate_transition(rows, k, float(ev[0]), lam_eval)
-    # a ladder's information goes to its layer of cheapest KL: the criterion's
-    # weight is beta min(1, kappa) (docs/science.md, 'Hierarchical latents')
-    predicted = theory.thresholds(
-        ev, beta * min(1.0, values.get("top_kl_weight", 1)), k
-    )
+    predicted = theory.thresholds(ev, theory.weight(values), k)
     jumps = derivative_jumps(fit)
     for j in jumps:
         # the theory's jump at a threshold: slope -1/2 -> 0 in u for one dim
@@ -344,15 +344,22 @@ def boundary_by_group(
 ) -> list[dict]:
     """:func:`boundary` separately for each value of the curve axes other than beta
     (a remedy's strength, a decoder, a learning rate): the pooled boundary mixes
-    settings that may move the transition. [] when no such axis varies."""
+    settings that may move the transition. [] when no such axis varies. Each
+    group's theory is its curves' own criterion (a ladder's kappa or a VRNN's state
+    noise move it), lambda_max where they have none."""
     varying = [
         a for a in axes if a != "beta" and len({t.curve[a] for t in transitions}) > 1
     ]
     groups: dict[tuple, list[Transition]] = {}
     for t in transitions if varying else []:
         groups.setdefault(tuple(t.curve[a] for a in varying), []).append(t)
+
+    def criterion(ts: list[Transition]) -> float:
+        own = [t.theory_sigma2_c * t.beta for t in ts if t.theory_sigma2_c]
+        return own[0] if own else lambda_max
+
     return [
-        {**dict(zip(varying, key, strict=True)), **boundary(ts, lambda_max)}
+        {**dict(zip(varying, key, strict=True)), **boundary(ts, criterion(ts))}
         for key, ts in groups.items()  # in the transitions' (sorted) order
     ]
 

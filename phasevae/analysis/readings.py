@@ -1,9 +1,12 @@
 """What a curve shows besides its collapse transition, read from its per-point table
 (one row per grid point, :func:`phasevae.analysis.fit.settle`'s columns): whether a
 free-bits floor holds its KL up, and what happens to the information the encoder
-carries, and for a ladder latent where each layer's KL collapses. No JAX."""
+carries, for a ladder latent where each layer's KL collapses, and for a VRNN where
+each step's information goes. No JAX."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -38,15 +41,13 @@ def information(points: pd.DataFrame) -> dict:
     hyperspherical latent of fixed concentration has a constant KL); and the active
     directions (the participation ratio of E[z|x], 0 .. k), the decoder's largest
     gain (the top singular value of d f / d z, 0 when f ignores z) and, for a
-    categorical latent, the codes' mean usage (perplexity, 1 .. K) at both ends."""
+    categorical latent, the codes' mean usage (perplexity, 1 .. K) at both ends; a
+    ladder's layers (:func:`_layer`) and a VRNN's steps (:func:`_steps`)."""
     mi = points.groupby("sigma2")["mi"].mean().sort_index()
-    low = (mi < NO_INFORMATION).to_numpy()
-    above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
-    lost = mi.index[above]
     out = {
         "mi_at_min_sigma2": float(mi.iloc[0]),
         "mi_at_max_sigma2": float(mi.iloc[-1]),
-        "mi_lost_sigma2": float(lost[0]) if len(lost) else None,
+        "mi_lost_sigma2": _lost(mi),
     }
     if "active_directions" in points:  # runs made before it have none
         d = points.groupby("sigma2")["active_directions"].mean().sort_index()
@@ -63,7 +64,36 @@ def information(points: pd.DataFrame) -> dict:
         out["usage_at_max_sigma2"] = float(u.iloc[-1])
     if LAYER in points:
         out["layers"] = [_layer(points, c) for c in (LAYER, "kl_layer_1")]
+    if steps := step_columns(points):
+        out["steps"] = _steps(points.groupby("sigma2")[steps].mean().sort_index())
     return out
+
+
+def step_columns(points: pd.DataFrame) -> list[str]:
+    """A VRNN's ``mi_step_t`` columns in step order ([] for other models)."""
+    steps = [c for c in points if re.fullmatch(r"mi_step_\d+", c)]
+    return sorted(steps, key=lambda c: int(c.rsplit("_", 1)[1]))
+
+
+def _lost(mi: pd.Series) -> float | None:
+    """The smallest sigma^2 (``mi``'s index, ascending) from which I(x; z) stays
+    below ``NO_INFORMATION``; None: never."""
+    low = (mi < NO_INFORMATION).to_numpy()
+    above = np.logical_and.accumulate(low[::-1])[::-1]  # low here and everywhere above
+    lost = mi.index[above]
+    return float(lost[0]) if len(lost) else None
+
+
+def _steps(mi: pd.DataFrame) -> dict:
+    """A VRNN's temporal collapse, from I(x; z_t) per step (columns, in step order;
+    rows: sigma^2 ascending, seeds averaged): the fraction of steps whose latent
+    carries information at each sigma^2, and the sigma^2 from which each step's
+    stays below ``NO_INFORMATION`` (None: never)."""
+    live = (mi >= NO_INFORMATION).mean(axis=1)
+    return {
+        "informative_fraction": [[float(s), float(f)] for s, f in live.items()],
+        "mi_lost_sigma2": [_lost(mi[c]) for c in mi],
+    }
 
 
 def _layer(points: pd.DataFrame, column: str) -> dict:

@@ -119,3 +119,53 @@ def cell_half_width(sigma2, value: float) -> float | None:
     if i == 0 or i == len(u):
         return None
     return float(u[i] - u[i - 1]) / 2
+
+
+def reading_thresholds(covariance, state_noise: float) -> np.ndarray:
+    """A VRNN's per-step criterion when its state reads x_t + sqrt(s) n_t, n_t
+    standard normal (``grid.state_noise`` s; docs/science.md, 'Recurrent latents'):
+    step t's latent leaves the collapsed state once beta sigma^2 < theta_t,
+
+        theta_t = sum_{j >= t} Cov(r_j, r_t)^2 / Var(r_t),
+
+    r_j = x_j - E[x_j | y_1 .. y_{j-1}] the part of x_j the state cannot predict from
+    its noisy readings y. The j = t term is r_t's variance D_t(s); the others are
+    what z_t, carried forward by the state, adds to later steps' predictions. At
+    s = 0 the r_j are the innovations, uncorrelated, and theta_t = D_t.
+
+    Args:
+      covariance: (T, T) the covariance of x_1 .. x_T (population, centred).
+    Returns:
+      (T,) theta_t in step order.
+    """
+    c = np.asarray(covariance, np.float64)
+    t = c.shape[0]
+    # r = A x + B n: rows of [A B] act on (x, n), whose covariance is diag(C, I)
+    a, b = np.eye(t), np.zeros((t, t))
+    for j in range(1, t):
+        past = c[:j, :j] + state_noise * np.eye(j)
+        gain = np.linalg.lstsq(past, c[:j, j], rcond=None)[0]
+        a[j, :j] = -gain
+        b[j, :j] = -np.sqrt(state_noise) * gain
+    cov_r = a @ c @ a.T + b @ b.T
+    d = np.diag(cov_r)
+    gain2 = np.triu(cov_r) ** 2  # row t, column j >= t: Cov(r_t, r_j)^2
+    return np.where(d > 0, gain2.sum(axis=1) / np.where(d > 0, d, 1.0), 0.0)
+
+
+def curve_eigenvalues(spectrum: dict, curve: dict) -> np.ndarray:
+    """The descending values whose i-th over the curve's weight (:func:`weight`) is
+    where its i-th latent dim collapses: the stored spectrum, or for a VRNN curve
+    with ``state_noise`` > 0 its :func:`reading_thresholds`."""
+    ev = np.asarray(spectrum["eigenvalues"], np.float64)
+    s = float(curve.get("state_noise", 0.0))
+    if s > 0 and "covariance" in spectrum:
+        return np.sort(reading_thresholds(spectrum["covariance"], s))[::-1]
+    return ev
+
+
+def weight(curve: dict) -> float:
+    """The KL weight the criterion compares sigma^2 with: beta, or for a ladder
+    beta min(1, kappa), its information going to the layer of cheapest KL
+    (docs/science.md, 'Hierarchical latents')."""
+    return float(curve.get("beta", 1.0)) * min(1.0, curve.get("top_kl_weight", 1.0))

@@ -156,7 +156,10 @@ def _print_result(result, spec, out, diverged_status: int, t0: float) -> int:
         f"{_fmt_s(wall.train_s)} in all, {time.perf_counter() - t0:.1f} s this call"
     )
     table = result.summary()
-    print("final KL (nats, mean over seeds); predicted sigma2_c = lambda_max / beta")
+    print(
+        "final KL (nats, mean over seeds); predicted sigma2_c: each curve's "
+        "criterion (phasevae theory)"
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.diverged:
         others = (
@@ -312,10 +315,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
         where = (
             "" if cell is None else f"; the grid's cell there is +-{100 * cell:.0f} %"
         )
-        print(
-            f"  beta = {p['beta']:g}: sigma2_c = {s2c}; latent dims die at {dims}"
-            f"{where}"
-        )
+        curve = ", ".join(f"{a} = {p[a]:g}" for a in api.CRITERION_AXES if a in p)
+        print(f"  {curve}: sigma2_c = {s2c}; latent dims die at {dims}{where}")
     for line in doc["misses"]:
         print(f"warning: {line}")
     return 0

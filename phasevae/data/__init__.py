@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,9 @@ class Dataset:
     # covariance whitened by it (None: the Gaussian's, unwhitened); for an
     # autoregressive decoder the (N, N) matrix taking x to its innovations
     whiten: np.ndarray | None = None
+    # a VRNN's (T, T) covariance of x, from which the analysis finds its criterion
+    # at any state noise (phasevae.analysis.theory.reading_thresholds); else None
+    covariance: np.ndarray | None = None
 
     def fingerprint(self) -> dict:
         """The identity of the data the models see (after loading and
@@ -105,6 +108,8 @@ class Dataset:
             "dim": int(self.x.shape[1]),
             "description": self.description,
         }
+        if self.covariance is not None:
+            out["covariance"] = self.covariance.tolist()
         if self.image_shape is not None and self.components is not None:
             out["image_shape"] = list(self.image_shape)
             out["components"] = self.components.T.round(6).tolist()
@@ -220,7 +225,7 @@ def load_for_model(spec) -> Dataset:
     """The data of a spec (a :class:`phasevae.spec.Spec`) as its model sees them:
     :func:`load_dataset` with the model's likelihood, head and latent."""
     m = spec.model
-    return load_dataset(
+    data = load_dataset(
         spec.data,
         m.likelihood,
         m.dispersion,
@@ -230,6 +235,10 @@ def load_for_model(spec) -> Dataset:
         m.mask,
         latent_factor(m.latent, m.latent_categories, m.estimator, m.temperature),
     )
+    if m.kind == "vrnn":
+        cov = np.cov(data.x.T.astype(np.float64), bias=True)
+        data = replace(data, covariance=np.atleast_2d(cov))
+    return data
 
 
 def innovations(x: np.ndarray, context: int, what: str = "the data") -> np.ndarray:

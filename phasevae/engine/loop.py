@@ -288,6 +288,9 @@ def metrics_frame(
     if m.kl_layer is not None:
         for j in range(m.kl_layer.shape[1]):
             df[f"kl_layer_{j}"] = np.asarray(m.kl_layer[:, j], np.float64)
+    if m.mi_step is not None:
+        for j in range(m.mi_step.shape[1]):
+            df[f"mi_step_{j}"] = np.asarray(m.mi_step[:, j], np.float64)
     if m.usage is not None:
         for j in range(m.usage.shape[1]):
             df[f"usage_dim_{j}"] = np.asarray(m.usage[:, j], np.float64)

@@ -57,6 +57,7 @@ class Point(NamedTuple):
     entropy_target: Array  # float32, a target for each code's usage entropy (0: none)
     entropy_weight: Array  # float32, the weight of the entropy target's penalty
     top_kl_weight: Array  # float32, a ladder's weight on its top layer's KL (kappa)
+    state_noise: Array  # float32, the variance of a VRNN state's reading noise
 
     @classmethod
     def from_table(cls, table) -> Point:
@@ -119,6 +120,10 @@ class Metrics(NamedTuple):
     usage: Array | None
     # (layers,) a ladder latent's KL per layer (bottom first); None for others
     kl_layer: Array | None
+    # (T,) a VRNN's I(x; z_t) per step, estimated as ``mi`` is (on the latent
+    # standardised by its prior: what z_t carries beyond its prior's prediction from
+    # the past); None for other models
+    mi_step: Array | None
 
 
 # train.precision -> the precision every matmul of the chunk is traced with
@@ -336,8 +341,32 @@ class Trainer:
     def mutual_information(self, terms: Terms, noise: Array) -> Array:
         """The I(x; z) estimate of :func:`phasevae.models.vae.mutual_information`, or
         the model's own (its ``latent_mi`` hook)."""
-        estimate = getattr(self.model, "latent_mi", mutual_information)
-        return estimate(terms.mu, terms.var_dim, noise)
+        if hasattr(self.model, "latent_mi"):
+            return self.model.latent_mi(terms.mu, terms.var_dim, noise)
+        k = terms.mu.shape[-1]  # a VRNN's noise goes on with its readings'
+        return mutual_information(terms.mu, terms.var_dim, noise[:, :k])
+
+    def _mi_steps(self, terms: Terms, noise: Array) -> Array | None:
+        """A VRNN's I(x; z_t) per step (:attr:`Metrics.mi_step`); None for others."""
+        if not hasattr(self.model, "steps_of"):
+            return None
+        t, k = self.model.steps_of
+        n = terms.mu.shape[0]
+
+        def by_step(a):  # (n, T k) -> (T, n, k)
+            return a[:, : t * k].reshape(n, t, k).transpose(1, 0, 2)
+
+        per = (by_step(terms.mu), by_step(terms.var_dim), by_step(noise))
+        return jax.vmap(mutual_information)(*per)
+
+    def _readings(self, eps: Array, point: Point) -> Array:
+        """The noise with a VRNN's readings' part (its ``reading_noise`` trailing
+        entries) scaled by sqrt(state_noise); other models' unchanged."""
+        if not hasattr(self.model, "reading_noise"):
+            return eps
+        r = self.model.reading_noise
+        scaled = eps[:, -r:] * jnp.sqrt(point.state_noise)
+        return jnp.concatenate([eps[:, :-r], scaled], axis=1)
 
     def posterior_mean(self, terms: Terms) -> Array:
         """E[z|x] per example: the encoder mean, or the model's own (its
@@ -373,7 +402,7 @@ class Trainer:
             self.model,
             {"params": params["params"]},
             x.reshape(x.shape[0], *self.static.shape),
-            eps,
+            self._readings(eps, point),
             self._sigma2(params, point),
         )
 
@@ -478,6 +507,7 @@ class Trainer:
                 else None
             ),
             kl_layer=self._kl_layers(t.kl_dim),
+            mi_step=self._mi_steps(jax.tree.map(lambda a: a[:m], t), eps[:m]),
         )
 
     def _kl_layers(self, kl_dim: Array) -> Array | None:

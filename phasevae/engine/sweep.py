@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from phasevae.analysis.constants import COLLAPSED_KL
-from phasevae.analysis.theory import grid_misses
+from phasevae.analysis.theory import curve_eigenvalues, grid_misses, weight
 from phasevae.data import DataError, load_for_model
 from phasevae.engine.devices import Program, any_process, plan
 from phasevae.engine.grid import grid_table, point_id, select_shard
@@ -454,10 +454,11 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return True
 
 
-def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
+def summary_table(metrics: pd.DataFrame, spectrum: dict) -> pd.DataFrame:
     """Per combination of non-sigma2 axes (seeds averaged): KL at the smallest and
     largest sigma^2 and the first sigma^2 where KL < COLLAPSED_KL, at each point's
-    last evaluation."""
+    last evaluation, and the curve's predicted sigma_c^2 (its own criterion:
+    :func:`phasevae.analysis.theory.curve_eigenvalues` over its weight)."""
     last = metrics.sort_values("step").groupby("point_id").tail(1)
     keys = ["beta"] + [
         k
@@ -473,8 +474,13 @@ def summary_table(metrics: pd.DataFrame, lambda_max: float) -> pd.DataFrame:
             kl_at_min_sigma2=curve.iloc[0] if len(curve) else np.nan,
             kl_at_max_sigma2=curve.iloc[-1] if len(curve) else np.nan,
             first_sigma2_collapsed=below.index[0] if len(below) else np.nan,
-            predicted_sigma2_c=lambda_max / row["beta"] if row["beta"] > 0 else np.inf,
+            predicted_sigma2_c=_predicted(spectrum, row),
             diverged=int(g["diverged"].sum()),
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _predicted(spectrum: dict, curve: dict) -> float:
+    w = weight(curve)
+    return float(curve_eigenvalues(spectrum, curve)[0] / w) if w > 0 else np.inf

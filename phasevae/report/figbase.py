@@ -110,7 +110,8 @@ def load(run_dir: str | Path) -> RunData:
     columns += [f"var_dim_{j}" for j in range(k)]
     if GAIN in metrics:  # runs made before the decoder's gains have none
         columns += [f"decoder_gain_{j}" for j in range(k)]
-    columns += [c for c in metrics if c.startswith("kl_layer_")]  # a ladder's
+    # a ladder's layers' KL, a VRNN's steps' information
+    columns += [c for c in metrics if c.startswith(("kl_layer_", "mi_step_"))]
     points = rank_dims(settle(metrics, columns), k)
     kl = points[[f"kl_dim_{j}" for j in range(k)]].to_numpy()
     var = points[[f"var_dim_{j}" for j in range(k)]].to_numpy()

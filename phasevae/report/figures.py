@@ -21,6 +21,7 @@ from matplotlib.ticker import NullFormatter
 
 from phasevae.analysis import theory
 from phasevae.analysis.constants import GAIN, KL_AXIS_MIN, LAYER
+from phasevae.analysis.readings import step_columns
 from phasevae.report.diagrams import (
     hysteresis_figure,
     phase_diagram,
@@ -299,6 +300,41 @@ def layers_figure(rd: RunData) -> Figure:
     return fig
 
 
+def steps_figure(rd: RunData) -> Figure:
+    """A VRNN's temporal collapse: I(x; z_t) of every step t (rows) against sigma^2
+    (seeds averaged), white where the step carries no information, with each
+    step's derived criterion theta_t / beta marked (docs/science.md, 'Recurrent
+    latents'; exact for the last step to die, at the collapsed state for the
+    others)."""
+    ts, fig, axs = transition_panels(rd, rows=1, height=2.8, sharex=False)
+    cov = rd.meta.spectrum.get("covariance")  # runs made before it have none
+    columns = step_columns(rd.points)
+    top = float(np.nanmax(rd.points[columns].to_numpy()))  # one colour scale
+    for ax, t in zip(axs[0], ts, strict=True):
+        mi = rd.curve(t).groupby("sigma2")[columns].mean().sort_index()
+        steps = np.arange(mi.shape[1])
+        mesh = ax.pcolormesh(
+            mi.index,
+            steps,
+            mi.to_numpy().T,
+            shading="nearest",
+            cmap="Blues",
+            vmin=0,
+            vmax=top,
+        )
+        if cov is not None:
+            theta = theory.reading_thresholds(cov, t.curve.get("state_noise", 0.0))
+            ax.plot(theta / theory.weight(t.curve), steps, "k|", ms=8, mew=1.5)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(r"decoder variance $\sigma^2$ (|: derived collapse)")
+        ax.set_ylabel("step t (0: the first)")
+        ax.set_title(label(t.curve, rd.varying_axes()), fontsize=9)
+        fig.colorbar(mesh, ax=ax, label=r"$I(x; z_t)$ (nats)")
+    fig.suptitle(rd.wrapped_title(45 * len(ts)), fontsize=8)
+    return fig
+
+
 def training_figure(rd: RunData, per_side: int = 3) -> Figure:
     """KL against training step for grid points on both sides of the transition of
     the middle curve: near it, KL relaxes slowest (critical slowing down)."""
@@ -456,6 +492,7 @@ def figures(
         "latent_variance": lambda: variance_figure(rd),
         **({"decoder_gains": lambda: gains_figure(rd)} if GAIN in rd.points else {}),
         **({"layers": lambda: layers_figure(rd)} if LAYER in rd.points else {}),
+        **({"steps": lambda: steps_figure(rd)} if step_columns(rd.points) else {}),
         "scaling": lambda: scaling_figure(rd),
         "training_curves": lambda: training_figure(rd),
         "spectrum": lambda: spectrum_figure(rd),

@@ -111,6 +111,7 @@ BOUNDS = {
     ("grid", "entropy_target"): (0.0, True),
     ("grid", "entropy_weight"): (0.0, True),
     ("grid", "top_kl_weight"): (0.0, True),
+    ("grid", "state_noise"): (0.0, True),
 }
 
 

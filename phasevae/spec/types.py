@@ -264,6 +264,7 @@ LATER_AXES = {
     "entropy_target": 0.0,
     "entropy_weight": 1.0,
     "top_kl_weight": 1.0,
+    "state_noise": 0.0,
 }
 
 
@@ -288,6 +289,10 @@ class GridSpec:
     where usage concentrates).
     ``top_kl_weight`` (a ladder latent only): kappa, the objective's weight on the
     top layer's KL relative to the bottom's, beta (KL_1 + kappa KL_2) (1: the ELBO's).
+    ``state_noise`` (a VRNN only): s, the variance of the Gaussian noise on the x_t
+    its recurrent state reads (0: none), which limits what the state can carry of
+    the past (the guide's remedy for temporal collapse); it is part of the model, in
+    training and in evaluation.
     The training objective alone changes: evaluations report recon + beta KL.
 
     ``decoder`` and ``skip`` are static axes: a list of decoder hidden-width lists
@@ -309,6 +314,7 @@ class GridSpec:
     entropy_target: Axis = (0.0,)
     entropy_weight: Axis = (1.0,)
     top_kl_weight: Axis = (1.0,)
+    state_noise: Axis = (0.0,)
     decoder: tuple[tuple[int, ...], ...] | None = None
     skip: tuple[str, ...] | None = None
 
@@ -646,6 +652,8 @@ def model_problem(spec: Spec) -> str | None:
             'model.kind = "vrnn" needs model.state >= 1 (its GRU\'s units), and '
             "model.state applies to it only"
         )
+    if m.kind != "vrnn" and any(axis_values(g.state_noise)):
+        return 'grid.state_noise applies to model.kind = "vrnn"'
     if m.kind == "vrnn" and (problem := vrnn_problem(spec)):
         return problem
     if not mlp:
