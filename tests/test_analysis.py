@@ -273,6 +273,36 @@ def test_theory_command(tmp_path, capsys):
     assert "lambda_max" in capsys.readouterr().out
 
 
+def test_theory_predicts_each_curve_by_its_own_criterion(tmp_path, capsys):
+    """`phasevae theory` with a ladder's kappa (beta min(1, kappa)) and a VRNN's
+    state noise (theta(s), docs/science.md) varying: a prediction per curve."""
+    from phasevae.analysis.theory import reading_thresholds
+
+    base = ["theory", "sweeps/default.toml", "--json", "--set", "grid.beta=[1.0]"]
+    ladder = ["model.latent='ladder'", "model.top_dim=1"]
+    ladder += ["grid.top_kl_weight=[0.5, 2.0]"]
+    assert main([*base, *(a for v in ladder for a in ("--set", v))]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    got = {p["top_kl_weight"]: p["sigma2_c"] for p in doc["predictions"]}
+    lam = doc["lambda_max"]
+    assert got == pytest.approx({0.5: 2 * lam, 2.0: lam})
+    vrnn = ["model.kind='vrnn'", "model.latent_dim=1", "model.state=4"]
+    vrnn += ["grid.state_noise=[0.0, 2.0]"]
+    assert main([*base, *(a for v in vrnn for a in ("--set", v))]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    got = {p["state_noise"]: p["sigma2_c"] for p in doc["predictions"]}
+    theta = reading_thresholds(doc["covariance"], 2.0)
+    assert got == pytest.approx({0.0: doc["lambda_max"], 2.0: max(theta)})
+    assert got[2.0] > got[0.0]
+    assert (
+        main(
+            ["theory", "sweeps/default.toml", *(a for v in vrnn for a in ("--set", v))]
+        )
+        == 0
+    )
+    assert "state_noise = 2: sigma2_c" in capsys.readouterr().out
+
+
 def test_every_non_sigma2_axis_names_its_transitions():
     a = synthetic_metrics([1.0]).assign(kl_warmup_steps=0.0, decoder_init_scale=1.0)
     b = synthetic_metrics([1.0], rng_seed=1).assign(
