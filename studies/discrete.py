@@ -2,7 +2,7 @@
 latent where the derived criterion beta sigma^2 = rho lambda_max puts it, for both
 estimators, and what does the practitioner's guide's entropy target do to it?
 
-    python studies/discrete.py [locate] [entropy] [--budget MODEL_STEPS]
+    python studies/discrete.py [locate] [entropy] [binding] [--budget MODEL_STEPS]
 
 ``locate``: sweeps/discrete.toml (scikit-learn's digits, 2 codes of 4 values, tau =
 1, 3 seeds), the linear model and the default MLP, Gumbel-softmax and
@@ -13,8 +13,13 @@ results/discrete/<model>-<estimator>/ and held against rho lambda_max
 ``entropy``: the MLP with Gumbel-softmax, grid.entropy_target = 0, 0.69 and 1.25
 nats (0, 1/2 and 9/10 of ln 4), 3 seeds, one sweep into
 results/discrete/entropy_target/: each target's transition and the codes' usage
-(perplexity, out of 4) and I(x; z) at the smallest sigma^2. Writes table.md and
-table.json in results/discrete/ (the rows of the part not named are kept).
+(perplexity, out of 4) and I(x; z) at the smallest sigma^2.
+``binding``: where the target binds: one code of 64 values, straight-through, beta
+= 0.001 and 0.01 (where usage concentrates), sigma^2 = 0.05, 0.2 and 0.8, target 0
+and 3.5 nats (perplexity 33), 3 seeds, one sweep into
+results/discrete/entropy_binding/: usage, I(x; z) and squared error per point, seeds'
+mean and range (not run by default). Writes table.md and table.json in
+results/discrete/ (the rows of the parts not named are kept).
 """
 
 from __future__ import annotations
@@ -88,6 +93,34 @@ def entropy_rows() -> list[dict]:
     return rows
 
 
+BINDING = [
+    "model.latent_categories=64",
+    "model.latent_dim=1",
+    'model.estimator="straight_through"',
+    "grid.beta=[0.001, 0.01]",
+    "grid.sigma2=[0.05, 0.2, 0.8]",
+    "grid.seeds=[0, 1, 2]",
+    "grid.entropy_target=[0.0, 3.5]",
+]
+CELLS = ("usage", "mi", "mse")  # each: the seeds' mean (least-largest)
+
+
+def binding_rows() -> list[dict]:
+    """Per (beta, sigma^2, target): the seeds' mean and range of the usage (of 64),
+    I(x; z) and squared error at the last evaluation."""
+    result = run(SPEC, OUT / "entropy_binding", overrides=BINDING)
+    last = result.metrics[result.metrics["step"] == result.metrics["step"].max()]
+    rows = []
+    keys = ["beta", "sigma2", "entropy_target"]
+    for key, g in last.groupby(keys):
+        row = dict(zip(keys, map(float, key), strict=True))
+        for name, column in zip(CELLS, ("usage_dim_0", "mi", "mse"), strict=True):
+            v = g[column].to_numpy()
+            row[name] = [float(v.mean()), float(v.min()), float(v.max())]
+        rows.append(row)
+    return rows
+
+
 def _interval(r: dict) -> str:
     s2c = "-" if r["sigma2_c"] is None else f"{r['sigma2_c']:.4g}"
     ci = "" if not r["ci"] else f" [{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
@@ -118,6 +151,19 @@ def table(doc: dict) -> str:
             f"{r['usage_at_min_sigma2']:.3f}, {r['usage_min_at_min_sigma2']:.3f} | "
             f"{r['kl_at_min_sigma2']:.3f} | {r['mi_at_min_sigma2']:.3f} |"
         )
+    lines += [
+        "",
+        "| beta | sigma^2 | entropy target (nats) | usage of 64 | I(x; z) (nats) | "
+        "squared error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in doc.get("binding", []):
+        cells = " | ".join(
+            f"{m:.3g} ({lo:.3g}-{hi:.3g})" for m, lo, hi in (r[c] for c in CELLS)
+        )
+        lines.append(
+            f"| {r['beta']:g} | {r['sigma2']:g} | {r['entropy_target']:g} | {cells} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +181,8 @@ if __name__ == "__main__":
         doc["locate"] = [locate_one(m, e, budget) for m in MODELS for e in ESTIMATORS]
     if "entropy" in parts:
         doc["entropy"] = entropy_rows()
+    if "binding" in parts:
+        doc["binding"] = binding_rows()
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1))
     (OUT / "table.md").write_text(table(doc))

@@ -199,11 +199,15 @@ def scaling_figure(rd: RunData) -> Figure:
 
 def remedy_figure(rd: RunData, axis: str) -> Figure:
     """theta_c = beta sigma_c^2 with its 95 % interval against a remedy's strength,
-    one line per value of the other axes, and the prediction lambda_max: does the
-    remedy move the boundary? Strengths without a transition in the grid (triangles)
-    or whose KL a free-bits floor holds up (squares) are marked at the top."""
+    one line per value of the other axes, and the prediction: lambda_max, or each
+    curve's own criterion where the axis moves it (a ladder's kappa, a VRNN's state
+    noise): does the remedy move the boundary, and as derived? Strengths without a
+    transition in the grid (triangles) or whose KL a free-bits floor holds up
+    (squares) are marked at the top."""
     lam = rd.analysis.spectrum.lambda_max
     ts = pd.DataFrame([t.to_json() for t in rd.analysis.transitions])
+    own = pd.to_numeric(ts["theory_sigma2_c"], errors="coerce") * ts["beta"]
+    moving = not np.allclose(own.dropna(), lam, rtol=1e-9)
     others = [a for a in rd.group_axes() if a != axis and rd.points[a].nunique() > 1]
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.9), layout="constrained")
     categorical = isinstance(ts[axis].iloc[0], str)  # a static axis: "decoder"
@@ -232,6 +236,9 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
             color=f"C{i}",
             label=label(values, others) or "measured",
         )
+        if moving:
+            pred = pd.to_numeric(g["theory_sigma2_c"], errors="coerce") * g["beta"]
+            ax.plot(g[axis], pred, "--", color=f"C{i}", lw=1)
         top = lam * 1.5
         for rows, marker in ((g[g["sigma2_c"].isna() & ~held], "^"), (g[held], "s")):
             if len(rows):
@@ -241,7 +248,10 @@ def remedy_figure(rd: RunData, axis: str) -> Figure:
         ax.plot([], [], "^", color="0.4", label="no transition in grid")
     if HELD in verdicts:
         ax.plot([], [], "s", color="0.4", label="held at the free-bits floor")
-    ax.axhline(lam, color="k", ls="--", lw=1, label=r"predicted $\lambda_{max}$")
+    if moving:
+        ax.plot([], [], "k--", lw=1, label="predicted (each setting's criterion)")
+    else:
+        ax.axhline(lam, color="k", ls="--", lw=1, label=r"predicted $\lambda_{max}$")
     if categorical:
         ax.set_xticks(range(len(names)), names)
     elif is_log(rd, axis):
