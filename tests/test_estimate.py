@@ -305,6 +305,32 @@ def test_a_jump_is_located_to_its_cell_and_no_better(at):
     assert plain.jump is None and plain.ci_method != estimate.JUMP
 
 
+@pytest.mark.parametrize("fall", [True, False])
+def test_a_small_kl_that_falls_to_nothing_across_a_cell_is_a_jump(fall):
+    """The categorical_latent8 validation case: a categorical latent's top KL is
+    small and nearly flat (0.16 -> 0.10 nats, slope 0.07 per unit ln sigma^2, far
+    below a Gaussian dim's 1/2), then falls to 0 across one cell. No kink fits it,
+    but the cell holds the collapse: located there, not "no transition in grid".
+    The same curve fading slowly to 0.0105 at the largest sigma^2 has no drop."""
+    data = trajectories("active", 12000, tau=2.0)
+    u = np.log(data["sigma2"] / (0.3 * LAM))
+    small = 0.16 - 0.07 * u
+    drop = data["sigma2"] >= LAM
+    if fall:
+        data["kl_dim_0"] = np.where(drop, 1e-4, small)
+    else:
+        data["kl_dim_0"] = np.maximum(small * 0.1, 0.0105)
+    grid = np.sort(data["sigma2"].unique())
+    cell = [grid[grid < LAM].max(), grid[grid >= LAM].min()]
+    r = estimate.estimate_transition(data, 3)
+    if not fall:
+        assert r.sigma2_c is None and r.verdict == estimate.NONE
+        return
+    assert r.ci_method == estimate.JUMP and r.jump == pytest.approx(cell)
+    assert r.sigma2_c == pytest.approx(math.sqrt(cell[0] * cell[1]))
+    assert r.ci[0] <= cell[0] and r.ci[1] >= cell[1]
+
+
 def test_a_curve_free_bits_hold_up_gets_no_train_longer_advice():
     """Free bits keep the top dim's KL at the floor past the kink: the grid holds no
     collapse, so the estimate says so and advises no longer training (which

@@ -108,10 +108,13 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from phasevae.analysis import readings
 from phasevae.analysis.constants import COLLAPSED_KL, KL_RESOLUTION
 from phasevae.analysis.fit import (
+    LEVEL,
+    MIN_INCREMENT,
     discontinuity,
     fit_curve,
     rank_dims,
@@ -253,7 +256,15 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
     table = top_dim_table(metrics, latent_dim)
     fit, s2c, ci, method, _ = fit_curve(table, "kl_rank_0", MAX_BREAKS)
     if s2c is None:
-        return None, None, method, table, None, None
+        # no kink: the active side's slope is below MIN_INCREMENT; a small KL can
+        # still fall to nothing across one cell (a categorical latent's collapse)
+        u_pts, y, sd = seed_average(table, "kl_rank_0", KL_RESOLUTION)
+        cell = _steep_drop(u_pts, y, sd)
+        if cell is None:
+            return None, None, method, table, None, None
+        u = (cell[0] + cell[1]) / 2
+        support = (float(u_pts.min()), cell[1] + NEAR)
+        return u, (u - cell[0], cell[1] - u), JUMP, table, support, cell
     u = math.log(s2c)
     before = [b for b in fit.breakpoints if b < u - 1e-9]
     support = (max(before) if before else fit.u_min, u + NEAR)
@@ -276,6 +287,26 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
         if below.size and above.size:
             stat = (max(stat[0], u - below.max()), max(stat[1], above.min() - u))
     return u, stat, method, table, support, cell
+
+
+def _steep_drop(u_pts, y, sd, level: float = LEVEL) -> tuple[float, float] | None:
+    """The cell [last active point, first collapsed point] when the top dim's KL
+    (seed-averaged, ``u_pts`` ascending) is below ``COLLAPSED_KL`` from that point
+    on and falls across the cell by more than its noise (the two-sided ``level``
+    quantile) and at least as steeply as a kink's active side must rise
+    (``MIN_INCREMENT`` per unit ln sigma^2): a drop, however small the KL before it.
+    None where the curve has no such cell."""
+    active = np.flatnonzero(y >= COLLAPSED_KL)
+    if not active.size or active[-1] == len(y) - 1:
+        return None
+    a = active[-1]
+    d = a + 1  # every point from here on is collapsed
+    fall = y[a] - y[d]
+    z = stats.norm.ppf(0.5 + level / 2)
+    steep = fall >= MIN_INCREMENT * (u_pts[d] - u_pts[a])
+    if steep and fall > z * math.hypot(sd[a], sd[d]):
+        return float(u_pts[a]), float(u_pts[d])
+    return None
 
 
 def _past_collapsed(u_pts, y, u: float) -> tuple[float, float] | None:

@@ -369,9 +369,7 @@ def table(rows: list[dict], summary: dict) -> str:
 def _case_line(r: dict) -> str:
     """One case's row of the table."""
     e = r["estimators"]
-    ref = f"{r['reference']:.4g}" + (
-        " (lambda_max)" if r["truth"] == "lambda_max" else ""
-    )
+    ref = _fmt(r["reference"]) + (" (lambda_max)" if r["truth"] == "lambda_max" else "")
     if (r["off_theory_long"] or {}).get("evidence") == "probe":
         ref += " (collapse stable below lambda_max)"
     if r["long_jump"]:
