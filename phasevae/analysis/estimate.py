@@ -244,27 +244,26 @@ def stability_probe(
     }
 
 
-def _fit_top(metrics: pd.DataFrame, latent_dim: int):
+def _fit_top(metrics: pd.DataFrame, latent_dim: int, drops: bool = True):
     """(u_c or None, statistical half-widths (below, above) in u, interval method,
     the per-point table, the fit's support, the jump's cell (u_low, u_high) or None)
-    of the top dim's curve from ``metrics``. The support is the span of ln sigma^2
-    whose points set the kink: the active segment that ends at it (from the
-    breakpoint before, or the grid's first point) and ``NEAR`` past it on the
-    collapsed side, whose flat segment is pinned at zero. Where the KL jumps
+    of the top dim's curve from ``metrics``; with ``drops``, a curve no kink fits
+    that falls to nothing across one cell is located to that cell. The support is
+    the span of ln sigma^2 whose points set the kink: the active segment that ends
+    at it (from the breakpoint before, or the grid's first point) and ``NEAR`` past
+    it on the collapsed side, whose flat segment is pinned at zero. Where the KL jumps
     (:func:`phasevae.analysis.fit.discontinuity`), u_c is the middle of the cell it
     jumps across and the statistical half-widths reach its edges."""
     table = top_dim_table(metrics, latent_dim)
     fit, s2c, ci, method, _ = fit_curve(table, "kl_rank_0", MAX_BREAKS)
     if s2c is None:
-        # no kink: the active side's slope is below MIN_INCREMENT; a small KL can
-        # still fall to nothing across one cell (a categorical latent's collapse)
-        u_pts, y, sd = seed_average(table, "kl_rank_0", KL_RESOLUTION)
-        cell = _steep_drop(u_pts, y, sd)
-        if cell is None:
+        # no kink (the active side's slope is below MIN_INCREMENT), but a small KL
+        # can still fall to nothing across one cell: a categorical latent's collapse
+        drop = _drop_without_kink(table) if drops else None
+        if drop is None:
             return None, None, method, table, None, None
-        u = (cell[0] + cell[1]) / 2
-        support = (float(u_pts.min()), cell[1] + NEAR)
-        return u, (u - cell[0], cell[1] - u), JUMP, table, support, cell
+        u, stat, support, cell = drop
+        return u, stat, JUMP, table, support, cell
     u = math.log(s2c)
     before = [b for b in fit.breakpoints if b < u - 1e-9]
     support = (max(before) if before else fit.u_min, u + NEAR)
@@ -287,6 +286,18 @@ def _fit_top(metrics: pd.DataFrame, latent_dim: int):
         if below.size and above.size:
             stat = (max(stat[0], u - below.max()), max(stat[1], above.min() - u))
     return u, stat, method, table, support, cell
+
+
+def _drop_without_kink(table: pd.DataFrame):
+    """(u, statistical half-widths, support, cell) of :func:`_fit_top` for a
+    top-dim curve no kink fits that falls to nothing across one cell
+    (:func:`_steep_drop`), located to that cell; None when it does not."""
+    u_pts, y, sd = seed_average(table, "kl_rank_0", KL_RESOLUTION)
+    cell = _steep_drop(u_pts, y, sd)
+    if cell is None:
+        return None
+    u = (cell[0] + cell[1]) / 2
+    return u, (u - cell[0], cell[1] - u), (float(u_pts.min()), cell[1] + NEAR), cell
 
 
 def _steep_drop(u_pts, y, sd, level: float = LEVEL) -> tuple[float, float] | None:
@@ -341,19 +352,21 @@ def estimate_transition(
     """
     metrics, lengths = _usable(metrics)
     final = int(metrics["step"].max())
-    u_t, stat, method, table, support, cell = _fit_top(metrics, latent_dim)
+    free_bits = float(metrics["free_bits"].iloc[0]) if "free_bits" in metrics else 0.0
+    floor = readings.floor(top_dim_table(metrics, latent_dim), free_bits)
+    reading = grid_reading(metrics, floor)
+    # a drop without a kink is a collapse only where the grid can hold one
+    drops = reading is None
+    u_t, stat, method, table, support, cell = _fit_top(metrics, latent_dim, drops)
     probe = None
     if lambda_max is not None:
         probe = stability_probe(table, lambda_max, lambda_max_eval)
-    free_bits = float(metrics["free_bits"].iloc[0]) if "free_bits" in metrics else 0.0
-    floor = readings.floor(table, free_bits)
-    reading = grid_reading(metrics, floor)
     none = _unlocated(probe, method, cell, floor, reading or NONE, final)
     if u_t is None:
         return none
     near, tau0 = _bounding_points(metrics, lengths, latent_dim, u_t, support)
     final = int(near["step"].min()) if len(near) else final
-    by_steps = fits_by_steps(metrics, latent_dim, final)
+    by_steps = fits_by_steps(metrics, latent_dim, final, drops)
     u_h = by_steps.get(final // 2)
     delta = None if u_h is None else u_t - u_h
     finite = _finite_part(delta, tau0, final)
@@ -513,15 +526,18 @@ def _train_longer(at, stat, finite: float, train, final: int) -> TrainLonger:
     )
 
 
-def fits_by_steps(metrics: pd.DataFrame, latent_dim: int, final: int) -> dict:
+def fits_by_steps(
+    metrics: pd.DataFrame, latent_dim: int, final: int, drops: bool = True
+) -> dict:
     """{steps: u_c} of the top dim's fit on the evaluations up to ``final`` / 4,
-    ``final`` / 2 and ``final`` (those with at least two evaluations and a kink):
-    where the transition was as training went on."""
+    ``final`` / 2 and ``final`` (those with at least two evaluations and a kink, or
+    with ``drops`` a drop without one): where the transition was as training went
+    on."""
     out = {}
     for steps in (final // 4, final // 2, final):
         part = metrics[metrics["step"] <= steps]
         if part["step"].nunique() >= 2:
-            u = _fit_top(part, latent_dim)[0]
+            u = _fit_top(part, latent_dim, drops)[0]
             if u is not None:
                 out[steps] = u
     return out
