@@ -22,6 +22,23 @@ def test_flop_count_of_the_autoregressive_model():
     assert bench.static_for("ar").context == bench.AR_CONTEXT > 0
 
 
+def test_flop_count_of_the_gru_head():
+    """The gru model is the paper's MLP plus a GRU of 32 units run over the 8
+    features (its 3 gates from 1 input and 3 from its units, hr and hz without a
+    bias) and a readout of 32 -> 1 per feature: 3329 parameters, as flax's."""
+    from phasevae.models.registry import footprint
+    from phasevae.models.vae import VAE
+
+    step = 3 * 1 * 32 + 3 * 32 * 32 + 32 * 1
+    params = 3 * (32 + 32) + 3 * 32 * 32 + 32 + 33
+    extra = 3 * 2 * 256 * 8 * step + 12 * params
+    assert bench.flops_per_model_step("gru") == bench.flops_per_model_step() + extra
+    assert bench.static_for("gru").recurrent == bench.GRU_HEAD == 32
+    with_head = VAE(8, 2, bench.ENCODER, bench.DECODER, recurrent=32)
+    plain = VAE(8, 2, bench.ENCODER, bench.DECODER)
+    assert footprint(with_head, (8,), 2)[0] == footprint(plain, (8,), 2)[0] + params
+
+
 @pytest.mark.parametrize("model", ["categorical", "ladder"])
 def test_flop_count_of_the_structured_latents(model):
     """The categorical latent's encoder outputs 2 codes x 4 logits and its decoder
@@ -48,6 +65,9 @@ def test_flop_count_of_the_vrnn():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["categorical", "ladder", "vrnn"])
 def test_the_structured_latents_are_timed_against_the_loop(capsys, model):
+    """XLA's count of one model-step is the hand count, with a scanned step counted
+    once, plus the element-wise work. (Not the gru model: its program can hang on
+    this CPU backend, docs/science.md, 'Autoregressive decoders'.)"""
     from phasevae.tools import predict
 
     hand = bench.flops_per_model_step(model)

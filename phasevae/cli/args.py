@@ -137,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, one object per M")
     p.add_argument(
         "--model",
-        choices=("mlp", "conv", "ar", "categorical", "ladder", "vrnn"),
+        choices=("mlp", "conv", "ar", "gru", "categorical", "ladder", "vrnn"),
         default="mlp",
         help="the paper's MLP (default), the convolutional VAE on image patches, "
-        "the MLP with an autoregressive decoder (model.context = 4), with a "
-        "categorical latent (2 codes of 4) or with a two-layer ladder latent, or "
-        "the VRNN over the 8 features as steps",
+        "the MLP with an autoregressive decoder (model.context = 4) or a GRU head "
+        "(model.recurrent = 32), with a categorical latent (2 codes of 4) or with "
+        "a two-layer ladder latent, or the VRNN over the 8 features as steps",
     )
     p.add_argument(
         "--precision",

@@ -13,6 +13,10 @@ Architectures (``--model``):
         channels 16-32, kernel 3, latent 2, batch 64;
   ar    the MLP with an autoregressive decoder (``model.context`` = 4: each output
         also gets a learned linear prediction from the 4 features before it);
+  gru   the MLP with a recurrent autoregressive decoder (``model.recurrent`` = 32:
+        each output also gets a linear readout of a GRU that has read the features
+        before it; XLA's cost analysis counts the scanned GRU step once, so
+        ``--predict`` undercounts the head by about N);
   categorical  the MLP with a categorical latent (``model.latent = "categorical"``:
         2 codes of 4 values, Gumbel-softmax draws);
   ladder  the MLP with a two-layer ladder latent (``model.latent = "ladder"``: a
@@ -24,7 +28,8 @@ Architectures (``--model``):
 
 FLOPs of one model step, counted by hand (a multiply-add is 2 FLOPs):
   forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out (and the
-            autoregressive head's N * context), over
+            autoregressive head's N * context, the GRU head's N steps of its
+            six gates and its readout), over
             convolutions of output pixels * k^2 * C_in * C_out, over transposed
             convolutions of input pixels * k^2 * C_in * C_out (the useful products:
             the zeros a strided transposed convolution multiplies are not counted)
@@ -62,6 +67,7 @@ AR_CONTEXT = 4  # the ``ar`` model's context: half the features
 CODES = 4  # the ``categorical`` model's values per code (LATENT codes)
 TOP = 2  # the ``ladder`` model's top layer
 STATE, STEP_WIDTH = 32, 64  # the ``vrnn`` model's GRU and its MLPs' hidden width
+GRU_HEAD = 32  # the ``gru`` model's head: its GRU's width
 CHUNK = 100  # steps per timed call
 EVAL = 256  # evaluation examples per chunk (small: the bench times training)
 
@@ -113,6 +119,7 @@ def static_for(model: str, precision: str = "float32") -> Static:
         CHUNK,
         precision=precision,
         context=AR_CONTEXT if model == "ar" else 0,
+        recurrent=GRU_HEAD if model == "gru" else 0,
         latent=latent,
         latent_categories=CODES if model == "categorical" else 0,
         top_dim=TOP if model == "ladder" else 0,
@@ -131,15 +138,19 @@ def bench_data(model: str) -> np.ndarray:
     )
 
 
+def gru_sizes(inputs: int, units: int) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of a GRU cell's six dense maps: its three gates from the
+    ``inputs``, three from its ``units`` (flax: hr and hz have no bias)."""
+    return [(inputs, units)] * 3 + [(units, units)] * 3
+
+
 def vrnn_layer_sizes() -> list[tuple[int, int]]:
     """(fan_in, fan_out) of the dense layers the ``vrnn`` model applies at one step
     (it applies them at each of its N steps): the prior (state -> 2), the encoder
     ([x_t, h] -> 64 -> 2), the decoder ([z_t, h] -> 64 -> 1) and the GRU's six
     (its three gates from the input [x_t, z_t], three from the state)."""
     h, w = STATE, STEP_WIDTH
-    return (
-        [(h, 2), (1 + h, w), (w, 2), (1 + h, w), (w, 1)] + [(2, h)] * 3 + [(h, h)] * 3
-    )
+    return [(h, 2), (1 + h, w), (w, 2), (1 + h, w), (w, 1)] + gru_sizes(2, h)
 
 
 def layer_sizes(model: str = "mlp") -> list[tuple[int, int]]:
@@ -184,8 +195,13 @@ def flops_per_model_step(model: str = "mlp") -> float:
         params = sum(a * b + b for a, b in sizes) - 2 * STATE
         return 3.0 * 2.0 * BATCH * macs + 12.0 * params
     head = N * AR_CONTEXT if model == "ar" else 0  # the autoregressive head
+    head_params = head
+    if model == "gru":  # N steps of the GRU on one input, then a readout to 1
+        sizes = [*gru_sizes(1, GRU_HEAD), (GRU_HEAD, 1)]
+        head = N * sum(a * b for a, b in sizes)
+        head_params = sum(a * b + b for a, b in sizes) - 2 * GRU_HEAD
     macs = sum(a * b for a, b in layer_sizes(model)) + head
-    params = sum(a * b + b for a, b in layer_sizes(model)) + head
+    params = sum(a * b + b for a, b in layer_sizes(model)) + head_params
     forward = 2.0 * BATCH * macs
     return 3.0 * forward + 12.0 * params
 
@@ -213,6 +229,7 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
     static = static_for(model)
     layout = {"latent_dim": LATENT, "encoder": list(ENCODER), "decoder": list(DECODER)}
     layout["context"] = static.context
+    layout["recurrent"] = static.recurrent
     if static.latent == "categorical":
         layout |= {"latent": "categorical", "latent_categories": CODES}
     if static.latent == "ladder":
