@@ -355,8 +355,7 @@ def estimate_transition(
     free_bits = float(metrics["free_bits"].iloc[0]) if "free_bits" in metrics else 0.0
     floor = readings.floor(top_dim_table(metrics, latent_dim), free_bits)
     reading = grid_reading(metrics, floor)
-    # a drop without a kink is a collapse only where the grid can hold one
-    drops = reading is None
+    drops = reading is None  # a drop without a kink: only where collapse can be
     u_t, stat, method, table, support, cell = _fit_top(metrics, latent_dim, drops)
     probe = None
     if lambda_max is not None:
