@@ -71,9 +71,12 @@ def test_the_structured_latents_are_timed_against_the_loop(capsys, model):
     from phasevae.tools import predict
 
     hand = bench.flops_per_model_step(model)
+    # element-wise work on top: the VRNN's includes drawing its readings' noise
+    # (grid.state_noise), 10.5 % of its count
+    slack = 1.1
     if model == "vrnn":  # XLA's cost analysis counts the scanned step once
-        hand /= bench.N
-    assert hand <= predict.step_cost(2, model).flops <= 1.1 * hand
+        hand, slack = hand / bench.N, 1.15
+    assert hand <= predict.step_cost(2, model).flops <= slack * hand
     assert main(["bench", "--model", model, "--models", "2", "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     assert r["model"] == model and r["model_steps_per_s"] > 0
