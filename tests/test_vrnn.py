@@ -125,6 +125,8 @@ VRNN_MODEL = {
     "decoder": [16],
 }
 DATA = {"eigenvalues": [4.0, 2.0, 1.0, 0.5, 0.25, 0.12], "samples": 2048}
+# long enough for each step's latent to settle
+TRAINED = {"steps": 3000, "eval_every": 3000, "batch_size": 128, "learning_rate": 0.005}
 
 
 def test_each_step_collapses_at_its_innovation_variance(tmp_path, tiny_spec):
@@ -134,12 +136,7 @@ def test_each_step_collapses_at_its_innovation_variance(tmp_path, tiny_spec):
     spec = tiny_spec(
         data=DATA,
         model=VRNN_MODEL,
-        train={
-            "steps": 3000,
-            "eval_every": 3000,
-            "batch_size": 128,
-            "learning_rate": 0.005,
-        },
+        train=TRAINED,
         grid={"sigma2": [0.3, 0.8, 3.0], "beta": [1.0]},
     )
     x = load_for_model(spec).x
@@ -172,12 +169,7 @@ def test_state_noise_keeps_the_first_latent_alive_to_its_criterion(tmp_path, tin
     spec = tiny_spec(
         data={"source": "array", "path": str(tmp_path / "ar.npy")},
         model=VRNN_MODEL,
-        train={
-            "steps": 3000,
-            "eval_every": 3000,
-            "batch_size": 128,
-            "learning_rate": 0.005,
-        },
+        train=TRAINED,
         grid={"sigma2": [7.5], "beta": [1.0], "state_noise": [0.0, 20.0]},
     )
     result = sweep_mod.run_sweep(spec, tmp_path / "run")

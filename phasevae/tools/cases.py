@@ -22,6 +22,7 @@ from phasevae.errors import optional
 
 PAPER = ((256, 128), (128, 256))
 SMALL = ((64, 32), (32, 64))
+GAUSS8 = [8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01]  # gauss8's spectrum
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ CASES = (
     Case(
         "gauss8_separated",
         "N=8 Gaussian, top eigenvalues 8, 2, 0.5 (4x apart), n=20000",
-        factor_data([8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01], 20000),
+        factor_data(GAUSS8, 20000),
         gaussian=True,
     ),
     Case(
@@ -220,7 +221,7 @@ CASES = (
     Case(
         "paper_gauss8",
         "paper architecture (256-128 / 128-256), N=8 Gaussian as gauss8, n=20000",
-        factor_data([8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01], 20000),
+        factor_data(GAUSS8, 20000),
         arch=PAPER,
         batch_size=256,
         learning_rate=1e-3,
@@ -280,14 +281,14 @@ CASES = (
         "categorical_latent8",
         "2 codes of 4 values (Gumbel-softmax, tau 1), N=8 Gaussian as gauss8, "
         "n=20000: the criterion rho lambda_max",
-        factor_data([8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01], 20000),
+        factor_data(GAUSS8, 20000),
         latent_dim=2,
         model=(("latent", "categorical"), ("latent_categories", 4)),
     ),
     Case(
         "ladder8",
         "ladder latent, 2 dims below 1 on top, N=8 Gaussian as gauss8, n=20000",
-        factor_data([8.0, 2.0, 0.5, 0.125, 0.06, 0.04, 0.02, 0.01], 20000),
+        factor_data(GAUSS8, 20000),
         latent_dim=2,
         model=(("latent", "ladder"), ("top_dim", 1)),
     ),
