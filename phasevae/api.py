@@ -315,7 +315,7 @@ class Run:
 
 # the grid axes the criterion depends on (phasevae.analysis.theory.weight and
 # curve_eigenvalues)
-CRITERION_AXES = ("beta", "top_kl_weight", "state_noise")
+CRITERION_AXES = ("beta", "top_kl_weight", "state_noise", "context")
 
 
 def predict(target: SpecLike, overrides: Sequence[str] = ()) -> dict:

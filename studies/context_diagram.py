@@ -1,17 +1,18 @@
 """The "overly expressive decoder" made a number (issue 30): the phase diagram over
 beta x the autoregressive decoder's context k, at sigma^2 = 1, on the AR(2) windows of
 ``studies/autoregressive.py`` (x_t = 0.2 x_{t-1} + 0.7 x_{t-2} + e_t, windows of 8,
-scaled to unit variance). For each k one sweep trains 11 beta (0.25 to 8, factors of
-sqrt 2) for 3000 steps, seed 0, for the linear VAE (the exact oracle) and the default
-MLP. The derived boundary is beta_c(k) = lambda_max of the innovations' covariance
-given k predecessors (docs/science.md, 'Autoregressive decoders'); for the linear VAE
+scaled to unit variance). One sweep per decoder trains 11 beta (0.25 to 8, factors
+of sqrt 2) x every context k (``grid.context``: one compiled program) for 3000 steps,
+seed 0, for the linear VAE (the exact oracle) and the default MLP. The derived
+boundary is beta_c(k) = lambda_max of the innovations' covariance given k
+predecessors (docs/science.md, 'Autoregressive decoders'); for the linear VAE
 the whole diagram has a closed form, its KL (docs/science.md, the linear VAE), drawn
 beside the measured one.
 
     python studies/context_diagram.py
 
-writes results/autoregressive/diagram/<arch>-context-<k>/ (the runs: a rerun reuses
-them), diagram.md, diagram.json and diagram.png.
+writes results/autoregressive/diagram/<arch>/ (the runs: a rerun reuses them),
+diagram.md, diagram.json and diagram.png.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from autoregressive import ARCHS, ROOT, windows
 
 from phasevae.analysis.constants import COLLAPSED_KL, KL_AXIS_MIN
-from phasevae.analysis.theory import kl_per_dim
+from phasevae.analysis.theory import curve_eigenvalues, kl_per_dim
 from phasevae.api import run as train
 
 OUT = ROOT / "diagram"
@@ -32,35 +33,48 @@ BETAS = tuple(float(f"{0.25 * 2 ** (i / 2):.6g}") for i in range(11))  # 0.25 ..
 LATENT = 3
 
 
-def run(arch: str, context: int) -> dict:
-    """One context's sweep over beta: the final KL per beta, the derived boundary
-    and, for the linear VAE, the closed-form KL."""
+def run(arch: str) -> list[dict]:
+    """One sweep over beta x context (``grid.context``: one compiled program): per
+    context the final KL per beta, the derived boundary and, for the linear VAE, the
+    closed-form KL."""
     data = ROOT / "data" / "ar2.npy"
     data.parent.mkdir(parents=True, exist_ok=True)
     np.save(data, windows("ar2"))
     spec = {
         "data": {"source": "array", "path": str(data), "normalize": "global"},
-        "model": {"context": context, "latent_dim": LATENT, **ARCHS[arch]},
+        "model": {"latent_dim": LATENT, **ARCHS[arch]},
         "train": {"steps": 3000},
-        "grid": {"sigma2": [1.0], "beta": list(BETAS), "seeds": [0]},
+        "grid": {
+            "sigma2": [1.0],
+            "beta": list(BETAS),
+            "seeds": [0],
+            "context": list(CONTEXTS),
+        },
     }
-    result = train(spec, OUT / f"{arch}-context-{context}")
+    result = train(spec, OUT / arch)
     m = result.metrics
-    last = m[m["step"] == m["step"].max()].sort_values("beta")
-    eigenvalues = result.meta.spectrum["eigenvalues"]
-    exact = [float(kl_per_dim(eigenvalues, 1.0, b, LATENT).sum()) for b in BETAS]
-    kl = last["kl"].tolist()
-    return {
-        "arch": arch,
-        "context": context,
-        "beta_c": result.meta.spectrum["lambda_max"],
-        "betas": list(BETAS),
-        "kl": kl,
-        "exact_kl": exact,
-        "boundary_cell": boundary_cell(kl),
-        "used_at_beta_1": kl[BETAS.index(1.0)] > COLLAPSED_KL,
-        "exact_used_at_beta_1": exact[BETAS.index(1.0)] > COLLAPSED_KL,
-    }
+    last = m[m["step"] == m["step"].max()]
+    rows = []
+    for k in CONTEXTS:
+        own = curve_eigenvalues(result.meta.spectrum, {"context": k})
+        kl = last[last["context"] == k].sort_values("beta")["kl"].tolist()
+        exact = [float(kl_per_dim(own, 1.0, b, LATENT).sum()) for b in BETAS]
+        rows.append(
+            {
+                "arch": arch,
+                "context": k,
+                "beta_c": float(own[0]),
+                "betas": list(BETAS),
+                "kl": kl,
+                "exact_kl": exact,
+                "boundary_cell": boundary_cell(kl),
+                "used_at_beta_1": kl[BETAS.index(1.0)] > COLLAPSED_KL,
+                "exact_used_at_beta_1": exact[BETAS.index(1.0)] > COLLAPSED_KL,
+                "train_s": result.meta.wall_times.train_s,
+                "compile_s": result.meta.wall_times.compile_s,
+            }
+        )
+    return rows
 
 
 def boundary_cell(kl: list[float]) -> list[float] | None:
@@ -163,7 +177,7 @@ def _edges(values: np.ndarray) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    rows = [run(arch, k) for arch in ("linear", "mlp") for k in CONTEXTS]
+    rows = [row for arch in ("linear", "mlp") for row in run(arch)]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "diagram.json").write_text(json.dumps(rows, indent=1))
     (OUT / "diagram.md").write_text(table(rows))

@@ -307,3 +307,74 @@ def test_a_sweep_with_a_context_compares_with_the_innovations(tmp_path, capsys):
     assert main(["sweep", str(table), "--out", str(tmp_path / "bad")]) == 2
     assert "needs images of one channel" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def context_axis_spec(path, **grid) -> dict:
+    """A spec over grid.context on the AR(1) windows saved at ``path``."""
+    return tiny_dict(
+        data={"source": "array", "path": str(path), "normalize": "none"},
+        model={"encoder": [8], "decoder": [8], "latent_dim": 2},
+        train={"steps": 5, "eval_every": 5, "batch_size": 32},
+        grid={"sigma2": [0.5, 1.0, 2.0, 4.0], "beta": [1.0], "seeds": [0], **grid},
+    )
+
+
+@pytest.mark.slow
+def test_a_context_axis_trains_each_point_as_a_model_of_its_context(tmp_path):
+    from phasevae import api
+
+    np.save(tmp_path / "ar.npy", ar1_windows(n=256, dim=5))
+    raw = context_axis_spec(tmp_path / "ar.npy", context=[0, 1, 2])
+    assert spec_from_dict(raw).model.context == 2  # the head is the widest
+    axis = api.run(raw, tmp_path / "axis").metrics
+    keys = ["kl", "loss", "mse", "mi"]
+    for k in (0, 1, 2):
+        alone = context_axis_spec(tmp_path / "ar.npy")
+        alone["model"]["context"] = k
+        got = api.run(alone, tmp_path / f"alone{k}").metrics.sort_values("sigma2")
+        mine = axis[axis["context"] == k].sort_values("sigma2")
+        np.testing.assert_allclose(mine[keys].values, got[keys].values, rtol=1e-5)
+    doc = api.open_run(tmp_path / "axis").analyze()
+    spectrum = api.predict(tmp_path / "axis")
+    by_context = {p["context"]: p["sigma2_c"] for p in spectrum["predictions"]}
+    assert sorted(by_context) == [0.0, 1.0, 2.0]
+    for t in doc.transitions:  # each curve against its own context's criterion
+        assert t.theory_sigma2_c == pytest.approx(by_context[t.curve["context"]])
+
+
+def test_each_contexts_criterion_is_its_innovations_lambda_max(tmp_path):
+    from phasevae import api
+    from phasevae.analysis.theory import curve_eigenvalues
+    from phasevae.data import load_for_model
+
+    x = ar1_windows(n=500, dim=6, seed=3)
+    x[:, 2:] += 0.5 * x[:, :-2].copy()  # a second lag, so contexts 1 and 2 differ
+    np.save(tmp_path / "ar.npy", x)
+    raw = context_axis_spec(tmp_path / "ar.npy", context=[0, 1, 2, 4])
+    spectrum = load_for_model(spec_from_dict(raw)).spectrum()
+    predicted = {p["context"]: p["sigma2_c"] for p in api.predict(raw)["predictions"]}
+    tops = []
+    for k in (0, 1, 2, 4):
+        data = load_dataset(spec_from_dict(raw).data, context=k)
+        own = curve_eigenvalues(spectrum, {"context": k})
+        np.testing.assert_allclose(own, data.eigenvalues, rtol=1e-6, atol=1e-9)
+        assert predicted[k] == pytest.approx(data.eigenvalues[0], rel=1e-6)
+        tops.append(data.eigenvalues[0])
+    assert tops[0] > tops[1] > tops[2]  # the longer the context, the less for z
+
+
+@pytest.mark.parametrize(
+    "grid, model, words",
+    [
+        ({"context": [0, 1.5]}, {}, "whole numbers"),
+        ({"context": [-2, 1]}, {}, "whole numbers"),
+        ({"context": [0]}, {}, "no value above 0"),
+        ({"context": [1, 2]}, {"context": 3}, "needs model.context = 2"),
+        ({"context": [1, 2]}, {"recurrent": 4}, "set one"),
+        ({"context": [1, 4]}, {}, "must be below the data's 4 features"),
+        ({"context": [1, 2]}, {"skip": "plain"}, "grid.context .*without a skip"),
+    ],
+)
+def test_a_context_axis_the_model_cannot_use_is_a_spec_error(grid, model, words):
+    with pytest.raises(SpecError, match=words):
+        spec_from_dict(tiny_dict(grid=grid, model=model))

@@ -1,4 +1,5 @@
-"""Linear-VAE closed forms and the collapse criterion (docs/science.md). NumPy only.
+"""Linear-VAE closed forms and the collapse criterion (docs/science.md). NumPy (and
+the data's innovations, :func:`phasevae.data.innovation_matrix`) only.
 
 With theta = beta * sigma^2 and eigenvalues lambda_1 >= ... >= lambda_N of the data
 covariance, latent dim i (i < latent_dim) is active iff lambda_i > theta. At the global
@@ -18,6 +19,8 @@ dim on the last axis.
 from __future__ import annotations
 
 import numpy as np
+
+from phasevae.data import innovation_matrix
 
 
 def thresholds(eigenvalues, beta, latent_dim: int) -> np.ndarray:
@@ -155,12 +158,21 @@ def reading_thresholds(covariance, state_noise: float) -> np.ndarray:
 
 def curve_eigenvalues(spectrum: dict, curve: dict) -> np.ndarray:
     """The descending values whose i-th over the curve's weight (:func:`weight`) is
-    where its i-th latent dim collapses: the stored spectrum, or for a VRNN curve
-    with ``state_noise`` > 0 its :func:`reading_thresholds`."""
+    where its i-th latent dim collapses: the stored spectrum; for a VRNN curve with
+    ``state_noise`` > 0 its :func:`reading_thresholds`; for a curve of a
+    ``grid.context`` axis the spectrum of the innovations given its context k
+    (:func:`phasevae.data.innovation_matrix`; k = 0: of x itself)."""
     ev = np.asarray(spectrum["eigenvalues"], np.float64)
+    if "covariance" not in spectrum:
+        return ev
+    c = np.asarray(spectrum["covariance"], np.float64)
     s = float(curve.get("state_noise", 0.0))
-    if s > 0 and "covariance" in spectrum:
-        return np.sort(reading_thresholds(spectrum["covariance"], s))[::-1]
+    if s > 0:
+        return np.sort(reading_thresholds(c, s))[::-1]
+    k = int(curve.get("context", -1))
+    if k >= 0:
+        m = innovation_matrix(c, k)
+        return np.linalg.eigvalsh(m.T @ c @ m)[::-1].clip(min=0.0)
     return ev
 
 

@@ -77,8 +77,9 @@ class Dataset:
     # covariance whitened by it (None: the Gaussian's, unwhitened); for an
     # autoregressive decoder the (N, N) matrix taking x to its innovations
     whiten: np.ndarray | None = None
-    # a VRNN's (T, T) covariance of x, from which the analysis finds its criterion
-    # at any state noise (phasevae.analysis.theory.reading_thresholds); else None
+    # the (N, N) covariance of x for a VRNN or a grid.context axis, from which the
+    # analysis finds each curve's criterion (at any state noise or context:
+    # phasevae.analysis.theory.curve_eigenvalues); else None
     covariance: np.ndarray | None = None
 
     def fingerprint(self) -> dict:
@@ -235,7 +236,7 @@ def load_for_model(spec) -> Dataset:
         m.mask,
         latent_factor(m.latent, m.latent_categories, m.estimator, m.temperature),
     )
-    if m.kind == "vrnn":
+    if m.kind == "vrnn" or spec.grid.context != (-1.0,):  # a criterion per curve
         cov = np.cov(data.x.T.astype(np.float64), bias=True)
         data = replace(data, covariance=np.atleast_2d(cov))
     return data
@@ -258,10 +259,19 @@ def innovations(x: np.ndarray, context: int, what: str = "the data") -> np.ndarr
             f"{what}: model.context = {context} must be below the data's {n} "
             "features (the first has no predecessors)"
         )
-    c = np.cov(x, rowvar=False, dtype=np.float64).reshape(n, n)
+    return innovation_matrix(np.cov(x, rowvar=False, dtype=np.float64), context)
+
+
+def innovation_matrix(covariance: np.ndarray, context: int) -> np.ndarray:
+    """:func:`innovations`' matrix from the (N, N) covariance of x (any divisor:
+    the coefficients do not depend on it); context 0 gives the identity."""
+    n = covariance.shape[0]
+    c = np.asarray(covariance, np.float64).reshape(n, n)
     m = np.eye(n)
     for i in range(1, n):
         before = np.arange(max(0, i - context), i)
+        if not len(before):
+            continue
         coef = np.linalg.lstsq(c[np.ix_(before, before)], c[before, i], rcond=None)[0]
         m[before, i] = -coef
     return m

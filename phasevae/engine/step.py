@@ -58,6 +58,7 @@ class Point(NamedTuple):
     entropy_weight: Array  # float32, the weight of the entropy target's penalty
     top_kl_weight: Array  # float32, a ladder's weight on its top layer's KL (kappa)
     state_noise: Array  # float32, the variance of a VRNN state's reading noise
+    context: Array  # float32, the features an AR head reads (-1: all it has)
 
     @classmethod
     def from_table(cls, table) -> Point:
@@ -389,6 +390,17 @@ class Trainer:
             return jnp.exp(params["log_sigma2"])
         return point.sigma2
 
+    def _variables(self, params, point: Point) -> dict:
+        """The model's variables at ``point``: with an autoregressive head, its
+        weights beyond the point's context (``grid.context``; -1: none) held at 0,
+        so that they have no gradient and stay at their initial 0."""
+        p = params["params"]
+        if self.static.context:
+            width = self.static.context
+            k = jnp.where(point.context < 0, width, point.context)
+            p = {**p, "ar": p["ar"] * (jnp.arange(width) < k)[None]}
+        return {"params": p}
+
     def _terms(self, params, point: Point, x: Array, eps: Array) -> Terms:
         """Loss terms of a batch x (n, N) with noise eps (n, k); each example
         reaches the model in its example shape."""
@@ -400,7 +412,7 @@ class Trainer:
         )
         return jax.vmap(terms, (None, None, 0, 0, None))(
             self.model,
-            {"params": params["params"]},
+            self._variables(params, point),
             x.reshape(x.shape[0], *self.static.shape),
             self._readings(eps, point),
             self._sigma2(params, point),
@@ -491,7 +503,7 @@ class Trainer:
             collapse_grams=(
                 collapse_grams(
                     self.model,
-                    {"params": params["params"]},
+                    self._variables(params, point),
                     eval_x,
                     self.static.likelihood,
                     self.static.dispersion,
@@ -500,7 +512,9 @@ class Trainer:
                 if self.static.probe
                 else None
             ),
-            decoder_gram=self._decoder_gram(params, self.posterior_mean(t), eval_x),
+            decoder_gram=self._decoder_gram(
+                self._variables(params, point), self.posterior_mean(t), eval_x
+            ),
             usage=(
                 jnp.exp(self.model.latent_usage(t.mu))
                 if hasattr(self.model, "latent_usage")
@@ -518,7 +532,7 @@ class Trainer:
         kl = jnp.mean(kl_dim, axis=0)
         return jnp.stack([jnp.sum(kl[:bottom]), jnp.sum(kl[bottom:])])
 
-    def _decoder_gram(self, params, z: Array, eval_x: Array) -> Array | None:
+    def _decoder_gram(self, variables, z: Array, eval_x: Array) -> Array | None:
         """E[J^T J] (k, k) over the first GAIN_SAMPLES examples, J the Jacobian of the
         decoder's output (the likelihood's natural parameter, flattened) in z at
         ``z`` (E[z|x]); None for a module without ``decode``: the guide's
@@ -526,7 +540,6 @@ class Trainer:
         if not hasattr(self.model, "decode"):
             return None
         m = min(eval_x.shape[0], GAIN_SAMPLES)
-        variables = {"params": params["params"]}
 
         def jacobian(zi, xi):
             def out(z):

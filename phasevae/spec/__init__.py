@@ -189,6 +189,11 @@ def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
     if "normalize" not in raw.get("data", {}) and sections["data"].source in IMAGES:
         sections["data"] = dataclasses.replace(sections["data"], normalize="unit")
     spec = Spec(**sections)
+    widest = max(axis_values(spec.grid.context))
+    if widest > 0 and widest == int(widest) and spec.model.context == 0:
+        # a context axis builds its head for the largest context
+        model = dataclasses.replace(spec.model, context=int(widest))
+        spec = dataclasses.replace(spec, model=model)
     _check_spec(spec, where)
     return spec
 

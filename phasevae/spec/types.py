@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from phasevae.errors import BadInput
+from phasevae.safeio import brief
 
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 MAX_CONCENTRATION = 1e4  # a fixed power-spherical concentration (model.concentration)
@@ -265,6 +266,7 @@ LATER_AXES = {
     "entropy_weight": 1.0,
     "top_kl_weight": 1.0,
     "state_noise": 0.0,
+    "context": -1.0,  # the autoregressive head's whole context (model.context)
 }
 
 
@@ -293,6 +295,12 @@ class GridSpec:
     its recurrent state reads (0: none), which limits what the state can carry of
     the past (the guide's remedy for temporal collapse); it is part of the model, in
     training and in evaluation.
+    ``context`` (an autoregressive decoder's linear head): k per point, the number
+    of preceding features the head reads; its weights beyond are held at 0. The
+    head is built for the largest k (``model.context``, which may be left out, is
+    set to it); absent, every point reads ``model.context`` features. Each k has
+    its own criterion, lambda_max of the innovations given k predecessors
+    (:func:`phasevae.analysis.theory.curve_eigenvalues`).
     The training objective alone changes: evaluations report recon + beta KL.
 
     ``decoder`` and ``skip`` are static axes: a list of decoder hidden-width lists
@@ -315,6 +323,7 @@ class GridSpec:
     entropy_weight: Axis = (1.0,)
     top_kl_weight: Axis = (1.0,)
     state_noise: Axis = (0.0,)
+    context: Axis = (-1.0,)
     decoder: tuple[tuple[int, ...], ...] | None = None
     skip: tuple[str, ...] | None = None
 
@@ -489,9 +498,20 @@ def context_problem(spec: Spec) -> str | None:
     (an autoregressive decoder), or None."""
     m = spec.model
     heads = [k for k in ("context", "recurrent", "mask") if getattr(m, k)]
+    ks = axis_values(spec.grid.context)
+    if ks != (-1.0,):
+        if any(k < 0 or k != int(k) for k in ks):
+            return f"grid.context = {brief(list(ks))} must list whole numbers >= 0"
+        if max(ks) == 0:
+            return "grid.context has no value above 0: no autoregressive head to vary"
+        if m.context != max(ks):
+            return (
+                f"grid.context (up to {max(ks):g}) needs model.context = {max(ks):g} "
+                f"(the head's width) or left out; it is {m.context}"
+            )
     if not heads:
         return None
-    key = f"model.{heads[0]}"
+    key = "grid.context" if ks != (-1.0,) else f"model.{heads[0]}"
     if len(heads) > 1:
         return (
             "model.context (a linear head), model.recurrent (a GRU head) and "
