@@ -84,8 +84,8 @@ def default_out(spec: SpecLike) -> Path:
     return Path("runs") / name
 
 
-def _start_devices() -> None:
-    split_cpu_into_devices()
+def _start_devices(spec: Spec | None = None) -> None:
+    split_cpu_into_devices(gru_head=spec is not None and spec.model.recurrent > 0)
     compile_cache()
     import jax
 
@@ -133,7 +133,7 @@ def run(
 
     s = with_model(as_spec(spec, overrides), model)
     stop_if_terminated()
-    _start_devices()
+    _start_devices(s)
     where = Path(out) if out is not None else default_out(spec)
     result = run_sweep(
         s,
@@ -185,7 +185,7 @@ def dry_run(
     from phasevae.engine.sweep import run_sweep
 
     s = with_model(as_spec(spec, overrides), model)
-    _start_devices()
+    _start_devices(s)
     return run_sweep(
         s, default_out(spec), shard=shard, dry_run=True, preflight=preflight
     )

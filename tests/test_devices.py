@@ -114,3 +114,57 @@ def test_a_run_checkpointed_on_eight_devices_resumes_on_one(tmp_path, tiny_spec)
     a = alone.sort_values(key).reset_index(drop=True)
     b = resumed.metrics.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_a_gru_head_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch):
+    from jax._src import xla_bridge
+
+    from phasevae.engine import devices
+
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "1")  # no device split here
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
+    devices.split_cpu_into_devices()
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/nowhere"
+    devices.split_cpu_into_devices(gru_head=True)
+    devices.split_cpu_into_devices(gru_head=True)  # added once
+    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/nowhere {devices.SCHEDULER_OFF}"
+    chosen = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    monkeypatch.setenv("XLA_FLAGS", chosen)  # the user's own setting stays
+    devices.split_cpu_into_devices(gru_head=True)
+    assert os.environ["XLA_FLAGS"] == chosen
+
+
+@pytest.mark.slow
+def test_a_sweep_of_64_gru_head_models_finishes(tmp_path):
+    """With XLA's concurrency-optimised scheduler on, this sweep hung for good in 5
+    of 5 runs (jax 0.10.2, 8 CPU devices); phasevae turns it off for a GRU head."""
+    import numpy as np
+
+    from tests.test_autoregressive import ar1_windows
+
+    np.save(tmp_path / "ar.npy", ar1_windows(n=256, dim=8))
+    spec = tmp_path / "gru.toml"
+    spec.write_text(
+        f'[data]\nsource = "array"\npath = "{tmp_path / "ar.npy"}"\n'
+        'normalize = "none"\n[model]\nrecurrent = 32\n'
+        "[train]\nsteps = 20\neval_every = 10\nbatch_size = 64\n"
+        "[grid]\nsigma2 = { min = 0.5, max = 20.0, num = 64 }\nbeta = [1.0]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, "-m", "phasevae.cli", "sweep", str(spec)]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "run"), "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a hung XLA program does not honour SIGTERM
+        proc.communicate()
+        pytest.fail("the GRU-head sweep of 64 models hung")
+    assert proc.returncode == 0, err[-3000:]
+    assert len(pd.read_parquet(tmp_path / "run" / "metrics.parquet")) == 64 * 2

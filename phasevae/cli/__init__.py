@@ -45,7 +45,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from phasevae.report import trackers
 
     stop_if_terminated()
-    split_cpu_into_devices()
+    split_cpu_into_devices(gru_head=spec.model.recurrent > 0)
     compile_cache()
     primary = init_distributed(args)
     out = check_out_dir(
@@ -449,7 +449,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from phasevae.engine.devices import compile_cache, split_cpu_into_devices
     from phasevae.tools import bench
 
-    split_cpu_into_devices()
+    split_cpu_into_devices(gru_head=args.model == "gru")
     compile_cache()
     if args.locate is not None:
         return locate_text(bench.locate(args.locate or None), args.json)

@@ -31,7 +31,11 @@ from phasevae.spec import Spec
 CPU_DEVICES_PER_CORE = 4
 
 
-def split_cpu_into_devices() -> None:
+# XLA's concurrency-optimised scheduler, off for programs with a GRU head
+SCHEDULER_OFF = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def split_cpu_into_devices(gru_head: bool = False) -> None:
     """Expose the CPU as ``CPU_DEVICES_PER_CORE`` XLA devices per core, unless the user
     chose a count (XLA_FLAGS or JAX_NUM_CPU_DEVICES).
 
@@ -41,14 +45,26 @@ def split_cpu_into_devices() -> None:
     OS fills one device's stalls with another's work. Measured on 2 cores at M = 64
     (results/README.md): 1 device 32 %, 2 devices 43-47 %, 8 devices 51-58 % of the
     matmul peak. Accelerator hosts are unaffected (their CPU backend trains nothing).
+
+    With ``gru_head`` (a spec's ``model.recurrent`` > 0) XLA's
+    concurrency-optimised scheduler is turned off as well (``SCHEDULER_OFF`` added
+    to XLA_FLAGS, unless the user set that flag): with it on, the CPU backend of jax
+    0.10.2 left sweeps of 64 GRU-head models hung for good, every thread idle (0 of
+    8 finished); with it off 11 of 11 finished, in 5-50 s (docs/science.md,
+    'Autoregressive decoders', which also says where it still hangs). It costs the
+    MLP sweep about 7 %, so only GRU-head runs get it. XLA reads the flag when its
+    backend starts; as a per-program compiler option it did not take effect.
     Must run before JAX starts a backend; a no-op afterwards.
     """
     from jax._src import xla_bridge
 
-    chosen = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-    if chosen or "JAX_NUM_CPU_DEVICES" in os.environ:
-        return
     if xla_bridge.backends_are_initialized():
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if gru_head and "concurrency_optimized_scheduler" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {SCHEDULER_OFF}".strip()
+    chosen = "xla_force_host_platform_device_count" in flags
+    if chosen or "JAX_NUM_CPU_DEVICES" in os.environ:
         return
     cores = len(os.sched_getaffinity(0))
     jax.config.update("jax_num_cpu_devices", CPU_DEVICES_PER_CORE * cores)
