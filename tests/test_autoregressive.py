@@ -340,6 +340,9 @@ def test_a_context_axis_trains_each_point_as_a_model_of_its_context(tmp_path):
     assert sorted(by_context) == [0.0, 1.0, 2.0]
     for t in doc.transitions:  # each curve against its own context's criterion
         assert t.theory_sigma2_c == pytest.approx(by_context[t.curve["context"]])
+    from phasevae.report.figures import write_figures
+
+    assert "phase_diagram_context" in write_figures(tmp_path / "axis")
 
 
 def test_each_contexts_criterion_is_its_innovations_lambda_max(tmp_path):

@@ -32,6 +32,8 @@ from phasevae.report.figbase import (
 )
 from phasevae.spec import Range
 
+FEW_VALUES = 12  # a linear axis listed with at most this many values: a tick at each
+
 
 def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
     """Heat map of KL over two grid axes (others averaged), unsettled points marked;
@@ -81,6 +83,8 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
         )
     if {x, y} == {"sigma2", "beta"}:
         _boundaries(ax, rd, swap=x == "beta", ys=ys if x == "sigma2" else xs)
+    elif "sigma2" in (x, y) and not names:
+        _curve_boundaries(ax, rd, other=y if x == "sigma2" else x, swap=x != "sigma2")
     for a, setter in ((x, ax.set_xscale), (y, ax.set_yscale)):
         if is_log(rd, a):
             setter("log")
@@ -93,7 +97,9 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
             axis.set_major_locator(FixedLocator(range(len(names[a]))))
             axis.set_ticklabels(names[a])
             axis.set_minor_locator(NullLocator())
-        elif not isinstance(getattr(rd.spec.grid, a, None), Range) and is_log(rd, a):
+        elif not isinstance(getattr(rd.spec.grid, a, None), Range) and (
+            is_log(rd, a) or rd.points[a].nunique() <= FEW_VALUES
+        ):  # a list of values: ticks at them
             values = table.columns if axis is ax.xaxis else table.index
             axis.set_major_locator(FixedLocator(np.asarray(values, float)))
             axis.set_major_formatter(FormatStrFormatter("%g"))
@@ -109,6 +115,49 @@ def phase_diagram(rd: RunData, x: str = "sigma2", y: str = "beta") -> Figure:
         )
     ax.set_title(rd.title, fontsize=7)
     return fig
+
+
+def _curve_boundaries(ax, rd: RunData, other: str, swap: bool) -> None:
+    """Draw on a (sigma2, ``other``) map each curve's predicted sigma_c^2 (its own
+    criterion: a context's innovations, a ladder's kappa, a VRNN's state noise) and
+    its measured boundary; ``swap`` when sigma2 is on the y axis."""
+    ts = [t for t in rd.analysis.transitions if other in t.curve]
+    outline = [patheffects.withStroke(linewidth=2.4, foreground="k")]
+
+    def xy(s2, v):
+        return (v, s2) if swap else (s2, v)
+
+    predicted = [(t.theory_sigma2_c, t.curve[other]) for t in ts if t.theory_sigma2_c]
+    if predicted:
+        s2, v = np.array(predicted).T
+        ax.plot(
+            *xy(s2, v),
+            "w_" if swap else "w|",
+            ms=14,
+            mew=2.2,
+            ls="none",
+            path_effects=outline,
+            label=r"predicted $\sigma^2_c$ (each curve's criterion)",
+        )
+    found = [t for t in ts if locates_collapse(t)]
+    if found:
+        s2c = np.array([t.sigma2_c for t in found])
+        v = np.array([t.curve[other] for t in found])
+        err = np.array(
+            [
+                [s - (t.ci or [s])[0], (t.ci or [s, s])[1] - s]
+                for s, t in zip(s2c, found, strict=True)
+            ]
+        ).T
+        ax.errorbar(
+            *xy(s2c, v),
+            **({"yerr": err} if swap else {"xerr": err}),
+            fmt="o",
+            color="C3",
+            ms=4,
+            mec="w",
+            label="measured boundary",
+        )
 
 
 def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
