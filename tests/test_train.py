@@ -195,6 +195,50 @@ def test_the_precision_reaches_the_compiled_program(
     assert {a.dtype for a in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
 
 
+@pytest.mark.parametrize(
+    "model, data",
+    [
+        ({"kind": "conv", "latent_dim": 2, "channels": [4]}, {"source": "digits"}),
+        (
+            {"kind": "vrnn", "latent_dim": 1, "state": 4, "encoder": [8]},
+            {"eigenvalues": [2.0, 1.0, 0.5, 0.25]},
+        ),
+    ],
+)
+def test_bfloat16_reaches_the_conv_vae_and_the_vrnn(model, data):
+    """The built-in modules cast their products' operands too: bfloat16 x bfloat16
+    dots with float32 results (the conv VAE's convolutions and dense layers, the
+    VRNN's encoder and decoder), none at float32."""
+    import re
+
+    from phasevae.data import load_for_model
+    from phasevae.spec import spec_from_dict
+
+    counts = []
+    for precision in ("float32", "bfloat16"):
+        spec = spec_from_dict(
+            {
+                "data": data,
+                "model": model,
+                "train": {"steps": 2, "eval_every": 2, "precision": precision},
+                "grid": {"sigma2": [0.5, 8.0]},
+            }
+        )
+        d = load_for_model(spec)
+        trainer = Trainer(static_config(spec, d.x.shape[1], d.image_shape))
+        points = Point.from_table(grid_table(spec))
+        x, ex = jnp.asarray(d.x), jnp.asarray(d.eval_x)
+        state = trainer.init(points)
+        hlo = trainer.chunk.lower(state, points, x, ex, np.int32(0)).as_text()
+        dots = re.findall(r"stablehlo\.dot_general.*", hlo)
+        bf16 = [
+            d for d in dots if re.search(r"\(tensor<[^)]*bf16>, tensor<[^)]*bf16>\)", d)
+        ]
+        assert all(d.rstrip().endswith("f32>") for d in bf16)
+        counts.append(len(bf16))
+    assert counts[0] == 0 and counts[1] > 0
+
+
 def test_a_run_refuses_to_resume_at_another_precision(tiny_spec, tmp_path):
     """The precision is part of the spec meta.json records; a rerun at another one
     is a different spec, refused in that directory."""

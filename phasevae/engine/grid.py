@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from phasevae.engine.step import Static
+from phasevae.engine.step import COMPUTE, Static
 from phasevae.models.registry import build, example_shape
 from phasevae.safeio import brief
 from phasevae.spec import LATER_AXES, Spec, SpecError, axis_values
@@ -94,7 +94,7 @@ def static_config(
         recurrent=m.recurrent,
         mask=m.mask,
         image=tuple(image_shape[:2]) if m.mask and image_shape else (),
-        module=build(m, shape),
+        module=build(m, shape, COMPUTE[t.precision]),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),
         mi_term=any(axis_values(spec.grid.mi_weight)),

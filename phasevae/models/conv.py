@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array, lax
+
+from phasevae.models.vae import product
 
 
 class Conv(nn.Module):
@@ -41,6 +44,7 @@ class Conv(nn.Module):
     features: int
     kernel: int = 3
     transpose: bool = False
+    compute_dtype: Any = None  # the products' operands (train.precision)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -52,7 +56,7 @@ class Conv(nn.Module):
         )
         b = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.transpose:
-            return _overlap_add(x, w) + b[None, None]
+            return _overlap_add(x, w, self.compute_dtype) + b[None, None]
         total = [max((math.ceil(n / 2) - 1) * 2 + k - n, 0) for n in x.shape[:2]]
         pad = [(t // 2, t - t // 2, 0) for t in total] + [(0, 0, 0)]
         x = lax.pad(x, 0.0, pad)
@@ -63,13 +67,14 @@ class Conv(nn.Module):
             for i in range(k)
             for j in range(k)
         ]
+        cols = jnp.concatenate(cols, axis=-1)
         return (
-            jnp.concatenate(cols, axis=-1) @ w.reshape(-1, self.features)
+            product(cols, w.reshape(-1, self.features), self.compute_dtype)
             + b[None, None]
         )
 
 
-def _overlap_add(x: Array, w: Array) -> Array:
+def _overlap_add(x: Array, w: Array, compute_dtype: Any = None) -> Array:
     """The stride-2 transposed convolution of x (h, w, c_in) by w (k, k, c_in, c_out)
     with lax.conv_transpose's 'SAME' padding, (2h, 2w, c_out). As lax does it, it is
     a stride-1 convolution of x with zeros inserted between its pixels, padded by lo
@@ -81,15 +86,20 @@ def _overlap_add(x: Array, w: Array) -> Array:
     h, v, _ = x.shape
     k, c_out = w.shape[0], w.shape[-1]
     lo = k - 1 if k < 3 else math.ceil(k / 2)
-    taps = (x @ jnp.moveaxis(w, 2, 0).reshape(x.shape[-1], -1)).reshape(
-        h, v, k, k, c_out
-    )
+    taps = product(
+        x, jnp.moveaxis(w, 2, 0).reshape(x.shape[-1], -1), compute_dtype
+    ).reshape(h, v, k, k, c_out)
     out = jnp.zeros((2 * h, 2 * v, c_out), taps.dtype)
     for i in range(k):
         for j in range(k):
             pad = ((lo - i, 1 - lo + i, 1), (lo - j, 1 - lo + j, 1), (0, 0, 0))
             out = out + lax.pad(taps[:, :, i, j], jnp.zeros((), taps.dtype), pad)
     return out
+
+
+def _float32_dot(*args, **kwargs) -> Array:
+    """lax.dot_general accumulating and returning float32."""
+    return lax.dot_general(*args, **kwargs, preferred_element_type=jnp.float32)
 
 
 class ConvVAE(nn.Module):
@@ -104,17 +114,22 @@ class ConvVAE(nn.Module):
     shape: tuple[int, int, int]
     channels: Sequence[int] = (16, 32)
     kernel: int = 3
+    compute_dtype: Any = None  # the products' operands (train.precision)
 
     output_layer = ("out",)  # the protocol: the decoder's last layer
 
     def setup(self):
-        k = self.kernel
-        self.down = [Conv(c, k) for c in self.channels]
-        self.head = nn.Dense(2 * self.latent_dim)
+        k, dtype = self.kernel, self.compute_dtype
+        # flax's Dense with bfloat16 operands and a float32 product (dtype None:
+        # flax's float32 product, as before the setting existed)
+        dense = {"dtype": dtype, "dot_general": _float32_dot} if dtype else {}
+        self.down = [Conv(c, k, compute_dtype=dtype) for c in self.channels]
+        self.head = nn.Dense(2 * self.latent_dim, **dense)
         h0, w0 = self.bottom()
-        self.lift = nn.Dense(h0 * w0 * self.channels[-1])
-        self.up = [Conv(c, k, True) for c in reversed(tuple(self.channels[:-1]))]
-        self.out = Conv(self.shape[2], k, True)
+        self.lift = nn.Dense(h0 * w0 * self.channels[-1], **dense)
+        up = reversed(tuple(self.channels[:-1]))
+        self.up = [Conv(c, k, True, compute_dtype=dtype) for c in up]
+        self.out = Conv(self.shape[2], k, True, compute_dtype=dtype)
 
     def bottom(self) -> tuple[int, int]:
         """The encoder's last feature map, (h0, w0)."""

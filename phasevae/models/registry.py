@@ -19,6 +19,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -80,13 +81,18 @@ def example_shape(
     return (data_dim,)
 
 
-def build(m: ModelSpec, shape: tuple[int, ...]) -> nn.Module | None:
-    """The module of ``m`` for examples of ``shape``; None for the MLP, which the
-    trainer builds from its widths."""
+def build(
+    m: ModelSpec, shape: tuple[int, ...], compute_dtype: Any = None
+) -> nn.Module | None:
+    """The module of ``m`` for examples of ``shape``, its products' operands cast to
+    ``compute_dtype`` (``train.precision``; a user's module is built as it is);
+    None for the MLP, which the trainer builds from its widths."""
     if m.kind == "mlp":
         return None
     if m.kind == "vrnn":
-        return VRNN(shape[0], m.latent_dim, m.state, m.encoder, m.decoder)
+        return VRNN(
+            shape[0], m.latent_dim, m.state, m.encoder, m.decoder, compute_dtype
+        )
     if m.kind == "conv":
         side = min(shape[:2])
         if 2 ** len(m.channels) > side or m.kernel > side:
@@ -96,7 +102,7 @@ def build(m: ModelSpec, shape: tuple[int, ...]) -> nn.Module | None:
                 f"image (at most {int(math.log2(side))} layers here) and a kernel "
                 f"spans at most the image ({side})"
             )
-        return ConvVAE(m.latent_dim, shape, tuple(m.channels), m.kernel)
+        return ConvVAE(m.latent_dim, shape, tuple(m.channels), m.kernel, compute_dtype)
     made = _factory(m.module)
     if isinstance(made, nn.Module):
         if m.options:

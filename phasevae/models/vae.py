@@ -69,10 +69,19 @@ class Dense(nn.Module):
             (self.features, x.shape[-1]),
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        if self.compute_dtype is None:
-            return x @ kernel.T + bias
-        a, k = x.astype(self.compute_dtype), kernel.T.astype(self.compute_dtype)
-        return jnp.matmul(a, k, preferred_element_type=jnp.float32) + bias
+        return product(x, kernel.T, self.compute_dtype) + bias
+
+
+def product(a: Array, b: Array, compute_dtype: Any = None) -> Array:
+    """a @ b, with ``compute_dtype`` (bfloat16 for ``train.precision``) its operands
+    cast to it and the product accumulated and returned in float32."""
+    if compute_dtype is None:
+        return a @ b
+    return jnp.matmul(
+        a.astype(compute_dtype),
+        b.astype(compute_dtype),
+        preferred_element_type=jnp.float32,
+    )
 
 
 class MLP(nn.Module):
