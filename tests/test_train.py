@@ -195,6 +195,7 @@ def test_the_precision_reaches_the_compiled_program(
     assert {a.dtype for a in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model, data",
     [
