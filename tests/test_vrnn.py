@@ -129,6 +129,7 @@ DATA = {"eigenvalues": [4.0, 2.0, 1.0, 0.5, 0.25, 0.12], "samples": 2048}
 TRAINED = {"steps": 3000, "eval_every": 3000, "batch_size": 128, "learning_rate": 0.005}
 
 
+@pytest.mark.slow  # 3,000 training steps: 30-45 s
 def test_each_step_collapses_at_its_innovation_variance(tmp_path, tiny_spec):
     """docs/science.md, 'Recurrent latents': step t's latent is alive where beta
     sigma^2 is well below D_t, the variance of x_t given x_1 .. x_{t-1}, and dead
@@ -154,6 +155,7 @@ def test_each_step_collapses_at_its_innovation_variance(tmp_path, tiny_spec):
                 assert kl < 0.02, (s2, t, dt, kl)
 
 
+@pytest.mark.slow  # 3,000 training steps: 30-45 s
 def test_state_noise_keeps_the_first_latent_alive_to_its_criterion(tmp_path, tiny_spec):
     """The guide's remedy (grid.state_noise): AR(1) data, phi = 0.9, whose first step
     has no past (D_1 = 5.3); a state reading x through noise of variance 20 cannot
