@@ -140,24 +140,7 @@ def _curve_boundaries(ax, rd: RunData, other: str, swap: bool) -> None:
             label=r"predicted $\sigma^2_c$ (each curve's criterion)",
         )
     found = [t for t in ts if locates_collapse(t)]
-    if found:
-        s2c = np.array([t.sigma2_c for t in found])
-        v = np.array([t.curve[other] for t in found])
-        err = np.array(
-            [
-                [s - (t.ci or [s])[0], (t.ci or [s, s])[1] - s]
-                for s, t in zip(s2c, found, strict=True)
-            ]
-        ).T
-        ax.errorbar(
-            *xy(s2c, v),
-            **({"yerr": err} if swap else {"xerr": err}),
-            fmt="o",
-            color="C3",
-            ms=4,
-            mec="w",
-            label="measured boundary",
-        )
+    _measured(ax, found, [t.curve[other] for t in found], swap)
 
 
 def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
@@ -185,26 +168,33 @@ def _boundaries(ax, rd: RunData, swap: bool, ys: np.ndarray) -> None:
             path_effects=outline,
             label=r"$\beta\sigma^2=\lambda_i$, $i > 1$" if i == 0 else None,
         )
-    if found:
-        s2c = np.array([t.sigma2_c for t in found])
-        b = np.array([t.beta for t in found])
-        err = np.array(
-            [
-                [s - (t.ci or [s])[0], (t.ci or [s, s])[1] - s]
-                for s, t in zip(s2c, found, strict=True)
-            ]
-        ).T
-        kw = {"yerr": err} if swap else {"xerr": err}
-        ax.errorbar(
-            *xy(s2c, b),
-            **kw,
-            fmt="o",
-            color="C3",
-            ms=4,
-            mec="w",
-            label="measured boundary",
-            gid="measured-boundary",
-        )
+    _measured(ax, found, [t.beta for t in found], swap)
+
+
+def _measured(ax, found: list, values: list, swap: bool) -> None:
+    """The located transitions ``found`` at sigma_c^2 with their intervals, against
+    ``values`` of the other axis (on x when ``swap``)."""
+    if not found:
+        return
+    s2c = np.array([t.sigma2_c for t in found])
+    err = np.array(
+        [
+            [s - (t.ci or [s])[0], (t.ci or [s, s])[1] - s]
+            for s, t in zip(s2c, found, strict=True)
+        ]
+    ).T
+    v = np.asarray(values, float)
+    xy = (v, s2c) if swap else (s2c, v)
+    ax.errorbar(
+        *xy,
+        **({"yerr": err} if swap else {"xerr": err}),
+        fmt="o",
+        color="C3",
+        ms=4,
+        mec="w",
+        label="measured boundary",
+        gid="measured-boundary",
+    )
 
 
 def scaling_figure(rd: RunData) -> Figure:
