@@ -161,9 +161,10 @@ def locate(
     RUN_DIR/locate), or continue it there: :mod:`phasevae.tools.locate`. Returns the
     result, one entry per curve, with ``out``; ``say`` gets the progress lines."""
     from phasevae.tools.locate import locate as run_locate
+    from phasevae.tools.locate import source_spec
 
     stop_if_terminated()
-    _start_devices()
+    _start_devices(source_spec(source, list(overrides))[0])  # a GRU head's flag
     src = Path(source)
     if out is None:
         out = src / "locate" if src.is_dir() else Path("runs") / f"{src.stem}-locate"

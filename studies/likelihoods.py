@@ -1,16 +1,19 @@
 """Decoder likelihoods (issue 30): is the measured transition where the derived
 criterion puts it? For each likelihood, data with a known low-rank natural parameter
-(binary for the Bernoulli, counts for the Poisson, token ids for the categorical) are
-made here, and ``phasevae locate`` (3 seeds, beta = 1, the default MLP) finds the
-transition, held against lambda_max of the covariance whitened by the likelihood's
-variances at the mean (docs/science.md, 'Other likelihoods'). Two real sets: the
+(binary for the Bernoulli, counts for the Poisson and the negative binomial, token
+ids for the categorical) are made here, and ``phasevae locate`` (3 seeds, beta = 1,
+the default MLP) finds the transition, held against lambda_max of the covariance
+whitened by the likelihood's variances at the mean (docs/science.md, 'Other
+likelihoods'); with a learned dispersion, at each feature's maximum-likelihood r,
+and the row says where the learned r went in the collapsed models. Two real sets: the
 Bernoulli on scikit-learn's digits binarised (pixel > 8 of 16) and the categorical on
 windows of 8 characters of Python's docstrings (``data.source = "text"``, 11
 categories: ``sweeps/text.toml``).
 
     python studies/likelihoods.py [SET ...]
 
-(sets: bernoulli, poisson, categorical, bernoulli-digits, categorical-text) writes
+(sets: bernoulli, poisson, negative_binomial, negative_binomial-learned,
+categorical, bernoulli-digits, categorical-text) writes
 results/likelihoods/<set>/ (the located run), table.md and table.json (the rows of
 the sets not named are kept from table.json; a finished run is only re-read).
 """
@@ -26,34 +29,49 @@ import tomli_w
 from sklearn.datasets import load_digits
 
 from phasevae.api import locate, open_run
+from phasevae.data import marginal_dispersion
 from phasevae.tools.cases import natural_data
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "likelihoods"
 
 
 K, POSITIONS = 4, 5  # the categorical's data: 5 positions of 4 tokens
-SETS = ("bernoulli", "poisson", "categorical", "bernoulli-digits", "categorical-text")
+SETS = (
+    "bernoulli",
+    "poisson",
+    "negative_binomial",
+    "negative_binomial-learned",
+    "categorical",
+    "bernoulli-digits",
+    "categorical-text",
+)
+R = 4.0  # the negative binomial's dispersion: the data's, and the fixed decoder's
 
 
 def make_data(likelihood: str, n: int = 5000, dim: int = 10) -> np.ndarray:
     """Rank-3 natural parameters eta (scales 1.6, 1.0, 0.6 along random orthogonal
     directions, :func:`phasevae.tools.cases.natural_data`); x ~ Bernoulli(sigmoid(2
-    eta)) or Poisson(exp(eta + 0.3)); for the categorical, token ids (n, 5) drawn from
-    the softmax of such logits (5 positions x K = 4)."""
+    eta)), Poisson(exp(eta + 0.3)) or negative binomial of that mean and r = 4; for
+    the categorical, token ids (n, 5) drawn from the softmax of such logits (5
+    positions x K = 4)."""
     if likelihood == "categorical":
         make = natural_data(likelihood, n, POSITIONS, categories=K)
     else:
-        make = natural_data(likelihood, n, dim)
+        make = natural_data(likelihood, n, dim, dispersion=R)
     return make(np.random.default_rng(0)).astype(np.float32)
 
 
 def data_of(name: str) -> tuple[str, dict, dict]:
-    """(likelihood, [data] table, extra [model] keys) of a set."""
+    """(likelihood, [data] table, extra [model] keys) of a set. The negative
+    binomial's are r = 4 fixed, or one r per feature learned from 1."""
     likelihood = name.split("-")[0]
     model = {"categories": K} if likelihood == "categorical" else {}
+    if likelihood == "negative_binomial":
+        learned = name.endswith("-learned")
+        model = {"dispersion": 1.0 if learned else R, "learned_dispersion": learned}
     if name == "categorical-text":
         return likelihood, {"source": "text", "window": 8}, {"categories": 11}
-    path = ROOT / "data" / f"{name}.npy"
+    path = ROOT / "data" / f"{name.removesuffix('-learned')}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     if name == "bernoulli-digits":
         np.save(path, (load_digits().data > 8).astype(np.float32))
@@ -91,6 +109,24 @@ def run(name: str) -> dict:
         "model_steps": curve["model_steps"],
         "lambda_c_ratio": t.probe and t.probe["lambda_c_ratio"],
         "stable_below": (t.off_theory or {}).get("evidence") == "probe",
+    } | (learned_r(located) if model.get("learned_dispersion") else {})
+
+
+def learned_r(located) -> dict:
+    """Where a learned dispersion went: the geometric mean over features of each
+    feature's maximum-likelihood r at its mean (what the criterion assumes at
+    collapse), against the learned r's geometric mean at the last step of the
+    collapsed models (KL < 0.01 nats at each one's last evaluation)."""
+    x = np.load(located.spec.data.path)
+    last = located.metrics.sort_values("step").groupby("point_id").tail(1)
+    collapsed = last[last["kl"] < 0.01]
+    return {
+        "r_marginal": float(np.exp(np.mean(np.log(marginal_dispersion(x))))),
+        "r_collapsed": [
+            float(collapsed["dispersion"].min()),
+            float(collapsed["dispersion"].max()),
+        ],
+        "collapsed_models": len(collapsed),
     }
 
 

@@ -135,6 +135,28 @@ def test_a_gru_head_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch):
     assert os.environ["XLA_FLAGS"] == chosen
 
 
+@pytest.mark.parametrize("recurrent", [0, 32])
+def test_locate_turns_the_scheduler_off_for_a_gru_head_spec(
+    tmp_path, monkeypatch, recurrent
+):
+    """``phasevae locate`` reads its source's spec before JAX starts, so a GRU
+    head's run gets the flag as a sweep's does (it once started without it)."""
+    from phasevae import api
+
+    spec = tmp_path / "gru.toml"
+    spec.write_text(f"[model]\nrecurrent = {recurrent}\n")
+    asked = []
+
+    def stop(gru_head=False):
+        asked.append(gru_head)
+        raise KeyboardInterrupt  # nothing is trained
+
+    monkeypatch.setattr(api, "split_cpu_into_devices", stop)
+    with pytest.raises(KeyboardInterrupt):
+        api.locate(spec, tmp_path / "out")
+    assert asked == [recurrent > 0]
+
+
 @pytest.mark.slow
 def test_a_sweep_of_64_gru_head_models_finishes(tmp_path):
     """With XLA's concurrency-optimised scheduler on, this sweep hung for good in 5

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from phasevae.api import open_run
 from phasevae.cli import main
-from phasevae.data import load_dataset, one_hot, whitened, whitening
+from phasevae.data import (
+    load_dataset,
+    load_for_model,
+    marginal_dispersion,
+    one_hot,
+    whitened,
+    whitening,
+)
 from phasevae.models.vae import (
     VAE,
     collapse_eigenvalue,
@@ -19,7 +27,7 @@ from phasevae.models.vae import (
     example_terms,
     nll,
 )
-from phasevae.spec import SpecError, spec_from_dict
+from phasevae.spec import MAX_DISPERSION, SpecError, spec_from_dict
 from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
 from tests.test_model import (
@@ -172,6 +180,87 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(
     )
 
 
+def test_a_negative_binomial_with_one_r_per_feature_is_scipys():
+    rng = np.random.default_rng(2)
+    eta, r = rng.normal(size=7), rng.uniform(0.3, 9.0, size=7)
+    x = rng.poisson(3.0, size=7).astype(float)
+    want = -stats.nbinom.logpmf(x, r, r / (r + np.exp(eta))).sum()
+    with jax.enable_x64(True):
+        got = nll(jnp.asarray(x), jnp.asarray(eta), "negative_binomial", jnp.asarray(r))
+    assert float(got) == pytest.approx(want, rel=1e-10)
+
+
+def test_the_marginal_dispersion_is_the_maximum_likelihood_r_at_the_mean():
+    """Each feature's r maximises the negative binomial's likelihood with its mean
+    at the feature's mean (the float64 gradient in ln r is 0 there); on data drawn
+    with r = 2.5 and 0.7 it finds them; Poisson data (no overdispersion) and a
+    constant feature get MAX_DISPERSION."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    x = np.stack(
+        [
+            rng.negative_binomial(2.5, 2.5 / (2.5 + 4.0), n),
+            rng.negative_binomial(0.7, 0.7 / (0.7 + 1.5), n),
+            rng.poisson(3.0, n),
+            np.full(n, 2),
+            low_rank_data("negative_binomial", n=n)[:, 0],
+        ],
+        axis=1,
+    ).astype(np.float32)
+    r = marginal_dispersion(x)
+    assert r[0] == pytest.approx(2.5, rel=0.05)
+    assert r[1] == pytest.approx(0.7, rel=0.05)
+    assert r[2] == r[3] == MAX_DISPERSION
+    assert r[4] < R  # its rank-2 natural parameter adds overdispersion
+
+    def total(log_r):
+        eta = jnp.log(jnp.mean(x64, axis=0))
+        per = jax.vmap(
+            lambda xi: nll(xi, eta[sel], "negative_binomial", jnp.exp(log_r))
+        )
+        return jnp.sum(per(x64[:, sel]))
+
+    sel = np.array([0, 1, 4])
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        grad = jax.grad(total)(jnp.log(jnp.asarray(r[sel], jnp.float64)))
+    np.testing.assert_allclose(np.asarray(grad) / n, 0.0, atol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("widths", [((), ()), ((16, 8), (5, 12))])
+def test_a_learned_dispersions_collapse_is_at_its_marginal_r(widths):
+    """The derivation (docs/science.md, 'Other likelihoods'): with r learned, the
+    collapsed state has r at each feature's marginal maximum-likelihood value, ln r
+    does not couple to the latent's directions there (z -> -z leaves the loss
+    unchanged), so the float64 Hessian of the loss in the mean head's row, the
+    decoder's z-column and ln r turns exactly at lambda_c taken at that r, the
+    whitened lambda_max of the linear decoder; which is not where a fixed r of the
+    data's own generation (2.5) puts it."""
+    enc, dec = widths
+    x = jnp.asarray(low_rank_data("negative_binomial", n=400))
+    r = marginal_dispersion(np.asarray(x))
+    model = VAE(6, 1, enc, dec)
+    params = biased(model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1)))
+    params = collapsed(model, params, x, "negative_binomial")
+    lam = float(
+        collapse_eigenvalue(*collapse_grams(model, params, x, "negative_binomial", r))
+    )
+    fixed = float(
+        collapse_eigenvalue(*collapse_grams(model, params, x, "negative_binomial", R))
+    )
+    assert abs(lam / fixed - 1) > 0.05
+    if not enc and not dec:
+        w = whitening(np.asarray(x), "negative_binomial", "test", r)
+        want = np.linalg.eigvalsh(np.cov(whitened(np.asarray(x), w).T, bias=True))[-1]
+        assert lam == pytest.approx(want, rel=1e-4)
+    hessians = collapsed_hessians(model, params, x, lam, "negative_binomial", r)
+    for h in hessians.values():  # ln r: curved upwards, uncoupled to the latent
+        np.testing.assert_allclose(h[-6:, :-6], 0.0, atol=1e-9 * np.abs(h).max())
+        assert np.linalg.eigvalsh(h[-6:, -6:])[0] > 0
+    assert_turns_at_lambda_c(hessians)
+
+
 @pytest.mark.parametrize(
     "likelihood, values, words",
     [
@@ -228,6 +317,11 @@ def test_data_a_likelihood_cannot_take_is_exit_2(
             "needs model.dispersion > 0",
         ),
         ({"likelihood": "poisson", "latent": "sphere"}, {}, "built on the MLP VAE"),
+        (
+            {"likelihood": "poisson", "learned_dispersion": True},
+            {},
+            "applies to the negative binomial only",
+        ),
         ({"likelihood": "categorical"}, {}, "needs model.categories >= 2"),
         ({"likelihood": "bernoulli", "categories": 3}, {}, "applies to it only"),
         ({"likelihood": "categorical", "categories": 1}, {}, "must be 2 .. 4096"),
@@ -260,10 +354,11 @@ def test_a_likelihood_with_settings_it_cannot_use_is_a_spec_error(model, data, w
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS + ("negative_binomial learned",))
 def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
     tmp_path, likelihood
 ):
+    likelihood, _, learned = likelihood.partition(" ")
     categorical = likelihood == "categorical"  # its file holds token ids
     np.save(
         tmp_path / "x.npy",
@@ -275,6 +370,7 @@ def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
             model={
                 "likelihood": likelihood,
                 "dispersion": R * (likelihood == "negative_binomial"),
+                "learned_dispersion": bool(learned),
                 "categories": K * categorical,
             },
             grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
@@ -282,12 +378,41 @@ def test_a_vmapped_sweep_of_each_likelihood_equals_its_models_run_alone(
         )
     )
     data = load_dataset(spec.data, likelihood, spec.model.dispersion, K * categorical)
+    if learned:
+        data = load_for_model(spec)
     if categorical:  # the model sees the one-hot codes
         assert data.x.shape == (256, 2 * K) and np.all(data.x.sum(1) == 2)
-    assert data.eigenvalues[0] == pytest.approx(
-        whitened_top(data.x, likelihood), rel=1e-4
-    )
+    if not learned:
+        assert data.eigenvalues[0] == pytest.approx(
+            whitened_top(data.x, likelihood), rel=1e-4
+        )
     assert_vmapped_equals_alone(spec, data)
+
+
+@pytest.mark.slow
+def test_a_sweep_learns_one_dispersion_per_feature_from_its_start(tmp_path):
+    """``model.learned_dispersion``: meta.json's spectrum is of the covariance
+    whitened at each feature's marginal r, the metrics carry the learned r's
+    geometric mean, which moves from ``model.dispersion`` toward the data's."""
+    np.save(tmp_path / "x.npy", low_rank_data("negative_binomial", n=256))
+    model = {"likelihood": "negative_binomial", "dispersion": 20.0}
+    spec = write_spec(
+        tmp_path,
+        data={"source": "array", "path": str(tmp_path / "x.npy")},
+        model=model | {"learned_dispersion": True},
+        train={"steps": 40, "eval_every": 20, "learning_rate": 0.05},
+    )
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "run")]) == 0
+    run = open_run(tmp_path / "run")
+    x = np.load(tmp_path / "x.npy")
+    w = whitening(x, "negative_binomial", "test", marginal_dispersion(x))
+    want = np.linalg.eigvalsh(np.cov(whitened(x, w).T, bias=True))[-1]
+    assert run.meta.spectrum["lambda_max"] == pytest.approx(want, rel=1e-5)
+    assert "r learned" in run.meta.spectrum["description"]
+    r = run.metrics.pivot(index="step", columns="point_id", values="dispersion")
+    assert list(r.index) == [20, 40] and np.isfinite(r.to_numpy()).all()
+    # from 20 toward the data's (geometric mean 0.6), every model
+    assert (r.loc[40] < r.loc[20]).all() and (r.loc[20] < 20.0).all()
 
 
 def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_path):

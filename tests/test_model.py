@@ -147,13 +147,22 @@ def collapsed_hessians(
     """{f: the float64 Hessian of the loss at the collapsed state ``params``, in the
     mean head's first row (and bias) and the decoder's z-column, at beta sigma^2 =
     f lambda_c} for f = 0.97, 1.03 (sigma^2 = 1). Noise eps = +-1 has the first two
-    moments of N(0, 1), all that a second-order expansion sees."""
+    moments of N(0, 1), all that a second-order expansion sees. A ``dispersion`` of
+    one r per feature is learned: the Hessian's last N rows and columns are then
+    in ln r."""
     p = params["params"]
     head = f"Dense_{len(model.encoder)}"
     d_h = p["enc"][head]["kernel"].shape[1]
+    d_x = p["dec"]["Dense_0"]["bias"].shape[0]
+    learned = np.ndim(dispersion) == 1
 
     def loss(theta, beta_sigma2, p, x):
-        w, w0, a = theta[:d_h], theta[d_h], theta[d_h + 1 :]
+        w, w0, a = theta[:d_h], theta[d_h], theta[d_h + 1 : d_h + 1 + d_x]
+        r = (
+            jnp.exp(jnp.log(dispersion) + theta[d_h + 1 + d_x :])
+            if learned
+            else dispersion
+        )
         kern = p["enc"][head]["kernel"].at[0].set(w)
         bias = p["enc"][head]["bias"].at[0].set(w0)
         dec0 = {**p["dec"]["Dense_0"], "kernel": a[:, None]}
@@ -168,11 +177,11 @@ def collapsed_hessians(
         for eps in (1.0, -1.0):
             terms = jax.vmap(
                 example_terms, (None, None, 0, None, None, None, None, None)
-            )(model, q, x, jnp.array([eps]), 1.0, likelihood, dispersion, categories)
+            )(model, q, x, jnp.array([eps]), 1.0, likelihood, r, categories)
             total += jnp.mean(objective(terms, beta_sigma2)) / 2
         return total
 
-    n_theta = d_h + 1 + p["dec"]["Dense_0"]["bias"].shape[0]
+    n_theta = d_h + 1 + d_x + (np.size(dispersion) if learned else 0)
     with jax.enable_x64(True):  # dead units leave flat directions: no float32 noise
         p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
         x = jnp.asarray(x, jnp.float64)

@@ -33,7 +33,7 @@ from phasevae.data.arrays import MEMORY_FRACTION, load_array
 from phasevae.data.relaxation import latent_factor
 from phasevae.data.text import text_windows
 from phasevae.errors import DataError, optional
-from phasevae.spec import DataSpec, mask_offsets
+from phasevae.spec import MAX_DISPERSION, DataSpec, mask_offsets
 
 # scikit-image's sample photographs that ship inside its wheel (no download), all
 # natural scenes or textures; colour ones are converted with the ITU-R 601 luma
@@ -50,6 +50,9 @@ PATCH_IMAGES = (
 )
 PATCH, PATCH_STRIDE = 16, 8
 COMPONENTS_STORED = 8  # principal components kept in meta.json for image data
+# a learned negative binomial dispersion's fit (marginal_dispersion): its smallest r
+# and the bisection's steps in ln r (2^-48 of the range: float64's resolution)
+MIN_DISPERSION, BISECTIONS = 1e-6, 48
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ def load_dataset(
     recurrent: bool = False,
     mask: int = 0,
     factor: float = 1.0,
+    learned_dispersion: bool = False,
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
@@ -152,9 +156,16 @@ def load_dataset(
         what += f", normalize={spec.normalize}"
     order = np.random.default_rng(spec.seed).permutation(x.shape[0])
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
+    if learned_dispersion:
+        dispersion = marginal_dispersion(check_counts(x, likelihood, what))
     whiten = whitening(x, likelihood, what, dispersion, categories)
     if whiten is not None:
         what += f"; spectrum whitened by the {likelihood} variances at the mean"
+    if learned_dispersion:
+        what += (
+            ", r learned: each feature's maximum-likelihood r at the mean "
+            f"(geometric mean {math.exp(np.mean(np.log(dispersion))):.4g})"
+        )
     if recurrent:  # a GRU head: at best the linear prediction from the whole past
         context = x.shape[1] - 1
     if context:
@@ -235,6 +246,7 @@ def load_for_model(spec) -> Dataset:
         m.recurrent > 0 or m.kind == "vrnn",  # a state that reads the whole past
         m.mask,
         latent_factor(m.latent, m.latent_categories, m.estimator, m.temperature),
+        m.learned_dispersion,
     )
     if m.kind == "vrnn" or spec.grid.context != (-1.0,):  # a criterion per curve
         cov = np.cov(data.x.T.astype(np.float64), bias=True)
@@ -359,17 +371,18 @@ def whitening(
     x: np.ndarray,
     likelihood: str,
     what: str,
-    dispersion: float = 0.0,
+    dispersion: float | np.ndarray = 0.0,
     categories: int = 0,
 ) -> np.ndarray | None:
     """Per feature 1 / sqrt(v), v the likelihood's variance at the data mean m:
     m (1 - m) for the Bernoulli, m for the Poisson, m + m^2 / r for the negative
-    binomial of dispersion r (0 for a constant feature, which has no covariance to
-    whiten); for the categorical (``x`` one-hot in blocks of ``categories``) the
-    (N, N) block-diagonal matrix V^{+1/2}, V = diag(m) - m m^T per position (a
-    position's covariance); None for the Gaussian. The collapse transition of
-    a decoder whose output is the natural parameter is at beta sigma^2 = lambda_max
-    of the covariance whitened by it (docs/science.md, 'Other likelihoods').
+    binomial of dispersion r (one for all features or one each) (0 for a constant
+    feature, which has no covariance to whiten); for the categorical (``x``
+    one-hot in blocks of ``categories``) the (N, N) block-diagonal matrix V^{+1/2},
+    V = diag(m) - m m^T per position (a position's covariance); None for the
+    Gaussian. The collapse transition of a decoder whose output is the natural
+    parameter is at beta sigma^2 = lambda_max of the covariance whitened by it
+    (docs/science.md, 'Other likelihoods').
 
     Raises:
       DataError: values the likelihood cannot take (not 0 or 1; not counts).
@@ -378,6 +391,22 @@ def whitening(
         return None
     if likelihood == "categorical":
         return _block_whitening(x.mean(axis=0, dtype=np.float64), categories)
+    m = check_counts(x, likelihood, what).mean(axis=0, dtype=np.float64)
+    v = m * (1.0 - m) if likelihood == "bernoulli" else m
+    if likelihood == "negative_binomial":
+        v = m + m**2 / dispersion
+    return np.where(v > 0, 1.0 / np.sqrt(np.where(v > 0, v, 1.0)), 0.0).astype(
+        np.float32
+    )
+
+
+def check_counts(x: np.ndarray, likelihood: str, what: str) -> np.ndarray:
+    """``x`` itself, once it holds values the Bernoulli (0s and 1s) or a count
+    likelihood (integers >= 0) can take.
+
+    Raises:
+      DataError: naming the first row and column that cannot be.
+    """
     if likelihood == "bernoulli":
         bad = (x != 0) & (x != 1)
         need = "0s and 1s"
@@ -390,13 +419,45 @@ def whitening(
             f'{what}: model.likelihood = "{likelihood}" needs {need}; row {row}, '
             f"column {col} is {float(x[row, col]):g}"
         )
-    m = x.mean(axis=0, dtype=np.float64)
-    v = m * (1.0 - m) if likelihood == "bernoulli" else m
-    if likelihood == "negative_binomial":
-        v = m + m**2 / dispersion
-    return np.where(v > 0, 1.0 / np.sqrt(np.where(v > 0, v, 1.0)), 0.0).astype(
-        np.float32
-    )
+    return x
+
+
+def marginal_dispersion(x: np.ndarray) -> np.ndarray:
+    """Per feature of counts ``x`` (n, N), the negative binomial's maximum-likelihood
+    r with its mean at the feature's mean m: what a learned dispersion settles at in
+    the collapsed state, where the decoder predicts m for every example. It solves
+    mean_n psi(x_n + r) - psi(r) + ln(r / (r + m)) = 0, the log-likelihood's
+    derivative in r at that mean, by bisection in ln r. The root exists when the
+    sample variance exceeds m; otherwise (no overdispersion, or a constant
+    feature) the likelihood rises all the way to the Poisson and r is
+    MAX_DISPERSION."""
+    from scipy.special import digamma
+
+    x = np.asarray(x, np.float64)
+    n = x.shape[0]
+    m = x.mean(axis=0)
+    top = int(x.max(initial=0)) + 1
+    if top < n:  # the values' histogram per feature: (top, N) weights
+        values = np.arange(top, dtype=np.float64)[:, None]
+        cols = np.broadcast_to(np.arange(x.shape[1]), x.shape)
+        weights = np.zeros((top, x.shape[1]))
+        np.add.at(weights, (x.astype(np.int64), cols), 1.0)
+    else:
+        values, weights = x, np.ones_like(x)
+
+    def slope(log_r):  # the log-likelihood's derivative in r, per example
+        r = np.exp(log_r)
+        psi = np.sum(weights * digamma(values + r), axis=0) / n
+        return psi - digamma(r) + np.log(r / (r + m))
+
+    lo = np.full(x.shape[1], math.log(MIN_DISPERSION))
+    hi = np.full(x.shape[1], math.log(MAX_DISPERSION))
+    poisson = (slope(hi) >= 0) | (m == 0)
+    for _ in range(BISECTIONS):
+        mid = 0.5 * (lo + hi)
+        rising = slope(mid) > 0
+        lo, hi = np.where(rising, mid, lo), np.where(rising, hi, mid)
+    return np.where(poisson, MAX_DISPERSION, np.exp(0.5 * (lo + hi)))
 
 
 def _block_whitening(m: np.ndarray, categories: int) -> np.ndarray:

@@ -89,6 +89,7 @@ def static_config(
         top_skip=m.top_skip,
         likelihood=m.likelihood,
         dispersion=m.dispersion or 1.0,
+        learned_dispersion=m.learned_dispersion,
         categories=m.categories,
         context=m.context,
         recurrent=m.recurrent,

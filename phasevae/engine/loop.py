@@ -281,6 +281,8 @@ def metrics_frame(
     df["mi"] = np.asarray(m.mi, np.float64)
     df["active_directions"] = np.asarray(m.directions, np.float64)
     df["decoder_sigma2"] = np.asarray(m.decoder_sigma2, np.float64)
+    if m.dispersion is not None:
+        df["dispersion"] = np.asarray(m.dispersion, np.float64)
     df["collapse_eigenvalue"] = _collapse_eigenvalues(m.collapse_grams, len(df))
     gains = _decoder_gains(m.decoder_gram, len(df), m.kl_dim.shape[1])
     for j, gain in enumerate(gains):

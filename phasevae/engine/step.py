@@ -16,6 +16,7 @@ Randomness (all from ``Static.seed``, never from a model's slot in the stack):
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -125,6 +126,9 @@ class Metrics(NamedTuple):
     # standardised by its prior: what z_t carries beyond its prior's prediction from
     # the past); None for other models
     mi_step: Array | None
+    # () a learned negative binomial dispersion: the geometric mean of its r over
+    # the features; None for other models
+    dispersion: Array | None = None
 
 
 # train.precision -> the precision every matmul of the chunk is traced with
@@ -163,10 +167,12 @@ class Static:
     # ``latent_dim`` ones, the decoder reading it too with ``top_skip``
     top_dim: int = 0
     top_skip: bool = False
-    # the decoder's likelihood (model.likelihood), a negative binomial's r and a
-    # categorical's categories per position
+    # the decoder's likelihood (model.likelihood), a negative binomial's r (with
+    # ``learned_dispersion``: the start of each feature's own) and a categorical's
+    # categories per position
     likelihood: str = "gaussian"
     dispersion: float = 1.0
+    learned_dispersion: bool = False
     categories: int = 0
     # an autoregressive decoder's context (model.context; 0: none) or the width of
     # its GRU (model.recurrent; 0: none)
@@ -330,6 +336,8 @@ class Trainer:
         }
         if s.learned_sigma2:  # trained like any parameter, from the grid's value
             params["log_sigma2"] = jnp.log(point.sigma2)
+        if s.learned_dispersion:  # one r per feature, from model.dispersion
+            params["log_dispersion"] = jnp.full(s.data_dim, math.log(s.dispersion))
         return TrainState(params, self.tx.init(params), jnp.zeros((), bool))
 
     def noise(self, key: Array, n: int) -> Array:
@@ -390,6 +398,13 @@ class Trainer:
             return jnp.exp(params["log_sigma2"])
         return point.sigma2
 
+    def _dispersion(self, params) -> Array | float:
+        """A negative binomial's r: model.dispersion, or the learned one per
+        feature."""
+        if self.static.learned_dispersion:
+            return jnp.exp(params["log_dispersion"])
+        return self.static.dispersion
+
     def _variables(self, params, point: Point) -> dict:
         """The model's variables at ``point``: with an autoregressive head, its
         weights beyond the point's context (``grid.context``; -1: none) held at 0,
@@ -407,7 +422,7 @@ class Trainer:
         terms = functools.partial(
             example_terms,
             likelihood=self.static.likelihood,
-            dispersion=self.static.dispersion,
+            dispersion=self._dispersion(params),
             categories=self.static.categories,
         )
         return jax.vmap(terms, (None, None, 0, 0, None))(
@@ -499,6 +514,11 @@ class Trainer:
             var_dim=jnp.mean(t.var_dim, axis=0),
             mi=self.mutual_information(jax.tree.map(lambda a: a[:m], t), eps[:m]),
             decoder_sigma2=self._sigma2(params, point),
+            dispersion=(
+                jnp.exp(jnp.mean(params["log_dispersion"]))
+                if self.static.learned_dispersion
+                else None
+            ),
             directions=active_directions(self.posterior_mean(t)),
             collapse_grams=(
                 collapse_grams(
@@ -506,7 +526,7 @@ class Trainer:
                     self._variables(params, point),
                     eval_x,
                     self.static.likelihood,
-                    self.static.dispersion,
+                    self._dispersion(params),
                     self.static.categories,
                 )
                 if self.static.probe

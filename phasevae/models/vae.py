@@ -230,13 +230,18 @@ def masked_views(image: Array, radius: int) -> Array:
 
 
 def nll(
-    x: Array, eta: Array, likelihood: str, dispersion: float = 1.0, categories: int = 0
+    x: Array,
+    eta: Array,
+    likelihood: str,
+    dispersion: float | Array = 1.0,
+    categories: int = 0,
 ) -> Array:
     """-ln p(x | eta) summed over features, for the decoder's output ``eta``: the
     mean of a unit-variance Gaussian, the logit of a Bernoulli, the log-rate of a
     Poisson, the log-mean of a negative binomial of dispersion r = ``dispersion``
-    (variance m + m^2 / r), the logits of a categorical per position (x one-hot in
-    blocks of ``categories``) (docs/science.md, 'Other likelihoods')."""
+    (variance m + m^2 / r; one r, or one per feature), the logits of a categorical
+    per position (x one-hot in blocks of ``categories``) (docs/science.md, 'Other
+    likelihoods')."""
     if likelihood == "categorical":
         logits = blocks(eta, categories)
         return jnp.sum(
@@ -249,14 +254,14 @@ def nll(
         return jnp.sum(jnp.exp(eta) - x * eta + jax.scipy.special.gammaln(x + 1.0))
     if likelihood == "negative_binomial":
         r, gammaln = dispersion, jax.scipy.special.gammaln
-        log_r_plus_mean = jnp.logaddexp(math.log(r), eta)
+        log_r = jnp.log(r)
         return jnp.sum(
             gammaln(r)
             + gammaln(x + 1.0)
             - gammaln(x + r)
-            - r * math.log(r)
+            - r * log_r
             - x * eta
-            + (r + x) * log_r_plus_mean
+            + (r + x) * jnp.logaddexp(log_r, eta)
         )
     return jnp.sum(0.5 * (x - eta) ** 2 + 0.5 * math.log(2.0 * math.pi))
 
@@ -277,7 +282,7 @@ def mean_of(eta: Array, likelihood: str, categories: int = 0) -> Array:
     return eta
 
 
-def fisher_of(eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
+def fisher_of(eta: Array, likelihood: str, dispersion: float | Array = 1.0) -> Array:
     """The Fisher information of -ln p(x | eta) in eta (the expected second
     derivative): the variance for the canonical links (the Gaussian's 1, sigma^2
     being the temperature), m r / (r + m) for the negative binomial's log-mean."""
@@ -292,7 +297,11 @@ def fisher_of(eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
 
 
 def fisher_times(
-    eta: Array, g: Array, likelihood: str, dispersion: float = 1.0, categories: int = 0
+    eta: Array,
+    g: Array,
+    likelihood: str,
+    dispersion: float | Array = 1.0,
+    categories: int = 0,
 ) -> Array:
     """F g for the Fisher information F of -ln p(x | eta) in eta and g (N, d):
     :func:`fisher_of` on the diagonal, and for the categorical, whose positions are
@@ -304,7 +313,7 @@ def fisher_times(
     return fisher_of(eta, likelihood, dispersion)[:, None] * g
 
 
-def score_scale(eta: Array, likelihood: str, dispersion: float = 1.0) -> Array:
+def score_scale(eta: Array, likelihood: str, dispersion: float | Array = 1.0) -> Array:
     """d(-ln p) / d eta = -(x - m) times this: 1 for the canonical links,
     r / (r + m) for the negative binomial's log-mean."""
     if likelihood == "negative_binomial":
@@ -336,7 +345,7 @@ def example_terms(
     eps: Array,
     sigma2: Array,
     likelihood: str = "gaussian",
-    dispersion: float = 1.0,
+    dispersion: float | Array = 1.0,
     categories: int = 0,
 ) -> Terms:
     """Loss terms for one example x (in the model's example shape) with noise eps
@@ -387,7 +396,7 @@ def collapse_grams(
     params,
     x: Array,
     likelihood: str = "gaussian",
-    dispersion: float = 1.0,
+    dispersion: float | Array = 1.0,
     categories: int = 0,
 ) -> tuple[Array, Array, Array]:
     """The three small matrices that :func:`collapse_eigenvalue` needs, measured on

@@ -27,6 +27,7 @@ from phasevae.safeio import SPEC_BYTES, brief, read_text
 from phasevae.spec.types import (  # noqa: F401  (the spec's types, re-exported)
     LATER_AXES,
     LIKELIHOODS,
+    MAX_DISPERSION,
     Axis,
     DataSpec,
     GridSpec,

@@ -139,7 +139,10 @@ class ModelSpec:
     ``likelihood``: the decoder's, its output being the natural parameter:
     "gaussian" (the mean, variance sigma^2), "bernoulli" (the logit; data of 0s and
     1s), "poisson" (the log-rate; counts), "negative_binomial" (the log-mean;
-    counts, variance m + m^2 / r with r = ``dispersion`` > 0, fixed) or
+    counts, variance m + m^2 / r with r = ``dispersion`` > 0, fixed, or with
+    ``learned_dispersion`` one r per feature trained from that start, whose
+    collapse criterion takes each feature's r at collapse, its maximum-likelihood
+    value at the feature's mean) or
     "categorical" (K = ``categories`` >= 2 logits per position; data of token ids
     0 .. K - 1, one column per position, which the model sees one-hot). For all but
     the Gaussian the grid's sigma^2 is the temperature the negative log-likelihood is
@@ -189,6 +192,7 @@ class ModelSpec:
     state: int = 0
     likelihood: str = "gaussian"
     dispersion: float = 0.0
+    learned_dispersion: bool = False
     categories: int = 0
     context: int = 0
     recurrent: int = 0
@@ -452,6 +456,11 @@ def likelihood_problem(spec: Spec) -> str | None:
         return (
             f"model.categories = {m.categories} must be 2 .. {MAX_CATEGORIES} (a "
             "one-hot code per position of that width)"
+        )
+    if m.learned_dispersion and m.likelihood != "negative_binomial":
+        return (
+            "model.learned_dispersion applies to the negative binomial only "
+            '(model.likelihood = "negative_binomial")'
         )
     if m.dispersion > MAX_DISPERSION:
         return (
