@@ -99,7 +99,7 @@ def test_the_autoregressive_step_costs_what_the_hand_count_says(capsys):
 
 @pytest.mark.slow
 def test_bench_json_interface(capsys):
-    assert main(["bench", "--models", "2", "--json"]) == 0
+    assert main(["bench", "--models", "2", "--repeats", "1", "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     for key in (
         "models",
@@ -115,6 +115,8 @@ def test_bench_json_interface(capsys):
     assert r["flops_per_s"] == r["model_steps_per_s"] * bench.flops_per_model_step()
     assert 0 < r["fraction_of_peak"] == r["flops_per_s"] / r["matmul_peak_flops_per_s"]
     assert main(["bench", "--models", "0"]) == 2
+    assert main(["bench", "--models", "2", "--repeats", "0"]) == 2
+    assert "--repeats 0: give 1 or more" in capsys.readouterr().err
     # more models than memory holds: refused before anything is timed or allocated
     # (was an XLA out-of-memory traceback)
     assert main(["bench", "--models", "4", "100000000"]) == 2

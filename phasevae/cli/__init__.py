@@ -458,6 +458,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = args.models or [1, 8, 64, 256]
     if any(m < 1 for m in models):
         raise BadInput("--models: every model count must be >= 1")
+    if args.repeats < 1:
+        raise BadInput(f"--repeats {args.repeats}: give 1 or more timed chunks")
     if args.checkpoint:
         import tempfile
 
@@ -468,7 +470,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             print(checkpoint_line(r))
         return 0
-    results = bench.run(models, model=args.model, precision=args.precision)
+    results = bench.run(
+        models, model=args.model, precision=args.precision, repeats=args.repeats
+    )
     if args.json:
         print(json.dumps(bench.as_dicts(results), indent=1))
         return 0

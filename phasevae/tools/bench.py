@@ -395,10 +395,12 @@ def run(
     baseline_models: int = 4,
     model: str = "mlp",
     precision: str = "float32",
+    repeats: int = 3,
 ) -> list[BenchResult]:
-    """Time every M in ``models`` at ``precision``; the baseline's rate (per model,
-    it does not depend on M; JAX's default precision) is measured once on
-    ``baseline_models`` models."""
+    """Time every M in ``models`` at ``precision``, the best of ``repeats`` timed
+    chunks after a warm-up one; the baseline's rate (per model, it does not depend
+    on M; JAX's default precision) is measured once on ``baseline_models``
+    models."""
     refuse_too_many(max(models), model, bench_data(model).shape)
     peak = matmul_peak()
     baseline = baseline_as_a_user_runs_it(baseline_models, model)
@@ -407,7 +409,7 @@ def run(
     for m in models:
         stop_if_terminated()
         rate, compile_s, nbytes, program, devices = time_grid(
-            m, model=model, precision=precision
+            m, repeats, model=model, precision=precision
         )
         out.append(
             BenchResult(
