@@ -143,6 +143,54 @@ def test_vmapped_conv_equals_the_models_trained_one_at_a_time(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_conv_vaes_models_in_sequence_on_each_device_train_as_vmapped():
+    """The conv VAE's chunk runs each device's share of the models one after
+    another (``Static.in_sequence``, shard_map + lax.map): on 4 devices with 8
+    models, 6 of them real, and steps starting per model (as refilled slots do),
+    parameters and metrics equal the vmapped chunk's."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import dataclasses, jax, numpy as np
+from phasevae.data import load_for_model
+from phasevae.engine.devices import Placement
+from phasevae.engine.grid import grid_table, static_config
+from phasevae.engine.step import Point, Trainer
+from phasevae.spec import spec_from_dict
+from tests.test_modules import CONV
+assert len(jax.devices()) == 4
+grid = {**CONV["grid"], "sigma2": [0.02, 0.05, 0.2, 0.5, 2.0, 5.0]}
+spec = spec_from_dict({**CONV, "grid": grid})
+d = load_for_model(spec)
+static = static_config(spec, d.x.shape[1], d.image_shape)
+assert Trainer(static).in_sequence  # on a CPU
+place = Placement.create(6)
+points = place.models(Point.from_table(grid_table(spec)))
+x, ex = place.replicated(d.x), place.replicated(d.eval_x)
+start = place.models(np.array([0, 3, 0, 7, 1, 0], np.int32))
+out = []
+for flag in (False, True):
+    t = Trainer(dataclasses.replace(static, in_sequence=flag), place.shard)
+    out.append(t.chunk(t.init(points), points, x, ex, start))
+for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1]), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+print("equal", len(jax.tree.leaves(out[0])))
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "equal" in proc.stdout
+
+
+@pytest.mark.slow
 def test_conv_shapes_and_decoder_init_scale_on_images_of_any_size():
     for shape in [(8, 8, 1), (7, 5, 3)]:
         m = ConvVAE(3, shape, (4, 8))

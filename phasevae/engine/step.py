@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from jax import Array
+from jax import Array, shard_map
+from jax.sharding import PartitionSpec as P
 
 from phasevae.models.discrete import CategoricalVAE
 from phasevae.models.ladder import LadderVAE
@@ -187,6 +188,11 @@ class Static:
     entropy_term: bool = False
     # the matmuls' precision (train.precision, MATMUL)
     precision: str = "float32"
+    # each device trains its models one after another (lax.map), each through the
+    # whole chunk, instead of all at once (vmap); None: on CPU devices (one thread
+    # each, where one model's working set stays in the caches; measured faster for
+    # every model, docs/speed.md), not on accelerators (whose parallelism is the vmap)
+    in_sequence: bool | None = None
     # a module following the protocol (phasevae.models.vae) in place of the MLP VAE of
     # the widths above, and the shape one example reaches it in (default (data_dim,))
     module: nn.Module | None = None
@@ -250,8 +256,10 @@ class Trainer:
     """Builds the jitted programs for one static configuration.
 
     ``init(points)`` makes a stacked state; ``chunk(state, points, data, eval_x,
-    start)`` runs ``chunk_steps`` steps from global step ``start`` and evaluates, all
-    vmapped over the models axis. ``traces`` counts how often ``chunk`` was traced.
+    start)`` runs ``chunk_steps`` steps from global step ``start`` and evaluates, for
+    every model of the stack: vmapped over the models axis, or on CPU devices
+    ``in_sequence`` (each device's models one after another,
+    :attr:`Static.in_sequence`). ``traces`` counts how often ``chunk`` was traced.
     ``models_sharding`` (a sharding of the leading axis), when given, is where every
     output is placed.
     """
@@ -310,6 +318,13 @@ class Trainer:
         root = jax.random.key(static.seed)
         self._point_root, self._data_root = jax.random.split(root)
         self.traces = 0
+        self._mesh = getattr(models_sharding, "mesh", None)
+        on = (
+            self._mesh.devices.flat[0].platform if self._mesh else jax.default_backend()
+        )
+        self.in_sequence = (
+            on == "cpu" if static.in_sequence is None else static.in_sequence
+        )
         # every output carries the models axis first: pin it to the models sharding so
         # that a chunk's outputs are laid out as its next call's inputs
         self.init = jax.jit(jax.vmap(self._init_one), out_shardings=models_sharding)
@@ -584,6 +599,8 @@ class Trainer:
             return self._traced_chunk(state, points, data, eval_x, start)
 
     def _traced_chunk(self, state, points, data, eval_x, start):
+        if self.in_sequence:
+            return self._chunk_in_sequence(state, points, data, eval_x, start)
         per_model = jnp.ndim(start) == 1
         step_all = jax.vmap(self._step_one, (0, 0, None, 0 if per_model else None))
 
@@ -596,3 +613,35 @@ class Trainer:
             state.params, points, eval_x
         )
         return state, metrics
+
+    def _chunk_in_sequence(self, state, points, data, eval_x, start):
+        """The chunk ``in_sequence`` (Static.in_sequence): each device takes its
+        share of the models (shard_map over the models axis) one after another
+        (lax.map), each through all its steps and its evaluation. The same
+        arithmetic per model as the vmapped chunk."""
+        per_model = jnp.ndim(start) == 1
+        steps = jnp.arange(self.static.chunk_steps, dtype=jnp.int32)
+
+        def share(state, points, data, eval_x, start):
+            def one(args):
+                state, point, begin = args
+                state, _ = jax.lax.scan(
+                    lambda s, i: (self._step_one(s, point, data, begin + i), None),
+                    state,
+                    steps,
+                )
+                return state, self._evaluate_one(state.params, point, eval_x)
+
+            begin = start if per_model else jnp.full(points.seed.shape, start)
+            return jax.lax.map(one, (state, points, begin))
+
+        if self._mesh is None:
+            return share(state, points, data, eval_x, start)
+        models = P(*self._mesh.axis_names)
+        return shard_map(
+            share,
+            mesh=self._mesh,
+            in_specs=(models, models, P(), P(), models if per_model else P()),
+            out_specs=models,
+            check_vma=False,
+        )(state, points, data, eval_x, start)
