@@ -4,11 +4,13 @@ count M, from the JSON that
 
     phasevae bench --models 64 256 1024 --json > results/speed/scaling_cpu.json
 
-writes. Plots it:
+writes (rows of several such files joined in one list). Plots it:
 
-    python studies/scaling.py results/speed/scaling_cpu.json
+    python studies/scaling.py results/speed/scaling_cpu.json [EARLIER.json]
 
-writes results/speed/scaling_cpu.png beside the JSON.
+writes results/speed/scaling_cpu.png beside the first JSON; an earlier curve's rate
+(``EARLIER.json``: the models vmapped on each device, before 2026-12-06) is drawn
+beside it, dotted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(path: str) -> None:
+def main(path: str, earlier: str | None = None) -> None:
     rows = json.loads(Path(path).read_text())
     m = [r["models"] for r in rows]
     fig, (rate, cost) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
@@ -34,6 +36,15 @@ def main(path: str) -> None:
         "s--",
         label="a loop of jitted single-model steps",
     )
+    if earlier:
+        old = json.loads(Path(earlier).read_text())
+        rate.plot(
+            [r["models"] for r in old],
+            [r["model_steps_per_s"] for r in old],
+            "o:",
+            color="grey",
+            label="before: each device's models vmapped",
+        )
     rate.set(
         xscale="log",
         xlabel="models M",
@@ -67,4 +78,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -135,6 +135,21 @@ def test_a_gru_head_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch):
     assert os.environ["XLA_FLAGS"] == chosen
 
 
+def test_models_in_sequence_hold_one_models_activations(tiny_spec):
+    """The memory estimate with the models in sequence (CPU devices): every model's
+    parameters and Adam state, one model's activations; vmapped, every model's."""
+    from phasevae.engine.grid import estimate_bytes
+
+    spec = tiny_spec()
+    shape = (500, 8)
+    seq = [estimate_bytes(spec, shape, m, in_sequence=True) for m in (1, 2, 64)]
+    vmapped = [estimate_bytes(spec, shape, m) for m in (1, 2, 64)]
+    assert seq[0] == vmapped[0]  # one model: the same
+    state = seq[1] - seq[0]  # per model: 4 float32 copies of the parameters
+    assert state % 16 == 0 and seq[2] - seq[0] == 63 * state
+    assert vmapped[2] - vmapped[0] == 63 * (vmapped[1] - vmapped[0]) > 63 * state
+
+
 @pytest.mark.parametrize("recurrent", [0, 32])
 def test_locate_turns_the_scheduler_off_for_a_gru_head_spec(
     tmp_path, monkeypatch, recurrent

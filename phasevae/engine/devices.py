@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from phasevae import safeio
 from phasevae.data import Dataset
 from phasevae.engine.grid import estimate_bytes, static_config
-from phasevae.engine.step import Point, Trainer
+from phasevae.engine.step import Point, Trainer, sequence_on
 from phasevae.errors import BadInput
 from phasevae.models.registry import footprint
 from phasevae.spec import Spec
@@ -345,7 +345,9 @@ def check_fits(
     estimated bytes per device (:func:`phasevae.engine.grid.estimate_bytes`) exceed 90 %
     of a device's memory, before anything is allocated."""
     limit = device_memory(place)
-    need = estimate_bytes(spec, data_shape, place.size // place.shard.mesh.size, size)
+    per_device = place.size // place.shard.mesh.size
+    in_sequence = sequence_on(place.shard.mesh)
+    need = estimate_bytes(spec, data_shape, per_device, size, in_sequence)
     if limit and need > 0.9 * limit:
         raise TooLarge(
             f"{what} would need about {need / 2**30:.2f} GiB per device "

@@ -109,14 +109,17 @@ def estimate_bytes(
     data_shape: tuple[int, int],
     models: int,
     size: tuple[int, int] | None = None,
+    in_sequence: bool = False,
 ) -> int:
     """An estimate of what one device holds for ``models`` models of ``spec`` on
     data of ``data_shape`` (n, N), from the spec alone: float32 parameters, their
     gradients and Adam's two moments; the activations of a training step (forward
-    and backward) and of an evaluation; and the replicated training and evaluation
-    data. Made before anything is allocated; the compiled program's own figure is
-    checked after compiling. ``size``: (parameters, activations per example) of a
-    module other than the MLP (:func:`phasevae.models.registry.footprint`)."""
+    and backward) and of an evaluation, of every model, or of one with the models
+    ``in_sequence`` (:attr:`phasevae.engine.step.Static.in_sequence`); and the
+    replicated training and evaluation data. Made before anything is allocated; the
+    compiled program's own figure is checked after compiling. ``size``:
+    (parameters, activations per example) of a module other than the MLP
+    (:func:`phasevae.models.registry.footprint`)."""
     n, dim = data_shape
     m, k = spec.model, spec.model.latent_dim
     skip = 0 if m.skip == "none" else dim
@@ -132,8 +135,8 @@ def estimate_bytes(
     if size is not None:
         params, units = size
     evals = min(spec.data.eval_samples, n)
-    per_model = 4 * params + 3 * spec.train.batch_size * units + 2 * evals * units
+    working = 3 * spec.train.batch_size * units + 2 * evals * units
     if size is None:
-        per_model += evals * (max(m.encoder or (dim,)) + dim)  # the collapse probe
+        working += evals * (max(m.encoder or (dim,)) + dim)  # the collapse probe
     data = n * dim + evals * dim
-    return 4 * (models * per_model + data)
+    return 4 * (models * 4 * params + (1 if in_sequence else models) * working + data)

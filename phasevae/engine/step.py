@@ -252,6 +252,13 @@ def active_directions(means: Array) -> Array:
     return jnp.where(tr >= ACTIVE_VAR, ratio, 0.0)
 
 
+def sequence_on(mesh) -> bool:
+    """Whether models train in sequence by default on the devices of ``mesh``
+    (None: JAX's default devices): on CPU devices (:attr:`Static.in_sequence`)."""
+    platform = mesh.devices.flat[0].platform if mesh else jax.default_backend()
+    return platform == "cpu"
+
+
 class Trainer:
     """Builds the jitted programs for one static configuration.
 
@@ -319,11 +326,10 @@ class Trainer:
         self._point_root, self._data_root = jax.random.split(root)
         self.traces = 0
         self._mesh = getattr(models_sharding, "mesh", None)
-        on = (
-            self._mesh.devices.flat[0].platform if self._mesh else jax.default_backend()
-        )
         self.in_sequence = (
-            on == "cpu" if static.in_sequence is None else static.in_sequence
+            sequence_on(self._mesh)
+            if static.in_sequence is None
+            else static.in_sequence
         )
         # every output carries the models axis first: pin it to the models sharding so
         # that a chunk's outputs are laid out as its next call's inputs
