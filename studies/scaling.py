@@ -49,7 +49,7 @@ def main(path: str, earlier: str | None = None) -> None:
         xscale="log",
         xlabel="models M",
         ylabel="model-steps / s",
-        ylim=(0, None),
+        ylim=(0, 1.15 * max(r["model_steps_per_s"] for r in rows)),
         title=f"{rows[0]['device']}: training rate",
     )
     rate.set_xticks(m, [str(v) for v in m])
