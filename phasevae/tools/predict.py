@@ -135,7 +135,8 @@ def step_cost(models: int, model: str = "mlp", precision: str = "float32") -> St
     """The cost of one model-step of the bench's program (:mod:`phasevae.tools.bench`)
     for ``models`` models: the chunk compiled for 1 step less the chunk for 0 (the
     evaluation alone), over the models one device holds (XLA analyses one device's
-    share of the sharded program)."""
+    share of the sharded program). The program is the vmapped one, as accelerators
+    run it (a CPU's models in sequence are a loop, whose body XLA counts once)."""
     from phasevae.engine.step import Trainer
     from phasevae.tools import bench
 
@@ -143,7 +144,7 @@ def step_cost(models: int, model: str = "mlp", precision: str = "float32") -> St
     counts = []
     for steps in (0, 1):
         static = dataclasses.replace(
-            bench.static_for(model, precision), chunk_steps=steps
+            bench.static_for(model, precision), chunk_steps=steps, in_sequence=False
         )
         trainer = Trainer(static)
         state = trainer.init(points)
