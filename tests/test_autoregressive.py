@@ -21,7 +21,7 @@ from phasevae.data import (
 )
 from phasevae.errors import DataError
 from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
-from phasevae.spec import SpecError, mask_offsets, spec_from_dict
+from phasevae.spec import SpecError, mask_offsets, spec_from_dict, stack_offsets
 from tests.conftest import tiny_dict
 from tests.test_cli import write_spec
 from tests.test_model import (
@@ -121,10 +121,63 @@ def test_the_masked_head_reads_its_mask_and_nothing_else():
     assert np.all(np.triu(want) == 0)
 
 
+def stack_params(model: VAE, seed: int = 0, bias: float | None = None) -> dict:
+    """A PixelCNN stack's parameters, its last layer moved off 0 (it starts
+    there); with ``bias``, every hidden layer's bias set to it (large: every ReLU
+    open on inputs in [0, 1], so the stack is a generic linear map)."""
+    params = model.init(jax.random.key(seed), jnp.zeros(model.data_dim), jnp.zeros(1))
+    p = dict(params["params"])
+    last = f"stack_{model.mask_layers - 1}"
+    shape = p[last]["kernel"].shape
+    p[last] = {"kernel": 0.5 * jax.random.normal(jax.random.key(seed + 1), shape)}
+    if bias is not None:
+        for i in range(model.mask_layers - 1):
+            p[f"stack_{i}"] = {
+                **p[f"stack_{i}"],
+                "bias": jnp.full_like(p[f"stack_{i}"]["bias"], bias),
+            }
+    return {"params": p}
+
+
+def test_a_stacks_receptive_field_has_pixelcnns_blind_spot():
+    assert stack_offsets(2, 1) == sorted(mask_offsets(2))
+    field = set(stack_offsets(1, 2))
+    assert {(-2, -2), (-2, 2), (-1, -2), (0, -2), (-1, 1)} <= field
+    assert (-1, 2) not in field  # the blind spot, up and to the right
+    assert all(dy < 0 or (dy == 0 and dx < 0) for dy, dx in stack_offsets(2, 4))
+    assert len(stack_offsets(1, 3)) > len(field) > len(mask_offsets(1))
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_the_pixelcnn_stack_reads_its_receptive_field_and_nothing_else(layers):
+    """With every ReLU open the stack is a linear map: its Jacobian is nonzero
+    exactly on each pixel's receptive field (:func:`stack_offsets`) within the
+    image, so it is causal in raster order and has the blind spot."""
+    h, w = 4, 5
+    model = VAE(
+        h * w, 1, (8,), (8,), mask=1, image=(h, w), mask_layers=layers, mask_channels=6
+    )
+    params = stack_params(model, bias=10.0)
+    x = jax.random.uniform(jax.random.key(2), (h * w,))
+    jac = jax.jacfwd(lambda x: model.apply(params, jnp.zeros(1), x, method=VAE.decode))(
+        x
+    )
+    want = np.zeros((h * w, h * w), bool)
+    for r in range(h):
+        for c in range(w):
+            for dy, dx in stack_offsets(1, layers):
+                if 0 <= r + dy and 0 <= c + dx < w:
+                    want[r * w + c, (r + dy) * w + c + dx] = True
+    np.testing.assert_array_equal(np.abs(np.asarray(jac)) > 1e-7, want)
+    assert not np.any(np.triu(want))
+
+
 def with_masked_head(model: VAE, params, x: np.ndarray) -> dict:
     """``params`` with the masked head at its pooled least-squares weights."""
-    weights = masked_weights(x, model.image, model.mask).astype(np.float32)
-    return {"params": {**params["params"], "masked": jnp.asarray(weights)}}
+    weights = masked_weights(x, model.image, mask_offsets(model.mask)).astype(
+        np.float32
+    )
+    return {"params": {**params["params"], "masked": jnp.asarray(weights, jnp.float32)}}
 
 
 def test_the_linear_vaes_collapse_eigenvalue_is_the_masked_innovations_lambda_max():
@@ -135,7 +188,11 @@ def test_the_linear_vaes_collapse_eigenvalue_is_the_masked_innovations_lambda_ma
     params = model.init(jax.random.key(0), jnp.zeros(12), jnp.zeros(2))
     params = collapsed(model, with_masked_head(model, params, x), jnp.asarray(x))
     lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
-    ce = np.cov(whitened(x, masked_innovations(x, IMAGE, 1)), rowvar=False, bias=True)
+    ce = np.cov(
+        whitened(x, masked_innovations(x, IMAGE, mask_offsets(1))),
+        rowvar=False,
+        bias=True,
+    )
     assert lam == pytest.approx(top(ce), rel=1e-4)
     assert top(ce) < 0.5 * top(np.cov(x, rowvar=False, bias=True))
 
@@ -235,7 +292,39 @@ def test_the_masked_heads_collapsed_state_turns_at_the_collapse_eigenvalue():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", [{"context": 2}, {"recurrent": 3}, {"mask": 1}])
+@pytest.mark.parametrize("widths", [((), ()), ((16, 8), (5, 12))])
+def test_the_pixelcnn_heads_collapsed_state_turns_at_its_own_innovations(widths):
+    """With a PixelCNN stack (random weights, ReLUs part open) the float64 Hessian
+    of the collapsed state turns at the probe's lambda_c, computed from the
+    stack's own residuals, for a linear and a deep network; for the linear VAE
+    that is lambda_max of their best linear prediction from x."""
+    enc, dec = widths
+    x = ar1_images()
+    model = VAE(12, 1, enc, dec, mask=1, image=IMAGE, mask_layers=2, mask_channels=4)
+    params = collapsed(model, biased(stack_params(model, 3)), jnp.asarray(x))
+    lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
+    if not enc:
+        ahead = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))
+        r = np.asarray(x - ahead(jnp.asarray(x)), np.float64)
+        c = np.cov(np.hstack([r, x]), rowvar=False, bias=True)
+        c_rx, c_xx = c[:12, 12:], c[12:, 12:]
+        assert lam == pytest.approx(top(c_rx @ np.linalg.solve(c_xx, c_rx.T)), rel=1e-4)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"context": 2},
+        {"recurrent": 3},
+        {"mask": 1},
+        {"mask": 1, "mask_layers": 2, "mask_channels": 3},
+    ],
+)
 def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head):
     x = ar1_windows(n=256, dim=6)
     np.save(tmp_path / "x.npy", x.reshape(256, 2, 3) if "mask" in head else x)
@@ -252,6 +341,7 @@ def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head
         context=head.get("context", 0),
         recurrent="recurrent" in head,
         mask=head.get("mask", 0),
+        mask_layers=head.get("mask_layers", 1),
     )
     assert_vmapped_equals_alone(spec, data)
 
@@ -262,6 +352,9 @@ def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head
         ({"context": 2, "recurrent": 4}, "set one"),
         ({"mask": 1, "recurrent": 4}, "set one"),
         ({"mask": 1}, "needs image data"),
+        ({"mask_layers": 2}, "apply to model.mask > 0"),
+        ({"mask": 1, "mask_channels": 8}, "applies to model.mask_layers > 1"),
+        ({"mask": 1, "mask_layers": 17}, "too deep; at most 16"),
         ({"recurrent": 4, "skip": "gated"}, "model.recurrent .* without a skip path"),
         ({"context": 2, "likelihood": "bernoulli"}, "built on the MLP VAE"),
         ({"context": 2, "skip": "plain"}, "without a skip path"),

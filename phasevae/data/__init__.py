@@ -33,7 +33,7 @@ from phasevae.data.arrays import MEMORY_FRACTION, load_array
 from phasevae.data.relaxation import latent_factor
 from phasevae.data.text import text_windows
 from phasevae.errors import DataError, optional
-from phasevae.spec import MAX_DISPERSION, DataSpec, mask_offsets
+from phasevae.spec import MAX_DISPERSION, DataSpec, stack_offsets
 
 # scikit-image's sample photographs that ship inside its wheel (no download), all
 # natural scenes or textures; colour ones are converted with the ITU-R 601 luma
@@ -130,6 +130,7 @@ def load_dataset(
     mask: int = 0,
     factor: float = 1.0,
     learned_dispersion: bool = False,
+    mask_layers: int = 1,
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
@@ -137,7 +138,8 @@ def load_dataset(
     covariance whitened by the likelihood's variances, :func:`whitening`); with an
     autoregressive head, the spectrum is of the innovations given ``context``
     predecessors, or given the whole past for a ``recurrent`` (GRU) head, or of
-    the innovations of a ``mask`` head (:func:`masked_innovations`). The spectrum
+    the innovations of a ``mask`` head of ``mask_layers`` (:func:`masked_innovations`
+    on the stack's receptive field, the best shared linear prediction). The spectrum
     is scaled by the latent's ``factor`` rho (a categorical latent's,
     :func:`phasevae.data.relaxation.latent_factor`), so that its lambda_max is the
     criterion in every case.
@@ -172,8 +174,14 @@ def load_dataset(
         whiten = innovations(x, context, what)
         what += f"; spectrum of the innovations given {context} predecessors"
     if mask:
-        whiten = masked_innovations(x, image_shape, mask, what)
+        field = stack_offsets(mask, mask_layers)
+        whiten = masked_innovations(x, image_shape, field, what)
         what += f"; spectrum of the innovations of a radius-{mask} masked convolution"
+        if mask_layers > 1:
+            what += (
+                f" stack of {mask_layers} layers (the best shared linear prediction "
+                f"from its {len(field)} pixels)"
+            )
     if factor != 1.0:
         scale = math.sqrt(factor)
         whiten = np.full(x.shape[1], scale) if whiten is None else whiten * scale
@@ -247,6 +255,7 @@ def load_for_model(spec) -> Dataset:
         m.mask,
         latent_factor(m.latent, m.latent_categories, m.estimator, m.temperature),
         m.learned_dispersion,
+        m.mask_layers,
     )
     if m.kind == "vrnn" or spec.grid.context != (-1.0,):  # a criterion per curve
         cov = np.cov(data.x.T.astype(np.float64), bias=True)
@@ -289,19 +298,21 @@ def innovation_matrix(covariance: np.ndarray, context: int) -> np.ndarray:
     return m
 
 
-def masked_weights(x: np.ndarray, image_shape, radius: int) -> np.ndarray:
-    """The least-squares weights, one per offset of
-    :func:`phasevae.spec.mask_offsets`, predicting every pixel of the centred
-    images ``x`` (n, h * w) from its masked neighbours (zero outside the image),
-    pooled over pixels and rows: a masked-convolution head's at collapse."""
+def masked_weights(x: np.ndarray, image_shape, offsets) -> np.ndarray:
+    """The least-squares weights, one per offset (dy, dx) of ``offsets`` (a mask,
+    :func:`phasevae.spec.mask_offsets`, or a stack's receptive field,
+    :func:`phasevae.spec.stack_offsets`), predicting every pixel of the centred
+    images ``x`` (n, h * w) from those neighbours (zero outside the image),
+    pooled over pixels and rows: a linear masked-convolution head's at collapse."""
     n = x.shape[0]
     h, w = image_shape[:2]
     xc = (x - x.mean(axis=0)).reshape(n, h, w).astype(np.float64)
-    padded = np.pad(xc, ((0, 0), (radius, 0), (radius, radius)))
-    offsets = mask_offsets(radius)
+    up = -min(dy for dy, _ in offsets)
+    side = max(abs(dx) for _, dx in offsets)
+    padded = np.pad(xc, ((0, 0), (up, 0), (side, side)))
     views = np.stack(
         [
-            padded[:, radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+            padded[:, up + dy : up + dy + h, side + dx : side + dx + w]
             for dy, dx in offsets
         ],
         axis=-1,
@@ -310,13 +321,14 @@ def masked_weights(x: np.ndarray, image_shape, radius: int) -> np.ndarray:
 
 
 def masked_innovations(
-    x: np.ndarray, image_shape, radius: int, what: str = "the data"
+    x: np.ndarray, image_shape, offsets, what: str = "the data"
 ) -> np.ndarray:
     """The (N, N) matrix (I - B)^T that takes centred rows of ``x`` (images of
-    ``image_shape``, one channel) to the innovations of a masked-convolution head of
-    ``radius`` (``model.mask``): B applies :func:`masked_weights` at every pixel,
-    x zero outside the image. At collapse, where z explains nothing, that is what
-    the head learns, and the residual is what is left for z.
+    ``image_shape``, one channel) to the innovations of a linear masked-convolution
+    head reading ``offsets`` (``model.mask``'s, :func:`phasevae.spec.stack_offsets`):
+    B applies :func:`masked_weights` at every pixel, x zero outside the image. At
+    collapse, where z explains nothing, that is what the head learns, and the
+    residual is what is left for z.
 
     Raises:
       DataError: data that are not single-channel images.
@@ -330,10 +342,10 @@ def masked_innovations(
             + (f" for {tuple(image_shape)} images" if image_shape else ", no images")
         )
     h, w = image_shape[:2]
-    weights = masked_weights(x, image_shape, radius)
+    weights = masked_weights(x, image_shape, offsets)
     b = np.zeros((dim, dim))
     rows, cols = np.indices((h, w))
-    for (dy, dx), weight in zip(mask_offsets(radius), weights, strict=True):
+    for (dy, dx), weight in zip(offsets, weights, strict=True):
         inside = (rows + dy >= 0) & (cols + dx >= 0) & (cols + dx < w)
         p = (rows * w + cols)[inside]
         b[p, p + dy * w + dx] = weight

@@ -95,6 +95,8 @@ def static_config(
         recurrent=m.recurrent,
         mask=m.mask,
         image=tuple(image_shape[:2]) if m.mask and image_shape else (),
+        mask_layers=m.mask_layers,
+        mask_channels=m.mask_channels,
         module=build(m, shape, COMPUTE[t.precision]),
         example_shape=shape,
         free_bits=any(axis_values(spec.grid.free_bits)),
@@ -125,13 +127,11 @@ def estimate_bytes(
     skip = 0 if m.skip == "none" else dim
     widths_enc = [dim, *m.encoder, 2 * k]
     widths_dec = [k + skip, *m.decoder, dim]
-    h = m.recurrent  # a GRU head's width: its 3 gates' weights and biases, readout
-    head = dim * m.context + (3 * h * h + 7 * h + h + 1 if h else 0)
-    head += 2 * m.mask * (m.mask + 1)  # a masked convolution's weights
+    head, head_units = _head_size(m, dim)
     params = head + sum(
         (a + 1) * b for w in (widths_enc, widths_dec) for a, b in itertools.pairwise(w)
     )
-    units = sum(widths_enc) + sum(widths_dec)
+    units = sum(widths_enc) + sum(widths_dec) + head_units
     if size is not None:
         params, units = size
     evals = min(spec.data.eval_samples, n)
@@ -140,3 +140,19 @@ def estimate_bytes(
         working += evals * (max(m.encoder or (dim,)) + dim)  # the collapse probe
     data = n * dim + evals * dim
     return 4 * (models * 4 * params + (1 if in_sequence else models) * working + data)
+
+
+def _head_size(m, dim: int) -> tuple[int, int]:
+    """An autoregressive head's (parameters, activations per example) for data of
+    ``dim`` features: a context's weights, a GRU's (3 gates' weights and biases,
+    the readout), a masked convolution's, or a PixelCNN stack's (each layer's
+    weights and its masked neighbourhoods, gathered for its matmul)."""
+    h = m.recurrent
+    params = dim * m.context + (3 * h * h + 7 * h + h + 1 if h else 0)
+    offsets = 2 * m.mask * (m.mask + 1)  # mask A's; mask B's is one more
+    if m.mask_layers == 1:
+        return params + offsets, dim * offsets
+    c, inner = m.mask_channels, m.mask_layers - 2
+    params += offsets * c + c + inner * ((offsets + 1) * c * c + c) + (offsets + 1) * c
+    units = dim * (offsets + c + (inner + 1) * ((offsets + 1) * c + c))
+    return params, units

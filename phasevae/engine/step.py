@@ -179,9 +179,12 @@ class Static:
     # its GRU (model.recurrent; 0: none)
     context: int = 0
     recurrent: int = 0
-    # a masked-convolution head's radius (model.mask; 0: none) and the image (h, w)
+    # a masked-convolution head's radius (model.mask; 0: none), the image (h, w),
+    # and a PixelCNN stack's masked layers and their width
     mask: int = 0
     image: tuple[int, ...] = ()
+    mask_layers: int = 1
+    mask_channels: int = 16
     # objective terms some grid point uses (a grid without them compiles without)
     free_bits: bool = False
     mi_term: bool = False
@@ -319,6 +322,8 @@ class Trainer:
                 recurrent=static.recurrent,
                 mask=static.mask,
                 image=static.image,
+                mask_layers=static.mask_layers,
+                mask_channels=static.mask_channels,
             )
         self.tx = (
             optax.scale_by_adam() if static.optimizer == "adam" else optax.identity()

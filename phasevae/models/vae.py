@@ -127,6 +127,11 @@ class VAE(nn.Module):
         offsets o of PixelCNN's mask A of radius ``mask`` (the rows above within
         the radius, and the pixels to the left in p's own row), one weight per
         offset shared by every pixel, x zero outside the image (M starting at 0).
+      mask_layers: with ``mask``, a PixelCNN head when > 1: that many masked
+        convolutions of radius ``mask``, the first with mask A, the rest with mask
+        B (:func:`phasevae.spec.stack_offsets`), ``mask_channels`` wide with ReLUs
+        between them (zero padding), the last to one channel without a bias
+        (starting at 0): a nonlinear head.
       compute_dtype: the dtype the layers' matmul operands are cast to (bfloat16
         for ``train.precision = "bfloat16"``), accumulated in float32; None: float32.
     """
@@ -142,6 +147,8 @@ class VAE(nn.Module):
     recurrent: int = 0
     mask: int = 0
     image: tuple[int, ...] = ()
+    mask_layers: int = 1
+    mask_channels: int = 16
 
     def setup(self):
         self.enc = MLP(tuple(self.encoder), 2 * self.latent_dim, self.compute_dtype)
@@ -152,7 +159,11 @@ class VAE(nn.Module):
             self.ar = self.param(
                 "ar", nn.initializers.zeros, (self.data_dim, self.context)
             )
-        if self.mask:
+        if self.mask and self.mask_layers > 1:
+            self.stack = [
+                nn.Dense(self.mask_channels) for _ in range(self.mask_layers - 1)
+            ] + [nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros)]
+        elif self.mask:
             self.masked = self.param(
                 "masked", nn.initializers.zeros, (len(mask_offsets(self.mask)),)
             )
@@ -189,10 +200,14 @@ class VAE(nn.Module):
     def predicted(self, x: Array) -> Array:
         """(N,) -> the autoregressive head's part of the output: feature i's
         sum_j A[i, j] x[i - 1 - j], the readout of the GRU's state after x[i - 1],
-        or the masked convolution's sum_o M[o] x[p + o] (0 without a head)."""
+        the masked convolution's sum_o M[o] x[p + o], or the PixelCNN stack's
+        output (0 without a head)."""
         n = x.shape[-1]
+        if self.mask and self.mask_layers > 1:
+            return self._pixelcnn(x.reshape(*self.image, 1))
         if self.mask:
-            return masked_views(x.reshape(self.image), self.mask) @ self.masked
+            views = masked_views(x.reshape(self.image), mask_offsets(self.mask))
+            return views @ self.masked
         if self.recurrent:
             return self.readout(self._states(jnp.pad(x, (1, 0))[:n, None]))[:, 0]
         if not self.context:
@@ -201,6 +216,17 @@ class VAE(nn.Module):
             [jnp.pad(x, (j + 1, 0))[:n] for j in range(self.context)], axis=-1
         )  # (N, context): x[i - 1 - j], 0 before the first feature
         return jnp.sum(self.ar * lagged, axis=-1)
+
+    def _pixelcnn(self, image: Array) -> Array:
+        """(h, w, 1) -> the stack's output at every pixel (h * w,): each layer a
+        masked convolution (mask A first, then B) as a matmul of each pixel's
+        masked neighbourhood, ReLU between layers."""
+        a_mask = mask_offsets(self.mask)
+        b_mask = [*a_mask, (0, 0)]
+        for i, layer in enumerate(self.stack[:-1]):
+            out = layer(masked_views(image, b_mask if i else a_mask))
+            image = nn.relu(out).reshape(*self.image, self.mask_channels)
+        return self.stack[-1](masked_views(image, b_mask))[:, 0]
 
     def _states(self, inputs: Array) -> Array:
         """The GRU's state after each of ``inputs`` (N, 1), from a zero state."""
@@ -217,16 +243,19 @@ class VAE(nn.Module):
         return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps, x)
 
 
-def masked_views(image: Array, radius: int) -> Array:
-    """(h, w) -> (h * w, offsets): pixel p's neighbours x[p + o] over the offsets
-    of PixelCNN's mask A (:func:`phasevae.spec.mask_offsets`), zero outside."""
-    h, w = image.shape
-    padded = jnp.pad(image, ((radius, 0), (radius, radius)))
+def masked_views(image: Array, offsets: list[tuple[int, int]]) -> Array:
+    """(h, w) or (h, w, c) -> (h * w, offsets * c): pixel p's neighbours x[p + o]
+    over ``offsets`` (dy <= 0; :func:`phasevae.spec.mask_offsets`), each with
+    its c channels, zero outside the image."""
+    h, w = image.shape[:2]
+    up = -min(dy for dy, _ in offsets)
+    side = max(abs(dx) for _, dx in offsets)
+    pad = ((up, 0), (side, side)) + ((0, 0),) * (image.ndim - 2)
+    padded = jnp.pad(image, pad)
     views = [
-        padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-        for dy, dx in mask_offsets(radius)
+        padded[up + dy : up + dy + h, side + dx : side + dx + w] for dy, dx in offsets
     ]
-    return jnp.stack(views, axis=-1).reshape(h * w, len(views))
+    return jnp.stack(views, axis=2).reshape(h * w, -1)
 
 
 def nll(
@@ -282,43 +311,40 @@ def mean_of(eta: Array, likelihood: str, categories: int = 0) -> Array:
     return eta
 
 
-def fisher_of(eta: Array, likelihood: str, dispersion: float | Array = 1.0) -> Array:
-    """The Fisher information of -ln p(x | eta) in eta (the expected second
-    derivative): the variance for the canonical links (the Gaussian's 1, sigma^2
-    being the temperature), m r / (r + m) for the negative binomial's log-mean."""
-    if likelihood == "bernoulli":
-        p = jax.nn.sigmoid(eta)
-        return p * (1.0 - p)
-    if likelihood == "poisson":
-        return jnp.exp(eta)
-    if likelihood == "negative_binomial":
-        return jnp.exp(eta) * dispersion / (dispersion + jnp.exp(eta))
-    return jnp.ones_like(eta)
+def categorical_fisher_times(eta: Array, g: Array, categories: int) -> Array:
+    """F g for the categorical's Fisher information F in its logits ``eta`` (N,)
+    and g (N, d): per position, a block of ``categories`` logits, diag(p) - p p^T
+    (p the softmax). It is also the second derivative of -ln p(x | eta) whatever x
+    (the canonical link)."""
+    p = blocks(mean_of(eta, "categorical", categories), categories)[..., None]
+    gb = g.reshape(p.shape[0], categories, -1)
+    return (p * gb - p * jnp.sum(p * gb, axis=1, keepdims=True)).reshape(g.shape)
 
 
-def fisher_times(
+def score_and_curvature(
+    x: Array,
     eta: Array,
-    g: Array,
     likelihood: str,
     dispersion: float | Array = 1.0,
     categories: int = 0,
-) -> Array:
-    """F g for the Fisher information F of -ln p(x | eta) in eta and g (N, d):
-    :func:`fisher_of` on the diagonal, and for the categorical, whose positions are
-    blocks of ``categories`` logits, diag(p) - p p^T per position (p the softmax)."""
-    if likelihood == "categorical":
-        p = blocks(mean_of(eta, likelihood, categories), categories)[..., None]
-        gb = g.reshape(p.shape[0], categories, -1)
-        return (p * gb - p * jnp.sum(p * gb, axis=1, keepdims=True)).reshape(g.shape)
-    return fisher_of(eta, likelihood, dispersion)[:, None] * g
+) -> tuple[Array, Array]:
+    """For rows x (n, N) at their own decoder outputs eta (n, N): the score
+    -d(-ln p(x | eta)) / d eta (n, N) (x - m for the canonical links, (x - m) r /
+    (r + m) for the negative binomial's log-mean) and the second derivative of
+    -ln p in each eta_i (n, N) (the variance at eta for the canonical links; for
+    the negative binomial (x + r) r m / (r + m)^2, whose mean over the data is its
+    Fisher information m r / (r + m) where m is the data mean). The second is
+    meaningless for the categorical, whose logits couple within a position
+    (:func:`categorical_fisher_times`)."""
 
+    def one(xi, ei):
+        def grad(e):
+            return jax.grad(nll, argnums=1)(xi, e, likelihood, dispersion, categories)
 
-def score_scale(eta: Array, likelihood: str, dispersion: float | Array = 1.0) -> Array:
-    """d(-ln p) / d eta = -(x - m) times this: 1 for the canonical links,
-    r / (r + m) for the negative binomial's log-mean."""
-    if likelihood == "negative_binomial":
-        return dispersion / (dispersion + jnp.exp(eta))
-    return jnp.ones_like(eta)
+        first, second = jax.jvp(grad, (ei,), (jnp.ones_like(ei),))
+        return -first, second
+
+    return jax.vmap(one)(x, eta)
 
 
 class Terms(NamedTuple):
@@ -400,17 +426,17 @@ def collapse_grams(
     categories: int = 0,
 ) -> tuple[Array, Array, Array]:
     """The three small matrices that :func:`collapse_eigenvalue` needs, measured on
-    the data ``x`` (n, N): S = G^T D G (d_1, d_1), K = G^T R C_xh (d_1, d_h) and
+    the data ``x`` (n, N): S = G^T D G (d_1, d_1), K = G^T C_rh (d_1, d_h) and
     C_hh (d_h, d_h), where h = model.features(x), C are covariances over x,
     G = d f / d a (N, d_1) at z = 0, a being the decoder's first pre-activation
-    (obtained as the Jacobian with respect to the first layer's bias), D and R the
-    likelihood's Fisher information and score scale at the decoder's output f(0)
-    (:func:`fisher_times`, :func:`score_scale`; 1 for the Gaussian, whose sigma^2 is
-    compared with lambda_c; D block-diagonal for the categorical). No skip path.
-    With an autoregressive head (``model.context`` or ``model.recurrent``) x is
-    replaced by its innovations r = x - the head's prediction from x's
-    predecessors: at collapse that is what is left for z to explain
-    (docs/science.md).
+    (obtained as the Jacobian with respect to the first layer's bias), r the
+    likelihood's score at each example's decoder output eta(x) = f(0) + the
+    autoregressive head's prediction from x's predecessors (x - eta(x) for the
+    Gaussian: x's innovations) and D the mean over x of its second derivative
+    (:func:`score_and_curvature`; the Gaussian's 1, sigma^2 being compared with
+    lambda_c; block-diagonal for the categorical, which takes no head). At
+    collapse that r is what is left for z to explain (docs/science.md, 'Other
+    likelihoods' and 'Autoregressive decoders'). No skip path.
 
     Only matrix products run here, inside the compiled training program; the
     eigen-decompositions run on the host (XLA's CPU LAPACK calls, sharded over many
@@ -418,10 +444,9 @@ def collapse_grams(
     p = params["params"]
     h = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.features))(x)
     h = h - jnp.mean(h, axis=0, keepdims=True)
-    # what z must explain: x, less an autoregressive head's prediction from x's
-    # predecessors (its innovations, at the head's current weights)
-    r = x - jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))(x)
-    xc = r - jnp.mean(r, axis=0, keepdims=True)
+    # each example's decoder output at collapse: f(0) plus the autoregressive
+    # head's prediction from x's predecessors (0 without a head)
+    ahead = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))(x)
     n = x.shape[0]
 
     def f_of_bias(b):
@@ -433,9 +458,15 @@ def collapse_grams(
     bias = p["dec"]["Dense_0"]["bias"]
     g = jax.jacfwd(f_of_bias)(bias)  # (N, d_1)
     f0 = f_of_bias(bias)
-    fg = fisher_times(f0, g, likelihood, dispersion, categories)
-    r = score_scale(f0, likelihood, dispersion)
-    return g.T @ fg, g.T @ (r[:, None] * (xc.T @ h)) / n, h.T @ h / n
+    score, curvature = score_and_curvature(
+        x, f0[None, :] + ahead, likelihood, dispersion, categories
+    )
+    if likelihood == "categorical":
+        dg = categorical_fisher_times(f0, g, categories)
+    else:
+        dg = jnp.mean(curvature, axis=0)[:, None] * g
+    r = score - jnp.mean(score, axis=0, keepdims=True)
+    return g.T @ dg, g.T @ (r.T @ h) / n, h.T @ h / n
 
 
 EIG_RTOL = 1e-6  # eigenvalues of a Gram matrix below this fraction of its top are 0

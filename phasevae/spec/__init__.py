@@ -43,6 +43,7 @@ from phasevae.spec.types import (  # noqa: F401  (the spec's types, re-exported)
     grid_size,
     mask_offsets,
     model_problem,
+    stack_offsets,
     train_problem,
 )
 
@@ -92,6 +93,8 @@ BOUNDS = {
     ("model", "context"): (0, True),
     ("model", "recurrent"): (0, True),
     ("model", "mask"): (0, True),
+    ("model", "mask_layers"): (1, True),
+    ("model", "mask_channels"): (1, True),
     ("train", "steps"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0.0, False),

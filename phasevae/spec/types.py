@@ -169,7 +169,13 @@ class ModelSpec:
     one channel; not with the other heads): a masked convolution, PixelCNN's mask A
     of radius r (:func:`mask_offsets`), one weight per offset shared by every
     pixel; the criterion is then lambda_max of the innovations of the best such
-    shared prediction (``phasevae.data.masked_innovations``).
+    shared prediction (``phasevae.data.masked_innovations``). ``mask_layers`` = L > 1
+    makes it a PixelCNN: L masked convolutions of that radius, the first with mask
+    A and the rest with mask B (the pixel's own position too), ``mask_channels``
+    wide with ReLUs between them, the last to one channel (starting at 0); the
+    criterion printed is that of the best shared linear prediction from the
+    stack's receptive field (:func:`stack_offsets`), and the collapse probe reads
+    the trained stack's own innovations.
     """
 
     latent_dim: int = 3
@@ -197,6 +203,8 @@ class ModelSpec:
     context: int = 0
     recurrent: int = 0
     mask: int = 0
+    mask_layers: int = 1
+    mask_channels: int = 16
 
     def kl_dims(self, data_dim: int) -> int:
         """The latent dims whose KL the metrics carry (``kl_dim_j``) for data of
@@ -424,6 +432,8 @@ OWN_SETTINGS = (  # (likelihood, the setting only it has, what it must be)
 )
 MAX_RECURRENT = 4096  # a GRU head's width
 MAX_MASK = 64  # a masked-convolution head's radius
+MAX_MASK_LAYERS = 16  # a PixelCNN head's masked layers
+MAX_MASK_CHANNELS = 1024  # and their width
 MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
 
 
@@ -502,6 +512,18 @@ def mask_offsets(radius: int) -> list[tuple[int, int]]:
     ]
 
 
+def stack_offsets(radius: int, layers: int = 1) -> list[tuple[int, int]]:
+    """The offsets (dy, dx) a stack of ``layers`` masked convolutions of ``radius``
+    reads (its receptive field): the first layer's mask A (:func:`mask_offsets`),
+    then each later one's mask B (mask A and the pixel itself) added on, so the
+    stack's blind spot, up and to the right, is left out as it is in PixelCNN."""
+    field = set(mask_offsets(radius))
+    step = [*mask_offsets(radius), (0, 0)]
+    for _ in range(layers - 1):
+        field = {(a + c, b + d) for a, b in field for c, d in step}
+    return sorted(field)
+
+
 def context_problem(spec: Spec) -> str | None:
     """What is wrong with ``model.context``, ``model.recurrent`` or ``model.mask``
     (an autoregressive decoder), or None."""
@@ -517,6 +539,25 @@ def context_problem(spec: Spec) -> str | None:
             return (
                 f"grid.context (up to {max(ks):g}) needs model.context = {max(ks):g} "
                 f"(the head's width) or left out; it is {m.context}"
+            )
+    stack = ModelSpec()
+    if (m.mask_layers, m.mask_channels) != (stack.mask_layers, stack.mask_channels):
+        if not m.mask:
+            return "model.mask_layers and model.mask_channels apply to model.mask > 0"
+        if m.mask_layers == 1:
+            return (
+                "model.mask_channels is the width of a stack's hidden layers: it "
+                "applies to model.mask_layers > 1"
+            )
+        if m.mask_layers > MAX_MASK_LAYERS:
+            return (
+                f"model.mask_layers = {m.mask_layers} is too deep; at most "
+                f"{MAX_MASK_LAYERS}"
+            )
+        if m.mask_channels > MAX_MASK_CHANNELS:
+            return (
+                f"model.mask_channels = {m.mask_channels} is too wide; at most "
+                f"{MAX_MASK_CHANNELS}"
             )
     if not heads:
         return None
