@@ -39,6 +39,28 @@ def test_flop_count_of_the_gru_head():
     assert footprint(with_head, (8,), 2)[0] == footprint(plain, (8,), 2)[0] + params
 
 
+def test_flop_count_of_the_pixelcnn_head():
+    """The pixelcnn model is the MLP on 256 pixels plus three masked layers of
+    radius 1 at each pixel: 4 offsets x 1 -> 16, 5 offsets x 16 -> 16, 5 x 16 -> 1
+    (no bias): 1,456 parameters, as flax's."""
+    from phasevae.models.registry import footprint
+    from phasevae.models.vae import VAE
+
+    dim = 256
+    mlp = dim * 256 + 256 * 128 + 128 * 4 + 2 * 128 + 128 * 256 + 256 * dim
+    mlp_params = mlp + (256 + 128 + 4) + (128 + 256 + dim)
+    head = 4 * 16 + 80 * 16 + 80 * 1
+    params = head + 16 + 16
+    want = 3 * 2 * 64 * (mlp + dim * head) + 12 * (mlp_params + params)
+    assert bench.flops_per_model_step("pixelcnn") == want
+    static = bench.static_for("pixelcnn")
+    assert (static.mask, static.mask_layers, static.mask_channels) == (1, 3, 16)
+    widths = dict(encoder=bench.ENCODER, decoder=bench.DECODER)
+    with_head = VAE(dim, 2, **widths, mask=1, image=(16, 16), mask_layers=3)
+    plain = VAE(dim, 2, **widths)
+    assert footprint(with_head, (dim,), 2)[0] == footprint(plain, (dim,), 2)[0] + params
+
+
 @pytest.mark.parametrize("model", ["categorical", "ladder"])
 def test_flop_count_of_the_structured_latents(model):
     """The categorical latent's encoder outputs 2 codes x 4 logits and its decoder
@@ -84,16 +106,21 @@ def test_the_structured_latents_are_timed_against_the_loop(capsys, model):
 
 
 @pytest.mark.slow
-def test_the_autoregressive_step_costs_what_the_hand_count_says(capsys):
-    """XLA's count of one ar model-step is the hand count plus the element-wise work
-    (as for the MLP), and the bench times it against the loop."""
+@pytest.mark.parametrize("model, low", [("ar", 1.0), ("pixelcnn", 0.97)])
+def test_the_autoregressive_step_costs_what_the_hand_count_says(capsys, model, low):
+    """XLA's count of one model-step is the hand count plus the element-wise work
+    (as for the MLP), and the bench times it against the loop. The pixelcnn's
+    count is below the hand count by up to 3 %: the hand count's backward pass
+    includes the gradient with respect to the data of the first layers (the
+    256-pixel encoder's, the stack's), which XLA does not compute (measured
+    0.7 % below)."""
     from phasevae.tools import predict
 
-    hand = bench.flops_per_model_step("ar")
-    assert hand <= predict.step_cost(4, "ar").flops <= 1.05 * hand
-    assert main(["bench", "--model", "ar", "--models", "2", "--json"]) == 0
+    hand = bench.flops_per_model_step(model)
+    assert low * hand <= predict.step_cost(4, model).flops <= 1.05 * hand
+    assert main(["bench", "--model", model, "--models", "2", "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
-    assert r["model"] == "ar" and r["model_steps_per_s"] > 0
+    assert r["model"] == model and r["model_steps_per_s"] > 0
     assert r["baseline_model_steps_per_s"] > 0
 
 

@@ -144,12 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        choices=("mlp", "conv", "ar", "gru", "categorical", "ladder", "vrnn"),
+        choices=(
+            "mlp",
+            "conv",
+            "ar",
+            "gru",
+            "pixelcnn",
+            "categorical",
+            "ladder",
+            "vrnn",
+        ),
         default="mlp",
         help="the paper's MLP (default), the convolutional VAE on image patches, "
         "the MLP with an autoregressive decoder (model.context = 4) or a GRU head "
-        "(model.recurrent = 32), with a categorical latent (2 codes of 4) or with "
-        "a two-layer ladder latent, or the VRNN over the 8 features as steps",
+        "(model.recurrent = 32), with a PixelCNN head on 16x16 patches (three "
+        "masked layers of 16 channels), with a categorical latent (2 codes of 4) or "
+        "with a two-layer ladder latent, or the VRNN over the 8 features as steps",
     )
     p.add_argument(
         "--precision",

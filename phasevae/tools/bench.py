@@ -17,6 +17,10 @@ Architectures (``--model``):
         each output also gets a linear readout of a GRU that has read the features
         before it; XLA's cost analysis counts the scanned GRU step once, so
         ``--predict`` undercounts the head by about N);
+  pixelcnn  the MLP with a PixelCNN decoder head (``model.mask`` = 1,
+        ``mask_layers`` = 3, ``mask_channels`` = 16: three masked convolutions of
+        radius 1, mask A then B) on the conv model's 16x16 patches (N = 256),
+        batch 64;
   categorical  the MLP with a categorical latent (``model.latent = "categorical"``:
         2 codes of 4 values, Gumbel-softmax draws);
   ladder  the MLP with a two-layer ladder latent (``model.latent = "ladder"``: a
@@ -29,7 +33,8 @@ Architectures (``--model``):
 FLOPs of one model step, counted by hand (a multiply-add is 2 FLOPs):
   forward   2 * B * MACs, MACs = sum over dense layers of fan_in * fan_out (and the
             autoregressive head's N * context, the GRU head's N steps of its
-            six gates and its readout), over
+            six gates and its readout, the PixelCNN's N pixels through each
+            masked layer's offsets * C_in * C_out), over
             convolutions of output pixels * k^2 * C_in * C_out, over transposed
             convolutions of input pixels * k^2 * C_in * C_out (the useful products:
             the zeros a strided transposed convolution multiplies are not counted)
@@ -68,6 +73,7 @@ CODES = 4  # the ``categorical`` model's values per code (LATENT codes)
 TOP = 2  # the ``ladder`` model's top layer
 STATE, STEP_WIDTH = 32, 64  # the ``vrnn`` model's GRU and its MLPs' hidden width
 GRU_HEAD = 32  # the ``gru`` model's head: its GRU's width
+PIXELCNN = (1, 3, 16)  # the ``pixelcnn`` model's head: radius, layers, channels
 CHUNK = 100  # steps per timed call
 EVAL = 256  # evaluation examples per chunk (small: the bench times training)
 
@@ -110,14 +116,20 @@ def static_for(model: str, precision: str = "float32") -> Static:
             precision=precision,
         )
     latent = {"categorical": "categorical", "ladder": "ladder"}.get(model, "gaussian")
+    image = model == "pixelcnn"
+    radius, layers, channels = PIXELCNN if image else (0, 1, 16)
     return Static(
-        N,
+        math.prod(IMAGE) if image else N,
         LATENT,
         ENCODER,
         DECODER,
-        BATCH,
+        CONV_BATCH if image else BATCH,
         CHUNK,
         precision=precision,
+        mask=radius,
+        image=IMAGE[:2] if image else (),
+        mask_layers=layers,
+        mask_channels=channels,
         context=AR_CONTEXT if model == "ar" else 0,
         recurrent=GRU_HEAD if model == "gru" else 0,
         latent=latent,
@@ -128,8 +140,8 @@ def static_for(model: str, precision: str = "float32") -> Static:
 
 def bench_data(model: str) -> np.ndarray:
     """The training data (n, N) float32: Gaussian with the paper's spectrum for the
-    MLP, scikit-image patches scaled to [-1, 1] for the conv model."""
-    if model == "conv":
+    MLP, scikit-image patches scaled to [-1, 1] for the conv and PixelCNN models."""
+    if model in ("conv", "pixelcnn"):
         from phasevae.data import patches
 
         return (patches(4096, 0) / 127.5 - 1.0).astype(np.float32)
@@ -153,6 +165,15 @@ def vrnn_layer_sizes() -> list[tuple[int, int]]:
     return [(h, 2), (1 + h, w), (w, 2), (1 + h, w), (w, 1)] + gru_sizes(2, h)
 
 
+def pixelcnn_sizes() -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of the ``pixelcnn`` head's masked layers at one pixel: the
+    first reads mask A's offsets of one channel, the others mask B's (one more) of
+    C channels; the last outputs one channel, without a bias."""
+    radius, layers, c = PIXELCNN
+    a = 2 * radius * (radius + 1)
+    return [(a, c)] + [((a + 1) * c, c)] * (layers - 2) + [((a + 1) * c, 1)]
+
+
 def layer_sizes(model: str = "mlp") -> list[tuple[int, int]]:
     """(fan_in, fan_out) of every dense layer of the bench's MLP ``model``: the
     encoder's output is 2 k (mean and log-variance), a categorical latent's k codes
@@ -160,8 +181,9 @@ def layer_sizes(model: str = "mlp") -> list[tuple[int, int]]:
     (TOP -> k) is one layer more; the decoder reads k, or k CODES one-hot inputs."""
     out = {"categorical": LATENT * CODES, "ladder": 2 * (LATENT + TOP)}
     reads = LATENT * CODES if model == "categorical" else LATENT
-    enc = [N, *ENCODER, out.get(model, 2 * LATENT)]
-    dec = [reads, *DECODER, N]
+    dim = math.prod(IMAGE) if model == "pixelcnn" else N
+    enc = [dim, *ENCODER, out.get(model, 2 * LATENT)]
+    dec = [reads, *DECODER, dim]
     down = [(TOP, LATENT)] if model == "ladder" else []
     return (
         list(zip(enc[:-1], enc[1:], strict=True))
@@ -200,9 +222,13 @@ def flops_per_model_step(model: str = "mlp") -> float:
         sizes = [*gru_sizes(1, GRU_HEAD), (GRU_HEAD, 1)]
         head = N * sum(a * b for a, b in sizes)
         head_params = sum(a * b + b for a, b in sizes) - 2 * GRU_HEAD
+    if model == "pixelcnn":  # every pixel through each masked layer
+        sizes = pixelcnn_sizes()
+        head = math.prod(IMAGE) * sum(a * b for a, b in sizes)
+        head_params = sum(a * b + b for a, b in sizes) - 1  # the last: no bias
     macs = sum(a * b for a, b in layer_sizes(model)) + head
     params = sum(a * b + b for a, b in layer_sizes(model)) + head_params
-    forward = 2.0 * BATCH * macs
+    forward = 2.0 * static_for(model).batch_size * macs
     return 3.0 * forward + 12.0 * params
 
 
@@ -230,6 +256,11 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
     layout = {"latent_dim": LATENT, "encoder": list(ENCODER), "decoder": list(DECODER)}
     layout["context"] = static.context
     layout["recurrent"] = static.recurrent
+    data = {"eval_samples": EVAL}
+    if model == "pixelcnn":
+        radius, layers, channels = PIXELCNN
+        layout |= {"mask": radius, "mask_layers": layers, "mask_channels": channels}
+        data["source"] = "patches"
     if static.latent == "categorical":
         layout |= {"latent": "categorical", "latent_categories": CODES}
     if static.latent == "ladder":
@@ -241,8 +272,8 @@ def refuse_too_many(m: int, model: str, data_shape: tuple[int, int]) -> None:
     spec = spec_from_dict(  # the bench's architecture, for the estimate
         {
             "model": layout,
-            "train": {"batch_size": CONV_BATCH if model == "conv" else BATCH},
-            "data": {"eval_samples": EVAL},
+            "train": {"batch_size": static.batch_size},
+            "data": data,
         }
     )
     shapes = {"conv": (IMAGE, LATENT), "vrnn": ((N,), 1)}
