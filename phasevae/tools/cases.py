@@ -3,8 +3,9 @@ spectrum, chosen to be hard: Gaussian, Laplace, Student-t and bimodal factors; N
 to 256; flat tops, separated tops and power-law spectra; n from a few hundred to 10^5;
 offset means; beta in {0.5, 1, 2}; the default and the paper architecture; real
 tables that ship with scikit-learn; and one case per decoder likelihood (binary,
-count and token data made from a low-rank natural parameter, binarised digits) and
-for the autoregressive decoder (windows of a Gaussian AR(2) process), whose
+count and token data made from a low-rank natural parameter, binarised digits; a
+negative binomial whose dispersion is learned too) and for the autoregressive
+decoder (windows of a Gaussian AR(2) process), whose
 criterion is lambda_max of the whitened covariance or of the innovations'; and one
 per structured latent (a categorical latent, a ladder, a VRNN), scored against long
 training.
@@ -262,6 +263,18 @@ CASES = (
         natural_data("negative_binomial", 5000, 12, dispersion=4.0),
         beta=2.0,
         model=(("likelihood", "negative_binomial"), ("dispersion", 4.0)),
+    ),
+    Case(
+        "negbin12_learned",
+        "negative-binomial decoder, the dispersion learned from r = 1 (the data's "
+        "4), N=12 counts, rank 3, n=5000, beta 2",
+        natural_data("negative_binomial", 5000, 12, dispersion=4.0),
+        beta=2.0,
+        model=(
+            ("likelihood", "negative_binomial"),
+            ("dispersion", 1.0),
+            ("learned_dispersion", True),
+        ),
     ),
     Case(
         "categorical6x3",
