@@ -10,15 +10,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
+import scipy.special
+import scipy.stats
 
 from phasevae.cli import main
 from phasevae.data import (
+    head_whitening,
     innovations,
     load_dataset,
+    load_for_model,
     masked_innovations,
     masked_weights,
     whitened,
+    whitening,
 )
+from phasevae.data.glm import context_fit, lagged
 from phasevae.errors import DataError
 from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
 from phasevae.spec import SpecError, mask_offsets, spec_from_dict, stack_offsets
@@ -315,6 +322,105 @@ def test_the_pixelcnn_heads_collapsed_state_turns_at_its_own_innovations(widths)
         assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
 
 
+def ar1_counts(likelihood: str, n: int = 1500, dim: int = 6) -> np.ndarray:
+    """Windows of binary values (the sign of the AR(1) windows) or counts (Poisson
+    or negative binomial, r = 3, of log-mean 0.4 times them): each value depends on
+    the ones before it."""
+    z = ar1_windows(n=n, dim=dim, seed=1) * np.sqrt(1 - PHI**2)
+    if likelihood == "bernoulli":
+        return (z > 0).astype(np.float32)
+    rng = np.random.default_rng(2)
+    mean = np.exp(0.4 * z)
+    if likelihood == "negative_binomial":
+        mean = rng.gamma(R_COUNTS, mean / R_COUNTS)
+    return rng.poisson(mean).astype(np.float32)
+
+
+R_COUNTS = 3.0  # the negative-binomial test data's dispersion
+
+
+def scipy_nll(likelihood: str, x: np.ndarray, eta: np.ndarray) -> float:
+    """-ln p(x | eta) summed, from scipy.stats."""
+    if likelihood == "bernoulli":
+        return -scipy.stats.bernoulli.logpmf(x, scipy.special.expit(eta)).sum()
+    if likelihood == "poisson":
+        return -scipy.stats.poisson.logpmf(x, np.exp(eta)).sum()
+    m = np.exp(eta)
+    return -scipy.stats.nbinom.logpmf(x, R_COUNTS, R_COUNTS / (R_COUNTS + m)).sum()
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "poisson", "negative_binomial"])
+def test_a_glm_heads_fit_is_the_likelihoods_optimum(likelihood):
+    """The head at collapse (intercept and weights per feature) minimises the
+    negative log-likelihood from scipy.stats: its coefficients match scipy's
+    optimiser on feature 3 (to 1e-3), and every feature's fit predicts better than
+    its intercept alone."""
+    x = ar1_counts(likelihood).astype(np.float64)
+    bias, weights = context_fit(x, 2, likelihood, R_COUNTS)
+    cols = np.stack([np.ones(len(x)), x[:, 2], x[:, 1]], axis=1)
+    best = scipy.optimize.minimize(
+        lambda w: scipy_nll(likelihood, x[:, 3], cols @ w),
+        np.zeros(3),
+        method="BFGS",
+        options={"gtol": 1e-8},
+    ).x
+    np.testing.assert_allclose([bias[3], *weights[3]], best, atol=1e-3)
+    eta = bias + np.einsum("nik,ik->ni", lagged(x, 2), weights)
+    link = scipy.special.logit if likelihood == "bernoulli" else np.log
+    alone = link(x.mean(axis=0))
+    for i in range(1, 6):
+        fitted = scipy_nll(likelihood, x[:, i], eta[:, i])
+        assert fitted < scipy_nll(likelihood, x[:, i], np.full(len(x), alone[i]))
+
+
+def glm_headed(model: VAE, params, x: np.ndarray, likelihood: str) -> dict:
+    """``params`` collapsed with the linear head and the decoder's output at the
+    head's fit (:func:`phasevae.data.glm.context_fit`)."""
+    bias, weights = context_fit(
+        x.astype(np.float64), model.context, likelihood, R_COUNTS
+    )
+    p = {"params": {**params["params"], "ar": jnp.asarray(weights, jnp.float32)}}
+    return collapsed(
+        model, p, jnp.asarray(x), likelihood, jnp.asarray(bias, jnp.float32)
+    )
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "poisson", "negative_binomial"])
+def test_the_linear_vaes_probe_with_a_glm_head_is_the_printed_criterion(likelihood):
+    """With the head at its fit, the linear VAE's probe (the score and curvature
+    at each example's own output) equals lambda_max of the data's spectrum as
+    ``phasevae theory`` prints it, and the head moves it below the headless
+    (whitened) criterion."""
+    x = ar1_counts(likelihood)
+    model = VAE(6, 2, (), (), context=2)
+    params = model.init(jax.random.key(0), jnp.zeros(6), jnp.zeros(2))
+    params = glm_headed(model, params, x, likelihood)
+    grams = collapse_grams(model, params, jnp.asarray(x), likelihood, R_COUNTS)
+    lam = float(collapse_eigenvalue(*grams))
+    whiten, _ = head_whitening(x, likelihood, R_COUNTS, 2, 0, 1, None, "x")
+    printed = top(np.cov(whitened(x, whiten), rowvar=False, bias=True))
+    assert lam == pytest.approx(printed, rel=1e-4)
+    plain = whitening(x, likelihood, "x", R_COUNTS)
+    assert printed < 0.9 * top(np.cov(whitened(x, plain), rowvar=False, bias=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("likelihood", ["bernoulli", "poisson"])
+def test_a_glm_heads_collapsed_state_turns_at_the_collapse_eigenvalue(likelihood):
+    """The float64 Hessian of the collapsed state with the head at its fit, for a
+    deep network, turns at the probe's lambda_c."""
+    x = ar1_counts(likelihood, n=600)
+    model = VAE(6, 1, (16, 8), (5, 12), context=2)
+    params = model.init(jax.random.key(3), jnp.zeros(6), jnp.zeros(1))
+    params = glm_headed(model, biased(params), x, likelihood)
+    grams = collapse_grams(model, params, jnp.asarray(x), likelihood)
+    lam = float(collapse_eigenvalue(*grams))
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam, likelihood))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "head",
@@ -323,27 +429,28 @@ def test_the_pixelcnn_heads_collapsed_state_turns_at_its_own_innovations(widths)
         {"recurrent": 3},
         {"mask": 1},
         {"mask": 1, "mask_layers": 2, "mask_channels": 3},
+        {"context": 2, "likelihood": "bernoulli"},
+        {"mask": 1, "likelihood": "poisson"},
     ],
 )
 def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head):
-    x = ar1_windows(n=256, dim=6)
+    likelihood = head.get("likelihood", "gaussian")
+    x = (
+        ar1_windows(n=256, dim=6)
+        if likelihood == "gaussian"
+        else ar1_counts(likelihood, n=256)
+    )
     np.save(tmp_path / "x.npy", x.reshape(256, 2, 3) if "mask" in head else x)
     spec = spec_from_dict(
         tiny_dict(
-            data={"source": "array", "path": str(tmp_path / "x.npy")},
+            data={"source": "array", "path": str(tmp_path / "x.npy")}
+            | ({} if likelihood == "gaussian" else {"normalize": "none"}),
             model=head,
             grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
             train={"steps": 5, "eval_every": 5},
         )
     )
-    data = load_dataset(
-        spec.data,
-        context=head.get("context", 0),
-        recurrent="recurrent" in head,
-        mask=head.get("mask", 0),
-        mask_layers=head.get("mask_layers", 1),
-    )
-    assert_vmapped_equals_alone(spec, data)
+    assert_vmapped_equals_alone(spec, load_for_model(spec))
 
 
 @pytest.mark.parametrize(
@@ -356,7 +463,19 @@ def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head
         ({"mask": 1, "mask_channels": 8}, "applies to model.mask_layers > 1"),
         ({"mask": 1, "mask_layers": 17}, "too deep; at most 16"),
         ({"recurrent": 4, "skip": "gated"}, "model.recurrent .* without a skip path"),
-        ({"context": 2, "likelihood": "bernoulli"}, "built on the MLP VAE"),
+        (
+            {"context": 2, "likelihood": "categorical", "categories": 3},
+            "other than categorical",
+        ),
+        (
+            {
+                "context": 2,
+                "likelihood": "negative_binomial",
+                "dispersion": 1.0,
+                "learned_dispersion": True,
+            },
+            "takes a fixed model.dispersion",
+        ),
         ({"context": 2, "skip": "plain"}, "without a skip path"),
         ({"context": 4}, "must be below the data's 4 features"),
     ],
@@ -469,8 +588,10 @@ def test_each_contexts_criterion_is_its_innovations_lambda_max(tmp_path):
         ({"context": [1, 2]}, {"recurrent": 4}, "set one"),
         ({"context": [1, 4]}, {}, "must be below the data's 4 features"),
         ({"context": [1, 2]}, {"skip": "plain"}, "grid.context .*without a skip"),
+        ({"context": [1, 2]}, {"likelihood": "bernoulli"}, "built for the Gaussian"),
     ],
 )
 def test_a_context_axis_the_model_cannot_use_is_a_spec_error(grid, model, words):
+    data = {"normalize": "none"} if "likelihood" in model else {}
     with pytest.raises(SpecError, match=words):
-        spec_from_dict(tiny_dict(grid=grid, model=model))
+        spec_from_dict(tiny_dict(grid=grid, model=model, data=data))

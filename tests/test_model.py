@@ -105,10 +105,10 @@ def test_collapse_eigenvalue_of_the_linear_vae_is_lambda_max():
     assert got == pytest.approx(top, rel=1e-4)
 
 
-def collapsed(model, params, x, likelihood="gaussian"):
+def collapsed(model, params, x, likelihood="gaussian", target=None):
     """The same network with its latent switched off: mean head and decoder z-weights
-    0, encoder variance 1, decoder output the natural parameter of the data mean
-    (the mean itself for the Gaussian)."""
+    0, encoder variance 1, decoder output ``target`` or else the natural parameter
+    of the data mean (the mean itself for the Gaussian)."""
     p = jax.tree.map(lambda a: a, params["params"])
     k = model.latent_dim
     head = p["enc"][f"Dense_{len(model.encoder)}"]
@@ -125,7 +125,7 @@ def collapsed(model, params, x, likelihood="gaussian"):
         m = jnp.log(m / (1 - m))
     elif likelihood != "gaussian":  # the count likelihoods' log-mean, the
         m = jnp.log(m)  # categorical's logits (softmax(ln m) = m per position)
-    out["bias"] = out["bias"] + m - f0
+    out["bias"] = out["bias"] + (m if target is None else target) - f0
     return {"params": p}
 
 

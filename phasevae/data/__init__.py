@@ -14,7 +14,8 @@ docstrings, :mod:`phasevae.data.text`).
 
 The package (``arrays``: the user's files; ``cifar``: the CIFAR-10 archives;
 ``text``: the character corpus; ``relaxation``: a categorical latent's factor on
-the criterion) may import ``phasevae.spec``, ``phasevae.errors`` and
+the criterion; ``glm``: an autoregressive head's fit for a likelihood other than the
+Gaussian) may import ``phasevae.spec``, ``phasevae.errors`` and
 ``phasevae.safeio`` only.
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 import scipy.linalg
 
 from phasevae import safeio
+from phasevae.data import glm
 from phasevae.data.arrays import MEMORY_FRACTION, load_array
 from phasevae.data.relaxation import latent_factor
 from phasevae.data.text import text_windows
@@ -170,18 +172,11 @@ def load_dataset(
         )
     if recurrent:  # a GRU head: at best the linear prediction from the whole past
         context = x.shape[1] - 1
-    if context:
-        whiten = innovations(x, context, what)
-        what += f"; spectrum of the innovations given {context} predecessors"
-    if mask:
-        field = stack_offsets(mask, mask_layers)
-        whiten = masked_innovations(x, image_shape, field, what)
-        what += f"; spectrum of the innovations of a radius-{mask} masked convolution"
-        if mask_layers > 1:
-            what += (
-                f" stack of {mask_layers} layers (the best shared linear prediction "
-                f"from its {len(field)} pixels)"
-            )
+    if context or mask:
+        whiten, said = head_whitening(
+            x, likelihood, dispersion, context, mask, mask_layers, image_shape, what
+        )
+        what += said
     if factor != 1.0:
         scale = math.sqrt(factor)
         whiten = np.full(x.shape[1], scale) if whiten is None else whiten * scale
@@ -263,6 +258,77 @@ def load_for_model(spec) -> Dataset:
     return data
 
 
+def head_whitening(
+    x: np.ndarray,
+    likelihood: str,
+    dispersion,
+    context: int,
+    mask: int,
+    mask_layers: int,
+    image_shape,
+    what: str,
+) -> tuple[np.ndarray, str]:
+    """The map whose spectrum is an autoregressive head's criterion, and what to
+    add to the data's description: for the Gaussian, the innovations of the best
+    linear prediction from ``context`` predecessors (:func:`innovations`) or from
+    a masked head's receptive field (:func:`masked_innovations`); for another
+    likelihood, the score the best such generalised linear prediction leaves
+    (:mod:`phasevae.data.glm`)."""
+    reach = stack_offsets(mask, mask_layers) if mask else []
+    left = "innovations" if likelihood == "gaussian" else f"{likelihood} score"
+    if mask:
+        check_images(x, image_shape, what)
+        said = f"; spectrum of the {left} of a radius-{mask} masked convolution"
+        if mask_layers > 1:
+            said += f" stack of {mask_layers} layers (the best shared linear "
+            said += f"prediction from its {len(reach)} pixels)"
+    else:
+        check_context(x, context, what)
+        said = f"; spectrum of the {left} given {context} predecessors"
+    if likelihood == "gaussian":
+        if mask:
+            return masked_innovations(x, image_shape, reach, what), said
+        return innovations(x, context, what), said
+    if mask:
+        bias, weights = glm.masked_fit(x, image_shape, reach, likelihood, dispersion)
+        eta = bias + glm.neighbours(x, image_shape, reach) @ weights
+    else:
+        bias, weights = glm.context_fit(x, context, likelihood, dispersion)
+        eta = bias + np.einsum("nik,ik->ni", glm.lagged(x, context), weights)
+    said += " (at the best generalised linear prediction)"
+    return glm.score_spectrum_map(x, eta, likelihood, dispersion), said
+
+
+def check_context(x: np.ndarray, context: int, what: str) -> None:
+    """Refuse a context of N or more features (the first has none before it).
+
+    Raises:
+      DataError: naming the context and the data's features.
+    """
+    n = x.shape[1]
+    if context >= n:
+        raise DataError(
+            f"{what}: model.context = {context} must be below the data's {n} "
+            "features (the first has no predecessors)"
+        )
+
+
+def check_images(x: np.ndarray, image_shape, what: str) -> None:
+    """Refuse data that are not single-channel images, for a masked head.
+
+    Raises:
+      DataError: naming what the data are.
+    """
+    dim = x.shape[1]
+    if not image_shape or dim != image_shape[0] * image_shape[1]:
+        raise DataError(
+            f"{what}: model.mask (a masked convolution over an image) needs images "
+            f"of one channel (data of shape (n, h, w), or digits, patches, cifar10); "
+            f"these have {dim} features"
+            + (f" for {tuple(image_shape)} images" if image_shape else ", no images")
+        )
+
+
 def innovations(x: np.ndarray, context: int, what: str = "the data") -> np.ndarray:
     """The (N, N) matrix (I - B)^T that takes centred rows of ``x`` to their
     innovations: feature i less its best linear prediction (least squares on ``x``)
@@ -274,12 +340,7 @@ def innovations(x: np.ndarray, context: int, what: str = "the data") -> np.ndarr
     Raises:
       DataError: a context of N or more features (the first has none before it).
     """
-    n = x.shape[1]
-    if context >= n:
-        raise DataError(
-            f"{what}: model.context = {context} must be below the data's {n} "
-            "features (the first has no predecessors)"
-        )
+    check_context(x, context, what)
     return innovation_matrix(np.cov(x, rowvar=False, dtype=np.float64), context)
 
 
@@ -304,19 +365,8 @@ def masked_weights(x: np.ndarray, image_shape, offsets) -> np.ndarray:
     :func:`phasevae.spec.stack_offsets`), predicting every pixel of the centred
     images ``x`` (n, h * w) from those neighbours (zero outside the image),
     pooled over pixels and rows: a linear masked-convolution head's at collapse."""
-    n = x.shape[0]
-    h, w = image_shape[:2]
-    xc = (x - x.mean(axis=0)).reshape(n, h, w).astype(np.float64)
-    up = -min(dy for dy, _ in offsets)
-    side = max(abs(dx) for _, dx in offsets)
-    padded = np.pad(xc, ((0, 0), (up, 0), (side, side)))
-    views = np.stack(
-        [
-            padded[:, up + dy : up + dy + h, side + dx : side + dx + w]
-            for dy, dx in offsets
-        ],
-        axis=-1,
-    ).reshape(-1, len(offsets))
+    xc = (x - x.mean(axis=0)).astype(np.float64)
+    views = glm.neighbours(xc, image_shape, offsets).reshape(-1, len(offsets))
     return np.linalg.lstsq(views, xc.reshape(-1), rcond=None)[0]
 
 
@@ -333,14 +383,8 @@ def masked_innovations(
     Raises:
       DataError: data that are not single-channel images.
     """
+    check_images(x, image_shape, what)
     dim = x.shape[1]
-    if not image_shape or dim != image_shape[0] * image_shape[1]:
-        raise DataError(
-            f"{what}: model.mask (a masked convolution over an image) needs images "
-            f"of one channel (data of shape (n, h, w), or digits, patches, cifar10); "
-            f"these have {dim} features"
-            + (f" for {tuple(image_shape)} images" if image_shape else ", no images")
-        )
     h, w = image_shape[:2]
     weights = masked_weights(x, image_shape, offsets)
     b = np.zeros((dim, dim))

@@ -154,13 +154,16 @@ class ModelSpec:
     categorical likelihoods the MLP VAE with a Gaussian latent (the count models'
     encoder sees ln(1 + x)).
 
-    ``context`` > 0 (MLP, Gaussian likelihood and latent, no skip path): an
+    ``context`` > 0 (MLP, Gaussian latent, no skip path, any likelihood but the
+    categorical, a fixed dispersion): an
     autoregressive decoder, whose output for feature i also gets a learned linear
     prediction from the ``context`` features before it (in the data's column order),
     so it can model what x's predecessors predict without z. Collapse is then at
     beta sigma^2 = lambda_max of the covariance of x's innovations, x less its best
     linear prediction from that context (docs/science.md, 'Autoregressive
-    decoders'), which ``phasevae theory`` prints. ``recurrent`` > 0 (the same
+    decoders'), which ``phasevae theory`` prints; for another likelihood, of the
+    score that the best generalised linear prediction leaves, whitened by its
+    mean curvature (``phasevae.data.glm``). ``recurrent`` > 0 (the same
     models; not with ``context``): the head is a GRU of that width reading x's
     predecessors in column order, a nonlinear head that sees the whole past; the
     criterion printed is then that of the best linear prediction from the whole
@@ -432,6 +435,7 @@ OWN_SETTINGS = (  # (likelihood, the setting only it has, what it must be)
 )
 MAX_RECURRENT = 4096  # a GRU head's width
 MAX_MASK = 64  # a masked-convolution head's radius
+HEADLESS = ("categorical",)  # likelihoods that take no autoregressive head
 MAX_MASK_LAYERS = 16  # a PixelCNN head's masked layers
 MAX_MASK_CHANNELS = 1024  # and their width
 MAX_DISPERSION = 1e6  # beyond it a negative binomial is a Poisson to float32
@@ -568,18 +572,20 @@ def context_problem(spec: Spec) -> str | None:
             "model.mask (a masked-convolution head) are autoregressive decoders: set "
             f"one (set: {', '.join(heads)})"
         )
-    plain = (m.kind, m.likelihood, m.latent, m.skip) == (
-        "mlp",
-        "gaussian",
-        "gaussian",
-        "none",
-    )
-    if not plain or spec.grid.skip is not None:
+    plain = (m.kind, m.latent, m.skip) == ("mlp", "gaussian", "none")
+    if not plain or spec.grid.skip is not None or m.likelihood in HEADLESS:
         return (
             f"{key} (an autoregressive decoder) is built on the MLP VAE with "
-            "a Gaussian likelihood and latent, without a skip path: leave model.kind "
-            '= "mlp", model.likelihood and model.latent = "gaussian", model.skip = '
-            '"none" and grid.skip unset'
+            "a Gaussian latent, without a skip path, and a likelihood other than "
+            f'{" or ".join(HEADLESS)}: leave model.kind = "mlp", model.latent = '
+            '"gaussian", model.skip = "none" and grid.skip unset'
+        )
+    if m.learned_dispersion:
+        return f"{key} (an autoregressive decoder) takes a fixed model.dispersion"
+    if ks != (-1.0,) and m.likelihood != "gaussian":
+        return (
+            "grid.context (a criterion per context) is built for the Gaussian "
+            f'likelihood; set model.context for model.likelihood = "{m.likelihood}"'
         )
     d = spec.data
     if d.source == "synthetic" and m.context >= len(d.eigenvalues):
