@@ -49,8 +49,10 @@ SEEDS = {"ar1": [0], "ar2": [0, 1, 2], "digits": [0, 1, 2]}
 NORMALIZE = {"ar1": {}, "ar2": {"normalize": "global"}, "digits": {}}
 RUNS = [("ar2", arch, str(k)) for arch in ("linear", "mlp") for k in (0, 1, 2, 4)]
 RUNS += [("ar2", "mlp", f"gru{h}") for h in (1, 2, 4, 16)]  # model.recurrent = h
-# scikit-learn's digits with a masked-convolution head (model.mask = r)
+# scikit-learn's digits with a masked-convolution head (model.mask = r), and a
+# PixelCNN stack of L masked layers of radius 1 (model.mask_layers = L)
 RUNS += [("digits", arch, f"mask{r}") for arch in ("linear", "mlp") for r in (1, 2)]
+RUNS += [("digits", arch, f"pixelcnn{n}") for arch in ("linear", "mlp") for n in (2, 3)]
 
 
 def windows(process: str) -> np.ndarray:
@@ -77,7 +79,10 @@ HEADS = {"gru": "recurrent", "mask": "mask"}  # a head's prefix: its [model] key
 
 def head_of(head: str) -> dict:
     """The [model] keys of a head: "k", a linear head of context k; "gruH", a GRU
-    head of width H; "maskR", a masked convolution of radius R."""
+    head of width H; "maskR", a masked convolution of radius R; "pixelcnnL", a
+    stack of L masked layers of radius 1, 16 channels wide."""
+    if head.startswith("pixelcnn"):
+        return {"mask": 1, "mask_layers": int(head[len("pixelcnn") :])}
     for prefix, key in HEADS.items():
         if head.startswith(prefix):
             return {key: int(head[len(prefix) :])}
@@ -88,6 +93,8 @@ def name(process: str, arch: str, head: str) -> str:
     """The run's folder: ``context-<k>`` for the first study's (AR(1), MLP) runs."""
     if (process, arch) == ("ar1", "mlp"):
         return f"context-{head}"
+    if head.startswith("pixelcnn"):
+        return f"{process}-{arch}-{head}"
     for prefix in HEADS:
         if head.startswith(prefix):
             return f"{process}-{arch}-{prefix}-{head[len(prefix) :]}"
@@ -122,7 +129,7 @@ def run(process: str, arch: str, head: str, budget: int | None = None) -> dict:
     return {
         "process": process,
         "arch": arch,
-        **head_of(head),  # "context" or "recurrent"
+        **head_of(head),  # "context", "recurrent" or "mask" (and "mask_layers")
         "lambda_max_data": plain,
         "derived": derived,
         "sigma2_c": curve["sigma2_c"],
@@ -139,6 +146,9 @@ def run(process: str, arch: str, head: str, budget: int | None = None) -> dict:
 
 def head_label(r: dict) -> tuple[str, str, int]:
     """A row's head: (as the command line names it, as the table does, its size)."""
+    if r.get("mask_layers", 1) > 1:
+        n = r["mask_layers"]
+        return f"pixelcnn{n}", f"PixelCNN {n} layers", 10 + n
     for prefix, k in HEADS.items():
         if k in r:
             return f"{prefix}{r[k]}", f"{prefix.upper()} {r[k]}", r[k]
