@@ -8,12 +8,18 @@ likelihoods'); with a learned dispersion, at each feature's maximum-likelihood r
 and the row says where the learned r went in the collapsed models. Two real sets: the
 Bernoulli on scikit-learn's digits binarised (pixel > 8 of 16) and the categorical on
 windows of 8 characters of Python's docstrings (``data.source = "text"``, 11
-categories: ``sweeps/text.toml``).
+categories: ``sweeps/text.toml``). With an autoregressive head (``-context2``: a
+linear head on the 2 values before each one), on windows of 8 binary values (the
+sign of a Gaussian AR(1) process, phi = 0.9) or counts (Poisson of log-mean 0.8
+times it, + 0.3): the derived criterion is then that of the score the best
+generalised linear prediction leaves (docs/science.md, 'Autoregressive decoders'),
+beside the same data without a head.
 
     python studies/likelihoods.py [SET ...]
 
 (sets: bernoulli, poisson, negative_binomial, negative_binomial-learned,
-categorical, bernoulli-digits, categorical-text) writes
+categorical, bernoulli-digits, categorical-text, bernoulli-ar,
+bernoulli-ar-context2, poisson-ar, poisson-ar-context2) writes
 results/likelihoods/<set>/ (the located run), table.md and table.json (the rows of
 the sets not named are kept from table.json; a finished run is only re-read).
 """
@@ -30,7 +36,7 @@ from sklearn.datasets import load_digits
 
 from phasevae.api import locate, open_run
 from phasevae.data import marginal_dispersion
-from phasevae.tools.cases import natural_data
+from phasevae.tools.cases import ar_data, natural_data
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "likelihoods"
 
@@ -44,6 +50,10 @@ SETS = (
     "categorical",
     "bernoulli-digits",
     "categorical-text",
+    "bernoulli-ar",
+    "bernoulli-ar-context2",
+    "poisson-ar",
+    "poisson-ar-context2",
 )
 R = 4.0  # the negative binomial's dispersion: the data's, and the fixed decoder's
 
@@ -61,6 +71,16 @@ def make_data(likelihood: str, n: int = 5000, dim: int = 10) -> np.ndarray:
     return make(np.random.default_rng(0)).astype(np.float32)
 
 
+def ar_counts(likelihood: str, n: int = 5000, window: int = 8) -> np.ndarray:
+    """Windows of a Gaussian AR(1) process (phi = 0.9, unit variance) as binary
+    values (its sign) or Poisson counts of log-mean 0.8 x + 0.3."""
+    rng = np.random.default_rng(0)
+    x = ar_data((0.9,), window, n)(rng)
+    if likelihood == "bernoulli":
+        return (x > 0).astype(np.float32)
+    return rng.poisson(np.exp(0.8 * x + 0.3)).astype(np.float32)
+
+
 def data_of(name: str) -> tuple[str, dict, dict]:
     """(likelihood, [data] table, extra [model] keys) of a set. The negative
     binomial's are r = 4 fixed, or one r per feature learned from 1."""
@@ -71,10 +91,14 @@ def data_of(name: str) -> tuple[str, dict, dict]:
         model = {"dispersion": 1.0 if learned else R, "learned_dispersion": learned}
     if name == "categorical-text":
         return likelihood, {"source": "text", "window": 8}, {"categories": 11}
-    path = ROOT / "data" / f"{name.removesuffix('-learned')}.npy"
+    stem = name.removesuffix("-learned").removesuffix("-context2")
+    path = ROOT / "data" / f"{stem}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     if name == "bernoulli-digits":
         np.save(path, (load_digits().data > 8).astype(np.float32))
+    elif stem.endswith("-ar"):
+        np.save(path, ar_counts(likelihood))
+        model = {"context": 2} if name.endswith("-context2") else {}
     else:
         np.save(path, make_data(likelihood))
     return likelihood, {"source": "array", "path": str(path)}, model
@@ -132,7 +156,8 @@ def learned_r(located) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| set | likelihood | derived sigma2_c (whitened lambda_max) | located [95 %] "
+        "| set | likelihood | derived sigma2_c (whitened lambda_max; with a head, "
+        "of the GLM score) | located [95 %] "
         "| error | verdict | model-steps | probe: lambda_c/lambda_max |",
         "|---|---|---|---|---|---|---|---|",
     ]
