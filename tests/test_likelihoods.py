@@ -418,8 +418,8 @@ def test_a_sweep_learns_one_dispersion_per_feature_from_its_start(tmp_path):
 def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_path):
     """The validation cases of the likelihoods and the autoregressive decoder make
     data their model accepts, and the suite centres their grid on the derived
-    criterion (the whitened covariance's or the innovations' lambda_max), not on the
-    raw covariance's."""
+    criterion (the whitened covariance's, at r-hat for a learned dispersion, or the
+    innovations' lambda_max), not on the raw covariance's."""
     from phasevae.data import covariance_spectrum, innovations
     from phasevae.tools.cases import CASES
     from phasevae.tools.validate import case_data
@@ -436,9 +436,10 @@ def test_each_validation_case_of_a_decoder_is_valid_data_with_its_criterion(tmp_
             lik = model["likelihood"]
             if lik == "categorical":
                 x = one_hot(x, model["categories"], "case")
-            w = whitening(
-                x, lik, "case", model.get("dispersion", 0.0), model.get("categories", 0)
-            )
+            r = model.get("dispersion", 0.0)
+            if model.get("learned_dispersion"):  # each feature's r-hat
+                r = marginal_dispersion(x)
+            w = whitening(x, lik, "case", r, model.get("categories", 0))
             expect = covariance_spectrum(whitened(x, w))[0]
         assert lam == pytest.approx(expect, rel=1e-4)
         assert abs(lam / covariance_spectrum(x)[0] - 1) > 0.05  # not the raw one
