@@ -13,6 +13,7 @@ import pytest
 import scipy.optimize
 import scipy.special
 import scipy.stats
+import tomli_w
 
 from phasevae.cli import main
 from phasevae.data import (
@@ -576,6 +577,21 @@ def test_each_contexts_criterion_is_its_innovations_lambda_max(tmp_path):
         assert predicted[k] == pytest.approx(data.eigenvalues[0], rel=1e-6)
         tops.append(data.eigenvalues[0])
     assert tops[0] > tops[1] > tops[2]  # the longer the context, the less for z
+
+
+def test_theory_says_each_context_has_its_own_criterion(tmp_path, capsys):
+    """`phasevae theory` of a context axis does not present the spectrum's top
+    eigenvalue as the run's criterion: it names the axis, and each curve's."""
+    np.save(tmp_path / "ar.npy", ar1_windows(n=300, dim=5))
+    path = tmp_path / "ctx.toml"
+    path.write_text(
+        tomli_w.dumps(context_axis_spec(tmp_path / "ar.npy", context=[0, 2]))
+    )
+    assert main(["theory", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "the criterion depends on context" in out
+    assert "collapse when beta * sigma^2 > lambda_max" not in out
+    assert "context = 0: sigma2_c" in out and "context = 2: sigma2_c" in out
 
 
 @pytest.mark.parametrize(

@@ -307,7 +307,14 @@ def cmd_theory(args: argparse.Namespace) -> int:
     print(f"N = {dim}, n = {n}, trace = {trace:.4g}")
     top = ", ".join(f"{v:.4g}" for v in ev[: max(k, 8)])
     print(f"eigenvalues (descending): {top}{' ...' if len(ev) > max(k, 8) else ''}")
-    print(f"lambda_max = {ev[0]:.4g}: collapse when beta * sigma^2 > lambda_max")
+    own = [a for a in api.CRITERION_AXES[1:] if any(a in p for p in predictions)]
+    if own:  # the spectrum is one curve's; each curve has its own criterion
+        print(
+            f"lambda_max = {ev[0]:.4g} of the spectrum above; the criterion depends "
+            f"on {', '.join(own)}: each curve's sigma2_c is its own, below"
+        )
+    else:
+        print(f"lambda_max = {ev[0]:.4g}: collapse when beta * sigma^2 > lambda_max")
     for p in predictions:
         dims = ", ".join(f"{t:.4g}" for t in p["thresholds"] or [])
         s2c = "never (beta = 0)" if p["sigma2_c"] is None else f"{p['sigma2_c']:.4g}"
