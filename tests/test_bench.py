@@ -88,8 +88,10 @@ def test_flop_count_of_the_vrnn():
 @pytest.mark.parametrize("model", ["categorical", "ladder", "vrnn"])
 def test_the_structured_latents_are_timed_against_the_loop(capsys, model):
     """XLA's count of one model-step is the hand count, with a scanned step counted
-    once, plus the element-wise work. (Not the gru model: its program can hang on
-    this CPU backend, docs/science.md, 'Autoregressive decoders'.)"""
+    once, plus the element-wise work. (Not the gru model: this test process has
+    split the CPU into devices, on which its program can hang; `phasevae bench
+    --model gru` keeps the CPU one device, docs/science.md, 'Autoregressive
+    decoders'.)"""
     from phasevae.tools import predict
 
     hand = bench.flops_per_model_step(model)

@@ -135,6 +135,26 @@ def test_a_gru_head_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch):
     assert os.environ["XLA_FLAGS"] == chosen
 
 
+@pytest.mark.parametrize("gru_head", [False, True])
+def test_a_gru_head_keeps_the_cpu_one_device(monkeypatch, gru_head):
+    """Unless the user chose a count: 8 devices per core, one for a GRU head (whose
+    programs hung on 2 or 8 devices, docs/science.md)."""
+    import jax
+    from jax._src import xla_bridge
+
+    from phasevae.engine import devices
+
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    asked = {}
+    monkeypatch.setattr(jax.config, "update", lambda k, v: asked.update({k: v}))
+    devices.split_cpu_into_devices(gru_head=gru_head)
+    cores = len(os.sched_getaffinity(0))
+    want = 1 if gru_head else devices.CPU_DEVICES_PER_CORE * cores
+    assert asked == {"jax_num_cpu_devices": want}
+
+
 def test_models_in_sequence_hold_one_models_activations(tiny_spec):
     """The memory estimate with the models in sequence (CPU devices): every model's
     parameters and Adam state, one model's activations; vmapped, every model's."""
@@ -175,7 +195,9 @@ def test_locate_turns_the_scheduler_off_for_a_gru_head_spec(
 @pytest.mark.slow
 def test_a_sweep_of_64_gru_head_models_finishes(tmp_path):
     """With XLA's concurrency-optimised scheduler on, this sweep hung for good in 5
-    of 5 runs (jax 0.10.2, 8 CPU devices); phasevae turns it off for a GRU head."""
+    of 5 runs (jax 0.10.2, 8 CPU devices); with it off, the paper's widths and
+    batch still hung on 8 or 2 devices. phasevae turns it off for a GRU head and
+    keeps the CPU one device."""
     import numpy as np
 
     from tests.test_autoregressive import ar1_windows
@@ -185,7 +207,8 @@ def test_a_sweep_of_64_gru_head_models_finishes(tmp_path):
     spec.write_text(
         f'[data]\nsource = "array"\npath = "{tmp_path / "ar.npy"}"\n'
         'normalize = "none"\n[model]\nrecurrent = 32\n'
-        "[train]\nsteps = 20\neval_every = 10\nbatch_size = 64\n"
+        "encoder = [256, 128]\ndecoder = [128, 256]\nlatent_dim = 2\n"
+        "[train]\nsteps = 20\neval_every = 10\nbatch_size = 256\n"
         "[grid]\nsigma2 = { min = 0.5, max = 20.0, num = 64 }\nbeta = [1.0]\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -46,15 +46,17 @@ def split_cpu_into_devices(gru_head: bool = False) -> None:
     (results/README.md): 1 device 32 %, 2 devices 43-47 %, 8 devices 51-58 % of the
     matmul peak. Accelerator hosts are unaffected (their CPU backend trains nothing).
 
-    With ``gru_head`` (a spec's ``model.recurrent`` > 0) XLA's
-    concurrency-optimised scheduler is turned off as well (``SCHEDULER_OFF`` added
-    to XLA_FLAGS, unless the user set that flag): with it on, the CPU backend of jax
-    0.10.2 left sweeps of 64 GRU-head models hung for good, every thread idle (0 of
-    8 finished); with it off 11 of 11 finished, in 5-50 s (docs/science.md,
-    'Autoregressive decoders', which also says where it still hangs). It costs the
-    MLP sweep about 7 %, so only GRU-head runs get it. XLA reads the flag when its
-    backend starts; as a per-program compiler option it did not take effect.
-    Must run before JAX starts a backend; a no-op afterwards.
+    With ``gru_head`` (a spec's ``model.recurrent`` > 0) the CPU stays one device
+    and XLA's concurrency-optimised scheduler is turned off (``SCHEDULER_OFF``
+    added to XLA_FLAGS, unless the user set that flag). The CPU backend of jax
+    0.10.2 left GRU-head programs hung for good, every thread idle: with the
+    scheduler on, sweeps of 64 models on 8 devices (0 of 8 finished); with it off,
+    still 64 models of the paper's widths (256-128 / 128-256) on 8 or 2 devices
+    (the bench's program, and a sweep), while on one device they finished in 17 s
+    (docs/science.md, 'Autoregressive decoders'). The scheduler costs the MLP sweep
+    about 7 %, so only GRU-head runs lose it. XLA reads the flag when its backend
+    starts; as a per-program compiler option it did not take effect. Must run
+    before JAX starts a backend; a no-op afterwards.
     """
     from jax._src import xla_bridge
 
@@ -67,7 +69,9 @@ def split_cpu_into_devices(gru_head: bool = False) -> None:
     if chosen or "JAX_NUM_CPU_DEVICES" in os.environ:
         return
     cores = len(os.sched_getaffinity(0))
-    jax.config.update("jax_num_cpu_devices", CPU_DEVICES_PER_CORE * cores)
+    jax.config.update(
+        "jax_num_cpu_devices", 1 if gru_head else CPU_DEVICES_PER_CORE * cores
+    )
 
 
 CACHE_MAX_BYTES = 4 * 2**30  # the compile cache's size; the least recently used go
