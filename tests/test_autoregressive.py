@@ -611,3 +611,43 @@ def test_a_context_axis_the_model_cannot_use_is_a_spec_error(grid, model, words)
     data = {"normalize": "none"} if "likelihood" in model else {}
     with pytest.raises(SpecError, match=words):
         spec_from_dict(tiny_dict(grid=grid, model=model, data=data))
+
+
+def test_series_windows_are_consecutive_values_of_the_recording():
+    """Each window is ``window`` consecutive values of one channel of matplotlib's
+    recording, drawn from the seed; the EEG's windows never cross channels."""
+    from phasevae.data.series import segments, series_windows
+
+    (membrane,) = segments("membrane")
+    assert membrane.shape == (12000,) and np.isfinite(membrane).all()
+    x, what = series_windows("membrane", 6, 200, seed=1)
+    assert x.shape == (200, 6) and "membrane.dat" in what
+    windows = np.lib.stride_tricks.sliding_window_view(membrane.astype(np.float32), 6)
+    assert {tuple(row) for row in x} <= {tuple(w) for w in windows}
+    assert np.array_equal(x, series_windows("membrane", 6, 200, seed=1)[0])
+    assert not np.array_equal(x, series_windows("membrane", 6, 200, seed=2)[0])
+    channels = segments("eeg")
+    assert len(channels) == 4 and all(c.shape == (800,) for c in channels)
+    x, what = series_windows("eeg", 8, 4000, seed=0)
+    windows = {
+        tuple(w)
+        for c in channels
+        for w in np.lib.stride_tricks.sliding_window_view(c.astype(np.float32), 8)
+    }
+    assert all(tuple(row) in windows for row in x)
+    assert "with replacement from the 3,172" in what
+
+
+def test_a_series_spec_is_globally_scaled_and_its_criterion_the_innovations():
+    spec = spec_from_dict(
+        {"data": {"source": "series", "series": "eeg", "samples": 1000}}
+        | {"model": {"context": 2}}
+    )
+    assert spec.data.normalize == "global"
+    data = load_for_model(spec)
+    x = data.x.astype(np.float64)
+    assert abs(x.mean()) < 1e-6 and x.std() == pytest.approx(1.0, rel=1e-5)
+    ce = np.cov(whitened(x, innovations(x, 2)), rowvar=False, bias=True)
+    assert data.eigenvalues[0] == pytest.approx(top(ce), rel=1e-6)
+    with pytest.raises(SpecError, match="data.series = 'ecg' is not allowed"):
+        spec_from_dict({"data": {"source": "series", "series": "ecg"}})

@@ -13,7 +13,8 @@ scikit-image), ``cifar10`` (the official archives, read by :mod:`phasevae.data.c
 docstrings, :mod:`phasevae.data.text`).
 
 The package (``arrays``: the user's files; ``cifar``: the CIFAR-10 archives;
-``text``: the character corpus; ``relaxation``: a categorical latent's factor on
+``text``: the character corpus; ``series``: matplotlib's sample series;
+``relaxation``: a categorical latent's factor on
 the criterion; ``glm``: an autoregressive head's fit for a likelihood other than the
 Gaussian) may import ``phasevae.spec``, ``phasevae.errors`` and
 ``phasevae.safeio`` only.
@@ -33,6 +34,7 @@ from phasevae import safeio
 from phasevae.data import glm
 from phasevae.data.arrays import MEMORY_FRACTION, load_array
 from phasevae.data.relaxation import latent_factor
+from phasevae.data.series import series_windows
 from phasevae.data.text import text_windows
 from phasevae.errors import DataError, optional
 from phasevae.spec import MAX_DISPERSION, DataSpec, stack_offsets
@@ -222,6 +224,8 @@ def _read_source(spec: DataSpec) -> tuple[np.ndarray, str, tuple | None, tuple |
         what = f"CIFAR-10 {spec.split} ({spec.path}), grayscale 16x16 (N=256)"
     elif spec.source == "text":
         x, what = text_windows(spec.alphabet, spec.window, spec.samples, spec.seed)
+    elif spec.source == "series":
+        x, what = series_windows(spec.series, spec.window, spec.samples, spec.seed)
     elif spec.source == "array":
         raw = load_array(Path(spec.path), spec.key)
         if raw.ndim in (3, 4):

@@ -52,10 +52,21 @@ MAX_LAYERS = 64  # hidden layers of the encoder or the decoder
 MAX_AXIS = 100_000  # values on one grid axis
 MAX_ROUNDS = 100  # refinement rounds of grid.sigma2
 MAX_POINTS = 1_000_000  # grid points in one spec (the grid table is built first)
-IMAGES = ("cifar10", "patches")  # sources whose normalize defaults to "unit"
+# sources whose normalize is not "none" by default: images to [-1, 1], a series to
+# one mean and scale
+DEFAULT_SCALE = {"cifar10": "unit", "patches": "unit", "series": "global"}
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "grid": GridSpec}
 CHOICES = {
-    ("data", "source"): ("synthetic", "digits", "patches", "cifar10", "array", "text"),
+    ("data", "source"): (
+        "synthetic",
+        "digits",
+        "patches",
+        "cifar10",
+        "array",
+        "text",
+        "series",
+    ),
+    ("data", "series"): ("membrane", "eeg"),
     ("data", "split"): ("train", "test", "all"),
     ("data", "distribution"): ("gaussian", "laplace", "uniform", "bimodal"),
     ("data", "normalize"): ("none", "center", "standardize", "global", "unit"),
@@ -190,8 +201,12 @@ def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
         if not isinstance(table, dict):
             raise SpecError(f"{where}: [{name}] must be a table")
         sections[name] = _build_section(name, cls, table, where)
-    if "normalize" not in raw.get("data", {}) and sections["data"].source in IMAGES:
-        sections["data"] = dataclasses.replace(sections["data"], normalize="unit")
+    if (
+        "normalize" not in raw.get("data", {})
+        and sections["data"].source in DEFAULT_SCALE
+    ):
+        scale = DEFAULT_SCALE[sections["data"].source]
+        sections["data"] = dataclasses.replace(sections["data"], normalize=scale)
     spec = Spec(**sections)
     widest = max(axis_values(spec.grid.context))
     if widest > 0 and widest == int(widest) and spec.model.context == 0:

@@ -77,10 +77,15 @@ class DataSpec:
     standard-library modules, lower-cased: :mod:`phasevae.data.text`) at offsets
     drawn from ``seed``, as token ids: a character's place in ``alphabet``, any
     other character len(alphabet); for ``model.likelihood = "categorical"`` with
-    ``model.categories`` = len(alphabet) + 1. A relative ``path`` written in
+    ``model.categories`` = len(alphabet) + 1. ``series``: ``samples`` windows of
+    ``window`` consecutive values of a real time series that ships inside
+    matplotlib, ``series`` = ``membrane`` (a membrane potential, 12,000 values) or
+    ``eeg`` (4 EEG channels of 800), at starts drawn from ``seed``
+    (:mod:`phasevae.data.series`). A relative ``path`` written in
     a spec file is relative to that file's folder, one given with ``--set`` to the
     working directory; the run stores it absolute. ``normalize`` defaults to
-    ``unit`` (pixels to [-1, 1]) for cifar10 and patches, else ``none``.
+    ``unit`` (pixels to [-1, 1]) for cifar10 and patches, ``global`` (one mean and
+    scale, which keeps the covariance's shape) for series, else ``none``.
     """
 
     source: str = "synthetic"
@@ -95,6 +100,7 @@ class DataSpec:
     eval_samples: int = 2048
     alphabet: str = " etaoinshr"
     window: int = 8
+    series: str = "membrane"
 
 
 @dataclass(frozen=True)
