@@ -8,6 +8,9 @@ context k.
 * ``ar1``: x_t = 0.9 x_{t-1} + e_t, the default MLP, 1 seed, k = 0, 1, 4. The
   criterion falls from about 32 (k = 0) to the first value's variance, about 5.3,
   for every k >= 1 (the later values are predicted from the one before).
+* ``membrane`` and ``eeg``: windows of 8 of the real recordings that ship inside
+  matplotlib (``data.source = "series"``, 3,000 windows, scaled globally), the
+  default MLP, 3 seeds, k = 0, 1, 2, 4.
 * ``ar2``: x_t = 0.2 x_{t-1} + 0.7 x_{t-2} + e_t, 3 seeds, k = 0, 1, 2, 4, for the
   linear VAE (no hidden layers: the exact oracle) and the default MLP, on the data
   scaled to unit variance (``data.normalize = "global"``, which keeps its
@@ -40,19 +43,27 @@ from sklearn.datasets import load_digits
 
 from phasevae.api import locate, open_run
 from phasevae.data import covariance_eig
+from phasevae.data.series import series_windows
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "autoregressive"
 WINDOW, SAMPLES, BURN = 8, 4000, 200
 PROCESSES = {"ar1": (0.9,), "ar2": (0.2, 0.7)}  # the coefficients phi_1, phi_2, ...
 ARCHS = {"mlp": {}, "linear": {"encoder": [], "decoder": []}}
-SEEDS = {"ar1": [0], "ar2": [0, 1, 2], "digits": [0, 1, 2]}
-NORMALIZE = {"ar1": {}, "ar2": {"normalize": "global"}, "digits": {}}
+SERIES = ("membrane", "eeg")  # real series that ship inside matplotlib
+SEEDS = {"ar1": [0], "ar2": [0, 1, 2], "digits": [0, 1, 2]} | dict.fromkeys(
+    SERIES, [0, 1, 2]
+)
+NORMALIZE = {"ar1": {}, "ar2": {"normalize": "global"}, "digits": {}} | dict.fromkeys(
+    SERIES, {"normalize": "global"}
+)
 RUNS = [("ar2", arch, str(k)) for arch in ("linear", "mlp") for k in (0, 1, 2, 4)]
 RUNS += [("ar2", "mlp", f"gru{h}") for h in (1, 2, 4, 16)]  # model.recurrent = h
 # scikit-learn's digits with a masked-convolution head (model.mask = r), and a
 # PixelCNN stack of L masked layers of radius 1 (model.mask_layers = L)
 RUNS += [("digits", arch, f"mask{r}") for arch in ("linear", "mlp") for r in (1, 2)]
 RUNS += [("digits", arch, f"pixelcnn{n}") for arch in ("linear", "mlp") for n in (2, 3)]
+# windows of 8 of real recordings (data.source = "series"), the MLP, k = 0, 1, 2, 4
+RUNS += [(series, "mlp", str(k)) for series in SERIES for k in (0, 1, 2, 4)]
 
 
 def windows(process: str) -> np.ndarray:
@@ -104,6 +115,10 @@ def name(process: str, arch: str, head: str) -> str:
 def run(process: str, arch: str, head: str, budget: int | None = None) -> dict:
     if process == "digits":  # the images as the digits source gives them
         x, source = load_digits().data / 16.0, {"source": "digits"}
+    elif process in SERIES:  # as the series source gives them (3,172 EEG windows)
+        n = min(SAMPLES, 3000)
+        x = series_windows(process, WINDOW, n, 0)[0].astype(np.float64)
+        source = {"source": "series", "series": process, "samples": n}
     else:
         data = ROOT / "data" / f"{process}.npy"
         data.parent.mkdir(parents=True, exist_ok=True)
