@@ -7,6 +7,7 @@ import pytest
 from phasevae.cli import main
 from phasevae.data import (
     DataError,
+    _read_source,
     covariance_spectrum,
     load_array,
     load_dataset,
@@ -168,6 +169,19 @@ def test_too_many_features_for_the_spectrum_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(safeio, "available_memory", lambda: 2**28)
     with pytest.raises(DataError, match="3,000 x 3,000 spectrum"):
         load_dataset(DataSpec(source="array", path=str(tmp_path / "wide.npy")))
+
+
+@pytest.mark.parametrize("source", ["synthetic", "text", "series"])
+def test_more_generated_rows_than_memory_holds_are_refused(monkeypatch, source):
+    """A generated source with a huge data.samples is a DataError (exit 2) before
+    anything is drawn, not a MemoryError; one that fits is made."""
+    import phasevae.safeio as safeio
+
+    monkeypatch.setattr(safeio, "available_memory", lambda: 2 * 20 * 8 * 1000 - 1)
+    with pytest.raises(DataError, match="data.samples = 1,000 rows of 8 values"):
+        load_dataset(DataSpec(source=source, samples=1000))
+    monkeypatch.setattr(safeio, "available_memory", lambda: 2 * 20 * 8 * 1000)
+    assert _read_source(DataSpec(source=source, samples=1000))[0].shape == (1000, 8)
 
 
 def test_non_gaussian_components_are_what_they_claim():

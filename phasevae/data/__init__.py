@@ -200,6 +200,10 @@ def _read_source(spec: DataSpec) -> tuple[np.ndarray, str, tuple | None, tuple |
     """The raw rows of ``data.source``, their description, pixel range (images of
     a known range, else None) and image shape (h, w) (None for tables)."""
     pixel_range, image_shape = None, None
+    made = {"synthetic": len(spec.eigenvalues), "text": spec.window}
+    made["series"] = spec.window
+    if spec.source in made:
+        check_made(spec.samples, made[spec.source], spec.source)
     if spec.source == "synthetic":
         x = synthetic(spec.eigenvalues, spec.samples, spec.seed, spec.distribution)
         what = (
@@ -238,6 +242,24 @@ def _read_source(spec: DataSpec) -> tuple[np.ndarray, str, tuple | None, tuple |
     else:  # spec validation keeps this unreachable
         raise DataError(f"unknown data.source {spec.source!r}")
     return x, what, pixel_range, image_shape
+
+
+def check_made(samples: int, dim: int, source: str) -> None:
+    """Refuse to make ``samples`` rows of ``dim`` values (a generated source:
+    synthetic, text, series) when their float64 draw and float32 copies would not
+    fit in MEMORY_FRACTION of the available RAM: a message, not a MemoryError.
+
+    Raises:
+      DataError: naming data.samples and what it would need.
+    """
+    need = (8 + 3 * 4) * samples * dim
+    avail = safeio.available_memory()
+    if avail is not None and need > MEMORY_FRACTION * avail:
+        raise DataError(
+            f"data.samples = {samples:,} rows of {dim} values (data.source = "
+            f'"{source}") need about {need / 2**30:.1f} GiB, more than half of '
+            f"the {avail / 2**30:.1f} GiB of free memory; lower data.samples"
+        )
 
 
 def load_for_model(spec) -> Dataset:
