@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
-from phasevae import safeio
 from phasevae.data import glm
-from phasevae.data.arrays import MEMORY_FRACTION, load_array
+from phasevae.data.arrays import load_array, refuse_beyond_memory
 from phasevae.data.relaxation import latent_factor
 from phasevae.data.series import series_windows
 from phasevae.data.text import text_windows
@@ -247,19 +246,16 @@ def _read_source(spec: DataSpec) -> tuple[np.ndarray, str, tuple | None, tuple |
 def check_made(samples: int, dim: int, source: str) -> None:
     """Refuse to make ``samples`` rows of ``dim`` values (a generated source:
     synthetic, text, series) when their float64 draw and float32 copies would not
-    fit in MEMORY_FRACTION of the available RAM: a message, not a MemoryError.
+    fit in memory: a message, not a MemoryError.
 
     Raises:
       DataError: naming data.samples and what it would need.
     """
-    need = (8 + 3 * 4) * samples * dim
-    avail = safeio.available_memory()
-    if avail is not None and need > MEMORY_FRACTION * avail:
-        raise DataError(
-            f"data.samples = {samples:,} rows of {dim} values (data.source = "
-            f'"{source}") need about {need / 2**30:.1f} GiB, more than half of '
-            f"the {avail / 2**30:.1f} GiB of free memory; lower data.samples"
-        )
+    refuse_beyond_memory(
+        (8 + 3 * 4) * samples * dim,
+        f'data.samples = {samples:,} rows of {dim} values (data.source = "{source}")',
+        "lower data.samples",
+    )
 
 
 def load_for_model(spec) -> Dataset:
@@ -651,14 +647,12 @@ def check_array(x: np.ndarray, what: str) -> np.ndarray:
     side = min(x.shape)  # the covariance, or the Gram matrix of wide data
     centred = x.size if x.shape[0] < x.shape[1] else min(x.size, CHUNK_VALUES)
     need = 3 * 8 * side**2 + 8 * centred  # it, its eigenvectors, workspace; centred x
-    avail = safeio.available_memory()
-    if avail is not None and need > MEMORY_FRACTION * avail:
-        raise DataError(
-            f"{what}: {x.shape[0]:,} samples x {x.shape[1]:,} features need a "
-            f"{side:,} x {side:,} spectrum of about {need / 2**30:.1f} GiB, more than "
-            f"half of the {avail / 2**30:.1f} GiB of free memory; reduce the "
-            "features or the samples first"
-        )
+    refuse_beyond_memory(
+        need,
+        f"{what}: {x.shape[0]:,} samples x {x.shape[1]:,} features as a "
+        f"{side:,} x {side:,} spectrum",
+        "reduce the features or the samples first",
+    )
     out = np.empty(x.shape, np.float32)
     count, first = 0, None
     for rows in row_chunks(x):  # a memory-mapped file is read a chunk at a time

@@ -93,18 +93,31 @@ def _npy_header_size(f) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-def check_memory(values: int, path: Path) -> None:
-    """Refuse data whose float32 copies (the normalised data, its copy for the
-    device, and the raw values of formats that cannot be memory-mapped) would not
-    fit in MEMORY_FRACTION of the available RAM: better a message than swapping."""
-    need = 3 * 4 * values
+def refuse_beyond_memory(need: int, what: str, remedy: str) -> None:
+    """Refuse work that needs ``need`` bytes when that is more than
+    MEMORY_FRACTION of the available RAM: better a message than swapping or a
+    MemoryError.
+
+    Raises:
+      DataError: "{what} need about N GiB, more than half of ...; {remedy}".
+    """
     avail = safeio.available_memory()
     if avail is not None and need > MEMORY_FRACTION * avail:
         raise DataError(
-            f"{path}: {values:,} values need about {need / 2**30:.1f} GiB as float32 "
-            f"copies, more than half of the {avail / 2**30:.1f} GiB of free memory; "
-            "subsample the data first"
+            f"{what} need about {need / 2**30:.1f} GiB, more than half of the "
+            f"{avail / 2**30:.1f} GiB of free memory; {remedy}"
         )
+
+
+def check_memory(values: int, path: Path) -> None:
+    """Refuse data whose float32 copies (the normalised data, its copy for the
+    device, and the raw values of formats that cannot be memory-mapped) would not
+    fit in memory."""
+    refuse_beyond_memory(
+        3 * 4 * values,
+        f"{path}: {values:,} values as float32 copies",
+        "subsample the data first",
+    )
 
 
 def _load_csv(path: Path) -> np.ndarray:
