@@ -249,10 +249,18 @@ def test_the_collapsed_states_hessian_turns_at_the_collapse_eigenvalue(widths):
     if not enc:
         ce = np.cov(whitened(x, innovations(x, 2)), rowvar=False, bias=True)
         assert lam == pytest.approx(top(ce), rel=1e-4)
-    with jax.enable_x64(True):
-        x64 = jnp.asarray(x, jnp.float64)
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam))
+
+
+def residual_covariances(model, params, x):
+    """(C_rx C_xx^-1 C_rx^T, C_rr): the covariance of the part of the head's
+    residuals r = x - prediction that is linear in x, and of r itself."""
+    ahead = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))
+    r = np.asarray(x - ahead(jnp.asarray(x)), np.float64)
+    d = x.shape[1]
+    c = np.cov(np.hstack([r, x]), rowvar=False, bias=True)
+    c_rx, c_xx = c[:d, d:], c[d:, d:]
+    return c_rx @ np.linalg.solve(c_xx, c_rx.T), c[:d, :d]
 
 
 @pytest.mark.slow
@@ -270,17 +278,10 @@ def test_the_gru_heads_collapsed_state_turns_at_its_own_innovations(widths):
     params = collapsed(model, biased(gru_params(model, 3)), jnp.asarray(x))
     lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
     if not enc:
-        ahead = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))
-        r = np.asarray(x - ahead(jnp.asarray(x)), np.float64)
-        c = np.cov(np.hstack([r, x]), rowvar=False, bias=True)
-        c_rx, c_xx = c[:6, 6:], c[6:, 6:]
-        linear_part = c_rx @ np.linalg.solve(c_xx, c_rx.T)
-        assert lam == pytest.approx(top(linear_part), rel=1e-4)
-        assert top(linear_part) < top(c[:6, :6]) * (1 - 1e-3)  # r is not linear in x
-    with jax.enable_x64(True):
-        x64 = jnp.asarray(x, jnp.float64)
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+        linear, whole = residual_covariances(model, params, x)
+        assert lam == pytest.approx(top(linear), rel=1e-4)
+        assert top(linear) < top(whole) * (1 - 1e-3)  # r is not linear in x
+    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam))
 
 
 @pytest.mark.slow
@@ -293,10 +294,7 @@ def test_the_masked_heads_collapsed_state_turns_at_the_collapse_eigenvalue():
     params = with_masked_head(model, biased(params), x)
     params = collapsed(model, params, jnp.asarray(x))
     lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
-    with jax.enable_x64(True):
-        x64 = jnp.asarray(x, jnp.float64)
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam))
 
 
 @pytest.mark.slow
@@ -312,15 +310,9 @@ def test_the_pixelcnn_heads_collapsed_state_turns_at_its_own_innovations(widths)
     params = collapsed(model, biased(stack_params(model, 3)), jnp.asarray(x))
     lam = float(collapse_eigenvalue(*collapse_grams(model, params, jnp.asarray(x))))
     if not enc:
-        ahead = jax.vmap(lambda xi: model.apply(params, xi, method=VAE.predicted))
-        r = np.asarray(x - ahead(jnp.asarray(x)), np.float64)
-        c = np.cov(np.hstack([r, x]), rowvar=False, bias=True)
-        c_rx, c_xx = c[:12, 12:], c[12:, 12:]
-        assert lam == pytest.approx(top(c_rx @ np.linalg.solve(c_xx, c_rx.T)), rel=1e-4)
-    with jax.enable_x64(True):
-        x64 = jnp.asarray(x, jnp.float64)
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam))
+        linear, _ = residual_covariances(model, params, x)
+        assert lam == pytest.approx(top(linear), rel=1e-4)
+    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam))
 
 
 def ar1_counts(likelihood: str, n: int = 1500, dim: int = 6) -> np.ndarray:
@@ -416,10 +408,7 @@ def test_a_glm_heads_collapsed_state_turns_at_the_collapse_eigenvalue(likelihood
     params = glm_headed(model, biased(params), x, likelihood)
     grams = collapse_grams(model, params, jnp.asarray(x), likelihood)
     lam = float(collapse_eigenvalue(*grams))
-    with jax.enable_x64(True):
-        x64 = jnp.asarray(x, jnp.float64)
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        assert_turns_at_lambda_c(collapsed_hessians(model, p64, x64, lam, likelihood))
+    assert_turns_at_lambda_c(collapsed_hessians(model, params, x, lam, likelihood))
 
 
 @pytest.mark.slow
