@@ -26,7 +26,7 @@ from phasevae.data import (
     whitened,
     whitening,
 )
-from phasevae.data.glm import context_fit, lagged
+from phasevae.data.glm import context_fit, fit, lagged, masked_fit, neighbours
 from phasevae.errors import DataError
 from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
 from phasevae.spec import SpecError, mask_offsets, spec_from_dict, stack_offsets
@@ -330,6 +330,21 @@ def ar1_counts(likelihood: str, n: int = 1500, dim: int = 6) -> np.ndarray:
 
 
 R_COUNTS = 3.0  # the negative-binomial test data's dispersion
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "poisson", "negative_binomial"])
+def test_the_masked_glm_fit_is_the_one_hot_designs_fit(likelihood):
+    """The masked head's fit, formed blockwise, is the fit of the whole design
+    (a one-hot intercept column per pixel, then the neighbours) made explicit:
+    the same coefficients to 1e-8, a radius-1 stack of 2 layers on 3 x 4 images."""
+    x = ar1_counts(likelihood, n=300, dim=12).astype(np.float64)
+    reach = stack_offsets(1, 2)
+    bias, weights = masked_fit(x, IMAGE, reach, likelihood, R_COUNTS)
+    views = neighbours(x, IMAGE, reach).reshape(-1, len(reach))
+    design = np.hstack([np.tile(np.eye(12), (300, 1)), views])
+    want = fit(lambda lo, hi: design[lo:hi], x.reshape(-1), likelihood, R_COUNTS)
+    np.testing.assert_allclose(np.r_[bias, weights], want, rtol=1e-8, atol=1e-8)
+    assert np.abs(weights).max() > 0.05  # the neighbours predict
 
 
 def scipy_nll(likelihood: str, x: np.ndarray, eta: np.ndarray) -> float:

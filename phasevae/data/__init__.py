@@ -313,7 +313,7 @@ def head_whitening(
         return innovations(x, context, what), said
     if mask:
         bias, weights = glm.masked_fit(x, image_shape, reach, likelihood, dispersion)
-        eta = bias + glm.neighbours(x, image_shape, reach) @ weights
+        eta = bias + glm.masked_prediction(x, image_shape, reach, weights)
     else:
         bias, weights = glm.context_fit(x, context, likelihood, dispersion)
         eta = bias + np.einsum("nik,ik->ni", glm.lagged(x, context), weights)
@@ -386,10 +386,17 @@ def masked_weights(x: np.ndarray, image_shape, offsets) -> np.ndarray:
     :func:`phasevae.spec.mask_offsets`, or a stack's receptive field,
     :func:`phasevae.spec.stack_offsets`), predicting every pixel of the centred
     images ``x`` (n, h * w) from those neighbours (zero outside the image),
-    pooled over pixels and rows: a linear masked-convolution head's at collapse."""
+    pooled over pixels and rows: a linear masked-convolution head's at collapse.
+    Solved from the normal equations, summed a few images at a time (the
+    neighbours of all at once are offsets times x)."""
     xc = (x - x.mean(axis=0)).astype(np.float64)
-    views = glm.neighbours(xc, image_shape, offsets).reshape(-1, len(offsets))
-    return np.linalg.lstsq(views, xc.reshape(-1), rcond=None)[0]
+    o, step = len(offsets), max(1, glm.CHUNK // x.shape[1])
+    gram, moment = np.zeros((o, o)), np.zeros(o)
+    for lo in range(0, x.shape[0], step):
+        views = glm.neighbours(xc[lo : lo + step], image_shape, offsets).reshape(-1, o)
+        gram += views.T @ views
+        moment += views.T @ xc[lo : lo + step].reshape(-1)
+    return np.linalg.lstsq(gram, moment, rcond=None)[0]
 
 
 def masked_innovations(

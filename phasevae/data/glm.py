@@ -41,34 +41,14 @@ def derivatives(
     return loss, (x - m) * r / (r + m), (x + r) * r * m / (r + m) ** 2
 
 
-def fit(design, y: np.ndarray, likelihood: str, dispersion=1.0) -> np.ndarray:
-    """The coefficients w minimising sum_rows -ln p(y | design @ w), with a ridge
-    of ``RIDGE`` per row, by Newton's method with step halving. ``design(lo, hi)``
-    gives rows lo..hi of the (rows, p) design (formed a chunk at a time)."""
-    rows = y.shape[0]
-    p = design(0, 1).shape[1]
+def newton(objective, gradient_hessian, p: int) -> np.ndarray:
+    """The w (p,) minimising the convex ``objective(w)``, by Newton's method with
+    step halving from w = 0; ``gradient_hessian(w)`` gives its gradient and
+    Hessian."""
     w = np.zeros(p)
-    ridge = RIDGE * rows
-
-    def objective(w):
-        total = 0.5 * ridge * w @ w
-        for lo in range(0, rows, CHUNK):
-            hi = min(lo + CHUNK, rows)
-            loss, _, _ = derivatives(
-                y[lo:hi], design(lo, hi) @ w, likelihood, dispersion
-            )
-            total += loss.sum()
-        return total
-
     current = objective(w)
     for _ in range(ITERATIONS):
-        grad, hess = ridge * w, ridge * np.eye(p)
-        for lo in range(0, rows, CHUNK):
-            hi = min(lo + CHUNK, rows)
-            d = design(lo, hi)
-            _, score, curve = derivatives(y[lo:hi], d @ w, likelihood, dispersion)
-            grad -= d.T @ score
-            hess += d.T @ (curve[:, None] * d)
+        grad, hess = gradient_hessian(w)
         step = np.linalg.solve(hess, grad)
         for _ in range(30):  # halve until the objective does not rise
             trial = objective(w - step)
@@ -81,6 +61,37 @@ def fit(design, y: np.ndarray, likelihood: str, dispersion=1.0) -> np.ndarray:
         if change <= 1e-12 * max(abs(current), 1.0):
             break
     return w
+
+
+def fit(design, y: np.ndarray, likelihood: str, dispersion=1.0) -> np.ndarray:
+    """The coefficients w minimising sum_rows -ln p(y | design @ w), with a ridge
+    of ``RIDGE`` per row (:func:`newton`). ``design(lo, hi)`` gives rows lo..hi of
+    the (rows, p) design (formed a chunk at a time)."""
+    rows = y.shape[0]
+    p = design(0, 1).shape[1]
+    ridge = RIDGE * rows
+
+    def objective(w):
+        total = 0.5 * ridge * w @ w
+        for lo in range(0, rows, CHUNK):
+            hi = min(lo + CHUNK, rows)
+            loss, _, _ = derivatives(
+                y[lo:hi], design(lo, hi) @ w, likelihood, dispersion
+            )
+            total += loss.sum()
+        return total
+
+    def gradient_hessian(w):
+        grad, hess = ridge * w, ridge * np.eye(p)
+        for lo in range(0, rows, CHUNK):
+            hi = min(lo + CHUNK, rows)
+            d = design(lo, hi)
+            _, score, curve = derivatives(y[lo:hi], d @ w, likelihood, dispersion)
+            grad -= d.T @ score
+            hess += d.T @ (curve[:, None] * d)
+        return grad, hess
+
+    return newton(objective, gradient_hessian, p)
 
 
 def lagged(x: np.ndarray, context: int) -> np.ndarray:
@@ -126,22 +137,62 @@ def neighbours(x: np.ndarray, image_shape, offsets) -> np.ndarray:
     return np.stack(views, axis=-1).reshape(n, h * w, len(offsets))
 
 
+def masked_prediction(x: np.ndarray, image_shape, offsets, weights) -> np.ndarray:
+    """(n, N): each pixel's neighbours over ``offsets`` times ``weights``, formed a
+    few images at a time (the neighbours of all at once are offsets times x)."""
+    step = max(1, CHUNK // x.shape[1])
+    return np.concatenate(
+        [
+            neighbours(x[lo : lo + step], image_shape, offsets) @ weights
+            for lo in range(0, x.shape[0], step)
+        ]
+    )
+
+
 def masked_fit(
     x: np.ndarray, image_shape, offsets, likelihood: str, dispersion=1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """A linear masked-convolution head reading ``offsets`` at collapse: one fit of
     every pixel of every image on its own intercept (the decoder's bias, one per
     pixel) and its neighbours over the offsets, the weights shared by every pixel
-    (one dispersion for all pixels). Returns the intercepts (N,) and the weights
-    (offsets,) (the model's ``masked``)."""
+    (one dispersion for all pixels), with a ridge of ``RIDGE`` per pixel value.
+    Returns the intercepts (N,) and the weights (offsets,) (the model's
+    ``masked``).
+
+    The design's intercept columns are one-hot in the pixel, so its Newton
+    system is formed blockwise from (images, N, offsets) neighbours a few
+    images at a time, never as the (images * N, N + offsets) matrix: the
+    intercepts' block is diagonal, the rest per-pixel sums."""
     n, dim = x.shape
-    views = neighbours(x, image_shape, offsets).reshape(n * dim, len(offsets))
-    eye = np.eye(dim)
+    o = len(offsets)
+    r = float(np.mean(dispersion))
+    ridge = RIDGE * n * dim
+    step = max(1, CHUNK // dim)
+    chunks = [slice(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
-    def design(lo, hi):
-        return np.hstack([eye[np.arange(lo, hi) % dim], views[lo:hi]])
+    def parts(w, rows):
+        views = neighbours(x[rows], image_shape, offsets)
+        return views, derivatives(x[rows], w[:dim] + views @ w[dim:], likelihood, r)
 
-    coef = fit(design, x.reshape(-1), likelihood, float(np.mean(dispersion)))
+    def objective(w):
+        return 0.5 * ridge * w @ w + sum(parts(w, c)[1][0].sum() for c in chunks)
+
+    def gradient_hessian(w):
+        grad, hess = ridge * w, ridge * np.eye(dim + o)
+        for rows in chunks:
+            views, (_, score, curve) = parts(w, rows)
+            weighted = views * curve[..., None]
+            flat = views.reshape(-1, o)
+            grad[:dim] -= score.sum(axis=0)
+            grad[dim:] -= flat.T @ score.reshape(-1)
+            hess[range(dim), range(dim)] += curve.sum(axis=0)
+            cross = weighted.sum(axis=0)  # (N, offsets)
+            hess[:dim, dim:] += cross
+            hess[dim:, :dim] += cross.T
+            hess[dim:, dim:] += weighted.reshape(-1, o).T @ flat
+        return grad, hess
+
+    coef = newton(objective, gradient_hessian, dim + o)
     return coef[:dim], coef[dim:]
 
 
