@@ -28,7 +28,11 @@ from typing import Any
 
 import pandas as pd
 
-from phasevae.engine.devices import compile_cache, split_cpu_into_devices
+from phasevae.engine.devices import (
+    compile_cache,
+    scans_a_gru,
+    split_cpu_into_devices,
+)
 from phasevae.engine.loop import ChunkFn, ProgressFn
 from phasevae.errors import BadInput, SingleDeviceWarning, stop_if_terminated
 from phasevae.spec import (
@@ -85,7 +89,7 @@ def default_out(spec: SpecLike) -> Path:
 
 
 def _start_devices(spec: Spec | None = None) -> None:
-    split_cpu_into_devices(gru_head=spec is not None and spec.model.recurrent > 0)
+    split_cpu_into_devices(scanned_gru=spec is not None and scans_a_gru(spec))
     compile_cache()
     import jax
 

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from phasevae.engine.sweep import run_sweep
+from phasevae.spec import spec_from_dict
+from tests.conftest import tiny_dict
 
 GRID = {"sigma2": [0.5, 2.0, 8.0], "beta": [0.5, 1.0]}  # 6 points: padded to 8
 
@@ -116,7 +118,7 @@ def test_a_run_checkpointed_on_eight_devices_resumes_on_one(tmp_path, tiny_spec)
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
-def test_a_gru_head_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch):
+def test_a_scanned_gru_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch):
     from jax._src import xla_bridge
 
     from phasevae.engine import devices
@@ -126,32 +128,44 @@ def test_a_gru_head_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
     devices.split_cpu_into_devices()
     assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/nowhere"
-    devices.split_cpu_into_devices(gru_head=True)
-    devices.split_cpu_into_devices(gru_head=True)  # added once
+    devices.split_cpu_into_devices(scanned_gru=True)
+    devices.split_cpu_into_devices(scanned_gru=True)  # added once
     assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/nowhere {devices.SCHEDULER_OFF}"
     chosen = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
     monkeypatch.setenv("XLA_FLAGS", chosen)  # the user's own setting stays
-    devices.split_cpu_into_devices(gru_head=True)
+    devices.split_cpu_into_devices(scanned_gru=True)
     assert os.environ["XLA_FLAGS"] == chosen
 
 
-@pytest.mark.parametrize("gru_head", [False, True])
-def test_a_gru_head_keeps_the_cpu_one_device(monkeypatch, gru_head):
-    """Unless the user chose a count: 8 devices per core, one for a GRU head (whose
-    programs hung on 2 or 8 devices, docs/science.md)."""
+@pytest.mark.parametrize(
+    "model",
+    [
+        {},
+        {"context": 2},
+        {"recurrent": 3},
+        {"kind": "vrnn", "state": 4, "latent_dim": 1},
+    ],
+)
+def test_a_scanned_gru_keeps_the_cpu_one_device(monkeypatch, model):
+    """Unless the user chose a count: CPU_DEVICES_PER_CORE devices per core, one
+    for a model that scans a GRU over the features (a GRU head or a VRNN, whose
+    programs hung on 2 or 8 devices, docs/speed.md)."""
     import jax
     from jax._src import xla_bridge
 
     from phasevae.engine import devices
 
+    spec = spec_from_dict(tiny_dict(model=model))
+    scanned = "recurrent" in model or "kind" in model
+    assert devices.scans_a_gru(spec) == scanned
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
     monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "")
     asked = {}
     monkeypatch.setattr(jax.config, "update", lambda k, v: asked.update({k: v}))
-    devices.split_cpu_into_devices(gru_head=gru_head)
+    devices.split_cpu_into_devices(scanned_gru=devices.scans_a_gru(spec))
     cores = len(os.sched_getaffinity(0))
-    want = 1 if gru_head else devices.CPU_DEVICES_PER_CORE * cores
+    want = 1 if scanned else devices.CPU_DEVICES_PER_CORE * cores
     assert asked == {"jax_num_cpu_devices": want}
 
 

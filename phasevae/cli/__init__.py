@@ -39,13 +39,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from phasevae.engine.devices import (
         compile_cache,
         init_distributed,
+        scans_a_gru,
         split_cpu_into_devices,
     )
     from phasevae.engine.loop import Preempted
     from phasevae.report import trackers
 
     stop_if_terminated()
-    split_cpu_into_devices(gru_head=spec.model.recurrent > 0)
+    split_cpu_into_devices(scanned_gru=scans_a_gru(spec))
     compile_cache()
     primary = init_distributed(args)
     out = check_out_dir(
@@ -456,7 +457,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from phasevae.engine.devices import compile_cache, split_cpu_into_devices
     from phasevae.tools import bench
 
-    split_cpu_into_devices(gru_head=args.model == "gru")
+    split_cpu_into_devices(scanned_gru=args.model in ("gru", "vrnn"))
     compile_cache()
     if args.locate is not None:
         return locate_text(bench.locate(args.locate or None), args.json)

@@ -35,7 +35,7 @@ CPU_DEVICES_PER_CORE = 4
 SCHEDULER_OFF = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
-def split_cpu_into_devices(gru_head: bool = False) -> None:
+def split_cpu_into_devices(scanned_gru: bool = False) -> None:
     """Expose the CPU as ``CPU_DEVICES_PER_CORE`` XLA devices per core, unless the user
     chose a count (XLA_FLAGS or JAX_NUM_CPU_DEVICES).
 
@@ -46,32 +46,42 @@ def split_cpu_into_devices(gru_head: bool = False) -> None:
     (results/README.md): 1 device 32 %, 2 devices 43-47 %, 8 devices 51-58 % of the
     matmul peak. Accelerator hosts are unaffected (their CPU backend trains nothing).
 
-    With ``gru_head`` (a spec's ``model.recurrent`` > 0) the CPU stays one device
-    and XLA's concurrency-optimised scheduler is turned off (``SCHEDULER_OFF``
-    added to XLA_FLAGS, unless the user set that flag). The CPU backend of jax
-    0.10.2 left GRU-head programs hung for good, every thread idle: with the
-    scheduler on, sweeps of 64 models on 8 devices (0 of 8 finished); with it off,
-    still 64 models of the paper's widths (256-128 / 128-256) on 8 or 2 devices
-    (the bench's program, and a sweep), while on one device they finished in 17 s
-    (docs/science.md, 'Autoregressive decoders'). The scheduler costs the MLP sweep
-    about 7 %, so only GRU-head runs lose it. XLA reads the flag when its backend
-    starts; as a per-program compiler option it did not take effect. Must run
-    before JAX starts a backend; a no-op afterwards.
+    With ``scanned_gru`` (a GRU scanned over the features: a spec's
+    ``model.recurrent`` > 0 or ``model.kind = "vrnn"``, :func:`scans_a_gru`) the
+    CPU stays one device and XLA's concurrency-optimised scheduler is turned off
+    (``SCHEDULER_OFF`` added to XLA_FLAGS, unless the user set that flag). The CPU
+    backend of jax 0.10.2 left such programs hung for good, every thread idle:
+    GRU-head sweeps of 64 models on 8 devices with the scheduler on (0 of 8
+    finished); with it off, still 64 models of the paper's widths (256-128 /
+    128-256) on 8 or 2 devices (the bench's program, and a sweep), while on one
+    device they finished in 17 s (docs/science.md, 'Autoregressive decoders');
+    the VRNN bench's 64 models on 8 devices, and on 2 with the scheduler off, and
+    a sweep of 64 VRNNs (32 units, 64-wide) on 8 devices, while on one device with
+    the scheduler off the bench's finished (docs/speed.md). The scheduler costs
+    the MLP sweep about 7 %, so only these runs lose it. XLA reads the flag when
+    its backend starts; as a per-program compiler option it did not take
+    effect. Must run before JAX starts a backend; a no-op afterwards.
     """
     from jax._src import xla_bridge
 
     if xla_bridge.backends_are_initialized():
         return
     flags = os.environ.get("XLA_FLAGS", "")
-    if gru_head and "concurrency_optimized_scheduler" not in flags:
+    if scanned_gru and "concurrency_optimized_scheduler" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {SCHEDULER_OFF}".strip()
     chosen = "xla_force_host_platform_device_count" in flags
     if chosen or "JAX_NUM_CPU_DEVICES" in os.environ:
         return
     cores = len(os.sched_getaffinity(0))
     jax.config.update(
-        "jax_num_cpu_devices", 1 if gru_head else CPU_DEVICES_PER_CORE * cores
+        "jax_num_cpu_devices", 1 if scanned_gru else CPU_DEVICES_PER_CORE * cores
     )
+
+
+def scans_a_gru(spec: Spec) -> bool:
+    """Whether ``spec``'s model scans a GRU over the features (a GRU head or a
+    VRNN): :func:`split_cpu_into_devices` keeps such a CPU one device."""
+    return spec.model.recurrent > 0 or spec.model.kind == "vrnn"
 
 
 CACHE_MAX_BYTES = 4 * 2**30  # the compile cache's size; the least recently used go
