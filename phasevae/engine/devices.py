@@ -28,7 +28,7 @@ from phasevae.errors import BadInput
 from phasevae.models.registry import footprint
 from phasevae.spec import Spec
 
-CPU_DEVICES_PER_CORE = 4
+CPU_DEVICES_PER_CORE = 1  # with the models in sequence on each (docstring below)
 
 
 # XLA's concurrency-optimised scheduler, off for programs with a GRU head
@@ -41,10 +41,15 @@ def split_cpu_into_devices(scanned_gru: bool = False) -> None:
 
     The models axis is sharded over devices, so on a CPU each device trains its own
     share of the models on one thread, instead of every small (256 x 256) product
-    being split across all cores and synchronised; with more devices than cores the
-    OS fills one device's stalls with another's work. Measured on 2 cores at M = 64
-    (results/README.md): 1 device 32 %, 2 devices 43-47 %, 8 devices 51-58 % of the
-    matmul peak. Accelerator hosts are unaffected (their CPU backend trains nothing).
+    being split across all cores and synchronised. With the models vmapped, four
+    devices per core did best (the OS filled one device's stalls with another's
+    work: at M = 64 on 2 cores, 1 device 32 %, 2 devices 43-47 %, 8 devices 51-58 %
+    of the matmul peak); since each device trains its models in sequence
+    (``Trainer._chunk_in_sequence``), one device per core does: 2 devices against 8
+    gave 71-73 % against 65-67 % (MLP), 20.0-20.4 % against 17.1-18.9 % (conv VAE),
+    69.6 % against 58.6 % (``ar``), 32.6 % against 26.3 % (PixelCNN head), and the
+    built-in default sweep the same within the noise (results/README.md, docs/
+    speed.md). Accelerator hosts are unaffected (their CPU backend trains nothing).
 
     With ``scanned_gru`` (a GRU scanned over the features: a spec's
     ``model.recurrent`` > 0 or ``model.kind = "vrnn"``, :func:`scans_a_gru`) the
