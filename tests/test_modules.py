@@ -225,34 +225,42 @@ def test_the_residual_decoder_example_runs(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("kernel", [2, 3, 4])
 @pytest.mark.parametrize("shape", [(8, 8, 3), (7, 5, 2)])
-def test_the_convolution_and_its_transpose_equal_lax_conv(shape, kernel):
-    """im2col for the stride-2 convolution, overlap-add for its transpose."""
+def test_the_convolutions_gradients_are_lax_convs(shape, kernel, transpose):
+    """A layer's value is lax.conv's (or lax.conv_transpose's); its gradients in
+    the map and the kernel, by im2col and by overlap-add, are those of lax's own
+    derivatives, per example and summed over a vmapped batch."""
     from jax import lax
 
-    from phasevae.models.conv import Conv
+    from phasevae.models.conv import DIMENSIONS, Conv
 
-    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
-    dn = ("NHWC", "HWIO", "NHWC")
-    for transpose, ref in (
-        (
-            False,
-            lambda w: lax.conv_general_dilated(
-                x[None], w, (2, 2), "SAME", dimension_numbers=dn
-            ),
-        ),
-        (
-            True,
-            lambda w: lax.conv_transpose(
-                x[None], w, (2, 2), "SAME", dimension_numbers=dn
-            ),
-        ),
-    ):
-        layer = Conv(4, kernel, transpose)
-        params = layer.init(jax.random.key(0), x)
-        want = ref(params["params"]["kernel"])[0] + params["params"]["bias"][None, None]
-        np.testing.assert_allclose(layer.apply(params, x), want, atol=1e-5)
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((3, *shape)), jnp.float32)
+    layer = Conv(4, kernel, transpose)
+    params = layer.init(jax.random.key(0), xs[0])["params"]
+    bias = params["bias"] + 0.1
+    lax_conv = lax.conv_transpose if transpose else lax.conv_general_dilated
+
+    def theirs(x, w):
+        return (
+            lax_conv(x[None], w, (2, 2), "SAME", dimension_numbers=DIMENSIONS)[0]
+            + bias[None, None]
+        )
+
+    def ours(x, w):
+        return layer.apply({"params": {"kernel": w, "bias": bias}}, x)
+
+    def loss(f, xs, w):  # nonlinear, so that the cotangent varies over the map
+        return jnp.sum(jnp.sin(jax.vmap(f, (0, None))(xs, w)))
+
+    w = params["kernel"]
+    want = jax.vmap(theirs, (0, None))(xs, w)
+    np.testing.assert_allclose(jax.vmap(ours, (0, None))(xs, w), want, atol=1e-5)
+    want = jax.grad(lambda xs, w: loss(theirs, xs, w), (0, 1))(xs, w)
+    got = jax.grad(lambda xs, w: loss(ours, xs, w), (0, 1))(xs, w)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.slow

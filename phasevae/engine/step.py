@@ -593,7 +593,12 @@ class Trainer:
                 f = self.model.apply(variables, z, xi, method="decode")
                 return f.reshape(-1).astype(jnp.float32)
 
-            return jax.jacfwd(out)(zi)  # (D, k)
+            # J v as the transpose of the pullback v -> J^T v, one v per latent
+            # dim: forward mode (jacfwd) fails on a layer with a custom VJP only
+            f, pullback = jax.vjp(out, zi)
+            push = jax.linear_transpose(lambda u: pullback(u)[0], f)
+            basis = jnp.eye(zi.shape[0], dtype=zi.dtype)
+            return jax.vmap(lambda v: push(v)[0], out_axes=1)(basis)  # (D, k)
 
         j = jax.vmap(jacobian)(z[:m], eval_x[:m])
         if hasattr(self.model, "latent_tangent"):  # only where a draw can move

@@ -11,24 +11,32 @@
 Each stride halves the map (rounding up), so any h and w work; the decoder's map,
 h0 * 2^depth >= h, is cropped back.
 
-Layout (measured, results/README.md, speed section): a convolution here is
-im2col, the kernel x kernel shifted slices of the padded map concatenated, times the
-kernel as a matrix (:class:`Conv`). Under the models vmap XLA turns ``lax.conv`` with a
-kernel per model into one grouped convolution (``feature_group_count`` = models),
-which XLA's CPU backend runs slowly; slices and a batched matrix product vmap into
-plain batched matmuls, and are faster for a single model as well. A transposed
-convolution is one matrix product per input pixel (its k x k taps at once) and an
-overlap-add of the taps into the output, so no inserted zero is multiplied or held
-(im2col of the zero-dilated map held 4x the products, three quarters zeros).
+Layout (measured: docs/speed.md, the paragraph on ``--model conv``): a layer's value
+is ``lax.conv`` (its transpose ``lax.conv_transpose``), and its gradients, through a
+custom VJP, are those of the same map as matrix products: im2col, the kernel x
+kernel shifted slices of the padded map concatenated, times the kernel as a matrix;
+for the transpose, one product per input pixel (its k x k taps at once) and an
+overlap-add of the taps into the output, so no inserted zero is multiplied or held.
+The gradients XLA's CPU backend makes of ``lax.conv`` (a convolution with the batch
+as features, and one with zeros inserted) ran a whole training step about 10x
+slower, while its forward convolutions ran faster than im2col. Taken per example
+(inside the batch's vmap), each kernel gradient is a batched product summed over the
+batch, which XLA's CPU backend fuses and ran faster than one product over every
+example's pixels. Forward mode is not defined (``jax.jvp`` of a layer raises). Under
+a vmap over models the value is a grouped convolution (``feature_group_count`` =
+models), which XLA's CPU backend runs slowly; a CPU trains its models in sequence,
+so only an accelerator's vmapped program meets it (not measured).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
@@ -55,46 +63,132 @@ class Conv(nn.Module):
             (k, k, x.shape[-1], self.features),
         )
         b = self.param("bias", nn.initializers.zeros, (self.features,))
-        if self.transpose:
-            return _overlap_add(x, w, self.compute_dtype) + b[None, None]
-        total = [max((math.ceil(n / 2) - 1) * 2 + k - n, 0) for n in x.shape[:2]]
-        pad = [(t // 2, t - t // 2, 0) for t in total] + [(0, 0, 0)]
-        x = lax.pad(x, 0.0, pad)
-        h = (x.shape[0] - k) // 2 + 1
-        v = (x.shape[1] - k) // 2 + 1
-        cols = [
-            x[i : i + 2 * (h - 1) + 1 : 2, j : j + 2 * (v - 1) + 1 : 2]
-            for i in range(k)
-            for j in range(k)
-        ]
-        cols = jnp.concatenate(cols, axis=-1)
-        return (
-            product(cols, w.reshape(-1, self.features), self.compute_dtype)
-            + b[None, None]
+        return _conv(x, w, self.compute_dtype, self.transpose) + b[None, None]
+
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")  # lax.conv's layout of map, kernel, output
+
+
+def _same_padding(shape: tuple[int, ...], k: int) -> list[tuple[int, int]]:
+    """'SAME' padding of a stride-2 convolution of a (h, w, ...) map, (lo, hi) per
+    spatial axis."""
+    total = [max((math.ceil(n / 2) - 1) * 2 + k - n, 0) for n in shape[:2]]
+    return [(t // 2, t - t // 2) for t in total]
+
+
+def _lax_conv(x: Array, w: Array, compute_dtype: Any, transpose: bool) -> Array:
+    """The stride-2 convolution (or its transpose) of one map by ``lax.conv``,
+    operands in ``compute_dtype`` if given, the result in float32."""
+    if compute_dtype is not None:
+        x, w = x.astype(compute_dtype), w.astype(compute_dtype)
+    if transpose:
+        y = lax.conv_transpose(
+            x[None],
+            w,
+            (2, 2),
+            "SAME",
+            dimension_numbers=DIMENSIONS,
+            preferred_element_type=jnp.float32,
         )
+    else:
+        y = lax.conv_general_dilated(
+            x[None],
+            w,
+            (2, 2),
+            _same_padding(x.shape, w.shape[0]),
+            dimension_numbers=DIMENSIONS,
+            preferred_element_type=jnp.float32,
+        )
+    return y[0]
 
 
-def _overlap_add(x: Array, w: Array, compute_dtype: Any = None) -> Array:
-    """The stride-2 transposed convolution of x (h, w, c_in) by w (k, k, c_in, c_out)
-    with lax.conv_transpose's 'SAME' padding, (2h, 2w, c_out). As lax does it, it is
-    a stride-1 convolution of x with zeros inserted between its pixels, padded by lo
-    = k - 1 (k < 3) or ceil(k / 2) before: output pixel t gets x[p] w[i] wherever
-    2p + lo - i = t. Here each input pixel's k x k products are one matrix product
-    (no zeros multiplied), and tap (i, j)'s products are added at rows 2p + lo - i,
-    columns 2q + lo - j: its map with one zero between pixels, shifted (lax.pad
-    with interior padding, negative low padding cropping)."""
-    h, v, _ = x.shape
-    k, c_out = w.shape[0], w.shape[-1]
+def _unfold(x: Array, k: int) -> Array:
+    """im2col: the k x k shifted slices of x (h, w, c) padded for a stride-2
+    'SAME' convolution, concatenated, (ceil(h/2), ceil(w/2), k * k * c); times
+    the kernel as a (k * k * c, c_out) matrix it is the convolution."""
+    pad = [(lo, hi, 0) for lo, hi in _same_padding(x.shape, k)] + [(0, 0, 0)]
+    x = lax.pad(x, 0.0, pad)
+    h = (x.shape[0] - k) // 2 + 1
+    v = (x.shape[1] - k) // 2 + 1
+    cols = [
+        x[i : i + 2 * (h - 1) + 1 : 2, j : j + 2 * (v - 1) + 1 : 2]
+        for i in range(k)
+        for j in range(k)
+    ]
+    return jnp.concatenate(cols, axis=-1)
+
+
+def _tap_matrix(w: Array) -> Array:
+    """A transposed convolution's kernel (k, k, c_in, c_out) as the (c_in,
+    k * k * c_out) matrix that gives an input pixel's k x k taps at once."""
+    return jnp.moveaxis(w, 2, 0).reshape(w.shape[2], -1)
+
+
+def _spread(taps: Array) -> Array:
+    """The overlap-add of a transposed convolution's taps (h, w, k, k, c_out) into
+    its (2h, 2w, c_out) output, lax.conv_transpose's 'SAME' padding. As lax does
+    it, the transpose is a stride-1 convolution of x with zeros inserted between
+    its pixels, padded by lo = k - 1 (k < 3) or ceil(k / 2) before: output pixel t
+    gets x[p] w[i] wherever 2p + lo - i = t. So tap (i, j) is added at rows
+    2p + lo - i, columns 2q + lo - j: its map with one zero between pixels,
+    shifted (lax.pad with interior padding, negative low padding cropping); no
+    inserted zero is multiplied."""
+    h, v, k, _, c_out = taps.shape
     lo = k - 1 if k < 3 else math.ceil(k / 2)
-    taps = product(
-        x, jnp.moveaxis(w, 2, 0).reshape(x.shape[-1], -1), compute_dtype
-    ).reshape(h, v, k, k, c_out)
     out = jnp.zeros((2 * h, 2 * v, c_out), taps.dtype)
     for i in range(k):
         for j in range(k):
             pad = ((lo - i, 1 - lo + i, 1), (lo - j, 1 - lo + j, 1), (0, 0, 0))
             out = out + lax.pad(taps[:, :, i, j], jnp.zeros((), taps.dtype), pad)
     return out
+
+
+def _pixel_sum(a: Array, b: Array, compute_dtype: Any) -> Array:
+    """sum over pixels of a[p] b[p]^T: (h, w, m), (h, w, n) -> (m, n), a kernel's
+    gradient; operands in ``compute_dtype`` if given, the sum in float32."""
+    if compute_dtype is None:
+        return jnp.einsum("hvm,hvn->mn", a, b)
+    return jnp.einsum(
+        "hvm,hvn->mn",
+        a.astype(compute_dtype),
+        b.astype(compute_dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: Array, w: Array, compute_dtype: Any, transpose: bool) -> Array:
+    """A stride-2 convolution (or its transpose): ``lax.conv``'s value, its
+    gradients as matrix products (module docstring)."""
+    return _lax_conv(x, w, compute_dtype, transpose)
+
+
+def _conv_forward(x, w, compute_dtype, transpose):
+    return _lax_conv(x, w, compute_dtype, transpose), (x, w)
+
+
+def _conv_backward(compute_dtype, transpose, residuals, g):
+    """The gradients in x and w of :func:`_conv` at cotangent g, one example's:
+    the convolution is unfold(x) @ W, the transpose spread(x @ W') (W, W' the
+    kernel as a matrix), and each is linear in x and in W. A kernel's gradient
+    is a sum over pixels, per example here (inside the batch's vmap), which the
+    batch then sums (module docstring)."""
+    x, w = residuals
+    k, c_out = w.shape[0], w.shape[-1]
+    if transpose:
+        h, v, c_in = x.shape
+        shape = jax.ShapeDtypeStruct((h, v, k, k, c_out), g.dtype)
+        (taps,) = jax.linear_transpose(_spread, shape)(g)
+        taps = taps.reshape(h, v, -1)
+        dx = product(taps, _tap_matrix(w).T, compute_dtype)
+        dw = _pixel_sum(x, taps, compute_dtype).reshape(c_in, k, k, c_out)
+        return dx, jnp.moveaxis(dw, 0, 2)
+    cols, unfold_pullback = jax.vjp(lambda x: _unfold(x, k), x)
+    (dx,) = unfold_pullback(product(g, w.reshape(-1, c_out).T, compute_dtype))
+    return dx, _pixel_sum(cols, g, compute_dtype).reshape(w.shape)
+
+
+_conv.defvjp(_conv_forward, _conv_backward)
 
 
 def _float32_dot(*args, **kwargs) -> Array:
