@@ -390,12 +390,12 @@ def masked_weights(x: np.ndarray, image_shape, offsets) -> np.ndarray:
     Solved from the normal equations, summed a few images at a time (the
     neighbours of all at once are offsets times x)."""
     xc = (x - x.mean(axis=0)).astype(np.float64)
-    o, step = len(offsets), max(1, glm.CHUNK // x.shape[1])
+    o = len(offsets)
     gram, moment = np.zeros((o, o)), np.zeros(o)
-    for lo in range(0, x.shape[0], step):
-        views = glm.neighbours(xc[lo : lo + step], image_shape, offsets).reshape(-1, o)
+    for rows in glm.image_chunks(xc):
+        views = glm.neighbours(xc[rows], image_shape, offsets).reshape(-1, o)
         gram += views.T @ views
-        moment += views.T @ xc[lo : lo + step].reshape(-1)
+        moment += views.T @ xc[rows].reshape(-1)
     return np.linalg.lstsq(gram, moment, rcond=None)[0]
 
 

@@ -137,16 +137,18 @@ def neighbours(x: np.ndarray, image_shape, offsets) -> np.ndarray:
     return np.stack(views, axis=-1).reshape(n, h * w, len(offsets))
 
 
-def masked_prediction(x: np.ndarray, image_shape, offsets, weights) -> np.ndarray:
-    """(n, N): each pixel's neighbours over ``offsets`` times ``weights``, formed a
-    few images at a time (the neighbours of all at once are offsets times x)."""
+def image_chunks(x: np.ndarray) -> list[slice]:
+    """Rows of x (n, N) a few images at a time, about ``CHUNK`` pixel values each:
+    the neighbours of all images at once would be offsets times x."""
     step = max(1, CHUNK // x.shape[1])
-    return np.concatenate(
-        [
-            neighbours(x[lo : lo + step], image_shape, offsets) @ weights
-            for lo in range(0, x.shape[0], step)
-        ]
-    )
+    return [slice(lo, min(lo + step, x.shape[0])) for lo in range(0, x.shape[0], step)]
+
+
+def masked_prediction(x: np.ndarray, image_shape, offsets, weights) -> np.ndarray:
+    """(n, N): each pixel's neighbours over ``offsets`` times ``weights``, formed
+    a few images at a time."""
+    parts = [neighbours(x[r], image_shape, offsets) @ weights for r in image_chunks(x)]
+    return np.concatenate(parts)
 
 
 def masked_fit(
@@ -167,8 +169,7 @@ def masked_fit(
     o = len(offsets)
     r = float(np.mean(dispersion))
     ridge = RIDGE * n * dim
-    step = max(1, CHUNK // dim)
-    chunks = [slice(lo, min(lo + step, n)) for lo in range(0, n, step)]
+    chunks = image_chunks(x)
 
     def parts(w, rows):
         views = neighbours(x[rows], image_shape, offsets)
