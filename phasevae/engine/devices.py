@@ -31,7 +31,7 @@ from phasevae.spec import Spec
 CPU_DEVICES_PER_CORE = 1  # with the models in sequence on each (docstring below)
 
 
-# XLA's concurrency-optimised scheduler, off for programs with a GRU head
+# XLA's concurrency-optimised scheduler, off for programs that scan a GRU
 SCHEDULER_OFF = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
@@ -62,7 +62,7 @@ def split_cpu_into_devices(scanned_gru: bool = False) -> None:
     device they finished in 17 s (docs/science.md, 'Autoregressive decoders');
     the VRNN bench's 64 models on 8 devices, and on 2 with the scheduler off, and
     a sweep of 64 VRNNs (32 units, 64-wide) on 8 devices, while on one device with
-    the scheduler off the bench's finished (docs/speed.md). The scheduler costs
+    the scheduler off both finished (docs/science.md). The scheduler costs
     the MLP sweep about 7 %, so only these runs lose it. XLA reads the flag when
     its backend starts; as a per-program compiler option it did not take
     effect. Must run before JAX starts a backend; a no-op afterwards.
