@@ -117,5 +117,7 @@ def test_the_example_runs_on_every_cpu_device_as_the_cli_does(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sigma2_c =" in proc.stdout and "kl_vs_sigma2" in proc.stdout
     meta = pv.open_run(tmp_path / "r").meta
+    from phasevae.engine.devices import CPU_DEVICES_PER_CORE
+
     cores = len(os.sched_getaffinity(0))
-    assert len(meta.devices) == 4 * cores
+    assert len(meta.devices) == CPU_DEVICES_PER_CORE * cores
