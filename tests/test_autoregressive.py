@@ -14,6 +14,7 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 import tomli_w
+from jax import Array
 
 from phasevae.cli import main
 from phasevae.data import (
@@ -127,6 +128,74 @@ def test_the_masked_head_reads_its_mask_and_nothing_else():
     np.testing.assert_array_equal(np.asarray(jac), want)
     # causal in raster order: nothing from pixel p itself or after it
     assert np.all(np.triu(want) == 0)
+
+
+def narrowed(big: VAE, params: dict, k: int) -> tuple[VAE, dict]:
+    """The head of reach ``k`` (grid.context) inside ``big``'s, as a model of its
+    own: the same VAE with ``k`` predecessors, a radius-``k`` mask or a GRU of ``k``
+    units, whose parameters are ``big``'s that reach it."""
+    p = dict(params)
+    if big.context:
+        p["ar"] = params["ar"][:, :k]
+        return big.clone(context=k), p
+    if big.recurrent:
+        p["gru"] = {
+            name: {
+                "kernel": v["kernel"][:k, :k] if name[0] == "h" else v["kernel"][:, :k],
+                **({"bias": v["bias"][:k]} if "bias" in v else {}),
+            }
+            for name, v in params["gru"].items()
+        }
+        p["readout"] = {**params["readout"], "kernel": params["readout"]["kernel"][:k]}
+        return big.clone(recurrent=k), p
+    a_big, a_small = mask_offsets(big.mask), mask_offsets(k)
+
+    def rows(offsets: list, within: list, channels: int) -> list[int]:
+        picked = [within.index(o) for o in offsets]
+        return [i * channels + c for i in picked for c in range(channels)]
+
+    if big.mask_layers == 1:
+        p["masked"] = params["masked"][jnp.asarray(rows(a_small, a_big, 1))]
+        return big.clone(mask=k), p
+    b_rows = rows([*a_small, (0, 0)], [*a_big, (0, 0)], big.mask_channels)
+    for i in range(big.mask_layers):
+        layer = params[f"stack_{i}"]
+        keep = jnp.asarray(b_rows if i else rows(a_small, a_big, 1))
+        p[f"stack_{i}"] = {**layer, "kernel": layer["kernel"][keep]}
+    return big.clone(mask=k), p
+
+
+@pytest.mark.parametrize(
+    "head, reach",
+    [
+        ({"context": 4}, 2),
+        ({"recurrent": 5}, 2),
+        ({"mask": 2}, 1),
+        ({"mask": 3, "mask_layers": 3, "mask_channels": 4}, 2),
+    ],
+)
+def test_a_head_held_to_a_reach_is_the_head_of_that_reach(head, reach):
+    """A grid.context point's model (:meth:`VAE.within_reach`) predicts as the
+    smaller head built for its reach with the weights that reach it; at reach 0
+    its prediction reads nothing of x."""
+    h, w = 5, 6
+    big = VAE(h * w, 1, (8,), (8,), image=(h, w), **head)
+    params = big.init(jax.random.key(0), jnp.zeros(h * w), jnp.zeros(1))["params"]
+    params = jax.tree.map(  # every weight off its (possibly zero) start
+        lambda v: v + jax.random.normal(jax.random.key(v.size), v.shape), params
+    )
+    x = jax.random.normal(jax.random.key(1), (h * w,))
+
+    def predicted(model: VAE, p: dict, x: Array) -> Array:
+        return model.apply({"params": p}, x, method=VAE.predicted)
+
+    small, small_params = narrowed(big, params, reach)
+    want = predicted(small, small_params, x)
+    got = predicted(big, big.within_reach(params, reach), x)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    assert not np.allclose(got, predicted(big, params, x), atol=1e-3)  # it reached
+    jac = jax.jacfwd(lambda x: predicted(big, big.within_reach(params, 0), x))(x)
+    np.testing.assert_array_equal(np.asarray(jac), 0.0)
 
 
 def stack_params(model: VAE, seed: int = 0, bias: float | None = None) -> dict:
@@ -537,17 +606,22 @@ def context_axis_spec(path, **grid) -> dict:
 
 
 @pytest.mark.slow
-def test_a_context_axis_trains_each_point_as_a_model_of_its_context(tmp_path):
+@pytest.mark.parametrize("head", ["context", "mask"])
+def test_a_context_axis_trains_each_point_as_a_model_of_its_context(tmp_path, head):
+    """Each point of grid.context = [0, 1, 2] trains as the model whose head
+    (linear, or a masked convolution) has that reach, run alone."""
     from phasevae import api
 
-    np.save(tmp_path / "ar.npy", ar1_windows(n=256, dim=5))
+    x = ar1_windows(n=256, dim=12 if head == "mask" else 5)
+    np.save(tmp_path / "ar.npy", x.reshape(256, *IMAGE) if head == "mask" else x)
     raw = context_axis_spec(tmp_path / "ar.npy", context=[0, 1, 2])
-    assert spec_from_dict(raw).model.context == 2  # the head is the widest
+    raw["model"][head] = 2
+    assert getattr(spec_from_dict(raw).model, head) == 2  # the head is the widest
     axis = api.run(raw, tmp_path / "axis").metrics
     keys = ["kl", "loss", "mse", "mi"]
     for k in (0, 1, 2):
         alone = context_axis_spec(tmp_path / "ar.npy")
-        alone["model"]["context"] = k
+        alone["model"][head] = k
         got = api.run(alone, tmp_path / f"alone{k}").metrics.sort_values("sigma2")
         mine = axis[axis["context"] == k].sort_values("sigma2")
         np.testing.assert_allclose(mine[keys].values, got[keys].values, rtol=1e-5)
@@ -583,6 +657,33 @@ def test_each_contexts_criterion_is_its_innovations_lambda_max(tmp_path):
     assert tops[0] > tops[1] > tops[2]  # the longer the context, the less for z
 
 
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("head", [{"mask": 2}, {"mask": 1, "mask_layers": 2}])
+def test_each_radius_criterion_is_its_masked_heads(tmp_path, head, likelihood):
+    """Over a masked head's radius (grid.context) each curve's criterion is that of
+    the head of its radius alone (radius 0: no head), for the Gaussian and the
+    Bernoulli (whose score the best generalised linear prediction leaves)."""
+    from phasevae.analysis.theory import curve_eigenvalues
+
+    x = ar1_windows(n=300, dim=20, seed=4).reshape(300, 4, 5)
+    data = {"source": "array", "path": str(tmp_path / "x.npy")}
+    if likelihood == "bernoulli":
+        x, data = (x > 0).astype(np.float32), data | {"normalize": "none"}
+    np.save(tmp_path / "x.npy", x)
+    reaches = list(range(head["mask"] + 1))
+    model = head | {"likelihood": likelihood}
+    spec = spec_from_dict(tiny_dict(data=data, model=model, grid={"context": reaches}))
+    spectrum = load_for_model(spec).spectrum()
+    tops = []
+    for k in reaches:
+        alone = {**model, "mask": k} if k else {"likelihood": likelihood}
+        own = load_for_model(spec_from_dict(tiny_dict(data=data, model=alone)))
+        got = curve_eigenvalues(spectrum, {"context": float(k)})
+        np.testing.assert_allclose(got, own.eigenvalues, rtol=1e-6, atol=1e-9)
+        tops.append(own.eigenvalues[0])
+    assert tops[0] > tops[-1]  # a head leaves less for z
+
+
 def test_theory_says_each_context_has_its_own_criterion(tmp_path, capsys):
     """`phasevae theory` of a context axis does not present the spectrum's top
     eigenvalue as the run's criterion: it names the axis, and each curve's."""
@@ -605,10 +706,10 @@ def test_theory_says_each_context_has_its_own_criterion(tmp_path, capsys):
         ({"context": [-2, 1]}, {}, "whole numbers"),
         ({"context": [0]}, {}, "no value above 0"),
         ({"context": [1, 2]}, {"context": 3}, "needs model.context = 2"),
-        ({"context": [1, 2]}, {"recurrent": 4}, "set one"),
+        ({"context": [1, 2]}, {"recurrent": 4}, "needs model.recurrent = 2"),
+        ({"context": [1, 2]}, {"recurrent": 2, "context": 2}, "set one"),
         ({"context": [1, 4]}, {}, "must be below the data's 4 features"),
         ({"context": [1, 2]}, {"skip": "plain"}, "grid.context .*without a skip"),
-        ({"context": [1, 2]}, {"likelihood": "bernoulli"}, "built for the Gaussian"),
     ],
 )
 def test_a_context_axis_the_model_cannot_use_is_a_spec_error(grid, model, words):

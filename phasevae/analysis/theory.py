@@ -160,16 +160,21 @@ def curve_eigenvalues(spectrum: dict, curve: dict) -> np.ndarray:
     """The descending values whose i-th over the curve's weight (:func:`weight`) is
     where its i-th latent dim collapses: the stored spectrum; for a VRNN curve with
     ``state_noise`` > 0 its :func:`reading_thresholds`; for a curve of a
-    ``grid.context`` axis the spectrum of the innovations given its context k
-    (:func:`phasevae.data.innovation_matrix`; k = 0: of x itself)."""
+    ``grid.context`` axis the spectrum of its head of reach k, as the data stored
+    it (``reach_eigenvalues``: k predecessors or a radius-k mask; k = 0: no head),
+    or in a run made before those were stored, of the innovations given k
+    predecessors (:func:`phasevae.data.innovation_matrix`)."""
     ev = np.asarray(spectrum["eigenvalues"], np.float64)
+    k = int(curve.get("context", -1))
+    by_reach = spectrum.get("reach_eigenvalues")
+    if k >= 0 and by_reach is not None:
+        return np.asarray(by_reach[str(k)], np.float64)
     if "covariance" not in spectrum:
         return ev
     c = np.asarray(spectrum["covariance"], np.float64)
     s = float(curve.get("state_noise", 0.0))
     if s > 0:
         return np.sort(reading_thresholds(c, s))[::-1]
-    k = int(curve.get("context", -1))
     if k >= 0:
         m = innovation_matrix(c, k)
         return np.linalg.eigvalsh(m.T @ c @ m)[::-1].clip(min=0.0)

@@ -36,7 +36,7 @@ from phasevae.data.relaxation import latent_factor
 from phasevae.data.series import series_windows
 from phasevae.data.text import text_windows
 from phasevae.errors import DataError, optional
-from phasevae.spec import MAX_DISPERSION, DataSpec, stack_offsets
+from phasevae.spec import MAX_DISPERSION, DataSpec, axis_values, stack_offsets
 
 # scikit-image's sample photographs that ship inside its wheel (no download), all
 # natural scenes or textures; colour ones are converted with the ITU-R 601 luma
@@ -87,6 +87,9 @@ class Dataset:
     # analysis finds each curve's criterion (at any state noise or context:
     # phasevae.analysis.theory.curve_eigenvalues); else None
     covariance: np.ndarray | None = None
+    # a grid.context axis over a linear or masked head: {reach k: the descending
+    # eigenvalues whose top is that head's criterion}; else None
+    reach_eigenvalues: dict[int, np.ndarray] | None = None
 
     def fingerprint(self) -> dict:
         """The identity of the data the models see (after loading and
@@ -117,6 +120,11 @@ class Dataset:
         }
         if self.covariance is not None:
             out["covariance"] = self.covariance.tolist()
+        if self.reach_eigenvalues is not None:
+            out["reach_eigenvalues"] = {
+                str(k): [float(v) for v in ev]
+                for k, ev in self.reach_eigenvalues.items()
+            }
         if self.image_shape is not None and self.components is not None:
             out["image_shape"] = list(self.image_shape)
             out["components"] = self.components.T.round(6).tolist()
@@ -134,6 +142,7 @@ def load_dataset(
     factor: float = 1.0,
     learned_dispersion: bool = False,
     mask_layers: int = 1,
+    reaches: tuple[int, ...] = (),
 ) -> Dataset:
     """Build the dataset a spec describes, for a decoder of ``likelihood``
     (``model.likelihood``: its data must be 0s and 1s, counts or token ids below
@@ -145,7 +154,9 @@ def load_dataset(
     on the stack's receptive field, the best shared linear prediction). The spectrum
     is scaled by the latent's ``factor`` rho (a categorical latent's,
     :func:`phasevae.data.relaxation.latent_factor`), so that its lambda_max is the
-    criterion in every case.
+    criterion in every case. ``reaches`` (a ``grid.context`` axis): the spectrum
+    of the head of each reach k too (k predecessors, a radius-k mask, or for a GRU
+    the whole past at any k > 0; 0: no head), in ``reach_eigenvalues``.
 
     Raises:
       DataError: missing or malformed file, wrong shape, too few samples, NaN or inf,
@@ -163,27 +174,28 @@ def load_dataset(
     eval_x = x[np.sort(order[: min(spec.eval_samples, x.shape[0])])]
     if learned_dispersion:
         dispersion = marginal_dispersion(check_counts(x, likelihood, what))
-    whiten = whitening(x, likelihood, what, dispersion, categories)
-    if whiten is not None:
-        what += f"; spectrum whitened by the {likelihood} variances at the mean"
-    if learned_dispersion:
         what += (
             ", r learned: each feature's maximum-likelihood r at the mean "
             f"(geometric mean {math.exp(np.mean(np.log(dispersion))):.4g})"
         )
     if recurrent:  # a GRU head: at best the linear prediction from the whole past
         context = x.shape[1] - 1
-    if context or mask:
-        whiten, said = head_whitening(
-            x, likelihood, dispersion, context, mask, mask_layers, image_shape, what
-        )
-        what += said
-    if factor != 1.0:
-        scale = math.sqrt(factor)
-        whiten = np.full(x.shape[1], scale) if whiten is None else whiten * scale
-        what += f"; spectrum times the latent's factor rho = {factor:.4g}"
+
+    def spectrum_map(context: int, mask: int) -> tuple[np.ndarray | None, str]:
+        head = (context, mask, mask_layers, image_shape)
+        return criterion_map(x, likelihood, dispersion, categories, factor, what, *head)
+
+    whiten, said = spectrum_map(context, mask)
+    what += said
     values, vectors = covariance_eig(whitened(x, whiten))
     check_spread(float(values[0]), what, spec.normalize)
+    by_reach = {}
+    for k in reaches:  # a grid.context axis: the criterion of each reach
+        if mask:
+            reach_map = spectrum_map(0, k)[0]
+        else:  # a GRU of any width >= 1 reads the whole past
+            reach_map = spectrum_map(context if recurrent and k else k, 0)[0]
+        by_reach[k] = covariance_eig(whitened(x, reach_map))[0]
     return Dataset(
         x=x,
         eval_x=eval_x,
@@ -192,7 +204,40 @@ def load_dataset(
         components=vectors[:, :COMPONENTS_STORED] if image_shape else None,
         image_shape=tuple(int(v) for v in image_shape) if image_shape else None,
         whiten=whiten,
+        reach_eigenvalues=by_reach or None,
     )
+
+
+def criterion_map(
+    x: np.ndarray,
+    likelihood: str,
+    dispersion,
+    categories: int,
+    factor: float,
+    what: str,
+    context: int = 0,
+    mask: int = 0,
+    mask_layers: int = 1,
+    image_shape=None,
+) -> tuple[np.ndarray | None, str]:
+    """The map whose covariance spectrum is the criterion (None: x itself), and
+    what to add to the data's description: x whitened by the likelihood's
+    variances at the mean (:func:`whitening`), or an autoregressive head's
+    innovations or score (:func:`head_whitening`), times the latent's factor."""
+    whiten = whitening(x, likelihood, what, dispersion, categories)
+    said = ""
+    if whiten is not None:
+        said += f"; spectrum whitened by the {likelihood} variances at the mean"
+    if context or mask:
+        whiten, head = head_whitening(
+            x, likelihood, dispersion, context, mask, mask_layers, image_shape, what
+        )
+        said += head
+    if factor != 1.0:
+        scale = math.sqrt(factor)
+        whiten = np.full(x.shape[1], scale) if whiten is None else whiten * scale
+        said += f"; spectrum times the latent's factor rho = {factor:.4g}"
+    return whiten, said
 
 
 def _read_source(spec: DataSpec) -> tuple[np.ndarray, str, tuple | None, tuple | None]:
@@ -262,6 +307,8 @@ def load_for_model(spec) -> Dataset:
     """The data of a spec (a :class:`phasevae.spec.Spec`) as its model sees them:
     :func:`load_dataset` with the model's likelihood, head and latent."""
     m = spec.model
+    ks = axis_values(spec.grid.context)
+    reaches = tuple(int(k) for k in ks) if ks != (-1.0,) else ()
     data = load_dataset(
         spec.data,
         m.likelihood,
@@ -273,8 +320,9 @@ def load_for_model(spec) -> Dataset:
         latent_factor(m.latent, m.latent_categories, m.estimator, m.temperature),
         m.learned_dispersion,
         m.mask_layers,
+        reaches,
     )
-    if m.kind == "vrnn" or spec.grid.context != (-1.0,):  # a criterion per curve
+    if m.kind == "vrnn":  # a criterion per curve from the covariance
         cov = np.cov(data.x.T.astype(np.float64), bias=True)
         data = replace(data, covariance=np.atleast_2d(cov))
     return data

@@ -434,13 +434,15 @@ class Trainer:
 
     def _variables(self, params, point: Point) -> dict:
         """The model's variables at ``point``: with an autoregressive head, its
-        weights beyond the point's context (``grid.context``; -1: none) held at 0,
-        so that they have no gradient and stay at their initial 0."""
+        weights beyond the point's reach (``grid.context``; -1: the whole head)
+        held at 0 (:meth:`phasevae.models.vae.VAE.within_reach`), so that they
+        have no gradient."""
         p = params["params"]
-        if self.static.context:
-            width = self.static.context
-            k = jnp.where(point.context < 0, width, point.context)
-            p = {**p, "ar": p["ar"] * (jnp.arange(width) < k)[None]}
+        s = self.static
+        reach = s.context or s.recurrent or s.mask
+        if reach:
+            k = jnp.where(point.context < 0, reach, point.context)
+            p = self.model.within_reach(p, k)
         return {"params": p}
 
     def _terms(self, params, point: Point, x: Array, eps: Array) -> Terms:

@@ -217,6 +217,41 @@ class VAE(nn.Module):
         )  # (N, context): x[i - 1 - j], 0 before the first feature
         return jnp.sum(self.ar * lagged, axis=-1)
 
+    def within_reach(self, params: dict, k: Array) -> dict:
+        """``params`` with the autoregressive head's weights beyond reach ``k``
+        (``grid.context``) held at 0: a linear head's beyond k predecessors, a
+        masked head's (every layer of a stack) beyond radius k, and for a GRU head
+        the state units from k on, which then reach neither the other units nor the
+        readout. k = 0 leaves no head (a stack's output is then one constant)."""
+        if self.context:
+            return {**params, "ar": params["ar"] * (jnp.arange(self.context) < k)[None]}
+        if self.recurrent:
+            units = (jnp.arange(self.recurrent) < k)[:, None]  # kernels' input rows
+            gru = {
+                name: {**v, "kernel": v["kernel"] * units} if name[0] == "h" else v
+                for name, v in params["gru"].items()
+            }  # hr, hz, hn read the state
+            out = {**params["readout"], "kernel": params["readout"]["kernel"] * units}
+            return {**params, "gru": gru, "readout": out}
+        if not self.mask:
+            return params
+        a_mask = mask_offsets(self.mask)
+
+        def rows(offsets, channels: int) -> Array:  # masked_views' columns
+            radius = np.array([max(abs(dy), abs(dx)) for dy, dx in offsets])
+            return jnp.repeat(jnp.asarray(radius) <= k, channels)
+
+        if self.mask_layers == 1:
+            return {**params, "masked": params["masked"] * rows(a_mask, 1)}
+        out = dict(params)
+        for i in range(self.mask_layers):
+            reads = (
+                rows([*a_mask, (0, 0)], self.mask_channels) if i else rows(a_mask, 1)
+            )
+            layer = params[f"stack_{i}"]
+            out[f"stack_{i}"] = {**layer, "kernel": layer["kernel"] * reads[:, None]}
+        return out
+
     def _pixelcnn(self, image: Array) -> Array:
         """(h, w, 1) -> the stack's output at every pixel (h * w,): each layer a
         masked convolution (mask A first, then B) as a matmul of each pixel's

@@ -170,6 +170,7 @@ AXIS_LABEL = {
     "mi_weight": "mutual-information weight",
     "decoder": "decoder hidden widths",
     "skip": "skip path",
+    "context": "head's reach k (predecessors, mask radius or GRU units)",
 }
 
 

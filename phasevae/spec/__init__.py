@@ -209,8 +209,9 @@ def spec_from_dict(raw: dict[str, Any], where: str = "<spec>") -> Spec:
         sections["data"] = dataclasses.replace(sections["data"], normalize=scale)
     spec = Spec(**sections)
     widest = max(axis_values(spec.grid.context))
-    if widest > 0 and widest == int(widest) and spec.model.context == 0:
-        # a context axis builds its head for the largest context
+    headless = not (spec.model.context or spec.model.recurrent or spec.model.mask)
+    if widest > 0 and widest == int(widest) and headless:
+        # a context axis builds a linear head for the largest context
         model = dataclasses.replace(spec.model, context=int(widest))
         spec = dataclasses.replace(spec, model=model)
     _check_spec(spec, where)

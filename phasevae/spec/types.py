@@ -287,7 +287,7 @@ LATER_AXES = {
     "entropy_weight": 1.0,
     "top_kl_weight": 1.0,
     "state_noise": 0.0,
-    "context": -1.0,  # the autoregressive head's whole context (model.context)
+    "context": -1.0,  # the autoregressive head's whole reach (model.context, mask...)
 }
 
 
@@ -316,11 +316,16 @@ class GridSpec:
     its recurrent state reads (0: none), which limits what the state can carry of
     the past (the guide's remedy for temporal collapse); it is part of the model, in
     training and in evaluation.
-    ``context`` (an autoregressive decoder's linear head): k per point, the number
-    of preceding features the head reads; its weights beyond are held at 0. The
-    head is built for the largest k (``model.context``, which may be left out, is
-    set to it); absent, every point reads ``model.context`` features. Each k has
-    its own criterion, lambda_max of the innovations given k predecessors
+    ``context`` (an autoregressive decoder's reach): k per point, the number of
+    preceding features a linear head reads (``model.context``), the radius of a
+    masked head (``model.mask``, every layer of a PixelCNN stack; 0: no head) or
+    the GRU state units a GRU head reads out (``model.recurrent``); its weights
+    beyond are held at 0. The head is built for the largest k (``model.context``,
+    which may be left out when no head is set, is set to it; ``model.mask`` or
+    ``model.recurrent`` must equal it); absent, every point reads the whole head.
+    Each k has its own criterion, lambda_max of what the best such head of reach k
+    leaves (the innovations given k predecessors, or of a radius-k mask or stack;
+    a GRU's is that of the whole past at any width)
     (:func:`phasevae.analysis.theory.curve_eigenvalues`).
     The training objective alone changes: evaluations report recon + beta KL.
 
@@ -545,10 +550,12 @@ def context_problem(spec: Spec) -> str | None:
             return f"grid.context = {brief(list(ks))} must list whole numbers >= 0"
         if max(ks) == 0:
             return "grid.context has no value above 0: no autoregressive head to vary"
-        if m.context != max(ks):
+        head = heads[0] if len(heads) == 1 else "context"
+        if getattr(m, head) != max(ks):
             return (
-                f"grid.context (up to {max(ks):g}) needs model.context = {max(ks):g} "
-                f"(the head's width) or left out; it is {m.context}"
+                f"grid.context (up to {max(ks):g}) needs model.{head} = {max(ks):g} "
+                f"(the head's reach){' or left out' * (head == 'context')}; it is "
+                f"{getattr(m, head)}"
             )
     stack = ModelSpec()
     if (m.mask_layers, m.mask_channels) != (stack.mask_layers, stack.mask_channels):
@@ -588,11 +595,6 @@ def context_problem(spec: Spec) -> str | None:
         )
     if m.learned_dispersion:
         return f"{key} (an autoregressive decoder) takes a fixed model.dispersion"
-    if ks != (-1.0,) and m.likelihood != "gaussian":
-        return (
-            "grid.context (a criterion per context) is built for the Gaussian "
-            f'likelihood; set model.context for model.likelihood = "{m.likelihood}"'
-        )
     d = spec.data
     if d.source == "synthetic" and m.context >= len(d.eigenvalues):
         return (
