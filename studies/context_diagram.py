@@ -33,43 +33,57 @@ BETAS = tuple(float(f"{0.25 * 2 ** (i / 2):.6g}") for i in range(11))  # 0.25 ..
 LATENT = 3
 
 
-def run(arch: str) -> list[dict]:
-    """One sweep over beta x context (``grid.context``: one compiled program): per
-    context the final KL per beta, the derived boundary and, for the linear VAE, the
-    closed-form KL."""
-    data = ROOT / "data" / "ar2.npy"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    np.save(data, windows("ar2"))
+def run(
+    arch: str,
+    out: Path = OUT,
+    data: dict | None = None,
+    head: dict | None = None,
+    reaches: tuple[int, ...] = CONTEXTS,
+    sigma2: float = 1.0,
+) -> list[dict]:
+    """One sweep over beta x the head's reach k (``grid.context``: one compiled
+    program; default: the linear head's context on the AR(2) windows): per k the
+    final KL per beta, the derived boundary beta_c = lambda_max / sigma^2 and, for
+    the linear VAE with a linear head, the closed-form KL."""
+    if data is None:
+        path = ROOT / "data" / "ar2.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, windows("ar2"))
+        data = {"source": "array", "path": str(path), "normalize": "global"}
     spec = {
-        "data": {"source": "array", "path": str(data), "normalize": "global"},
-        "model": {"latent_dim": LATENT, **ARCHS[arch]},
+        "data": data,
+        "model": {"latent_dim": LATENT, **ARCHS[arch], **(head or {})},
         "train": {"steps": 3000},
         "grid": {
-            "sigma2": [1.0],
+            "sigma2": [sigma2],
             "beta": list(BETAS),
             "seeds": [0],
-            "context": list(CONTEXTS),
+            "context": list(reaches),
         },
     }
-    result = train(spec, OUT / arch)
+    result = train(spec, out / arch)
     m = result.metrics
     last = m[m["step"] == m["step"].max()]
+    closed_form = arch == "linear" and not head  # docs/science.md, the linear VAE
     rows = []
-    for k in CONTEXTS:
+    for k in reaches:
         own = curve_eigenvalues(result.meta.spectrum, {"context": k})
         kl = last[last["context"] == k].sort_values("beta")["kl"].tolist()
-        exact = [float(kl_per_dim(own, 1.0, b, LATENT).sum()) for b in BETAS]
+        exact = [float(kl_per_dim(own, sigma2, b, LATENT).sum()) for b in BETAS]
+        beta_c = float(own[0]) / sigma2
         rows.append(
             {
                 "arch": arch,
                 "context": k,
-                "beta_c": float(own[0]),
+                "beta_c": beta_c,
                 "betas": list(BETAS),
                 "kl": kl,
-                "exact_kl": exact,
+                "exact_kl": exact if closed_form else None,
                 "boundary_cell": boundary_cell(kl),
                 "used_at_beta_1": kl[BETAS.index(1.0)] > COLLAPSED_KL,
-                "exact_used_at_beta_1": exact[BETAS.index(1.0)] > COLLAPSED_KL,
+                "exact_used_at_beta_1": exact[BETAS.index(1.0)] > COLLAPSED_KL
+                if closed_form
+                else beta_c > 1.0,
                 "train_s": result.meta.wall_times.train_s,
                 "compile_s": result.meta.wall_times.compile_s,
             }
@@ -88,9 +102,11 @@ def boundary_cell(kl: list[float]) -> list[float] | None:
     return [BETAS[i], BETAS[i + 1]] if i + 1 < len(BETAS) else None
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], reach: str = "context k") -> str:
+    """The rows as markdown, the axis named ``reach``; the closed form's column
+    where a row has it (``exact_kl``)."""
     lines = [
-        "| decoder | context k | derived beta_c = lambda_max(innovations) | "
+        f"| decoder | {reach} | derived beta_c = lambda_max(innovations) / sigma^2 | "
         "measured boundary (beta cell) | derived in cell | latent used at beta = 1 "
         "(measured / derived) | max abs KL - closed form (nats) |",
         "|---|---|---|---|---|---|---|",
@@ -101,7 +117,7 @@ def table(rows: list[dict]) -> str:
         cells = "-" if cell is None else f"[{cell[0]:.3g}, {cell[1]:.3g}]"
         gap = (
             f"{np.max(np.abs(np.subtract(r['kl'], r['exact_kl']))):.3f}"
-            if r["arch"] == "linear"
+            if r.get("exact_kl")
             else "- (no closed form)"
         )
         lines.append(
@@ -116,23 +132,39 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def figure(rows: list[dict], path: Path) -> None:
-    """Per decoder a panel: the final total KL over (context, beta) as a colour map
-    (log scale, bottoming out at KL_AXIS_MIN), the derived boundary beta_c(k) and
-    the line beta = 1; for the linear VAE the closed form's boundary is the same
-    line, and its KL is a third panel."""
+PANELS = (  # (decoder, column, title) per panel of the figure
+    ("linear", "kl", "linear VAE, measured"),
+    ("linear", "exact_kl", "linear VAE, closed form"),
+    ("mlp", "kl", "MLP VAE, measured"),
+)
+
+
+def figure(
+    rows: list[dict],
+    path: Path,
+    panels=PANELS,
+    xlabel: str = "context k",
+    ylabel: str = r"$\beta$ ($\sigma^2$ = 1)",
+    title: str = "AR(2) windows of 8 (unit variance): total KL over beta x the "
+    "decoder's context k (the predecessors it sees), 3000 steps, seed 0",
+) -> None:
+    """Per panel a decoder's final total KL over (reach, beta) as a colour map (log
+    scale, bottoming out at KL_AXIS_MIN), the derived boundary beta_c(k) and the
+    line beta = 1; for the linear VAE on the AR(2) windows the closed form's
+    boundary is the same line, and its KL is a panel of its own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    panels = [("linear", "kl"), ("linear", "exact_kl"), ("mlp", "kl")]
-    titles = ["linear VAE, measured", "linear VAE, closed form", "MLP VAE, measured"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.4 * len(panels), 3.8), sharey=True, squeeze=False
+    )
+    axes = axes[0]
     norm = LogNorm(KL_AXIS_MIN, 10.0)
-    ks = np.array(CONTEXTS)
-    for ax, (arch, column), title in zip(axes, panels, titles, strict=True):
+    ks = np.array(sorted({r["context"] for r in rows}))
+    for ax, (arch, column, name) in zip(axes, panels, strict=True):
         mine = [r for r in rows if r["arch"] == arch]  # in context order
         z = np.array([np.maximum(r[column], KL_AXIS_MIN) for r in mine]).T
         image = ax.pcolormesh(
@@ -148,22 +180,18 @@ def figure(rows: list[dict], path: Path) -> None:
             "w_",
             ms=22,
             mew=2.5,
-            label=r"derived $\beta_c(k)$ = $\lambda_{max}$(innovations)",
+            label=r"derived $\beta_c(k)$ = $\lambda_{max}$(innovations) / $\sigma^2$",
         )
         ax.axhline(1.0, color="w", ls=":", lw=1, label=r"$\beta$ = 1")
         ax.set(
             yscale="log",
-            title=title,
-            xlabel="context k",
+            title=name,
+            xlabel=xlabel,
             xticks=np.arange(len(ks)),
             xticklabels=[str(k) for k in ks],
         )
-    axes[0].set_ylabel(r"$\beta$ ($\sigma^2$ = 1)")
-    fig.suptitle(
-        "AR(2) windows of 8 (unit variance): total KL over beta x the decoder's "
-        "context k (the predecessors it sees), 3000 steps, seed 0",
-        fontsize=10,
-    )
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
     axes[0].legend(fontsize=7, loc="upper right", facecolor="0.4", labelcolor="w")
     fig.colorbar(image, ax=axes, label="total KL (nats; closed form: equilibrium)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
