@@ -40,11 +40,14 @@ def run(
     head: dict | None = None,
     reaches: tuple[int, ...] = CONTEXTS,
     sigma2: float = 1.0,
+    name: str | None = None,
 ) -> list[dict]:
     """One sweep over beta x the head's reach k (``grid.context``: one compiled
-    program; default: the linear head's context on the AR(2) windows): per k the
-    final KL per beta, the derived boundary beta_c = lambda_max / sigma^2 and, for
-    the linear VAE with a linear head, the closed-form KL."""
+    program; default: the linear head's context on the AR(2) windows), in
+    ``out / name`` (default: the architecture's name): per k the final KL per
+    beta, the derived boundary beta_c = lambda_max / sigma^2, the collapse probe's
+    lambda_c / sigma^2 at the largest beta (the trained network's own criterion)
+    and, for the linear VAE with a linear head, the closed-form KL."""
     if data is None:
         path = ROOT / "data" / "ar2.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +64,8 @@ def run(
             "context": list(reaches),
         },
     }
-    result = train(spec, out / arch)
+    name = name or arch
+    result = train(spec, out / name)
     m = result.metrics
     last = m[m["step"] == m["step"].max()]
     closed_form = arch == "linear" and not head  # docs/science.md, the linear VAE
@@ -71,11 +75,13 @@ def run(
         kl = last[last["context"] == k].sort_values("beta")["kl"].tolist()
         exact = [float(kl_per_dim(own, sigma2, b, LATENT).sum()) for b in BETAS]
         beta_c = float(own[0]) / sigma2
+        deepest = last[(last["context"] == k) & (last["beta"] == max(BETAS))]
         rows.append(
             {
-                "arch": arch,
+                "arch": name,
                 "context": k,
                 "beta_c": beta_c,
+                "probe_beta_c": float(deepest["collapse_eigenvalue"].iloc[0]) / sigma2,
                 "betas": list(BETAS),
                 "kl": kl,
                 "exact_kl": exact if closed_form else None,
@@ -107,9 +113,10 @@ def table(rows: list[dict], reach: str = "context k") -> str:
     where a row has it (``exact_kl``)."""
     lines = [
         f"| decoder | {reach} | derived beta_c = lambda_max(innovations) / sigma^2 | "
+        f"probe lambda_c / sigma^2 at beta = {max(BETAS):g} | "
         "measured boundary (beta cell) | derived in cell | latent used at beta = 1 "
         "(measured / derived) | max abs KL - closed form (nats) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cell = r["boundary_cell"]
@@ -120,8 +127,10 @@ def table(rows: list[dict], reach: str = "context k") -> str:
             if r.get("exact_kl")
             else "- (no closed form)"
         )
+        probe = f"{r['probe_beta_c']:.3g}" if "probe_beta_c" in r else "-"
         lines.append(
-            f"| {r['arch']} | {r['context']} | {r['beta_c']:.3g} | {cells} | {inside} "
+            f"| {r['arch']} | {r['context']} | {r['beta_c']:.3g} | {probe} | {cells} "
+            f"| {inside} "
             f"| {_yes(r['used_at_beta_1'])} / {_yes(r['exact_used_at_beta_1'])} "
             f"| {gap} |"
         )
@@ -180,7 +189,7 @@ def figure(
             "w_",
             ms=22,
             mew=2.5,
-            label=r"derived $\beta_c(k)$ = $\lambda_{max}$(innovations) / $\sigma^2$",
+            label=r"derived $\beta_c$ = $\lambda_{max}$(innovations) / $\sigma^2$",
         )
         ax.axhline(1.0, color="w", ls=":", lw=1, label=r"$\beta$ = 1")
         ax.set(
@@ -193,7 +202,9 @@ def figure(
     axes[0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
     axes[0].legend(fontsize=7, loc="upper right", facecolor="0.4", labelcolor="w")
-    fig.colorbar(image, ax=axes, label="total KL (nats; closed form: equilibrium)")
+    closed = any(column == "exact_kl" for _, column, _ in panels)
+    label = "total KL (nats; closed form: equilibrium)" if closed else "total KL (nats)"
+    fig.colorbar(image, ax=axes, label=label)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

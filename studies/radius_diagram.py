@@ -41,8 +41,7 @@ def sweep(name: str) -> list[dict]:
     """The rows of one decoder's sweep (:func:`context_diagram.run`)."""
     arch, head = DECODERS[name]
     data = {"source": "digits"}
-    rows = run(arch, OUT / name, data, head, RADII, SIGMA2)
-    return [row | {"arch": name} for row in rows]
+    return run(arch, OUT, data, head, RADII, SIGMA2, name)
 
 
 if __name__ == "__main__":
