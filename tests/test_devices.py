@@ -149,7 +149,7 @@ def test_a_scanned_gru_turns_the_cpu_scheduler_off_and_nothing_else(monkeypatch)
 def test_a_scanned_gru_keeps_the_cpu_one_device(monkeypatch, model):
     """Unless the user chose a count: CPU_DEVICES_PER_CORE devices per core, one
     for a model that scans a GRU over the features (a GRU head or a VRNN, whose
-    programs hung on 2 or 8 devices, docs/speed.md)."""
+    programs hung on 2 or 8 devices, docs/science.md)."""
     import jax
     from jax._src import xla_bridge
 
