@@ -29,6 +29,7 @@ from phasevae.data import (
 )
 from phasevae.data.glm import context_fit, fit, lagged, masked_fit, neighbours
 from phasevae.errors import DataError
+from phasevae.models.conv import ConvVAE
 from phasevae.models.vae import VAE, collapse_eigenvalue, collapse_grams
 from phasevae.spec import SpecError, mask_offsets, spec_from_dict, stack_offsets
 from tests.conftest import tiny_dict
@@ -165,29 +166,43 @@ def narrowed(big: VAE, params: dict, k: int) -> tuple[VAE, dict]:
     return big.clone(mask=k), p
 
 
+def random_head(kind: str, h: int, w: int, **head) -> tuple[VAE | ConvVAE, dict]:
+    """An MLP or conv VAE on (h, w) images with ``head``, and its parameters, every
+    weight moved off its (possibly zero) start."""
+    if kind == "conv":
+        model = ConvVAE(1, (h, w, 1), (4,), 3, **head)
+        x = jnp.zeros((h, w, 1))
+    else:
+        model, x = VAE(h * w, 1, (8,), (8,), image=(h, w), **head), jnp.zeros(h * w)
+    params = model.init(jax.random.key(0), x, jnp.zeros(1))["params"]
+    return model, jax.tree.map(
+        lambda v: v + jax.random.normal(jax.random.key(v.size), v.shape), params
+    )
+
+
+def predicted(model: VAE | ConvVAE, p: dict, x: Array) -> Array:
+    """The head's part of the output for x (N,) (0 without a head)."""
+    return model.apply({"params": p}, x, method=type(model).predicted)
+
+
 @pytest.mark.parametrize(
-    "head, reach",
+    "kind, head, reach",
     [
-        ({"context": 4}, 2),
-        ({"recurrent": 5}, 2),
-        ({"mask": 2}, 1),
-        ({"mask": 3, "mask_layers": 3, "mask_channels": 4}, 2),
+        ("mlp", {"context": 4}, 2),
+        ("mlp", {"recurrent": 5}, 2),
+        ("mlp", {"mask": 2}, 1),
+        ("mlp", {"mask": 3, "mask_layers": 3, "mask_channels": 4}, 2),
+        ("conv", {"mask": 2}, 1),
+        ("conv", {"mask": 3, "mask_layers": 2, "mask_channels": 4}, 2),
     ],
 )
-def test_a_head_held_to_a_reach_is_the_head_of_that_reach(head, reach):
+def test_a_head_held_to_a_reach_is_the_head_of_that_reach(kind, head, reach):
     """A grid.context point's model (:meth:`VAE.within_reach`) predicts as the
     smaller head built for its reach with the weights that reach it; at reach 0
     its prediction reads nothing of x."""
     h, w = 5, 6
-    big = VAE(h * w, 1, (8,), (8,), image=(h, w), **head)
-    params = big.init(jax.random.key(0), jnp.zeros(h * w), jnp.zeros(1))["params"]
-    params = jax.tree.map(  # every weight off its (possibly zero) start
-        lambda v: v + jax.random.normal(jax.random.key(v.size), v.shape), params
-    )
+    big, params = random_head(kind, h, w, **head)
     x = jax.random.normal(jax.random.key(1), (h * w,))
-
-    def predicted(model: VAE, p: dict, x: Array) -> Array:
-        return model.apply({"params": p}, x, method=VAE.predicted)
 
     small, small_params = narrowed(big, params, reach)
     want = predicted(small, small_params, x)
@@ -196,6 +211,42 @@ def test_a_head_held_to_a_reach_is_the_head_of_that_reach(head, reach):
     assert not np.allclose(got, predicted(big, params, x), atol=1e-3)  # it reached
     jac = jax.jacfwd(lambda x: predicted(big, big.within_reach(params, 0), x))(x)
     np.testing.assert_array_equal(np.asarray(jac), 0.0)
+
+
+@pytest.mark.parametrize("head", [{"context": 2}, {"recurrent": 2}, {"mask": 1}])
+def test_only_a_masked_head_goes_on_the_conv_vae(head):
+    raw = tiny_dict(data={"source": "digits"}, model={"kind": "conv", **head})
+    del raw["model"]["encoder"], raw["model"]["decoder"]
+    if "mask" in head:
+        assert spec_from_dict(raw).model.mask == 1
+    else:
+        with pytest.raises(SpecError, match="a masked head also on the conv VAE"):
+            spec_from_dict(raw)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_conv_vaes_masked_head_adds_a_causal_prediction(layers):
+    """The conv VAE's decoder output with a masked head is the conv decoder's plus
+    the head's prediction, which reads only pixels before each one in raster
+    order."""
+    h, w = 4, 5
+    channels = {"mask_channels": 3} if layers > 1 else {}
+    model, params = random_head("conv", h, w, mask=1, mask_layers=layers, **channels)
+    x = jax.random.normal(jax.random.key(2), (h, w, 1))
+    z = jnp.ones(1)
+
+    def decode(x: Array) -> Array:
+        return model.apply({"params": params}, z, x, method=ConvVAE.decode)
+
+    def head(x: Array) -> Array:
+        return predicted(model, params, x.reshape(-1)).reshape(h, w, 1)
+
+    zero = jnp.zeros_like(x)  # a stack's biases predict even from 0
+    np.testing.assert_allclose(
+        decode(x) - decode(zero), head(x) - head(zero), atol=1e-5
+    )
+    jac = np.asarray(jax.jacrev(decode)(x)).reshape(h * w, h * w)
+    assert np.all(np.triu(jac) == 0) and np.any(jac != 0)
 
 
 def stack_params(model: VAE, seed: int = 0, bias: float | None = None) -> dict:
@@ -505,6 +556,7 @@ def test_a_glm_heads_collapsed_state_turns_at_the_collapse_eigenvalue(likelihood
         {"mask": 1, "mask_layers": 2, "mask_channels": 3},
         {"context": 2, "likelihood": "bernoulli"},
         {"mask": 1, "likelihood": "poisson"},
+        {"mask": 1, "kind": "conv", "channels": [4], "kernel": 2},
     ],
 )
 def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head):
@@ -515,15 +567,16 @@ def test_a_vmapped_sweep_of_each_head_equals_its_models_run_alone(tmp_path, head
         else ar1_counts(likelihood, n=256)
     )
     np.save(tmp_path / "x.npy", x.reshape(256, 2, 3) if "mask" in head else x)
-    spec = spec_from_dict(
-        tiny_dict(
-            data={"source": "array", "path": str(tmp_path / "x.npy")}
-            | ({} if likelihood == "gaussian" else {"normalize": "none"}),
-            model=head,
-            grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
-            train={"steps": 5, "eval_every": 5},
-        )
+    raw = tiny_dict(
+        data={"source": "array", "path": str(tmp_path / "x.npy")}
+        | ({} if likelihood == "gaussian" else {"normalize": "none"}),
+        model=head,
+        grid={"sigma2": [0.5, 2.0, 8.0], "beta": [1.0], "seeds": [0]},
+        train={"steps": 5, "eval_every": 5},
     )
+    if "kind" in head:  # the conv VAE takes no MLP widths
+        del raw["model"]["encoder"], raw["model"]["decoder"]
+    spec = spec_from_dict(raw)
     assert_vmapped_equals_alone(spec, load_for_model(spec))
 
 

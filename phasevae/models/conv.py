@@ -9,7 +9,8 @@
              cropped to (h, w)
 
 Each stride halves the map (rounding up), so any h and w work; the decoder's map,
-h0 * 2^depth >= h, is cropped back.
+h0 * 2^depth >= h, is cropped back. With ``mask`` a masked-convolution head
+(:mod:`phasevae.models.heads`) adds its prediction from each pixel's predecessors.
 
 Layout (measured: docs/speed.md, the paragraph on ``--model conv``): a layer's value
 is ``lax.conv`` (its transpose ``lax.conv_transpose``), and its gradients, through a
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from phasevae.models.heads import AutoregressiveHead
 from phasevae.models.vae import product
 
 
@@ -196,12 +198,15 @@ def _float32_dot(*args, **kwargs) -> Array:
     return lax.dot_general(*args, **kwargs, preferred_element_type=jnp.float32)
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(AutoregressiveHead):
     """Attributes:
     latent_dim: k.
     shape: (h, w, c) of one image.
     channels: the encoder's channel count per stride-2 layer (the decoder mirrors it).
     kernel: the convolutions' kernel size.
+    mask, mask_layers, mask_channels: a masked-convolution head on images of one
+      channel (a PixelCNN stack when ``mask_layers`` > 1), added to the decoder's
+      output as in the MLP VAE (:class:`phasevae.models.vae.VAE`).
     """
 
     latent_dim: int
@@ -209,8 +214,20 @@ class ConvVAE(nn.Module):
     channels: Sequence[int] = (16, 32)
     kernel: int = 3
     compute_dtype: Any = None  # the products' operands (train.precision)
+    mask: int = 0
+    mask_layers: int = 1
+    mask_channels: int = 16
 
     output_layer = ("out",)  # the protocol: the decoder's last layer
+    context = recurrent = 0  # the heads it does not take (a mask is its only one)
+
+    @property
+    def image(self) -> tuple[int, int]:
+        return self.shape[0], self.shape[1]
+
+    @property
+    def data_dim(self) -> int:
+        return math.prod(self.shape)
 
     def setup(self):
         k, dtype = self.kernel, self.compute_dtype
@@ -224,6 +241,7 @@ class ConvVAE(nn.Module):
         up = reversed(tuple(self.channels[:-1]))
         self.up = [Conv(c, k, True, compute_dtype=dtype) for c in up]
         self.out = Conv(self.shape[2], k, True, compute_dtype=dtype)
+        self.setup_head()
 
     def bottom(self) -> tuple[int, int]:
         """The encoder's last feature map, (h0, w0)."""
@@ -238,13 +256,17 @@ class ConvVAE(nn.Module):
         return out[: self.latent_dim], out[self.latent_dim :]
 
     def decode(self, z: Array, x: Array | None = None) -> Array:
-        """(k,) -> f(z) (h, w, c) (``x`` is not used: the protocol's signature)."""
+        """(k,), and x (h, w, 1) with a masked head -> f(z) (h, w, c), plus the
+        head's prediction from x's predecessors (``x`` is not used without one)."""
         h0, w0 = self.bottom()
         y = nn.relu(self.lift(z)).reshape(h0, w0, self.channels[-1])
         for conv in self.up:
             y = nn.relu(conv(y))
-        return self.out(y)[: self.shape[0], : self.shape[1]]
+        out = self.out(y)[: self.shape[0], : self.shape[1]]
+        if not self.mask:
+            return out
+        return out + self.predicted(x.reshape(-1)).reshape(self.shape)
 
     def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
         mu, logvar = self.encode(x)
-        return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps)
+        return mu, logvar, self.decode(mu + jnp.exp(0.5 * logvar) * eps, x)

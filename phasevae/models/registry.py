@@ -102,7 +102,16 @@ def build(
                 f"image (at most {int(math.log2(side))} layers here) and a kernel "
                 f"spans at most the image ({side})"
             )
-        return ConvVAE(m.latent_dim, shape, tuple(m.channels), m.kernel, compute_dtype)
+        return ConvVAE(
+            m.latent_dim,
+            shape,
+            tuple(m.channels),
+            m.kernel,
+            compute_dtype,
+            m.mask,
+            m.mask_layers,
+            m.mask_channels,
+        )
     made = _factory(m.module)
     if isinstance(made, nn.Module):
         if m.options:

@@ -175,7 +175,8 @@ class ModelSpec:
     criterion printed is then that of the best linear prediction from the whole
     past (for Gaussian data no head does better), and the collapse probe reads the
     trained head's own innovations. ``mask`` = r > 0 (the same models, on images of
-    one channel; not with the other heads): a masked convolution, PixelCNN's mask A
+    one channel, also on the conv VAE; not with the other heads): a masked
+    convolution, PixelCNN's mask A
     of radius r (:func:`mask_offsets`), one weight per offset shared by every
     pixel; the criterion is then lambda_max of the innovations of the best such
     shared prediction (``phasevae.data.masked_innovations``). ``mask_layers`` = L > 1
@@ -585,13 +586,15 @@ def context_problem(spec: Spec) -> str | None:
             "model.mask (a masked-convolution head) are autoregressive decoders: set "
             f"one (set: {', '.join(heads)})"
         )
-    plain = (m.kind, m.latent, m.skip) == ("mlp", "gaussian", "none")
+    kinds = ("mlp", "conv") if heads == ["mask"] else ("mlp",)
+    plain = m.kind in kinds and (m.latent, m.skip) == ("gaussian", "none")
     if not plain or spec.grid.skip is not None or m.likelihood in HEADLESS:
         return (
-            f"{key} (an autoregressive decoder) is built on the MLP VAE with "
-            "a Gaussian latent, without a skip path, and a likelihood other than "
-            f'{" or ".join(HEADLESS)}: leave model.kind = "mlp", model.latent = '
-            '"gaussian", model.skip = "none" and grid.skip unset'
+            f"{key} (an autoregressive decoder) is built on the MLP VAE (a masked "
+            "head also on the conv VAE) with a Gaussian latent, without a skip "
+            f"path, and a likelihood other than {' or '.join(HEADLESS)}: leave "
+            'model.kind = "mlp", model.latent = "gaussian", model.skip = "none" '
+            "and grid.skip unset"
         )
     if m.learned_dispersion:
         return f"{key} (an autoregressive decoder) takes a fixed model.dispersion"
