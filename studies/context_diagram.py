@@ -81,7 +81,9 @@ def run(
                 "arch": name,
                 "context": k,
                 "beta_c": beta_c,
-                "probe_beta_c": float(deepest["collapse_eigenvalue"].iloc[0]) / sigma2,
+                "probe_beta_c": float(deepest["collapse_eigenvalue"].iloc[0]) / sigma2
+                if "collapse_eigenvalue" in deepest  # the probe needs the MLP
+                else None,
                 "betas": list(BETAS),
                 "kl": kl,
                 "exact_kl": exact if closed_form else None,
@@ -127,7 +129,7 @@ def table(rows: list[dict], reach: str = "context k") -> str:
             if r.get("exact_kl")
             else "- (no closed form)"
         )
-        probe = f"{r['probe_beta_c']:.3g}" if "probe_beta_c" in r else "-"
+        probe = "-" if r.get("probe_beta_c") is None else f"{r['probe_beta_c']:.3g}"
         lines.append(
             f"| {r['arch']} | {r['context']} | {r['beta_c']:.3g} | {probe} | {cells} "
             f"| {inside} "

@@ -8,18 +8,21 @@ likelihoods'); with a learned dispersion, at each feature's maximum-likelihood r
 and the row says where the learned r went in the collapsed models. Two real sets: the
 Bernoulli on scikit-learn's digits binarised (pixel > 8 of 16) and the categorical on
 windows of 8 characters of Python's docstrings (``data.source = "text"``, 11
-categories: ``sweeps/text.toml``). With an autoregressive head (``-context2``: a
-linear head on the 2 values before each one), on windows of 8 binary values (the
-sign of a Gaussian AR(1) process, phi = 0.9) or counts (Poisson of log-mean 0.8
-times it, + 0.3): the derived criterion is then that of the score the best
-generalised linear prediction leaves (docs/science.md, 'Autoregressive decoders'),
-beside the same data without a head.
+categories: ``sweeps/text.toml``); and a real count table, the digits as they ship
+(``-digits`` for the Poisson and the negative binomial, r = 4): each of the 64
+values counts the pixels set in a 4x4 block of a 32x32 bitmap (0 to 16). With an
+autoregressive head (``-context2``: a linear head on the 2 values before each
+one), on windows of 8 binary values (the sign of a Gaussian AR(1) process, phi =
+0.9) or counts (Poisson of log-mean 0.8 times it, + 0.3): the derived criterion is
+then that of the score the best generalised linear prediction leaves
+(docs/science.md, 'Autoregressive decoders'), beside the same data without a head.
 
     python studies/likelihoods.py [SET ...]
 
 (sets: bernoulli, poisson, negative_binomial, negative_binomial-learned,
 categorical, bernoulli-digits, categorical-text, bernoulli-ar,
-bernoulli-ar-context2, poisson-ar, poisson-ar-context2) writes
+bernoulli-ar-context2, poisson-ar, poisson-ar-context2, poisson-digits,
+negative_binomial-digits) writes
 results/likelihoods/<set>/ (the located run), table.md and table.json (the rows of
 the sets not named are kept from table.json; a finished run is only re-read).
 """
@@ -54,6 +57,8 @@ SETS = (
     "bernoulli-ar-context2",
     "poisson-ar",
     "poisson-ar-context2",
+    "poisson-digits",
+    "negative_binomial-digits",
 )
 R = 4.0  # the negative binomial's dispersion: the data's, and the fixed decoder's
 
@@ -96,6 +101,8 @@ def data_of(name: str) -> tuple[str, dict, dict]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if name == "bernoulli-digits":
         np.save(path, (load_digits().data > 8).astype(np.float32))
+    elif stem.endswith("-digits"):  # each value counts the on pixels of a 4x4 block
+        np.save(path, load_digits().data.astype(np.float32))
     elif stem.endswith("-ar"):
         np.save(path, ar_counts(likelihood))
         model = {"context": 2} if name.endswith("-context2") else {}

@@ -4,7 +4,8 @@ the radius r of a masked-convolution head (PixelCNN's mask A; ``model.mask`` = 3
 the weights beyond r at 0) on scikit-learn's digits (8x8, pixels / 16) at
 sigma^2 = 0.5. One sweep per decoder trains 11 beta (0.25 to 8, factors of sqrt 2)
 x every radius for 3000 steps, seed 0: the linear VAE and the default MLP with one
-masked layer, and the MLP with a PixelCNN stack of 2 layers (8 channels). The
+masked layer, the MLP with a PixelCNN stack of 2 layers (8 channels), and the
+conv VAE (channels 16-32, kernel 3) with one masked layer. The
 derived boundary is beta_c(r) = lambda_max / sigma^2 of the innovations of the best
 shared linear prediction from the radius-r mask (the stack's: from its receptive
 field, ``stack_offsets(r, 2)``; docs/science.md, 'Autoregressive decoders').
@@ -29,11 +30,13 @@ DECODERS = {  # name: (architecture, head)
     "linear": ("linear", {"mask": 3}),
     "mlp": ("mlp", {"mask": 3}),
     "pixelcnn": ("mlp", {"mask": 3, "mask_layers": 2, "mask_channels": 8}),
+    "conv": ("mlp", {"kind": "conv", "mask": 3}),  # channels 16-32, kernel 3
 }
 PANELS = (
     ("linear", "kl", "linear VAE, one masked layer"),
     ("mlp", "kl", "MLP VAE, one masked layer"),
     ("pixelcnn", "kl", "MLP VAE, PixelCNN stack of 2"),
+    ("conv", "kl", "conv VAE, one masked layer"),
 )
 
 
