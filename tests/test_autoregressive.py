@@ -197,7 +197,7 @@ def predicted(model: VAE | ConvVAE, p: dict, x: Array) -> Array:
     ],
 )
 def test_a_head_held_to_a_reach_is_the_head_of_that_reach(kind, head, reach):
-    """A grid.context point's model (:meth:`VAE.within_reach`) predicts as the
+    """A grid.context point's model (``within_reach``) predicts as the
     smaller head built for its reach with the weights that reach it; at reach 0
     its prediction reads nothing of x."""
     h, w = 5, 6

@@ -161,7 +161,7 @@ def curve_eigenvalues(spectrum: dict, curve: dict) -> np.ndarray:
     where its i-th latent dim collapses: the stored spectrum; for a VRNN curve with
     ``state_noise`` > 0 its :func:`reading_thresholds`; for a curve of a
     ``grid.context`` axis the spectrum of its head of reach k, as the data stored
-    it (``reach_eigenvalues``: k predecessors or a radius-k mask; k = 0: no head),
+    it (``reach_eigenvalues``: k predecessors, a radius-k mask, a GRU; 0: no head),
     or in a run made before those were stored, of the innovations given k
     predecessors (:func:`phasevae.data.innovation_matrix`)."""
     ev = np.asarray(spectrum["eigenvalues"], np.float64)

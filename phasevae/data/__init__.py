@@ -83,12 +83,12 @@ class Dataset:
     # covariance whitened by it (None: the Gaussian's, unwhitened); for an
     # autoregressive decoder the (N, N) matrix taking x to its innovations
     whiten: np.ndarray | None = None
-    # the (N, N) covariance of x for a VRNN or a grid.context axis, from which the
-    # analysis finds each curve's criterion (at any state noise or context:
+    # the (N, N) covariance of x for a VRNN, from which the analysis finds each
+    # curve's criterion (at any state noise:
     # phasevae.analysis.theory.curve_eigenvalues); else None
     covariance: np.ndarray | None = None
-    # a grid.context axis over a linear or masked head: {reach k: the descending
-    # eigenvalues whose top is that head's criterion}; else None
+    # a grid.context axis: {reach k: the descending eigenvalues whose top is the
+    # criterion of the head of that reach}; else None
     reach_eigenvalues: dict[int, np.ndarray] | None = None
 
     def fingerprint(self) -> dict:

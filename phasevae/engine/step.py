@@ -435,8 +435,8 @@ class Trainer:
     def _variables(self, params, point: Point) -> dict:
         """The model's variables at ``point``: with an autoregressive head, its
         weights beyond the point's reach (``grid.context``; -1: the whole head)
-        held at 0 (:meth:`phasevae.models.vae.VAE.within_reach`), so that they
-        have no gradient."""
+        held at 0 (:meth:`phasevae.models.heads.AutoregressiveHead.within_reach`),
+        so that they have no gradient."""
         p = params["params"]
         s = self.static
         reach = s.context or s.recurrent or s.mask

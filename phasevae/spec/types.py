@@ -176,10 +176,10 @@ class ModelSpec:
     past (for Gaussian data no head does better), and the collapse probe reads the
     trained head's own innovations. ``mask`` = r > 0 (the same models, on images of
     one channel, also on the conv VAE; not with the other heads): a masked
-    convolution, PixelCNN's mask A
-    of radius r (:func:`mask_offsets`), one weight per offset shared by every
-    pixel; the criterion is then lambda_max of the innovations of the best such
-    shared prediction (``phasevae.data.masked_innovations``). ``mask_layers`` = L > 1
+    convolution, PixelCNN's mask A of radius r (:func:`mask_offsets`), one weight
+    per offset shared by every pixel; the criterion is then lambda_max of the
+    innovations of the best such shared prediction
+    (``phasevae.data.masked_innovations``). ``mask_layers`` = L > 1
     makes it a PixelCNN: L masked convolutions of that radius, the first with mask
     A and the rest with mask B (the pixel's own position too), ``mask_channels``
     wide with ReLUs between them, the last to one channel (starting at 0); the
