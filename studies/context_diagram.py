@@ -76,14 +76,13 @@ def run(
         exact = [float(kl_per_dim(own, sigma2, b, LATENT).sum()) for b in BETAS]
         beta_c = float(own[0]) / sigma2
         deepest = last[(last["context"] == k) & (last["beta"] == max(BETAS))]
+        probe = deepest["collapse_eigenvalue"].iloc[0]  # NaN: the probe needs the MLP
         rows.append(
             {
                 "arch": name,
                 "context": k,
                 "beta_c": beta_c,
-                "probe_beta_c": float(deepest["collapse_eigenvalue"].iloc[0]) / sigma2
-                if "collapse_eigenvalue" in deepest  # the probe needs the MLP
-                else None,
+                "probe_beta_c": float(probe) / sigma2 if np.isfinite(probe) else None,
                 "betas": list(BETAS),
                 "kl": kl,
                 "exact_kl": exact if closed_form else None,
