@@ -350,8 +350,13 @@ def program_bytes(compiled, x, ex) -> int:
     )
 
 
-def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:
-    """Model-steps/s of a loop over models, each trained with a jitted step."""
+def time_baseline(
+    m: int, steps: int = 30, model: str = "mlp", repeats: int = 3
+) -> float:
+    """Model-steps/s of a loop over models, each trained with a jitted step: the
+    best of ``repeats`` passes, each timing the steps alone (every model's
+    parameters made before the clock starts), as :func:`time_grid` takes the best
+    of its repeats of the compiled chunk."""
     static = static_for(model)
     trainer = Trainer(static)  # for its model and reparameterisation noise
     vae = trainer.model
@@ -375,17 +380,19 @@ def time_baseline(m: int, steps: int = 30, model: str = "mlp") -> float:
         updates, opt_state = tx.update(grads, opt_state)
         return optax.apply_updates(params, updates), opt_state
 
-    key = jax.random.key(0)
-    params = vae.init(key, *zero)
-    jax.block_until_ready(step(params, tx.init(params), key, 1.0))  # compile
-    t0 = time.perf_counter()
-    for i in range(m):
-        params = vae.init(jax.random.key(i), *zero)
-        opt_state = tx.init(params)
-        for s in range(steps):
-            params, opt_state = step(params, opt_state, jax.random.key(s), 1.0)
-        jax.block_until_ready(params)
-    return m * steps / (time.perf_counter() - t0)
+    starts = [vae.init(jax.random.key(i), *zero) for i in range(m)]
+    states = [(p, tx.init(p)) for p in starts]
+    jax.block_until_ready(step(*states[0], jax.random.key(0), 1.0))  # compile
+    best = np.inf
+    for _ in range(repeats):
+        stop_if_terminated()
+        t0 = time.perf_counter()
+        for params, opt_state in states:
+            for s in range(steps):
+                params, opt_state = step(params, opt_state, jax.random.key(s), 1.0)
+            jax.block_until_ready(params)
+        best = min(best, time.perf_counter() - t0)
+    return m * steps / best
 
 
 def baseline_as_a_user_runs_it(m: int, model: str = "mlp") -> float:
