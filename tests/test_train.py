@@ -85,6 +85,26 @@ def test_one_trace_for_a_whole_grid_over_many_chunks(tiny_spec, tmp_path):
     assert trainer.traces == 1
 
 
+def test_a_step_to_non_finite_parameters_is_refused_and_the_model_frozen(tiny_spec):
+    # an infinite learning rate makes a finite gradient's step infinite: the loss and
+    # gradients stay finite, only the new parameters show it
+    spec = tiny_spec(train={"steps": 3, "eval_every": 3})
+    trainer, points, data = make(spec)
+    rate = np.array(points.learning_rate)
+    rate[1] = np.inf
+    points = points._replace(learning_rate=rate)
+    start = trainer.init(points)
+    initial = [np.array(a) for a in jax.tree.leaves(start.params)]  # chunk donates it
+    x, ex = jnp.asarray(data.x), jnp.asarray(data.eval_x)
+    state, _ = trainer.chunk(start, points, x, ex, np.int32(0))
+    flagged = np.asarray(state.diverged)
+    assert flagged[1] and not flagged[0] and not flagged[2:].any()
+    for before, after in zip(initial, jax.tree.leaves(state.params), strict=True):
+        assert np.isfinite(np.asarray(after)).all()
+        np.testing.assert_array_equal(after[1], before[1])  # frozen at its start
+        assert not np.array_equal(after[0], before[0])  # the others trained on
+
+
 @pytest.mark.slow
 def test_a_diverging_model_is_flagged_and_does_not_disturb_the_others(
     tiny_spec, tmp_path
