@@ -513,7 +513,7 @@ class Trainer:
         )
         # a non-finite gradient makes a non-finite step (Adam's too), so finite new
         # parameters mean a finite step. Deciding on the gradients gave them a second
-        # consumer, which cost the conv VAE's step 0.7-0.9 ms of 2.7-2.9 on one core
+        # consumer, which cost the conv VAE's step 0.7-1.0 ms of 2.7-2.9 on one core
         # (docs/speed.md, 'Where the conv step's time went')
         finite = jnp.isfinite(loss)
         for leaf in jax.tree.leaves(params):
