@@ -189,13 +189,16 @@ def load_dataset(
     what += said
     values, vectors = covariance_eig(whitened(x, whiten))
     check_spread(float(values[0]), what, spec.normalize)
+    # a grid.context axis: the criterion of each reach, each head's spectrum found
+    # once (the model's own head is the largest reach's; every GRU width's is one)
+    spectra = {(context, mask): values}
     by_reach = {}
-    for k in reaches:  # a grid.context axis: the criterion of each reach
-        if mask:
-            reach_map = spectrum_map(0, k)[0]
-        else:  # a GRU of any width >= 1 reads the whole past
-            reach_map = spectrum_map(context if recurrent and k else k, 0)[0]
-        by_reach[k] = covariance_eig(whitened(x, reach_map))[0]
+    for k in reaches:
+        # a GRU of any width >= 1 reads the whole past
+        head = (0, k) if mask else (context if recurrent and k else k, 0)
+        if head not in spectra:
+            spectra[head] = covariance_eig(whitened(x, spectrum_map(*head)[0]))[0]
+        by_reach[k] = spectra[head]
     return Dataset(
         x=x,
         eval_x=eval_x,
