@@ -199,7 +199,7 @@ def predicted(model: VAE | ConvVAE, p: dict, x: Array) -> Array:
 def test_a_head_held_to_a_reach_is_the_head_of_that_reach(kind, head, reach):
     """A grid.context point's model (``within_reach``) predicts as the
     smaller head built for its reach with the weights that reach it; at reach 0
-    its prediction reads nothing of x."""
+    it predicts nothing (0, as no head)."""
     h, w = 5, 6
     big, params = random_head(kind, h, w, **head)
     x = jax.random.normal(jax.random.key(1), (h * w,))
@@ -209,8 +209,8 @@ def test_a_head_held_to_a_reach_is_the_head_of_that_reach(kind, head, reach):
     got = predicted(big, big.within_reach(params, reach), x)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
     assert not np.allclose(got, predicted(big, params, x), atol=1e-3)  # it reached
-    jac = jax.jacfwd(lambda x: predicted(big, big.within_reach(params, 0), x))(x)
-    np.testing.assert_array_equal(np.asarray(jac), 0.0)
+    none = predicted(big, big.within_reach(params, 0), x)
+    np.testing.assert_array_equal(np.asarray(none), 0.0)
 
 
 @pytest.mark.parametrize("head", [{"context": 2}, {"recurrent": 2}, {"mask": 1}])
@@ -659,10 +659,13 @@ def context_axis_spec(path, **grid) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["context", "mask"])
+@pytest.mark.parametrize("head", ["context", "mask", "recurrent"])
 def test_a_context_axis_trains_each_point_as_a_model_of_its_context(tmp_path, head):
     """Each point of grid.context = [0, 1, 2] trains as the model whose head
-    (linear, or a masked convolution) has that reach, run alone."""
+    (linear, or a masked convolution) has that reach, run alone. A GRU of k state
+    units alone draws its initial weights in another shape, so of a GRU head's
+    points only reach 0 (no head) trains as the model alone; that the held GRU
+    predicts as the k-unit GRU is tested above."""
     from phasevae import api
 
     x = ar1_windows(n=256, dim=12 if head == "mask" else 5)
@@ -672,7 +675,7 @@ def test_a_context_axis_trains_each_point_as_a_model_of_its_context(tmp_path, he
     assert getattr(spec_from_dict(raw).model, head) == 2  # the head is the widest
     axis = api.run(raw, tmp_path / "axis").metrics
     keys = ["kl", "loss", "mse", "mi"]
-    for k in (0, 1, 2):
+    for k in (0,) if head == "recurrent" else (0, 1, 2):
         alone = context_axis_spec(tmp_path / "ar.npy")
         alone["model"][head] = k
         got = api.run(alone, tmp_path / f"alone{k}").metrics.sort_values("sigma2")

@@ -64,7 +64,8 @@ class AutoregressiveHead(nn.Module):
         (``grid.context``) held at 0: a linear head's beyond k predecessors, a
         masked head's (every layer of a stack) beyond radius k, and for a GRU head
         the state units from k on, which then reach neither the other units nor the
-        readout. k = 0 leaves no head (a stack's output is then one constant)."""
+        readout. k = 0 leaves no head: its prediction is 0 (a GRU's readout bias
+        and a stack's last layer, which would add a learned constant, held at 0)."""
         if self.context:
             return {**params, "ar": params["ar"] * (jnp.arange(self.context) < k)[None]}
         if self.recurrent:
@@ -73,7 +74,9 @@ class AutoregressiveHead(nn.Module):
                 name: {**v, "kernel": v["kernel"] * units} if name[0] == "h" else v
                 for name, v in params["gru"].items()
             }  # hr, hz, hn read the state
-            out = {**params["readout"], "kernel": params["readout"]["kernel"] * units}
+            readout = params["readout"]
+            kernel, bias = readout["kernel"] * units, readout["bias"] * (k > 0)
+            out = {"kernel": kernel, "bias": bias}
             return {**params, "gru": gru, "readout": out}
         if not self.mask:
             return params
@@ -90,6 +93,8 @@ class AutoregressiveHead(nn.Module):
             reads = (
                 rows([*a_mask, (0, 0)], self.mask_channels) if i else rows(a_mask, 1)
             )
+            if i == self.mask_layers - 1:  # the last layer, without a bias
+                reads = reads & (k > 0)
             layer = params[f"stack_{i}"]
             out[f"stack_{i}"] = {**layer, "kernel": layer["kernel"] * reads[:, None]}
         return out
